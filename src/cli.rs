@@ -1,0 +1,263 @@
+//! Command-line interface of `idcctl`: argument parsing, progress display and exit codes.
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use idc::dataset::decode::Undersized;
+use idc::dataset::split::{SplitMethod, SplitOptions, SplitSize};
+use idc::dataset::synth::{self, SynthOptions};
+use idc::exit::ExitCode;
+use idc::output::{self, OutputFormat};
+use idc::stage::{self, StageError, StageHooks, StageOptions, StageStatus};
+use idc::store::Store;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+
+/// idcctl stages the breast histopathology (IDC) dataset into object storage and runs
+/// training experiments on it.
+#[derive(Parser, Debug)]
+#[command(name = "idcctl", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Stage a downloaded dataset (folder or zip) as split, checksummed shards at a storage URL.
+    Stage(StageArgs),
+    /// Make and inspect datasets.
+    #[command(subcommand)]
+    Dataset(DatasetCommand),
+}
+
+#[derive(Args, Debug)]
+struct StageArgs {
+    /// The extracted download (the folder holding IDC_regular_ps50_idx5 or the patient folders),
+    /// or the downloaded .zip, read in place.
+    source: PathBuf,
+    /// Where the dataset goes: file:///path, ./path, or s3://bucket/prefix (AWS_* variables
+    /// configure S3: AWS_ENDPOINT, AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+    /// AWS_ALLOW_HTTP).
+    #[arg(long)]
+    to: String,
+    /// How patches are split: by patient (no patient in two splits) or at random.
+    #[arg(long, value_enum, default_value_t = SplitMethod::Patient)]
+    split: SplitMethod,
+    /// Validation split size: a patch count (38000) or a fraction (0.15, 15%).
+    #[arg(long, default_value = "0.15")]
+    val: SplitSize,
+    /// Test split size: a patch count (38000) or a fraction (0.15, 15%).
+    #[arg(long, default_value = "0.15")]
+    test: SplitSize,
+    /// Seed of the split.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Leave out edge patches smaller than 50x50 instead of padding them.
+    #[arg(long)]
+    skip_undersized: bool,
+    /// Fail if any file would be skipped (bad name, unreadable or wrong-sized PNG).
+    #[arg(long)]
+    strict: bool,
+    /// Patches per shard.
+    #[arg(long, default_value_t = stage::DEFAULT_SHARD_RECORDS)]
+    shard_records: usize,
+    /// Decoding threads (default: one per core).
+    #[arg(short = 'j', long, default_value_t = 0)]
+    threads: usize,
+    /// Replace a different dataset already staged at --to.
+    #[arg(long)]
+    force: bool,
+    /// Output format of the summary.
+    #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Table)]
+    output: OutputFormat,
+}
+
+#[derive(Subcommand, Debug)]
+enum DatasetCommand {
+    /// Write a synthetic dataset in the Kaggle layout (for tests and demos).
+    Synth(SynthArgs),
+    /// Print the summary of a staged dataset.
+    Show {
+        /// The dataset's URL, as given to `idcctl stage --to`.
+        url: String,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
+}
+
+#[derive(Args, Debug)]
+struct SynthArgs {
+    /// Folder to write IDC_regular_ps50_idx5/ into.
+    #[arg(long)]
+    out: PathBuf,
+    /// Number of patients.
+    #[arg(long, default_value_t = 10)]
+    patients: u32,
+    /// Patches per patient.
+    #[arg(long, default_value_t = 200)]
+    per_patient: u32,
+    /// Seed: the same seed writes the same files.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Number of corrupt files to plant (truncated, garbage, empty).
+    #[arg(long, default_value_t = 0)]
+    corrupt: u32,
+    /// Fraction of edge patches smaller than 50x50.
+    #[arg(long, default_value_t = 0.01)]
+    edge_fraction: f64,
+    /// Fraction of patches drawn with the other class's look.
+    #[arg(long, default_value_t = 0.04)]
+    label_noise: f64,
+}
+
+pub fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,idc=info,idcctl=info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .init();
+    let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime starts");
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code.into(),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            exit_code_of(&e).into()
+        }
+    }
+}
+
+fn exit_code_of(e: &anyhow::Error) -> ExitCode {
+    if let Some(e) = e.downcast_ref::<StageError>() {
+        return match e {
+            StageError::Interrupted { .. } => ExitCode::Interrupted,
+            e if e.is_user_error() => ExitCode::UserError,
+            _ => ExitCode::Failure,
+        };
+    }
+    if let Some(idc::store::StoreError::BadUrl { .. }) = e.downcast_ref() {
+        return ExitCode::UserError;
+    }
+    if e.downcast_ref::<UserError>().is_some() {
+        return ExitCode::UserError;
+    }
+    ExitCode::Failure
+}
+
+/// A mistake in the command's input, reported with exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct UserError(String);
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Stage(args) => stage_cmd(args).await,
+        Command::Dataset(DatasetCommand::Synth(args)) => synth_cmd(args),
+        Command::Dataset(DatasetCommand::Show { url, output }) => {
+            let store = Store::open(&url)?;
+            let manifest = stage::read_manifest(&store)
+                .await?
+                .ok_or_else(|| UserError(format!("no staged dataset at {} (no manifest.json)", store.url())))?;
+            print!("{}", output::render(&manifest, output, output::dataset_table));
+            Ok(ExitCode::Success)
+        }
+    }
+}
+
+async fn stage_cmd(args: StageArgs) -> anyhow::Result<ExitCode> {
+    let dest = Store::open(&args.to)?;
+    let opts = StageOptions {
+        split: SplitOptions { method: args.split, val: args.val, test: args.test, seed: args.seed },
+        undersized: if args.skip_undersized { Undersized::Skip } else { Undersized::Pad },
+        strict: args.strict,
+        shard_records: args.shard_records,
+        threads: args.threads,
+        force: args.force,
+    };
+    let pb = ProgressBar::new(0).with_style(
+        ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {human_pos}/{human_len} patches ({per_sec}, eta {eta})")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    pb.set_message("staging");
+    pb.enable_steady_tick(std::time::Duration::from_millis(200));
+    let hooks = StageHooks { progress: Some(pb.clone()), ..Default::default() };
+    let cancel = hooks.cancel.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("\ninterrupt: finishing the shard in flight, then stopping (Ctrl-C again to abort)");
+            cancel.store(true, Ordering::SeqCst);
+            if tokio::signal::ctrl_c().await.is_ok() {
+                std::process::exit(ExitCode::Interrupted as i32);
+            }
+        }
+    });
+    let outcome = stage::stage(&args.source, &dest, &opts, &hooks)
+        .await
+        .with_context(|| format!("staging {} to {}", args.source.display(), dest.url()))?;
+    pb.finish_and_clear();
+    match outcome.status {
+        StageStatus::AlreadyStaged => eprintln!(
+            "{} already holds dataset {} from this source with these options: nothing to do",
+            dest.url(),
+            outcome.manifest.id
+        ),
+        StageStatus::Staged { written, resumed } => {
+            let elapsed = pb.elapsed().as_secs_f64();
+            let rate = outcome.manifest.records() as f64 / elapsed.max(1e-9);
+            eprintln!(
+                "staged {} patches to {} in {elapsed:.1}s ({rate:.0} patches/s): {written} shards written{}",
+                outcome.manifest.records(),
+                dest.url(),
+                if resumed > 0 { format!(", {resumed} reused from an interrupted stage") } else { String::new() }
+            );
+        }
+    }
+    if outcome.manifest.source.duplicates > 0 {
+        eprintln!(
+            "note: the source holds the tree twice; {} duplicate files were counted once",
+            outcome.manifest.source.duplicates
+        );
+    }
+    print!("{}", output::render(&outcome.manifest, args.output, output::dataset_table));
+    Ok(ExitCode::Success)
+}
+
+fn synth_cmd(args: SynthArgs) -> anyhow::Result<ExitCode> {
+    if !(0.0..=1.0).contains(&args.edge_fraction) || !(0.0..=1.0).contains(&args.label_noise) {
+        return Err(UserError("--edge-fraction and --label-noise are fractions between 0 and 1".into()).into());
+    }
+    if args.patients == 0 || args.per_patient == 0 {
+        return Err(UserError("--patients and --per-patient must be at least 1".into()).into());
+    }
+    let opts = SynthOptions {
+        patients: args.patients,
+        per_patient: args.per_patient,
+        seed: args.seed,
+        corrupt: args.corrupt,
+        edge_fraction: args.edge_fraction,
+        label_noise: args.label_noise,
+    };
+    let started = std::time::Instant::now();
+    let s = synth::generate(&args.out, &opts)?;
+    eprintln!(
+        "wrote {} patches ({} no IDC, {} IDC, {} edge) for {} patients to {} in {:.1}s",
+        s.files,
+        s.class_counts[0],
+        s.class_counts[1],
+        s.edge_patches,
+        s.patients,
+        args.out.join(idc::dataset::KAGGLE_ROOT).display(),
+        started.elapsed().as_secs_f64()
+    );
+    for c in &s.corrupt {
+        eprintln!("planted corrupt file {c}");
+    }
+    Ok(ExitCode::Success)
+}

@@ -1,0 +1,203 @@
+//! Reading a dataset as downloaded: the extracted folder, or the zip read in place.
+//!
+//! Listing parses every name, reports files that are not patches, and counts each patch once
+//! when the download holds the tree twice (`IDC_regular_ps50_idx5/` beside the patient folders).
+
+use super::name::{PatchName, parse_path};
+use sha2::{Digest, Sha256};
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+/// The kind of source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    Dir,
+    Zip,
+}
+
+/// One patch found in the source.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub name: PatchName,
+    /// Path inside the source, `/`-separated, for messages.
+    pub rel: String,
+    loc: Loc,
+}
+
+#[derive(Debug, Clone)]
+enum Loc {
+    File,
+    Zip { offset: u64, compressed: u64, size: u64, deflated: bool, crc32: u32 },
+}
+
+/// A file that is not a patch, with the reason.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Rejected {
+    pub path: String,
+    pub reason: String,
+}
+
+/// Why a source cannot be read at all.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("source {0} does not exist")]
+    NotFound(PathBuf),
+    #[error("cannot read source {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path} is not a readable zip archive: {reason}")]
+    BadZip { path: PathBuf, reason: String },
+    #[error(
+        "no patches found in {0}: expected IDC_regular_ps50_idx5/<patient>/<0|1>/<patient>_idx5_x<X>_y<Y>_class<C>.png"
+    )]
+    Empty(PathBuf),
+}
+
+/// An opened source with its patch listing.
+#[derive(Debug)]
+pub struct Source {
+    pub kind: SourceKind,
+    pub path: PathBuf,
+    /// Every patch, once, sorted by patient, x, y, class.
+    pub entries: Vec<Entry>,
+    /// Files whose names are not patch names.
+    pub rejected: Vec<Rejected>,
+    /// Files seen (patches, duplicates and rejected).
+    pub files_seen: u64,
+    /// Patches found a second time (a duplicated tree) and counted once.
+    pub duplicates: u64,
+    /// SHA-256 over every file's path and size (and CRC for zips): identifies the download.
+    pub fingerprint: String,
+    zip: Option<File>,
+}
+
+impl Source {
+    /// Opens a folder or a `.zip` file and lists its patches.
+    pub fn open(path: &Path) -> Result<Self, SourceError> {
+        let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => SourceError::NotFound(path.to_path_buf()),
+            _ => SourceError::Io { path: path.to_path_buf(), source: e },
+        })?;
+        let (kind, files, zip) = if meta.is_dir() {
+            (SourceKind::Dir, list_dir(path)?, None)
+        } else {
+            let (files, file) = list_zip(path)?;
+            (SourceKind::Zip, files, Some(file))
+        };
+        let mut hasher = Sha256::new();
+        hasher.update(format!("{kind:?}\n"));
+        for f in &files {
+            hasher.update(format!("{}\t{}\t{}\n", f.0, f.1, f.2.crc32()));
+        }
+        let fingerprint = hex::encode(hasher.finalize());
+        let files_seen = files.len() as u64;
+
+        let mut rejected = vec![];
+        let mut found = vec![];
+        for (rel, _size, loc) in files {
+            match parse_path(&rel) {
+                Ok(name) => found.push(Entry { name, rel, loc }),
+                Err(e) => rejected.push(Rejected { path: rel, reason: e.to_string() }),
+            }
+        }
+        // The first copy in path order wins: patient folders sort before IDC_regular_ps50_idx5/.
+        found.sort_by(|a, b| (a.name, &a.rel).cmp(&(b.name, &b.rel)));
+        let before = found.len();
+        found.dedup_by(|b, a| a.name == b.name);
+        let duplicates = (before - found.len()) as u64;
+        if found.is_empty() {
+            return Err(SourceError::Empty(path.to_path_buf()));
+        }
+        Ok(Self { kind, path: path.to_path_buf(), entries: found, rejected, files_seen, duplicates, fingerprint, zip })
+    }
+
+    /// Reads the bytes of one patch file. Safe to call from many threads at once.
+    pub fn read(&self, entry: &Entry) -> Result<Vec<u8>, String> {
+        match entry.loc {
+            Loc::File => std::fs::read(self.path.join(&entry.rel)).map_err(|e| format!("cannot read: {e}")),
+            Loc::Zip { offset, compressed, size, deflated, crc32 } => {
+                let file = self.zip.as_ref().expect("zip sources keep their file open");
+                let mut raw = vec![0u8; compressed as usize];
+                file.read_exact_at(&mut raw, offset).map_err(|e| format!("cannot read from zip: {e}"))?;
+                let data = if deflated {
+                    let mut out = Vec::with_capacity(size as usize);
+                    flate2::read::DeflateDecoder::new(&raw[..])
+                        .read_to_end(&mut out)
+                        .map_err(|e| format!("corrupt zip entry: {e}"))?;
+                    out
+                } else {
+                    raw
+                };
+                if crc32fast::hash(&data) != crc32 {
+                    return Err("corrupt zip entry: CRC-32 mismatch".into());
+                }
+                Ok(data)
+            }
+        }
+    }
+}
+
+impl Loc {
+    fn crc32(&self) -> u32 {
+        match self {
+            Loc::File => 0,
+            Loc::Zip { crc32, .. } => *crc32,
+        }
+    }
+}
+
+type Listed = (String, u64, Loc);
+
+fn list_dir(root: &Path) -> Result<Vec<Listed>, SourceError> {
+    let mut out = vec![];
+    for item in walkdir::WalkDir::new(root).sort_by_file_name() {
+        let item = item.map_err(|e| SourceError::Io {
+            path: e.path().unwrap_or(root).to_path_buf(),
+            source: e.into_io_error().unwrap_or_else(|| std::io::Error::other("filesystem loop")),
+        })?;
+        if !item.file_type().is_file() {
+            continue;
+        }
+        let rel = item.path().strip_prefix(root).unwrap_or(item.path());
+        let rel = rel.to_string_lossy().replace('\\', "/");
+        let size = item.metadata().map(|m| m.len()).unwrap_or(0);
+        out.push((rel, size, Loc::File));
+    }
+    Ok(out)
+}
+
+fn list_zip(path: &Path) -> Result<(Vec<Listed>, File), SourceError> {
+    let io = |e| SourceError::Io { path: path.to_path_buf(), source: e };
+    let bad = |e: zip::result::ZipError| SourceError::BadZip { path: path.to_path_buf(), reason: e.to_string() };
+    let file = File::open(path).map_err(io)?;
+    let mut archive = zip::ZipArchive::new(file.try_clone().map_err(io)?).map_err(bad)?;
+    let mut out = Vec::with_capacity(archive.len());
+    for i in 0..archive.len() {
+        let f = archive.by_index_raw(i).map_err(bad)?;
+        if f.is_dir() {
+            continue;
+        }
+        let deflated = match f.compression() {
+            zip::CompressionMethod::Stored => false,
+            zip::CompressionMethod::Deflated => true,
+            other => {
+                return Err(SourceError::BadZip {
+                    path: path.to_path_buf(),
+                    reason: format!("{} uses compression {other:?}; only stored and deflate are supported", f.name()),
+                });
+            }
+        };
+        let loc = Loc::Zip {
+            offset: f.data_start(),
+            compressed: f.compressed_size(),
+            size: f.size(),
+            deflated,
+            crc32: f.crc32(),
+        };
+        out.push((f.name().to_string(), f.size(), loc));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok((out, file))
+}

@@ -1,0 +1,380 @@
+//! Train/validation/test splits: by patient (no patient in two splits, stratified) or at random
+//! (exact counts, as the seed notebooks do). Both are deterministic for a seed.
+
+use rand_chacha::ChaCha8Rng;
+use rand_chacha::rand_core::{RngCore, SeedableRng};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+/// One of the three splits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Split {
+    Train,
+    Val,
+    Test,
+}
+
+impl Split {
+    pub const ALL: [Split; 3] = [Split::Train, Split::Val, Split::Test];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Split::Train => "train",
+            Split::Val => "val",
+            Split::Test => "test",
+        }
+    }
+
+    /// The code stored in shard headers.
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+
+    pub fn from_code(code: u8) -> Option<Self> {
+        Self::ALL.get(code as usize).copied()
+    }
+}
+
+impl fmt::Display for Split {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How patches are assigned to splits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum SplitMethod {
+    /// Whole patients go to one split; each split's IDC fraction is kept close to the whole's.
+    #[default]
+    Patient,
+    /// Patches are shuffled and cut at exact counts (patients may appear in several splits).
+    Random,
+}
+
+/// A split's size: an exact patch count, or a fraction of all patches.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum SplitSize {
+    Count(u64),
+    Fraction(f64),
+}
+
+impl SplitSize {
+    /// The number of patches this size means out of `total`.
+    pub fn count_of(self, total: u64) -> u64 {
+        match self {
+            SplitSize::Count(n) => n,
+            SplitSize::Fraction(f) => (f * total as f64).round() as u64,
+        }
+    }
+}
+
+impl fmt::Display for SplitSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SplitSize::Count(n) => write!(f, "{n}"),
+            SplitSize::Fraction(x) => write!(f, "{x}"),
+        }
+    }
+}
+
+impl FromStr for SplitSize {
+    type Err = String;
+
+    /// `38000` (a count), `0.15` or `15%` (a fraction).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let bad = || format!("'{s}' is neither a patch count (38000) nor a fraction (0.15 or 15%)");
+        if let Some(p) = s.strip_suffix('%') {
+            let v: f64 = p.trim().parse().map_err(|_| bad())?;
+            return fraction(v / 100.0).ok_or_else(bad);
+        }
+        if let Ok(n) = s.parse::<u64>() {
+            return Ok(SplitSize::Count(n));
+        }
+        let v: f64 = s.parse().map_err(|_| bad())?;
+        fraction(v).ok_or_else(bad)
+    }
+}
+
+fn fraction(v: f64) -> Option<SplitSize> {
+    (0.0..1.0).contains(&v).then_some(SplitSize::Fraction(v))
+}
+
+/// The split options a dataset is staged with; part of its identity.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SplitOptions {
+    pub method: SplitMethod,
+    pub val: SplitSize,
+    pub test: SplitSize,
+    pub seed: u64,
+}
+
+impl Default for SplitOptions {
+    fn default() -> Self {
+        Self {
+            method: SplitMethod::Patient,
+            val: SplitSize::Fraction(0.15),
+            test: SplitSize::Fraction(0.15),
+            seed: 42,
+        }
+    }
+}
+
+/// Why patches cannot be split as asked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SplitError {
+    #[error("validation ({val}) and test ({test}) together ask for more than the {total} patches found")]
+    TooLarge { val: u64, test: u64, total: u64 },
+    #[error(
+        "a patient split needs at least {needed} patients for the splits asked, found {found}; \
+         use --split random or smaller splits"
+    )]
+    TooFewPatients { needed: usize, found: usize },
+}
+
+/// Assigns each item (given by patient and class) to a split.
+pub fn assign(items: &[(u32, u8)], opts: &SplitOptions) -> Result<Vec<Split>, SplitError> {
+    let total = items.len() as u64;
+    let (val, test) = (opts.val.count_of(total), opts.test.count_of(total));
+    if val + test > total {
+        return Err(SplitError::TooLarge { val, test, total });
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
+    Ok(match opts.method {
+        SplitMethod::Random => random(total as usize, val as usize, test as usize, &mut rng),
+        SplitMethod::Patient => by_patient(items, val, test, &mut rng)?,
+    })
+}
+
+/// A uniform integer in `0..n`, independent of any crate's sampling algorithm (so a seed gives
+/// the same split whatever version of `rand` is in the build).
+fn below(rng: &mut ChaCha8Rng, n: usize) -> usize {
+    ((rng.next_u64() as u128 * n as u128) >> 64) as usize
+}
+
+fn shuffle<T>(v: &mut [T], rng: &mut ChaCha8Rng) {
+    for i in (1..v.len()).rev() {
+        v.swap(i, below(rng, i + 1));
+    }
+}
+
+fn random(total: usize, val: usize, test: usize, rng: &mut ChaCha8Rng) -> Vec<Split> {
+    let mut order: Vec<usize> = (0..total).collect();
+    shuffle(&mut order, rng);
+    let mut out = vec![Split::Train; total];
+    for &i in &order[..val] {
+        out[i] = Split::Val;
+    }
+    for &i in &order[val..val + test] {
+        out[i] = Split::Test;
+    }
+    out
+}
+
+/// Stratified group assignment: patients in seeded random order, largest first, each to the
+/// split that brings sizes and IDC fractions closest to their targets; then single moves and
+/// pair swaps while they bring them closer still.
+fn by_patient(items: &[(u32, u8)], val: u64, test: u64, rng: &mut ChaCha8Rng) -> Result<Vec<Split>, SplitError> {
+    let mut patients: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
+    for &(p, c) in items {
+        let e = patients.entry(p).or_default();
+        e.0 += 1;
+        e.1 += c as u64;
+    }
+    let needed = 1 + usize::from(val > 0) + usize::from(test > 0);
+    if patients.len() < needed {
+        return Err(SplitError::TooFewPatients { needed, found: patients.len() });
+    }
+    let total = items.len() as f64;
+    let positives = items.iter().filter(|i| i.1 == 1).count() as f64;
+    let size_targets = [total - (val + test) as f64, val as f64, test as f64];
+
+    let mut order: Vec<(u32, (u64, u64))> = patients.into_iter().collect();
+    shuffle(&mut order, rng);
+    // Large patients first leave the small ones to even out the remainder (stable sort keeps
+    // the seeded order among equals).
+    order.sort_by(|a, b| b.1.0.cmp(&a.1.0));
+
+    let targets = Targets { size: size_targets, total, positives: positives.max(1.0) };
+    let mut state = State { size: [0.0; 3], pos: [0.0; 3] };
+    let mut choice = vec![0usize; order.len()];
+    for (k, &(_, (n, p))) in order.iter().enumerate() {
+        let (n, p) = (n as f64, p as f64);
+        let best = (0..3)
+            .filter(|&s| size_targets[s] > 0.0)
+            .min_by(|&a, &b| {
+                let ca = targets.cost(&state.moved(None, Some(a), n, p));
+                let cb = targets.cost(&state.moved(None, Some(b), n, p));
+                ca.total_cmp(&cb)
+            })
+            .expect("the train split always has a target");
+        state = state.moved(None, Some(best), n, p);
+        choice[k] = best;
+    }
+    // Then improve by moving single patients and swapping pairs while that lowers the cost.
+    for _ in 0..50 {
+        let mut improved = false;
+        for a in 0..order.len() {
+            let (na, pa) = (order[a].1.0 as f64, order[a].1.1 as f64);
+            for s in 0..3 {
+                if s == choice[a] || size_targets[s] == 0.0 {
+                    continue;
+                }
+                let next = state.moved(Some(choice[a]), Some(s), na, pa);
+                if targets.cost(&next) < targets.cost(&state) - 1e-15 {
+                    state = next;
+                    choice[a] = s;
+                    improved = true;
+                }
+            }
+            for b in a + 1..order.len() {
+                if choice[a] == choice[b] {
+                    continue;
+                }
+                let (nb, pb) = (order[b].1.0 as f64, order[b].1.1 as f64);
+                let next = state
+                    .moved(Some(choice[a]), Some(choice[b]), na, pa)
+                    .moved(Some(choice[b]), Some(choice[a]), nb, pb);
+                if targets.cost(&next) < targets.cost(&state) - 1e-15 {
+                    state = next;
+                    choice.swap(a, b);
+                    improved = true;
+                }
+            }
+        }
+        if !improved {
+            break;
+        }
+    }
+    let of_patient: BTreeMap<u32, Split> =
+        order.iter().zip(&choice).map(|(&(patient, _), &s)| (patient, Split::ALL[s])).collect();
+    Ok(items.iter().map(|(p, _)| of_patient[p]).collect())
+}
+
+/// Patch and IDC counts per split during a patient split.
+#[derive(Clone, Copy)]
+struct State {
+    size: [f64; 3],
+    pos: [f64; 3],
+}
+
+impl State {
+    /// The state after moving a patient of `n` patches (`p` IDC) from split `from` to `to`.
+    fn moved(&self, from: Option<usize>, to: Option<usize>, n: f64, p: f64) -> State {
+        let mut s = *self;
+        if let Some(f) = from {
+            s.size[f] -= n;
+            s.pos[f] -= p;
+        }
+        if let Some(t) = to {
+            s.size[t] += n;
+            s.pos[t] += p;
+        }
+        s
+    }
+}
+
+/// What a patient split aims at, and how far a state is from it.
+struct Targets {
+    size: [f64; 3],
+    total: f64,
+    positives: f64,
+}
+
+impl Targets {
+    /// Squared misses of each split's share of patches and of its IDC fraction.
+    fn cost(&self, s: &State) -> f64 {
+        let whole = self.positives / self.total;
+        (0..3)
+            .map(|i| {
+                let size = ((s.size[i] - self.size[i]) / self.total).powi(2);
+                let frac = if s.size[i] > 0.0 { s.pos[i] / s.size[i] } else { 0.0 };
+                let strat = if self.size[i] > 0.0 { (frac - whole).powi(2) } else { 0.0 };
+                size + strat
+            })
+            .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::{HashMap, HashSet};
+
+    /// 60 patients of uneven size and IDC rate, like the real set.
+    fn population() -> Vec<(u32, u8)> {
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        let mut items = vec![];
+        for p in 0..60u32 {
+            let n = 200 + below(&mut rng, 1500);
+            let rate = 0.05 + below(&mut rng, 50) as f64 / 100.0;
+            for i in 0..n {
+                items.push((9000 + p, u8::from((i as f64) < rate * n as f64)));
+            }
+        }
+        items
+    }
+
+    fn opts(method: SplitMethod, val: SplitSize, test: SplitSize, seed: u64) -> SplitOptions {
+        SplitOptions { method, val, test, seed }
+    }
+
+    #[test]
+    fn parses_sizes() {
+        assert_eq!("38000".parse::<SplitSize>(), Ok(SplitSize::Count(38000)));
+        assert_eq!("0.15".parse::<SplitSize>(), Ok(SplitSize::Fraction(0.15)));
+        assert_eq!("15%".parse::<SplitSize>(), Ok(SplitSize::Fraction(0.15)));
+        assert!("1.5".parse::<SplitSize>().is_err());
+        assert!("-3".parse::<SplitSize>().is_err());
+        assert!("ten".parse::<SplitSize>().is_err());
+    }
+
+    #[test]
+    fn random_split_has_exact_counts_and_is_deterministic() {
+        let items = population();
+        let o = opts(SplitMethod::Random, SplitSize::Count(3800), SplitSize::Count(3800), 1);
+        let a = assign(&items, &o).unwrap();
+        let count = |s| a.iter().filter(|&&x| x == s).count();
+        assert_eq!((count(Split::Val), count(Split::Test)), (3800, 3800));
+        assert_eq!(count(Split::Train), items.len() - 7600);
+        assert_eq!(a, assign(&items, &o).unwrap());
+        let other = assign(&items, &SplitOptions { seed: 2, ..o }).unwrap();
+        assert_ne!(a, other);
+    }
+
+    #[test]
+    fn patient_split_has_no_leak_and_is_stratified() {
+        let items = population();
+        let o = opts(SplitMethod::Patient, SplitSize::Fraction(0.15), SplitSize::Fraction(0.15), 3);
+        let a = assign(&items, &o).unwrap();
+        assert_eq!(a, assign(&items, &o).unwrap(), "deterministic for a seed");
+        let mut of_patient: HashMap<u32, HashSet<Split>> = HashMap::new();
+        for (&(p, _), &s) in items.iter().zip(&a) {
+            of_patient.entry(p).or_default().insert(s);
+        }
+        assert!(of_patient.values().all(|s| s.len() == 1), "a patient in two splits");
+        let whole = items.iter().filter(|i| i.1 == 1).count() as f64 / items.len() as f64;
+        for (split, want) in [(Split::Train, 0.70), (Split::Val, 0.15), (Split::Test, 0.15)] {
+            let members: Vec<_> = items.iter().zip(&a).filter(|(_, s)| **s == split).collect();
+            let frac = members.len() as f64 / items.len() as f64;
+            let pos = members.iter().filter(|(i, _)| i.1 == 1).count() as f64 / members.len() as f64;
+            assert!((frac - want).abs() < 0.02, "{split}: size fraction {frac}, want {want}");
+            assert!((pos - whole).abs() < 0.02, "{split}: IDC fraction {pos}, whole {whole}");
+        }
+    }
+
+    #[test]
+    fn rejects_impossible_splits() {
+        let items = population();
+        let o = opts(SplitMethod::Random, SplitSize::Count(60_000), SplitSize::Count(60_000), 1);
+        assert!(matches!(assign(&items, &o), Err(SplitError::TooLarge { .. })));
+        let two = [(1, 0), (1, 1), (2, 0)];
+        let o = opts(SplitMethod::Patient, SplitSize::Fraction(0.2), SplitSize::Fraction(0.2), 1);
+        assert_eq!(assign(&two, &o), Err(SplitError::TooFewPatients { needed: 3, found: 2 }));
+    }
+}

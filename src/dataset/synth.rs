@@ -1,0 +1,271 @@
+//! A synthetic IDC dataset in the exact Kaggle layout, for tests, demos and benchmarks.
+//!
+//! Patches look like H&E tissue: pink stroma, purple nuclei, white fat and lumen. IDC patches
+//! carry dense clusters of small dark nuclei, a texture a CNN learns; their mean colour differs
+//! only a little and per-patient stain and per-patch brightness vary, so a linear model on pixels
+//! gets only part of the way. Some patches carry the other class's look (label noise), about 2.5
+//! negatives come per positive, a few edge patches are smaller than 50x50, and corrupt files can be
+//! planted. The output depends only on the options (the seed included).
+
+use super::KAGGLE_ROOT;
+use super::decode::encode_png;
+use super::name::PatchName;
+use crate::PATCH_SIZE;
+use rand_chacha::ChaCha8Rng;
+use rand_chacha::rand_core::{RngCore, SeedableRng};
+use rayon::prelude::*;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+/// What to generate.
+#[derive(Debug, Clone)]
+pub struct SynthOptions {
+    pub patients: u32,
+    pub per_patient: u32,
+    pub seed: u64,
+    /// Number of corrupt files to plant (truncated, garbage, empty; in turn).
+    pub corrupt: u32,
+    /// Fraction of patches cut smaller than 50x50, as at a slide's edge.
+    pub edge_fraction: f64,
+    /// Fraction of patches drawn with the other class's look.
+    pub label_noise: f64,
+}
+
+impl Default for SynthOptions {
+    fn default() -> Self {
+        Self { patients: 10, per_patient: 100, seed: 0, corrupt: 0, edge_fraction: 0.01, label_noise: 0.04 }
+    }
+}
+
+/// What was written.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SynthSummary {
+    pub root: PathBuf,
+    pub patients: u32,
+    pub files: u64,
+    /// `[no IDC, IDC]`
+    pub class_counts: [u64; 2],
+    pub edge_patches: u64,
+    /// Paths (relative to `root`) of the planted corrupt files.
+    pub corrupt: Vec<String>,
+}
+
+/// Why generation failed.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot write {path}: {source}")]
+pub struct SynthError {
+    pub path: PathBuf,
+    pub source: std::io::Error,
+}
+
+/// The id of the `i`-th synthetic patient (spread like the real ids, 8863 up).
+pub fn patient_id(i: u32) -> u32 {
+    8863 + i * 29
+}
+
+/// Writes the dataset under `out/IDC_regular_ps50_idx5/`.
+pub fn generate(out: &Path, opts: &SynthOptions) -> Result<SynthSummary, SynthError> {
+    let root = out.join(KAGGLE_ROOT);
+    let per: Vec<SynthSummary> = (0..opts.patients)
+        .into_par_iter()
+        .map(|i| write_patient(&root, i, opts))
+        .collect::<Result<_, _>>()?;
+    let mut sum = SynthSummary { root: out.to_path_buf(), patients: opts.patients, ..Default::default() };
+    for p in per {
+        sum.files += p.files;
+        sum.class_counts[0] += p.class_counts[0];
+        sum.class_counts[1] += p.class_counts[1];
+        sum.edge_patches += p.edge_patches;
+    }
+    // Corrupt files replace the last patches of patients in turn.
+    for j in 0..opts.corrupt.min(opts.patients * opts.per_patient) {
+        let patient = j % opts.patients;
+        let index = opts.per_patient - 1 - j / opts.patients;
+        let (name, _, _) = layout(patient, index, opts);
+        let path = root.join(name.rel_path());
+        let bytes = std::fs::read(&path).map_err(|source| SynthError { path: path.clone(), source })?;
+        let mut rng = ChaCha8Rng::seed_from_u64(opts.seed ^ 0xC0FFEE ^ j as u64);
+        let bad = match j % 3 {
+            0 => bytes[..bytes.len() * 3 / 5].to_vec(),
+            1 => (0..600).map(|_| rng.next_u32() as u8).collect(),
+            _ => vec![],
+        };
+        std::fs::write(&path, bad).map_err(|source| SynthError { path: path.clone(), source })?;
+        sum.corrupt.push(format!("{KAGGLE_ROOT}/{}", name.rel_path()));
+    }
+    Ok(sum)
+}
+
+/// Name, class look and (width, height) of patch `index` of patient `patient`.
+fn layout(patient: u32, index: u32, opts: &SynthOptions) -> (PatchName, bool, (u32, u32)) {
+    let mut prng = ChaCha8Rng::seed_from_u64(opts.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ patient as u64);
+    // IDC rate per patient: 5% to 52%, about 2.5 negatives per positive overall.
+    let rate = 0.05 + 0.47 * unit(&mut prng);
+    let positives = (rate * opts.per_patient as f64).round() as u32;
+    let cols = ((opts.per_patient as f64 * 1.3).sqrt().ceil() as u32).max(1);
+    let class = u8::from(index < positives);
+    let name = PatchName {
+        patient: patient_id(patient),
+        x: 1 + 50 * (index % cols),
+        y: 1 + 50 * (index / cols),
+        class,
+    };
+    let mut rng = patch_rng(opts.seed, patient, index);
+    let flipped = unit(&mut rng) < opts.label_noise;
+    let size = if unit(&mut rng) < opts.edge_fraction {
+        let short = 20 + (rng.next_u32() % 30);
+        if rng.next_u32() % 2 == 0 { (short, 50) } else { (50, short) }
+    } else {
+        (50, 50)
+    };
+    (name, (class == 1) != flipped, size)
+}
+
+fn patch_rng(seed: u64, patient: u32, index: u32) -> ChaCha8Rng {
+    ChaCha8Rng::seed_from_u64(seed ^ ((patient as u64) << 32 | index as u64).wrapping_mul(0xD6E8_FEB8_6659_FD93))
+}
+
+fn unit(rng: &mut ChaCha8Rng) -> f64 {
+    (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+fn write_patient(root: &Path, patient: u32, opts: &SynthOptions) -> Result<SynthSummary, SynthError> {
+    let mut sum = SynthSummary::default();
+    let pid = patient_id(patient);
+    for class in 0..2 {
+        let dir = root.join(pid.to_string()).join(class.to_string());
+        std::fs::create_dir_all(&dir).map_err(|source| SynthError { path: dir, source })?;
+    }
+    let mut srng = ChaCha8Rng::seed_from_u64(opts.seed ^ 0x5EED ^ (patient as u64) << 20);
+    let stain = [jitter(&mut srng, 18.0), jitter(&mut srng, 18.0), jitter(&mut srng, 18.0)];
+    for index in 0..opts.per_patient {
+        let (name, idc_look, (w, h)) = layout(patient, index, opts);
+        let mut rng = patch_rng(opts.seed, patient, index);
+        rng.next_u64(); // keep the draws of layout() apart from the picture's
+        let pixels = render(&mut rng, idc_look, stain);
+        let cropped: Vec<u8> = (0..h as usize)
+            .flat_map(|y| pixels[y * PATCH_SIZE * 3..][..w as usize * 3].iter().copied())
+            .collect();
+        let png = encode_png(&cropped, w, h, png::ColorType::Rgb);
+        let path = root.join(name.rel_path());
+        std::fs::write(&path, png).map_err(|source| SynthError { path, source })?;
+        sum.files += 1;
+        sum.class_counts[name.class as usize] += 1;
+        sum.edge_patches += u64::from((w, h) != (50, 50));
+    }
+    Ok(sum)
+}
+
+fn jitter(rng: &mut ChaCha8Rng, amplitude: f64) -> f64 {
+    (unit(rng) * 2.0 - 1.0) * amplitude
+}
+
+/// Paints one 50x50 H&E-like patch.
+fn render(rng: &mut ChaCha8Rng, idc: bool, stain: [f64; 3]) -> Vec<u8> {
+    const N: usize = PATCH_SIZE;
+    let bright = jitter(rng, 22.0);
+    let stroma = [228.0 + stain[0] + bright, 150.0 + stain[1] + bright, 196.0 + stain[2] + bright];
+    let nucleus = [92.0 + stain[0] * 0.5, 44.0 + stain[1] * 0.5, 128.0 + stain[2] * 0.5];
+    // Low-frequency variation of the stroma.
+    let waves: Vec<(f64, f64, f64, f64)> = (0..3)
+        .map(|_| (jitter(rng, 0.25), jitter(rng, 0.25), unit(rng) * 6.3, 6.0 + unit(rng) * 8.0))
+        .collect();
+    let mut img = vec![[0f64; 3]; N * N];
+    for y in 0..N {
+        for x in 0..N {
+            let v: f64 = waves.iter().map(|(fx, fy, ph, a)| a * (fx * x as f64 + fy * y as f64 + ph).sin()).sum();
+            img[y * N + x] = [stroma[0] + v, stroma[1] + v * 1.2, stroma[2] + v];
+        }
+    }
+    // Fat and lumen: white ellipses, more common in healthy tissue.
+    let holes = if idc { rng.next_u32() % 2 } else { 1 + rng.next_u32() % 2 };
+    for _ in 0..holes {
+        let (cx, cy, r) = (unit(rng) * 50.0, unit(rng) * 50.0, 5.0 + unit(rng) * 9.0);
+        blob(&mut img, cx, cy, r, r * (0.6 + unit(rng) * 0.6), [246.0, 238.0, 244.0], 0.9);
+    }
+    // Nuclei: a few large pale ones, or dense clusters of small dark ones.
+    let (count, r_min, r_span, a_min) = if idc { (22 + rng.next_u32() % 16, 1.4, 1.3, 0.78) } else { (4 + rng.next_u32() % 7, 2.2, 1.6, 0.5) };
+    let centers: Vec<(f64, f64)> = (0..1 + rng.next_u32() % 3).map(|_| (unit(rng) * 50.0, unit(rng) * 50.0)).collect();
+    for i in 0..count {
+        let (cx, cy) = if idc {
+            let c = centers[i as usize % centers.len()];
+            (c.0 + jitter(rng, 11.0), c.1 + jitter(rng, 11.0))
+        } else {
+            (unit(rng) * 50.0, unit(rng) * 50.0)
+        };
+        let r = r_min + unit(rng) * r_span;
+        let alpha = a_min + unit(rng) * 0.18;
+        blob(&mut img, cx, cy, r, r * (0.7 + unit(rng) * 0.5), nucleus, alpha);
+    }
+    let mut out = Vec::with_capacity(N * N * 3);
+    for px in img {
+        for c in px {
+            let noise = (unit(rng) + unit(rng) - 1.0) * 7.0;
+            out.push((c + noise).round().clamp(0.0, 255.0) as u8);
+        }
+    }
+    out
+}
+
+fn blob(img: &mut [[f64; 3]], cx: f64, cy: f64, rx: f64, ry: f64, color: [f64; 3], alpha: f64) {
+    let n = PATCH_SIZE as i64;
+    let (x0, x1) = (((cx - rx).floor() as i64).max(0), ((cx + rx).ceil() as i64).min(n - 1));
+    let (y0, y1) = (((cy - ry).floor() as i64).max(0), ((cy + ry).ceil() as i64).min(n - 1));
+    for y in y0..=y1 {
+        for x in x0..=x1 {
+            let d = ((x as f64 - cx) / rx).powi(2) + ((y as f64 - cy) / ry).powi(2);
+            if d <= 1.0 {
+                let a = alpha * (1.0 - 0.3 * d);
+                let px = &mut img[(y * n + x) as usize];
+                for c in 0..3 {
+                    px[c] = px[c] * (1.0 - a) + color[c] * a;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataset::decode::{Undersized, decode_png};
+    use crate::dataset::name::parse_path;
+
+    #[test]
+    fn deterministic_in_the_kaggle_layout() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let opts = SynthOptions { patients: 3, per_patient: 40, seed: 9, edge_fraction: 0.1, ..Default::default() };
+        let sa = generate(a.path(), &opts).unwrap();
+        generate(b.path(), &opts).unwrap();
+        assert_eq!(sa.files, 120);
+        assert!(sa.class_counts[1] > 0 && sa.class_counts[0] > sa.class_counts[1]);
+        assert!(sa.edge_patches > 0);
+        let mut n = 0;
+        for e in walkdir::WalkDir::new(a.path()).sort_by_file_name() {
+            let e = e.unwrap();
+            if !e.file_type().is_file() {
+                continue;
+            }
+            let rel = e.path().strip_prefix(a.path()).unwrap().to_str().unwrap().to_string();
+            assert!(rel.starts_with("IDC_regular_ps50_idx5/"), "{rel}");
+            parse_path(&rel).unwrap();
+            let bytes = std::fs::read(e.path()).unwrap();
+            assert_eq!(bytes, std::fs::read(b.path().join(&rel)).unwrap(), "{rel} differs between runs");
+            decode_png(&bytes, Undersized::Pad).unwrap();
+            n += 1;
+        }
+        assert_eq!(n, 120);
+    }
+
+    #[test]
+    fn plants_corrupt_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = SynthOptions { patients: 2, per_patient: 10, corrupt: 3, ..Default::default() };
+        let s = generate(dir.path(), &opts).unwrap();
+        assert_eq!(s.corrupt.len(), 3);
+        for rel in &s.corrupt {
+            let bytes = std::fs::read(dir.path().join(rel)).unwrap();
+            assert!(decode_png(&bytes, Undersized::Pad).is_err(), "{rel} still decodes");
+        }
+    }
+}

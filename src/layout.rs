@@ -1,0 +1,94 @@
+//! The bucket layout: where datasets, runs, checkpoints, metrics, logs and reports live.
+//!
+//! A storage URL (`file://…` or `s3://bucket/prefix`) is the root of a bucket. Every object key
+//! idc reads or writes is built here, so both binaries agree on it.
+
+use crate::dataset::split::Split;
+
+/// Folder of staged datasets under a bucket root: `datasets/<name>/`.
+pub const DATASETS: &str = "datasets";
+/// Folder of runs under a bucket root: `runs/<run-id>/`.
+pub const RUNS: &str = "runs";
+
+/// Keys inside one staged dataset, relative to the dataset's URL.
+pub mod dataset {
+    use super::Split;
+
+    /// The dataset manifest; written last, so its presence means the dataset is complete.
+    pub const MANIFEST: &str = "manifest.json";
+    /// Folder of the packed shards.
+    pub const SHARDS: &str = "shards";
+    /// Folder of per-shard commit markers of a stage in progress (removed once complete).
+    pub const STAGING: &str = "_staging";
+
+    /// Key of shard `index` of `split`: `shards/train-00003.idcs`.
+    pub fn shard(split: Split, index: usize) -> String {
+        format!("{SHARDS}/{}-{index:05}.idcs", split.as_str())
+    }
+
+    /// Key of the commit marker of a shard for the stage plan `plan_id`.
+    pub fn staging_marker(plan_id: &str, split: Split, index: usize) -> String {
+        format!("{STAGING}/{plan_id}/{}-{index:05}.json", split.as_str())
+    }
+
+    /// Prefix of every marker of the stage plan `plan_id`.
+    pub fn staging_prefix(plan_id: &str) -> String {
+        format!("{STAGING}/{plan_id}")
+    }
+}
+
+/// Keys inside one run, relative to `runs/<run-id>/`.
+pub mod run {
+    /// The resolved experiment spec the worker runs.
+    pub const SPEC: &str = "spec.yaml";
+    /// Phase, attempts, timestamps, exit codes and reason.
+    pub const STATUS: &str = "status.json";
+    /// One JSON record per line: per-epoch validation metrics and periodic step throughput.
+    pub const METRICS: &str = "metrics.jsonl";
+    /// The final evaluation report.
+    pub const REPORT: &str = "report.json";
+    /// Folder of checkpoints.
+    pub const CHECKPOINTS: &str = "checkpoints";
+    /// Pointer to the newest complete checkpoint (its key, as text).
+    pub const LATEST_CHECKPOINT: &str = "checkpoints/latest";
+    /// Folder of worker logs, one object per attempt.
+    pub const LOGS: &str = "logs";
+
+    /// Key of the checkpoint written at the end of `epoch`.
+    pub fn checkpoint(epoch: u32) -> String {
+        format!("{CHECKPOINTS}/epoch-{epoch:04}.ckpt")
+    }
+
+    /// Key of the worker log of attempt `attempt` (1-based).
+    pub fn log(attempt: u32) -> String {
+        format!("{LOGS}/attempt-{attempt}.log")
+    }
+}
+
+/// Prefix of the dataset `name` under a bucket root.
+pub fn dataset_prefix(name: &str) -> String {
+    format!("{DATASETS}/{name}")
+}
+
+/// Prefix of the run `run_id` under a bucket root.
+pub fn run_prefix(run_id: &str) -> String {
+    format!("{RUNS}/{run_id}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_stable() {
+        assert_eq!(dataset::shard(Split::Val, 7), "shards/val-00007.idcs");
+        assert_eq!(
+            dataset::staging_marker("ab12", Split::Train, 0),
+            "_staging/ab12/train-00000.json"
+        );
+        assert_eq!(run::checkpoint(3), "checkpoints/epoch-0003.ckpt");
+        assert_eq!(run::log(2), "logs/attempt-2.log");
+        assert_eq!(dataset_prefix("idc"), "datasets/idc");
+        assert_eq!(run_prefix("cnn-1"), "runs/cnn-1");
+    }
+}

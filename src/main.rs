@@ -1,0 +1,6 @@
+//! `idcctl`: the idc controller command line.
+mod cli;
+
+fn main() -> std::process::ExitCode {
+    cli::main()
+}

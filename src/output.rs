@@ -1,0 +1,99 @@
+//! How results are printed: human tables, or JSON/YAML for scripts (`-o table|json|yaml`).
+
+use crate::dataset::manifest::DatasetManifest;
+use crate::dataset::split::Split;
+use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// Output format of a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum OutputFormat {
+    #[default]
+    Table,
+    Json,
+    Yaml,
+}
+
+/// Renders `value` as JSON or YAML, or as the table `table` draws.
+pub fn render<T: Serialize>(value: &T, format: OutputFormat, table: impl FnOnce(&T) -> String) -> String {
+    match format {
+        OutputFormat::Table => table(value),
+        OutputFormat::Json => serde_json::to_string_pretty(value).expect("serializable") + "\n",
+        OutputFormat::Yaml => serde_yaml::to_string(value).expect("serializable"),
+    }
+}
+
+/// How many skipped files a table lists by name.
+const SKIPPED_SHOWN: usize = 10;
+
+/// The summary of a staged dataset: splits, classes, what was padded or skipped and why.
+pub fn dataset_table(m: &DatasetManifest) -> String {
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED);
+    t.set_header(["split", "patients", "patches", "no IDC (0)", "IDC (1)", "IDC %", "shards"]);
+    for split in Split::ALL {
+        let s = m.splits.get(&split).cloned().unwrap_or_default();
+        t.add_row([
+            split.to_string(),
+            s.patients.to_string(),
+            s.records.to_string(),
+            s.class_counts[0].to_string(),
+            s.class_counts[1].to_string(),
+            format!("{:.1}", 100.0 * s.positive_fraction()),
+            m.shards_of(split).count().to_string(),
+        ]);
+    }
+    let all = m.class_counts();
+    let total = m.records();
+    t.add_row([
+        "total".to_string(),
+        String::new(),
+        total.to_string(),
+        all[0].to_string(),
+        all[1].to_string(),
+        format!("{:.1}", if total == 0 { 0.0 } else { 100.0 * all[1] as f64 / total as f64 }),
+        m.shards.len().to_string(),
+    ]);
+
+    let split = &m.options.split;
+    let mut out = format!(
+        "dataset {}  (staged {} by {})\nsource  {} ({:?}, {} files seen)\nsplit   {:?}, val {}, test {}, seed {}\n{t}\n",
+        m.id, m.created_at, m.staged_by, m.source.path, m.source.kind, m.source.files_seen,
+        split.method, split.val, split.test, split.seed,
+    );
+    out += &format!(
+        "class weights  {:.4} / {:.4}   train mean RGB {:.4} {:.4} {:.4}   std {:.4} {:.4} {:.4}\n",
+        m.class_weights[0], m.class_weights[1], m.mean[0], m.mean[1], m.mean[2], m.std[0], m.std[1], m.std[2]
+    );
+    let bytes: u64 = m.shards.iter().map(|s| s.bytes).sum();
+    out += &format!(
+        "padded {} edge patches ({:?})   duplicates counted once: {}   shards {} ({:.1} MB)\n",
+        m.padded,
+        m.options.undersized,
+        m.source.duplicates,
+        m.shards.len(),
+        bytes as f64 / 1e6
+    );
+    if m.skipped.is_empty() {
+        out += "skipped 0 files\n";
+    } else {
+        let mut why: BTreeMap<&str, usize> = BTreeMap::new();
+        for s in &m.skipped {
+            *why.entry(s.reason.split(':').next().unwrap_or(&s.reason)).or_default() += 1;
+        }
+        out += &format!("skipped {} files:", m.skipped.len());
+        for (reason, n) in why {
+            out += &format!(" {n} {reason};");
+        }
+        out.pop();
+        out += "\n";
+        for s in m.skipped.iter().take(SKIPPED_SHOWN) {
+            out += &format!("  {}: {}\n", s.path, s.reason);
+        }
+        if m.skipped.len() > SKIPPED_SHOWN {
+            out += &format!("  … and {} more (-o json lists all)\n", m.skipped.len() - SKIPPED_SHOWN);
+        }
+    }
+    out
+}

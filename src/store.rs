@@ -1,0 +1,289 @@
+//! Object storage behind one interface: `file://` (a local folder) and `s3://` (MinIO, Garage,
+//! AWS), via `object_store`. Errors name the URL and the cause, never credentials.
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as ObjPath;
+use object_store::{
+    BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig, WriteMultipart,
+};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Objects larger than this are uploaded in parts of this size (S3 wants parts of 5 MiB or more).
+pub const PART_SIZE: usize = 8 * 1024 * 1024;
+
+/// A storage failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("invalid storage URL '{url}': {reason}")]
+    BadUrl { url: String, reason: String },
+    #[error("cannot {op} {url}: {message}{hint}")]
+    Op { op: &'static str, url: String, message: String, hint: &'static str },
+    #[error("{url} does not exist")]
+    NotFound { url: String },
+}
+
+impl StoreError {
+    fn op(op: &'static str, url: String, e: object_store::Error) -> Self {
+        if matches!(e, object_store::Error::NotFound { .. }) {
+            return StoreError::NotFound { url };
+        }
+        let message = e.to_string();
+        let hint = if message.contains("403") || message.contains("InvalidAccessKeyId") || message.contains("SignatureDoesNotMatch") {
+            " (check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
+        } else if message.contains("error sending request") || message.contains("onnect") {
+            " (is the storage server reachable? check AWS_ENDPOINT)"
+        } else if message.contains("NoSuchBucket") {
+            " (create the bucket first)"
+        } else {
+            ""
+        };
+        StoreError::Op { op, url, message, hint }
+    }
+}
+
+/// A bucket (or a prefix inside one) that keys are relative to.
+#[derive(Debug, Clone)]
+pub struct Store {
+    inner: Arc<dyn ObjectStore>,
+    prefix: ObjPath,
+    /// The URL of `prefix`, for messages.
+    url: String,
+}
+
+impl Store {
+    /// Opens `file:///abs`, `file://./rel`, a plain path, or `s3://bucket/prefix` (configured by
+    /// the usual AWS_* variables: AWS_ENDPOINT, AWS_REGION, AWS_ACCESS_KEY_ID,
+    /// AWS_SECRET_ACCESS_KEY, AWS_ALLOW_HTTP).
+    pub fn open(url: &str) -> Result<Self, StoreError> {
+        let bad = |reason: &str| StoreError::BadUrl { url: redact(url), reason: reason.to_string() };
+        if let Some(rest) = url.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(bad("no bucket name (expected s3://bucket/prefix)"));
+            }
+            if bucket.contains('@') || bucket.contains(':') {
+                return Err(bad("credentials and ports do not belong in the URL; set AWS_* variables"));
+            }
+            let retry = RetryConfig {
+                backoff: BackoffConfig::default(),
+                max_retries: 5,
+                retry_timeout: Duration::from_secs(60),
+            };
+            let client = ClientOptions::new()
+                .with_connect_timeout(Duration::from_secs(5))
+                .with_timeout(Duration::from_secs(300));
+            let s3 = AmazonS3Builder::from_env()
+                .with_bucket_name(bucket)
+                .with_retry(retry)
+                .with_client_options(client)
+                .build()
+                .map_err(|e| bad(&e.to_string()))?;
+            let prefix = prefix.trim_matches('/');
+            return Ok(Self {
+                inner: Arc::new(s3),
+                prefix: ObjPath::from(prefix),
+                url: format!("s3://{bucket}{}{prefix}", if prefix.is_empty() { "" } else { "/" }),
+            });
+        }
+        let path = match url.split_once("://") {
+            Some(("file", p)) => p,
+            Some((scheme, _)) => return Err(bad(&format!("unsupported scheme '{scheme}' (use file:// or s3://)"))),
+            None => url,
+        };
+        if path.is_empty() {
+            return Err(bad("empty path"));
+        }
+        Self::local(Path::new(path)).map_err(|reason| bad(&reason))
+    }
+
+    fn local(path: &Path) -> Result<Self, String> {
+        let abs: PathBuf = if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            std::env::current_dir().map_err(|e| e.to_string())?.join(path)
+        };
+        let abs = normalize(&abs);
+        let prefix = ObjPath::from_absolute_path(&abs).map_err(|e| e.to_string())?;
+        Ok(Self {
+            inner: Arc::new(LocalFileSystem::new()),
+            prefix,
+            url: format!("file://{}", abs.display()),
+        })
+    }
+
+    /// The URL of this store's root.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The URL of `key`.
+    pub fn url_of(&self, key: &str) -> String {
+        format!("{}/{}", self.url.trim_end_matches('/'), key)
+    }
+
+    /// A store rooted at `sub` inside this one.
+    pub fn child(&self, sub: &str) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            prefix: self.path(sub),
+            url: self.url_of(sub.trim_matches('/')),
+        }
+    }
+
+    fn path(&self, key: &str) -> ObjPath {
+        key.split('/').filter(|p| !p.is_empty()).fold(self.prefix.clone(), |p, part| p.join(part))
+    }
+
+    /// Reads `key`, or `None` when it does not exist.
+    pub async fn get_opt(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
+        let run = async { self.inner.get(&self.path(key)).await?.bytes().await };
+        match run.await {
+            Ok(b) => Ok(Some(b)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(StoreError::op("read", self.url_of(key), e)),
+        }
+    }
+
+    /// Reads `key`; a missing object is an error.
+    pub async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
+        self.get_opt(key).await?.ok_or_else(|| StoreError::NotFound { url: self.url_of(key) })
+    }
+
+    /// The size of `key`, or `None` when it does not exist.
+    pub async fn size(&self, key: &str) -> Result<Option<u64>, StoreError> {
+        match self.inner.head(&self.path(key)).await {
+            Ok(m) => Ok(Some(m.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(StoreError::op("read", self.url_of(key), e)),
+        }
+    }
+
+    /// Writes `key` whole: readers see the old object or the new one, never a part.
+    pub async fn put(&self, key: &str, bytes: Bytes) -> Result<(), StoreError> {
+        if bytes.len() > PART_SIZE {
+            return self.put_multipart(key, bytes).await;
+        }
+        self.inner
+            .put(&self.path(key), PutPayload::from(bytes))
+            .await
+            .map(|_| ())
+            .map_err(|e| StoreError::op("write", self.url_of(key), e))
+    }
+
+    async fn put_multipart(&self, key: &str, bytes: Bytes) -> Result<(), StoreError> {
+        let err = |e| StoreError::op("write", self.url_of(key), e);
+        let upload = self.inner.put_multipart(&self.path(key)).await.map_err(err)?;
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
+        for chunk in bytes.chunks(PART_SIZE) {
+            // Bound memory and connections: at most 4 parts in flight.
+            writer.wait_for_capacity(4).await.map_err(err)?;
+            writer.put(bytes.slice_ref(chunk));
+        }
+        writer.finish().await.map(|_| ()).map_err(err)
+    }
+
+    /// Deletes `key`; a missing object is not an error.
+    pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        match self.inner.delete(&self.path(key)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(StoreError::op("delete", self.url_of(key), e)),
+        }
+    }
+
+    /// Keys (relative to this store) and sizes of every object under `prefix`.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>, StoreError> {
+        let root = self.path(prefix);
+        let listed: Vec<_> = match self.inner.list(Some(&root)).try_collect().await {
+            Ok(v) => v,
+            Err(object_store::Error::NotFound { .. }) => vec![],
+            Err(e) => return Err(StoreError::op("list", self.url_of(prefix), e)),
+        };
+        let skip = self.prefix.parts().count();
+        let mut out: Vec<(String, u64)> = listed
+            .into_iter()
+            .map(|m| {
+                let key: Vec<_> = m.location.parts().skip(skip).map(|p| p.as_ref().to_string()).collect();
+                (key.join("/"), m.size)
+            })
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// Deletes every object under `prefix`.
+    pub async fn delete_prefix(&self, prefix: &str) -> Result<(), StoreError> {
+        for (key, _) in self.list(prefix).await? {
+            self.delete(&key).await?;
+        }
+        Ok(())
+    }
+}
+
+/// `url` with any `user:password@` part masked, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.find('@')) {
+        (Some(s), Some(at)) if at > s && !url[s + 3..at].contains('/') => {
+            format!("{}://***@{}", &url[..s], &url[at + 1..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// Removes `.` and `..` without touching the file system (the folder may not exist yet).
+fn normalize(p: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn local_round_trip_and_listing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&format!("file://{}/bucket/./ds", dir.path().display())).unwrap();
+        assert_eq!(store.url(), format!("file://{}/bucket/ds", dir.path().display()));
+        assert_eq!(store.get_opt("a/b.json").await.unwrap(), None);
+        store.put("a/b.json", Bytes::from_static(b"{}")).await.unwrap();
+        let big = Bytes::from(vec![3u8; PART_SIZE * 2 + 5]);
+        store.put("a/big.bin", big.clone()).await.unwrap();
+        assert_eq!(store.get("a/big.bin").await.unwrap(), big);
+        assert_eq!(store.size("a/b.json").await.unwrap(), Some(2));
+        let keys: Vec<_> = store.list("a").await.unwrap().into_iter().map(|k| k.0).collect();
+        assert_eq!(keys, ["a/b.json", "a/big.bin"]);
+        assert_eq!(store.child("a").list("").await.unwrap().len(), 2);
+        store.delete_prefix("a").await.unwrap();
+        assert!(store.list("").await.unwrap().is_empty());
+        assert!(matches!(store.get("a/b.json").await, Err(StoreError::NotFound { .. })));
+    }
+
+    #[test]
+    fn rejects_bad_urls() {
+        for (url, want) in [
+            ("gs://bucket/x", "unsupported scheme 'gs'"),
+            ("s3://", "no bucket name"),
+            ("s3://AKIA:secret@bucket/x", "credentials and ports do not belong"),
+            ("file://", "empty path"),
+        ] {
+            let e = Store::open(url).unwrap_err().to_string();
+            assert!(e.contains(want), "{url}: {e}");
+            assert!(!e.contains("secret"), "credentials leaked: {e}");
+        }
+    }
+}
