@@ -116,8 +116,9 @@ pub fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,idc=info,idcctl=info")),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("warn,idc=info,idcctl=info")
+            }),
         )
         .with_writer(std::io::stderr)
         .with_target(false)
@@ -161,10 +162,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Dataset(DatasetCommand::Synth(args)) => synth_cmd(args),
         Command::Dataset(DatasetCommand::Show { url, output }) => {
             let store = Store::open(&url)?;
-            let manifest = stage::read_manifest(&store)
-                .await?
-                .ok_or_else(|| UserError(format!("no staged dataset at {} (no manifest.json)", store.url())))?;
-            print!("{}", output::render(&manifest, output, output::dataset_table));
+            let manifest = stage::read_manifest(&store).await?.ok_or_else(|| {
+                UserError(format!(
+                    "no staged dataset at {} (no manifest.json)",
+                    store.url()
+                ))
+            })?;
+            print!(
+                "{}",
+                output::render(&manifest, output, output::dataset_table)
+            );
             Ok(ExitCode::Success)
         }
     }
@@ -173,25 +180,41 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 async fn stage_cmd(args: StageArgs) -> anyhow::Result<ExitCode> {
     let dest = Store::open(&args.to)?;
     let opts = StageOptions {
-        split: SplitOptions { method: args.split, val: args.val, test: args.test, seed: args.seed },
-        undersized: if args.skip_undersized { Undersized::Skip } else { Undersized::Pad },
+        split: SplitOptions {
+            method: args.split,
+            val: args.val,
+            test: args.test,
+            seed: args.seed,
+        },
+        undersized: if args.skip_undersized {
+            Undersized::Skip
+        } else {
+            Undersized::Pad
+        },
         strict: args.strict,
         shard_records: args.shard_records,
         threads: args.threads,
         force: args.force,
     };
     let pb = ProgressBar::new(0).with_style(
-        ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {human_pos}/{human_len} patches ({per_sec}, eta {eta})")
-            .expect("valid template")
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{spinner} {msg} [{bar:30}] {human_pos}/{human_len} patches ({per_sec}, eta {eta})",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
     );
     pb.set_message("staging");
     pb.enable_steady_tick(std::time::Duration::from_millis(200));
-    let hooks = StageHooks { progress: Some(pb.clone()), ..Default::default() };
+    let hooks = StageHooks {
+        progress: Some(pb.clone()),
+        ..Default::default()
+    };
     let cancel = hooks.cancel.clone();
     tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!("\ninterrupt: finishing the shard in flight, then stopping (Ctrl-C again to abort)");
+            eprintln!(
+                "\ninterrupt: finishing the shard in flight, then stopping (Ctrl-C again to abort)"
+            );
             cancel.store(true, Ordering::SeqCst);
             if tokio::signal::ctrl_c().await.is_ok() {
                 std::process::exit(ExitCode::Interrupted as i32);
@@ -215,7 +238,11 @@ async fn stage_cmd(args: StageArgs) -> anyhow::Result<ExitCode> {
                 "staged {} patches to {} in {elapsed:.1}s ({rate:.0} patches/s): {written} shards written{}",
                 outcome.manifest.records(),
                 dest.url(),
-                if resumed > 0 { format!(", {resumed} reused from an interrupted stage") } else { String::new() }
+                if resumed > 0 {
+                    format!(", {resumed} reused from an interrupted stage")
+                } else {
+                    String::new()
+                }
             );
         }
     }
@@ -225,13 +252,19 @@ async fn stage_cmd(args: StageArgs) -> anyhow::Result<ExitCode> {
             outcome.manifest.source.duplicates
         );
     }
-    print!("{}", output::render(&outcome.manifest, args.output, output::dataset_table));
+    print!(
+        "{}",
+        output::render(&outcome.manifest, args.output, output::dataset_table)
+    );
     Ok(ExitCode::Success)
 }
 
 fn synth_cmd(args: SynthArgs) -> anyhow::Result<ExitCode> {
     if !(0.0..=1.0).contains(&args.edge_fraction) || !(0.0..=1.0).contains(&args.label_noise) {
-        return Err(UserError("--edge-fraction and --label-noise are fractions between 0 and 1".into()).into());
+        return Err(UserError(
+            "--edge-fraction and --label-noise are fractions between 0 and 1".into(),
+        )
+        .into());
     }
     if args.patients == 0 || args.per_patient == 0 {
         return Err(UserError("--patients and --per-patient must be at least 1".into()).into());

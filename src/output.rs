@@ -16,7 +16,11 @@ pub enum OutputFormat {
 }
 
 /// Renders `value` as JSON or YAML, or as the table `table` draws.
-pub fn render<T: Serialize>(value: &T, format: OutputFormat, table: impl FnOnce(&T) -> String) -> String {
+pub fn render<T: Serialize>(
+    value: &T,
+    format: OutputFormat,
+    table: impl FnOnce(&T) -> String,
+) -> String {
     match format {
         OutputFormat::Table => table(value),
         OutputFormat::Json => serde_json::to_string_pretty(value).expect("serializable") + "\n",
@@ -31,7 +35,15 @@ const SKIPPED_SHOWN: usize = 10;
 pub fn dataset_table(m: &DatasetManifest) -> String {
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED);
-    t.set_header(["split", "patients", "patches", "no IDC (0)", "IDC (1)", "IDC %", "shards"]);
+    t.set_header([
+        "split",
+        "patients",
+        "patches",
+        "no IDC (0)",
+        "IDC (1)",
+        "IDC %",
+        "shards",
+    ]);
     for split in Split::ALL {
         let s = m.splits.get(&split).cloned().unwrap_or_default();
         t.add_row([
@@ -52,19 +64,41 @@ pub fn dataset_table(m: &DatasetManifest) -> String {
         total.to_string(),
         all[0].to_string(),
         all[1].to_string(),
-        format!("{:.1}", if total == 0 { 0.0 } else { 100.0 * all[1] as f64 / total as f64 }),
+        format!(
+            "{:.1}",
+            if total == 0 {
+                0.0
+            } else {
+                100.0 * all[1] as f64 / total as f64
+            }
+        ),
         m.shards.len().to_string(),
     ]);
 
     let split = &m.options.split;
     let mut out = format!(
         "dataset {}  (staged {} by {})\nsource  {} ({:?}, {} files seen)\nsplit   {:?}, val {}, test {}, seed {}\n{t}\n",
-        m.id, m.created_at, m.staged_by, m.source.path, m.source.kind, m.source.files_seen,
-        split.method, split.val, split.test, split.seed,
+        m.id,
+        m.created_at,
+        m.staged_by,
+        m.source.path,
+        m.source.kind,
+        m.source.files_seen,
+        split.method,
+        split.val,
+        split.test,
+        split.seed,
     );
     out += &format!(
         "class weights  {:.4} / {:.4}   train mean RGB {:.4} {:.4} {:.4}   std {:.4} {:.4} {:.4}\n",
-        m.class_weights[0], m.class_weights[1], m.mean[0], m.mean[1], m.mean[2], m.std[0], m.std[1], m.std[2]
+        m.class_weights[0],
+        m.class_weights[1],
+        m.mean[0],
+        m.mean[1],
+        m.mean[2],
+        m.std[0],
+        m.std[1],
+        m.std[2]
     );
     let bytes: u64 = m.shards.iter().map(|s| s.bytes).sum();
     out += &format!(
@@ -80,7 +114,8 @@ pub fn dataset_table(m: &DatasetManifest) -> String {
     } else {
         let mut why: BTreeMap<&str, usize> = BTreeMap::new();
         for s in &m.skipped {
-            *why.entry(s.reason.split(':').next().unwrap_or(&s.reason)).or_default() += 1;
+            *why.entry(s.reason.split(':').next().unwrap_or(&s.reason))
+                .or_default() += 1;
         }
         out += &format!("skipped {} files:", m.skipped.len());
         for (reason, n) in why {
@@ -92,7 +127,10 @@ pub fn dataset_table(m: &DatasetManifest) -> String {
             out += &format!("  {}: {}\n", s.path, s.reason);
         }
         if m.skipped.len() > SKIPPED_SHOWN {
-            out += &format!("  … and {} more (-o json lists all)\n", m.skipped.len() - SKIPPED_SHOWN);
+            out += &format!(
+                "  … and {} more (-o json lists all)\n",
+                m.skipped.len() - SKIPPED_SHOWN
+            );
         }
     }
     out

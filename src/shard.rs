@@ -46,7 +46,9 @@ pub const FLAG_PADDED: u8 = 1;
 pub enum ShardError {
     #[error("not an idc shard (bad magic bytes)")]
     BadMagic,
-    #[error("shard format version {found} is not supported (this build reads version {FORMAT_VERSION})")]
+    #[error(
+        "shard format version {found} is not supported (this build reads version {FORMAT_VERSION})"
+    )]
     UnsupportedVersion { found: u16 },
     #[error("shard header is inconsistent: {0}")]
     BadHeader(String),
@@ -120,7 +122,10 @@ pub fn header(split: Split, count: u64) -> [u8; HEADER_LEN] {
     h[10..12].copy_from_slice(&(HEADER_LEN as u16).to_le_bytes());
     h[12..16].copy_from_slice(&(RECORD_LEN as u32).to_le_bytes());
     h[16..24].copy_from_slice(&count.to_le_bytes());
-    for (i, v) in [PATCH_SIZE as u16, PATCH_SIZE as u16, CHANNELS as u16].into_iter().enumerate() {
+    for (i, v) in [PATCH_SIZE as u16, PATCH_SIZE as u16, CHANNELS as u16]
+        .into_iter()
+        .enumerate()
+    {
         h[24 + 2 * i..26 + 2 * i].copy_from_slice(&v.to_le_bytes());
     }
     h[32] = split.code();
@@ -131,7 +136,11 @@ pub fn header(split: Split, count: u64) -> [u8; HEADER_LEN] {
 /// record slots in parallel.
 pub fn write_record(dst: &mut [u8], meta: RecordMeta, pixels: &[u8]) {
     assert_eq!(dst.len(), RECORD_LEN, "a record slot is RECORD_LEN bytes");
-    assert_eq!(pixels.len(), PATCH_BYTES, "a record holds exactly one 50x50 RGB patch");
+    assert_eq!(
+        pixels.len(),
+        PATCH_BYTES,
+        "a record holds exactly one 50x50 RGB patch"
+    );
     dst[0] = meta.label;
     dst[1] = meta.flags;
     dst[2..4].fill(0);
@@ -144,7 +153,11 @@ pub fn write_record(dst: &mut [u8], meta: RecordMeta, pixels: &[u8]) {
 /// Completes a shard buffer (header followed by `count` records): sets the count, returns the
 /// bytes and their SHA-256 (hex).
 pub fn finish_buffer(mut buf: Vec<u8>, count: u64) -> (Vec<u8>, String) {
-    assert_eq!(buf.len(), HEADER_LEN + count as usize * RECORD_LEN, "buffer holds the header and `count` records");
+    assert_eq!(
+        buf.len(),
+        HEADER_LEN + count as usize * RECORD_LEN,
+        "buffer holds the header and `count` records"
+    );
     buf[16..24].copy_from_slice(&count.to_le_bytes());
     let digest = sha256_hex(&buf);
     (buf, digest)
@@ -168,7 +181,10 @@ impl<B: AsRef<[u8]>> ShardReader<B> {
     pub fn open_verified(buf: B, expected_sha256: &str) -> Result<Self, ShardError> {
         let found = sha256_hex(buf.as_ref());
         if !found.eq_ignore_ascii_case(expected_sha256) {
-            return Err(ShardError::Checksum { expected: expected_sha256.to_string(), found });
+            return Err(ShardError::Checksum {
+                expected: expected_sha256.to_string(),
+                found,
+            });
         }
         Self::open(buf)
     }
@@ -187,7 +203,11 @@ impl<B: AsRef<[u8]>> ShardReader<B> {
         let header_len = u16_at(10) as usize;
         let record_len = u32::from_le_bytes(b[12..16].try_into().unwrap()) as usize;
         let count = u64::from_le_bytes(b[16..24].try_into().unwrap()) as usize;
-        let dims = (u16_at(24) as usize, u16_at(26) as usize, u16_at(28) as usize);
+        let dims = (
+            u16_at(24) as usize,
+            u16_at(26) as usize,
+            u16_at(28) as usize,
+        );
         if header_len != HEADER_LEN || record_len != RECORD_LEN {
             return Err(ShardError::BadHeader(format!(
                 "header_len {header_len}, record_len {record_len}"
@@ -200,7 +220,10 @@ impl<B: AsRef<[u8]>> ShardReader<B> {
             .ok_or_else(|| ShardError::BadHeader(format!("split code {}", b[32])))?;
         let expected = HEADER_LEN + count * RECORD_LEN;
         if b.len() != expected {
-            return Err(ShardError::Truncated { expected, found: b.len() });
+            return Err(ShardError::Truncated {
+                expected,
+                found: b.len(),
+            });
         }
         Ok(Self { buf, count, split })
     }
@@ -222,11 +245,21 @@ impl<B: AsRef<[u8]>> ShardReader<B> {
 
     /// Record `i`.
     pub fn record(&self, i: usize) -> Record<'_> {
-        assert!(i < self.count, "record {i} out of range ({} records)", self.count);
+        assert!(
+            i < self.count,
+            "record {i} out of range ({} records)",
+            self.count
+        );
         let r = &self.buf.as_ref()[HEADER_LEN + i * RECORD_LEN..][..RECORD_LEN];
         let u32_at = |o: usize| u32::from_le_bytes(r[o..o + 4].try_into().unwrap());
         Record {
-            meta: RecordMeta { label: r[0], flags: r[1], patient: u32_at(4), x: u32_at(8), y: u32_at(12) },
+            meta: RecordMeta {
+                label: r[0],
+                flags: r[1],
+                patient: u32_at(4),
+                x: u32_at(8),
+                y: u32_at(12),
+            },
             pixels: &r[RECORD_META_LEN..],
         }
     }
@@ -245,8 +278,26 @@ mod tests {
         let mut w = ShardWriter::new(Split::Test, 2);
         let a: Vec<u8> = (0..PATCH_BYTES).map(|i| (i % 251) as u8).collect();
         let b = vec![7u8; PATCH_BYTES];
-        w.push(RecordMeta { label: 1, flags: FLAG_PADDED, patient: 10253, x: 1351, y: 2001 }, &a);
-        w.push(RecordMeta { label: 0, flags: 0, patient: 8863, x: 1, y: 51 }, &b);
+        w.push(
+            RecordMeta {
+                label: 1,
+                flags: FLAG_PADDED,
+                patient: 10253,
+                x: 1351,
+                y: 2001,
+            },
+            &a,
+        );
+        w.push(
+            RecordMeta {
+                label: 0,
+                flags: 0,
+                patient: 8863,
+                x: 1,
+                y: 51,
+            },
+            &b,
+        );
         w.finish()
     }
 
@@ -258,7 +309,16 @@ mod tests {
         assert_eq!(r.len(), 2);
         assert_eq!(r.split(), Split::Test);
         let first = r.record(0);
-        assert_eq!(first.meta, RecordMeta { label: 1, flags: FLAG_PADDED, patient: 10253, x: 1351, y: 2001 });
+        assert_eq!(
+            first.meta,
+            RecordMeta {
+                label: 1,
+                flags: FLAG_PADDED,
+                patient: 10253,
+                x: 1351,
+                y: 2001
+            }
+        );
         assert_eq!(first.pixels[260], (260 % 251) as u8);
         assert!(r.record(1).pixels.iter().all(|&p| p == 7));
     }
@@ -267,15 +327,24 @@ mod tests {
     fn detects_corruption() {
         let (mut bytes, sha) = sample();
         bytes[HEADER_LEN + 100] ^= 1;
-        assert!(matches!(ShardReader::open_verified(&bytes[..], &sha), Err(ShardError::Checksum { .. })));
+        assert!(matches!(
+            ShardReader::open_verified(&bytes[..], &sha),
+            Err(ShardError::Checksum { .. })
+        ));
         let (bytes, _) = sample();
         assert!(matches!(
             ShardReader::open(&bytes[..bytes.len() - 1]),
             Err(ShardError::Truncated { .. })
         ));
-        assert_eq!(ShardReader::open(&b"PNG"[..]).unwrap_err(), ShardError::BadMagic);
+        assert_eq!(
+            ShardReader::open(&b"PNG"[..]).unwrap_err(),
+            ShardError::BadMagic
+        );
         let (mut bytes, _) = sample();
         bytes[8] = 9;
-        assert_eq!(ShardReader::open(&bytes[..]).unwrap_err(), ShardError::UnsupportedVersion { found: 9 });
+        assert_eq!(
+            ShardReader::open(&bytes[..]).unwrap_err(),
+            ShardError::UnsupportedVersion { found: 9 }
+        );
     }
 }

@@ -7,8 +7,8 @@
 
 use crate::dataset::decode::{Undersized, decode_png};
 use crate::dataset::manifest::{
-    DatasetManifest, ImageInfo, MANIFEST_VERSION, ShardInfo, SourceInfo, SplitSummary, StageOptionsRecord,
-    class_weights,
+    DatasetManifest, ImageInfo, MANIFEST_VERSION, ShardInfo, SourceInfo, SplitSummary,
+    StageOptionsRecord, class_weights,
 };
 use crate::dataset::source::{Rejected, Source, SourceError};
 use crate::dataset::split::{self, Split, SplitError, SplitOptions};
@@ -94,7 +94,11 @@ pub enum StageError {
         "{url} already holds a different dataset (id {existing}, staged from {source_path}); \
          pass --force to replace it, or stage to another URL"
     )]
-    Conflict { url: String, existing: String, source_path: String },
+    Conflict {
+        url: String,
+        existing: String,
+        source_path: String,
+    },
     #[error("--strict: {count} file(s) would be skipped, first: {first}")]
     Strict { count: usize, first: String },
     #[error("{url} is not a readable dataset manifest: {reason}")]
@@ -141,20 +145,33 @@ struct ShardPlan {
 
 /// Reads a staged dataset's manifest.
 pub async fn read_manifest(dataset: &Store) -> Result<Option<DatasetManifest>, StageError> {
-    let Some(bytes) = dataset.get_opt(keys::MANIFEST).await? else { return Ok(None) };
-    let m: DatasetManifest = serde_json::from_slice(&bytes).map_err(|e| StageError::BadManifest {
-        url: dataset.url_of(keys::MANIFEST),
-        reason: e.to_string(),
-    })?;
+    let Some(bytes) = dataset.get_opt(keys::MANIFEST).await? else {
+        return Ok(None);
+    };
+    let m: DatasetManifest =
+        serde_json::from_slice(&bytes).map_err(|e| StageError::BadManifest {
+            url: dataset.url_of(keys::MANIFEST),
+            reason: e.to_string(),
+        })?;
     m.check_version()
-        .map_err(|reason| StageError::BadManifest { url: dataset.url_of(keys::MANIFEST), reason })?;
+        .map_err(|reason| StageError::BadManifest {
+            url: dataset.url_of(keys::MANIFEST),
+            reason,
+        })?;
     Ok(Some(m))
 }
 
 /// Stages `source` (a folder or a zip) into the dataset at `dest`.
-pub async fn stage(source: &Path, dest: &Store, opts: &StageOptions, hooks: &StageHooks) -> Result<StageOutcome, StageError> {
+pub async fn stage(
+    source: &Path,
+    dest: &Store,
+    opts: &StageOptions,
+    hooks: &StageHooks,
+) -> Result<StageOutcome, StageError> {
     if opts.shard_records == 0 {
-        return Err(StageError::BadOption("--shard-records must be at least 1".into()));
+        return Err(StageError::BadOption(
+            "--shard-records must be at least 1".into(),
+        ));
     }
     let path = source.to_path_buf();
     let src = Arc::new(
@@ -162,10 +179,13 @@ pub async fn stage(source: &Path, dest: &Store, opts: &StageOptions, hooks: &Sta
             .await
             .expect("listing does not panic")?,
     );
-    if opts.strict {
-        if let Some(r) = src.rejected.first() {
-            return Err(StageError::Strict { count: src.rejected.len(), first: format!("{}: {}", r.path, r.reason) });
-        }
+    if opts.strict
+        && let Some(r) = src.rejected.first()
+    {
+        return Err(StageError::Strict {
+            count: src.rejected.len(),
+            first: format!("{}: {}", r.path, r.reason),
+        });
     }
     let record = StageOptionsRecord {
         split: opts.split.clone(),
@@ -177,9 +197,15 @@ pub async fn stage(source: &Path, dest: &Store, opts: &StageOptions, hooks: &Sta
     if let Some(existing) = read_manifest(dest).await? {
         if existing.id == plan_id {
             if let Some(missing) = first_missing_shard(dest, &existing).await? {
-                tracing::warn!("{} is missing or damaged; staging again", dest.url_of(&missing));
+                tracing::warn!(
+                    "{} is missing or damaged; staging again",
+                    dest.url_of(&missing)
+                );
             } else {
-                return Ok(StageOutcome { manifest: existing, status: StageStatus::AlreadyStaged });
+                return Ok(StageOutcome {
+                    manifest: existing,
+                    status: StageStatus::AlreadyStaged,
+                });
             }
         } else if !opts.force {
             return Err(StageError::Conflict {
@@ -192,47 +218,70 @@ pub async fn stage(source: &Path, dest: &Store, opts: &StageOptions, hooks: &Sta
         dest.delete(keys::MANIFEST).await?;
     }
 
-    let items: Vec<(u32, u8)> = src.entries.iter().map(|e| (e.name.patient, e.name.class)).collect();
+    let items: Vec<(u32, u8)> = src
+        .entries
+        .iter()
+        .map(|e| (e.name.patient, e.name.class))
+        .collect();
     let assignment = split::assign(&items, &opts.split)?;
     let plans = plan_shards(&assignment, opts.shard_records);
     let total_records: usize = plans.iter().map(|p| p.entries.len()).sum();
 
     // Reuse shards committed by an earlier, interrupted run of the same plan.
     let mut markers: Vec<Option<ShardMarker>> = Vec::with_capacity(plans.len());
-    let committed: HashMap<String, u64> = dest.list(&keys::staging_prefix(&plan_id)).await?.into_iter().collect();
+    let committed: HashMap<String, u64> = dest
+        .list(&keys::staging_prefix(&plan_id))
+        .await?
+        .into_iter()
+        .collect();
     for p in &plans {
         let key = keys::staging_marker(&plan_id, p.split, p.index);
         let mut reuse = None;
-        if committed.contains_key(&key) {
-            if let Some(bytes) = dest.get_opt(&key).await? {
-                if let Ok(m) = serde_json::from_slice::<ShardMarker>(&bytes) {
-                    if dest.size(&m.info.key).await? == Some(m.info.bytes) {
-                        reuse = Some(m);
-                    }
-                }
-            }
+        if committed.contains_key(&key)
+            && let Some(bytes) = dest.get_opt(&key).await?
+            && let Ok(m) = serde_json::from_slice::<ShardMarker>(&bytes)
+            && dest.size(&m.info.key).await? == Some(m.info.bytes)
+        {
+            reuse = Some(m);
         }
         markers.push(reuse);
     }
     let resumed = markers.iter().filter(|m| m.is_some()).count();
     if let Some(pb) = &hooks.progress {
         pb.set_length(total_records as u64);
-        let done: usize = plans.iter().zip(&markers).filter(|(_, m)| m.is_some()).map(|(p, _)| p.entries.len()).sum();
+        let done: usize = plans
+            .iter()
+            .zip(&markers)
+            .filter(|(_, m)| m.is_some())
+            .map(|(p, _)| p.entries.len())
+            .sum();
         pb.set_position(done as u64);
         pb.reset_eta();
     }
     if resumed > 0 {
-        tracing::info!("resuming: {resumed} of {} shards already staged", plans.len());
+        tracing::info!(
+            "resuming: {resumed} of {} shards already staged",
+            plans.len()
+        );
     }
 
     let pending: Vec<usize> = (0..plans.len()).filter(|&i| markers[i].is_none()).collect();
     let written = pending.len();
     let plans = Arc::new(plans);
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<(usize, Vec<u8>, ShardMarker), StageError>>(1);
+    let (tx, mut rx) =
+        tokio::sync::mpsc::channel::<Result<(usize, Vec<u8>, ShardMarker), StageError>>(1);
     let producer = {
-        let (src, plans, opts, cancel) = (src.clone(), plans.clone(), opts.clone(), hooks.cancel.clone());
+        let (src, plans, opts, cancel) = (
+            src.clone(),
+            plans.clone(),
+            opts.clone(),
+            hooks.cancel.clone(),
+        );
         std::thread::spawn(move || {
-            let pool = match rayon::ThreadPoolBuilder::new().num_threads(opts.threads).build() {
+            let pool = match rayon::ThreadPoolBuilder::new()
+                .num_threads(opts.threads)
+                .build()
+            {
                 Ok(p) => p,
                 Err(e) => {
                     let _ = tx.blocking_send(Err(StageError::BadOption(format!("--threads: {e}"))));
@@ -243,7 +292,8 @@ pub async fn stage(source: &Path, dest: &Store, opts: &StageOptions, hooks: &Sta
                 if cancel.load(Ordering::SeqCst) {
                     return;
                 }
-                let (bytes, marker) = pool.install(|| build_shard(&src, &plans[i], opts.undersized));
+                let (bytes, marker) =
+                    pool.install(|| build_shard(&src, &plans[i], opts.undersized));
                 let msg = match marker.skipped.first() {
                     Some(r) if opts.strict => Err(StageError::Strict {
                         count: marker.skipped.len(),
@@ -265,7 +315,11 @@ pub async fn stage(source: &Path, dest: &Store, opts: &StageOptions, hooks: &Sta
         let records = plans[i].entries.len() as u64;
         dest.put(&marker.info.key, Bytes::from(bytes)).await?;
         let marker_key = keys::staging_marker(&plan_id, plans[i].split, plans[i].index);
-        dest.put(&marker_key, Bytes::from(serde_json::to_vec(&marker).expect("marker serializes"))).await?;
+        dest.put(
+            &marker_key,
+            Bytes::from(serde_json::to_vec(&marker).expect("marker serializes")),
+        )
+        .await?;
         markers[i] = Some(marker);
         done += 1;
         if let Some(pb) = &hooks.progress {
@@ -281,10 +335,16 @@ pub async fn stage(source: &Path, dest: &Store, opts: &StageOptions, hooks: &Sta
     drop(rx);
     producer.join().expect("the shard producer does not panic");
     if done < plans.len() {
-        return Err(StageError::Interrupted { done, total: plans.len() });
+        return Err(StageError::Interrupted {
+            done,
+            total: plans.len(),
+        });
     }
 
-    let markers: Vec<ShardMarker> = markers.into_iter().map(|m| m.expect("every shard committed")).collect();
+    let markers: Vec<ShardMarker> = markers
+        .into_iter()
+        .map(|m| m.expect("every shard committed"))
+        .collect();
     let manifest = build_manifest(&src, record, plan_id.clone(), &markers);
     let json = serde_json::to_vec_pretty(&manifest).expect("manifest serializes");
     dest.put(keys::MANIFEST, Bytes::from(json)).await?;
@@ -297,7 +357,10 @@ pub async fn stage(source: &Path, dest: &Store, opts: &StageOptions, hooks: &Sta
             dest.delete(&key).await?;
         }
     }
-    Ok(StageOutcome { manifest, status: StageStatus::Staged { written, resumed } })
+    Ok(StageOutcome {
+        manifest,
+        status: StageStatus::Staged { written, resumed },
+    })
 }
 
 /// Identity of a stage: the source fingerprint and every option that shapes the content.
@@ -311,7 +374,10 @@ fn plan_id(fingerprint: &str, record: &StageOptionsRecord) -> String {
     shard::sha256_hex(key.to_string().as_bytes())[..16].to_string()
 }
 
-async fn first_missing_shard(dest: &Store, m: &DatasetManifest) -> Result<Option<String>, StageError> {
+async fn first_missing_shard(
+    dest: &Store,
+    m: &DatasetManifest,
+) -> Result<Option<String>, StageError> {
     for s in &m.shards {
         if dest.size(&s.key).await? != Some(s.bytes) {
             return Ok(Some(s.key.clone()));
@@ -324,9 +390,15 @@ async fn first_missing_shard(dest: &Store, m: &DatasetManifest) -> Result<Option
 fn plan_shards(assignment: &[Split], per_shard: usize) -> Vec<ShardPlan> {
     let mut plans = vec![];
     for split in Split::ALL {
-        let members: Vec<usize> = (0..assignment.len()).filter(|&i| assignment[i] == split).collect();
+        let members: Vec<usize> = (0..assignment.len())
+            .filter(|&i| assignment[i] == split)
+            .collect();
         for (index, chunk) in members.chunks(per_shard).enumerate() {
-            plans.push(ShardPlan { split, index, entries: chunk.to_vec() });
+            plans.push(ShardPlan {
+                split,
+                index,
+                entries: chunk.to_vec(),
+            });
         }
     }
     plans
@@ -399,7 +471,10 @@ fn build_shard(src: &Source, plan: &ShardPlan, undersized: Undersized) -> (Vec<u
                     m.channel_sum_sq[c] += sq[c];
                 }
             }
-            Err(reason) => m.skipped.push(Rejected { path: entry.rel.clone(), reason }),
+            Err(reason) => m.skipped.push(Rejected {
+                path: entry.rel.clone(),
+                reason,
+            }),
         }
     }
     buf.truncate(HEADER_LEN + kept * RECORD_LEN);
@@ -410,8 +485,16 @@ fn build_shard(src: &Source, plan: &ShardPlan, undersized: Undersized) -> (Vec<u
     (bytes, m)
 }
 
-fn build_manifest(src: &Source, options: StageOptionsRecord, id: String, markers: &[ShardMarker]) -> DatasetManifest {
-    let mut splits: BTreeMap<Split, SplitSummary> = Split::ALL.iter().map(|s| (*s, SplitSummary::default())).collect();
+fn build_manifest(
+    src: &Source,
+    options: StageOptionsRecord,
+    id: String,
+    markers: &[ShardMarker],
+) -> DatasetManifest {
+    let mut splits: BTreeMap<Split, SplitSummary> = Split::ALL
+        .iter()
+        .map(|s| (*s, SplitSummary::default()))
+        .collect();
     let mut patients: BTreeMap<Split, BTreeSet<u32>> = BTreeMap::new();
     let (mut sum, mut sq, mut train_px) = ([0u64; 3], [0u64; 3], 0u64);
     let mut skipped = src.rejected.clone();
@@ -421,7 +504,10 @@ fn build_manifest(src: &Source, options: StageOptionsRecord, id: String, markers
         s.records += m.info.records;
         s.class_counts[0] += m.info.class_counts[0];
         s.class_counts[1] += m.info.class_counts[1];
-        patients.entry(m.info.split).or_default().extend(&m.patients);
+        patients
+            .entry(m.info.split)
+            .or_default()
+            .extend(&m.patients);
         if m.info.split == Split::Train {
             for c in 0..3 {
                 sum[c] += m.channel_sum[c];
@@ -470,5 +556,7 @@ fn build_manifest(src: &Source, options: StageOptionsRecord, id: String, markers
 /// The current time as RFC 3339 (UTC, seconds).
 pub fn now_rfc3339() -> String {
     let f = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
-    time::OffsetDateTime::now_utc().format(&f).expect("fixed format")
+    time::OffsetDateTime::now_utc()
+        .format(&f)
+        .expect("fixed format")
 }

@@ -3,11 +3,12 @@
 
 use bytes::Bytes;
 use futures::TryStreamExt;
-use object_store::aws::AmazonS3Builder;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjPath;
 use object_store::{
-    BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig, WriteMultipart,
+    BackoffConfig, ClientConfigKey, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig,
+    WriteMultipart,
 };
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -22,7 +23,12 @@ pub enum StoreError {
     #[error("invalid storage URL '{url}': {reason}")]
     BadUrl { url: String, reason: String },
     #[error("cannot {op} {url}: {message}{hint}")]
-    Op { op: &'static str, url: String, message: String, hint: &'static str },
+    Op {
+        op: &'static str,
+        url: String,
+        message: String,
+        hint: &'static str,
+    },
     #[error("{url} does not exist")]
     NotFound { url: String },
 }
@@ -33,7 +39,10 @@ impl StoreError {
             return StoreError::NotFound { url };
         }
         let message = e.to_string();
-        let hint = if message.contains("403") || message.contains("InvalidAccessKeyId") || message.contains("SignatureDoesNotMatch") {
+        let hint = if message.contains("403")
+            || message.contains("InvalidAccessKeyId")
+            || message.contains("SignatureDoesNotMatch")
+        {
             " (check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
         } else if message.contains("error sending request") || message.contains("onnect") {
             " (is the storage server reachable? check AWS_ENDPOINT)"
@@ -42,7 +51,12 @@ impl StoreError {
         } else {
             ""
         };
-        StoreError::Op { op, url, message, hint }
+        StoreError::Op {
+            op,
+            url,
+            message,
+            hint,
+        }
     }
 }
 
@@ -60,39 +74,54 @@ impl Store {
     /// the usual AWS_* variables: AWS_ENDPOINT, AWS_REGION, AWS_ACCESS_KEY_ID,
     /// AWS_SECRET_ACCESS_KEY, AWS_ALLOW_HTTP).
     pub fn open(url: &str) -> Result<Self, StoreError> {
-        let bad = |reason: &str| StoreError::BadUrl { url: redact(url), reason: reason.to_string() };
+        let bad = |reason: &str| StoreError::BadUrl {
+            url: redact(url),
+            reason: reason.to_string(),
+        };
         if let Some(rest) = url.strip_prefix("s3://") {
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
             if bucket.is_empty() {
                 return Err(bad("no bucket name (expected s3://bucket/prefix)"));
             }
             if bucket.contains('@') || bucket.contains(':') {
-                return Err(bad("credentials and ports do not belong in the URL; set AWS_* variables"));
+                return Err(bad(
+                    "credentials and ports do not belong in the URL; set AWS_* variables",
+                ));
             }
             let retry = RetryConfig {
                 backoff: BackoffConfig::default(),
                 max_retries: 5,
                 retry_timeout: Duration::from_secs(60),
             };
-            let client = ClientOptions::new()
-                .with_connect_timeout(Duration::from_secs(5))
-                .with_timeout(Duration::from_secs(300));
             let s3 = AmazonS3Builder::from_env()
                 .with_bucket_name(bucket)
                 .with_retry(retry)
-                .with_client_options(client)
+                // Not with_client_options(): that would replace the options from_env() read
+                // (AWS_ALLOW_HTTP among them).
+                .with_config(
+                    AmazonS3ConfigKey::Client(ClientConfigKey::ConnectTimeout),
+                    "5s",
+                )
+                .with_config(AmazonS3ConfigKey::Client(ClientConfigKey::Timeout), "300s")
                 .build()
                 .map_err(|e| bad(&e.to_string()))?;
             let prefix = prefix.trim_matches('/');
             return Ok(Self {
                 inner: Arc::new(s3),
                 prefix: ObjPath::from(prefix),
-                url: format!("s3://{bucket}{}{prefix}", if prefix.is_empty() { "" } else { "/" }),
+                url: format!(
+                    "s3://{bucket}{}{prefix}",
+                    if prefix.is_empty() { "" } else { "/" }
+                ),
             });
         }
         let path = match url.split_once("://") {
             Some(("file", p)) => p,
-            Some((scheme, _)) => return Err(bad(&format!("unsupported scheme '{scheme}' (use file:// or s3://)"))),
+            Some((scheme, _)) => {
+                return Err(bad(&format!(
+                    "unsupported scheme '{scheme}' (use file:// or s3://)"
+                )));
+            }
             None => url,
         };
         if path.is_empty() {
@@ -105,7 +134,9 @@ impl Store {
         let abs: PathBuf = if path.is_absolute() {
             path.to_path_buf()
         } else {
-            std::env::current_dir().map_err(|e| e.to_string())?.join(path)
+            std::env::current_dir()
+                .map_err(|e| e.to_string())?
+                .join(path)
         };
         let abs = normalize(&abs);
         let prefix = ObjPath::from_absolute_path(&abs).map_err(|e| e.to_string())?;
@@ -136,7 +167,9 @@ impl Store {
     }
 
     fn path(&self, key: &str) -> ObjPath {
-        key.split('/').filter(|p| !p.is_empty()).fold(self.prefix.clone(), |p, part| p.join(part))
+        key.split('/')
+            .filter(|p| !p.is_empty())
+            .fold(self.prefix.clone(), |p, part| p.join(part))
     }
 
     /// Reads `key`, or `None` when it does not exist.
@@ -151,7 +184,11 @@ impl Store {
 
     /// Reads `key`; a missing object is an error.
     pub async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
-        self.get_opt(key).await?.ok_or_else(|| StoreError::NotFound { url: self.url_of(key) })
+        self.get_opt(key)
+            .await?
+            .ok_or_else(|| StoreError::NotFound {
+                url: self.url_of(key),
+            })
     }
 
     /// The size of `key`, or `None` when it does not exist.
@@ -177,7 +214,11 @@ impl Store {
 
     async fn put_multipart(&self, key: &str, bytes: Bytes) -> Result<(), StoreError> {
         let err = |e| StoreError::op("write", self.url_of(key), e);
-        let upload = self.inner.put_multipart(&self.path(key)).await.map_err(err)?;
+        let upload = self
+            .inner
+            .put_multipart(&self.path(key))
+            .await
+            .map_err(err)?;
         let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
         for chunk in bytes.chunks(PART_SIZE) {
             // Bound memory and connections: at most 4 parts in flight.
@@ -207,7 +248,12 @@ impl Store {
         let mut out: Vec<(String, u64)> = listed
             .into_iter()
             .map(|m| {
-                let key: Vec<_> = m.location.parts().skip(skip).map(|p| p.as_ref().to_string()).collect();
+                let key: Vec<_> = m
+                    .location
+                    .parts()
+                    .skip(skip)
+                    .map(|p| p.as_ref().to_string())
+                    .collect();
                 (key.join("/"), m.size)
             })
             .collect();
@@ -258,19 +304,34 @@ mod tests {
     async fn local_round_trip_and_listing() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&format!("file://{}/bucket/./ds", dir.path().display())).unwrap();
-        assert_eq!(store.url(), format!("file://{}/bucket/ds", dir.path().display()));
+        assert_eq!(
+            store.url(),
+            format!("file://{}/bucket/ds", dir.path().display())
+        );
         assert_eq!(store.get_opt("a/b.json").await.unwrap(), None);
-        store.put("a/b.json", Bytes::from_static(b"{}")).await.unwrap();
+        store
+            .put("a/b.json", Bytes::from_static(b"{}"))
+            .await
+            .unwrap();
         let big = Bytes::from(vec![3u8; PART_SIZE * 2 + 5]);
         store.put("a/big.bin", big.clone()).await.unwrap();
         assert_eq!(store.get("a/big.bin").await.unwrap(), big);
         assert_eq!(store.size("a/b.json").await.unwrap(), Some(2));
-        let keys: Vec<_> = store.list("a").await.unwrap().into_iter().map(|k| k.0).collect();
+        let keys: Vec<_> = store
+            .list("a")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|k| k.0)
+            .collect();
         assert_eq!(keys, ["a/b.json", "a/big.bin"]);
         assert_eq!(store.child("a").list("").await.unwrap().len(), 2);
         store.delete_prefix("a").await.unwrap();
         assert!(store.list("").await.unwrap().is_empty());
-        assert!(matches!(store.get("a/b.json").await, Err(StoreError::NotFound { .. })));
+        assert!(matches!(
+            store.get("a/b.json").await,
+            Err(StoreError::NotFound { .. })
+        ));
     }
 
     #[test]
@@ -278,7 +339,10 @@ mod tests {
         for (url, want) in [
             ("gs://bucket/x", "unsupported scheme 'gs'"),
             ("s3://", "no bucket name"),
-            ("s3://AKIA:secret@bucket/x", "credentials and ports do not belong"),
+            (
+                "s3://AKIA:secret@bucket/x",
+                "credentials and ports do not belong",
+            ),
             ("file://", "empty path"),
         ] {
             let e = Store::open(url).unwrap_err().to_string();

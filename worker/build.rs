@@ -12,7 +12,8 @@ fn main() {
         println!("cargo:warning=DEP_TCH_LIBTORCH_LIB is not set; CUDA may read as unavailable");
         return;
     };
-    let lib = PathBuf::from(lib);
+    // Resolve links (the repo's .venv points into ~/.cache/idc) so the rpath outlives the checkout.
+    let lib = std::fs::canonicalize(&lib).unwrap_or_else(|_| PathBuf::from(lib));
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
     if lib.join("libtorch_cuda.so").exists() {
         println!("cargo:rustc-link-arg=-Wl,--no-as-needed");

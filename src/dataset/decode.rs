@@ -78,7 +78,11 @@ pub fn decode_png(bytes: &[u8], undersized: Undersized) -> Result<Patch, DecodeE
     };
     let (w, h) = (width as usize, height as usize);
     let row_in = frame.line_size;
-    let mut pixels = if small { vec![PAD_VALUE; PATCH_BYTES] } else { vec![0u8; PATCH_BYTES] };
+    let mut pixels = if small {
+        vec![PAD_VALUE; PATCH_BYTES]
+    } else {
+        vec![0u8; PATCH_BYTES]
+    };
     for y in 0..h {
         let src = &raw[y * row_in..y * row_in + w * channels];
         let dst = &mut pixels[y * PATCH_SIZE * 3..y * PATCH_SIZE * 3 + w * 3];
@@ -96,7 +100,12 @@ pub fn decode_png(bytes: &[u8], undersized: Undersized) -> Result<Patch, DecodeE
             }
         }
     }
-    Ok(Patch { pixels, width, height, padded: small })
+    Ok(Patch {
+        pixels,
+        width,
+        height,
+        padded: small,
+    })
 }
 
 /// Encodes 8-bit pixels as a PNG (used by the synthetic generator and tests).
@@ -107,7 +116,8 @@ pub fn encode_png(pixels: &[u8], width: u32, height: u32, color: ColorType) -> V
         enc.set_color(color);
         enc.set_depth(png::BitDepth::Eight);
         let mut w = enc.write_header().expect("writing to a Vec cannot fail");
-        w.write_image_data(pixels).expect("pixel buffer matches the header");
+        w.write_image_data(pixels)
+            .expect("pixel buffer matches the header");
     }
     out
 }
@@ -131,7 +141,11 @@ mod tests {
     #[test]
     fn converts_gray_and_rgba() {
         let gray: Vec<u8> = (0..2500).map(|i| (i % 256) as u8).collect();
-        let p = decode_png(&encode_png(&gray, 50, 50, ColorType::Grayscale), Undersized::Pad).unwrap();
+        let p = decode_png(
+            &encode_png(&gray, 50, 50, ColorType::Grayscale),
+            Undersized::Pad,
+        )
+        .unwrap();
         assert_eq!(&p.pixels[3 * 300..3 * 301], &[44, 44, 44]);
         let rgba: Vec<u8> = (0..2500 * 4).map(|i| (i % 253) as u8).collect();
         let p = decode_png(&encode_png(&rgba, 50, 50, ColorType::Rgba), Undersized::Pad).unwrap();
@@ -146,21 +160,42 @@ mod tests {
         assert!(p.padded);
         assert_eq!((p.width, p.height), (32, 50));
         assert_eq!(&p.pixels[..96], &px[..96], "row 0 kept at the left");
-        assert!(p.pixels[96..150].iter().all(|&v| v == PAD_VALUE), "row 0 padded on the right");
+        assert!(
+            p.pixels[96..150].iter().all(|&v| v == PAD_VALUE),
+            "row 0 padded on the right"
+        );
         assert_eq!(&p.pixels[150..150 + 96], &px[96..192]);
         assert_eq!(
             decode_png(&png, Undersized::Skip),
-            Err(DecodeError::Undersized { width: 32, height: 50 })
+            Err(DecodeError::Undersized {
+                width: 32,
+                height: 50
+            })
         );
     }
 
     #[test]
     fn rejects_bad_files() {
         let png = encode_png(&rgb(50, 50), 50, 50, ColorType::Rgb);
-        assert!(matches!(decode_png(&png[..png.len() / 2], Undersized::Pad), Err(DecodeError::Corrupt(_))));
-        assert!(matches!(decode_png(b"", Undersized::Pad), Err(DecodeError::Corrupt(_))));
-        assert!(matches!(decode_png(b"\x89PNG garbage", Undersized::Pad), Err(DecodeError::Corrupt(_))));
+        assert!(matches!(
+            decode_png(&png[..png.len() / 2], Undersized::Pad),
+            Err(DecodeError::Corrupt(_))
+        ));
+        assert!(matches!(
+            decode_png(b"", Undersized::Pad),
+            Err(DecodeError::Corrupt(_))
+        ));
+        assert!(matches!(
+            decode_png(b"\x89PNG garbage", Undersized::Pad),
+            Err(DecodeError::Corrupt(_))
+        ));
         let big = encode_png(&rgb(60, 50), 60, 50, ColorType::Rgb);
-        assert_eq!(decode_png(&big, Undersized::Pad), Err(DecodeError::TooLarge { width: 60, height: 50 }));
+        assert_eq!(
+            decode_png(&big, Undersized::Pad),
+            Err(DecodeError::TooLarge {
+                width: 60,
+                height: 50
+            })
+        );
     }
 }

@@ -96,7 +96,11 @@ pub struct SplitSummary {
 impl SplitSummary {
     /// Fraction of records with IDC.
     pub fn positive_fraction(&self) -> f64 {
-        if self.records == 0 { 0.0 } else { self.class_counts[1] as f64 / self.records as f64 }
+        if self.records == 0 {
+            0.0
+        } else {
+            self.class_counts[1] as f64 / self.records as f64
+        }
     }
 }
 
@@ -121,7 +125,9 @@ impl DatasetManifest {
 
     /// Total records per class over all splits.
     pub fn class_counts(&self) -> [u64; 2] {
-        self.splits.values().fold([0, 0], |acc, s| [acc[0] + s.class_counts[0], acc[1] + s.class_counts[1]])
+        self.splits.values().fold([0, 0], |acc, s| {
+            [acc[0] + s.class_counts[0], acc[1] + s.class_counts[1]]
+        })
     }
 
     /// The shards of `split`, in order.
@@ -131,7 +137,9 @@ impl DatasetManifest {
 
     /// Checks the manifest is one this build can read.
     pub fn check_version(&self) -> Result<(), String> {
-        if self.format_version != MANIFEST_VERSION || self.shard_format_version != crate::shard::FORMAT_VERSION {
+        if self.format_version != MANIFEST_VERSION
+            || self.shard_format_version != crate::shard::FORMAT_VERSION
+        {
             return Err(format!(
                 "dataset format v{} / shards v{} is not supported by this build (v{} / v{}): restage it",
                 self.format_version,
@@ -157,7 +165,10 @@ mod tests {
     #[test]
     fn weights_are_inverse_frequency() {
         let w = class_weights([144_435, 57_089]);
-        assert!((w[0] * 144_435.0 - w[1] * 57_089.0).abs() < 1e-6, "each class weighs the same in total");
+        assert!(
+            (w[0] * 144_435.0 - w[1] * 57_089.0).abs() < 1e-6,
+            "each class weighs the same in total"
+        );
         assert!((w[0] - 201_524.0 / 288_870.0).abs() < 1e-12);
         assert_eq!(class_weights([10, 0]), [0.5, 0.0]);
     }

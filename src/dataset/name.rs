@@ -14,7 +14,11 @@ pub struct PatchName {
 
 impl fmt::Display for PatchName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}_idx5_x{}_y{}_class{}.png", self.patient, self.x, self.y, self.class)
+        write!(
+            f,
+            "{}_idx5_x{}_y{}_class{}.png",
+            self.patient, self.x, self.y, self.class
+        )
     }
 }
 
@@ -33,7 +37,11 @@ pub enum NameError {
     #[error("name does not match <patient>_idx5_x<X>_y<Y>_class<0|1>.png ({0})")]
     Pattern(&'static str),
     #[error("file is in folder '{folder}' but its name says {what} {value}")]
-    FolderMismatch { folder: String, what: &'static str, value: String },
+    FolderMismatch {
+        folder: String,
+        what: &'static str,
+        value: String,
+    },
 }
 
 /// Parses a file name (no folders) such as `8863_idx5_x1051_y1051_class1.png`.
@@ -67,7 +75,12 @@ pub fn parse_file_name(name: &str) -> Result<PatchName, NameError> {
     if parts.next().is_some() {
         return Err(NameError::Pattern("unexpected text after class"));
     }
-    Ok(PatchName { patient, x, y, class })
+    Ok(PatchName {
+        patient,
+        x,
+        y,
+        class,
+    })
 }
 
 /// Parses a path relative to the dataset root and checks that the class folder (and the
@@ -84,14 +97,14 @@ pub fn parse_path(rel: &str) -> Result<PatchName, NameError> {
                 value: name.class.to_string(),
             });
         }
-        if let Some(patient_dir) = comps.next() {
-            if patient_dir != name.patient.to_string() {
-                return Err(NameError::FolderMismatch {
-                    folder: patient_dir.into(),
-                    what: "patient",
-                    value: name.patient.to_string(),
-                });
-            }
+        if let Some(patient_dir) = comps.next()
+            && patient_dir != name.patient.to_string()
+        {
+            return Err(NameError::FolderMismatch {
+                folder: patient_dir.into(),
+                what: "patient",
+                value: name.patient.to_string(),
+            });
         }
     }
     Ok(name)
@@ -112,13 +125,35 @@ mod tests {
     fn parses_real_names() {
         assert_eq!(
             parse_file_name("8863_idx5_x1051_y1051_class1.png").unwrap(),
-            PatchName { patient: 8863, x: 1051, y: 1051, class: 1 }
+            PatchName {
+                patient: 8863,
+                x: 1051,
+                y: 1051,
+                class: 1
+            }
         );
-        let p = parse_path("IDC_regular_ps50_idx5/10253/0/10253_idx5_x501_y351_class0.png").unwrap();
-        assert_eq!(p, PatchName { patient: 10253, x: 501, y: 351, class: 0 });
+        let p =
+            parse_path("IDC_regular_ps50_idx5/10253/0/10253_idx5_x501_y351_class0.png").unwrap();
+        assert_eq!(
+            p,
+            PatchName {
+                patient: 10253,
+                x: 501,
+                y: 351,
+                class: 0
+            }
+        );
         assert_eq!(p.rel_path(), "10253/0/10253_idx5_x501_y351_class0.png");
-        assert_eq!(parse_path("8975/0/8975_idx5_x3601_y1701_class0.png").unwrap().x, 3601);
-        assert_eq!(parse_file_name("9_idx5_x0_y0_class0.PNG").unwrap().patient, 9);
+        assert_eq!(
+            parse_path("8975/0/8975_idx5_x3601_y1701_class0.png")
+                .unwrap()
+                .x,
+            3601
+        );
+        assert_eq!(
+            parse_file_name("9_idx5_x0_y0_class0.PNG").unwrap().patient,
+            9
+        );
     }
 
     #[test]
@@ -127,15 +162,30 @@ mod tests {
         let cases = [
             ("8863_idx5_x1051_y1051_class1.jpg", NotPng),
             (".DS_Store", NotPng),
-            ("8863_idx5_x1051_y1051_class2.png", Pattern("class must be 0 or 1")),
-            ("8863_idx4_x1051_y1051_class1.png", Pattern("missing '_idx5_'")),
-            ("abc_idx5_x1_y1_class1.png", Pattern("patient id is not a number")),
+            (
+                "8863_idx5_x1051_y1051_class2.png",
+                Pattern("class must be 0 or 1"),
+            ),
+            (
+                "8863_idx4_x1051_y1051_class1.png",
+                Pattern("missing '_idx5_'"),
+            ),
+            (
+                "abc_idx5_x1_y1_class1.png",
+                Pattern("patient id is not a number"),
+            ),
             ("8863_idx5_y1051_x1051_class1.png", Pattern("missing x<X>")),
             ("8863_idx5_x-1_y1051_class1.png", Pattern("missing x<X>")),
             ("8863_idx5_x1_y_class1.png", Pattern("missing y<Y>")),
             ("8863_idx5_x1_y1.png", Pattern("missing class<C>")),
-            ("8863_idx5_x1_y1_class1_copy.png", Pattern("unexpected text after class")),
-            ("8863_idx5_x99999999999_y1_class1.png", Pattern("missing x<X>")),
+            (
+                "8863_idx5_x1_y1_class1_copy.png",
+                Pattern("unexpected text after class"),
+            ),
+            (
+                "8863_idx5_x99999999999_y1_class1.png",
+                Pattern("missing x<X>"),
+            ),
         ];
         for (name, want) in cases {
             assert_eq!(parse_file_name(name), Err(want), "{name}");
@@ -145,8 +195,14 @@ mod tests {
     #[test]
     fn checks_folders() {
         let e = parse_path("8863/0/8863_idx5_x1_y1_class1.png").unwrap_err();
-        assert_eq!(e.to_string(), "file is in folder '0' but its name says class 1");
+        assert_eq!(
+            e.to_string(),
+            "file is in folder '0' but its name says class 1"
+        );
         let e = parse_path("8864/1/8863_idx5_x1_y1_class1.png").unwrap_err();
-        assert_eq!(e.to_string(), "file is in folder '8864' but its name says patient 8863");
+        assert_eq!(
+            e.to_string(),
+            "file is in folder '8864' but its name says patient 8863"
+        );
     }
 }

@@ -30,7 +30,13 @@ pub struct Entry {
 #[derive(Debug, Clone)]
 enum Loc {
     File,
-    Zip { offset: u64, compressed: u64, size: u64, deflated: bool, crc32: u32 },
+    Zip {
+        offset: u64,
+        compressed: u64,
+        size: u64,
+        deflated: bool,
+        crc32: u32,
+    },
 }
 
 /// A file that is not a patch, with the reason.
@@ -46,7 +52,10 @@ pub enum SourceError {
     #[error("source {0} does not exist")]
     NotFound(PathBuf),
     #[error("cannot read source {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path} is not a readable zip archive: {reason}")]
     BadZip { path: PathBuf, reason: String },
     #[error(
@@ -78,7 +87,10 @@ impl Source {
     pub fn open(path: &Path) -> Result<Self, SourceError> {
         let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => SourceError::NotFound(path.to_path_buf()),
-            _ => SourceError::Io { path: path.to_path_buf(), source: e },
+            _ => SourceError::Io {
+                path: path.to_path_buf(),
+                source: e,
+            },
         })?;
         let (kind, files, zip) = if meta.is_dir() {
             (SourceKind::Dir, list_dir(path)?, None)
@@ -99,7 +111,10 @@ impl Source {
         for (rel, _size, loc) in files {
             match parse_path(&rel) {
                 Ok(name) => found.push(Entry { name, rel, loc }),
-                Err(e) => rejected.push(Rejected { path: rel, reason: e.to_string() }),
+                Err(e) => rejected.push(Rejected {
+                    path: rel,
+                    reason: e.to_string(),
+                }),
             }
         }
         // The first copy in path order wins: patient folders sort before IDC_regular_ps50_idx5/.
@@ -110,17 +125,35 @@ impl Source {
         if found.is_empty() {
             return Err(SourceError::Empty(path.to_path_buf()));
         }
-        Ok(Self { kind, path: path.to_path_buf(), entries: found, rejected, files_seen, duplicates, fingerprint, zip })
+        Ok(Self {
+            kind,
+            path: path.to_path_buf(),
+            entries: found,
+            rejected,
+            files_seen,
+            duplicates,
+            fingerprint,
+            zip,
+        })
     }
 
     /// Reads the bytes of one patch file. Safe to call from many threads at once.
     pub fn read(&self, entry: &Entry) -> Result<Vec<u8>, String> {
         match entry.loc {
-            Loc::File => std::fs::read(self.path.join(&entry.rel)).map_err(|e| format!("cannot read: {e}")),
-            Loc::Zip { offset, compressed, size, deflated, crc32 } => {
+            Loc::File => {
+                std::fs::read(self.path.join(&entry.rel)).map_err(|e| format!("cannot read: {e}"))
+            }
+            Loc::Zip {
+                offset,
+                compressed,
+                size,
+                deflated,
+                crc32,
+            } => {
                 let file = self.zip.as_ref().expect("zip sources keep their file open");
                 let mut raw = vec![0u8; compressed as usize];
-                file.read_exact_at(&mut raw, offset).map_err(|e| format!("cannot read from zip: {e}"))?;
+                file.read_exact_at(&mut raw, offset)
+                    .map_err(|e| format!("cannot read from zip: {e}"))?;
                 let data = if deflated {
                     let mut out = Vec::with_capacity(size as usize);
                     flate2::read::DeflateDecoder::new(&raw[..])
@@ -155,7 +188,9 @@ fn list_dir(root: &Path) -> Result<Vec<Listed>, SourceError> {
     for item in walkdir::WalkDir::new(root).sort_by_file_name() {
         let item = item.map_err(|e| SourceError::Io {
             path: e.path().unwrap_or(root).to_path_buf(),
-            source: e.into_io_error().unwrap_or_else(|| std::io::Error::other("filesystem loop")),
+            source: e
+                .into_io_error()
+                .unwrap_or_else(|| std::io::Error::other("filesystem loop")),
         })?;
         if !item.file_type().is_file() {
             continue;
@@ -169,8 +204,14 @@ fn list_dir(root: &Path) -> Result<Vec<Listed>, SourceError> {
 }
 
 fn list_zip(path: &Path) -> Result<(Vec<Listed>, File), SourceError> {
-    let io = |e| SourceError::Io { path: path.to_path_buf(), source: e };
-    let bad = |e: zip::result::ZipError| SourceError::BadZip { path: path.to_path_buf(), reason: e.to_string() };
+    let io = |e| SourceError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    };
+    let bad = |e: zip::result::ZipError| SourceError::BadZip {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
     let file = File::open(path).map_err(io)?;
     let mut archive = zip::ZipArchive::new(file.try_clone().map_err(io)?).map_err(bad)?;
     let mut out = Vec::with_capacity(archive.len());
@@ -185,7 +226,10 @@ fn list_zip(path: &Path) -> Result<(Vec<Listed>, File), SourceError> {
             other => {
                 return Err(SourceError::BadZip {
                     path: path.to_path_buf(),
-                    reason: format!("{} uses compression {other:?}; only stored and deflate are supported", f.name()),
+                    reason: format!(
+                        "{} uses compression {other:?}; only stored and deflate are supported",
+                        f.name()
+                    ),
                 });
             }
         };

@@ -128,7 +128,9 @@ impl Default for SplitOptions {
 /// Why patches cannot be split as asked.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SplitError {
-    #[error("validation ({val}) and test ({test}) together ask for more than the {total} patches found")]
+    #[error(
+        "validation ({val}) and test ({test}) together ask for more than the {total} patches found"
+    )]
     TooLarge { val: u64, test: u64, total: u64 },
     #[error(
         "a patient split needs at least {needed} patients for the splits asked, found {found}; \
@@ -179,7 +181,12 @@ fn random(total: usize, val: usize, test: usize, rng: &mut ChaCha8Rng) -> Vec<Sp
 /// Stratified group assignment: patients in seeded random order, largest first, each to the
 /// split that brings sizes and IDC fractions closest to their targets; then single moves and
 /// pair swaps while they bring them closer still.
-fn by_patient(items: &[(u32, u8)], val: u64, test: u64, rng: &mut ChaCha8Rng) -> Result<Vec<Split>, SplitError> {
+fn by_patient(
+    items: &[(u32, u8)],
+    val: u64,
+    test: u64,
+    rng: &mut ChaCha8Rng,
+) -> Result<Vec<Split>, SplitError> {
     let mut patients: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
     for &(p, c) in items {
         let e = patients.entry(p).or_default();
@@ -188,7 +195,10 @@ fn by_patient(items: &[(u32, u8)], val: u64, test: u64, rng: &mut ChaCha8Rng) ->
     }
     let needed = 1 + usize::from(val > 0) + usize::from(test > 0);
     if patients.len() < needed {
-        return Err(SplitError::TooFewPatients { needed, found: patients.len() });
+        return Err(SplitError::TooFewPatients {
+            needed,
+            found: patients.len(),
+        });
     }
     let total = items.len() as f64;
     let positives = items.iter().filter(|i| i.1 == 1).count() as f64;
@@ -198,10 +208,17 @@ fn by_patient(items: &[(u32, u8)], val: u64, test: u64, rng: &mut ChaCha8Rng) ->
     shuffle(&mut order, rng);
     // Large patients first leave the small ones to even out the remainder (stable sort keeps
     // the seeded order among equals).
-    order.sort_by(|a, b| b.1.0.cmp(&a.1.0));
+    order.sort_by_key(|p| std::cmp::Reverse(p.1.0));
 
-    let targets = Targets { size: size_targets, total, positives: positives.max(1.0) };
-    let mut state = State { size: [0.0; 3], pos: [0.0; 3] };
+    let targets = Targets {
+        size: size_targets,
+        total,
+        positives: positives.max(1.0),
+    };
+    let mut state = State {
+        size: [0.0; 3],
+        pos: [0.0; 3],
+    };
     let mut choice = vec![0usize; order.len()];
     for (k, &(_, (n, p))) in order.iter().enumerate() {
         let (n, p) = (n as f64, p as f64);
@@ -221,8 +238,8 @@ fn by_patient(items: &[(u32, u8)], val: u64, test: u64, rng: &mut ChaCha8Rng) ->
         let mut improved = false;
         for a in 0..order.len() {
             let (na, pa) = (order[a].1.0 as f64, order[a].1.1 as f64);
-            for s in 0..3 {
-                if s == choice[a] || size_targets[s] == 0.0 {
+            for (s, &target) in size_targets.iter().enumerate() {
+                if s == choice[a] || target == 0.0 {
                     continue;
                 }
                 let next = state.moved(Some(choice[a]), Some(s), na, pa);
@@ -237,9 +254,12 @@ fn by_patient(items: &[(u32, u8)], val: u64, test: u64, rng: &mut ChaCha8Rng) ->
                     continue;
                 }
                 let (nb, pb) = (order[b].1.0 as f64, order[b].1.1 as f64);
-                let next = state
-                    .moved(Some(choice[a]), Some(choice[b]), na, pa)
-                    .moved(Some(choice[b]), Some(choice[a]), nb, pb);
+                let next = state.moved(Some(choice[a]), Some(choice[b]), na, pa).moved(
+                    Some(choice[b]),
+                    Some(choice[a]),
+                    nb,
+                    pb,
+                );
                 if targets.cost(&next) < targets.cost(&state) - 1e-15 {
                     state = next;
                     choice.swap(a, b);
@@ -251,8 +271,11 @@ fn by_patient(items: &[(u32, u8)], val: u64, test: u64, rng: &mut ChaCha8Rng) ->
             break;
         }
     }
-    let of_patient: BTreeMap<u32, Split> =
-        order.iter().zip(&choice).map(|(&(patient, _), &s)| (patient, Split::ALL[s])).collect();
+    let of_patient: BTreeMap<u32, Split> = order
+        .iter()
+        .zip(&choice)
+        .map(|(&(patient, _), &s)| (patient, Split::ALL[s]))
+        .collect();
     Ok(items.iter().map(|(p, _)| of_patient[p]).collect())
 }
 
@@ -293,8 +316,16 @@ impl Targets {
         (0..3)
             .map(|i| {
                 let size = ((s.size[i] - self.size[i]) / self.total).powi(2);
-                let frac = if s.size[i] > 0.0 { s.pos[i] / s.size[i] } else { 0.0 };
-                let strat = if self.size[i] > 0.0 { (frac - whole).powi(2) } else { 0.0 };
+                let frac = if s.size[i] > 0.0 {
+                    s.pos[i] / s.size[i]
+                } else {
+                    0.0
+                };
+                let strat = if self.size[i] > 0.0 {
+                    (frac - whole).powi(2)
+                } else {
+                    0.0
+                };
                 size + strat
             })
             .sum()
@@ -321,7 +352,12 @@ mod tests {
     }
 
     fn opts(method: SplitMethod, val: SplitSize, test: SplitSize, seed: u64) -> SplitOptions {
-        SplitOptions { method, val, test, seed }
+        SplitOptions {
+            method,
+            val,
+            test,
+            seed,
+        }
     }
 
     #[test]
@@ -337,7 +373,12 @@ mod tests {
     #[test]
     fn random_split_has_exact_counts_and_is_deterministic() {
         let items = population();
-        let o = opts(SplitMethod::Random, SplitSize::Count(3800), SplitSize::Count(3800), 1);
+        let o = opts(
+            SplitMethod::Random,
+            SplitSize::Count(3800),
+            SplitSize::Count(3800),
+            1,
+        );
         let a = assign(&items, &o).unwrap();
         let count = |s| a.iter().filter(|&&x| x == s).count();
         assert_eq!((count(Split::Val), count(Split::Test)), (3800, 3800));
@@ -350,31 +391,69 @@ mod tests {
     #[test]
     fn patient_split_has_no_leak_and_is_stratified() {
         let items = population();
-        let o = opts(SplitMethod::Patient, SplitSize::Fraction(0.15), SplitSize::Fraction(0.15), 3);
+        let o = opts(
+            SplitMethod::Patient,
+            SplitSize::Fraction(0.15),
+            SplitSize::Fraction(0.15),
+            3,
+        );
         let a = assign(&items, &o).unwrap();
         assert_eq!(a, assign(&items, &o).unwrap(), "deterministic for a seed");
         let mut of_patient: HashMap<u32, HashSet<Split>> = HashMap::new();
         for (&(p, _), &s) in items.iter().zip(&a) {
             of_patient.entry(p).or_default().insert(s);
         }
-        assert!(of_patient.values().all(|s| s.len() == 1), "a patient in two splits");
+        assert!(
+            of_patient.values().all(|s| s.len() == 1),
+            "a patient in two splits"
+        );
         let whole = items.iter().filter(|i| i.1 == 1).count() as f64 / items.len() as f64;
-        for (split, want) in [(Split::Train, 0.70), (Split::Val, 0.15), (Split::Test, 0.15)] {
+        for (split, want) in [
+            (Split::Train, 0.70),
+            (Split::Val, 0.15),
+            (Split::Test, 0.15),
+        ] {
             let members: Vec<_> = items.iter().zip(&a).filter(|(_, s)| **s == split).collect();
             let frac = members.len() as f64 / items.len() as f64;
-            let pos = members.iter().filter(|(i, _)| i.1 == 1).count() as f64 / members.len() as f64;
-            assert!((frac - want).abs() < 0.02, "{split}: size fraction {frac}, want {want}");
-            assert!((pos - whole).abs() < 0.02, "{split}: IDC fraction {pos}, whole {whole}");
+            let pos =
+                members.iter().filter(|(i, _)| i.1 == 1).count() as f64 / members.len() as f64;
+            assert!(
+                (frac - want).abs() < 0.02,
+                "{split}: size fraction {frac}, want {want}"
+            );
+            assert!(
+                (pos - whole).abs() < 0.02,
+                "{split}: IDC fraction {pos}, whole {whole}"
+            );
         }
     }
 
     #[test]
     fn rejects_impossible_splits() {
         let items = population();
-        let o = opts(SplitMethod::Random, SplitSize::Count(60_000), SplitSize::Count(60_000), 1);
-        assert!(matches!(assign(&items, &o), Err(SplitError::TooLarge { .. })));
+        let o = opts(
+            SplitMethod::Random,
+            SplitSize::Count(60_000),
+            SplitSize::Count(60_000),
+            1,
+        );
+        assert!(matches!(
+            assign(&items, &o),
+            Err(SplitError::TooLarge { .. })
+        ));
         let two = [(1, 0), (1, 1), (2, 0)];
-        let o = opts(SplitMethod::Patient, SplitSize::Fraction(0.2), SplitSize::Fraction(0.2), 1);
-        assert_eq!(assign(&two, &o), Err(SplitError::TooFewPatients { needed: 3, found: 2 }));
+        let o = opts(
+            SplitMethod::Patient,
+            SplitSize::Fraction(0.2),
+            SplitSize::Fraction(0.2),
+            1,
+        );
+        assert_eq!(
+            assign(&two, &o),
+            Err(SplitError::TooFewPatients {
+                needed: 3,
+                found: 2
+            })
+        );
     }
 }

@@ -33,7 +33,14 @@ pub struct SynthOptions {
 
 impl Default for SynthOptions {
     fn default() -> Self {
-        Self { patients: 10, per_patient: 100, seed: 0, corrupt: 0, edge_fraction: 0.01, label_noise: 0.04 }
+        Self {
+            patients: 10,
+            per_patient: 100,
+            seed: 0,
+            corrupt: 0,
+            edge_fraction: 0.01,
+            label_noise: 0.04,
+        }
     }
 }
 
@@ -70,7 +77,11 @@ pub fn generate(out: &Path, opts: &SynthOptions) -> Result<SynthSummary, SynthEr
         .into_par_iter()
         .map(|i| write_patient(&root, i, opts))
         .collect::<Result<_, _>>()?;
-    let mut sum = SynthSummary { root: out.to_path_buf(), patients: opts.patients, ..Default::default() };
+    let mut sum = SynthSummary {
+        root: out.to_path_buf(),
+        patients: opts.patients,
+        ..Default::default()
+    };
     for p in per {
         sum.files += p.files;
         sum.class_counts[0] += p.class_counts[0];
@@ -83,22 +94,30 @@ pub fn generate(out: &Path, opts: &SynthOptions) -> Result<SynthSummary, SynthEr
         let index = opts.per_patient - 1 - j / opts.patients;
         let (name, _, _) = layout(patient, index, opts);
         let path = root.join(name.rel_path());
-        let bytes = std::fs::read(&path).map_err(|source| SynthError { path: path.clone(), source })?;
+        let bytes = std::fs::read(&path).map_err(|source| SynthError {
+            path: path.clone(),
+            source,
+        })?;
         let mut rng = ChaCha8Rng::seed_from_u64(opts.seed ^ 0xC0FFEE ^ j as u64);
         let bad = match j % 3 {
             0 => bytes[..bytes.len() * 3 / 5].to_vec(),
             1 => (0..600).map(|_| rng.next_u32() as u8).collect(),
             _ => vec![],
         };
-        std::fs::write(&path, bad).map_err(|source| SynthError { path: path.clone(), source })?;
-        sum.corrupt.push(format!("{KAGGLE_ROOT}/{}", name.rel_path()));
+        std::fs::write(&path, bad).map_err(|source| SynthError {
+            path: path.clone(),
+            source,
+        })?;
+        sum.corrupt
+            .push(format!("{KAGGLE_ROOT}/{}", name.rel_path()));
     }
     Ok(sum)
 }
 
 /// Name, class look and (width, height) of patch `index` of patient `patient`.
 fn layout(patient: u32, index: u32, opts: &SynthOptions) -> (PatchName, bool, (u32, u32)) {
-    let mut prng = ChaCha8Rng::seed_from_u64(opts.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ patient as u64);
+    let mut prng =
+        ChaCha8Rng::seed_from_u64(opts.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ patient as u64);
     // IDC rate per patient: 5% to 52%, about 2.5 negatives per positive overall.
     let rate = 0.05 + 0.47 * unit(&mut prng);
     let positives = (rate * opts.per_patient as f64).round() as u32;
@@ -114,7 +133,11 @@ fn layout(patient: u32, index: u32, opts: &SynthOptions) -> (PatchName, bool, (u
     let flipped = unit(&mut rng) < opts.label_noise;
     let size = if unit(&mut rng) < opts.edge_fraction {
         let short = 20 + (rng.next_u32() % 30);
-        if rng.next_u32() % 2 == 0 { (short, 50) } else { (50, short) }
+        if rng.next_u32().is_multiple_of(2) {
+            (short, 50)
+        } else {
+            (50, short)
+        }
     } else {
         (50, 50)
     };
@@ -122,14 +145,20 @@ fn layout(patient: u32, index: u32, opts: &SynthOptions) -> (PatchName, bool, (u
 }
 
 fn patch_rng(seed: u64, patient: u32, index: u32) -> ChaCha8Rng {
-    ChaCha8Rng::seed_from_u64(seed ^ ((patient as u64) << 32 | index as u64).wrapping_mul(0xD6E8_FEB8_6659_FD93))
+    ChaCha8Rng::seed_from_u64(
+        seed ^ ((patient as u64) << 32 | index as u64).wrapping_mul(0xD6E8_FEB8_6659_FD93),
+    )
 }
 
 fn unit(rng: &mut ChaCha8Rng) -> f64 {
     (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64
 }
 
-fn write_patient(root: &Path, patient: u32, opts: &SynthOptions) -> Result<SynthSummary, SynthError> {
+fn write_patient(
+    root: &Path,
+    patient: u32,
+    opts: &SynthOptions,
+) -> Result<SynthSummary, SynthError> {
     let mut sum = SynthSummary::default();
     let pid = patient_id(patient);
     for class in 0..2 {
@@ -137,14 +166,22 @@ fn write_patient(root: &Path, patient: u32, opts: &SynthOptions) -> Result<Synth
         std::fs::create_dir_all(&dir).map_err(|source| SynthError { path: dir, source })?;
     }
     let mut srng = ChaCha8Rng::seed_from_u64(opts.seed ^ 0x5EED ^ (patient as u64) << 20);
-    let stain = [jitter(&mut srng, 18.0), jitter(&mut srng, 18.0), jitter(&mut srng, 18.0)];
+    let stain = [
+        jitter(&mut srng, 18.0),
+        jitter(&mut srng, 18.0),
+        jitter(&mut srng, 18.0),
+    ];
     for index in 0..opts.per_patient {
         let (name, idc_look, (w, h)) = layout(patient, index, opts);
         let mut rng = patch_rng(opts.seed, patient, index);
         rng.next_u64(); // keep the draws of layout() apart from the picture's
         let pixels = render(&mut rng, idc_look, stain);
         let cropped: Vec<u8> = (0..h as usize)
-            .flat_map(|y| pixels[y * PATCH_SIZE * 3..][..w as usize * 3].iter().copied())
+            .flat_map(|y| {
+                pixels[y * PATCH_SIZE * 3..][..w as usize * 3]
+                    .iter()
+                    .copied()
+            })
             .collect();
         let png = encode_png(&cropped, w, h, png::ColorType::Rgb);
         let path = root.join(name.rel_path());
@@ -164,28 +201,64 @@ fn jitter(rng: &mut ChaCha8Rng, amplitude: f64) -> f64 {
 fn render(rng: &mut ChaCha8Rng, idc: bool, stain: [f64; 3]) -> Vec<u8> {
     const N: usize = PATCH_SIZE;
     let bright = jitter(rng, 22.0);
-    let stroma = [228.0 + stain[0] + bright, 150.0 + stain[1] + bright, 196.0 + stain[2] + bright];
-    let nucleus = [92.0 + stain[0] * 0.5, 44.0 + stain[1] * 0.5, 128.0 + stain[2] * 0.5];
+    let stroma = [
+        228.0 + stain[0] + bright,
+        150.0 + stain[1] + bright,
+        196.0 + stain[2] + bright,
+    ];
+    let nucleus = [
+        92.0 + stain[0] * 0.5,
+        44.0 + stain[1] * 0.5,
+        128.0 + stain[2] * 0.5,
+    ];
     // Low-frequency variation of the stroma.
     let waves: Vec<(f64, f64, f64, f64)> = (0..3)
-        .map(|_| (jitter(rng, 0.25), jitter(rng, 0.25), unit(rng) * 6.3, 6.0 + unit(rng) * 8.0))
+        .map(|_| {
+            (
+                jitter(rng, 0.25),
+                jitter(rng, 0.25),
+                unit(rng) * 6.3,
+                6.0 + unit(rng) * 8.0,
+            )
+        })
         .collect();
     let mut img = vec![[0f64; 3]; N * N];
     for y in 0..N {
         for x in 0..N {
-            let v: f64 = waves.iter().map(|(fx, fy, ph, a)| a * (fx * x as f64 + fy * y as f64 + ph).sin()).sum();
+            let v: f64 = waves
+                .iter()
+                .map(|(fx, fy, ph, a)| a * (fx * x as f64 + fy * y as f64 + ph).sin())
+                .sum();
             img[y * N + x] = [stroma[0] + v, stroma[1] + v * 1.2, stroma[2] + v];
         }
     }
     // Fat and lumen: white ellipses, more common in healthy tissue.
-    let holes = if idc { rng.next_u32() % 2 } else { 1 + rng.next_u32() % 2 };
+    let holes = if idc {
+        rng.next_u32() % 2
+    } else {
+        1 + rng.next_u32() % 2
+    };
     for _ in 0..holes {
         let (cx, cy, r) = (unit(rng) * 50.0, unit(rng) * 50.0, 5.0 + unit(rng) * 9.0);
-        blob(&mut img, cx, cy, r, r * (0.6 + unit(rng) * 0.6), [246.0, 238.0, 244.0], 0.9);
+        blob(
+            &mut img,
+            cx,
+            cy,
+            r,
+            r * (0.6 + unit(rng) * 0.6),
+            [246.0, 238.0, 244.0],
+            0.9,
+        );
     }
     // Nuclei: a few large pale ones, or dense clusters of small dark ones.
-    let (count, r_min, r_span, a_min) = if idc { (22 + rng.next_u32() % 16, 1.4, 1.3, 0.78) } else { (4 + rng.next_u32() % 7, 2.2, 1.6, 0.5) };
-    let centers: Vec<(f64, f64)> = (0..1 + rng.next_u32() % 3).map(|_| (unit(rng) * 50.0, unit(rng) * 50.0)).collect();
+    let (count, r_min, r_span, a_min) = if idc {
+        (22 + rng.next_u32() % 16, 1.4, 1.3, 0.78)
+    } else {
+        (4 + rng.next_u32() % 7, 2.2, 1.6, 0.5)
+    };
+    let centers: Vec<(f64, f64)> = (0..1 + rng.next_u32() % 3)
+        .map(|_| (unit(rng) * 50.0, unit(rng) * 50.0))
+        .collect();
     for i in 0..count {
         let (cx, cy) = if idc {
             let c = centers[i as usize % centers.len()];
@@ -195,7 +268,15 @@ fn render(rng: &mut ChaCha8Rng, idc: bool, stain: [f64; 3]) -> Vec<u8> {
         };
         let r = r_min + unit(rng) * r_span;
         let alpha = a_min + unit(rng) * 0.18;
-        blob(&mut img, cx, cy, r, r * (0.7 + unit(rng) * 0.5), nucleus, alpha);
+        blob(
+            &mut img,
+            cx,
+            cy,
+            r,
+            r * (0.7 + unit(rng) * 0.5),
+            nucleus,
+            alpha,
+        );
     }
     let mut out = Vec::with_capacity(N * N * 3);
     for px in img {
@@ -209,8 +290,14 @@ fn render(rng: &mut ChaCha8Rng, idc: bool, stain: [f64; 3]) -> Vec<u8> {
 
 fn blob(img: &mut [[f64; 3]], cx: f64, cy: f64, rx: f64, ry: f64, color: [f64; 3], alpha: f64) {
     let n = PATCH_SIZE as i64;
-    let (x0, x1) = (((cx - rx).floor() as i64).max(0), ((cx + rx).ceil() as i64).min(n - 1));
-    let (y0, y1) = (((cy - ry).floor() as i64).max(0), ((cy + ry).ceil() as i64).min(n - 1));
+    let (x0, x1) = (
+        ((cx - rx).floor() as i64).max(0),
+        ((cx + rx).ceil() as i64).min(n - 1),
+    );
+    let (y0, y1) = (
+        ((cy - ry).floor() as i64).max(0),
+        ((cy + ry).ceil() as i64).min(n - 1),
+    );
     for y in y0..=y1 {
         for x in x0..=x1 {
             let d = ((x as f64 - cx) / rx).powi(2) + ((y as f64 - cy) / ry).powi(2);
@@ -234,7 +321,13 @@ mod tests {
     #[test]
     fn deterministic_in_the_kaggle_layout() {
         let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let opts = SynthOptions { patients: 3, per_patient: 40, seed: 9, edge_fraction: 0.1, ..Default::default() };
+        let opts = SynthOptions {
+            patients: 3,
+            per_patient: 40,
+            seed: 9,
+            edge_fraction: 0.1,
+            ..Default::default()
+        };
         let sa = generate(a.path(), &opts).unwrap();
         generate(b.path(), &opts).unwrap();
         assert_eq!(sa.files, 120);
@@ -246,11 +339,21 @@ mod tests {
             if !e.file_type().is_file() {
                 continue;
             }
-            let rel = e.path().strip_prefix(a.path()).unwrap().to_str().unwrap().to_string();
+            let rel = e
+                .path()
+                .strip_prefix(a.path())
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .to_string();
             assert!(rel.starts_with("IDC_regular_ps50_idx5/"), "{rel}");
             parse_path(&rel).unwrap();
             let bytes = std::fs::read(e.path()).unwrap();
-            assert_eq!(bytes, std::fs::read(b.path().join(&rel)).unwrap(), "{rel} differs between runs");
+            assert_eq!(
+                bytes,
+                std::fs::read(b.path().join(&rel)).unwrap(),
+                "{rel} differs between runs"
+            );
             decode_png(&bytes, Undersized::Pad).unwrap();
             n += 1;
         }
@@ -260,12 +363,20 @@ mod tests {
     #[test]
     fn plants_corrupt_files() {
         let dir = tempfile::tempdir().unwrap();
-        let opts = SynthOptions { patients: 2, per_patient: 10, corrupt: 3, ..Default::default() };
+        let opts = SynthOptions {
+            patients: 2,
+            per_patient: 10,
+            corrupt: 3,
+            ..Default::default()
+        };
         let s = generate(dir.path(), &opts).unwrap();
         assert_eq!(s.corrupt.len(), 3);
         for rel in &s.corrupt {
             let bytes = std::fs::read(dir.path().join(rel)).unwrap();
-            assert!(decode_png(&bytes, Undersized::Pad).is_err(), "{rel} still decodes");
+            assert!(
+                decode_png(&bytes, Undersized::Pad).is_err(),
+                "{rel} still decodes"
+            );
         }
     }
 }

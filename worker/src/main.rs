@@ -24,7 +24,11 @@ fn version_text() -> String {
         format!(
             "available ({} device(s), cuDNN {})",
             tch::Cuda::device_count(),
-            if tch::Cuda::cudnn_is_available() { "yes" } else { "no" }
+            if tch::Cuda::cudnn_is_available() {
+                "yes"
+            } else {
+                "no"
+            }
         )
     } else {
         "not available".to_string()

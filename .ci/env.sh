@@ -1,0 +1,72 @@
+# Shared set-up for .ci/quickstart, .ci/test and .ci/run (sourced, not run).
+#
+# Idempotent: creates the Python venv with torch (the libtorch that tch 0.24 links) once per
+# user and version under ~/.cache/idc, links it as the repo-local .venv, and exports what the
+# build needs. Needs only the Rust toolchain and python3.
+set -euo pipefail
+
+IDC_TORCH_VERSION=2.11.0
+IDC_CACHE=${IDC_CACHE:-$HOME/.cache/idc}
+IDC_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$IDC_ROOT"
+
+idc_torch_venv() {
+  local venv=$IDC_CACHE/torch-$IDC_TORCH_VERSION
+  if [ ! -f "$venv/.complete" ]; then
+    echo "setting up $venv (torch $IDC_TORCH_VERSION, about 4.6 GB, once per machine)" >&2
+    mkdir -p "$IDC_CACHE"
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "torch==$IDC_TORCH_VERSION" pillow numpy
+    touch "$venv/.complete"
+  fi
+  ln -sfn "$venv" .venv
+  export PATH="$IDC_ROOT/.venv/bin:$PATH"
+  # torch-sys finds libtorch through the venv's python.
+  export LIBTORCH_USE_PYTORCH=1
+}
+
+idc_build() {
+  idc_torch_venv
+  echo "building idcctl and idc-worker (release)" >&2
+  cargo build --release --workspace --locked
+  export PATH="${CARGO_TARGET_DIR:-$IDC_ROOT/target}/release:$PATH"
+}
+
+# Starts a real S3 server (moto's server mode) on a free loopback port for the tests, creates the
+# bucket `idc-test`, and exports what object_store and the tests read. Stopped on exit.
+IDC_MOTO_VERSION=5.2.5
+idc_s3_server() {
+  local venv=$IDC_CACHE/moto-$IDC_MOTO_VERSION
+  if [ ! -f "$venv/.complete" ]; then
+    echo "setting up $venv (moto $IDC_MOTO_VERSION, a local S3 server for tests)" >&2
+    mkdir -p "$IDC_CACHE"
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$IDC_MOTO_VERSION"
+    touch "$venv/.complete"
+  fi
+  local port
+  port=$("$venv/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  IDC_S3_LOG=${TMPDIR:-/tmp}/idc-moto-$port.log
+  "$venv/bin/moto_server" -H 127.0.0.1 -p "$port" >"$IDC_S3_LOG" 2>&1 &
+  IDC_S3_PID=$!
+  trap 'kill $IDC_S3_PID 2>/dev/null || true' EXIT
+  "$venv/bin/python" - "$port" <<'PY'
+import sys, time, urllib.request
+url = f"http://127.0.0.1:{sys.argv[1]}"
+for _ in range(300):
+    try:
+        urllib.request.urlopen(url, timeout=1)
+        break
+    except OSError:
+        time.sleep(0.1)
+else:
+    sys.exit(f"the S3 server at {url} did not start")
+urllib.request.urlopen(urllib.request.Request(f"{url}/idc-test", method="PUT"), timeout=5)
+PY
+  export AWS_ENDPOINT=http://127.0.0.1:$port AWS_ALLOW_HTTP=true AWS_REGION=us-east-1
+  export AWS_ACCESS_KEY_ID=idc-test AWS_SECRET_ACCESS_KEY=idc-test-secret
+  export IDC_TEST_S3_URL=s3://idc-test IDC_TEST_REQUIRE_S3=1
+  echo "S3 server (moto) on 127.0.0.1:$port, bucket idc-test" >&2
+}

@@ -1,0 +1,89 @@
+//! Helpers shared by the integration tests: datasets made by the project, the storage backends
+//! under test, and running `idcctl`.
+#![allow(dead_code)]
+
+use idc::dataset::manifest::DatasetManifest;
+use idc::dataset::synth::{self, SynthOptions};
+use idc::shard::ShardReader;
+use idc::store::Store;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// The real patches shipped with the tests (105 Kaggle patches, one 32x50 edge patch).
+pub fn real_sample() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/idc-real-sample")
+}
+
+/// A synthetic dataset in the Kaggle layout under `dir`.
+pub fn synth(dir: &Path, patients: u32, per_patient: u32, corrupt: u32) -> synth::SynthSummary {
+    let opts = SynthOptions {
+        patients,
+        per_patient,
+        seed: 11,
+        corrupt,
+        edge_fraction: 0.05,
+        ..Default::default()
+    };
+    synth::generate(dir, &opts).expect("synthetic dataset")
+}
+
+static UNIQUE: AtomicUsize = AtomicUsize::new(0);
+
+/// Storage roots every staging test runs against: a temporary `file://` folder, and the S3
+/// bucket in `IDC_TEST_S3_URL` (set by `.ci/test`, which starts a local S3 server). With
+/// `IDC_TEST_REQUIRE_S3=1` a missing S3 configuration fails the test instead of skipping S3.
+pub fn backends(tmp: &Path) -> Vec<String> {
+    let mut out = vec![format!("file://{}/bucket", tmp.display())];
+    match std::env::var("IDC_TEST_S3_URL") {
+        Ok(url) => {
+            let n = UNIQUE.fetch_add(1, Ordering::SeqCst);
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos();
+            out.push(format!(
+                "{}/t{}-{nanos}-{n}",
+                url.trim_end_matches('/'),
+                std::process::id()
+            ));
+        }
+        Err(_) if std::env::var("IDC_TEST_REQUIRE_S3").as_deref() == Ok("1") => {
+            panic!("IDC_TEST_REQUIRE_S3=1 but IDC_TEST_S3_URL is not set")
+        }
+        Err(_) => eprintln!("IDC_TEST_S3_URL not set: S3 is not tested here (run .ci/test for it)"),
+    }
+    out
+}
+
+/// Every shard of a staged dataset, checksums verified.
+pub async fn load_shards(ds: &Store, m: &DatasetManifest) -> Vec<ShardReader<bytes::Bytes>> {
+    let mut out = vec![];
+    for s in &m.shards {
+        let bytes = ds.get(&s.key).await.unwrap();
+        out.push(
+            ShardReader::open_verified(bytes, &s.sha256)
+                .unwrap_or_else(|e| panic!("{}: {e}", s.key)),
+        );
+    }
+    out
+}
+
+/// Runs the `idcctl` binary.
+pub fn idcctl(args: &[&str]) -> Output {
+    idcctl_env(args, &[])
+}
+
+/// Runs the `idcctl` binary with extra environment variables.
+pub fn idcctl_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_idcctl"));
+    cmd.args(args).env("RUST_LOG", "warn,idc=info");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("idcctl runs")
+}
+
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
