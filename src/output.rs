@@ -102,9 +102,9 @@ pub fn dataset_table(m: &DatasetManifest) -> String {
     );
     let bytes: u64 = m.shards.iter().map(|s| s.bytes).sum();
     out += &format!(
-        "padded {} edge patches ({:?})   duplicates counted once: {}   shards {} ({:.1} MB)\n",
+        "padded {} edge patches ({})   duplicates counted once: {}   shards {} ({:.1} MB)\n",
         m.padded,
-        m.options.undersized,
+        name_of(&m.options.undersized),
         m.source.duplicates,
         m.shards.len(),
         bytes as f64 / 1e6
@@ -134,4 +134,12 @@ pub fn dataset_table(m: &DatasetManifest) -> String {
         }
     }
     out
+}
+
+/// The name serde gives a unit enum variant (`patient`, `zip`, `pad`).
+fn name_of<T: Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
 }

@@ -311,8 +311,15 @@ pub async fn stage(
 
     let mut done = resumed;
     while let Some(msg) = rx.recv().await {
-        let (i, bytes, marker) = msg?;
+        let (i, buf, mut marker) = msg?;
         let records = plans[i].entries.len() as u64;
+        // Hashing here rather than in the producer lets the next shard's decoding start sooner.
+        let kept = marker.info.records;
+        let (bytes, sha) = tokio::task::spawn_blocking(move || shard::finish_buffer(buf, kept))
+            .await
+            .expect("hashing does not panic");
+        marker.info.bytes = bytes.len() as u64;
+        marker.info.sha256 = sha;
         dest.put(&marker.info.key, Bytes::from(bytes)).await?;
         let marker_key = keys::staging_marker(&plan_id, plans[i].split, plans[i].index);
         dest.put(
@@ -405,7 +412,7 @@ fn plan_shards(assignment: &[Split], per_shard: usize) -> Vec<ShardPlan> {
 }
 
 /// Decodes a shard's patches in parallel straight into their record slots, then drops the slots
-/// of files that could not be used.
+/// of files that could not be used. The caller completes the buffer with `shard::finish_buffer`.
 fn build_shard(src: &Source, plan: &ShardPlan, undersized: Undersized) -> (Vec<u8>, ShardMarker) {
     let n = plan.entries.len();
     let mut buf = vec![0u8; HEADER_LEN + n * RECORD_LEN];
@@ -478,11 +485,8 @@ fn build_shard(src: &Source, plan: &ShardPlan, undersized: Undersized) -> (Vec<u
         }
     }
     buf.truncate(HEADER_LEN + kept * RECORD_LEN);
-    let (bytes, sha) = shard::finish_buffer(buf, kept as u64);
     m.info.records = kept as u64;
-    m.info.bytes = bytes.len() as u64;
-    m.info.sha256 = sha;
-    (bytes, m)
+    (buf, m)
 }
 
 fn build_manifest(

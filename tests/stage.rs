@@ -130,8 +130,13 @@ async fn every_staged_record_equals_its_png() {
 
         let mut seen = BTreeSet::new();
         let mut padded = 0;
+        let mut splits_of_patient: BTreeMap<u32, BTreeSet<Split>> = BTreeMap::new();
         for shard in load_shards(&ds, &m).await {
             for r in shard.records() {
+                splits_of_patient
+                    .entry(r.meta.patient)
+                    .or_default()
+                    .insert(shard.split());
                 let name = format!(
                     "IDC_regular_ps50_idx5/{p}/{c}/{p}_idx5_x{x}_y{y}_class{c}.png",
                     p = r.meta.patient,
@@ -164,6 +169,12 @@ async fn every_staged_record_equals_its_png() {
             }
         }
         assert_eq!(seen.len() as u64, m.records());
+        assert!(
+            splits_of_patient.values().all(|s| s.len() == 1),
+            "patient in two splits: {splits_of_patient:?}"
+        );
+        // 6 synthetic patients (the first shares id 8863 with a real one), real 8975, and 99001.
+        assert_eq!(splits_of_patient.len(), 6 + 1 + 1);
         assert_eq!(padded as u64, m.padded);
         assert!(
             m.padded >= 2,
