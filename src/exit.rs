@@ -11,7 +11,10 @@ pub enum ExitCode {
     Failure = 1,
     /// Bad input: command line, manifest, spec, source data. Fix the input, then rerun.
     UserError = 2,
-    /// Interrupted (Ctrl-C / SIGTERM) after saving progress; rerun to resume.
+    /// The worker was asked to stop (SIGTERM: preemption, cancel) and wrote a checkpoint first;
+    /// rerunning resumes from it.
+    Preempted = 3,
+    /// `idcctl` was interrupted (Ctrl-C) after saving progress; rerun to resume.
     Interrupted = 130,
 }
 

@@ -59,6 +59,11 @@ pub mod run {
         format!("{CHECKPOINTS}/epoch-{epoch:04}.ckpt")
     }
 
+    /// Key of a checkpoint written mid-epoch (on SIGTERM) after `step` steps of `epoch`.
+    pub fn checkpoint_mid_epoch(epoch: u32, step: u64) -> String {
+        format!("{CHECKPOINTS}/epoch-{epoch:04}-step-{step:07}.ckpt")
+    }
+
     /// Key of the worker log of attempt `attempt` (1-based).
     pub fn log(attempt: u32) -> String {
         format!("{LOGS}/attempt-{attempt}.log")

@@ -7,8 +7,10 @@
 pub mod dataset;
 pub mod exit;
 pub mod layout;
+pub mod metrics;
 pub mod output;
 pub mod shard;
+pub mod spec;
 pub mod stage;
 pub mod store;
 

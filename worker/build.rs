@@ -20,6 +20,7 @@ fn main() {
         println!("cargo:rustc-link-arg=-ltorch_cuda");
         println!("cargo:rustc-link-arg=-Wl,--as-needed");
     }
+    compile_shim(&lib);
     println!(
         "cargo:rustc-env=IDC_LIBTORCH_VERSION={}",
         libtorch_version(&lib).unwrap_or_else(|| "unknown".into())
@@ -37,4 +38,22 @@ fn libtorch_version(lib: &Path) -> Option<String> {
     py.lines()
         .find_map(|l| l.strip_prefix("__version__ = "))
         .map(|v| v.trim().trim_matches('\'').trim_matches('"').to_string())
+}
+
+/// Compiles `src/shim.cpp` (bf16 autocast) against the same libtorch headers.
+fn compile_shim(lib: &Path) {
+    println!("cargo:rerun-if-changed=src/shim.cpp");
+    let include = lib
+        .parent()
+        .expect("libtorch lib dir has a parent")
+        .join("include");
+    cc::Build::new()
+        .cpp(true)
+        .file("src/shim.cpp")
+        .include(&include)
+        .include(include.join("torch/csrc/api/include"))
+        .flag("-std=c++17")
+        .define("_GLIBCXX_USE_CXX11_ABI", "1")
+        .warnings(false)
+        .compile("idc_shim");
 }

@@ -1,22 +1,136 @@
 //! `idc-worker`: the training worker that runs on the GPU node (or as a local child process).
-use clap::Parser;
+
+mod augment;
+mod autocast;
+mod bench;
+mod data;
+mod error;
+mod model;
+mod optim;
+mod runlog;
+mod sampler;
+mod train;
+
+use clap::{Parser, Subcommand};
+use error::WorkerError;
+use idc::exit::ExitCode;
+use idc::spec::RunSpec;
+use idc::store::Store;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Trains IDC classifiers with libtorch from a dataset staged by `idcctl stage`.
+///
+/// Exit codes: 0 success, 1 failure (retrying may help), 2 bad input (spec or data), 3 stopped
+/// on SIGTERM after writing a checkpoint (rerun to resume).
 #[derive(Parser, Debug)]
 #[command(name = "idc-worker", disable_version_flag = true)]
 struct Cli {
     /// Print the worker's version, the libtorch it was built against and whether CUDA is usable.
     #[arg(short = 'V', long)]
     version: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
 }
 
-fn main() -> anyhow::Result<()> {
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Train and evaluate one run; resumes from the run's latest checkpoint if there is one.
+    Run {
+        /// The run's folder in the bucket (holding spec.yaml), e.g. s3://bucket/runs/cnn-1.
+        #[arg(long, required_unless_present = "spec")]
+        run: Option<String>,
+        /// A spec file to run by hand instead of the run's spec.yaml.
+        #[arg(long, requires = "out")]
+        spec: Option<PathBuf>,
+        /// Where results go when --spec is used.
+        #[arg(long)]
+        out: Option<String>,
+    },
+    /// Print training images/s per model and batch size on this machine's device.
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     if cli.version {
         println!("{}", version_text());
-        return Ok(());
+        return ExitCode::Success.into();
     }
-    anyhow::bail!("nothing to do: see `idc-worker --help`")
+    let result = match cli.command {
+        Some(Command::Run { run, spec, out }) => run_cmd(run, spec, out),
+        Some(Command::Bench(args)) => bench::run(&args).map(|_| ExitCode::Success),
+        None => {
+            eprintln!("nothing to do: see `idc-worker --help`");
+            Ok(ExitCode::UserError)
+        }
+    };
+    match result {
+        Ok(code) => code.into(),
+        Err(e) => {
+            eprintln!("error: {e}");
+            e.exit_code().into()
+        }
+    }
+}
+
+fn run_cmd(
+    run: Option<String>,
+    spec: Option<PathBuf>,
+    out: Option<String>,
+) -> Result<ExitCode, WorkerError> {
+    let rt = tokio::runtime::Runtime::new().map_err(|e| WorkerError::Internal(e.to_string()))?;
+    let (spec, out) = match (spec, run) {
+        (Some(file), _) => {
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| WorkerError::BadInput(format!("{}: {e}", file.display())))?;
+            let spec = parse_spec(&text, &file.display().to_string())?;
+            let out = Store::open(&out.expect("clap requires --out with --spec"))
+                .map_err(|e| WorkerError::BadInput(e.to_string()))?;
+            (spec, out)
+        }
+        (None, Some(url)) => {
+            let out = Store::open(&url).map_err(|e| WorkerError::BadInput(e.to_string()))?;
+            let text = rt.block_on(out.get(idc::layout::run::SPEC))?;
+            (
+                parse_spec(
+                    &String::from_utf8_lossy(&text),
+                    &out.url_of(idc::layout::run::SPEC),
+                )?,
+                out,
+            )
+        }
+        (None, None) => unreachable!("clap requires --run or --spec"),
+    };
+    let attempt = rt.block_on(out.list(idc::layout::run::LOGS))?.len() as u32 + 1;
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        rt.spawn(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+            let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+            tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+            eprintln!("stop requested: finishing the step, then writing a checkpoint");
+            stop.store(true, Ordering::SeqCst);
+        });
+    }
+    let log = runlog::RunLog::new(attempt);
+    let mut trainer = train::Trainer::new(spec, out, &rt, log, stop);
+    Ok(match trainer.run()? {
+        train::Outcome::Finished => ExitCode::Success,
+        train::Outcome::Preempted => ExitCode::Preempted,
+    })
+}
+
+fn parse_spec(text: &str, origin: &str) -> Result<RunSpec, WorkerError> {
+    let spec: RunSpec =
+        serde_yaml::from_str(text).map_err(|e| WorkerError::BadInput(format!("{origin}: {e}")))?;
+    spec.train
+        .validate()
+        .map_err(|e| WorkerError::BadInput(format!("{origin}: {e}")))?;
+    Ok(spec)
 }
 
 fn version_text() -> String {

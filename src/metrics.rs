@@ -1,0 +1,368 @@
+//! Binary classification metrics, the metrics record (`metrics.jsonl`) and the evaluation report
+//! (`report.json`): computed by the worker, read by idcctl.
+
+use serde::{Deserialize, Serialize};
+
+/// Confusion matrix at a threshold (class 1, IDC, is positive).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Confusion {
+    pub tn: u64,
+    pub fp: u64,
+    #[serde(rename = "fn")]
+    pub fn_: u64,
+    pub tp: u64,
+}
+
+/// Every metric of one evaluation.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BinaryMetrics {
+    pub count: u64,
+    pub loss: f64,
+    pub threshold: f64,
+    pub accuracy: f64,
+    pub balanced_accuracy: f64,
+    pub precision: f64,
+    /// Sensitivity.
+    pub recall: f64,
+    pub specificity: f64,
+    pub f1: f64,
+    pub roc_auc: f64,
+    /// Average precision (area under the precision-recall curve, step-wise).
+    pub pr_auc: f64,
+    pub confusion: Confusion,
+}
+
+/// A metric name usable for early stopping and model selection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum MetricName {
+    Loss,
+    Accuracy,
+    BalancedAccuracy,
+    Precision,
+    Recall,
+    Specificity,
+    #[default]
+    F1,
+    RocAuc,
+    PrAuc,
+}
+
+impl MetricName {
+    /// The value of this metric in `m`.
+    pub fn of(self, m: &BinaryMetrics) -> f64 {
+        match self {
+            MetricName::Loss => m.loss,
+            MetricName::Accuracy => m.accuracy,
+            MetricName::BalancedAccuracy => m.balanced_accuracy,
+            MetricName::Precision => m.precision,
+            MetricName::Recall => m.recall,
+            MetricName::Specificity => m.specificity,
+            MetricName::F1 => m.f1,
+            MetricName::RocAuc => m.roc_auc,
+            MetricName::PrAuc => m.pr_auc,
+        }
+    }
+
+    /// Whether larger is better (all but the loss).
+    pub fn higher_is_better(self) -> bool {
+        self != MetricName::Loss
+    }
+}
+
+fn ratio(a: u64, b: u64) -> f64 {
+    if b == 0 { 0.0 } else { a as f64 / b as f64 }
+}
+
+/// The confusion matrix of `probs` (probability of IDC) against `labels` at `threshold`
+/// (predicted positive when `p >= threshold`).
+pub fn confusion(probs: &[f32], labels: &[u8], threshold: f64) -> Confusion {
+    let mut c = Confusion::default();
+    for (&p, &y) in probs.iter().zip(labels) {
+        match (p as f64 >= threshold, y == 1) {
+            (true, true) => c.tp += 1,
+            (true, false) => c.fp += 1,
+            (false, true) => c.fn_ += 1,
+            (false, false) => c.tn += 1,
+        }
+    }
+    c
+}
+
+/// All metrics of `probs` against `labels` at `threshold`; `loss` is passed through.
+pub fn evaluate(probs: &[f32], labels: &[u8], threshold: f64, loss: f64) -> BinaryMetrics {
+    assert_eq!(probs.len(), labels.len(), "one probability per label");
+    let c = confusion(probs, labels, threshold);
+    let precision = ratio(c.tp, c.tp + c.fp);
+    let recall = ratio(c.tp, c.tp + c.fn_);
+    let specificity = ratio(c.tn, c.tn + c.fp);
+    let f1 = if precision + recall == 0.0 {
+        0.0
+    } else {
+        2.0 * precision * recall / (precision + recall)
+    };
+    BinaryMetrics {
+        count: probs.len() as u64,
+        loss,
+        threshold,
+        accuracy: ratio(c.tp + c.tn, probs.len() as u64),
+        balanced_accuracy: (recall + specificity) / 2.0,
+        precision,
+        recall,
+        specificity,
+        f1,
+        roc_auc: roc_auc(probs, labels),
+        pr_auc: average_precision(probs, labels),
+        confusion: c,
+    }
+}
+
+/// Indices of `probs` by descending probability.
+fn by_score(probs: &[f32]) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..probs.len()).collect();
+    idx.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
+    idx
+}
+
+/// Points of the ROC curve `(fpr, tpr, threshold)`, one per distinct score, from (0, 0).
+pub fn roc_curve(probs: &[f32], labels: &[u8]) -> Vec<(f64, f64, f64)> {
+    let pos = labels.iter().filter(|&&y| y == 1).count() as f64;
+    let neg = labels.len() as f64 - pos;
+    let idx = by_score(probs);
+    let (mut tp, mut fp) = (0.0, 0.0);
+    // The first point predicts nothing positive: its threshold is above every probability.
+    let mut out = vec![(0.0, 0.0, 1.0 + f64::EPSILON)];
+    for (k, &i) in idx.iter().enumerate() {
+        if labels[i] == 1 {
+            tp += 1.0
+        } else {
+            fp += 1.0
+        }
+        let last_of_tie = k + 1 == idx.len() || probs[idx[k + 1]] != probs[i];
+        if last_of_tie {
+            out.push((
+                if neg > 0.0 { fp / neg } else { 0.0 },
+                if pos > 0.0 { tp / pos } else { 0.0 },
+                probs[i] as f64,
+            ));
+        }
+    }
+    out
+}
+
+/// Area under the ROC curve (trapezoids, ties handled); 0.5 when one class is absent.
+pub fn roc_auc(probs: &[f32], labels: &[u8]) -> f64 {
+    let pos = labels.iter().filter(|&&y| y == 1).count();
+    if pos == 0 || pos == labels.len() {
+        return 0.5;
+    }
+    roc_curve(probs, labels)
+        .windows(2)
+        .map(|w| (w[1].0 - w[0].0) * (w[1].1 + w[0].1) / 2.0)
+        .sum()
+}
+
+/// Points of the precision-recall curve `(recall, precision, threshold)`, one per distinct score.
+pub fn pr_curve(probs: &[f32], labels: &[u8]) -> Vec<(f64, f64, f64)> {
+    let pos = labels.iter().filter(|&&y| y == 1).count() as f64;
+    let idx = by_score(probs);
+    let (mut tp, mut fp) = (0.0, 0.0);
+    let mut out = vec![];
+    for (k, &i) in idx.iter().enumerate() {
+        if labels[i] == 1 {
+            tp += 1.0
+        } else {
+            fp += 1.0
+        }
+        if k + 1 == idx.len() || probs[idx[k + 1]] != probs[i] {
+            out.push((
+                if pos > 0.0 { tp / pos } else { 0.0 },
+                tp / (tp + fp),
+                probs[i] as f64,
+            ));
+        }
+    }
+    out
+}
+
+/// Average precision: sum over thresholds of (recall step) x precision, as scikit-learn computes
+/// it; 0 when there is no positive.
+pub fn average_precision(probs: &[f32], labels: &[u8]) -> f64 {
+    let mut prev_recall = 0.0;
+    let mut ap = 0.0;
+    for (r, p, _) in pr_curve(probs, labels) {
+        ap += (r - prev_recall) * p;
+        prev_recall = r;
+    }
+    ap
+}
+
+/// The threshold that maximises F1 on (`probs`, `labels`); 0.5 when there is no positive.
+pub fn f1_optimal_threshold(probs: &[f32], labels: &[u8]) -> f64 {
+    let pos = labels.iter().filter(|&&y| y == 1).count() as f64;
+    if pos == 0.0 {
+        return 0.5;
+    }
+    let mut best = (f64::MIN, 0.5);
+    for (r, p, t) in pr_curve(probs, labels) {
+        let f1 = if p + r == 0.0 {
+            0.0
+        } else {
+            2.0 * p * r / (p + r)
+        };
+        if f1 > best.0 {
+            best = (f1, t);
+        }
+    }
+    best.1
+}
+
+/// One line of `metrics.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum MetricsRecord {
+    /// Periodic training progress.
+    Step {
+        epoch: u32,
+        step: u64,
+        loss: f64,
+        lr: f64,
+        images_per_s: f64,
+    },
+    /// End of an epoch, with the validation metrics.
+    Epoch {
+        epoch: u32,
+        train_loss: f64,
+        lr: f64,
+        val: BinaryMetrics,
+        duration_s: f64,
+        images_per_s: f64,
+        best: bool,
+    },
+}
+
+/// The evaluation report (`report.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub run_id: String,
+    pub dataset_id: String,
+    pub model: String,
+    pub device: String,
+    /// Epoch whose checkpoint was evaluated (the best on validation).
+    pub best_epoch: u32,
+    pub epochs_run: u32,
+    /// Test metrics at 0.5.
+    pub test: BinaryMetrics,
+    /// Test metrics at the F1-optimal threshold chosen on validation.
+    pub test_at_val_threshold: BinaryMetrics,
+    pub val: BinaryMetrics,
+    /// ROC curve on test: `(fpr, tpr, threshold)`, thinned.
+    pub roc: Vec<(f64, f64, f64)>,
+    /// Precision-recall curve on test: `(recall, precision, threshold)`, thinned.
+    pub pr: Vec<(f64, f64, f64)>,
+    pub train_seconds: f64,
+    pub train_images_per_s: f64,
+    /// The training spec as run.
+    pub config: serde_json::Value,
+    pub finished_at: String,
+}
+
+/// Keeps at most `max` points of a curve, always including both ends.
+pub fn thin<T: Copy>(curve: &[T], max: usize) -> Vec<T> {
+    if curve.len() <= max || max < 2 {
+        return curve.to_vec();
+    }
+    let step = (curve.len() - 1) as f64 / (max - 1) as f64;
+    (0..max)
+        .map(|i| curve[((i as f64 * step).round() as usize).min(curve.len() - 1)])
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() < 1e-9
+    }
+
+    #[test]
+    fn hand_computed_case() {
+        // 4 positives, 6 negatives.
+        let probs = [0.9, 0.8, 0.7, 0.6, 0.55, 0.4, 0.3, 0.2, 0.1, 0.05];
+        let labels = [1, 1, 0, 1, 0, 0, 1, 0, 0, 0];
+        let m = evaluate(&probs, &labels, 0.5, 0.25);
+        assert_eq!(
+            m.confusion,
+            Confusion {
+                tn: 4,
+                fp: 2,
+                fn_: 1,
+                tp: 3
+            }
+        );
+        assert!(close(m.accuracy, 0.7));
+        assert!(close(m.precision, 0.6));
+        assert!(close(m.recall, 0.75));
+        assert!(close(m.specificity, 4.0 / 6.0));
+        assert!(close(m.balanced_accuracy, (0.75 + 4.0 / 6.0) / 2.0));
+        assert!(close(m.f1, 2.0 * 0.6 * 0.75 / 1.35));
+        // Pairs (pos, neg) ranked correctly: 0.9 and 0.8 beat all 6; 0.6 beats 5; 0.3 beats 3.
+        assert!(close(m.roc_auc, (6.0 + 6.0 + 5.0 + 3.0) / 24.0));
+        // AP = mean over positives of precision at their rank: 1/1, 2/2, 3/4, 4/7.
+        assert!(close(m.pr_auc, (1.0 + 1.0 + 0.75 + 4.0 / 7.0) / 4.0));
+        assert_eq!(m.loss, 0.25);
+        // F1 is best at 0.6 (P 3/4, R 3/4) against 0.9, 0.8 (P 1, R 1/2) and 0.3 (4/7, 1).
+        assert!(close(f1_optimal_threshold(&probs, &labels), 0.6f32 as f64));
+    }
+
+    #[test]
+    fn ties_and_single_class() {
+        let m = evaluate(&[0.5, 0.5, 0.5, 0.5], &[1, 0, 1, 0], 0.5, 0.0);
+        assert!(close(m.roc_auc, 0.5), "all tied: chance");
+        assert!(close(m.pr_auc, 0.5));
+        let all_neg = evaluate(&[0.1, 0.7], &[0, 0], 0.5, 0.0);
+        assert_eq!(
+            all_neg.confusion,
+            Confusion {
+                tn: 1,
+                fp: 1,
+                fn_: 0,
+                tp: 0
+            }
+        );
+        assert_eq!(
+            (all_neg.recall, all_neg.precision, all_neg.f1),
+            (0.0, 0.0, 0.0)
+        );
+        assert_eq!(all_neg.roc_auc, 0.5);
+        assert_eq!(all_neg.pr_auc, 0.0);
+        let all_pos = evaluate(&[0.9, 0.2], &[1, 1], 0.5, 0.0);
+        assert!(
+            close(all_pos.recall, 0.5)
+                && close(all_pos.precision, 1.0)
+                && all_pos.specificity == 0.0
+        );
+        assert_eq!(f1_optimal_threshold(&[0.3], &[0]), 0.5);
+        let perfect = evaluate(&[0.2, 0.9, 0.8, 0.1], &[0, 1, 1, 0], 0.5, 0.0);
+        assert_eq!(
+            (perfect.roc_auc, perfect.pr_auc, perfect.f1),
+            (1.0, 1.0, 1.0)
+        );
+    }
+
+    #[test]
+    fn records_round_trip_as_json_lines() {
+        let r = MetricsRecord::Step {
+            epoch: 1,
+            step: 20,
+            loss: 0.5,
+            lr: 0.01,
+            images_per_s: 1000.0,
+        };
+        let line = serde_json::to_string(&r).unwrap();
+        assert!(line.starts_with(r#"{"kind":"step""#), "{line}");
+        assert_eq!(serde_json::from_str::<MetricsRecord>(&line).unwrap(), r);
+        assert_eq!(thin(&[1, 2, 3, 4, 5, 6, 7, 8, 9, 10], 4), vec![1, 4, 7, 10]);
+    }
+}

@@ -1,0 +1,111 @@
+//! Loading a staged dataset into tensors: every shard read once, checksum verified, the uint8
+//! patches kept on the training device (batches are gathered there; nothing is decoded).
+
+use crate::error::WorkerError;
+use idc::dataset::manifest::DatasetManifest;
+use idc::dataset::split::Split;
+use idc::shard::ShardReader;
+use idc::store::Store;
+use tch::{Device, Kind, Tensor};
+
+/// One split on the device.
+pub struct SplitData {
+    /// `[N, 3, 50, 50]` uint8.
+    pub images: Tensor,
+    /// `[N]` int64 labels (0 no IDC, 1 IDC).
+    pub labels: Tensor,
+    /// The labels on the host, for sampling and metrics.
+    pub labels_host: Vec<u8>,
+}
+
+impl SplitData {
+    pub fn len(&self) -> usize {
+        self.labels_host.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels_host.is_empty()
+    }
+
+    /// Builds a split from HWC uint8 pixels (`n * 7500` bytes) and labels.
+    pub fn from_hwc(pixels: &[u8], labels: Vec<u8>, device: Device) -> Self {
+        let n = labels.len() as i64;
+        let images = Tensor::from_slice(pixels)
+            .view([n, 50, 50, 3])
+            .permute([0, 3, 1, 2])
+            .contiguous()
+            .to_device(device);
+        let labels_t = Tensor::from_slice(&labels)
+            .to_kind(Kind::Int64)
+            .to_device(device);
+        Self {
+            images,
+            labels: labels_t,
+            labels_host: labels,
+        }
+    }
+}
+
+/// A staged dataset, loaded.
+pub struct Dataset {
+    pub manifest: DatasetManifest,
+    pub train: SplitData,
+    pub val: SplitData,
+    pub test: SplitData,
+}
+
+/// Reads the manifest and every shard of the dataset at `store`.
+pub async fn load(store: &Store, device: Device) -> Result<Dataset, WorkerError> {
+    let manifest = idc::stage::read_manifest(store)
+        .await
+        .map_err(|e| WorkerError::BadInput(format!("dataset: {e}")))?
+        .ok_or_else(|| {
+            WorkerError::BadInput(format!(
+                "no staged dataset at {} (no manifest.json)",
+                store.url()
+            ))
+        })?;
+    let mut splits = vec![];
+    for split in Split::ALL {
+        let records = manifest.splits.get(&split).map(|s| s.records).unwrap_or(0) as usize;
+        let mut pixels = Vec::with_capacity(records * idc::PATCH_BYTES);
+        let mut labels = Vec::with_capacity(records);
+        for info in manifest.shards_of(split) {
+            let bytes = store.get(&info.key).await?;
+            let shard = ShardReader::open_verified(bytes, &info.sha256).map_err(|e| {
+                WorkerError::BadInput(format!(
+                    "shard {}: {e}; restage the dataset",
+                    store.url_of(&info.key)
+                ))
+            })?;
+            if shard.split() != split || shard.len() as u64 != info.records {
+                return Err(WorkerError::BadInput(format!(
+                    "shard {} does not match the manifest (split or record count); restage the dataset",
+                    store.url_of(&info.key)
+                )));
+            }
+            for r in shard.records() {
+                pixels.extend_from_slice(r.pixels);
+                labels.push(r.meta.label);
+            }
+        }
+        splits.push(SplitData::from_hwc(&pixels, labels, device));
+    }
+    let test = splits.pop().expect("three splits");
+    let val = splits.pop().expect("three splits");
+    let train = splits.pop().expect("three splits");
+    for (name, s) in [("train", &train), ("val", &val), ("test", &test)] {
+        if s.is_empty() {
+            return Err(WorkerError::BadInput(format!(
+                "the {name} split of {} is empty; restage with other split options",
+                store.url()
+            )));
+        }
+    }
+    Ok(Dataset {
+        manifest,
+        train,
+        val,
+        test,
+    })
+}

@@ -1,0 +1,115 @@
+//! Training order: weighted sampling with replacement (the seed's WeightedRandomSampler with
+//! inverse class-count weights) or a shuffle. Deterministic for (seed, epoch), so a run resumed
+//! mid-epoch draws exactly what it would have.
+
+use idc::spec::Sampling;
+use rand_chacha::ChaCha8Rng;
+use rand_chacha::rand_core::{RngCore, SeedableRng};
+
+/// A seeded generator for one purpose at one point of the run.
+pub fn rng_for(seed: u64, purpose: u64, epoch: u32, step: u64) -> ChaCha8Rng {
+    let mut s = seed ^ purpose.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    s ^= (epoch as u64).wrapping_mul(0xD6E8_FEB8_6659_FD93)
+        ^ step.wrapping_mul(0xA076_1D64_78BD_642F);
+    ChaCha8Rng::seed_from_u64(s)
+}
+
+/// A uniform integer in `0..n`.
+pub fn below(rng: &mut ChaCha8Rng, n: usize) -> usize {
+    ((rng.next_u64() as u128 * n as u128) >> 64) as usize
+}
+
+/// A uniform float in `[0, 1)`.
+pub fn unit(rng: &mut ChaCha8Rng) -> f64 {
+    (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// The indices of training patches for `epoch`, `labels.len()` of them.
+pub fn epoch_order(sampling: Sampling, labels: &[u8], seed: u64, epoch: u32) -> Vec<i64> {
+    let mut rng = rng_for(seed, 1, epoch, 0);
+    match sampling {
+        Sampling::Shuffle => {
+            let mut order: Vec<i64> = (0..labels.len() as i64).collect();
+            for i in (1..order.len()).rev() {
+                order.swap(i, below(&mut rng, i + 1));
+            }
+            order
+        }
+        Sampling::Weighted => {
+            // Weight 1/n_c per patch makes each class equally likely; then uniform within it.
+            let by_class: [Vec<i64>; 2] = [0u8, 1].map(|c| {
+                labels
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, l)| **l == c)
+                    .map(|(i, _)| i as i64)
+                    .collect()
+            });
+            (0..labels.len())
+                .map(|_| {
+                    let c = if by_class[0].is_empty() {
+                        1
+                    } else if by_class[1].is_empty() {
+                        0
+                    } else {
+                        (rng.next_u32() & 1) as usize
+                    };
+                    by_class[c][below(&mut rng, by_class[c].len())]
+                })
+                .collect()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weighted_sampling_balances_classes() {
+        // 2.5 negatives per positive, as in the real set.
+        let labels: Vec<u8> = (0..35_000).map(|i| u8::from(i % 7 < 2)).collect();
+        let order = epoch_order(Sampling::Weighted, &labels, 3, 0);
+        assert_eq!(order.len(), labels.len());
+        let pos = order.iter().filter(|&&i| labels[i as usize] == 1).count() as f64;
+        let n = order.len() as f64;
+        // Binomial(n, 0.5): 4 standard deviations is about 1.1% here.
+        let sd = (n * 0.25).sqrt();
+        assert!((pos - n / 2.0).abs() < 4.0 * sd, "{pos} positives of {n}");
+        // Within a class, draws are uniform: chi-square over 10 bins of positives.
+        let positives: Vec<i64> = (0..labels.len() as i64)
+            .filter(|&i| labels[i as usize] == 1)
+            .collect();
+        let mut bins = [0f64; 10];
+        for &i in &order {
+            if labels[i as usize] == 1 {
+                bins[positives.binary_search(&i).unwrap() * 10 / positives.len()] += 1.0;
+            }
+        }
+        let expect = pos / 10.0;
+        let chi2: f64 = bins.iter().map(|b| (b - expect).powi(2) / expect).sum();
+        assert!(
+            chi2 < 27.9,
+            "chi-square {chi2} over 9 degrees of freedom (p < 0.001)"
+        );
+        assert_eq!(
+            order,
+            epoch_order(Sampling::Weighted, &labels, 3, 0),
+            "deterministic"
+        );
+        assert_ne!(
+            order,
+            epoch_order(Sampling::Weighted, &labels, 3, 1),
+            "new draw each epoch"
+        );
+    }
+
+    #[test]
+    fn shuffle_is_a_permutation() {
+        let labels = vec![0u8; 1000];
+        let mut order = epoch_order(Sampling::Shuffle, &labels, 1, 2);
+        assert_ne!(order, (0..1000).collect::<Vec<_>>());
+        order.sort();
+        assert_eq!(order, (0..1000).collect::<Vec<_>>());
+    }
+}

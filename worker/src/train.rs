@@ -1,0 +1,599 @@
+//! The training run: load, train with checkpoints, evaluate, report. Every output goes to the
+//! run's folder in the bucket (keys from `idc::layout::run`), each object written whole.
+
+use crate::augment::Plan;
+use crate::data::SplitData;
+use crate::error::WorkerError;
+use crate::model::Model;
+use crate::optim::Optimizer;
+use crate::runlog::RunLog;
+use crate::sampler::{epoch_order, rng_for};
+use bytes::Bytes;
+use idc::layout::run as keys;
+use idc::metrics::{self, BinaryMetrics, MetricsRecord, Report};
+use idc::spec::{DeviceSpec, LossKind, ModelSpec, Precision, RunSpec};
+use idc::store::Store;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+use tch::{Device, Kind, Reduction, Tensor};
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Finished,
+    /// Stopped on request after writing a checkpoint.
+    Preempted,
+}
+
+/// What the `latest` pointer records: where training stands.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Progress {
+    checkpoint: String,
+    /// Epoch in progress (0-based) and steps done in it.
+    epoch: u32,
+    step_in_epoch: u64,
+    global_step: u64,
+    epoch_loss_sum: f64,
+    epoch_seen: u64,
+    best_epoch: Option<u32>,
+    best_value: Option<f64>,
+    best_checkpoint: Option<String>,
+    since_improvement: u32,
+    stopped_early: bool,
+    train_seconds: f64,
+    images_trained: u64,
+}
+
+pub struct Trainer<'a> {
+    spec: RunSpec,
+    out: Store,
+    rt: &'a tokio::runtime::Runtime,
+    log: RunLog,
+    stop: Arc<AtomicBool>,
+}
+
+/// A deterministic torch seed for one training step (dropout), so a resumed run draws alike.
+fn step_seed(seed: u64, epoch: u32, step: u64) -> i64 {
+    let mut r = rng_for(seed, 3, epoch, step);
+    (rand_chacha::rand_core::RngCore::next_u64(&mut r) >> 1) as i64
+}
+
+impl<'a> Trainer<'a> {
+    pub fn new(
+        spec: RunSpec,
+        out: Store,
+        rt: &'a tokio::runtime::Runtime,
+        log: RunLog,
+        stop: Arc<AtomicBool>,
+    ) -> Self {
+        Self {
+            spec,
+            out,
+            rt,
+            log,
+            stop,
+        }
+    }
+
+    fn put(&self, key: &str, bytes: Vec<u8>) -> Result<(), WorkerError> {
+        Ok(self.rt.block_on(self.out.put(key, Bytes::from(bytes)))?)
+    }
+
+    pub fn run(&mut self) -> Result<Outcome, WorkerError> {
+        let t = self.spec.train.clone();
+        t.validate().map_err(WorkerError::BadInput)?;
+        let device = match t.device {
+            DeviceSpec::Cpu => Device::Cpu,
+            DeviceSpec::Cuda if !tch::Cuda::is_available() => {
+                return Err(WorkerError::BadInput(
+                    "train.device is cuda but no CUDA device is usable".into(),
+                ));
+            }
+            DeviceSpec::Cuda => Device::Cuda(0),
+            DeviceSpec::Auto => Device::cuda_if_available(),
+        };
+        let bf16 = match (t.precision, device) {
+            (Precision::Bf16, Device::Cpu) => {
+                return Err(WorkerError::BadInput(
+                    "train.precision bf16 needs a CUDA device".into(),
+                ));
+            }
+            (Precision::Bf16 | Precision::Auto, Device::Cuda(_)) => true,
+            _ => false,
+        };
+        if device.is_cuda() {
+            tch::Cuda::cudnn_set_benchmark(true);
+        }
+        self.log.line(&format!(
+            "run {}: {} on {device:?}{}, dataset {}",
+            self.spec.run_id,
+            t.model.name(),
+            if bf16 {
+                " (bf16 autocast, channels-last)"
+            } else {
+                ""
+            },
+            self.spec.dataset
+        ));
+
+        let ds_store =
+            Store::open(&self.spec.dataset).map_err(|e| WorkerError::BadInput(e.to_string()))?;
+        let started = Instant::now();
+        let data = self.rt.block_on(crate::data::load(&ds_store, device))?;
+        self.log.line(&format!(
+            "dataset {}: train {}, val {}, test {} patches, loaded in {:.1}s",
+            data.manifest.id,
+            data.train.len(),
+            data.val.len(),
+            data.test.len(),
+            started.elapsed().as_secs_f64()
+        ));
+
+        let outputs = if t.loss.kind == LossKind::CrossEntropy {
+            2
+        } else {
+            1
+        };
+        tch::manual_seed(step_seed(t.seed, u32::MAX, 0));
+        let mut model = Model::new(
+            &t.model,
+            outputs,
+            data.manifest.mean,
+            data.manifest.std,
+            device,
+        );
+        if let ModelSpec::Resnet34 {
+            pretrained,
+            freeze_backbone,
+            ..
+        } = &t.model
+        {
+            if let Some(src) = pretrained {
+                let local = self.fetch(src)?;
+                model.load_pretrained(local.path())?;
+                self.log
+                    .line(&format!("loaded pretrained backbone from {src}"));
+            }
+            if *freeze_backbone {
+                model.freeze_backbone();
+            }
+        }
+        if bf16 {
+            model.use_channels_last();
+        }
+        let mut opt = Optimizer::new(&t.optimizer, model.trainable());
+
+        // Resume from the newest checkpoint, if any.
+        let mut p = Progress::default();
+        let mut metric_lines: Vec<String> = vec![];
+        if let Some(bytes) = self
+            .rt
+            .block_on(self.out.get_opt(keys::LATEST_CHECKPOINT))?
+        {
+            p = serde_json::from_slice(&bytes).map_err(|e| {
+                WorkerError::Internal(format!("{}: {e}", self.out.url_of(keys::LATEST_CHECKPOINT)))
+            })?;
+            let tensors = self.load_checkpoint(&p.checkpoint)?;
+            restore_model(&mut model, &tensors)?;
+            opt.load_state(&tensors).map_err(WorkerError::Internal)?;
+            metric_lines = self.existing_metrics(&p)?;
+            self.log.line(&format!(
+                "resumed from {} (epoch {}, step {} of it)",
+                p.checkpoint,
+                p.epoch + 1,
+                p.step_in_epoch
+            ));
+        }
+
+        let n_train = data.train.len() as u64;
+        let batch = t.batch_size as u64;
+        let mut steps_per_epoch = n_train.div_ceil(batch);
+        if let Some(m) = t.max_steps_per_epoch {
+            steps_per_epoch = steps_per_epoch.min(m as u64);
+        }
+        let total_steps = steps_per_epoch * t.epochs as u64;
+        let pos_weight = t
+            .loss
+            .pos_weight
+            .map(|w| Tensor::from_slice(&[w as f32]).to_device(device));
+
+        while p.epoch < t.epochs && !p.stopped_early {
+            let epoch_started = Instant::now();
+            let order = epoch_order(t.sampling, &data.train.labels_host, t.seed, p.epoch);
+            let mut window = (Instant::now(), 0u64);
+            while p.step_in_epoch < steps_per_epoch {
+                let step = p.step_in_epoch;
+                let lo = (step * batch) as usize;
+                let hi = (((step + 1) * batch) as usize).min(order.len());
+                let idx = Tensor::from_slice(&order[lo..hi]).to_device(device);
+                let plan = Plan::draw(
+                    &t.augmentation,
+                    hi - lo,
+                    &mut rng_for(t.seed, 2, p.epoch, step),
+                );
+                tch::manual_seed(step_seed(t.seed, p.epoch, step));
+                let lr =
+                    t.schedule
+                        .lr_at(t.optimizer.lr, p.global_step, steps_per_epoch, total_steps);
+                let loss = {
+                    let x = plan.apply(
+                        &(data.train.images.index_select(0, &idx).to_kind(Kind::Float) / 255.0),
+                    );
+                    let x = if bf16 {
+                        crate::model::channels_last(&x)
+                    } else {
+                        x
+                    };
+                    let y = data.train.labels.index_select(0, &idx);
+                    let logits = crate::autocast::maybe_bf16(bf16, || model.forward(&x, true));
+                    loss_of(
+                        &logits.to_kind(Kind::Float),
+                        &y,
+                        t.loss.kind,
+                        pos_weight.as_ref(),
+                    )
+                };
+                opt.zero_grad();
+                loss.backward();
+                if let Some(c) = t.grad_clip {
+                    opt.clip_grad_norm(c);
+                }
+                opt.step(lr);
+                let loss_v = loss.double_value(&[]);
+                if !loss_v.is_finite() {
+                    return Err(WorkerError::BadInput(format!(
+                        "training diverged: loss is {loss_v} at epoch {}, step {step}; lower train.optimizer.lr",
+                        p.epoch + 1
+                    )));
+                }
+                let n = (hi - lo) as u64;
+                p.epoch_loss_sum += loss_v * n as f64;
+                p.epoch_seen += n;
+                p.images_trained += n;
+                p.step_in_epoch += 1;
+                p.global_step += 1;
+                window.1 += n;
+                if p.global_step % t.log_every_steps.max(1) as u64 == 0 {
+                    let rate = window.1 as f64 / window.0.elapsed().as_secs_f64().max(1e-9);
+                    let rec = MetricsRecord::Step {
+                        epoch: p.epoch + 1,
+                        step: p.global_step,
+                        loss: loss_v,
+                        lr,
+                        images_per_s: rate,
+                    };
+                    metric_lines.push(serde_json::to_string(&rec).expect("serializes"));
+                    self.log.line(&format!(
+                        "epoch {} step {}/{steps_per_epoch} loss {loss_v:.4} lr {lr:.2e} {rate:.0} img/s",
+                        p.epoch + 1,
+                        p.step_in_epoch
+                    ));
+                    window = (Instant::now(), 0);
+                }
+                if self.stop.load(Ordering::SeqCst) && p.step_in_epoch < steps_per_epoch {
+                    p.train_seconds += epoch_started.elapsed().as_secs_f64();
+                    let key = keys::checkpoint_mid_epoch(p.epoch + 1, p.step_in_epoch);
+                    self.save_checkpoint(&model, &opt, &mut p, key, &metric_lines)?;
+                    self.log.line(&format!(
+                        "stop requested: checkpoint {} written; exiting",
+                        p.checkpoint
+                    ));
+                    self.flush_log();
+                    return Ok(Outcome::Preempted);
+                }
+            }
+
+            // End of epoch: validate, keep the best, checkpoint.
+            let seconds = epoch_started.elapsed().as_secs_f64();
+            p.train_seconds += seconds;
+            let val = evaluate(
+                &model,
+                &data.val,
+                t.eval_batch_size as i64,
+                t.loss.kind,
+                bf16,
+                0.5,
+            );
+            let train_loss = p.epoch_loss_sum / p.epoch_seen.max(1) as f64;
+            let value = t.select_metric.of(&val);
+            let better = match p.best_value {
+                None => true,
+                Some(b) if t.select_metric.higher_is_better() => value > b,
+                Some(b) => value < b,
+            };
+            if let Some(es) = &t.early_stopping {
+                let v = es.metric.of(&val);
+                let improved = match p.best_value {
+                    None => true,
+                    Some(b) if es.metric.higher_is_better() => v > b + es.min_delta,
+                    Some(b) => v < b - es.min_delta,
+                };
+                p.since_improvement = if improved { 0 } else { p.since_improvement + 1 };
+                if p.since_improvement >= es.patience {
+                    p.stopped_early = true;
+                }
+            }
+            let lr = t.schedule.lr_at(
+                t.optimizer.lr,
+                p.global_step.saturating_sub(1),
+                steps_per_epoch,
+                total_steps,
+            );
+            let rec = MetricsRecord::Epoch {
+                epoch: p.epoch + 1,
+                train_loss,
+                lr,
+                val: val.clone(),
+                duration_s: seconds,
+                images_per_s: p.epoch_seen as f64 / seconds.max(1e-9),
+                best: better,
+            };
+            metric_lines.push(serde_json::to_string(&rec).expect("serializes"));
+            self.log.line(&format!(
+                "epoch {}/{}: train loss {train_loss:.4}, val loss {:.4} acc {:.4} bal-acc {:.4} F1 {:.4} AUC {:.4}{}",
+                p.epoch + 1,
+                t.epochs,
+                val.loss,
+                val.accuracy,
+                val.balanced_accuracy,
+                val.f1,
+                val.roc_auc,
+                if better { " (best)" } else { "" }
+            ));
+            let key = keys::checkpoint(p.epoch + 1);
+            if better {
+                p.best_epoch = Some(p.epoch + 1);
+                p.best_value = Some(value);
+                p.best_checkpoint = Some(key.clone());
+            }
+            p.epoch += 1;
+            p.step_in_epoch = 0;
+            p.epoch_loss_sum = 0.0;
+            p.epoch_seen = 0;
+            if p.stopped_early {
+                self.log
+                    .line("early stopping: no improvement in validation");
+            }
+            self.save_checkpoint(&model, &opt, &mut p, key, &metric_lines)?;
+            if self.stop.load(Ordering::SeqCst) && p.epoch < t.epochs && !p.stopped_early {
+                self.log.line(&format!(
+                    "stop requested: checkpoint {} written; exiting",
+                    p.checkpoint
+                ));
+                self.flush_log();
+                return Ok(Outcome::Preempted);
+            }
+        }
+
+        // Test with the best checkpoint; the F1-optimal threshold is chosen on validation.
+        let best = p
+            .best_checkpoint
+            .clone()
+            .ok_or_else(|| WorkerError::Internal("no checkpoint".into()))?;
+        let tensors = self.load_checkpoint(&best)?;
+        restore_model(&mut model, &tensors)?;
+        let (val_probs, val_loss) = predict(
+            &model,
+            &data.val,
+            t.eval_batch_size as i64,
+            t.loss.kind,
+            bf16,
+        );
+        let threshold = metrics::f1_optimal_threshold(&val_probs, &data.val.labels_host);
+        let val = metrics::evaluate(&val_probs, &data.val.labels_host, 0.5, val_loss);
+        let (probs, loss) = predict(
+            &model,
+            &data.test,
+            t.eval_batch_size as i64,
+            t.loss.kind,
+            bf16,
+        );
+        let labels = &data.test.labels_host;
+        let report = Report {
+            run_id: self.spec.run_id.clone(),
+            dataset_id: data.manifest.id.clone(),
+            model: t.model.name().to_string(),
+            device: format!("{device:?}"),
+            best_epoch: p.best_epoch.unwrap_or(0),
+            epochs_run: p.epoch,
+            test: metrics::evaluate(&probs, labels, 0.5, loss),
+            test_at_val_threshold: metrics::evaluate(&probs, labels, threshold, loss),
+            val,
+            roc: metrics::thin(&metrics::roc_curve(&probs, labels), 200),
+            pr: metrics::thin(&metrics::pr_curve(&probs, labels), 200),
+            train_seconds: p.train_seconds,
+            train_images_per_s: p.images_trained as f64 / p.train_seconds.max(1e-9),
+            config: serde_json::to_value(&t).expect("serializes"),
+            finished_at: idc::stage::now_rfc3339(),
+        };
+        self.put(
+            keys::REPORT,
+            serde_json::to_vec_pretty(&report).expect("serializes"),
+        )?;
+        self.log.line(&format!(
+            "test (best epoch {}): acc {:.4} bal-acc {:.4} F1 {:.4} AUC {:.4} AP {:.4}; at val threshold {threshold:.3}: F1 {:.4}",
+            report.best_epoch,
+            report.test.accuracy,
+            report.test.balanced_accuracy,
+            report.test.f1,
+            report.test.roc_auc,
+            report.test.pr_auc,
+            report.test_at_val_threshold.f1
+        ));
+        self.flush_log();
+        Ok(Outcome::Finished)
+    }
+
+    /// Writes the checkpoint, the metrics so far, then the `latest` pointer (the commit), then
+    /// drops the previous checkpoint unless it is the best.
+    fn save_checkpoint(
+        &self,
+        model: &Model,
+        opt: &Optimizer,
+        p: &mut Progress,
+        key: String,
+        metric_lines: &[String],
+    ) -> Result<(), WorkerError> {
+        let mut named: Vec<(String, Tensor)> = model
+            .vs
+            .variables()
+            .into_iter()
+            .map(|(n, t)| (format!("model.{n}"), t.to_device(Device::Cpu).contiguous()))
+            .collect();
+        named.extend(
+            opt.state_tensors()
+                .into_iter()
+                .map(|(n, t)| (n, t.to_device(Device::Cpu).contiguous())),
+        );
+        let file = tempfile::Builder::new()
+            .suffix(".safetensors")
+            .tempfile()
+            .map_err(|e| WorkerError::Internal(e.to_string()))?;
+        Tensor::write_safetensors(&named, file.path())?;
+        let bytes = std::fs::read(file.path()).map_err(|e| WorkerError::Internal(e.to_string()))?;
+        self.put(&key, bytes)?;
+        let mut jsonl = metric_lines.join("\n");
+        jsonl.push('\n');
+        self.put(keys::METRICS, jsonl.into_bytes())?;
+        let previous = std::mem::replace(&mut p.checkpoint, key);
+        self.put(
+            keys::LATEST_CHECKPOINT,
+            serde_json::to_vec_pretty(p).expect("serializes"),
+        )?;
+        if !previous.is_empty()
+            && previous != p.checkpoint
+            && Some(&previous) != p.best_checkpoint.as_ref()
+        {
+            self.rt.block_on(self.out.delete(&previous))?;
+        }
+        self.flush_log();
+        Ok(())
+    }
+
+    fn load_checkpoint(&self, key: &str) -> Result<BTreeMap<String, Tensor>, WorkerError> {
+        let bytes = self.rt.block_on(self.out.get(key))?;
+        let file = tempfile::Builder::new()
+            .suffix(".safetensors")
+            .tempfile()
+            .map_err(|e| WorkerError::Internal(e.to_string()))?;
+        std::fs::write(file.path(), &bytes).map_err(|e| WorkerError::Internal(e.to_string()))?;
+        let tensors = Tensor::read_safetensors(file.path()).map_err(|e| {
+            WorkerError::Internal(format!("checkpoint {}: {e}", self.out.url_of(key)))
+        })?;
+        Ok(tensors.into_iter().collect())
+    }
+
+    /// metrics.jsonl as of the checkpoint being resumed (later lines came from lost work).
+    fn existing_metrics(&self, p: &Progress) -> Result<Vec<String>, WorkerError> {
+        let Some(bytes) = self.rt.block_on(self.out.get_opt(keys::METRICS))? else {
+            return Ok(vec![]);
+        };
+        Ok(String::from_utf8_lossy(&bytes)
+            .lines()
+            .filter(|l| match serde_json::from_str::<MetricsRecord>(l) {
+                Ok(MetricsRecord::Step { step, .. }) => step <= p.global_step,
+                Ok(MetricsRecord::Epoch { epoch, .. }) => epoch <= p.epoch,
+                Err(_) => false,
+            })
+            .map(str::to_string)
+            .collect())
+    }
+
+    /// A local file for weights given as a path or a bucket URL.
+    fn fetch(&self, src: &str) -> Result<tempfile::NamedTempFile, WorkerError> {
+        let bytes = if src.contains("://") {
+            let (dir, name) = src.rsplit_once('/').unwrap_or(("", src));
+            let store = Store::open(dir).map_err(|e| WorkerError::BadInput(e.to_string()))?;
+            self.rt.block_on(store.get(name))?.to_vec()
+        } else {
+            std::fs::read(src)
+                .map_err(|e| WorkerError::BadInput(format!("pretrained weights {src}: {e}")))?
+        };
+        let ext = src.rsplit('.').next().unwrap_or("ot");
+        let file = tempfile::Builder::new()
+            .suffix(&format!(".{ext}"))
+            .tempfile()
+            .map_err(|e| WorkerError::Internal(e.to_string()))?;
+        std::fs::write(file.path(), bytes).map_err(|e| WorkerError::Internal(e.to_string()))?;
+        Ok(file)
+    }
+
+    fn flush_log(&self) {
+        if let Err(e) = self.rt.block_on(self.log.flush(&self.out)) {
+            eprintln!("warning: could not write the log to the bucket: {e}");
+        }
+    }
+}
+
+fn restore_model(model: &mut Model, tensors: &BTreeMap<String, Tensor>) -> Result<(), WorkerError> {
+    let mut vars = model.vs.variables();
+    for (name, var) in vars.iter_mut() {
+        let t = tensors
+            .get(&format!("model.{name}"))
+            .ok_or_else(|| WorkerError::Internal(format!("checkpoint lacks tensor {name}")))?;
+        tch::no_grad(|| var.copy_(&t.to_device(var.device())));
+    }
+    Ok(())
+}
+
+fn loss_of(logits: &Tensor, y: &Tensor, kind: LossKind, pos_weight: Option<&Tensor>) -> Tensor {
+    match kind {
+        LossKind::BceWithLogits => logits
+            .squeeze_dim(1)
+            .binary_cross_entropy_with_logits::<&Tensor>(
+                &y.to_kind(Kind::Float),
+                None,
+                pos_weight,
+                Reduction::Mean,
+            ),
+        LossKind::CrossEntropy => logits.cross_entropy_for_logits(y),
+    }
+}
+
+/// Probabilities of IDC and the mean loss over a split.
+pub fn predict(
+    model: &Model,
+    split: &SplitData,
+    batch: i64,
+    kind: LossKind,
+    bf16: bool,
+) -> (Vec<f32>, f64) {
+    tch::no_grad(|| {
+        let n = split.len() as i64;
+        let mut probs = Vec::with_capacity(n as usize);
+        let mut loss_sum = 0.0;
+        let mut start = 0;
+        while start < n {
+            let len = batch.min(n - start);
+            let x = split.images.narrow(0, start, len).to_kind(Kind::Float) / 255.0;
+            let x = if bf16 {
+                crate::model::channels_last(&x)
+            } else {
+                x
+            };
+            let logits =
+                crate::autocast::maybe_bf16(bf16, || model.forward(&x, false)).to_kind(Kind::Float);
+            let y = split.labels.narrow(0, start, len);
+            loss_sum += loss_of(&logits, &y, kind, None).double_value(&[]) * len as f64;
+            let p = model.probability(&logits).to_device(Device::Cpu);
+            probs.extend(Vec::<f32>::try_from(p).expect("float probabilities"));
+            start += len;
+        }
+        (probs, loss_sum / n.max(1) as f64)
+    })
+}
+
+fn evaluate(
+    model: &Model,
+    split: &SplitData,
+    batch: i64,
+    kind: LossKind,
+    bf16: bool,
+    threshold: f64,
+) -> BinaryMetrics {
+    let (probs, loss) = predict(model, split, batch, kind, bf16);
+    metrics::evaluate(&probs, &split.labels_host, threshold, loss)
+}

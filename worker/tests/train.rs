@@ -1,0 +1,245 @@
+//! The worker end to end on CPU, on synthetic data staged by the project: each model learns,
+//! a run stopped by SIGTERM resumes to the same result, and bad input fails clearly.
+
+use idc::dataset::synth::{self, SynthOptions};
+use idc::metrics::Report;
+use idc::stage::{self, StageHooks, StageOptions};
+use idc::store::Store;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+
+/// One staged synthetic dataset shared by the tests (12 patients x 250 patches).
+fn dataset() -> &'static str {
+    static DS: OnceLock<(tempfile::TempDir, String)> = OnceLock::new();
+    &DS.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = SynthOptions {
+            patients: 12,
+            per_patient: 250,
+            seed: 5,
+            ..Default::default()
+        };
+        synth::generate(&dir.path().join("src"), &opts).unwrap();
+        let url = format!("file://{}/bucket/datasets/synth", dir.path().display());
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let store = Store::open(&url).unwrap();
+        rt.block_on(stage::stage(
+            &dir.path().join("src"),
+            &store,
+            &StageOptions::default(),
+            &StageHooks::default(),
+        ))
+        .unwrap();
+        (dir, url)
+    })
+    .1
+}
+
+fn write_spec(dir: &Path, train: &str) -> String {
+    let path = dir.join("spec.yaml");
+    let spec = format!("run_id: test\ndataset: {}\ntrain:\n{train}", dataset());
+    std::fs::write(&path, spec).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+fn worker(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_idc-worker"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn report(out: &str) -> Report {
+    let path = out.strip_prefix("file://").unwrap();
+    serde_json::from_slice(&std::fs::read(Path::new(path).join("report.json")).unwrap()).unwrap()
+}
+
+fn train(train: &str) -> (tempfile::TempDir, Report) {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = write_spec(dir.path(), train);
+    let out = format!("file://{}/run", dir.path().display());
+    let o = worker(&["run", "--spec", &spec, "--out", &out]);
+    assert!(
+        o.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let r = report(&out);
+    (dir, r)
+}
+
+const COMMON: &str = "  device: cpu\n  batch_size: 64\n  log_every_steps: 5\n";
+
+#[test]
+fn simple_cnn_learns() {
+    let (_d, r) = train(&format!(
+        "{COMMON}  epochs: 3\n  model: {{kind: simple_cnn, width: 16, dropout: 0.2}}\n"
+    ));
+    assert!(
+        r.test.balanced_accuracy > 0.8,
+        "balanced accuracy {}",
+        r.test.balanced_accuracy
+    );
+    assert!(r.test.roc_auc > 0.85, "ROC-AUC {}", r.test.roc_auc);
+    assert_eq!(r.epochs_run, 3);
+    assert_eq!(r.model, "simple_cnn");
+}
+
+#[test]
+fn logreg_learns_with_sgd_and_cross_entropy() {
+    let spec = format!(
+        "{COMMON}  epochs: 3\n  model: {{kind: logreg}}\n  loss: {{kind: cross_entropy}}\n  optimizer: {{kind: sgd, lr: 0.001, momentum: 0.9}}\n  augmentation: {{rotate90: 0, flip_lr: 0, flip_tb: 0, color: 0, contrast: 0}}\n"
+    );
+    let (_d, r) = train(&spec);
+    assert!(
+        r.test.balanced_accuracy > 0.6,
+        "balanced accuracy {}",
+        r.test.balanced_accuracy
+    );
+}
+
+#[test]
+fn resnet34_learns() {
+    let spec = format!(
+        "{COMMON}  epochs: 2\n  max_steps_per_epoch: 20\n  model: {{kind: resnet34}}\n  loss: {{kind: cross_entropy}}\n  optimizer: {{kind: adamw, lr: 0.001, weight_decay: 0.01}}\n  schedule: {{kind: one_cycle, max_lr: 0.002}}\n"
+    );
+    let (_d, r) = train(&spec);
+    assert!(
+        r.test.balanced_accuracy > 0.65,
+        "balanced accuracy {}",
+        r.test.balanced_accuracy
+    );
+}
+
+#[test]
+fn a_run_stopped_by_sigterm_resumes_to_the_same_result() {
+    let spec_body = format!(
+        "{COMMON}  epochs: 3\n  model: {{kind: simple_cnn, width: 8, dropout: 0.3}}\n  schedule: {{kind: cosine}}\n"
+    );
+    let (_a, uninterrupted) = train(&spec_body);
+
+    let dir = tempfile::tempdir().unwrap();
+    let spec = write_spec(dir.path(), &spec_body);
+    let out = format!("file://{}/run", dir.path().display());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_idc-worker"))
+        .args(["run", "--spec", &spec, "--out", &out])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    // Stop it in its second epoch, mid-way.
+    for line in lines.by_ref() {
+        if line.unwrap().contains("epoch 2 step") {
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            break;
+        }
+    }
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    let status = child.wait().unwrap();
+    assert_eq!(
+        status.code(),
+        Some(3),
+        "exit code 3 after a checkpoint: {rest:#?}"
+    );
+    assert!(
+        rest.iter()
+            .any(|l| l.contains("checkpoint checkpoints/epoch-0002-step-")),
+        "{rest:#?}"
+    );
+
+    let o = worker(&["run", "--spec", &spec, "--out", &out]);
+    let log = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{log}");
+    assert!(
+        log.contains("resumed from checkpoints/epoch-0002-step-"),
+        "{log}"
+    );
+    let resumed = report(&out);
+    let close = |a: f64, b: f64| (a - b).abs() < 0.02;
+    assert!(
+        close(resumed.test.roc_auc, uninterrupted.test.roc_auc),
+        "{} vs {}",
+        resumed.test.roc_auc,
+        uninterrupted.test.roc_auc
+    );
+    assert!(
+        close(resumed.test.accuracy, uninterrupted.test.accuracy),
+        "{} vs {}",
+        resumed.test.accuracy,
+        uninterrupted.test.accuracy
+    );
+    assert!(
+        close(resumed.val.loss, uninterrupted.val.loss),
+        "{} vs {}",
+        resumed.val.loss,
+        uninterrupted.val.loss
+    );
+    // One log per attempt, and metrics.jsonl holds each epoch once.
+    let root = Path::new(out.strip_prefix("file://").unwrap());
+    assert!(root.join("logs/attempt-1.log").exists() && root.join("logs/attempt-2.log").exists());
+    let metrics = std::fs::read_to_string(root.join("metrics.jsonl")).unwrap();
+    assert_eq!(
+        metrics
+            .lines()
+            .filter(|l| l.contains(r#""kind":"epoch""#))
+            .count(),
+        3,
+        "{metrics}"
+    );
+}
+
+#[test]
+fn corrupt_shard_and_bad_spec_are_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    // A copy of the dataset with one flipped byte in a shard.
+    let src = Path::new(dataset().strip_prefix("file://").unwrap());
+    let copy = dir.path().join("ds");
+    std::fs::create_dir_all(copy.join("shards")).unwrap();
+    std::fs::copy(src.join("manifest.json"), copy.join("manifest.json")).unwrap();
+    for e in std::fs::read_dir(src.join("shards")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), copy.join("shards").join(e.file_name())).unwrap();
+    }
+    let shard = copy.join("shards/val-00000.idcs");
+    let mut bytes = std::fs::read(&shard).unwrap();
+    bytes[1000] ^= 0x55;
+    std::fs::write(&shard, bytes).unwrap();
+    let spec = dir.path().join("spec.yaml");
+    std::fs::write(
+        &spec,
+        format!(
+            "run_id: x\ndataset: file://{}\ntrain: {{device: cpu}}\n",
+            copy.display()
+        ),
+    )
+    .unwrap();
+    let out = format!("file://{}/run", dir.path().display());
+    let o = worker(&["run", "--spec", spec.to_str().unwrap(), "--out", &out]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("shards/val-00000.idcs") && err.contains("checksum mismatch"),
+        "{err}"
+    );
+
+    for (body, want) in [
+        ("train: {epochs: 0}\n", "train.epochs: must be at least 1"),
+        (
+            "train: {optimizer: {kind: rmsprop}}\n",
+            "unknown variant `rmsprop`",
+        ),
+        ("train: {batchsize: 3}\n", "unknown field `batchsize`"),
+    ] {
+        std::fs::write(&spec, format!("run_id: x\ndataset: {}\n{body}", dataset())).unwrap();
+        let o = worker(&["run", "--spec", spec.to_str().unwrap(), "--out", &out]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{body}: {err}");
+        assert!(
+            err.contains(want) && err.contains("spec.yaml"),
+            "{body}: {err}"
+        );
+    }
+}
