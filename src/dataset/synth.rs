@@ -167,9 +167,9 @@ fn write_patient(
     }
     let mut srng = ChaCha8Rng::seed_from_u64(opts.seed ^ 0x5EED ^ (patient as u64) << 20);
     let stain = [
-        jitter(&mut srng, 18.0),
-        jitter(&mut srng, 18.0),
-        jitter(&mut srng, 18.0),
+        jitter(&mut srng, 10.0),
+        jitter(&mut srng, 10.0),
+        jitter(&mut srng, 10.0),
     ];
     for index in 0..opts.per_patient {
         let (name, idc_look, (w, h)) = layout(patient, index, opts);
@@ -200,7 +200,7 @@ fn jitter(rng: &mut ChaCha8Rng, amplitude: f64) -> f64 {
 /// Paints one 50x50 H&E-like patch.
 fn render(rng: &mut ChaCha8Rng, idc: bool, stain: [f64; 3]) -> Vec<u8> {
     const N: usize = PATCH_SIZE;
-    let bright = jitter(rng, 22.0);
+    let bright = jitter(rng, 12.0);
     let stroma = [
         228.0 + stain[0] + bright,
         150.0 + stain[1] + bright,

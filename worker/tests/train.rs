@@ -89,7 +89,8 @@ fn simple_cnn_learns() {
 }
 
 #[test]
-fn logreg_learns_with_sgd_and_cross_entropy() {
+fn logreg_learns_part_of_the_signal_with_sgd_and_cross_entropy() {
+    // The synthetic set is built so that a linear model on pixels gets only part of the way.
     let spec = format!(
         "{COMMON}  epochs: 3\n  model: {{kind: logreg}}\n  loss: {{kind: cross_entropy}}\n  optimizer: {{kind: sgd, lr: 0.001, momentum: 0.9}}\n  augmentation: {{rotate90: 0, flip_lr: 0, flip_tb: 0, color: 0, contrast: 0}}\n"
     );
@@ -116,8 +117,9 @@ fn resnet34_learns() {
 
 #[test]
 fn a_run_stopped_by_sigterm_resumes_to_the_same_result() {
+    // SGD with Nesterov momentum: the momentum buffers must survive the restart.
     let spec_body = format!(
-        "{COMMON}  epochs: 3\n  model: {{kind: simple_cnn, width: 8, dropout: 0.3}}\n  schedule: {{kind: cosine}}\n"
+        "{COMMON}  epochs: 3\n  model: {{kind: simple_cnn, width: 8, dropout: 0.3}}\n  schedule: {{kind: cosine}}\n  optimizer: {{kind: sgd, lr: 0.01, momentum: 0.9, nesterov: true}}\n"
     );
     let (_a, uninterrupted) = train(&spec_body);
 
