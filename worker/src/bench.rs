@@ -39,9 +39,11 @@ pub fn run(args: &BenchArgs) -> Result<(), WorkerError> {
     let data = Tensor::randint(256, [args.patches, 3, 50, 50], (Kind::Uint8, device));
     let labels =
         (Tensor::rand([args.patches], (Kind::Float, device)).lt(2.0 / 7.0)).to_kind(Kind::Int64);
-    let pos = labels.sum(Kind::Float);
-    let w = labels.eq(1).where_scalarother(&(1.0 / &pos), 0.0)
-        + labels.eq(0).to_kind(Kind::Float) / (args.patches as f64 - &pos);
+    // Inverse class-count weights, as the seed's WeightedRandomSampler.
+    let y = labels.to_kind(Kind::Float);
+    let pos = y.sum(Kind::Float).double_value(&[]).max(1.0);
+    let neg = (args.patches as f64 - pos).max(1.0);
+    let w: Tensor = &y * (1.0 / pos) + (y.ones_like() - &y) * (1.0 / neg);
     println!(
         "device {device:?}, {} resident patches, training images/s (SGD momentum, cross-entropy):",
         args.patches

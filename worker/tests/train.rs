@@ -245,3 +245,66 @@ fn corrupt_shard_and_bad_spec_are_bad_input() {
         );
     }
 }
+
+#[test]
+fn resnet34_loads_pretrained_backbone_from_the_bucket_and_lists_bad_tensors() {
+    let dir = tempfile::tempdir().unwrap();
+    // "Pretrained" weights made here: a torchvision-named ResNet34 with a 1000-class head.
+    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    let _net = tch::vision::resnet::resnet34(&vs.root(), 1000);
+    let named: Vec<(String, tch::Tensor)> = vs.variables().into_iter().collect();
+    let weights = dir.path().join("bucket/weights/resnet34.safetensors");
+    std::fs::create_dir_all(weights.parent().unwrap()).unwrap();
+    tch::Tensor::write_safetensors(&named, &weights).unwrap();
+
+    // Run from a spec in the run's folder (as idcctl lays it out), weights from a bucket URL.
+    let run = dir.path().join("bucket/runs/r1");
+    std::fs::create_dir_all(&run).unwrap();
+    let train = format!(
+        "{COMMON}  epochs: 1\n  max_steps_per_epoch: 1\n  model: {{kind: resnet34, pretrained: 'file://{}', freeze_backbone: true}}\n",
+        weights.display()
+    );
+    std::fs::write(
+        run.join("spec.yaml"),
+        format!("run_id: r1\ndataset: {}\ntrain:\n{train}", dataset()),
+    )
+    .unwrap();
+    let o = worker(&["run", "--run", &format!("file://{}", run.display())]);
+    let log = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{log}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(log.contains("loaded pretrained backbone"), "{log}");
+    assert!(run.join("report.json").exists() && run.join("checkpoints/latest").exists());
+
+    // Drop one backbone tensor and reshape another: both are named in the error.
+    let bad: Vec<(String, tch::Tensor)> = named
+        .into_iter()
+        .filter(|(n, _)| n != "layer1.0.conv1.weight")
+        .map(|(n, t)| {
+            if n == "conv1.weight" {
+                (n, tch::Tensor::zeros([64, 3, 3, 3], tch::kind::FLOAT_CPU))
+            } else {
+                (n, t)
+            }
+        })
+        .collect();
+    tch::Tensor::write_safetensors(&bad, &weights).unwrap();
+    let run2 = dir.path().join("bucket/runs/r2");
+    std::fs::create_dir_all(&run2).unwrap();
+    std::fs::write(
+        run2.join("spec.yaml"),
+        format!("run_id: r2\ndataset: {}\ntrain:\n{train}", dataset()),
+    )
+    .unwrap();
+    let o = worker(&["run", "--run", &format!("file://{}", run2.display())]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("1 missing [layer1.0.conv1.weight]"), "{err}");
+    assert!(
+        err.contains("conv1.weight: file [64, 3, 3, 3], model [64, 3, 7, 7]"),
+        "{err}"
+    );
+}
