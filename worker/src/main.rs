@@ -118,10 +118,15 @@ fn run_cmd(
     }
     let log = runlog::RunLog::new(attempt);
     let mut trainer = train::Trainer::new(spec, out, &rt, log, stop);
-    Ok(match trainer.run()? {
-        train::Outcome::Finished => ExitCode::Success,
-        train::Outcome::Preempted => ExitCode::Preempted,
-    })
+    match trainer.run() {
+        Ok(train::Outcome::Finished) => Ok(ExitCode::Success),
+        Ok(train::Outcome::Preempted) => Ok(ExitCode::Preempted),
+        Err(e) => {
+            // The reason belongs in the run's log in the bucket too, where `idcctl logs` reads it.
+            trainer.log_failure(&e);
+            Err(e)
+        }
+    }
 }
 
 fn parse_spec(text: &str, origin: &str) -> Result<RunSpec, WorkerError> {

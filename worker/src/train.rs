@@ -521,6 +521,12 @@ impl<'a> Trainer<'a> {
         Ok(file)
     }
 
+    /// Records a failure in the log and writes the log to the bucket.
+    pub fn log_failure(&self, e: &WorkerError) {
+        self.log.line(&format!("error: {e}"));
+        self.flush_log();
+    }
+
     fn flush_log(&self) {
         if let Err(e) = self.rt.block_on(self.log.flush(&self.out)) {
             eprintln!("warning: could not write the log to the bucket: {e}");

@@ -226,6 +226,11 @@ fn corrupt_shard_and_bad_spec_are_bad_input() {
         err.contains("shards/val-00000.idcs") && err.contains("checksum mismatch"),
         "{err}"
     );
+    let log = std::fs::read_to_string(dir.path().join("run/logs/attempt-1.log")).unwrap();
+    assert!(
+        log.contains("checksum mismatch"),
+        "the reason is in the run's log: {log}"
+    );
 
     for (body, want) in [
         ("train: {epochs: 0}\n", "train.epochs: must be at least 1"),
