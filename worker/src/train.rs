@@ -41,6 +41,8 @@ struct Progress {
     best_epoch: Option<u32>,
     best_value: Option<f64>,
     best_checkpoint: Option<String>,
+    /// Best value of the early-stopping metric so far.
+    stop_metric_best: Option<f64>,
     since_improvement: u32,
     stopped_early: bool,
     train_seconds: f64,
@@ -306,12 +308,17 @@ impl<'a> Trainer<'a> {
             };
             if let Some(es) = &t.early_stopping {
                 let v = es.metric.of(&val);
-                let improved = match p.best_value {
+                let improved = match p.stop_metric_best {
                     None => true,
                     Some(b) if es.metric.higher_is_better() => v > b + es.min_delta,
                     Some(b) => v < b - es.min_delta,
                 };
-                p.since_improvement = if improved { 0 } else { p.since_improvement + 1 };
+                if improved {
+                    p.stop_metric_best = Some(v);
+                    p.since_improvement = 0;
+                } else {
+                    p.since_improvement += 1;
+                }
                 if p.since_improvement >= es.patience {
                     p.stopped_early = true;
                 }

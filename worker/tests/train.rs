@@ -313,3 +313,16 @@ fn resnet34_loads_pretrained_backbone_from_the_bucket_and_lists_bad_tensors() {
         "{err}"
     );
 }
+
+#[test]
+fn early_stopping_ends_the_run() {
+    // No epoch can lower the loss by 10, so the run stops after `patience` epochs without gain.
+    let spec = format!(
+        "{COMMON}  epochs: 6\n  model: {{kind: logreg}}\n  early_stopping: {{metric: loss, patience: 2, min_delta: 10}}\n"
+    );
+    let (_d, r) = train(&spec);
+    assert_eq!(
+        r.epochs_run, 3,
+        "epoch 1 sets the mark, epochs 2 and 3 miss it"
+    );
+}
