@@ -29,6 +29,20 @@ enum Command {
     /// Make and inspect datasets.
     #[command(subcommand)]
     Dataset(DatasetCommand),
+    /// Check an experiment manifest without running it.
+    Validate {
+        /// The manifest (YAML).
+        file: PathBuf,
+    },
+    /// Experiment manifest tools.
+    #[command(subcommand)]
+    Manifest(ManifestCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum ManifestCommand {
+    /// Print the JSON Schema of experiment manifests (for editors' YAML support).
+    Schema,
 }
 
 #[derive(Args, Debug)]
@@ -160,6 +174,28 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Stage(args) => stage_cmd(args).await,
         Command::Dataset(DatasetCommand::Synth(args)) => synth_cmd(args),
+        Command::Validate { file } => {
+            let exp = idc::manifest::load(&file).map_err(|e| UserError(e.to_string()))?;
+            println!(
+                "{}: valid: experiment {}, model {}, {} backend, {} epochs",
+                file.display(),
+                exp.name,
+                exp.train.model.name(),
+                serde_json::to_value(exp.backend)
+                    .ok()
+                    .and_then(|v| v.as_str().map(String::from))
+                    .unwrap_or_default(),
+                exp.train.epochs
+            );
+            Ok(ExitCode::Success)
+        }
+        Command::Manifest(ManifestCommand::Schema) => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&idc::manifest::json_schema())?
+            );
+            Ok(ExitCode::Success)
+        }
         Command::Dataset(DatasetCommand::Show { url, output }) => {
             let store = Store::open(&url)?;
             let manifest = stage::read_manifest(&store).await?.ok_or_else(|| {

@@ -7,6 +7,7 @@
 pub mod dataset;
 pub mod exit;
 pub mod layout;
+pub mod manifest;
 pub mod metrics;
 pub mod output;
 pub mod shard;

@@ -33,7 +33,9 @@ pub struct BinaryMetrics {
 }
 
 /// A metric name usable for early stopping and model selection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum MetricName {
     Loss,

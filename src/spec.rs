@@ -6,7 +6,7 @@ use crate::metrics::MetricName;
 use serde::{Deserialize, Serialize};
 
 /// A resolved run: where the data is, where results go, how to train.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RunSpec {
     /// The run's id (also its folder under `runs/`).
@@ -18,7 +18,7 @@ pub struct RunSpec {
 }
 
 /// How to train.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainSpec {
     pub model: ModelSpec,
@@ -72,7 +72,7 @@ impl Default for TrainSpec {
 }
 
 /// The model.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ModelSpec {
     /// Logistic regression on normalized pixels (the baseline).
@@ -116,7 +116,7 @@ impl ModelSpec {
 }
 
 /// How training batches are drawn.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Sampling {
     /// With replacement, by inverse class frequency: both classes equally likely (the seed's
@@ -127,7 +127,7 @@ pub enum Sampling {
 }
 
 /// Augmentations applied to training batches, each with a probability per patch.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Augmentation {
     /// Rotate by 90, 180 or 270 degrees (chosen uniformly).
@@ -171,7 +171,7 @@ impl Augmentation {
 }
 
 /// The loss.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct LossSpec {
     pub kind: LossKind,
@@ -188,7 +188,7 @@ impl Default for LossSpec {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LossKind {
     /// One logit, binary cross-entropy.
@@ -198,7 +198,7 @@ pub enum LossKind {
 }
 
 /// The optimizer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct OptimizerSpec {
     pub kind: OptimizerKind,
@@ -226,7 +226,7 @@ impl Default for OptimizerSpec {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OptimizerKind {
     Sgd,
@@ -235,7 +235,7 @@ pub enum OptimizerKind {
 }
 
 /// The learning-rate schedule, stepped per optimizer step.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Schedule {
     Constant,
@@ -299,7 +299,7 @@ impl Schedule {
 }
 
 /// Stop when the validation metric has not improved for `patience` epochs.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EarlyStopping {
     pub metric: MetricName,
@@ -308,7 +308,7 @@ pub struct EarlyStopping {
     pub min_delta: f64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DeviceSpec {
     /// CUDA when available, else CPU.
@@ -317,7 +317,7 @@ pub enum DeviceSpec {
     Cuda,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Precision {
     /// bf16 autocast on CUDA, fp32 on CPU.

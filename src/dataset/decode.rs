@@ -5,7 +5,18 @@ use png::{ColorType, Transformations};
 use serde::{Deserialize, Serialize};
 
 /// What to do with an edge patch smaller than 50x50.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    Default,
+    clap::ValueEnum,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Undersized {
     /// Keep the patch at the top-left and fill the rest with white (the slide background).

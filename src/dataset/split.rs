@@ -45,7 +45,18 @@ impl fmt::Display for Split {
 }
 
 /// How patches are assigned to splits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    Default,
+    clap::ValueEnum,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum SplitMethod {
     /// Whole patients go to one split; each split's IDC fraction is kept close to the whole's.
@@ -56,7 +67,7 @@ pub enum SplitMethod {
 }
 
 /// A split's size: an exact patch count, or a fraction of all patches.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum SplitSize {
     Count(u64),
@@ -106,7 +117,8 @@ fn fraction(v: f64) -> Option<SplitSize> {
 }
 
 /// The split options a dataset is staged with; part of its identity.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(default, deny_unknown_fields)]
 pub struct SplitOptions {
     pub method: SplitMethod,
     pub val: SplitSize,

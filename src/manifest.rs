@@ -1,0 +1,429 @@
+//! The experiment manifest (`apiVersion: idc/v1`, `kind: Experiment`): what a user writes and
+//! `idcctl` runs. Parsing is strict, and every error names the file, line and column, with a hint
+//! where one helps. Training options are the shared [`TrainSpec`]; their defaults live there.
+
+use crate::dataset::decode::Undersized;
+use crate::dataset::split::SplitOptions;
+use crate::spec::TrainSpec;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+
+pub const API_VERSION: &str = "idc/v1";
+pub const KIND: &str = "Experiment";
+/// Longest experiment name: run ids add a 22-character suffix and must stay within 63.
+pub const MAX_NAME_LEN: usize = 40;
+
+/// An experiment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Experiment {
+    /// Always `idc/v1`.
+    #[serde(rename = "apiVersion")]
+    pub api_version: String,
+    /// Always `Experiment`.
+    pub kind: String,
+    /// Lowercase letters, digits and '-', starting with a letter; at most 40 characters.
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    pub dataset: DatasetRef,
+    /// Model, sampling, augmentation, loss, optimizer, schedule, epochs and the rest.
+    #[serde(default)]
+    pub train: TrainSpec,
+    #[serde(default)]
+    pub resources: Resources,
+    #[serde(default)]
+    pub backend: Backend,
+    /// The bucket runs (and staged datasets) live in: `file://…` or `s3://bucket/prefix`.
+    #[serde(default = "default_storage")]
+    pub storage: String,
+    /// Times a failed attempt is retried.
+    #[serde(default)]
+    pub retries: u32,
+    /// Longest a run may take, e.g. `90m`, `6h`, `1h30m`.
+    #[serde(default)]
+    pub deadline: Option<String>,
+}
+
+fn default_storage() -> String {
+    "file://./.idc/bucket".into()
+}
+
+/// The data: a staged dataset URL, or a source to stage first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetRef {
+    /// A dataset already staged by `idcctl stage`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// A download to stage (folder or zip), under `<storage>/datasets/<name>`.
+    #[serde(default)]
+    pub source: Option<String>,
+    /// Name of the staged dataset (with `source`; default `idc`).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Split options (with `source`).
+    #[serde(default)]
+    pub split: Option<SplitOptions>,
+    /// Edge patches smaller than 50x50 (with `source`).
+    #[serde(default)]
+    pub undersized: Option<Undersized>,
+}
+
+/// Where and how the run executes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// The worker as a child process on this machine.
+    #[default]
+    Local,
+    /// The worker as a Kubernetes GPU Job.
+    Kubernetes,
+}
+
+/// What a run asks of the cluster (Kubernetes backend).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct Resources {
+    /// `nvidia.com/gpu` limit.
+    pub gpus: u32,
+    /// CPU request, a Kubernetes quantity (`4`, `500m`).
+    pub cpu: Option<String>,
+    /// Memory request, a Kubernetes quantity (`16Gi`).
+    pub memory: Option<String>,
+    pub node_selector: BTreeMap<String, String>,
+    pub tolerations: Vec<Toleration>,
+    /// Worker image (default: the chart's).
+    pub image: Option<String>,
+    pub priority_class: Option<String>,
+}
+
+/// A Kubernetes toleration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Toleration {
+    pub key: String,
+    #[serde(default = "default_operator")]
+    pub operator: String,
+    #[serde(default)]
+    pub value: Option<String>,
+    #[serde(default)]
+    pub effect: Option<String>,
+}
+
+fn default_operator() -> String {
+    "Exists".into()
+}
+
+/// A manifest that cannot be used, located in its file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ManifestError {
+    pub file: String,
+    /// 1-based line and column, when known.
+    pub at: Option<(usize, usize)>,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl fmt::Display for ManifestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.at {
+            Some((l, c)) => write!(f, "{}:{l}:{c}: {}", self.file, self.message)?,
+            None => write!(f, "{}: {}", self.file, self.message)?,
+        }
+        if let Some(h) = &self.hint {
+            write!(f, " ({h})")?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads and checks the manifest at `path`.
+pub fn load(path: &Path) -> Result<Experiment, ManifestError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ManifestError {
+        file: file.clone(),
+        at: None,
+        message: format!("cannot read: {e}"),
+        hint: None,
+    })?;
+    parse(&text, &file)
+}
+
+/// Parses and checks manifest `text`; `file` names it in errors.
+pub fn parse(text: &str, file: &str) -> Result<Experiment, ManifestError> {
+    let err = |at, message: String, hint: Option<String>| ManifestError {
+        file: file.to_string(),
+        at,
+        message,
+        hint,
+    };
+    let exp: Experiment = serde_yaml::from_str(text).map_err(|e| {
+        let at = e.location().map(|l| (l.line(), l.column()));
+        let full = e.to_string();
+        // serde_yaml appends the location, which we print in front instead.
+        let message = full.split(" at line ").next().unwrap_or(&full).to_string();
+        let (message, hint) = explain(&message);
+        err(at, message, hint)
+    })?;
+    let locate = |path: &[&str]| locate(text, path);
+    if exp.api_version != API_VERSION {
+        return Err(err(
+            locate(&["apiVersion"]),
+            format!("apiVersion is '{}'", exp.api_version),
+            Some(format!("this idcctl reads apiVersion: {API_VERSION}")),
+        ));
+    }
+    if exp.kind != KIND {
+        return Err(err(
+            locate(&["kind"]),
+            format!("kind is '{}'", exp.kind),
+            Some(format!("expected kind: {KIND}")),
+        ));
+    }
+    if let Some(why) = bad_name(&exp.name) {
+        return Err(err(
+            locate(&["name"]),
+            format!("name '{}' {why}", exp.name),
+            Some("e.g. cnn-weighted".into()),
+        ));
+    }
+    let d = &exp.dataset;
+    match (&d.url, &d.source) {
+        (Some(_), Some(_)) | (None, None) => {
+            return Err(err(
+                locate(&["dataset"]),
+                "dataset needs exactly one of url (a staged dataset) or source (a download to stage)".into(),
+                None,
+            ));
+        }
+        (Some(_), None) if d.split.is_some() || d.undersized.is_some() || d.name.is_some() => {
+            return Err(err(
+                locate(&["dataset", "url"]),
+                "dataset.split, dataset.undersized and dataset.name apply only with dataset.source"
+                    .into(),
+                Some("a staged dataset keeps the options it was staged with".into()),
+            ));
+        }
+        _ => {}
+    }
+    if let Some(name) = &d.name
+        && let Some(why) = bad_name(name)
+    {
+        return Err(err(
+            locate(&["dataset", "name"]),
+            format!("dataset.name '{name}' {why}"),
+            None,
+        ));
+    }
+    for (field, url) in [("storage", Some(&exp.storage)), ("url", d.url.as_ref())] {
+        if let Some(url) = url
+            && let Err(e) = crate::store::Store::open(url)
+        {
+            let path: &[&str] = if field == "storage" {
+                &["storage"]
+            } else {
+                &["dataset", "url"]
+            };
+            return Err(err(locate(path), e.to_string(), None));
+        }
+    }
+    if let Err(message) = exp.train.validate() {
+        let field = message.split(':').next().unwrap_or("train");
+        let path: Vec<&str> = field.split('.').collect();
+        return Err(err(locate(&path), message.clone(), None));
+    }
+    let r = &exp.resources;
+    for (field, q) in [("cpu", &r.cpu), ("memory", &r.memory)] {
+        if let Some(q) = q
+            && !is_quantity(q)
+        {
+            return Err(err(
+                locate(&["resources", field]),
+                format!("resources.{field} '{q}' is not a Kubernetes quantity"),
+                Some(if field == "cpu" {
+                    "e.g. 4 or 500m".into()
+                } else {
+                    "e.g. 16Gi or 512Mi".into()
+                }),
+            ));
+        }
+    }
+    if exp.backend == Backend::Kubernetes && exp.storage.starts_with("file://") {
+        return Err(err(
+            locate(&["storage"]),
+            "a kubernetes run needs shared storage, not a local folder".into(),
+            Some("use storage: s3://bucket/prefix".into()),
+        ));
+    }
+    if let Some(d) = &exp.deadline
+        && parse_duration(d).is_none()
+    {
+        return Err(err(
+            locate(&["deadline"]),
+            format!("deadline '{d}' is not a duration"),
+            Some("e.g. 90m, 6h or 1h30m".into()),
+        ));
+    }
+    Ok(exp)
+}
+
+/// Adds a did-you-mean to serde's unknown field/variant messages.
+fn explain(message: &str) -> (String, Option<String>) {
+    for what in ["unknown field `", "unknown variant `"] {
+        let Some(rest) = message.split(what).nth(1) else {
+            continue;
+        };
+        let given = rest.split('`').next().unwrap_or("");
+        // serde lists the choices in backticks: "expected `a` or `b`", "expected one of `a`, `b`".
+        let choices = rest.split_once("expected").map_or("", |(_, list)| list);
+        let expected: Vec<&str> = choices.split('`').skip(1).step_by(2).collect();
+        let head = message
+            .split(", expected")
+            .next()
+            .unwrap_or(message)
+            .to_string();
+        let best = expected
+            .iter()
+            .map(|e| (strsim::levenshtein(given, e), *e))
+            .filter(|(d, e)| *d <= 2.max(e.len() / 4))
+            .min();
+        return match (best, expected.is_empty()) {
+            (Some((_, e)), _) => (head, Some(format!("did you mean `{e}`?"))),
+            (None, false) => (
+                head,
+                Some(format!("expected one of: {}", expected.join(", "))),
+            ),
+            (None, true) => (head, None),
+        };
+    }
+    (message.to_string(), None)
+}
+
+/// Why `name` is not a valid experiment or dataset name, if it is not.
+pub fn bad_name(name: &str) -> Option<&'static str> {
+    if name.is_empty() {
+        return Some("is empty");
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Some("is longer than 40 characters");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return Some("may hold only lowercase letters, digits and '-'");
+    }
+    if !name.as_bytes()[0].is_ascii_lowercase() || name.ends_with('-') {
+        return Some("must start with a letter and end with a letter or digit");
+    }
+    None
+}
+
+/// Whether `q` is a Kubernetes resource quantity (`4`, `0.5`, `500m`, `16Gi`, `1e3`).
+pub fn is_quantity(q: &str) -> bool {
+    const SUFFIXES: [&str; 13] = [
+        "Ki", "Mi", "Gi", "Ti", "Pi", "Ei", "m", "k", "M", "G", "T", "P", "E",
+    ];
+    let number = SUFFIXES.iter().find_map(|s| q.strip_suffix(s)).unwrap_or(q);
+    let (mantissa, exp) = match number.split_once(['e', 'E']) {
+        Some((m, e)) => (m, Some(e)),
+        None => (number, None),
+    };
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let mantissa_ok = match mantissa.split_once('.') {
+        Some((a, b)) => (digits(a) || a.is_empty()) && digits(b),
+        None => digits(mantissa),
+    };
+    mantissa_ok && exp.is_none_or(|e| digits(e.trim_start_matches(['+', '-'])))
+}
+
+/// Seconds in a duration such as `90s`, `30m`, `6h`, `1h30m`, `2d`.
+pub fn parse_duration(s: &str) -> Option<u64> {
+    let mut total = 0u64;
+    let mut num = String::new();
+    for c in s.chars() {
+        if c.is_ascii_digit() {
+            num.push(c);
+            continue;
+        }
+        let unit = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86400,
+            _ => return None,
+        };
+        total += num.parse::<u64>().ok()? * unit;
+        num.clear();
+    }
+    (num.is_empty() && total > 0).then_some(total)
+}
+
+/// The 1-based line and column of the key at `path`, each key searched from its parent's line
+/// on (the same line too, for flow mappings such as `optimizer: {kind: sgd, lr: 0.1}`).
+fn locate(text: &str, path: &[&str]) -> Option<(usize, usize)> {
+    let lines: Vec<&str> = text.lines().collect();
+    let (mut line, mut col) = (0usize, 0usize);
+    for (depth, key) in path.iter().enumerate() {
+        let pattern = format!("{key}:");
+        let mut found = None;
+        for (i, l) in lines.iter().enumerate().skip(line) {
+            let start = if i == line && depth > 0 { col + 1 } else { 0 };
+            let Some(hay) = l.get(start..) else { continue };
+            let hit = hay.match_indices(&pattern).find(|(at, _)| {
+                let before = hay[..*at].chars().last();
+                before.is_none_or(|c| c == ' ' || c == '{' || c == '-' || c == ',')
+            });
+            if let Some((at, _)) = hit {
+                found = Some((i, start + at));
+                break;
+            }
+        }
+        (line, col) = found?;
+    }
+    Some((line + 1, col + 1))
+}
+
+/// The JSON Schema of the manifest, for editors.
+pub fn json_schema() -> serde_json::Value {
+    serde_json::to_value(schemars::schema_for!(Experiment)).expect("a schema serializes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantities_durations_names() {
+        for q in ["4", "500m", "16Gi", "0.5", "1e3", "2k"] {
+            assert!(is_quantity(q), "{q}");
+        }
+        for q in ["", "4 cores", "16GB", "-1", "1.2.3", "Gi"] {
+            assert!(!is_quantity(q), "{q}");
+        }
+        assert_eq!(parse_duration("1h30m"), Some(5400));
+        assert_eq!(parse_duration("90s"), Some(90));
+        assert_eq!(parse_duration("6"), None);
+        assert_eq!(parse_duration("1w"), None);
+        assert_eq!(bad_name("cnn-weighted-2"), None);
+        assert!(bad_name("CNN").is_some() && bad_name("-a").is_some() && bad_name("9a").is_some());
+    }
+
+    #[test]
+    fn schema_names_the_fields() {
+        let s = json_schema().to_string();
+        for field in [
+            "apiVersion",
+            "dataset",
+            "batch_size",
+            "simple_cnn",
+            "node_selector",
+        ] {
+            assert!(s.contains(field), "schema lacks {field}");
+        }
+    }
+}

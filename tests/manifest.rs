@@ -1,0 +1,175 @@
+//! Experiment manifests: the shipped ones are valid, and malformed ones get exact, located errors.
+
+mod common;
+
+use common::*;
+use idc::manifest;
+
+const BASE: &str = "apiVersion: idc/v1
+kind: Experiment
+name: cnn
+dataset:
+  url: file:///tmp/ds
+train:
+  model: {kind: simple_cnn, width: 32}
+  epochs: 5
+  batch_size: 256
+  optimizer: {kind: adam, lr: 0.001}
+resources: {gpus: 1, cpu: \"4\", memory: 16Gi}
+backend: local
+storage: file:///tmp/bucket
+deadline: 6h
+";
+
+#[test]
+fn shipped_manifests_are_valid() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests");
+    let mut names = vec![];
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let path = e.unwrap().path();
+        let exp = manifest::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        names.push(exp.name);
+    }
+    names.sort();
+    assert_eq!(names, ["cnn", "logreg", "quickstart", "resnet34"]);
+    let exp = manifest::parse(BASE, "exp.yaml").unwrap();
+    assert_eq!(exp.train.epochs, 5);
+    assert_eq!(exp.train.batch_size, 256);
+}
+
+#[test]
+fn malformed_manifests_get_exact_errors() {
+    let cases: Vec<(String, &str)> = vec![
+        (
+            BASE.replace("idc/v1", "idc/v2"),
+            "exp.yaml:1:1: apiVersion is 'idc/v2' (this idcctl reads apiVersion: idc/v1)",
+        ),
+        (
+            BASE.replace("kind: Experiment", "kind: Job"),
+            "exp.yaml:2:1: kind is 'Job' (expected kind: Experiment)",
+        ),
+        (
+            BASE.replace("name: cnn", "name: CNN_1"),
+            "exp.yaml:3:1: name 'CNN_1' may hold only lowercase letters, digits and '-' (e.g. cnn-weighted)",
+        ),
+        (
+            BASE.replace("  epochs: 5", "  epochz: 5"),
+            "exp.yaml:8:3: train: unknown field `epochz` (did you mean `epochs`?)",
+        ),
+        (
+            BASE.replace("  epochs: 5", "  epochs: five"),
+            "exp.yaml:8:11: train.epochs: invalid type: string \"five\", expected u32",
+        ),
+        (
+            BASE.replace("  epochs: 5", "  epochs: 0"),
+            "exp.yaml:8:3: train.epochs: must be at least 1",
+        ),
+        (
+            BASE.replace("kind: simple_cnn", "kind: simple_cn"),
+            "exp.yaml:7:17: train.model.kind: unknown variant `simple_cn` (did you mean `simple_cnn`?)",
+        ),
+        (
+            BASE.replace("kind: adam", "kind: rmsprop"),
+            "exp.yaml:10:21: train.optimizer.kind: unknown variant `rmsprop` (expected one of: sgd, adam, adamw)",
+        ),
+        (
+            BASE.replace("lr: 0.001", "lr: -1"),
+            "exp.yaml:10:27: train.optimizer.lr: -1 must be positive",
+        ),
+        (
+            BASE.replace("memory: 16Gi", "memory: 16GB"),
+            "exp.yaml:11:32: resources.memory '16GB' is not a Kubernetes quantity (e.g. 16Gi or 512Mi)",
+        ),
+        (
+            BASE.replace("backend: local", "backend: slurm"),
+            "exp.yaml:12:10: backend: unknown variant `slurm` (expected one of: local, kubernetes)",
+        ),
+        (
+            BASE.replace("storage: file:///tmp/bucket", "storage: gs://b"),
+            "exp.yaml:13:1: invalid storage URL 'gs://b': unsupported scheme 'gs' (use file:// or s3://)",
+        ),
+        (
+            BASE.replace("deadline: 6h", "deadline: tomorrow"),
+            "exp.yaml:14:1: deadline 'tomorrow' is not a duration (e.g. 90m, 6h or 1h30m)",
+        ),
+        (
+            BASE.replace(
+                "  url: file:///tmp/ds",
+                "  url: file:///tmp/ds\n  source: ./data",
+            ),
+            "exp.yaml:4:1: dataset needs exactly one of url (a staged dataset) or source (a download to stage)",
+        ),
+        (
+            BASE.replace(
+                "  url: file:///tmp/ds",
+                "  url: file:///tmp/ds\n  split: {method: random}",
+            ),
+            "exp.yaml:5:3: dataset.split, dataset.undersized and dataset.name apply only with dataset.source \
+             (a staged dataset keeps the options it was staged with)",
+        ),
+        (
+            BASE.replace("backend: local", "backend: kubernetes"),
+            "exp.yaml:13:1: a kubernetes run needs shared storage, not a local folder (use storage: s3://bucket/prefix)",
+        ),
+        (
+            BASE.replace("width: 32", "width: 32, dropout: 1.5"),
+            "exp.yaml:7:40: train.model.dropout: 1.5 is not in [0, 1)",
+        ),
+        (
+            BASE.replace("storage:", "storag:"),
+            "exp.yaml:13:1: unknown field `storag` (did you mean `storage`?)",
+        ),
+        (
+            BASE.replace(
+                "  batch_size: 256",
+                "  batch_size: 256\n  augmentation: {flip_lr: 2}",
+            ),
+            "exp.yaml:10:18: train.augmentation.flip_lr: 2 is not a probability in [0, 1]",
+        ),
+        (
+            BASE.replace("train:", " train:"),
+            "exp.yaml:6:2: did not find expected key",
+        ),
+        (
+            BASE.replace("resources: {gpus: 1,", "resources: {gpus: -1,"),
+            "exp.yaml:11:19: resources.gpus: invalid type: integer `-1`, expected u32",
+        ),
+    ];
+    assert!(cases.len() >= 15);
+    for (text, want) in &cases {
+        let got = manifest::parse(text, "exp.yaml")
+            .expect_err(want)
+            .to_string();
+        assert_eq!(&got, want, "\n{text}");
+    }
+}
+
+#[test]
+fn validate_and_schema_commands() {
+    let out = idcctl(&["validate", "manifests/cnn.yaml"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "manifests/cnn.yaml: valid: experiment cnn, model simple_cnn, local backend, 20 epochs\n"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let bad = tmp.path().join("bad.yaml");
+    std::fs::write(&bad, BASE.replace("  epochs: 5", "  epochz: 5")).unwrap();
+    let out = idcctl(&["validate", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr)
+            .contains("bad.yaml:8:3: train: unknown field `epochz` (did you mean `epochs`?)")
+    );
+    let out = idcctl(&["validate", "/no/such.yaml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("/no/such.yaml: cannot read"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = idcctl(&["manifest", "schema"]);
+    let schema: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(schema["title"], "Experiment");
+    assert!(schema["properties"]["apiVersion"].is_object());
+}
