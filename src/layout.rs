@@ -51,6 +51,8 @@ pub mod run {
     pub const CHECKPOINTS: &str = "checkpoints";
     /// Pointer to the newest complete checkpoint (its key, as text).
     pub const LATEST_CHECKPOINT: &str = "checkpoints/latest";
+    /// Present once a cancel was asked for.
+    pub const CANCEL: &str = "cancel";
     /// Folder of worker logs, one object per attempt.
     pub const LOGS: &str = "logs";
 

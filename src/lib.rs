@@ -4,12 +4,14 @@
 //! ([`layout`]), the shard format ([`shard`]), the staged dataset manifest
 //! ([`dataset::manifest`]) and the exit codes ([`exit`]).
 
+pub mod backend;
 pub mod dataset;
 pub mod exit;
 pub mod layout;
 pub mod manifest;
 pub mod metrics;
 pub mod output;
+pub mod run;
 pub mod shard;
 pub mod spec;
 pub mod stage;

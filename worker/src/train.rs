@@ -55,6 +55,9 @@ pub struct Trainer<'a> {
     rt: &'a tokio::runtime::Runtime,
     log: RunLog,
     stop: Arc<AtomicBool>,
+    /// When the log was last written to the bucket (it is rewritten every few seconds, so
+    /// `idcctl logs -f` follows a run live).
+    last_flush: std::cell::Cell<Instant>,
 }
 
 /// A deterministic torch seed for one training step (dropout), so a resumed run draws alike.
@@ -77,6 +80,7 @@ impl<'a> Trainer<'a> {
             rt,
             log,
             stop,
+            last_flush: std::cell::Cell::new(Instant::now()),
         }
     }
 
@@ -274,6 +278,9 @@ impl<'a> Trainer<'a> {
                         p.step_in_epoch
                     ));
                     window = (Instant::now(), 0);
+                    if self.last_flush.get().elapsed() > std::time::Duration::from_secs(2) {
+                        self.flush_log();
+                    }
                 }
                 if self.stop.load(Ordering::SeqCst) && p.step_in_epoch < steps_per_epoch {
                     p.train_seconds += epoch_started.elapsed().as_secs_f64();
@@ -535,6 +542,7 @@ impl<'a> Trainer<'a> {
     }
 
     fn flush_log(&self) {
+        self.last_flush.set(Instant::now());
         if let Err(e) = self.rt.block_on(self.log.flush(&self.out)) {
             eprintln!("warning: could not write the log to the bucket: {e}");
         }

@@ -13,6 +13,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 
+mod runs;
+
 /// idcctl stages the breast histopathology (IDC) dataset into object storage and runs
 /// training experiments on it.
 #[derive(Parser, Debug)]
@@ -37,6 +39,59 @@ enum Command {
     /// Experiment manifest tools.
     #[command(subcommand)]
     Manifest(ManifestCommand),
+    /// Submit an experiment manifest as a run (stages its dataset first when needed).
+    Submit(runs::SubmitArgs),
+    /// Print a run's log (-f: follow it until the run ends, across attempts).
+    Logs {
+        run: String,
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Show this attempt (1-based) instead of the latest.
+        #[arg(long)]
+        attempt: Option<u32>,
+        #[command(flatten)]
+        storage: runs::StorageArg,
+    },
+    /// Show a run's phase, latest validation metrics, throughput and ETA.
+    Status {
+        run: String,
+        #[command(flatten)]
+        storage: runs::StorageArg,
+        #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
+    /// List runs.
+    List {
+        #[command(flatten)]
+        storage: runs::StorageArg,
+        #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
+    /// Print a run's evaluation report (--out DIR also saves report.json and metrics.jsonl).
+    Report {
+        run: String,
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        storage: runs::StorageArg,
+        #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
+    /// Cancel a run: the worker checkpoints and stops (SIGTERM, then SIGKILL after 30s).
+    Cancel {
+        run: String,
+        #[command(flatten)]
+        storage: runs::StorageArg,
+    },
+    /// Start a cancelled or failed run again from its latest checkpoint.
+    Resume {
+        run: String,
+        #[command(flatten)]
+        storage: runs::StorageArg,
+    },
+    /// Internal commands used by idcctl itself.
+    #[command(subcommand, hide = true)]
+    Internal(runs::InternalCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -168,7 +223,7 @@ fn exit_code_of(e: &anyhow::Error) -> ExitCode {
 /// A mistake in the command's input, reported with exit code 2.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-struct UserError(String);
+pub struct UserError(pub String);
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
@@ -189,6 +244,28 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::Success)
         }
+        Command::Submit(args) => runs::submit(args).await,
+        Command::Logs {
+            run,
+            follow,
+            attempt,
+            storage,
+        } => runs::logs(storage, run, follow, attempt).await,
+        Command::Status {
+            run,
+            storage,
+            output,
+        } => runs::status(storage, run, output).await,
+        Command::List { storage, output } => runs::list(storage, output).await,
+        Command::Report {
+            run,
+            out,
+            storage,
+            output,
+        } => runs::report(storage, run, out, output).await,
+        Command::Cancel { run, storage } => runs::cancel(storage, run).await,
+        Command::Resume { run, storage } => runs::resume(storage, run).await,
+        Command::Internal(runs::InternalCommand::Supervise { run }) => runs::supervise(&run).await,
         Command::Manifest(ManifestCommand::Schema) => {
             println!(
                 "{}",

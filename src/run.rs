@@ -1,0 +1,102 @@
+//! Runs: their ids and their record in the bucket (`runs/<id>/status.json`), shared by every
+//! backend and by the commands that read runs.
+
+use crate::layout;
+use crate::store::{Store, StoreError};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+/// Where a run stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl Phase {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Phase::Succeeded | Phase::Failed | Phase::Cancelled)
+    }
+}
+
+/// The run record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunStatus {
+    pub run_id: String,
+    pub experiment: String,
+    pub model: String,
+    pub backend: crate::manifest::Backend,
+    pub phase: Phase,
+    /// Attempts started so far.
+    pub attempts: u32,
+    /// Most attempts allowed (1 + retries).
+    pub max_attempts: u32,
+    pub created_at: String,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    /// Exit code of each finished attempt (negative: killed by that signal).
+    pub exit_codes: Vec<i32>,
+    /// Why the run is where it is, in a line.
+    pub reason: Option<String>,
+    /// Local backend: the supervising process and the worker of the current attempt.
+    pub supervisor_pid: Option<u32>,
+    pub worker_pid: Option<u32>,
+    /// Deadline in seconds from the start, if any.
+    pub deadline_s: Option<u64>,
+}
+
+/// A new run id: `<name>-<yyyymmdd>-<hhmmss>-<4 hex>`, a valid Kubernetes name.
+pub fn new_run_id(name: &str) -> String {
+    let f = time::macros::format_description!("[year][month][day]-[hour][minute][second]");
+    let now = time::OffsetDateTime::now_utc();
+    let nanos = now.unix_timestamp_nanos() as u64 ^ (std::process::id() as u64) << 32;
+    let mut x = nanos.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    x ^= x >> 29;
+    format!(
+        "{name}-{}-{:04x}",
+        now.format(&f).expect("fixed format"),
+        x & 0xffff
+    )
+}
+
+/// The run folder `runs/<id>` under a bucket root.
+pub fn run_store(root: &Store, run_id: &str) -> Store {
+    root.child(&layout::run_prefix(run_id))
+}
+
+pub async fn read_status(run: &Store) -> Result<Option<RunStatus>, StoreError> {
+    let Some(b) = run.get_opt(layout::run::STATUS).await? else {
+        return Ok(None);
+    };
+    Ok(serde_json::from_slice(&b).ok())
+}
+
+pub async fn write_status(run: &Store, s: &RunStatus) -> Result<(), StoreError> {
+    run.put(
+        layout::run::STATUS,
+        Bytes::from(serde_json::to_vec_pretty(s).expect("serializes")),
+    )
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_ids_are_kubernetes_names() {
+        let id = new_run_id("cnn-weighted");
+        assert!(id.len() <= 63 && id.starts_with("cnn-weighted-"), "{id}");
+        assert!(
+            id.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'),
+            "{id}"
+        );
+        let longest = new_run_id(&"a".repeat(crate::manifest::MAX_NAME_LEN));
+        assert!(longest.len() <= 63, "{longest}");
+    }
+}
