@@ -110,6 +110,7 @@ fn submit_follow_status_list_report() {
         serde_json::from_slice(&cmd(&b, &["list", "-o", "json"]).stdout).unwrap();
     assert_eq!(list[0]["run_id"], run.as_str());
     assert!(list[0]["best_val_f1"].as_f64().unwrap() > 0.0);
+    assert!(list[0]["duration_s"].as_i64().unwrap() >= 1);
 
     let out_dir = b._dir.path().join("pulled");
     let out = cmd(&b, &["report", &run, "--out", out_dir.to_str().unwrap()]);

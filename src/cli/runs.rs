@@ -250,6 +250,13 @@ async fn follow(run: &Store, only: Option<u32>) -> anyhow::Result<()> {
     }
 }
 
+/// Unix seconds of an RFC 3339 time.
+fn seconds_of(t: &str) -> Option<i64> {
+    time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(|t| t.unix_timestamp())
+}
+
 fn phase_name(p: Phase) -> String {
     serde_json::to_value(p)
         .ok()
@@ -353,9 +360,13 @@ pub async fn list(storage: StorageArg, format: OutputFormat) -> anyhow::Result<E
                 _ => None,
             })
             .fold(None, |a: Option<f64>, f| Some(a.map_or(f, |a| a.max(f))));
+        let duration_s = s.started_at.as_deref().and_then(|start| {
+            let end = s.finished_at.clone().unwrap_or_else(stage::now_rfc3339);
+            Some((seconds_of(&end)? - seconds_of(start)?).max(0))
+        });
         rows.push(serde_json::json!({
             "run_id": s.run_id, "phase": s.phase, "model": s.model, "backend": s.backend,
-            "best_val_f1": best_f1, "created_at": s.created_at, "finished_at": s.finished_at,
+            "best_val_f1": best_f1, "duration_s": duration_s, "created_at": s.created_at,
         }));
     }
     print!(
@@ -369,8 +380,8 @@ pub async fn list(storage: StorageArg, format: OutputFormat) -> anyhow::Result<E
                 "model",
                 "backend",
                 "best val F1",
+                "duration",
                 "created",
-                "finished",
             ]);
             for r in rows {
                 let s = |k: &str| r[k].as_str().unwrap_or("").to_string();
@@ -383,8 +394,11 @@ pub async fn list(storage: StorageArg, format: OutputFormat) -> anyhow::Result<E
                         .as_f64()
                         .map(|f| format!("{f:.4}"))
                         .unwrap_or_default(),
+                    r["duration_s"]
+                        .as_i64()
+                        .map(|d| format!("{}m{:02}s", d / 60, d % 60))
+                        .unwrap_or_default(),
                     s("created_at"),
-                    s("finished_at"),
                 ]);
             }
             format!("{t}\n")
