@@ -10,16 +10,24 @@ IDC_CACHE=${IDC_CACHE:-$HOME/.cache/idc}
 IDC_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$IDC_ROOT"
 
-idc_torch_venv() {
-  local venv=$IDC_CACHE/torch-$IDC_TORCH_VERSION
+# Creates the venv $IDC_CACHE/$1 with the pip packages that follow, once per machine.
+idc_cached_venv() {
+  local venv=$IDC_CACHE/$1
+  shift
   if [ ! -f "$venv/.complete" ]; then
-    echo "setting up $venv (torch $IDC_TORCH_VERSION, about 4.6 GB, once per machine)" >&2
+    echo "setting up $venv ($*, once per machine)" >&2
     mkdir -p "$IDC_CACHE"
     rm -rf "$venv"
     python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check "torch==$IDC_TORCH_VERSION" pillow numpy
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "$@"
     touch "$venv/.complete"
   fi
+}
+
+idc_torch_venv() {
+  # torch is about 4.6 GB.
+  idc_cached_venv "torch-$IDC_TORCH_VERSION" "torch==$IDC_TORCH_VERSION" pillow numpy
+  local venv=$IDC_CACHE/torch-$IDC_TORCH_VERSION
   ln -sfn "$venv" .venv
   export PATH="$IDC_ROOT/.venv/bin:$PATH"
   # torch-sys finds libtorch through the venv's python.
@@ -37,15 +45,8 @@ idc_build() {
 # bucket `idc-test`, and exports what object_store and the tests read. Stopped on exit.
 IDC_MOTO_VERSION=5.2.5
 idc_s3_server() {
+  idc_cached_venv "moto-$IDC_MOTO_VERSION" "moto[server]==$IDC_MOTO_VERSION"
   local venv=$IDC_CACHE/moto-$IDC_MOTO_VERSION
-  if [ ! -f "$venv/.complete" ]; then
-    echo "setting up $venv (moto $IDC_MOTO_VERSION, a local S3 server for tests)" >&2
-    mkdir -p "$IDC_CACHE"
-    rm -rf "$venv"
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$IDC_MOTO_VERSION"
-    touch "$venv/.complete"
-  fi
   local port
   port=$("$venv/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
   IDC_S3_LOG=${TMPDIR:-/tmp}/idc-moto-$port.log
