@@ -11,6 +11,7 @@ pub mod layout;
 pub mod manifest;
 pub mod metrics;
 pub mod output;
+pub mod rng;
 pub mod run;
 pub mod shard;
 pub mod spec;

@@ -137,7 +137,7 @@ pub fn dataset_table(m: &DatasetManifest) -> String {
 }
 
 /// The name serde gives a unit enum variant (`patient`, `zip`, `pad`).
-fn name_of<T: Serialize>(v: &T) -> String {
+pub fn name_of<T: Serialize>(v: &T) -> String {
     serde_json::to_value(v)
         .ok()
         .and_then(|v| v.as_str().map(str::to_string))

@@ -236,10 +236,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 file.display(),
                 exp.name,
                 exp.train.model.name(),
-                serde_json::to_value(exp.backend)
-                    .ok()
-                    .and_then(|v| v.as_str().map(String::from))
-                    .unwrap_or_default(),
+                output::name_of(&exp.backend),
                 exp.train.epochs
             );
             Ok(ExitCode::Success)

@@ -168,12 +168,22 @@ async fn resolve_dataset(exp: &manifest::Experiment, root: &Store) -> anyhow::Re
 
 pub async fn supervise(run_url: &str) -> anyhow::Result<ExitCode> {
     let run = Store::open(run_url)?;
-    let phase = local::supervise(&run, run_url).await?;
-    Ok(if phase == Phase::Succeeded {
-        ExitCode::Success
-    } else {
-        ExitCode::Failure
-    })
+    match local::supervise(&run, run_url).await {
+        Ok(Phase::Succeeded) => Ok(ExitCode::Success),
+        Ok(_) => Ok(ExitCode::Failure),
+        Err(e) => {
+            // Nobody sees the supervisor's stderr: leave the reason in the run record if the
+            // bucket can still be written, so `idcctl status` says why the run stopped.
+            if let Ok(Some(mut s)) = run::read_status(&run).await {
+                s.phase = Phase::Failed;
+                s.reason = Some(format!("the run supervisor failed: {e}"));
+                s.finished_at = Some(stage::now_rfc3339());
+                s.worker_pid = None;
+                let _ = run::write_status(&run, &s).await;
+            }
+            Err(e.into())
+        }
+    }
 }
 
 async fn open_run(storage: &StorageArg, run_id: &str) -> anyhow::Result<(Store, RunStatus)> {
@@ -258,10 +268,7 @@ fn seconds_of(t: &str) -> Option<i64> {
 }
 
 fn phase_name(p: Phase) -> String {
-    serde_json::to_value(p)
-        .ok()
-        .and_then(|v| v.as_str().map(String::from))
-        .unwrap_or_default()
+    output::name_of(&p)
 }
 
 async fn metrics_of(run: &Store) -> anyhow::Result<Vec<MetricsRecord>> {

@@ -1,8 +1,9 @@
 //! Train/validation/test splits: by patient (no patient in two splits, stratified) or at random
 //! (exact counts, as the seed notebooks do). Both are deterministic for a seed.
 
+use crate::rng::shuffle;
 use rand_chacha::ChaCha8Rng;
-use rand_chacha::rand_core::{RngCore, SeedableRng};
+use rand_chacha::rand_core::SeedableRng;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -163,18 +164,6 @@ pub fn assign(items: &[(u32, u8)], opts: &SplitOptions) -> Result<Vec<Split>, Sp
         SplitMethod::Random => random(total as usize, val as usize, test as usize, &mut rng),
         SplitMethod::Patient => by_patient(items, val, test, &mut rng)?,
     })
-}
-
-/// A uniform integer in `0..n`, independent of any crate's sampling algorithm (so a seed gives
-/// the same split whatever version of `rand` is in the build).
-fn below(rng: &mut ChaCha8Rng, n: usize) -> usize {
-    ((rng.next_u64() as u128 * n as u128) >> 64) as usize
-}
-
-fn shuffle<T>(v: &mut [T], rng: &mut ChaCha8Rng) {
-    for i in (1..v.len()).rev() {
-        v.swap(i, below(rng, i + 1));
-    }
 }
 
 fn random(total: usize, val: usize, test: usize, rng: &mut ChaCha8Rng) -> Vec<Split> {
@@ -347,6 +336,7 @@ impl Targets {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rng::below;
     use std::collections::{HashMap, HashSet};
 
     /// 60 patients of uneven size and IDC rate, like the real set.

@@ -11,6 +11,7 @@ use super::KAGGLE_ROOT;
 use super::decode::encode_png;
 use super::name::PatchName;
 use crate::PATCH_SIZE;
+use crate::rng::unit;
 use rand_chacha::ChaCha8Rng;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rayon::prelude::*;
@@ -148,10 +149,6 @@ fn patch_rng(seed: u64, patient: u32, index: u32) -> ChaCha8Rng {
     ChaCha8Rng::seed_from_u64(
         seed ^ ((patient as u64) << 32 | index as u64).wrapping_mul(0xD6E8_FEB8_6659_FD93),
     )
-}
-
-fn unit(rng: &mut ChaCha8Rng) -> f64 {
-    (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64
 }
 
 fn write_patient(

@@ -14,15 +14,7 @@ pub fn rng_for(seed: u64, purpose: u64, epoch: u32, step: u64) -> ChaCha8Rng {
     ChaCha8Rng::seed_from_u64(s)
 }
 
-/// A uniform integer in `0..n`.
-pub fn below(rng: &mut ChaCha8Rng, n: usize) -> usize {
-    ((rng.next_u64() as u128 * n as u128) >> 64) as usize
-}
-
-/// A uniform float in `[0, 1)`.
-pub fn unit(rng: &mut ChaCha8Rng) -> f64 {
-    (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-}
+pub use idc::rng::{below, unit};
 
 /// The indices of training patches for `epoch`, `labels.len()` of them.
 pub fn epoch_order(sampling: Sampling, labels: &[u8], seed: u64, epoch: u32) -> Vec<i64> {
@@ -30,9 +22,7 @@ pub fn epoch_order(sampling: Sampling, labels: &[u8], seed: u64, epoch: u32) -> 
     match sampling {
         Sampling::Shuffle => {
             let mut order: Vec<i64> = (0..labels.len() as i64).collect();
-            for i in (1..order.len()).rev() {
-                order.swap(i, below(&mut rng, i + 1));
-            }
+            idc::rng::shuffle(&mut order, &mut rng);
             order
         }
         Sampling::Weighted => {
