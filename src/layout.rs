@@ -41,6 +41,9 @@ pub mod dataset {
 pub mod run {
     /// The resolved experiment spec the worker runs.
     pub const SPEC: &str = "spec.yaml";
+    /// The experiment manifest as submitted (with overrides applied): what a retry or resume
+    /// on Kubernetes rebuilds the Job from.
+    pub const EXPERIMENT: &str = "experiment.yaml";
     /// Phase, attempts, timestamps, exit codes and reason.
     pub const STATUS: &str = "status.json";
     /// One JSON record per line: per-epoch validation metrics and periodic step throughput.

@@ -48,7 +48,8 @@ pub struct Experiment {
     pub deadline: Option<String>,
 }
 
-fn default_storage() -> String {
+/// The laptop default bucket, `file://./.idc/bucket`.
+pub fn default_storage() -> String {
     "file://./.idc/bucket".into()
 }
 

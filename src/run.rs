@@ -47,6 +47,17 @@ pub struct RunStatus {
     pub worker_pid: Option<u32>,
     /// Deadline in seconds from the start, if any.
     pub deadline_s: Option<u64>,
+    /// Kubernetes backend: where the run's Job lives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterRef>,
+}
+
+/// The cluster and namespace of a run's Job (its name is the run id).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterRef {
+    /// The kubeconfig context it was submitted with (none: in-cluster or the current one).
+    pub context: Option<String>,
+    pub namespace: String,
 }
 
 /// A new run id: `<name>-<yyyymmdd>-<hhmmss>-<4 hex>`, a valid Kubernetes name.

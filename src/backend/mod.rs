@@ -1,4 +1,540 @@
 //! Backends run a submitted run's worker: `local` (a child process on this machine) and `kube`
-//! (a Kubernetes GPU Job).
+//! (a Kubernetes GPU Job). This module is what commands (and sweeps) call: submit a run, bring
+//! its record up to date, cancel and resume it, whichever backend it is on.
+
 pub mod kube;
 pub mod local;
+
+use crate::dataset::decode::Undersized;
+use crate::layout::{self, run as keys};
+use crate::manifest::{self, Backend, Experiment};
+use crate::run::{self, ClusterRef, Phase, RunStatus};
+use crate::spec::RunSpec;
+use crate::stage::{self, StageError, StageHooks, StageOptions};
+use crate::store::{Store, StoreError};
+use bytes::Bytes;
+use sha2::Digest;
+use std::time::Duration;
+
+use self::kube::cluster::{Cluster, Created, KubeError};
+
+/// Why a backend operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// Something the user can fix in the manifest or the command (exit code 2).
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Kube(#[from] KubeError),
+    #[error(transparent)]
+    Local(#[from] local::LocalError),
+    #[error("staging {source_path}: {error}")]
+    Stage {
+        source_path: String,
+        error: StageError,
+    },
+}
+
+impl BackendError {
+    pub fn is_user_error(&self) -> bool {
+        match self {
+            BackendError::Invalid(_) => true,
+            BackendError::Kube(e) => e.is_user_error(),
+            BackendError::Stage { error, .. } => error.is_user_error(),
+            BackendError::Store(StoreError::BadUrl { .. }) => true,
+            _ => false,
+        }
+    }
+}
+
+/// Which cluster and namespace (Kubernetes backend); unset fields come from the kubeconfig.
+#[derive(Debug, Clone, Default)]
+pub struct Target {
+    pub context: Option<String>,
+    pub namespace: Option<String>,
+}
+
+impl Target {
+    /// The run's own cluster, unless the command named another.
+    pub fn for_run(&self, r: Option<&ClusterRef>) -> Target {
+        Target {
+            context: self.context.clone().or(r.and_then(|r| r.context.clone())),
+            namespace: self.namespace.clone().or(r.map(|r| r.namespace.clone())),
+        }
+    }
+
+    pub async fn connect(&self) -> Result<Cluster, KubeError> {
+        Cluster::connect(self.context.as_deref(), self.namespace.as_deref()).await
+    }
+}
+
+/// How to submit.
+#[derive(Debug, Clone, Default)]
+pub struct SubmitOptions {
+    /// Name the run (a valid Kubernetes name); resubmitting the same name and spec is a no-op.
+    pub run_id: Option<String>,
+    /// Bucket override (else the manifest's, else the cluster's default on Kubernetes).
+    pub storage: Option<String>,
+    pub target: Target,
+}
+
+/// A submitted run.
+#[derive(Debug, Clone)]
+pub struct Submitted {
+    pub run_id: String,
+    pub run: Store,
+    /// False when the same run had been submitted already and nothing new was made.
+    pub created: bool,
+    /// Where it runs, in words ("the local backend", "namespace ml of cluster https://…").
+    pub place: String,
+}
+
+/// A run about to be submitted: its id, bucket folder and spec.
+pub struct Plan {
+    pub experiment: Experiment,
+    pub run_id: String,
+    pub run_url: String,
+    pub spec: RunSpec,
+    pub spec_yaml: String,
+    pub spec_sha256: String,
+}
+
+fn check_run_id(id: &str) -> Result<(), BackendError> {
+    if id.len() > 63 || manifest::bad_name(&id[..id.len().min(manifest::MAX_NAME_LEN)]).is_some() {
+        return Err(BackendError::Invalid(format!(
+            "run id '{id}' must be at most 63 lowercase letters, digits and '-', starting with a letter and ending with a letter or digit"
+        )));
+    }
+    if !kube::names::is_dns1123_label(id) || !id.as_bytes()[0].is_ascii_lowercase() {
+        return Err(BackendError::Invalid(format!(
+            "run id '{id}' is not a valid Kubernetes name (a DNS-1123 label starting with a letter)"
+        )));
+    }
+    Ok(())
+}
+
+/// Where the run's bucket is: the override, the manifest's, or (on Kubernetes, when the
+/// manifest keeps the laptop default) the cluster's.
+fn storage_of(
+    exp: &Experiment,
+    opts: &SubmitOptions,
+    cluster_storage: Option<&str>,
+) -> Result<String, BackendError> {
+    let manifest_default = exp.storage == manifest::default_storage();
+    let storage = match (&opts.storage, manifest_default, cluster_storage) {
+        (Some(s), _, _) => s.clone(),
+        (None, true, Some(c)) if exp.backend == Backend::Kubernetes => c.to_string(),
+        _ => exp.storage.clone(),
+    };
+    Ok(storage)
+}
+
+/// Pods reach only S3: a Kubernetes run's bucket and dataset must be there.
+fn check_reachable(plan: &Plan) -> Result<(), BackendError> {
+    let storage = &plan.experiment.storage;
+    if !storage.starts_with("s3://") {
+        return Err(BackendError::Invalid(format!(
+            "a Kubernetes run needs an s3:// bucket its pods can reach, but storage is {storage}; set storage: in the manifest, --storage, or the chart's storage value"
+        )));
+    }
+    if !plan.spec.dataset.starts_with("s3://") {
+        return Err(BackendError::Invalid(format!(
+            "a Kubernetes run needs its dataset in an s3:// bucket, but dataset.url is {}",
+            plan.spec.dataset
+        )));
+    }
+    Ok(())
+}
+
+/// Fixes the run's id, folder and spec without touching the bucket or cluster. The dataset is
+/// where the manifest says or where its source will be staged.
+pub fn plan(
+    exp: &Experiment,
+    opts: &SubmitOptions,
+    cluster_storage: Option<&str>,
+) -> Result<Plan, BackendError> {
+    let storage = storage_of(exp, opts, cluster_storage)?;
+    let root = Store::open(&storage)?;
+    let run_id = match &opts.run_id {
+        Some(id) => {
+            check_run_id(id)?;
+            id.clone()
+        }
+        None => run::new_run_id(&exp.name),
+    };
+    let dataset = match &exp.dataset.url {
+        Some(url) => Store::open(url)?.url().to_string(),
+        None => root.child(&dataset_prefix(exp)).url().to_string(),
+    };
+    let spec = RunSpec {
+        run_id: run_id.clone(),
+        dataset,
+        train: exp.train.clone(),
+    };
+    let spec_yaml = serde_yaml::to_string(&spec).expect("specs serialize");
+    let mut experiment = exp.clone();
+    experiment.storage = storage;
+    Ok(Plan {
+        run_url: run::run_store(&root, &run_id).url().to_string(),
+        spec_sha256: hex::encode(sha2::Sha256::digest(spec_yaml.as_bytes())),
+        experiment,
+        run_id,
+        spec,
+        spec_yaml,
+    })
+}
+
+fn dataset_prefix(exp: &Experiment) -> String {
+    layout::dataset_prefix(exp.dataset.name.as_deref().unwrap_or("idc"))
+}
+
+/// Checks the manifest's staged dataset, or stages its source (skipped when already staged).
+async fn ensure_dataset(exp: &Experiment, root: &Store) -> Result<(), BackendError> {
+    if let Some(url) = &exp.dataset.url {
+        let ds = Store::open(url)?;
+        if stage::read_manifest(&ds)
+            .await
+            .map_err(|e| BackendError::Stage {
+                source_path: url.clone(),
+                error: e,
+            })?
+            .is_none()
+        {
+            return Err(BackendError::Invalid(format!(
+                "dataset.url {} holds no staged dataset; stage it with idcctl stage",
+                ds.url()
+            )));
+        }
+        return Ok(());
+    }
+    let source = exp
+        .dataset
+        .source
+        .as_ref()
+        .expect("manifest checks url or source");
+    let ds = root.child(&dataset_prefix(exp));
+    let opts = StageOptions {
+        split: exp.dataset.split.clone().unwrap_or_default(),
+        undersized: exp.dataset.undersized.unwrap_or(Undersized::Pad),
+        ..Default::default()
+    };
+    tracing::info!(
+        "staging {source} to {} (skipped when already staged)",
+        ds.url()
+    );
+    let out = stage::stage(
+        std::path::Path::new(source),
+        &ds,
+        &opts,
+        &StageHooks::default(),
+    )
+    .await
+    .map_err(|e| BackendError::Stage {
+        source_path: source.clone(),
+        error: e,
+    })?;
+    tracing::info!(
+        "dataset {}: {} patches",
+        out.manifest.id,
+        out.manifest.records()
+    );
+    Ok(())
+}
+
+/// Submits the experiment on its backend: stages the dataset if needed, writes the run's
+/// spec and record to the bucket, then starts the supervisor or creates the Job.
+pub async fn submit(exp: &Experiment, opts: &SubmitOptions) -> Result<Submitted, BackendError> {
+    match exp.backend {
+        Backend::Local => submit_on(exp, opts, None).await,
+        Backend::Kubernetes => {
+            let cluster = opts.target.connect().await?;
+            let defaults = cluster.defaults().await?;
+            check_reachable(&plan(exp, opts, defaults.storage.as_deref())?)?;
+            submit_on(exp, opts, Some(cluster)).await
+        }
+    }
+}
+
+/// [`submit`] on a connected cluster (`None`: the local backend), without checking that its
+/// pods can reach the bucket.
+pub async fn submit_on(
+    exp: &Experiment,
+    opts: &SubmitOptions,
+    cluster: Option<Cluster>,
+) -> Result<Submitted, BackendError> {
+    let defaults = match &cluster {
+        Some(c) => Some(c.defaults().await?),
+        None => None,
+    };
+    let plan = plan(
+        exp,
+        opts,
+        defaults.as_ref().and_then(|d| d.storage.as_deref()),
+    )?;
+    let root = Store::open(&plan.experiment.storage)?;
+    ensure_dataset(exp, &root).await?;
+    let run = run::run_store(&root, &plan.run_id);
+    if let Some(existing) = run.get_opt(keys::SPEC).await? {
+        if existing.as_ref() != plan.spec_yaml.as_bytes() {
+            return Err(BackendError::Invalid(format!(
+                "run {} already exists in {} with a different spec; pick another --run-id",
+                plan.run_id,
+                root.url()
+            )));
+        }
+    } else {
+        run.put(keys::SPEC, Bytes::from(plan.spec_yaml.clone()))
+            .await?;
+    }
+    run.put(
+        keys::EXPERIMENT,
+        Bytes::from(serde_yaml::to_string(&plan.experiment).expect("serializes")),
+    )
+    .await?;
+    let existing_status = run::read_status(&run).await?;
+    let mut status = existing_status.clone().unwrap_or_else(|| RunStatus {
+        run_id: plan.run_id.clone(),
+        experiment: exp.name.clone(),
+        model: exp.train.model.name().to_string(),
+        backend: exp.backend,
+        phase: Phase::Pending,
+        attempts: 0,
+        max_attempts: exp.retries + 1,
+        created_at: stage::now_rfc3339(),
+        started_at: None,
+        finished_at: None,
+        exit_codes: vec![],
+        reason: None,
+        supervisor_pid: None,
+        worker_pid: None,
+        deadline_s: exp.deadline.as_deref().and_then(manifest::parse_duration),
+        cluster: None,
+    });
+    match (cluster, defaults) {
+        (Some(cluster), Some(defaults)) => {
+            let job = kube::job::build(&kube::job::JobInputs {
+                experiment: &plan.experiment,
+                run_id: &plan.run_id,
+                run_url: &plan.run_url,
+                spec_sha256: &plan.spec_sha256,
+                defaults: &defaults,
+            });
+            status.cluster = Some(ClusterRef {
+                context: cluster.context.clone(),
+                namespace: cluster.namespace.clone(),
+            });
+            if existing_status.is_none() {
+                status.reason = Some("the Job is being created".into());
+                run::write_status(&run, &status).await?;
+            }
+            let created = cluster.create_job(&job).await? == Created::New;
+            if created {
+                status.reason = Some("the Job was created; waiting for its pod".into());
+                run::write_status(&run, &status).await?;
+            }
+            Ok(Submitted {
+                run_id: plan.run_id,
+                run,
+                created,
+                place: format!(
+                    "namespace {} on {}",
+                    cluster.namespace,
+                    cluster.context.as_deref().unwrap_or(&cluster.server)
+                ),
+            })
+        }
+        _ => {
+            if let Some(s) = existing_status {
+                // The same run again: it is already supervised (or finished).
+                return Ok(Submitted {
+                    run_id: s.run_id,
+                    run,
+                    created: false,
+                    place: "the local backend".into(),
+                });
+            }
+            status.reason = Some("waiting for the supervisor to start".into());
+            run::write_status(&run, &status).await?;
+            local::launch(run.url())?;
+            Ok(Submitted {
+                run_id: plan.run_id,
+                run,
+                created: true,
+                place: "the local backend".into(),
+            })
+        }
+    }
+}
+
+/// The Job `submit` would create, with the cluster's defaults (`--dry-run`).
+pub fn render_job(
+    exp: &Experiment,
+    opts: &SubmitOptions,
+    defaults: &kube::ClusterDefaults,
+) -> Result<k8s_openapi::api::batch::v1::Job, BackendError> {
+    let mut exp = exp.clone();
+    exp.backend = Backend::Kubernetes;
+    let plan = plan(&exp, opts, defaults.storage.as_deref())?;
+    check_reachable(&plan)?;
+    let job = kube::job::build(&kube::job::JobInputs {
+        experiment: &plan.experiment,
+        run_id: &plan.run_id,
+        run_url: &plan.run_url,
+        spec_sha256: &plan.spec_sha256,
+        defaults,
+    });
+    let bad = kube::names::job_violations(&job);
+    if !bad.is_empty() {
+        return Err(BackendError::Invalid(format!(
+            "the Job would be rejected by Kubernetes: {}",
+            bad.join("; ")
+        )));
+    }
+    Ok(job)
+}
+
+/// Brings a run's record up to date: on Kubernetes, from its Job and pods (and saves it);
+/// the local supervisor keeps its own record current.
+pub async fn refresh(
+    run: &Store,
+    status: RunStatus,
+    target: &Target,
+) -> Result<RunStatus, BackendError> {
+    if status.backend != Backend::Kubernetes || status.phase.is_terminal() {
+        return Ok(status);
+    }
+    let cluster = target.for_run(status.cluster.as_ref()).connect().await?;
+    refresh_on(run, status, &cluster).await
+}
+
+/// [`refresh`] of a Kubernetes run against a connected cluster.
+pub async fn refresh_on(
+    run: &Store,
+    status: RunStatus,
+    cluster: &Cluster,
+) -> Result<RunStatus, BackendError> {
+    let mut s = status.clone();
+    match cluster.observe(&s.run_id, s.max_attempts).await? {
+        Some(o) => {
+            s.phase = o.phase;
+            s.reason = Some(o.reason);
+            s.attempts = o.attempts;
+            s.exit_codes = o.exit_codes;
+        }
+        None => {
+            // The Job is gone: cleaned up after it finished, or deleted behind idcctl's back.
+            let report = run.get_opt(keys::REPORT).await?.is_some();
+            s.phase = if report {
+                Phase::Succeeded
+            } else {
+                Phase::Failed
+            };
+            s.reason = Some(if report {
+                "finished; its Job has since been deleted".into()
+            } else {
+                format!(
+                    "its Job is gone from namespace {} and it left no report (deleted outside idcctl?); see idcctl logs",
+                    cluster.namespace
+                )
+            });
+        }
+    }
+    if s.phase != Phase::Pending && s.started_at.is_none() {
+        s.started_at = Some(stage::now_rfc3339());
+    }
+    if s.phase.is_terminal() && s.finished_at.is_none() {
+        s.finished_at = Some(stage::now_rfc3339());
+    }
+    if s != status {
+        run::write_status(run, &s).await?;
+    }
+    Ok(s)
+}
+
+/// Stops a run: the worker gets SIGTERM and checkpoints; the record says cancelled.
+pub async fn cancel(run: &Store, status: RunStatus, target: &Target) -> Result<(), BackendError> {
+    run.put(keys::CANCEL, Bytes::from_static(b"cancelled\n"))
+        .await?;
+    match status.backend {
+        Backend::Local => {
+            local::cancel(run, Duration::from_secs(30)).await?;
+            Ok(())
+        }
+        Backend::Kubernetes => {
+            let cluster = target.for_run(status.cluster.as_ref()).connect().await?;
+            cancel_on(run, status, &cluster).await
+        }
+    }
+}
+
+/// Cancels a Kubernetes run on a connected cluster: deletes its Job (the pods get SIGTERM).
+pub async fn cancel_on(
+    run: &Store,
+    status: RunStatus,
+    cluster: &Cluster,
+) -> Result<(), BackendError> {
+    run.put(keys::CANCEL, Bytes::from_static(b"cancelled\n"))
+        .await?;
+    let deleted = cluster.delete_job(&status.run_id).await?;
+    let mut s = status;
+    s.phase = Phase::Cancelled;
+    s.reason = Some(if deleted {
+        "cancelled: the Job was deleted; its worker checkpoints on SIGTERM".into()
+    } else {
+        "cancelled (its Job was already gone)".into()
+    });
+    s.finished_at = Some(stage::now_rfc3339());
+    run::write_status(run, &s).await?;
+    Ok(())
+}
+
+/// Starts a stopped run again; the worker resumes from its latest checkpoint.
+pub async fn resume(run: &Store, status: RunStatus, target: &Target) -> Result<(), BackendError> {
+    let mut s = status;
+    run.delete(keys::CANCEL).await?;
+    s.phase = Phase::Pending;
+    s.max_attempts = s.attempts + s.max_attempts.saturating_sub(s.attempts).max(1);
+    s.finished_at = None;
+    match s.backend {
+        Backend::Local => {
+            s.reason = Some("resumed; waiting for the supervisor to start".into());
+            run::write_status(run, &s).await?;
+            local::launch(run.url())?;
+        }
+        Backend::Kubernetes => {
+            let exp: Experiment = serde_yaml::from_slice(&run.get(keys::EXPERIMENT).await?)
+                .map_err(|e| {
+                    BackendError::Invalid(format!(
+                        "{}/{} is unreadable: {e}",
+                        run.url(),
+                        keys::EXPERIMENT
+                    ))
+                })?;
+            let spec = run.get(keys::SPEC).await?;
+            let cluster = target.for_run(s.cluster.as_ref()).connect().await?;
+            // A finished Job keeps its name until deleted; a new one needs it.
+            if cluster.delete_job(&s.run_id).await? {
+                for _ in 0..120 {
+                    if cluster.job(&s.run_id).await?.is_none() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+            let defaults = cluster.defaults().await?;
+            let job = kube::job::build(&kube::job::JobInputs {
+                experiment: &exp,
+                run_id: &s.run_id,
+                run_url: run.url(),
+                spec_sha256: &hex::encode(sha2::Sha256::digest(&spec)),
+                defaults: &defaults,
+            });
+            cluster.create_job(&job).await?;
+            s.reason = Some("resumed: a new Job was created".into());
+            run::write_status(run, &s).await?;
+        }
+    }
+    Ok(())
+}

@@ -51,12 +51,16 @@ enum Command {
         attempt: Option<u32>,
         #[command(flatten)]
         storage: runs::StorageArg,
+        #[command(flatten)]
+        cluster: runs::ClusterArgs,
     },
     /// Show a run's phase, latest validation metrics, throughput and ETA.
     Status {
         run: String,
         #[command(flatten)]
         storage: runs::StorageArg,
+        #[command(flatten)]
+        cluster: runs::ClusterArgs,
         #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Table)]
         output: OutputFormat,
     },
@@ -64,6 +68,8 @@ enum Command {
     List {
         #[command(flatten)]
         storage: runs::StorageArg,
+        #[command(flatten)]
+        cluster: runs::ClusterArgs,
         #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Table)]
         output: OutputFormat,
     },
@@ -82,12 +88,16 @@ enum Command {
         run: String,
         #[command(flatten)]
         storage: runs::StorageArg,
+        #[command(flatten)]
+        cluster: runs::ClusterArgs,
     },
     /// Start a cancelled or failed run again from its latest checkpoint.
     Resume {
         run: String,
         #[command(flatten)]
         storage: runs::StorageArg,
+        #[command(flatten)]
+        cluster: runs::ClusterArgs,
     },
     /// Internal commands used by idcctl itself.
     #[command(subcommand, hide = true)]
@@ -247,21 +257,35 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             follow,
             attempt,
             storage,
-        } => runs::logs(storage, run, follow, attempt).await,
+            cluster,
+        } => runs::logs(storage, cluster, run, follow, attempt).await,
         Command::Status {
             run,
             storage,
+            cluster,
             output,
-        } => runs::status(storage, run, output).await,
-        Command::List { storage, output } => runs::list(storage, output).await,
+        } => runs::status(storage, cluster, run, output).await,
+        Command::List {
+            storage,
+            cluster,
+            output,
+        } => runs::list(storage, cluster, output).await,
         Command::Report {
             run,
             out,
             storage,
             output,
         } => runs::report(storage, run, out, output).await,
-        Command::Cancel { run, storage } => runs::cancel(storage, run).await,
-        Command::Resume { run, storage } => runs::resume(storage, run).await,
+        Command::Cancel {
+            run,
+            storage,
+            cluster,
+        } => runs::cancel(storage, cluster, run).await,
+        Command::Resume {
+            run,
+            storage,
+            cluster,
+        } => runs::resume(storage, cluster, run).await,
         Command::Internal(runs::InternalCommand::Supervise { run }) => runs::supervise(&run).await,
         Command::Manifest(ManifestCommand::Schema) => {
             println!(

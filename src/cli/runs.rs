@@ -2,11 +2,10 @@
 
 use super::UserError;
 use anyhow::Context;
-use bytes::Bytes;
 use clap::{Args, Subcommand};
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
-use idc::backend::local;
-use idc::dataset::decode::Undersized;
+use idc::backend::kube::{self, ClusterDefaults, cluster::LogLine};
+use idc::backend::{self, BackendError, SubmitOptions, Target, local};
 use idc::exit::ExitCode;
 use idc::layout::{self, run as keys};
 use idc::manifest::{self, Backend};
@@ -14,7 +13,7 @@ use idc::metrics::{MetricsRecord, Report};
 use idc::output::{self, OutputFormat};
 use idc::run::{self, Phase, RunStatus};
 use idc::spec::RunSpec;
-use idc::stage::{self, StageHooks, StageOptions};
+use idc::stage;
 use idc::store::Store;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -27,6 +26,26 @@ pub struct StorageArg {
     storage: String,
 }
 
+/// Which cluster and namespace (Kubernetes backend), as kubectl takes them.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ClusterArgs {
+    /// The kubeconfig context (default: the current one; in a pod, its service account).
+    #[arg(long)]
+    context: Option<String>,
+    /// The namespace (default: the context's).
+    #[arg(short = 'n', long)]
+    namespace: Option<String>,
+}
+
+impl ClusterArgs {
+    fn target(&self) -> Target {
+        Target {
+            context: self.context.clone(),
+            namespace: self.namespace.clone(),
+        }
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct SubmitArgs {
     /// The experiment manifest.
@@ -37,6 +56,22 @@ pub struct SubmitArgs {
     /// Override the manifest's backend.
     #[arg(long, value_enum)]
     backend: Option<BackendArg>,
+    /// Name the run instead of `<name>-<date>-<time>-<hex>`. Submitting the same name and
+    /// manifest again creates nothing new.
+    #[arg(long)]
+    run_id: Option<String>,
+    /// Override the manifest's storage (the bucket URL).
+    #[arg(long)]
+    storage: Option<String>,
+    /// Print the Kubernetes objects it would create and stop: no cluster or bucket is touched
+    /// (built-in cluster defaults stand in for the namespace's idc-defaults ConfigMap).
+    #[arg(long)]
+    dry_run: bool,
+    /// Output format of --dry-run.
+    #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Yaml)]
+    output: OutputFormat,
+    #[command(flatten)]
+    cluster: ClusterArgs,
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy)]
@@ -54,6 +89,15 @@ pub enum InternalCommand {
     },
 }
 
+/// A backend error, with user mistakes marked for exit code 2.
+fn backend_err(e: BackendError) -> anyhow::Error {
+    if e.is_user_error() {
+        UserError(e.to_string()).into()
+    } else {
+        e.into()
+    }
+}
+
 pub async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     let mut exp = manifest::load(&args.file).map_err(|e| UserError(e.to_string()))?;
     if let Some(b) = args.backend {
@@ -62,54 +106,51 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
             BackendArg::Kubernetes => Backend::Kubernetes,
         };
     }
-    if exp.backend == Backend::Kubernetes {
-        return Err(UserError(
-            "the kubernetes backend is not available in this build yet; use --backend local".into(),
-        )
-        .into());
+    let opts = SubmitOptions {
+        run_id: args.run_id.clone(),
+        storage: args.storage.clone(),
+        target: args.cluster.target(),
+    };
+    if args.dry_run {
+        let job =
+            backend::render_job(&exp, &opts, &ClusterDefaults::default()).map_err(backend_err)?;
+        match args.output {
+            OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&job)?),
+            _ => print!("{}", serde_yaml::to_string(&job)?),
+        }
+        return Ok(ExitCode::Success);
     }
-    let root = Store::open(&exp.storage)?;
-    let dataset = resolve_dataset(&exp, &root).await?;
-    let run_id = run::new_run_id(&exp.name);
-    let run = run::run_store(&root, &run_id);
-    let spec = RunSpec {
-        run_id: run_id.clone(),
-        dataset,
-        train: exp.train.clone(),
-    };
-    run.put(keys::SPEC, Bytes::from(serde_yaml::to_string(&spec)?))
-        .await?;
-    let status = RunStatus {
-        run_id: run_id.clone(),
-        experiment: exp.name.clone(),
-        model: exp.train.model.name().to_string(),
-        backend: exp.backend,
-        phase: Phase::Pending,
-        attempts: 0,
-        max_attempts: exp.retries + 1,
-        created_at: stage::now_rfc3339(),
-        started_at: None,
-        finished_at: None,
-        exit_codes: vec![],
-        reason: Some("waiting for the supervisor to start".into()),
-        supervisor_pid: None,
-        worker_pid: None,
-        deadline_s: exp.deadline.as_deref().and_then(manifest::parse_duration),
-    };
-    run::write_status(&run, &status).await?;
-    local::launch(run.url())?;
+    let sub = backend::submit(&exp, &opts).await.map_err(backend_err)?;
+    let run_id = sub.run_id.clone();
     println!("{run_id}");
-    eprintln!(
-        "submitted {run_id} ({} on the local backend); follow it with: idcctl logs {run_id} -f",
-        status.model
-    );
+    if sub.created {
+        eprintln!(
+            "submitted {run_id} ({} on {}); follow it with: idcctl logs {run_id} -f",
+            exp.train.model.name(),
+            sub.place
+        );
+    } else {
+        eprintln!(
+            "{run_id} was already submitted ({}); nothing new was created",
+            sub.place
+        );
+    }
     if !args.wait {
         return Ok(ExitCode::Success);
     }
-    follow(&run, None).await?;
-    let s = run::read_status(&run).await?.expect("status written above");
+    let target = args.cluster.target();
+    let s = run::read_status(&sub.run)
+        .await?
+        .context("the run's status.json disappeared")?;
+    follow_any(&sub.run, s, &target, None).await?;
+    let s = run::read_status(&sub.run)
+        .await?
+        .expect("status written above");
+    let s = backend::refresh(&sub.run, s, &target)
+        .await
+        .map_err(backend_err)?;
     if s.phase == Phase::Succeeded {
-        print_report(&run, OutputFormat::Table).await?;
+        print_report(&sub.run, OutputFormat::Table).await?;
         Ok(ExitCode::Success)
     } else {
         eprintln!(
@@ -121,49 +162,34 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// The staged dataset the run trains on, staging the manifest's source first if needed.
-async fn resolve_dataset(exp: &manifest::Experiment, root: &Store) -> anyhow::Result<String> {
-    if let Some(url) = &exp.dataset.url {
-        let ds = Store::open(url)?;
-        stage::read_manifest(&ds).await?.ok_or_else(|| {
-            UserError(format!(
-                "dataset.url {} holds no staged dataset; stage it with idcctl stage",
-                ds.url()
-            ))
-        })?;
-        return Ok(ds.url().to_string());
+/// Follows a run's log until it ends, on whichever backend it runs.
+async fn follow_any(
+    run: &Store,
+    s: RunStatus,
+    target: &Target,
+    only: Option<u32>,
+) -> anyhow::Result<()> {
+    if s.backend != Backend::Kubernetes {
+        return follow(run, only).await;
     }
-    let source = exp
-        .dataset
-        .source
-        .as_ref()
-        .expect("manifest checks url or source");
-    let ds = root.child(&layout::dataset_prefix(
-        exp.dataset.name.as_deref().unwrap_or("idc"),
-    ));
-    let opts = StageOptions {
-        split: exp.dataset.split.clone().unwrap_or_default(),
-        undersized: exp.dataset.undersized.unwrap_or(Undersized::Pad),
-        ..Default::default()
-    };
+    let cluster = target
+        .for_run(s.cluster.as_ref())
+        .connect()
+        .await
+        .map_err(|e| backend_err(e.into()))?;
+    let mut sink = |l: LogLine| println!("[attempt {}] {}", l.attempt, l.text);
+    let mut notice = |n: String| eprintln!("{n}");
+    kube::follow(&cluster, run, &s.run_id, only, &mut sink, &mut notice).await?;
+    let s = backend::refresh(run, s, target)
+        .await
+        .map_err(backend_err)?;
     eprintln!(
-        "staging {source} to {} (skipped when already staged)",
-        ds.url()
+        "run {} {}: {}",
+        s.run_id,
+        phase_name(s.phase),
+        s.reason.unwrap_or_default()
     );
-    let out = stage::stage(
-        std::path::Path::new(source),
-        &ds,
-        &opts,
-        &StageHooks::default(),
-    )
-    .await
-    .with_context(|| format!("staging {source}"))?;
-    eprintln!(
-        "dataset {}: {} patches",
-        out.manifest.id,
-        out.manifest.records()
-    );
-    Ok(ds.url().to_string())
+    Ok(())
 }
 
 pub async fn supervise(run_url: &str) -> anyhow::Result<ExitCode> {
@@ -200,22 +226,41 @@ async fn open_run(storage: &StorageArg, run_id: &str) -> anyhow::Result<(Store, 
 
 pub async fn logs(
     storage: StorageArg,
+    cluster: ClusterArgs,
     run_id: String,
     follow_: bool,
     attempt: Option<u32>,
 ) -> anyhow::Result<ExitCode> {
     let (run, status) = open_run(&storage, &run_id).await?;
+    let target = cluster.target();
     if follow_ {
-        follow(&run, attempt).await?;
-    } else {
-        let n = attempt.unwrap_or(status.attempts.max(1));
-        match run.get_opt(&keys::log(n)).await? {
-            Some(b) => print!("{}", String::from_utf8_lossy(&b)),
-            None => eprintln!(
-                "no log yet for attempt {n} of {run_id} ({})",
-                phase_name(status.phase)
-            ),
+        follow_any(&run, status, &target, attempt).await?;
+        return Ok(ExitCode::Success);
+    }
+    let n = attempt.unwrap_or(status.attempts.max(1));
+    if status.backend == Backend::Kubernetes
+        && let Ok(cluster) = target.for_run(status.cluster.as_ref()).connect().await
+        && let Some(pod) = cluster
+            .pods_of(&run_id)
+            .await
+            .map_err(|e| backend_err(e.into()))?
+            .get(n as usize - 1)
+    {
+        // The pod's log is the freshest while the pod exists.
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let printed = cluster
+            .stream_log(&name, false, None, |_, text| println!("{text}"))
+            .await;
+        if printed.is_ok() {
+            return Ok(ExitCode::Success);
         }
+    }
+    match run.get_opt(&keys::log(n)).await? {
+        Some(b) => print!("{}", String::from_utf8_lossy(&b)),
+        None => eprintln!(
+            "no log yet for attempt {n} of {run_id} ({})",
+            phase_name(status.phase)
+        ),
     }
     Ok(ExitCode::Success)
 }
@@ -283,10 +328,14 @@ async fn metrics_of(run: &Store) -> anyhow::Result<Vec<MetricsRecord>> {
 
 pub async fn status(
     storage: StorageArg,
+    cluster: ClusterArgs,
     run_id: String,
     format: OutputFormat,
 ) -> anyhow::Result<ExitCode> {
     let (run, s) = open_run(&storage, &run_id).await?;
+    let s = backend::refresh(&run, s, &cluster.target())
+        .await
+        .map_err(backend_err)?;
     let metrics = metrics_of(&run).await?;
     let epochs = serde_yaml::from_slice::<RunSpec>(&run.get(keys::SPEC).await?)
         .map(|r| r.train.epochs)
@@ -345,8 +394,14 @@ pub async fn status(
     Ok(ExitCode::Success)
 }
 
-pub async fn list(storage: StorageArg, format: OutputFormat) -> anyhow::Result<ExitCode> {
+pub async fn list(
+    storage: StorageArg,
+    cluster: ClusterArgs,
+    format: OutputFormat,
+) -> anyhow::Result<ExitCode> {
     let root = Store::open(&storage.storage)?;
+    let target = cluster.target();
+    let mut unreachable = false;
     let mut rows = vec![];
     for (key, _) in root.list(layout::RUNS).await? {
         let Some(id) = key
@@ -356,9 +411,19 @@ pub async fn list(storage: StorageArg, format: OutputFormat) -> anyhow::Result<E
             continue;
         };
         let run = run::run_store(&root, id);
-        let Some(s) = run::read_status(&run).await? else {
+        let Some(mut s) = run::read_status(&run).await? else {
             continue;
         };
+        if s.backend == Backend::Kubernetes && !s.phase.is_terminal() && !unreachable {
+            // Unfinished runs on a cluster: ask it, but keep listing if it cannot be reached.
+            match backend::refresh(&run, s.clone(), &target).await {
+                Ok(fresh) => s = fresh,
+                Err(e) => {
+                    eprintln!("warning: showing recorded phases of Kubernetes runs: {e}");
+                    unreachable = true;
+                }
+            }
+        }
         let best_f1 = metrics_of(&run)
             .await?
             .iter()
@@ -503,8 +568,16 @@ async fn print_report(run: &Store, format: OutputFormat) -> anyhow::Result<()> {
 }
 
 /// Starts a stopped (cancelled or failed) run again; the worker resumes from its checkpoint.
-pub async fn resume(storage: StorageArg, run_id: String) -> anyhow::Result<ExitCode> {
-    let (run, mut s) = open_run(&storage, &run_id).await?;
+pub async fn resume(
+    storage: StorageArg,
+    cluster: ClusterArgs,
+    run_id: String,
+) -> anyhow::Result<ExitCode> {
+    let (run, s) = open_run(&storage, &run_id).await?;
+    let target = cluster.target();
+    let s = backend::refresh(&run, s, &target)
+        .await
+        .map_err(backend_err)?;
     if !s.phase.is_terminal() {
         return Err(UserError(format!(
             "run {run_id} is {}; only a stopped run can be resumed",
@@ -515,24 +588,31 @@ pub async fn resume(storage: StorageArg, run_id: String) -> anyhow::Result<ExitC
     if s.phase == Phase::Succeeded {
         return Err(UserError(format!("run {run_id} already succeeded")).into());
     }
-    run.delete(keys::CANCEL).await?;
-    s.phase = Phase::Pending;
-    s.max_attempts = s.attempts + s.max_attempts.saturating_sub(s.attempts).max(1);
-    s.finished_at = None;
-    s.reason = Some("resumed; waiting for the supervisor to start".into());
-    run::write_status(&run, &s).await?;
-    local::launch(run.url())?;
+    backend::resume(&run, s, &target)
+        .await
+        .map_err(backend_err)?;
     eprintln!("resumed {run_id}; follow it with: idcctl logs {run_id} -f");
     Ok(ExitCode::Success)
 }
 
-pub async fn cancel(storage: StorageArg, run_id: String) -> anyhow::Result<ExitCode> {
+pub async fn cancel(
+    storage: StorageArg,
+    cluster: ClusterArgs,
+    run_id: String,
+) -> anyhow::Result<ExitCode> {
     let (run, s) = open_run(&storage, &run_id).await?;
     if s.phase.is_terminal() {
         eprintln!("run {run_id} already {}", phase_name(s.phase));
         return Ok(ExitCode::Success);
     }
-    local::cancel(&run, Duration::from_secs(30)).await?;
+    let backend_kind = s.backend;
+    backend::cancel(&run, s, &cluster.target())
+        .await
+        .map_err(backend_err)?;
+    if backend_kind == Backend::Kubernetes {
+        eprintln!("cancelled {run_id}: its Job was deleted; the worker checkpoints on SIGTERM");
+        return Ok(ExitCode::Success);
+    }
     // The supervisor records the end; wait for it briefly so the user sees the outcome.
     for _ in 0..100 {
         if let Some(s) = run::read_status(&run).await?

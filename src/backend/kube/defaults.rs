@@ -61,7 +61,10 @@ pub struct ResourceDefaults {
 impl Default for ClusterDefaults {
     fn default() -> Self {
         Self {
-            image: format!("ghcr.io/idc-project/idc-worker:{}", env!("CARGO_PKG_VERSION")),
+            image: format!(
+                "ghcr.io/idc-project/idc-worker:{}",
+                env!("CARGO_PKG_VERSION")
+            ),
             image_pull_policy: "IfNotPresent".into(),
             image_pull_secrets: vec![],
             storage: None,
@@ -103,7 +106,11 @@ pub type Rule = (&'static str, &'static str, &'static [&'static str]);
 /// Everything `idcctl` does against the API server, as RBAC rules. The mock-API tests check
 /// that every request they see is covered; the chart's Role must grant exactly these.
 pub const RBAC_RULES: &[Rule] = &[
-    ("batch", "jobs", &["create", "get", "list", "watch", "delete"]),
+    (
+        "batch",
+        "jobs",
+        &["create", "get", "list", "watch", "delete"],
+    ),
     ("", "pods", &["get", "list", "watch"]),
     ("", "pods/log", &["get"]),
     ("", "events", &["get", "list", "watch"]),

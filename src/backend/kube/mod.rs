@@ -3,3 +3,168 @@
 pub mod defaults;
 
 pub use defaults::{CONFIG_MAP, CONFIG_MAP_KEY, ClusterDefaults, RBAC_RULES};
+pub mod cluster;
+pub mod job;
+pub mod names;
+pub mod observe;
+
+use crate::layout::run as keys;
+use crate::store::{Store, StoreError};
+use cluster::{Cluster, KubeError, LogLine};
+
+/// Why following a log stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum FollowError {
+    #[error(transparent)]
+    Kube(#[from] KubeError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Prints a run's worker log through `sink`, attempt by attempt: from each attempt's pod while
+/// it exists (following the running one), going on with the next pod when one is replaced (a
+/// retry or a preemption), and from the bucket (`logs/attempt-N.log`) once the pods are gone.
+/// `only` limits it to one attempt. Returns when the Job has finished (or is gone) and every
+/// attempt's log was printed. `notice` gets one-line updates (waiting for a pod, and so on).
+pub async fn follow(
+    cluster: &Cluster,
+    run: &Store,
+    run_id: &str,
+    only: Option<u32>,
+    sink: &mut (dyn FnMut(LogLine) + Send),
+    notice: &mut (dyn FnMut(String) + Send),
+) -> Result<(), FollowError> {
+    let mut attempt = only.unwrap_or(1);
+    let mut last_notice = String::new();
+    loop {
+        let job = cluster.job(run_id).await?;
+        let pods = cluster.pods_of(run_id).await?;
+        let finished = job.as_ref().is_none_or(|j| {
+            j.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| {
+                    c.iter().any(|c| {
+                        matches!(c.type_.as_str(), "Complete" | "Failed") && c.status == "True"
+                    })
+                })
+        });
+        if let Some(pod) = pods.get(attempt as usize - 1) {
+            let name = pod.metadata.name.clone().unwrap_or_default();
+            if started(pod) {
+                follow_pod(cluster, &name, attempt, sink).await?;
+                if only.is_some() {
+                    return Ok(());
+                }
+                attempt += 1;
+                continue;
+            }
+            if !finished {
+                let obs = observe::observe(
+                    job.as_ref().expect("not finished, so there"),
+                    &pods,
+                    &[],
+                    pods.len() as u32,
+                );
+                if obs.reason != last_notice {
+                    notice(obs.reason.clone());
+                    last_notice = obs.reason;
+                }
+                tokio::time::sleep(cluster.poll).await;
+                continue;
+            }
+            // A pod that never started, of a finished Job: nothing to print for it.
+            attempt += 1;
+            continue;
+        }
+        if !finished {
+            tokio::time::sleep(cluster.poll).await;
+            continue;
+        }
+        if pods.is_empty() {
+            // The pods are gone (the Job finished and was cleaned up, or was cancelled): the
+            // worker kept its own log in the bucket.
+            from_bucket(run, attempt, only, sink).await?;
+        }
+        return Ok(());
+    }
+}
+
+/// Whether the pod's worker container has started (so it has a log).
+fn started(pod: &k8s_openapi::api::core::v1::Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(|c| c.name == job::CONTAINER)
+        .any(|c| {
+            c.state
+                .as_ref()
+                .is_some_and(|s| s.running.is_some() || s.terminated.is_some())
+        })
+}
+
+/// Follows one pod's log to its end, reconnecting from the last line seen if the stream drops
+/// while the pod still runs.
+async fn follow_pod(
+    cluster: &Cluster,
+    pod: &str,
+    attempt: u32,
+    sink: &mut (dyn FnMut(LogLine) + Send),
+) -> Result<(), KubeError> {
+    let mut last: Option<(String, String)> = None;
+    loop {
+        let since = last.as_ref().map(|(ts, _)| ts.clone());
+        let mut skipping = since.is_some();
+        cluster
+            .stream_log(pod, true, since.as_deref(), |ts, text| {
+                // sinceTime is inclusive: skip what was printed before the reconnect.
+                if skipping {
+                    if let Some((lts, ltext)) = &last
+                        && (ts < lts.as_str() || (ts == lts && text == ltext))
+                    {
+                        return;
+                    }
+                    skipping = false;
+                }
+                sink(LogLine {
+                    attempt,
+                    text: text.to_string(),
+                });
+                last = Some((ts.to_string(), text.to_string()));
+            })
+            .await?;
+        let still_running = cluster
+            .pod(pod)
+            .await?
+            .is_some_and(|p| p.status.and_then(|s| s.phase).as_deref() == Some("Running"));
+        if !still_running {
+            return Ok(());
+        }
+        tokio::time::sleep(cluster.poll).await;
+    }
+}
+
+/// Prints the bucket's copies of the logs from attempt `from` on.
+async fn from_bucket(
+    run: &Store,
+    from: u32,
+    only: Option<u32>,
+    sink: &mut (dyn FnMut(LogLine) + Send),
+) -> Result<(), StoreError> {
+    let mut attempt = from;
+    while let Some(b) = run.get_opt(&keys::log(attempt)).await? {
+        for l in String::from_utf8_lossy(&b).lines() {
+            sink(LogLine {
+                attempt,
+                text: l.to_string(),
+            });
+        }
+        if only.is_some() {
+            break;
+        }
+        attempt += 1;
+    }
+    Ok(())
+}

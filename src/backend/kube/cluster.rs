@@ -1,0 +1,351 @@
+//! The connection to a cluster (kubeconfig context or in-cluster config, namespace) and every
+//! API call the backend makes: create, read and delete a run's Job, list its pods and events,
+//! read the namespace's defaults and stream pod logs.
+
+use super::defaults::{CONFIG_MAP, CONFIG_MAP_KEY, ClusterDefaults};
+use super::job::{RUN_LABEL, SPEC_ANNOTATION};
+use super::observe::{self, Observation};
+use ::kube::api::{Api, DeleteParams, ListParams, LogParams, PostParams, PropagationPolicy};
+use ::kube::config::{KubeConfigOptions, Kubeconfig};
+use ::kube::{Client, Config};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Pod};
+use std::time::Duration;
+
+/// What went wrong talking to the cluster, in words that say what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum KubeError {
+    #[error(
+        "cannot load the Kubernetes configuration{}: {source}; check KUBECONFIG, ~/.kube/config or --context",
+        ctx(.context)
+    )]
+    Config {
+        context: Option<String>,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error(
+        "cannot reach the Kubernetes API server {server}{}: {source}; is the cluster up and the context right?",
+        ctx(.context)
+    )]
+    Unreachable {
+        server: String,
+        context: Option<String>,
+        source: ::kube::Error,
+    },
+    #[error(
+        "the API server refused to {action} in namespace {namespace}: {message}; install charts/idc in that namespace (its Role grants what idcctl needs) or ask an admin for it"
+    )]
+    Forbidden {
+        action: String,
+        namespace: String,
+        message: String,
+    },
+    #[error(
+        "a different run named {name} already has a Job in namespace {namespace} (its spec differs); pick another --run-id"
+    )]
+    Conflict { name: String, namespace: String },
+    #[error(
+        "the ConfigMap {CONFIG_MAP} in namespace {namespace} has an unreadable {CONFIG_MAP_KEY}: {message}"
+    )]
+    BadDefaults { namespace: String, message: String },
+    #[error("cannot {action} in namespace {namespace}: {source}")]
+    Api {
+        action: String,
+        namespace: String,
+        source: ::kube::Error,
+    },
+}
+
+fn ctx(c: &Option<String>) -> String {
+    c.as_ref()
+        .map(|c| format!(" (context {c})"))
+        .unwrap_or_default()
+}
+
+impl KubeError {
+    /// Whether the user can fix it (exit code 2) rather than a failure.
+    pub fn is_user_error(&self) -> bool {
+        matches!(
+            self,
+            KubeError::Config { .. } | KubeError::Conflict { .. } | KubeError::BadDefaults { .. }
+        )
+    }
+}
+
+/// Whether a Job was made by this call or was already there (an idempotent resubmission).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Created {
+    New,
+    AlreadyThere,
+}
+
+/// One line of a worker's log, with the attempt it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogLine {
+    pub attempt: u32,
+    pub text: String,
+}
+
+/// A namespace of a cluster, as one user's credentials see it.
+#[derive(Clone)]
+pub struct Cluster {
+    client: Client,
+    pub namespace: String,
+    pub context: Option<String>,
+    pub server: String,
+    /// How often `follow` polls for the next pod.
+    pub poll: Duration,
+}
+
+impl Cluster {
+    /// Connects with the kubeconfig (`context`, or its current context), else the in-cluster
+    /// service account; `namespace` defaults to the context's.
+    pub async fn connect(
+        context: Option<&str>,
+        namespace: Option<&str>,
+    ) -> Result<Self, KubeError> {
+        let named = context.map(str::to_string).or_else(|| {
+            // Only to name it in errors.
+            Kubeconfig::read().ok().and_then(|k| k.current_context)
+        });
+        let config = if context.is_some() {
+            let opts = KubeConfigOptions {
+                context: context.map(str::to_string),
+                ..Default::default()
+            };
+            Config::from_kubeconfig(&opts)
+                .await
+                .map_err(|e| KubeError::Config {
+                    context: named.clone(),
+                    source: Box::new(e),
+                })?
+        } else {
+            Config::infer().await.map_err(|e| KubeError::Config {
+                context: named.clone(),
+                source: Box::new(e),
+            })?
+        };
+        let server = config.cluster_url.to_string();
+        let ns = namespace
+            .map(str::to_string)
+            .unwrap_or_else(|| config.default_namespace.clone());
+        let client = Client::try_from(config).map_err(|e| KubeError::Unreachable {
+            server: server.clone(),
+            context: named.clone(),
+            source: e,
+        })?;
+        Ok(Self {
+            client,
+            namespace: ns,
+            context: named,
+            server,
+            poll: Duration::from_secs(2),
+        })
+    }
+
+    /// A cluster behind an existing client (tests use kube-rs's mock service).
+    pub fn with_client(client: Client, namespace: &str) -> Self {
+        Self {
+            client,
+            namespace: namespace.into(),
+            context: None,
+            server: "mock".into(),
+            poll: Duration::ZERO,
+        }
+    }
+
+    fn jobs(&self) -> Api<Job> {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    fn pods(&self) -> Api<Pod> {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    /// Turns a client error into one that says what to do.
+    fn err(&self, action: &str, e: ::kube::Error) -> KubeError {
+        match e {
+            ::kube::Error::Api(s) if s.code == 403 => KubeError::Forbidden {
+                action: action.into(),
+                namespace: self.namespace.clone(),
+                message: s.message.clone(),
+            },
+            e @ (::kube::Error::HyperError(_) | ::kube::Error::Service(_)) => {
+                KubeError::Unreachable {
+                    server: self.server.clone(),
+                    context: self.context.clone(),
+                    source: e,
+                }
+            }
+            e => KubeError::Api {
+                action: action.into(),
+                namespace: self.namespace.clone(),
+                source: e,
+            },
+        }
+    }
+
+    /// The namespace's defaults (the chart's ConfigMap), or built-in ones when there is none.
+    pub async fn defaults(&self) -> Result<ClusterDefaults, KubeError> {
+        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.namespace);
+        let cm = api
+            .get_opt(CONFIG_MAP)
+            .await
+            .map_err(|e| self.err(&format!("get configmaps/{CONFIG_MAP}"), e))?;
+        let Some(cm) = cm else {
+            tracing::warn!(
+                "no ConfigMap {CONFIG_MAP} in namespace {}: using built-in defaults (install charts/idc to set the image, bucket and credentials)",
+                self.namespace
+            );
+            return Ok(ClusterDefaults::default());
+        };
+        let text = cm
+            .data
+            .as_ref()
+            .and_then(|d| d.get(CONFIG_MAP_KEY))
+            .ok_or_else(|| KubeError::BadDefaults {
+                namespace: self.namespace.clone(),
+                message: "the key is missing".into(),
+            })?;
+        serde_yaml::from_str(text).map_err(|e| KubeError::BadDefaults {
+            namespace: self.namespace.clone(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Creates the run's Job; a Job of the same name and spec already there is success.
+    pub async fn create_job(&self, job: &Job) -> Result<Created, KubeError> {
+        let name = job.metadata.name.clone().unwrap_or_default();
+        match self.jobs().create(&PostParams::default(), job).await {
+            Ok(_) => Ok(Created::New),
+            Err(::kube::Error::Api(s)) if s.code == 409 => {
+                let existing = self
+                    .jobs()
+                    .get(&name)
+                    .await
+                    .map_err(|e| self.err(&format!("get jobs/{name}"), e))?;
+                let hash = |j: &Job| {
+                    j.metadata
+                        .annotations
+                        .as_ref()
+                        .and_then(|a| a.get(SPEC_ANNOTATION))
+                        .cloned()
+                };
+                if hash(&existing).is_some() && hash(&existing) == hash(job) {
+                    Ok(Created::AlreadyThere)
+                } else {
+                    Err(KubeError::Conflict {
+                        name,
+                        namespace: self.namespace.clone(),
+                    })
+                }
+            }
+            Err(e) => Err(self.err(&format!("create jobs/{name}"), e)),
+        }
+    }
+
+    pub async fn job(&self, run_id: &str) -> Result<Option<Job>, KubeError> {
+        self.jobs()
+            .get_opt(run_id)
+            .await
+            .map_err(|e| self.err(&format!("get jobs/{run_id}"), e))
+    }
+
+    /// The run's pods in attempt order.
+    pub async fn pods_of(&self, run_id: &str) -> Result<Vec<Pod>, KubeError> {
+        let lp = ListParams::default().labels(&format!("{RUN_LABEL}={run_id}"));
+        let pods = self
+            .pods()
+            .list(&lp)
+            .await
+            .map_err(|e| self.err("list pods", e))?;
+        Ok(observe::by_attempt(pods.items))
+    }
+
+    /// One pod by name, `None` when it is gone.
+    pub async fn pod(&self, pod: &str) -> Result<Option<Pod>, KubeError> {
+        self.pods()
+            .get_opt(pod)
+            .await
+            .map_err(|e| self.err(&format!("get pods/{pod}"), e))
+    }
+
+    /// Events of the run's Job (why the Job controller cannot create a pod).
+    pub async fn job_events(&self, run_id: &str) -> Result<Vec<Event>, KubeError> {
+        let api: Api<Event> = Api::namespaced(self.client.clone(), &self.namespace);
+        let lp = ListParams::default().fields(&format!(
+            "involvedObject.kind=Job,involvedObject.name={run_id}"
+        ));
+        Ok(api
+            .list(&lp)
+            .await
+            .map_err(|e| self.err("list events", e))?
+            .items)
+    }
+
+    /// Where the run stands; `None` when its Job is gone (cancelled, or deleted after its TTL).
+    pub async fn observe(
+        &self,
+        run_id: &str,
+        max_attempts: u32,
+    ) -> Result<Option<Observation>, KubeError> {
+        let Some(job) = self.job(run_id).await? else {
+            return Ok(None);
+        };
+        let pods = self.pods_of(run_id).await?;
+        let events = if pods.is_empty() {
+            self.job_events(run_id).await?
+        } else {
+            vec![]
+        };
+        Ok(Some(observe::observe(&job, &pods, &events, max_attempts)))
+    }
+
+    /// Deletes the run's Job; its pods get SIGTERM and the worker checkpoints. False if gone.
+    pub async fn delete_job(&self, run_id: &str) -> Result<bool, KubeError> {
+        let dp = DeleteParams {
+            propagation_policy: Some(PropagationPolicy::Background),
+            ..Default::default()
+        };
+        match self.jobs().delete(run_id, &dp).await {
+            Ok(_) => Ok(true),
+            Err(::kube::Error::Api(s)) if s.code == 404 => Ok(false),
+            Err(e) => Err(self.err(&format!("delete jobs/{run_id}"), e)),
+        }
+    }
+
+    /// Streams one pod's worker log from `since` (an RFC 3339 time) on, calling `line` with
+    /// each line's timestamp and text. Returns when the stream ends.
+    pub async fn stream_log(
+        &self,
+        pod: &str,
+        follow: bool,
+        since: Option<&str>,
+        mut line: impl FnMut(&str, &str),
+    ) -> Result<(), KubeError> {
+        use futures::AsyncBufReadExt;
+        let lp = LogParams {
+            container: Some(super::job::CONTAINER.into()),
+            follow,
+            timestamps: true,
+            since_time: since.and_then(|s| s.parse().ok()),
+            ..Default::default()
+        };
+        let stream = self
+            .pods()
+            .log_stream(pod, &lp)
+            .await
+            .map_err(|e| self.err(&format!("get pods/{pod}/log"), e))?;
+        let mut lines = stream.lines();
+        use futures::TryStreamExt;
+        while let Some(l) = lines.try_next().await.map_err(|e| KubeError::Api {
+            action: format!("read pods/{pod}/log"),
+            namespace: self.namespace.clone(),
+            source: ::kube::Error::ReadEvents(e),
+        })? {
+            let (ts, text) = l.split_once(' ').unwrap_or(("", &l));
+            line(ts, text);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,219 @@
+//! Kubernetes' validation rules for what idcctl generates: object names (DNS-1123), label keys
+//! and values, annotation keys and resource quantities, and a check of a whole Job against them.
+
+use k8s_openapi::api::batch::v1::Job;
+use std::collections::BTreeMap;
+
+/// A DNS-1123 label: at most 63 lowercase alphanumerics or '-', alphanumeric at both ends
+/// (Service names, container names, volume names).
+pub fn is_dns1123_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter()
+            .all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}
+
+/// A DNS-1123 subdomain: at most 253 characters, dot-separated DNS-1123 labels (most object names).
+pub fn is_dns1123_subdomain(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns1123_label)
+}
+
+/// A label value: empty, or at most 63 alphanumerics, '-', '_' or '.', alphanumeric at both ends.
+pub fn is_label_value(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.is_empty()
+        || (b.len() <= 63
+            && b.iter()
+                .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+            && b[0].is_ascii_alphanumeric()
+            && b[b.len() - 1].is_ascii_alphanumeric())
+}
+
+/// A label or annotation key: an optional DNS-1123 subdomain prefix and '/', then a name of at
+/// most 63 alphanumerics, '-', '_' or '.', alphanumeric at both ends.
+pub fn is_qualified_name(s: &str) -> bool {
+    let (prefix, name) = match s.split_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, s),
+    };
+    prefix.is_none_or(is_dns1123_subdomain) && !name.is_empty() && is_label_value(name)
+}
+
+/// Every rule the Job breaks, one line each, naming the field; empty when the Job is valid.
+pub fn job_violations(job: &Job) -> Vec<String> {
+    let mut out = vec![];
+    let meta = &job.metadata;
+    let name = meta.name.as_deref().unwrap_or("");
+    // The Job controller labels pods with the Job's name, so it must be a label value too.
+    if !is_dns1123_label(name) {
+        out.push(format!(
+            "metadata.name '{name}' is not a DNS-1123 label (at most 63 of a-z, 0-9, '-')"
+        ));
+    }
+    check_labels("metadata.labels", meta.labels.as_ref(), &mut out);
+    check_keys("metadata.annotations", meta.annotations.as_ref(), &mut out);
+    let Some(spec) = &job.spec else {
+        out.push("spec is missing".into());
+        return out;
+    };
+    let template = &spec.template;
+    if let Some(m) = &template.metadata {
+        check_labels("spec.template.metadata.labels", m.labels.as_ref(), &mut out);
+        check_keys(
+            "spec.template.metadata.annotations",
+            m.annotations.as_ref(),
+            &mut out,
+        );
+    }
+    let Some(pod) = &template.spec else {
+        out.push("spec.template.spec is missing".into());
+        return out;
+    };
+    if let Some(sa) = &pod.service_account_name
+        && !is_dns1123_subdomain(sa)
+    {
+        out.push(format!(
+            "spec.template.spec.serviceAccountName '{sa}' is not a DNS-1123 subdomain"
+        ));
+    }
+    if let Some(pc) = &pod.priority_class_name
+        && !is_dns1123_subdomain(pc)
+    {
+        out.push(format!(
+            "spec.template.spec.priorityClassName '{pc}' is not a DNS-1123 subdomain"
+        ));
+    }
+    check_labels(
+        "spec.template.spec.nodeSelector",
+        pod.node_selector.as_ref(),
+        &mut out,
+    );
+    for (i, t) in pod.tolerations.iter().flatten().enumerate() {
+        if let Some(k) = &t.key
+            && !is_qualified_name(k)
+        {
+            out.push(format!(
+                "spec.template.spec.tolerations[{i}].key '{k}' is not a qualified name"
+            ));
+        }
+    }
+    for v in pod.volumes.iter().flatten() {
+        if !is_dns1123_label(&v.name) {
+            out.push(format!("volume name '{}' is not a DNS-1123 label", v.name));
+        }
+        if let Some(q) = v.empty_dir.as_ref().and_then(|e| e.size_limit.as_ref())
+            && !crate::manifest::is_quantity(&q.0)
+        {
+            out.push(format!(
+                "volume {} sizeLimit '{}' is not a quantity",
+                v.name, q.0
+            ));
+        }
+    }
+    for c in &pod.containers {
+        if !is_dns1123_label(&c.name) {
+            out.push(format!(
+                "container name '{}' is not a DNS-1123 label",
+                c.name
+            ));
+        }
+        let r = c.resources.as_ref();
+        for (what, map) in [
+            ("requests", r.and_then(|r| r.requests.as_ref())),
+            ("limits", r.and_then(|r| r.limits.as_ref())),
+        ] {
+            for (k, q) in map.into_iter().flatten() {
+                if !is_qualified_name(k) {
+                    out.push(format!(
+                        "container {} resources.{what} key '{k}' is not a qualified name",
+                        c.name
+                    ));
+                }
+                if !crate::manifest::is_quantity(&q.0) {
+                    out.push(format!(
+                        "container {} resources.{what}.{k} '{}' is not a quantity",
+                        c.name, q.0
+                    ));
+                }
+            }
+        }
+        for e in c.env.iter().flatten() {
+            // Kubernetes accepts any printable name but C identifiers are what processes expect.
+            let ok = e
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                && !e.name.as_bytes()[0].is_ascii_digit();
+            if !ok {
+                out.push(format!(
+                    "container {} env name '{}' is not an identifier",
+                    c.name, e.name
+                ));
+            }
+        }
+    }
+    out
+}
+
+fn check_labels(field: &str, labels: Option<&BTreeMap<String, String>>, out: &mut Vec<String>) {
+    for (k, v) in labels.into_iter().flatten() {
+        if !is_qualified_name(k) {
+            out.push(format!("{field} key '{k}' is not a qualified name"));
+        }
+        if !is_label_value(v) {
+            out.push(format!(
+                "{field}.{k} value '{v}' is not a label value (at most 63 of A-Z, a-z, 0-9, '-', '_', '.', alphanumeric at both ends)"
+            ));
+        }
+    }
+}
+
+fn check_keys(field: &str, map: Option<&BTreeMap<String, String>>, out: &mut Vec<String>) {
+    for k in map.into_iter().flatten().map(|(k, _)| k) {
+        if !is_qualified_name(k) {
+            out.push(format!("{field} key '{k}' is not a qualified name"));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dns1123() {
+        for ok in ["a", "cnn-20261126-101010-ab12", "0abc", &"a".repeat(63)] {
+            assert!(is_dns1123_label(ok), "{ok}");
+        }
+        for bad in ["", "-a", "a-", "A", "a_b", "a.b", &"a".repeat(64)] {
+            assert!(!is_dns1123_label(bad), "{bad}");
+        }
+        assert!(is_dns1123_subdomain("system-cluster-critical.example.com"));
+        assert!(!is_dns1123_subdomain("a..b"));
+        assert!(!is_dns1123_subdomain(&"a.".repeat(127)));
+    }
+
+    #[test]
+    fn labels() {
+        for ok in ["", "simple_cnn", "v1.2.3", "A-b_c.D", &"x".repeat(63)] {
+            assert!(is_label_value(ok), "{ok}");
+        }
+        for bad in ["_a", "a.", "a b", "a/b", &"x".repeat(64)] {
+            assert!(!is_label_value(bad), "{bad}");
+        }
+        for ok in [
+            "app.kubernetes.io/name",
+            "idc.dev/run",
+            "nvidia.com/gpu",
+            "run",
+        ] {
+            assert!(is_qualified_name(ok), "{ok}");
+        }
+        for bad in ["", "/a", "a/", "Example.com/a", "a/b/c", "a b"] {
+            assert!(!is_qualified_name(bad), "{bad}");
+        }
+    }
+}
