@@ -63,6 +63,9 @@ pub struct SubmitArgs {
     /// Override the manifest's storage (the bucket URL).
     #[arg(long)]
     storage: Option<String>,
+    /// Train on this staged dataset instead of the manifest's.
+    #[arg(long)]
+    dataset: Option<String>,
     /// Print the Kubernetes objects it would create and stop: no cluster or bucket is touched
     /// (built-in cluster defaults stand in for the namespace's idc-defaults ConfigMap).
     #[arg(long)]
@@ -104,6 +107,15 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
         exp.backend = match b {
             BackendArg::Local => Backend::Local,
             BackendArg::Kubernetes => Backend::Kubernetes,
+        };
+    }
+    if let Some(url) = &args.dataset {
+        exp.dataset = manifest::DatasetRef {
+            url: Some(url.clone()),
+            source: None,
+            name: None,
+            split: None,
+            undersized: None,
         };
     }
     let opts = SubmitOptions {

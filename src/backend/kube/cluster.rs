@@ -126,6 +126,9 @@ impl Cluster {
             })?
         };
         let server = config.cluster_url.to_string();
+        // Two TLS crypto providers are linked in (kube's ring, object_store's aws-lc-rs):
+        // rustls needs to be told which to use. A second install is a harmless no-op.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let ns = namespace
             .map(str::to_string)
             .unwrap_or_else(|| config.default_namespace.clone());

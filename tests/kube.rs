@@ -1,0 +1,856 @@
+//! The Kubernetes backend against kube-rs's `tower_test` mock API server: every request is
+//! asserted in order (method, path and query, and the body where it matters), answered with a
+//! scripted response, and checked against the RBAC the chart grants. Plus golden Jobs rendered
+//! by `submit --dry-run` for every manifest in `manifests/`.
+
+mod common;
+
+use ::kube::client::Body;
+use common::*;
+use http::{Request, Response};
+use idc::backend::kube::cluster::{Cluster, LogLine};
+use idc::backend::kube::{self, ClusterDefaults, RBAC_RULES};
+use idc::backend::{self, SubmitOptions};
+use idc::layout::run as keys;
+use idc::manifest::{self, Experiment};
+use idc::run::{self, Phase, RunStatus};
+use idc::store::Store;
+use k8s_openapi::api::batch::v1::Job;
+use serde_json::{Value, json};
+use std::path::Path;
+use std::pin::pin;
+use tower_test::mock;
+
+const NS: &str = "ml";
+const RUN: &str = "resnet34-t1";
+
+/// An assertion on a request's JSON body.
+type BodyCheck = Box<dyn Fn(&Value) + Send>;
+
+/// One expected request and the response to it.
+struct Exchange {
+    method: &'static str,
+    uri: String,
+    status: u16,
+    body: Value,
+    /// Raw response text instead of JSON (pod logs).
+    text: Option<String>,
+    /// Asserts on the request body.
+    check: Option<BodyCheck>,
+}
+
+fn ex(method: &'static str, uri: impl Into<String>, status: u16, body: Value) -> Exchange {
+    Exchange {
+        method,
+        uri: uri.into(),
+        status,
+        body,
+        text: None,
+        check: None,
+    }
+}
+
+fn log_ex(uri: impl Into<String>, lines: &[&str]) -> Exchange {
+    let text: String = lines
+        .iter()
+        .enumerate()
+        .map(|(i, l)| format!("2026-11-26T10:00:{i:02}.000000000Z {l}\n"))
+        .collect();
+    Exchange {
+        text: Some(text),
+        ..ex("GET", uri, 200, Value::Null)
+    }
+}
+
+/// The RBAC verb and resource a request needs, from its method and path.
+fn rbac_of(method: &str, uri: &str) -> (String, String, String) {
+    let (path, query) = uri.split_once('?').unwrap_or((uri, ""));
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let (group, rest) = match parts[0] {
+        "api" => ("", &parts[2..]),
+        "apis" => (parts[1], &parts[3..]),
+        other => panic!("unexpected API path {other}"),
+    };
+    assert_eq!(rest[0], "namespaces", "{uri}: only namespaced requests");
+    let resource = rest[2];
+    let named = rest.len() > 3;
+    let sub = rest.get(4).map(|s| format!("{resource}/{s}"));
+    let verb = match (method, named) {
+        ("GET", true) => "get",
+        ("GET", false) if query.contains("watch=true") => "watch",
+        ("GET", false) => "list",
+        ("POST", _) => "create",
+        ("DELETE", _) => "delete",
+        ("PUT", _) => "update",
+        ("PATCH", _) => "patch",
+        _ => panic!("unexpected method {method}"),
+    };
+    (
+        group.to_string(),
+        sub.unwrap_or(resource.to_string()),
+        verb.to_string(),
+    )
+}
+
+fn assert_rbac_allows(method: &str, uri: &str) {
+    let (group, resource, verb) = rbac_of(method, uri);
+    let allowed = RBAC_RULES
+        .iter()
+        .any(|(g, r, verbs)| *g == group && *r == resource && verbs.contains(&verb.as_str()));
+    assert!(
+        allowed,
+        "{method} {uri} needs {verb} on {group}/{resource}, which RBAC_RULES (and the chart's Role) do not grant"
+    );
+}
+
+/// A cluster whose API server answers `script` in order, and the task checking it.
+fn mock_cluster(script: Vec<Exchange>) -> (Cluster, tokio::task::JoinHandle<()>) {
+    let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
+    let task = tokio::spawn(async move {
+        let mut handle = pin!(handle);
+        for (i, e) in script.into_iter().enumerate() {
+            let (req, send) = handle
+                .next_request()
+                .await
+                .unwrap_or_else(|| panic!("request {i} ({} {}) never came", e.method, e.uri));
+            let uri = req.uri().to_string();
+            assert_eq!(
+                (req.method().as_str(), uri.as_str()),
+                (e.method, e.uri.as_str()),
+                "request {i}"
+            );
+            assert_rbac_allows(e.method, &uri);
+            let body = req.into_body().collect_bytes().await.unwrap();
+            if let Some(check) = &e.check {
+                check(&serde_json::from_slice(&body).expect("a JSON request body"));
+            }
+            let bytes = match e.text {
+                Some(t) => t.into_bytes(),
+                None => serde_json::to_vec(&e.body).unwrap(),
+            };
+            send.send_response(
+                Response::builder()
+                    .status(e.status)
+                    .body(Body::from(bytes))
+                    .unwrap(),
+            );
+        }
+        assert!(
+            handle.next_request().await.is_none(),
+            "a request beyond the script was made"
+        );
+    });
+    (
+        Cluster::with_client(::kube::Client::new(service, NS), NS),
+        task,
+    )
+}
+
+/// Drops the cluster (closing the mock) and waits for the script's checks.
+async fn finish(cluster: Cluster, task: tokio::task::JoinHandle<()>) {
+    drop(cluster);
+    task.await.expect("the mock API server's checks passed");
+}
+
+fn status_err(code: u16, reason: &str, message: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Status", "status": "Failure", "code": code,
+           "reason": reason, "message": message, "metadata": {}})
+}
+
+fn job_path(name: &str) -> String {
+    format!("/apis/batch/v1/namespaces/{NS}/jobs/{name}")
+}
+
+fn pods_list_uri() -> String {
+    format!("/api/v1/namespaces/{NS}/pods?&labelSelector=idc.dev%2Frun%3D{RUN}")
+}
+
+fn job_json(conditions: Value, spec_sha: &str) -> Value {
+    json!({
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": RUN, "namespace": NS,
+                     "annotations": {"idc.dev/spec-sha256": spec_sha}},
+        "spec": {"activeDeadlineSeconds": 43200, "template": {"spec": {"containers": []}}},
+        "status": {"conditions": conditions}
+    })
+}
+
+fn pod(name: &str, created: &str, phase: &str, extra_status: Value) -> Value {
+    let mut status = json!({"phase": phase});
+    for (k, v) in extra_status.as_object().unwrap() {
+        status[k] = v.clone();
+    }
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": NS, "creationTimestamp": created,
+                     "labels": {"idc.dev/run": RUN}},
+        "spec": {"nodeName": "gpu-node-1", "containers": [{"name": "worker", "image": "reg/idc-worker:0.1.0",
+                  "resources": {"limits": {"memory": "32Gi", "nvidia.com/gpu": "1"}}}]},
+        "status": status
+    })
+}
+
+fn running() -> Value {
+    json!({"containerStatuses": [{"name": "worker", "image": "reg/idc-worker:0.1.0", "imageID": "",
+        "ready": true, "restartCount": 0, "state": {"running": {"startedAt": "2026-11-26T10:00:00Z"}}}]})
+}
+
+fn terminated(code: i32, reason: &str) -> Value {
+    json!({"containerStatuses": [{"name": "worker", "image": "reg/idc-worker:0.1.0", "imageID": "",
+        "ready": false, "restartCount": 0,
+        "state": {"terminated": {"exitCode": code, "reason": reason}}}]})
+}
+
+fn list(kind: &str, items: Vec<Value>) -> Value {
+    json!({"apiVersion": "v1", "kind": kind, "metadata": {}, "items": items})
+}
+
+/// A bucket with one staged dataset, and an experiment on it bound for Kubernetes.
+struct Bucket {
+    _dir: tempfile::TempDir,
+    exp: Experiment,
+}
+
+async fn bucket() -> Bucket {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = format!("file://{}/bucket", dir.path().display());
+    let ds = format!("{storage}/datasets/real");
+    idc::stage::stage(
+        &real_sample(),
+        &Store::open(&ds).unwrap(),
+        &idc::stage::StageOptions {
+            split: idc::dataset::split::SplitOptions {
+                method: idc::dataset::split::SplitMethod::Random,
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+        &idc::stage::StageHooks::default(),
+    )
+    .await
+    .unwrap();
+    let text = std::fs::read_to_string(manifests_dir().join("resnet34.yaml")).unwrap();
+    let mut exp = manifest::parse(&text, "resnet34.yaml").unwrap();
+    exp.dataset.url = Some(ds);
+    exp.storage = storage;
+    Bucket { _dir: dir, exp }
+}
+
+fn manifests_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests")
+}
+
+fn opts() -> SubmitOptions {
+    SubmitOptions {
+        run_id: Some(RUN.into()),
+        ..Default::default()
+    }
+}
+
+fn defaults_cm() -> Value {
+    let d = ClusterDefaults {
+        image: "registry.example.com/idc-worker:0.1.0".into(),
+        ..Default::default()
+    };
+    json!({"apiVersion": "v1", "kind": "ConfigMap",
+           "metadata": {"name": "idc-defaults", "namespace": NS},
+           "data": {"defaults.yaml": serde_yaml::to_string(&d).unwrap()}})
+}
+
+async fn submit_script(b: &Bucket, script_after_cm: Vec<Exchange>) -> backend::Submitted {
+    let mut script = vec![ex(
+        "GET",
+        format!("/api/v1/namespaces/{NS}/configmaps/idc-defaults"),
+        200,
+        defaults_cm(),
+    )];
+    script.extend(script_after_cm);
+    let (cluster, task) = mock_cluster(script);
+    let sub = backend::submit_on(&b.exp, &opts(), Some(cluster.clone()))
+        .await
+        .unwrap();
+    finish(cluster, task).await;
+    sub
+}
+
+fn create_ex() -> Exchange {
+    Exchange {
+        check: Some(Box::new(|body: &Value| {
+            let job: Job = serde_json::from_value(body.clone()).unwrap();
+            assert_eq!(job.metadata.name.as_deref(), Some(RUN));
+            assert!(
+                kube::names::job_violations(&job).is_empty(),
+                "{:?}",
+                kube::names::job_violations(&job)
+            );
+            let c = &body["spec"]["template"]["spec"]["containers"][0];
+            // The ConfigMap's image, and credentials only by reference.
+            assert_eq!(c["image"], "registry.example.com/idc-worker:0.1.0");
+            assert!(
+                c["args"][2]
+                    .as_str()
+                    .unwrap()
+                    .ends_with("/runs/resnet34-t1")
+            );
+            let env = c["env"].as_array().unwrap();
+            let secret = env
+                .iter()
+                .find(|e| e["name"] == "AWS_SECRET_ACCESS_KEY")
+                .unwrap();
+            assert!(secret.get("value").is_none());
+            assert_eq!(secret["valueFrom"]["secretKeyRef"]["name"], "idc-s3");
+            assert_eq!(c["resources"]["limits"]["nvidia.com/gpu"], "1");
+            assert_eq!(body["spec"]["backoffLimit"], 3);
+            assert_eq!(body["spec"]["activeDeadlineSeconds"], 43200);
+        })),
+        ..ex(
+            "POST",
+            format!("/apis/batch/v1/namespaces/{NS}/jobs?"),
+            201,
+            json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": RUN}}),
+        )
+    }
+}
+
+#[tokio::test]
+async fn submit_creates_the_job_and_records_the_run() {
+    let b = bucket().await;
+    let sub = submit_script(&b, vec![create_ex()]).await;
+    assert!(sub.created);
+    assert_eq!(sub.run_id, RUN);
+    let s = run::read_status(&sub.run).await.unwrap().unwrap();
+    assert_eq!(s.phase, Phase::Pending);
+    assert_eq!(s.cluster.as_ref().unwrap().namespace, NS);
+    assert_eq!(s.max_attempts, 4);
+    assert!(sub.run.get_opt(keys::SPEC).await.unwrap().is_some());
+    assert!(sub.run.get_opt(keys::EXPERIMENT).await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn resubmitting_the_same_run_creates_nothing() {
+    let b = bucket().await;
+    let first = submit_script(&b, vec![create_ex()]).await;
+    let spec = first.run.get(keys::SPEC).await.unwrap();
+    let sha = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(&spec))
+    };
+    // The API server says the Job exists; it carries this spec's hash: nothing to do.
+    let again = submit_script(
+        &b,
+        vec![
+            ex(
+                "POST",
+                format!("/apis/batch/v1/namespaces/{NS}/jobs?"),
+                409,
+                status_err(
+                    409,
+                    "AlreadyExists",
+                    "jobs.batch \"resnet34-t1\" already exists",
+                ),
+            ),
+            ex("GET", job_path(RUN), 200, job_json(json!([]), &sha)),
+        ],
+    )
+    .await;
+    assert!(!again.created);
+    // A different run under the same name is refused.
+    let mut script = vec![ex(
+        "GET",
+        format!("/api/v1/namespaces/{NS}/configmaps/idc-defaults"),
+        404,
+        status_err(404, "NotFound", "configmaps \"idc-defaults\" not found"),
+    )];
+    script.push(ex(
+        "POST",
+        format!("/apis/batch/v1/namespaces/{NS}/jobs?"),
+        409,
+        status_err(409, "AlreadyExists", "exists"),
+    ));
+    script.push(ex("GET", job_path(RUN), 200, job_json(json!([]), "0000")));
+    let (cluster, task) = mock_cluster(script);
+    let err = backend::submit_on(&b.exp, &opts(), Some(cluster.clone()))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("a different run named resnet34-t1"),
+        "{err}"
+    );
+    assert!(err.is_user_error());
+    finish(cluster, task).await;
+}
+
+/// Refreshes a submitted run's record against the scripted cluster state.
+async fn observed(job_conditions: Value, pods: Vec<Value>, events: Option<Value>) -> RunStatus {
+    let b = bucket().await;
+    let sub = submit_script(&b, vec![create_ex()]).await;
+    let mut script = vec![
+        ex("GET", job_path(RUN), 200, job_json(job_conditions, "x")),
+        ex("GET", pods_list_uri(), 200, list("PodList", pods)),
+    ];
+    if let Some(ev) = events {
+        script.push(ex(
+            "GET",
+            format!(
+                "/api/v1/namespaces/{NS}/events?&fieldSelector=involvedObject.kind%3DJob%2CinvolvedObject.name%3D{RUN}"
+            ),
+            200,
+            ev,
+        ));
+    }
+    let (cluster, task) = mock_cluster(script);
+    let s = run::read_status(&sub.run).await.unwrap().unwrap();
+    let s = backend::refresh_on(&sub.run, s, &cluster).await.unwrap();
+    finish(cluster, task).await;
+    // The record in the bucket is what `list` shows later.
+    assert_eq!(run::read_status(&sub.run).await.unwrap().unwrap(), s);
+    s
+}
+
+fn reason(s: &RunStatus) -> &str {
+    s.reason.as_deref().unwrap_or("")
+}
+
+#[tokio::test]
+async fn status_pending_unschedulable_names_the_missing_gpu() {
+    let p = pod(
+        "resnet34-t1-abcde",
+        "2026-11-26T10:00:00Z",
+        "Pending",
+        json!({"conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+            "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu. preemption: 0/3 nodes are available: 3 No preemption victims found for incoming pod."}]}),
+    );
+    let s = observed(json!([]), vec![p], None).await;
+    assert_eq!(s.phase, Phase::Pending);
+    assert!(reason(&s).contains("waiting for a GPU"), "{}", reason(&s));
+    assert!(reason(&s).contains("3 Insufficient nvidia.com/gpu"));
+
+    let taint = pod(
+        "resnet34-t1-abcde",
+        "2026-11-26T10:00:00Z",
+        "Pending",
+        json!({"conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+            "message": "0/2 nodes are available: 2 node(s) had untolerated taint {dedicated: gpu}."}]}),
+    );
+    let s = observed(json!([]), vec![taint], None).await;
+    assert!(
+        reason(&s).contains("resources.tolerations"),
+        "{}",
+        reason(&s)
+    );
+
+    let pull = pod(
+        "resnet34-t1-abcde",
+        "2026-11-26T10:00:00Z",
+        "Pending",
+        json!({"conditions": [{"type": "PodScheduled", "status": "True"}],
+               "containerStatuses": [{"name": "worker", "image": "reg/idc-worker:0.1.0", "imageID": "",
+                 "ready": false, "restartCount": 0,
+                 "state": {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image \"reg/idc-worker:0.1.0\""}}}]}),
+    );
+    let s = observed(json!([]), vec![pull], None).await;
+    assert!(
+        reason(&s).contains("cannot pull image reg/idc-worker:0.1.0"),
+        "{}",
+        reason(&s)
+    );
+}
+
+#[tokio::test]
+async fn status_without_pods_reads_the_jobs_events() {
+    let events = list(
+        "EventList",
+        vec![
+            json!({"metadata": {"name": "e1"}, "involvedObject": {"kind": "Job", "name": RUN},
+            "type": "Warning", "reason": "FailedCreate", "lastTimestamp": "2026-11-26T10:00:00Z",
+            "message": "Error creating: pods \"resnet34-t1-x\" is forbidden: error looking up service account ml/idc: serviceaccount \"idc\" not found"}),
+        ],
+    );
+    let s = observed(json!([]), vec![], Some(events)).await;
+    assert_eq!(s.phase, Phase::Pending);
+    assert!(
+        reason(&s).contains("serviceaccount \"idc\" not found"),
+        "{}",
+        reason(&s)
+    );
+}
+
+#[tokio::test]
+async fn status_running_succeeded_failed_and_deadline() {
+    let p = pod(
+        "resnet34-t1-abcde",
+        "2026-11-26T10:00:00Z",
+        "Running",
+        running(),
+    );
+    let s = observed(json!([]), vec![p], None).await;
+    assert_eq!(s.phase, Phase::Running);
+    assert_eq!(reason(&s), "attempt 1 of 4 running on node gpu-node-1");
+    assert!(s.started_at.is_some() && s.finished_at.is_none());
+
+    let done = pod(
+        "resnet34-t1-abcde",
+        "2026-11-26T10:00:00Z",
+        "Succeeded",
+        terminated(0, "Completed"),
+    );
+    let s = observed(
+        json!([{"type": "SuccessCriteriaMet", "status": "True"}, {"type": "Complete", "status": "True"}]),
+        vec![done],
+        None,
+    )
+    .await;
+    assert_eq!(s.phase, Phase::Succeeded);
+    assert_eq!(s.exit_codes, vec![0]);
+    assert!(s.finished_at.is_some());
+
+    let oom = pod(
+        "resnet34-t1-abcde",
+        "2026-11-26T10:00:00Z",
+        "Failed",
+        terminated(137, "OOMKilled"),
+    );
+    let s = observed(
+        json!([{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
+                "message": "Job has reached the specified backoff limit"}]),
+        vec![oom],
+        None,
+    )
+    .await;
+    assert_eq!(s.phase, Phase::Failed);
+    assert!(
+        reason(&s).contains("was OOMKilled (memory limit 32Gi)"),
+        "{}",
+        reason(&s)
+    );
+
+    let bad = pod(
+        "resnet34-t1-abcde",
+        "2026-11-26T10:00:00Z",
+        "Failed",
+        terminated(2, "Error"),
+    );
+    let s = observed(
+        json!([{"type": "Failed", "status": "True", "reason": "PodFailurePolicy",
+                "message": "Container worker for pod ml/resnet34-t1-abcde failed with exit code 2 matching FailJob rule at index 0"}]),
+        vec![bad],
+        None,
+    )
+    .await;
+    assert_eq!(s.phase, Phase::Failed);
+    assert!(reason(&s).contains("bad input"), "{}", reason(&s));
+    assert_eq!(s.exit_codes, vec![2]);
+
+    let s = observed(
+        json!([{"type": "Failed", "status": "True", "reason": "DeadlineExceeded",
+                "message": "Job was active longer than specified deadline"}]),
+        vec![pod(
+            "resnet34-t1-abcde",
+            "2026-11-26T10:00:00Z",
+            "Failed",
+            terminated(143, "Error"),
+        )],
+        None,
+    )
+    .await;
+    assert_eq!(s.phase, Phase::Failed);
+    assert!(
+        reason(&s).starts_with("deadline exceeded") && reason(&s).contains("43200"),
+        "{}",
+        reason(&s)
+    );
+}
+
+#[tokio::test]
+async fn status_preempted_then_retried() {
+    let preempted = pod(
+        "resnet34-t1-aaaaa",
+        "2026-11-26T10:00:00Z",
+        "Failed",
+        json!({"conditions": [{"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler",
+                "message": "ml/high-priority: preempting to accommodate a higher priority pod"}],
+               "containerStatuses": [{"name": "worker", "image": "reg/idc-worker:0.1.0", "imageID": "",
+                 "ready": false, "restartCount": 0, "state": {"terminated": {"exitCode": 3, "reason": "Error"}}}]}),
+    );
+    let retry = pod(
+        "resnet34-t1-bbbbb",
+        "2026-11-26T10:05:00Z",
+        "Running",
+        running(),
+    );
+    // Listed newest first: attempts follow creation time, not list order.
+    let s = observed(json!([]), vec![retry, preempted], None).await;
+    assert_eq!(s.phase, Phase::Running);
+    assert_eq!(s.attempts, 2);
+    assert_eq!(s.exit_codes, vec![3]);
+    assert!(
+        reason(&s).starts_with("attempt 2 of 4 running")
+            && reason(&s).contains("attempt 1 was preempted (PreemptionByScheduler"),
+        "{}",
+        reason(&s)
+    );
+}
+
+fn log_uri(pod: &str, follow: bool) -> String {
+    format!(
+        "/api/v1/namespaces/{NS}/pods/{pod}/log?&container=worker{}&timestamps=true",
+        if follow { "&follow=true" } else { "" }
+    )
+}
+
+#[tokio::test]
+async fn logs_follow_two_attempts_then_read_the_bucket() {
+    let b = bucket().await;
+    let sub = submit_script(&b, vec![create_ex()]).await;
+    let p1 = "resnet34-t1-aaaaa";
+    let p2 = "resnet34-t1-bbbbb";
+    let pod1 = pod(p1, "2026-11-26T10:00:00Z", "Failed", terminated(3, "Error"));
+    let pod2_running = pod(p2, "2026-11-26T10:05:00Z", "Running", running());
+    let pod2_done = pod(
+        p2,
+        "2026-11-26T10:05:00Z",
+        "Succeeded",
+        terminated(0, "Completed"),
+    );
+    let active = job_json(json!([]), "x");
+    let complete = job_json(json!([{"type": "Complete", "status": "True"}]), "x");
+    let script = vec![
+        ex("GET", job_path(RUN), 200, active.clone()),
+        ex(
+            "GET",
+            pods_list_uri(),
+            200,
+            list("PodList", vec![pod1.clone(), pod2_running.clone()]),
+        ),
+        log_ex(
+            log_uri(p1, true),
+            &["epoch 1 started", "SIGTERM: checkpoint written"],
+        ),
+        ex(
+            "GET",
+            format!("/api/v1/namespaces/{NS}/pods/{p1}"),
+            200,
+            pod1.clone(),
+        ),
+        ex("GET", job_path(RUN), 200, active),
+        ex(
+            "GET",
+            pods_list_uri(),
+            200,
+            list("PodList", vec![pod1.clone(), pod2_running]),
+        ),
+        log_ex(log_uri(p2, true), &["resumed from epoch 1", "done"]),
+        ex(
+            "GET",
+            format!("/api/v1/namespaces/{NS}/pods/{p2}"),
+            200,
+            pod2_done.clone(),
+        ),
+        ex("GET", job_path(RUN), 200, complete),
+        ex(
+            "GET",
+            pods_list_uri(),
+            200,
+            list("PodList", vec![pod1, pod2_done]),
+        ),
+    ];
+    let (cluster, task) = mock_cluster(script);
+    let mut lines = vec![];
+    let mut notices = vec![];
+    kube::follow(
+        &cluster,
+        &sub.run,
+        RUN,
+        None,
+        &mut |l: LogLine| lines.push(l),
+        &mut |n: String| notices.push(n),
+    )
+    .await
+    .unwrap();
+    finish(cluster, task).await;
+    let got: Vec<(u32, &str)> = lines.iter().map(|l| (l.attempt, l.text.as_str())).collect();
+    assert_eq!(
+        got,
+        vec![
+            (1, "epoch 1 started"),
+            (1, "SIGTERM: checkpoint written"),
+            (2, "resumed from epoch 1"),
+            (2, "done")
+        ]
+    );
+
+    // Later the Job and its pods are gone: the worker's own copies in the bucket remain.
+    sub.run
+        .put(&keys::log(1), bytes::Bytes::from("a1\na2\n"))
+        .await
+        .unwrap();
+    sub.run
+        .put(&keys::log(2), bytes::Bytes::from("b1\n"))
+        .await
+        .unwrap();
+    let (cluster, task) = mock_cluster(vec![
+        ex(
+            "GET",
+            job_path(RUN),
+            404,
+            status_err(404, "NotFound", "not found"),
+        ),
+        ex("GET", pods_list_uri(), 200, list("PodList", vec![])),
+    ]);
+    let mut lines = vec![];
+    kube::follow(
+        &cluster,
+        &sub.run,
+        RUN,
+        None,
+        &mut |l: LogLine| lines.push(l),
+        &mut |_| {},
+    )
+    .await
+    .unwrap();
+    finish(cluster, task).await;
+    let got: Vec<(u32, &str)> = lines.iter().map(|l| (l.attempt, l.text.as_str())).collect();
+    assert_eq!(got, vec![(1, "a1"), (1, "a2"), (2, "b1")]);
+}
+
+#[tokio::test]
+async fn cancel_deletes_the_job_in_the_background() {
+    let b = bucket().await;
+    let sub = submit_script(&b, vec![create_ex()]).await;
+    let (cluster, task) = mock_cluster(vec![Exchange {
+        check: Some(Box::new(|body: &Value| {
+            assert_eq!(body["propagationPolicy"], "Background", "{body}");
+        })),
+        ..ex(
+            "DELETE",
+            format!("{}?", job_path(RUN)),
+            200,
+            job_json(json!([]), "x"),
+        )
+    }]);
+    let s = run::read_status(&sub.run).await.unwrap().unwrap();
+    backend::cancel_on(&sub.run, s, &cluster).await.unwrap();
+    finish(cluster, task).await;
+    let s = run::read_status(&sub.run).await.unwrap().unwrap();
+    assert_eq!(s.phase, Phase::Cancelled);
+    assert!(s.finished_at.is_some());
+    assert!(sub.run.get_opt(keys::CANCEL).await.unwrap().is_some());
+}
+
+#[test]
+fn rbac_mapping_is_strict() {
+    // The checker itself must refuse what the rules do not grant.
+    assert_eq!(
+        rbac_of("GET", "/api/v1/namespaces/ml/pods/p/log?&follow=true"),
+        ("".into(), "pods/log".into(), "get".into())
+    );
+    assert_eq!(
+        rbac_of("POST", "/apis/batch/v1/namespaces/ml/jobs?"),
+        ("batch".into(), "jobs".into(), "create".into())
+    );
+    let denied =
+        std::panic::catch_unwind(|| assert_rbac_allows("DELETE", "/api/v1/namespaces/ml/pods/p"));
+    assert!(denied.is_err(), "deleting pods is not granted");
+}
+
+/// The Job `submit --dry-run` prints for each manifest, pinned; `IDC_UPDATE_GOLDEN=1` rewrites.
+#[test]
+fn dry_run_jobs_match_golden_files_and_pass_validation() {
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/jobs");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(manifests_dir()).unwrap() {
+        let path = entry.unwrap().path();
+        let manifest = std::fs::read_to_string(&path).unwrap();
+        if !manifest.contains("kind: Experiment") {
+            continue;
+        }
+        let name = path.file_stem().unwrap().to_str().unwrap().to_string();
+        let run_id = format!("{name}-20261126-120000-0001");
+        let mut args = vec![
+            "submit",
+            path.to_str().unwrap(),
+            "--dry-run",
+            "--backend",
+            "kubernetes",
+            "--storage",
+            "s3://idc",
+            "--run-id",
+            &run_id,
+        ];
+        if manifest.contains("url: file://") {
+            // A laptop dataset: the cluster would train on a copy staged to the bucket.
+            args.extend(["--dataset", "s3://idc/datasets/quickstart"]);
+        }
+        let out = idcctl(&args);
+        assert!(out.status.success(), "{name}: {}", text(&out.stderr));
+        let yaml = String::from_utf8(out.stdout).unwrap();
+        let job: Job = serde_yaml::from_str(&yaml).unwrap();
+        assert_eq!(
+            kube::names::job_violations(&job),
+            Vec::<String>::new(),
+            "{name}"
+        );
+        let file = golden.join(format!("{name}.yaml"));
+        if std::env::var("IDC_UPDATE_GOLDEN").as_deref() == Ok("1") {
+            std::fs::write(&file, &yaml).unwrap();
+        }
+        let want = std::fs::read_to_string(&file).unwrap_or_else(|_| {
+            panic!(
+                "{} is missing: run IDC_UPDATE_GOLDEN=1 cargo test --test kube",
+                file.display()
+            )
+        });
+        assert_eq!(
+            yaml,
+            want,
+            "{name}: the Job differs from {}",
+            file.display()
+        );
+        seen += 1;
+    }
+    assert!(seen >= 4, "only {seen} manifests rendered");
+}
+
+#[test]
+fn dry_run_refuses_a_bucket_pods_cannot_reach() {
+    let out = idcctl(&[
+        "submit",
+        manifests_dir().join("cnn.yaml").to_str().unwrap(),
+        "--dry-run",
+        "--backend",
+        "kubernetes",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("needs an s3:// bucket its pods can reach"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn an_unreachable_cluster_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("config");
+    std::fs::write(
+        &kubeconfig,
+        "apiVersion: v1\nkind: Config\ncurrent-context: lab\nclusters:\n- name: lab\n  cluster: {server: 'https://127.0.0.1:9'}\ncontexts:\n- name: lab\n  context: {cluster: lab, user: me, namespace: ml}\nusers:\n- name: me\n  user: {token: t0ken}\n",
+    )
+    .unwrap();
+    let out = idcctl_env(
+        &[
+            "submit",
+            manifests_dir().join("resnet34.yaml").to_str().unwrap(),
+        ],
+        &[("KUBECONFIG", kubeconfig.to_str().unwrap())],
+    );
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("cannot reach the Kubernetes API server https://127.0.0.1:9/")
+            && err.contains("(context lab)"),
+        "{err}"
+    );
+    assert!(!err.contains("t0ken"));
+}
