@@ -58,6 +58,12 @@ pub struct ClusterRef {
     /// The kubeconfig context it was submitted with (none: in-cluster or the current one).
     pub context: Option<String>,
     pub namespace: String,
+    /// Attempts made by the run's earlier Jobs (before a resume), whose pods are gone.
+    #[serde(default)]
+    pub earlier_attempts: u32,
+    /// Exit codes of those attempts.
+    #[serde(default)]
+    pub earlier_exit_codes: Vec<i32>,
 }
 
 /// A new run id: `<name>-<yyyymmdd>-<hhmmss>-<4 hex>`, a valid Kubernetes name.

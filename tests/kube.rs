@@ -662,6 +662,7 @@ async fn logs_follow_two_attempts_then_read_the_bucket() {
         &cluster,
         &sub.run,
         RUN,
+        0,
         None,
         &mut |l: LogLine| lines.push(l),
         &mut |n: String| notices.push(n),
@@ -703,6 +704,7 @@ async fn logs_follow_two_attempts_then_read_the_bucket() {
         &cluster,
         &sub.run,
         RUN,
+        0,
         None,
         &mut |l: LogLine| lines.push(l),
         &mut |_| {},
@@ -736,6 +738,91 @@ async fn cancel_deletes_the_job_in_the_background() {
     assert_eq!(s.phase, Phase::Cancelled);
     assert!(s.finished_at.is_some());
     assert!(sub.run.get_opt(keys::CANCEL).await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn resume_replaces_the_job_and_keeps_earlier_attempts() {
+    let b = bucket().await;
+    let sub = submit_script(&b, vec![create_ex()]).await;
+    let mut s = run::read_status(&sub.run).await.unwrap().unwrap();
+    s.phase = Phase::Cancelled;
+    s.attempts = 2;
+    s.exit_codes = vec![3, 3];
+    run::write_status(&sub.run, &s).await.unwrap();
+    let (cluster, task) = mock_cluster(vec![
+        ex(
+            "DELETE",
+            format!("{}?", job_path(RUN)),
+            404,
+            status_err(404, "NotFound", "not found"),
+        ),
+        ex(
+            "GET",
+            format!("/api/v1/namespaces/{NS}/configmaps/idc-defaults"),
+            200,
+            defaults_cm(),
+        ),
+        create_ex(),
+    ]);
+    backend::resume_on(&sub.run, s, &cluster).await.unwrap();
+    finish(cluster, task).await;
+    let s = run::read_status(&sub.run).await.unwrap().unwrap();
+    let c = s.cluster.clone().unwrap();
+    assert_eq!((c.earlier_attempts, c.earlier_exit_codes), (2, vec![3, 3]));
+    assert_eq!(s.max_attempts, 2 + 4);
+
+    // The new Job's first pod is attempt 3; attempts 1 and 2 come from the bucket.
+    sub.run
+        .put(&keys::log(1), bytes::Bytes::from("one\n"))
+        .await
+        .unwrap();
+    sub.run
+        .put(&keys::log(2), bytes::Bytes::from("two\n"))
+        .await
+        .unwrap();
+    let p = "resnet34-t1-ccccc";
+    let done = pod(
+        p,
+        "2026-11-26T11:00:00Z",
+        "Succeeded",
+        terminated(0, "Completed"),
+    );
+    let complete = job_json(json!([{"type": "Complete", "status": "True"}]), "x");
+    let (cluster, task) = mock_cluster(vec![
+        ex("GET", job_path(RUN), 200, complete.clone()),
+        ex(
+            "GET",
+            pods_list_uri(),
+            200,
+            list("PodList", vec![done.clone()]),
+        ),
+        log_ex(log_uri(p, true), &["three"]),
+        ex(
+            "GET",
+            format!("/api/v1/namespaces/{NS}/pods/{p}"),
+            200,
+            done.clone(),
+        ),
+        ex("GET", job_path(RUN), 200, complete),
+        ex("GET", pods_list_uri(), 200, list("PodList", vec![done])),
+    ]);
+    let mut lines = vec![];
+    kube::follow(
+        &cluster,
+        &sub.run,
+        RUN,
+        2,
+        None,
+        &mut |l: LogLine| lines.push((l.attempt, l.text)),
+        &mut |_| {},
+    )
+    .await
+    .unwrap();
+    finish(cluster, task).await;
+    assert_eq!(
+        lines,
+        vec![(1, "one".into()), (2, "two".into()), (3, "three".into())]
+    );
 }
 
 #[test]

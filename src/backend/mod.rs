@@ -324,6 +324,8 @@ pub async fn submit_on(
             status.cluster = Some(ClusterRef {
                 context: cluster.context.clone(),
                 namespace: cluster.namespace.clone(),
+                earlier_attempts: 0,
+                earlier_exit_codes: vec![],
             });
             if existing_status.is_none() {
                 status.reason = Some("the Job is being created".into());
@@ -418,10 +420,16 @@ pub async fn refresh_on(
     let mut s = status.clone();
     match cluster.observe(&s.run_id, s.max_attempts).await? {
         Some(o) => {
+            let (earlier, mut codes) = s
+                .cluster
+                .as_ref()
+                .map(|c| (c.earlier_attempts, c.earlier_exit_codes.clone()))
+                .unwrap_or_default();
+            codes.extend(o.exit_codes);
             s.phase = o.phase;
             s.reason = Some(o.reason);
-            s.attempts = o.attempts;
-            s.exit_codes = o.exit_codes;
+            s.attempts = earlier + o.attempts;
+            s.exit_codes = codes;
         }
         None => {
             // The Job is gone: cleaned up after it finished, or deleted behind idcctl's back.
@@ -504,37 +512,56 @@ pub async fn resume(run: &Store, status: RunStatus, target: &Target) -> Result<(
             local::launch(run.url())?;
         }
         Backend::Kubernetes => {
-            let exp: Experiment = serde_yaml::from_slice(&run.get(keys::EXPERIMENT).await?)
-                .map_err(|e| {
-                    BackendError::Invalid(format!(
-                        "{}/{} is unreadable: {e}",
-                        run.url(),
-                        keys::EXPERIMENT
-                    ))
-                })?;
-            let spec = run.get(keys::SPEC).await?;
             let cluster = target.for_run(s.cluster.as_ref()).connect().await?;
-            // A finished Job keeps its name until deleted; a new one needs it.
-            if cluster.delete_job(&s.run_id).await? {
-                for _ in 0..120 {
-                    if cluster.job(&s.run_id).await?.is_none() {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-            }
-            let defaults = cluster.defaults().await?;
-            let job = kube::job::build(&kube::job::JobInputs {
-                experiment: &exp,
-                run_id: &s.run_id,
-                run_url: run.url(),
-                spec_sha256: &hex::encode(sha2::Sha256::digest(&spec)),
-                defaults: &defaults,
-            });
-            cluster.create_job(&job).await?;
-            s.reason = Some("resumed: a new Job was created".into());
-            run::write_status(run, &s).await?;
+            resume_on(run, s, &cluster).await?;
         }
     }
+    Ok(())
+}
+
+/// [`resume`] of a Kubernetes run on a connected cluster: replaces its Job with a new one built
+/// from the run's experiment and the namespace's current defaults.
+pub async fn resume_on(
+    run: &Store,
+    status: RunStatus,
+    cluster: &Cluster,
+) -> Result<(), BackendError> {
+    let mut s = status;
+    let exp: Experiment =
+        serde_yaml::from_slice(&run.get(keys::EXPERIMENT).await?).map_err(|e| {
+            BackendError::Invalid(format!(
+                "{}/{} is unreadable: {e}",
+                run.url(),
+                keys::EXPERIMENT
+            ))
+        })?;
+    let spec = run.get(keys::SPEC).await?;
+    // A finished Job keeps its name until deleted; the new one needs it.
+    if cluster.delete_job(&s.run_id).await? {
+        for _ in 0..120 {
+            if cluster.job(&s.run_id).await?.is_none() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    let defaults = cluster.defaults().await?;
+    let job = kube::job::build(&kube::job::JobInputs {
+        experiment: &exp,
+        run_id: &s.run_id,
+        run_url: run.url(),
+        spec_sha256: &hex::encode(sha2::Sha256::digest(&spec)),
+        defaults: &defaults,
+    });
+    cluster.create_job(&job).await?;
+    s.max_attempts = s.attempts + exp.retries + 1;
+    s.cluster = Some(ClusterRef {
+        context: cluster.context.clone(),
+        namespace: cluster.namespace.clone(),
+        earlier_attempts: s.attempts,
+        earlier_exit_codes: s.exit_codes.clone(),
+    });
+    s.reason = Some("resumed: a new Job was created".into());
+    run::write_status(run, &s).await?;
     Ok(())
 }

@@ -191,7 +191,17 @@ async fn follow_any(
         .map_err(|e| backend_err(e.into()))?;
     let mut sink = |l: LogLine| println!("[attempt {}] {}", l.attempt, l.text);
     let mut notice = |n: String| eprintln!("{n}");
-    kube::follow(&cluster, run, &s.run_id, only, &mut sink, &mut notice).await?;
+    let earlier = s.cluster.as_ref().map_or(0, |c| c.earlier_attempts);
+    kube::follow(
+        &cluster,
+        run,
+        &s.run_id,
+        earlier,
+        only,
+        &mut sink,
+        &mut notice,
+    )
+    .await?;
     let s = backend::refresh(run, s, target)
         .await
         .map_err(backend_err)?;
@@ -256,7 +266,11 @@ pub async fn logs(
             .pods_of(&run_id)
             .await
             .map_err(|e| backend_err(e.into()))?
-            .get(n as usize - 1)
+            .get(
+                (n.saturating_sub(status.cluster.as_ref().map_or(0, |c| c.earlier_attempts))
+                    as usize)
+                    .wrapping_sub(1),
+            )
     {
         // The pod's log is the freshest while the pod exists.
         let name = pod.metadata.name.clone().unwrap_or_default();

@@ -117,6 +117,11 @@ fn run_cmd(
         });
     }
     let log = runlog::RunLog::new(attempt);
+    // On Kubernetes the Job passes the pod's name: it ties this attempt's log to its pod.
+    let host = std::env::var("IDC_POD_NAME")
+        .map(|p| format!("pod {p}"))
+        .unwrap_or_else(|_| format!("process {}", std::process::id()));
+    log.line(&format!("attempt {attempt} of run {}, {host}", spec.run_id));
     let mut trainer = train::Trainer::new(spec, out, &rt, log, stop);
     match trainer.run() {
         Ok(train::Outcome::Finished) => Ok(ExitCode::Success),

@@ -23,19 +23,31 @@ pub enum FollowError {
 
 /// Prints a run's worker log through `sink`, attempt by attempt: from each attempt's pod while
 /// it exists (following the running one), going on with the next pod when one is replaced (a
-/// retry or a preemption), and from the bucket (`logs/attempt-N.log`) once the pods are gone.
-/// `only` limits it to one attempt. Returns when the Job has finished (or is gone) and every
-/// attempt's log was printed. `notice` gets one-line updates (waiting for a pod, and so on).
+/// retry or a preemption), and from the bucket (`logs/attempt-N.log`) for attempts whose pods
+/// are gone. `earlier` attempts ran under Jobs before a resume (their pods are gone); `only`
+/// limits it to one attempt. Returns when the Job has finished (or is gone) and every attempt's
+/// log was printed. `notice` gets one-line updates (waiting for a pod, and so on).
 pub async fn follow(
     cluster: &Cluster,
     run: &Store,
     run_id: &str,
+    earlier: u32,
     only: Option<u32>,
     sink: &mut (dyn FnMut(LogLine) + Send),
     notice: &mut (dyn FnMut(String) + Send),
 ) -> Result<(), FollowError> {
-    let mut attempt = only.unwrap_or(1);
+    if let Some(n) = only
+        && n <= earlier
+    {
+        return Ok(from_bucket(run, n, Some(n), sink).await?);
+    }
+    if only.is_none() && earlier > 0 {
+        from_bucket_range(run, 1, earlier, sink).await?;
+    }
+    // The pod of attempt `attempt` is the (attempt - earlier)-th of the current Job.
+    let mut attempt = only.unwrap_or(earlier + 1);
     let mut last_notice = String::new();
+    let mut printed_any = false;
     loop {
         let job = cluster.job(run_id).await?;
         let pods = cluster.pods_of(run_id).await?;
@@ -49,10 +61,11 @@ pub async fn follow(
                     })
                 })
         });
-        if let Some(pod) = pods.get(attempt as usize - 1) {
+        if let Some(pod) = pods.get((attempt - earlier) as usize - 1) {
             let name = pod.metadata.name.clone().unwrap_or_default();
             if started(pod) {
                 follow_pod(cluster, &name, attempt, sink).await?;
+                printed_any = true;
                 if only.is_some() {
                     return Ok(());
                 }
@@ -81,7 +94,7 @@ pub async fn follow(
             tokio::time::sleep(cluster.poll).await;
             continue;
         }
-        if pods.is_empty() {
+        if pods.is_empty() && !printed_any {
             // The pods are gone (the Job finished and was cleaned up, or was cancelled): the
             // worker kept its own log in the bucket.
             from_bucket(run, attempt, only, sink).await?;
@@ -144,6 +157,26 @@ async fn follow_pod(
         }
         tokio::time::sleep(cluster.poll).await;
     }
+}
+
+/// Prints the bucket's copies of the logs of attempts `from..=to`.
+async fn from_bucket_range(
+    run: &Store,
+    from: u32,
+    to: u32,
+    sink: &mut (dyn FnMut(LogLine) + Send),
+) -> Result<(), StoreError> {
+    for attempt in from..=to {
+        if let Some(b) = run.get_opt(&keys::log(attempt)).await? {
+            for l in String::from_utf8_lossy(&b).lines() {
+                sink(LogLine {
+                    attempt,
+                    text: l.to_string(),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Prints the bucket's copies of the logs from attempt `from` on.
