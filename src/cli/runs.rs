@@ -359,9 +359,14 @@ pub async fn status(
     format: OutputFormat,
 ) -> anyhow::Result<ExitCode> {
     let (run, s) = open_run(&storage, &run_id).await?;
-    let s = backend::refresh(&run, s, &cluster.target())
-        .await
-        .map_err(backend_err)?;
+    let s = match backend::refresh(&run, s.clone(), &cluster.target()).await {
+        Ok(fresh) => fresh,
+        Err(e) => {
+            // The bucket still knows the last recorded phase and the metrics.
+            eprintln!("warning: showing the recorded phase: {e}");
+            s
+        }
+    };
     let metrics = metrics_of(&run).await?;
     let epochs = serde_yaml::from_slice::<RunSpec>(&run.get(keys::SPEC).await?)
         .map(|r| r.train.epochs)
