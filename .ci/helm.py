@@ -137,7 +137,7 @@ def lint(helm, config):
     result = asyncio.run(helm.Lint(config).run(str(CHART)))
     messages = result.get("Messages") or []
     for m in messages:
-        print(f"  lint {SEVERITY.get(m['Severity'], m['Severity'])}: {m['Path']}")
+        print(f"  lint {SEVERITY.get(m['Severity'], m['Severity'])}: {m['Path']} (helm-sdkpy does not pass on the text)")
     if not messages:
         print("  lint: no messages")
     bad = [m for m in messages if m["Severity"] >= 2] or result.get("Errors")
