@@ -214,7 +214,10 @@ fn defaults_yaml(docs: &[Value]) -> &str {
         1,
         "{CONFIG_MAP} holds one key, {CONFIG_MAP_KEY}"
     );
-    str_at(cm, &format!("data.{CONFIG_MAP_KEY}"))
+    // Not str_at: the key has a dot in it.
+    cm["data"][CONFIG_MAP_KEY]
+        .as_str()
+        .unwrap_or_else(|| panic!("{CONFIG_MAP} has no string {CONFIG_MAP_KEY}"))
 }
 
 #[test]
