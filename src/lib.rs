@@ -11,6 +11,7 @@ pub mod layout;
 pub mod manifest;
 pub mod metrics;
 pub mod output;
+pub mod report;
 pub mod rng;
 pub mod run;
 pub mod shard;

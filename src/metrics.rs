@@ -267,6 +267,69 @@ pub struct Report {
     /// The training spec as run.
     pub config: serde_json::Value,
     pub finished_at: String,
+    /// The most confidently misclassified test patches at 0.5: up to
+    /// [`MISCLASSIFIED_PER_KIND`] false positives, then as many false negatives (empty in
+    /// reports written before this field existed).
+    #[serde(default)]
+    pub misclassified: Vec<Misclassified>,
+}
+
+/// How many false positives, and how many false negatives, a report keeps.
+pub const MISCLASSIFIED_PER_KIND: usize = 16;
+
+/// Which way a patch was misclassified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// No IDC, predicted IDC.
+    FalsePositive,
+    /// IDC, predicted no IDC.
+    FalseNegative,
+}
+
+/// A misclassified test patch and where its pixels are in the staged dataset.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Misclassified {
+    pub error: ErrorKind,
+    /// Key of the shard holding it, relative to the dataset URL (`shards/test-00000.idcs`).
+    pub shard: String,
+    /// Index of its record in the shard.
+    pub record: u64,
+    pub patient: u32,
+    pub x: u32,
+    pub y: u32,
+    /// True label (0 no IDC, 1 IDC).
+    pub label: u8,
+    /// Predicted probability of IDC.
+    pub probability: f64,
+}
+
+/// The most confidently misclassified of `probs` against `labels` at `threshold` (predicted
+/// positive when `p >= threshold`): up to `per_kind` false positives by descending probability,
+/// then up to `per_kind` false negatives by ascending probability; ties keep index order.
+/// Returns indices into `probs`.
+pub fn most_confident_errors(
+    probs: &[f32],
+    labels: &[u8],
+    threshold: f64,
+    per_kind: usize,
+) -> Vec<(usize, ErrorKind)> {
+    assert_eq!(probs.len(), labels.len(), "one probability per label");
+    let mut fp: Vec<usize> = (0..probs.len())
+        .filter(|&i| labels[i] != 1 && probs[i] as f64 >= threshold)
+        .collect();
+    let mut fn_: Vec<usize> = (0..probs.len())
+        .filter(|&i| labels[i] == 1 && (probs[i] as f64) < threshold)
+        .collect();
+    // Stable sorts: equal probabilities stay in index order.
+    fp.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
+    fn_.sort_by(|&a, &b| probs[a].total_cmp(&probs[b]));
+    fp.truncate(per_kind);
+    fn_.truncate(per_kind);
+    fp.into_iter()
+        .map(|i| (i, ErrorKind::FalsePositive))
+        .chain(fn_.into_iter().map(|i| (i, ErrorKind::FalseNegative)))
+        .collect()
 }
 
 /// Keeps at most `max` points of a curve, always including both ends.
@@ -366,5 +429,71 @@ mod tests {
         assert!(line.starts_with(r#"{"kind":"step""#), "{line}");
         assert_eq!(serde_json::from_str::<MetricsRecord>(&line).unwrap(), r);
         assert_eq!(thin(&[1, 2, 3, 4, 5, 6, 7, 8, 9, 10], 4), vec![1, 4, 7, 10]);
+    }
+
+    #[test]
+    fn most_confident_errors_come_first_per_kind() {
+        let probs = [0.9, 0.2, 0.99, 0.6, 0.05, 0.4, 0.6, 0.5, 0.49, 0.7];
+        let labels = [0, 1, 0, 0, 1, 1, 0, 0, 1, 1];
+        use ErrorKind::*;
+        // False positives: negatives at or above 0.5, most confident first, ties in index order.
+        // False negatives: positives below 0.5, lowest probability first. Correct ones are left out.
+        assert_eq!(
+            most_confident_errors(&probs, &labels, 0.5, 16),
+            vec![
+                (2, FalsePositive),
+                (0, FalsePositive),
+                (3, FalsePositive),
+                (6, FalsePositive),
+                (7, FalsePositive),
+                (4, FalseNegative),
+                (1, FalseNegative),
+                (5, FalseNegative),
+                (8, FalseNegative),
+            ]
+        );
+        assert_eq!(
+            most_confident_errors(&probs, &labels, 0.5, 2),
+            vec![
+                (2, FalsePositive),
+                (0, FalsePositive),
+                (4, FalseNegative),
+                (1, FalseNegative)
+            ]
+        );
+        // At 0.8, the negatives at 0.5 and 0.6 are correct and the positive at 0.7 is missed.
+        let at_08: Vec<usize> = most_confident_errors(&probs, &labels, 0.8, 16)
+            .into_iter()
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(at_08, vec![2, 0, 4, 1, 5, 8, 9]);
+        assert!(most_confident_errors(&[0.1, 0.9], &[0, 1], 0.5, 16).is_empty());
+    }
+
+    #[test]
+    fn a_report_without_misclassified_still_parses() {
+        let old = serde_json::json!({
+            "run_id": "r", "dataset_id": "d", "model": "logreg", "device": "Cpu",
+            "best_epoch": 1, "epochs_run": 1,
+            "test": BinaryMetrics::default(), "test_at_val_threshold": BinaryMetrics::default(),
+            "val": BinaryMetrics::default(), "roc": [], "pr": [],
+            "train_seconds": 1.0, "train_images_per_s": 1.0, "config": {},
+            "finished_at": "2026-01-01T00:00:00Z"
+        });
+        let r: Report = serde_json::from_value(old).unwrap();
+        assert!(r.misclassified.is_empty());
+        let m = Misclassified {
+            error: ErrorKind::FalseNegative,
+            shard: "shards/test-00000.idcs".into(),
+            record: 3,
+            patient: 8863,
+            x: 1,
+            y: 51,
+            label: 1,
+            probability: 0.01,
+        };
+        let v = serde_json::to_value(&m).unwrap();
+        assert_eq!(v["error"], "false_negative");
+        assert_eq!(serde_json::from_value::<Misclassified>(v).unwrap(), m);
     }
 }

@@ -13,6 +13,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 
+mod reports;
 mod runs;
 
 /// idcctl stages the breast histopathology (IDC) dataset into object storage and runs
@@ -73,11 +74,28 @@ enum Command {
         #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Table)]
         output: OutputFormat,
     },
-    /// Print a run's evaluation report (--out DIR also saves report.json and metrics.jsonl).
+    /// Print a run's evaluation report (--out DIR also saves report.json and metrics.jsonl;
+    /// --html DIR writes an HTML report with plots).
     Report {
         run: String,
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Also write an HTML report to this folder: index.html and its plots (SVG).
+        #[arg(long, value_name = "DIR")]
+        html: Option<PathBuf>,
+        #[command(flatten)]
+        storage: runs::StorageArg,
+        #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
+    /// Compare runs side by side: configs (differences marked) and test/val metrics (best marked).
+    Compare {
+        /// The runs (two or more).
+        #[arg(required = true, num_args = 2..)]
+        runs: Vec<String>,
+        /// Also write an HTML page with overlay plots: a .html file, or a folder for index.html.
+        #[arg(long, value_name = "FILE_OR_DIR")]
+        html: Option<PathBuf>,
         #[command(flatten)]
         storage: runs::StorageArg,
         #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Table)]
@@ -273,9 +291,22 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Report {
             run,
             out,
+            html,
             storage,
             output,
-        } => runs::report(storage, run, out, output).await,
+        } => {
+            let code = runs::report(storage.clone(), run.clone(), out, output).await?;
+            if let Some(dir) = html {
+                reports::html_report(&storage, &run, &dir).await?;
+            }
+            Ok(code)
+        }
+        Command::Compare {
+            runs,
+            html,
+            storage,
+            output,
+        } => reports::compare(storage, runs, html, output).await,
         Command::Cancel {
             run,
             storage,

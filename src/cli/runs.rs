@@ -46,6 +46,13 @@ impl ClusterArgs {
     }
 }
 
+impl StorageArg {
+    /// The bucket URL.
+    pub fn url(&self) -> &str {
+        &self.storage
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct SubmitArgs {
     /// The experiment manifest.

@@ -4,7 +4,7 @@
 use crate::error::WorkerError;
 use idc::dataset::manifest::DatasetManifest;
 use idc::dataset::split::Split;
-use idc::shard::ShardReader;
+use idc::shard::{RecordMeta, ShardReader};
 use idc::store::Store;
 use tch::{Device, Kind, Tensor};
 
@@ -16,6 +16,18 @@ pub struct SplitData {
     pub labels: Tensor,
     /// The labels on the host, for sampling and metrics.
     pub labels_host: Vec<u8>,
+    /// Where each record came from (empty for splits not read from shards).
+    pub origins: Vec<Origin>,
+}
+
+/// Where one record of a split is in the staged dataset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Origin {
+    /// Index of its shard in the manifest's shard list.
+    pub shard: u32,
+    /// Index of the record in that shard.
+    pub record: u32,
+    pub meta: RecordMeta,
 }
 
 impl SplitData {
@@ -42,6 +54,7 @@ impl SplitData {
             images,
             labels: labels_t,
             labels_host: labels,
+            origins: vec![],
         }
     }
 }
@@ -70,7 +83,13 @@ pub async fn load(store: &Store, device: Device) -> Result<Dataset, WorkerError>
         let records = manifest.splits.get(&split).map(|s| s.records).unwrap_or(0) as usize;
         let mut pixels = Vec::with_capacity(records * idc::PATCH_BYTES);
         let mut labels = Vec::with_capacity(records);
-        for info in manifest.shards_of(split) {
+        let mut origins = Vec::with_capacity(records);
+        for (shard_index, info) in manifest
+            .shards
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.split == split)
+        {
             let bytes = store.get(&info.key).await?;
             let shard = ShardReader::open_verified(bytes, &info.sha256).map_err(|e| {
                 WorkerError::BadInput(format!(
@@ -84,12 +103,19 @@ pub async fn load(store: &Store, device: Device) -> Result<Dataset, WorkerError>
                     store.url_of(&info.key)
                 )));
             }
-            for r in shard.records() {
+            for (i, r) in shard.records().enumerate() {
                 pixels.extend_from_slice(r.pixels);
                 labels.push(r.meta.label);
+                origins.push(Origin {
+                    shard: shard_index as u32,
+                    record: i as u32,
+                    meta: r.meta,
+                });
             }
         }
-        splits.push(SplitData::from_hwc(&pixels, labels, device));
+        let mut data = SplitData::from_hwc(&pixels, labels, device);
+        data.origins = origins;
+        splits.push(data);
     }
     let test = splits.pop().expect("three splits");
     let val = splits.pop().expect("three splits");

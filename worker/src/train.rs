@@ -10,7 +10,7 @@ use crate::runlog::RunLog;
 use crate::sampler::{epoch_order, rng_for};
 use bytes::Bytes;
 use idc::layout::run as keys;
-use idc::metrics::{self, BinaryMetrics, MetricsRecord, Report};
+use idc::metrics::{self, BinaryMetrics, MetricsRecord, Misclassified, Report};
 use idc::spec::{DeviceSpec, LossKind, ModelSpec, Precision, RunSpec};
 use idc::store::Store;
 use serde::{Deserialize, Serialize};
@@ -422,6 +422,7 @@ impl<'a> Trainer<'a> {
             train_images_per_s: p.images_trained as f64 / p.train_seconds.max(1e-9),
             config: serde_json::to_value(&t).expect("serializes"),
             finished_at: idc::stage::now_rfc3339(),
+            misclassified: misclassified(&data, &probs),
         };
         self.put(
             keys::REPORT,
@@ -547,6 +548,32 @@ impl<'a> Trainer<'a> {
             eprintln!("warning: could not write the log to the bucket: {e}");
         }
     }
+}
+
+/// The most confidently misclassified test patches at 0.5, located in the staged dataset.
+fn misclassified(data: &crate::data::Dataset, probs: &[f32]) -> Vec<Misclassified> {
+    let test = &data.test;
+    metrics::most_confident_errors(
+        probs,
+        &test.labels_host,
+        0.5,
+        metrics::MISCLASSIFIED_PER_KIND,
+    )
+    .into_iter()
+    .map(|(i, error)| {
+        let o = test.origins[i];
+        Misclassified {
+            error,
+            shard: data.manifest.shards[o.shard as usize].key.clone(),
+            record: o.record as u64,
+            patient: o.meta.patient,
+            x: o.meta.x,
+            y: o.meta.y,
+            label: test.labels_host[i],
+            probability: probs[i] as f64,
+        }
+    })
+    .collect()
 }
 
 fn restore_model(model: &mut Model, tensors: &BTreeMap<String, Tensor>) -> Result<(), WorkerError> {

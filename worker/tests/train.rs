@@ -2,7 +2,7 @@
 //! a run stopped by SIGTERM resumes to the same result, and bad input fails clearly.
 
 use idc::dataset::synth::{self, SynthOptions};
-use idc::metrics::Report;
+use idc::metrics::{ErrorKind, MISCLASSIFIED_PER_KIND, Report};
 use idc::stage::{self, StageHooks, StageOptions};
 use idc::store::Store;
 use std::io::{BufRead, BufReader};
@@ -86,6 +86,31 @@ fn simple_cnn_learns() {
     assert!(r.test.roc_auc > 0.85, "ROC-AUC {}", r.test.roc_auc);
     assert_eq!(r.epochs_run, 3);
     assert_eq!(r.model, "simple_cnn");
+    // The most confident errors at 0.5: false positives by descending probability, then false
+    // negatives by ascending probability, each located in a test shard.
+    let (fp, fn_): (Vec<_>, Vec<_>) = r
+        .misclassified
+        .iter()
+        .partition(|m| m.error == ErrorKind::FalsePositive);
+    assert!(!fp.is_empty() && !fn_.is_empty(), "{:#?}", r.misclassified);
+    assert!(fp.len() <= MISCLASSIFIED_PER_KIND && fn_.len() <= MISCLASSIFIED_PER_KIND);
+    assert_eq!(
+        fp.len() as u64,
+        r.test.confusion.fp.min(MISCLASSIFIED_PER_KIND as u64)
+    );
+    assert_eq!(
+        fn_.len() as u64,
+        r.test.confusion.fn_.min(MISCLASSIFIED_PER_KIND as u64)
+    );
+    assert!(fp.iter().all(|m| m.label == 0 && m.probability >= 0.5));
+    assert!(fn_.iter().all(|m| m.label == 1 && m.probability < 0.5));
+    assert!(fp.windows(2).all(|w| w[0].probability >= w[1].probability));
+    assert!(fn_.windows(2).all(|w| w[0].probability <= w[1].probability));
+    assert!(
+        r.misclassified
+            .iter()
+            .all(|m| m.shard.starts_with("shards/test-"))
+    );
 }
 
 #[test]

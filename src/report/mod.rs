@@ -1,0 +1,369 @@
+//! Reports for people: a run's evaluation as an HTML page with plots (`idcctl report --html`),
+//! and runs side by side (`idcctl compare`). Everything is read from the bucket: the run's
+//! `report.json`, `metrics.jsonl`, `spec.yaml` and `status.json`, and the staged dataset it
+//! trained on (its manifest, and the pixels of the misclassified test patches).
+
+pub mod compare;
+pub mod html;
+pub mod plot;
+
+use crate::dataset::manifest::DatasetManifest;
+use crate::layout::run as keys;
+use crate::metrics::{BinaryMetrics, MetricsRecord, Misclassified, Report};
+use crate::run::{self, Phase, RunStatus};
+use crate::shard::ShardReader;
+use crate::spec::RunSpec;
+use crate::store::{Store, StoreError};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// Why a report could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("no run {run} in {storage} (see idcctl list)")]
+    NoRun { run: String, storage: String },
+    #[error("run {run} has no report yet ({phase}: {reason})")]
+    NoReport {
+        run: String,
+        phase: String,
+        reason: String,
+    },
+    #[error("{url} is not readable: {reason}")]
+    BadObject { url: String, reason: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl ReportError {
+    /// Whether the mistake is in the command's input (exit code 2).
+    pub fn is_user_error(&self) -> bool {
+        matches!(
+            self,
+            ReportError::NoRun { .. } | ReportError::NoReport { .. }
+        )
+    }
+}
+
+/// The validation metrics at the end of one epoch (from `metrics.jsonl`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EpochPoint {
+    pub epoch: u32,
+    pub train_loss: f64,
+    pub lr: f64,
+    pub val: BinaryMetrics,
+}
+
+/// Everything a report shows about one finished run.
+#[derive(Debug, Clone)]
+pub struct RunData {
+    pub status: RunStatus,
+    pub spec: RunSpec,
+    pub report: Report,
+    /// One point per epoch, in epoch order.
+    pub epochs: Vec<EpochPoint>,
+}
+
+impl RunData {
+    pub fn id(&self) -> &str {
+        &self.status.run_id
+    }
+}
+
+async fn parse<T: serde::de::DeserializeOwned>(
+    run: &Store,
+    key: &str,
+    yaml: bool,
+) -> Result<T, ReportError> {
+    let bytes = run.get(key).await?;
+    let parsed = if yaml {
+        serde_yaml::from_slice(&bytes).map_err(|e| e.to_string())
+    } else {
+        serde_json::from_slice(&bytes).map_err(|e| e.to_string())
+    };
+    parsed.map_err(|reason| ReportError::BadObject {
+        url: run.url_of(key),
+        reason,
+    })
+}
+
+/// The epoch lines of `metrics.jsonl`, one per epoch (the last wins), in epoch order.
+pub fn epochs_of(jsonl: &str) -> Vec<EpochPoint> {
+    let mut by_epoch = BTreeMap::new();
+    for line in jsonl.lines() {
+        if let Ok(MetricsRecord::Epoch {
+            epoch,
+            train_loss,
+            lr,
+            val,
+            ..
+        }) = serde_json::from_str(line)
+        {
+            by_epoch.insert(
+                epoch,
+                EpochPoint {
+                    epoch,
+                    train_loss,
+                    lr,
+                    val,
+                },
+            );
+        }
+    }
+    by_epoch.into_values().collect()
+}
+
+/// Reads run `run_id` from the bucket at `root`; it must have a report.
+pub async fn load_run(root: &Store, run_id: &str) -> Result<RunData, ReportError> {
+    let run = run::run_store(root, run_id);
+    let status = run::read_status(&run)
+        .await?
+        .ok_or_else(|| ReportError::NoRun {
+            run: run_id.to_string(),
+            storage: root.url().to_string(),
+        })?;
+    if run.size(keys::REPORT).await?.is_none() {
+        return Err(ReportError::NoReport {
+            run: run_id.to_string(),
+            phase: crate::output::name_of(&status.phase),
+            reason: status.reason.clone().unwrap_or_else(|| {
+                if status.phase == Phase::Succeeded {
+                    "report.json is missing".into()
+                } else {
+                    String::new()
+                }
+            }),
+        });
+    }
+    let report: Report = parse(&run, keys::REPORT, false).await?;
+    let spec: RunSpec = parse(&run, keys::SPEC, true).await?;
+    let epochs = match run.get_opt(keys::METRICS).await? {
+        Some(b) => epochs_of(&String::from_utf8_lossy(&b)),
+        None => vec![],
+    };
+    Ok(RunData {
+        status,
+        spec,
+        report,
+        epochs,
+    })
+}
+
+/// A misclassified test patch with its pixels as a PNG.
+#[derive(Debug, Clone)]
+pub struct Patch {
+    pub info: Misclassified,
+    pub png: Vec<u8>,
+}
+
+/// What the report shows of the dataset a run trained on; what could not be read is said in
+/// `notes` (the rest of the report is still made).
+#[derive(Debug, Clone, Default)]
+pub struct DatasetView {
+    pub url: String,
+    pub manifest: Option<DatasetManifest>,
+    pub patches: Vec<Patch>,
+    pub notes: Vec<String>,
+}
+
+/// Encodes 50x50 RGB pixels as a PNG.
+pub fn patch_png(pixels: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut enc = png::Encoder::new(&mut out, crate::PATCH_SIZE as u32, crate::PATCH_SIZE as u32);
+    enc.set_color(png::ColorType::Rgb);
+    enc.set_depth(png::BitDepth::Eight);
+    let mut w = enc.write_header().expect("writing to memory");
+    w.write_image_data(pixels)
+        .expect("a patch is 50x50x3 bytes");
+    w.finish().expect("writing to memory");
+    out
+}
+
+/// Reads the manifest of the dataset `run` trained on and the pixels of its misclassified test
+/// patches (each shard read once, its checksum verified, each record checked against the
+/// report's patient, position and label).
+pub async fn load_dataset(run: &RunData) -> DatasetView {
+    let mut view = DatasetView {
+        url: run.spec.dataset.clone(),
+        ..Default::default()
+    };
+    let ds = match Store::open(&run.spec.dataset) {
+        Ok(s) => s,
+        Err(e) => {
+            view.notes.push(format!("the dataset is not readable: {e}"));
+            return view;
+        }
+    };
+    let manifest = match crate::stage::read_manifest(&ds).await {
+        Ok(Some(m)) => m,
+        Ok(None) => {
+            view.notes.push(format!(
+                "no staged dataset at {} any more (no manifest.json): split summary and patches not shown",
+                ds.url()
+            ));
+            return view;
+        }
+        Err(e) => {
+            view.notes.push(format!(
+                "the dataset manifest is not readable: {e}: split summary and patches not shown"
+            ));
+            return view;
+        }
+    };
+    let report = &run.report;
+    if manifest.id != report.dataset_id {
+        view.notes.push(format!(
+            "{} now holds dataset {}, not {} that the run was tested on: patches not shown",
+            ds.url(),
+            manifest.id,
+            report.dataset_id
+        ));
+        view.manifest = Some(manifest);
+        return view;
+    }
+    if report.misclassified.is_empty() {
+        let errors = report.test.confusion.fp + report.test.confusion.fn_;
+        if errors > 0 {
+            view.notes.push(
+                "this report predates the list of misclassified patches (rerun the run to get it)"
+                    .into(),
+            );
+        }
+    }
+    let mut by_shard: BTreeMap<&str, Vec<&Misclassified>> = BTreeMap::new();
+    for m in &report.misclassified {
+        by_shard.entry(&m.shard).or_default().push(m);
+    }
+    let mut pngs: BTreeMap<(String, u64), Vec<u8>> = BTreeMap::new();
+    for (key, wanted) in by_shard {
+        match read_patches(&ds, &manifest, key, &wanted).await {
+            Ok(found) => pngs.extend(found),
+            Err(note) => view.notes.push(note),
+        }
+    }
+    view.patches = report
+        .misclassified
+        .iter()
+        .filter_map(|m| {
+            pngs.get(&(m.shard.clone(), m.record)).map(|png| Patch {
+                info: m.clone(),
+                png: png.clone(),
+            })
+        })
+        .collect();
+    view.manifest = Some(manifest);
+    view
+}
+
+/// PNGs of the `wanted` records of shard `key`, or why they cannot be shown.
+async fn read_patches(
+    ds: &Store,
+    manifest: &DatasetManifest,
+    key: &str,
+    wanted: &[&Misclassified],
+) -> Result<Vec<((String, u64), Vec<u8>)>, String> {
+    let info = manifest
+        .shards
+        .iter()
+        .find(|s| s.key == key)
+        .ok_or_else(|| {
+            format!("shard {key} is not in the dataset manifest: its patches are not shown")
+        })?;
+    let bytes = ds
+        .get(key)
+        .await
+        .map_err(|e| format!("{e}: its patches are not shown"))?;
+    let shard = ShardReader::open_verified(bytes, &info.sha256)
+        .map_err(|e| format!("shard {}: {e}: its patches are not shown", ds.url_of(key)))?;
+    let mut out = vec![];
+    for m in wanted {
+        if m.record >= shard.len() as u64 {
+            return Err(format!(
+                "shard {} has {} records, the report names record {}: its patches are not shown",
+                ds.url_of(key),
+                shard.len(),
+                m.record
+            ));
+        }
+        let r = shard.record(m.record as usize);
+        if (r.meta.patient, r.meta.x, r.meta.y, r.meta.label) != (m.patient, m.x, m.y, m.label) {
+            return Err(format!(
+                "record {} of shard {} is patient {} x{} y{} class {}, not the report's patient {} x{} y{} class {}: its patches are not shown",
+                m.record,
+                ds.url_of(key),
+                r.meta.patient,
+                r.meta.x,
+                r.meta.y,
+                r.meta.label,
+                m.patient,
+                m.x,
+                m.y,
+                m.label
+            ));
+        }
+        out.push(((m.shard.clone(), m.record), patch_png(r.pixels)));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn epochs_come_from_epoch_lines_once_each() {
+        let epoch = |e: u32, f1: f64| {
+            serde_json::to_string(&MetricsRecord::Epoch {
+                epoch: e,
+                train_loss: 1.0 / e as f64,
+                lr: 0.01,
+                val: BinaryMetrics {
+                    f1,
+                    ..Default::default()
+                },
+                duration_s: 1.0,
+                images_per_s: 100.0,
+                best: true,
+            })
+            .unwrap()
+        };
+        let step = serde_json::to_string(&MetricsRecord::Step {
+            epoch: 1,
+            step: 5,
+            loss: 0.7,
+            lr: 0.01,
+            images_per_s: 90.0,
+        })
+        .unwrap();
+        let jsonl = [
+            step,
+            epoch(2, 0.5),
+            epoch(1, 0.4),
+            "not json".into(),
+            epoch(2, 0.6),
+        ]
+        .join("\n");
+        let e = epochs_of(&jsonl);
+        assert_eq!(e.iter().map(|p| p.epoch).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(e[1].val.f1, 0.6, "a repeated epoch keeps its last line");
+        assert_eq!(e[1].train_loss, 0.5);
+    }
+
+    #[test]
+    fn patches_encode_as_50x50_rgb_png() {
+        let pixels: Vec<u8> = (0..crate::PATCH_BYTES).map(|i| (i % 256) as u8).collect();
+        let png = patch_png(&pixels);
+        let mut reader = png::Decoder::new(std::io::Cursor::new(png))
+            .read_info()
+            .unwrap();
+        let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+        let info = reader.next_frame(&mut buf).unwrap();
+        assert_eq!((info.width, info.height), (50, 50));
+        assert_eq!(info.color_type, png::ColorType::Rgb);
+        assert_eq!(&buf[..info.buffer_size()], &pixels[..]);
+    }
+}
