@@ -168,7 +168,7 @@ pub fn compare(runs: &[RunData]) -> Comparison {
     let training: [(&str, Of, Option<Better>, usize); 4] = [
         ("best epoch", |r| r.report.best_epoch as f64, None, 0),
         ("epochs run", |r| r.report.epochs_run as f64, None, 0),
-        ("train seconds", |r| r.report.train_seconds, None, 0),
+        ("train seconds", |r| r.report.train_seconds, None, 1),
         ("images/s", |r| r.report.train_images_per_s, None, 0),
     ];
     for (name, f, b, d) in training {

@@ -60,6 +60,7 @@ th:first-child, td:first-child { text-align: left; }
 thead th { border-bottom: 2px solid #d0d7de; }
 td.group { font-weight: bold; padding-top: 10px; color: #57606a; }
 .kv td:first-child { color: #57606a; }
+table.left td, table.left th { text-align: left; }
 .plots { display: flex; flex-wrap: wrap; gap: 16px; align-items: flex-start; }
 .plots figure { margin: 0; }
 .plots img { max-width: 100%; height: auto; border: 1px solid #d8dee4; background: #fff; }
@@ -261,7 +262,7 @@ fn metric_rows() -> [(&'static str, fn(&BinaryMetrics) -> String); 11] {
 }
 
 fn kv_table(rows: &[(&str, String)]) -> String {
-    let mut s = String::from("<table class=\"kv\">\n");
+    let mut s = String::from("<table class=\"kv left\">\n");
     for (k, v) in rows {
         let _ = writeln!(s, "<tr><td>{}</td><td>{}</td></tr>", escape(k), escape(v));
     }
@@ -277,12 +278,14 @@ fn patch_figure(p: &Patch) -> String {
     };
     let name = format!("patient {} x{} y{}", m.patient, m.x, m.y);
     format!(
-        "<figure class=\"patch {class}\"><img data-patch=\"{id}\" src=\"data:image/png;base64,{}\" alt=\"{id}, truly {truth}\" title=\"{id} ({}, record {})\"><figcaption><span class=\"p\">p(IDC) {:.3}</span><br>{}</figcaption></figure>\n",
+        "<figure class=\"patch {class}\"><img data-patch=\"{id}\" src=\"data:image/png;base64,{}\" alt=\"{id}, truly {truth}\" title=\"{id} ({}, record {})\"><figcaption><span class=\"p\">p(IDC) {:.3}</span><br>patient {}<br>x{} y{}</figcaption></figure>\n",
         base64(&p.png),
         escape(&m.shard),
         m.record,
         m.probability,
-        escape(&name),
+        m.patient,
+        m.x,
+        m.y,
         id = escape(&name),
     )
 }
@@ -630,7 +633,7 @@ pub fn write_comparison(
     let mut b = String::new();
     let _ = writeln!(
         b,
-        "<h1>Comparing {} runs</h1>\n<section><h2>Runs</h2>\n<table>\n<thead><tr><th>run</th><th>model</th><th>phase</th><th>dataset</th><th>finished</th></tr></thead>\n<tbody>",
+        "<h1>Comparing {} runs</h1>\n<section><h2>Runs</h2>\n<table class=\"left\">\n<thead><tr><th>run</th><th>model</th><th>phase</th><th>dataset</th><th>finished</th></tr></thead>\n<tbody>",
         runs.len()
     );
     for (i, r) in runs.iter().enumerate() {
@@ -650,7 +653,14 @@ pub fn write_comparison(
     let header: String = c
         .runs
         .iter()
-        .map(|r| format!("<th>{}</th>", escape(r)))
+        .enumerate()
+        .map(|(i, r)| {
+            format!(
+                "<th><span class=\"swatch\" style=\"background:{}\"></span>{}</th>",
+                plot::color(i),
+                escape(r)
+            )
+        })
         .collect();
     let _ = write!(
         b,
@@ -689,7 +699,7 @@ pub fn write_comparison(
     let differing = c.config.iter().filter(|r| r.differs).count();
     let _ = write!(
         b,
-        "<section><h2>Config</h2>\n<table>\n<thead><tr><th>key</th>{header}</tr></thead>\n<tbody>\n"
+        "<section><h2>Config</h2>\n<table class=\"left\">\n<thead><tr><th>key</th>{header}</tr></thead>\n<tbody>\n"
     );
     for row in &c.config {
         let cells: String = row

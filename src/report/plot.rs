@@ -429,7 +429,7 @@ impl LinePlot {
 /// A confusion matrix as a heat map: rows are the true class, columns the prediction; each cell
 /// shows its count and its share of the row, shaded by that share.
 pub fn confusion_svg(title: &str, c: &Confusion) -> String {
-    let (w, h) = (380.0, 300.0);
+    let (w, h) = (380.0, 270.0);
     let (x0, y0, cw, ch) = (130.0, 80.0, 110.0, 85.0);
     let cells = [[c.tn, c.fp], [c.fn_, c.tp]];
     let names = ["no IDC", "IDC"];

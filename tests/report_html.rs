@@ -1,0 +1,447 @@
+//! Report pages end to end: two small runs trained on the local backend, then
+//! `idcctl report --html` and `idcctl compare --html`, each page loaded in headless Chromium,
+//! which must render every plot and every misclassified patch. The page's own inline script
+//! records what rendered on `<body>`, and the test reads it from `--dump-dom`.
+//!
+//! Without Chromium the browser part is skipped with a message, unless
+//! `IDC_TEST_REQUIRE_BROWSER=1` (set by `.ci/test` under CI), which makes it a failure.
+
+mod common;
+
+use common::*;
+use idc::metrics::{ErrorKind, Report};
+use idc::shard::ShardReader;
+use idc::stage::{self, StageHooks, StageOptions};
+use idc::store::Store;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Plots on each page: loss, validation metrics, ROC, PR and two confusion matrices; the
+/// comparison overlays validation loss, validation F1, ROC and PR.
+const REPORT_PLOTS: usize = 6;
+const COMPARE_PLOTS: usize = 4;
+
+struct Runs {
+    dir: tempfile::TempDir,
+    storage: String,
+    dataset: String,
+    cnn: String,
+    logreg: String,
+}
+
+fn train_two_runs() -> Runs {
+    let worker = Path::new(env!("CARGO_BIN_EXE_idcctl")).with_file_name("idc-worker");
+    assert!(
+        worker.exists(),
+        "{} is missing: build the workspace (cargo test --workspace)",
+        worker.display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    synth(&dir.path().join("src"), 8, 120, 0);
+    let storage = format!("file://{}/bucket", dir.path().display());
+    let dataset = format!("{storage}/datasets/synth");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(stage::stage(
+        &dir.path().join("src"),
+        &Store::open(&dataset).unwrap(),
+        &StageOptions::default(),
+        &StageHooks::default(),
+    ))
+    .unwrap();
+    let submit = |name: &str, train: &str| {
+        let manifest = dir.path().join(format!("{name}.yaml"));
+        std::fs::write(
+            &manifest,
+            format!(
+                "apiVersion: idc/v1\nkind: Experiment\nname: {name}\ndataset: {{url: '{dataset}'}}\ntrain:\n  device: cpu\n  batch_size: 64\n  log_every_steps: 4\n{train}storage: '{storage}'\n"
+            ),
+        )
+        .unwrap();
+        let out = idcctl(&["submit", manifest.to_str().unwrap(), "--wait"]);
+        assert!(
+            out.status.success(),
+            "{}\n{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        text(&out.stdout).lines().next().unwrap().trim().to_string()
+    };
+    let cnn = submit(
+        "cnn",
+        "  epochs: 3\n  model: {kind: simple_cnn, width: 8}\n",
+    );
+    let logreg = submit(
+        "logreg",
+        "  epochs: 2\n  model: {kind: logreg}\n  optimizer: {kind: sgd, lr: 0.001}\n",
+    );
+    Runs {
+        dir,
+        storage,
+        dataset,
+        cnn,
+        logreg,
+    }
+}
+
+fn cmd(r: &Runs, args: &[&str]) -> std::process::Output {
+    idcctl_env(args, &[("IDC_STORAGE", &r.storage)])
+}
+
+fn read_report(r: &Runs, run: &str) -> Report {
+    let path = Path::new(r.storage.strip_prefix("file://").unwrap())
+        .join("runs")
+        .join(run)
+        .join("report.json");
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+/// Chromium, if installed: `IDC_CHROMIUM`, `chromium` or `chromium-browser` on the PATH, or
+/// /usr/bin/chromium.
+fn chromium() -> Option<PathBuf> {
+    if let Ok(p) = std::env::var("IDC_CHROMIUM") {
+        return Some(PathBuf::from(p));
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .flat_map(|d| [d.join("chromium"), d.join("chromium-browser")])
+        .chain([PathBuf::from("/usr/bin/chromium")])
+        .find(|p| p.is_file())
+}
+
+/// The DOM of `page` after load, as headless Chromium serializes it.
+fn dump_dom(browser: &Path, page: &Path) -> String {
+    let profile = tempfile::tempdir().unwrap();
+    let mut child = Command::new(browser)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-dev-shm-usage",
+            "--virtual-time-budget=10000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg("--dump-dom")
+        .arg(format!("file://{}", page.canonicalize().unwrap().display()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {}: {e}", browser.display()));
+    // Drain the pipes while waiting, so that a large DOM cannot block the browser.
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out = std::thread::spawn(move || {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut stdout, &mut s).unwrap();
+        s
+    });
+    let err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
+        s
+    });
+    let until = Instant::now() + Duration::from_secs(90);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > until {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{} did not finish loading {} in 90s",
+                browser.display(),
+                page.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let (dom, log) = (out.join().unwrap(), err.join().unwrap());
+    assert!(
+        status.success() && dom.contains("<body"),
+        "{} failed on {} ({status}):\n{log}",
+        browser.display(),
+        page.display()
+    );
+    dom
+}
+
+/// The value of attribute `name` of the `<body>` tag in `dom`.
+fn body_attr(dom: &str, name: &str) -> Option<String> {
+    let start = dom.find("<body")?;
+    let tag = &dom[start..start + dom[start..].find('>')?];
+    let key = format!(" {name}=\"");
+    let at = tag.find(&key)? + key.len();
+    Some(tag[at..at + tag[at..].find('"')?].to_string())
+}
+
+/// What the page's check script found: plots rendered, plots failed, patches decoded,
+/// patches failed.
+fn rendered(browser: &Path, page: &Path) -> (usize, String, usize, String) {
+    let dom = dump_dom(browser, page);
+    assert_eq!(
+        body_attr(&dom, "data-checked").as_deref(),
+        Some("true"),
+        "the page's check did not run: {}",
+        &dom[dom.find("<body").unwrap_or(0)..][..200.min(dom.len())]
+    );
+    let n = |k: &str| body_attr(&dom, k).unwrap().parse::<usize>().unwrap();
+    (
+        n("data-plots-ok"),
+        body_attr(&dom, "data-plots-failed").unwrap(),
+        n("data-patches-ok"),
+        body_attr(&dom, "data-patches-failed").unwrap(),
+    )
+}
+
+fn assert_self_contained(html: &str) {
+    for external in ["src=\"http", "href=\"http", "<link", "@import", "url(http"] {
+        assert!(
+            !html.contains(external),
+            "the page fetches something ({external})"
+        );
+    }
+}
+
+#[test]
+fn report_and_compare_pages_render_every_plot_in_a_browser() {
+    let started = Instant::now();
+    let r = train_two_runs();
+    eprintln!(
+        "two runs trained in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+
+    // The report page, with the table still printed as before.
+    let report_dir = r.dir.path().join("report");
+    let out = cmd(
+        &r,
+        &["report", &r.cnn, "--html", report_dir.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("balanced accuracy"));
+    let page = report_dir.join("index.html");
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert_self_contained(&html);
+    let plots = [
+        "loss.svg",
+        "val-metrics.svg",
+        "roc.svg",
+        "pr.svg",
+        "confusion-0.5.svg",
+        "confusion-val-threshold.svg",
+    ];
+    assert_eq!(plots.len(), REPORT_PLOTS);
+    for p in plots {
+        let svg = std::fs::read_to_string(report_dir.join(p)).unwrap();
+        assert!(
+            svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"),
+            "{p}"
+        );
+        assert!(html.contains(&format!("<img data-plot src=\"{p}\"")), "{p}");
+    }
+    for want in [
+        "Most confidently misclassified",
+        "Dataset",
+        "Config",
+        "simple_cnn",
+    ] {
+        assert!(html.contains(want), "{want}");
+    }
+
+    // The grid shows the patches the worker recorded, with the pixels of their records.
+    let report = read_report(&r, &r.cnn);
+    assert!(!report.misclassified.is_empty());
+    assert_eq!(
+        html.matches("data-patch=").count(),
+        report.misclassified.len()
+    );
+    let ds = Store::open(&r.dataset).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let manifest = rt.block_on(stage::read_manifest(&ds)).unwrap().unwrap();
+    let shards = rt.block_on(load_shards(&ds, &manifest));
+    for m in &report.misclassified {
+        let i = manifest
+            .shards
+            .iter()
+            .position(|s| s.key == m.shard)
+            .unwrap();
+        let shard: &ShardReader<bytes::Bytes> = &shards[i];
+        let rec = shard.record(m.record as usize);
+        assert_eq!(
+            (rec.meta.patient, rec.meta.x, rec.meta.y, rec.meta.label),
+            (m.patient, m.x, m.y, m.label)
+        );
+        assert_eq!(m.label, (m.error == ErrorKind::FalseNegative) as u8);
+        let png = idc::report::patch_png(rec.pixels);
+        assert!(
+            html.contains(&idc::report::html::base64(&png)),
+            "patch {m:?} is not in the page with its pixels"
+        );
+    }
+
+    // The comparison, as a folder and as a file, and as tables.
+    let cmp_dir = r.dir.path().join("compare");
+    let out = cmd(
+        &r,
+        &[
+            "compare",
+            &r.cnn,
+            &r.logreg,
+            "--html",
+            cmp_dir.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let table = text(&out.stdout);
+    assert!(
+        table.contains("* model.kind") && table.contains("  batch_size"),
+        "{table}"
+    );
+    assert!(table.contains("* best of the row"), "{table}");
+    let cmp_file = r.dir.path().join("pages/cmp.html");
+    let out = cmd(
+        &r,
+        &[
+            "compare",
+            &r.cnn,
+            &r.logreg,
+            "--html",
+            cmp_file.to_str().unwrap(),
+            "-o",
+            "json",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["runs"], serde_json::json!([r.cnn, r.logreg]));
+    let row = |key: &str| {
+        json["config"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["key"] == key)
+            .unwrap_or_else(|| panic!("no config row {key}: {json:#}"))
+            .clone()
+    };
+    assert_eq!(
+        row("model.kind")["values"],
+        serde_json::json!(["simple_cnn", "logreg"])
+    );
+    assert_eq!(row("model.kind")["differs"], true);
+    assert_eq!(row("epochs")["differs"], true);
+    assert_eq!(row("batch_size")["differs"], false);
+    let f1 = json["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["group"] == "test at 0.5" && m["metric"] == "F1")
+        .unwrap();
+    let values: Vec<f64> = f1["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    let best = if values[0] >= values[1] { 0 } else { 1 };
+    if values[0] != values[1] {
+        assert_eq!(f1["best"], serde_json::json!([best]));
+    }
+    for (page, prefix) in [(cmp_dir.join("index.html"), ""), (cmp_file.clone(), "cmp-")] {
+        let html = std::fs::read_to_string(&page).unwrap();
+        assert_self_contained(&html);
+        assert_eq!(html.matches("<tr class=\"diff\">").count() >= 2, true);
+        for p in ["val-loss.svg", "val-f1.svg", "roc.svg", "pr.svg"] {
+            let file = format!("{prefix}{p}");
+            assert!(page.with_file_name(&file).exists(), "{file}");
+            assert!(html.contains(&format!("src=\"{file}\"")), "{file}");
+        }
+    }
+
+    // Every plot and patch rendered in a real browser.
+    let Some(browser) = chromium() else {
+        assert_ne!(
+            std::env::var("IDC_TEST_REQUIRE_BROWSER").as_deref(),
+            Ok("1"),
+            "IDC_TEST_REQUIRE_BROWSER=1 but chromium is not installed (apt-get install chromium)"
+        );
+        eprintln!(
+            "chromium not found: the pages were not rendered in a browser (install chromium, or set IDC_CHROMIUM)"
+        );
+        return;
+    };
+    let t = Instant::now();
+    assert_eq!(
+        rendered(&browser, &page),
+        (
+            REPORT_PLOTS,
+            String::new(),
+            report.misclassified.len(),
+            String::new()
+        ),
+        "report page: (plots rendered, failed, patches decoded, failed)"
+    );
+    for page in [cmp_dir.join("index.html"), cmp_file] {
+        assert_eq!(
+            rendered(&browser, &page),
+            (COMPARE_PLOTS, String::new(), 0, String::new()),
+            "{}: (plots rendered, failed, patches decoded, failed)",
+            page.display()
+        );
+    }
+    eprintln!("three pages rendered in {:.1}s", t.elapsed().as_secs_f64());
+
+    // The check is only worth something if it notices what did not render: a copy of the report
+    // with a plot that is not an SVG, a missing plot and a patch that is not a PNG.
+    let broken = r.dir.path().join("broken");
+    std::fs::create_dir_all(&broken).unwrap();
+    for p in plots {
+        std::fs::copy(report_dir.join(p), broken.join(p)).unwrap();
+    }
+    std::fs::write(broken.join("roc.svg"), "<svg this is not xml").unwrap();
+    std::fs::remove_file(broken.join("pr.svg")).unwrap();
+    let first = html.find("data:image/png;base64,").unwrap() + "data:image/png;base64,".len();
+    let end = first + html[first..].find('"').unwrap();
+    let html = format!("{}AAAA{}", &html[..first], &html[end..]);
+    std::fs::write(broken.join("index.html"), html).unwrap();
+    let (ok, failed, patches, patches_failed) = rendered(&browser, &broken.join("index.html"));
+    assert_eq!((ok, failed.as_str()), (REPORT_PLOTS - 2, "roc.svg pr.svg"));
+    assert_eq!(patches, report.misclassified.len() - 1);
+    let m = &report.misclassified[0];
+    assert_eq!(
+        patches_failed,
+        format!("patient {} x{} y{}", m.patient, m.x, m.y)
+    );
+}
+
+#[test]
+fn unknown_runs_are_user_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = format!("file://{}/bucket", dir.path().display());
+    let html = dir.path().join("out");
+    for args in [
+        vec!["report", "nope-1", "--html", html.to_str().unwrap()],
+        vec!["compare", "nope-1", "nope-2"],
+    ] {
+        let out = idcctl_env(&args, &[("IDC_STORAGE", &storage)]);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        assert!(
+            text(&out.stderr).contains("no run nope-1 in file://"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+    assert!(!html.exists(), "nothing is written for an unknown run");
+    let out = idcctl_env(&["compare", "only-one"], &[("IDC_STORAGE", &storage)]);
+    assert_eq!(out.status.code(), Some(2), "compare needs two runs");
+}
