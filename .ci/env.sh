@@ -71,3 +71,22 @@ PY
   export IDC_TEST_S3_URL=s3://idc-test IDC_TEST_REQUIRE_S3=1
   echo "S3 server (moto) on 127.0.0.1:$port, bucket idc-test" >&2
 }
+
+# Headless Chromium for the report pages' browser test (tests/report_html.rs). Installed when
+# missing and we are root on Debian/Ubuntu; otherwise says what to install (the test then skips
+# its browser part). Under CI (CI=true) the test must find it: IDC_TEST_REQUIRE_BROWSER=1.
+idc_browser() {
+  if ! command -v chromium >/dev/null 2>&1 && [ ! -x /usr/bin/chromium ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+      echo "installing chromium for the report browser test" >&2
+      apt-get install -y --no-install-recommends chromium >&2 ||
+        { apt-get update >&2 && apt-get install -y --no-install-recommends chromium >&2; } ||
+        echo "could not install chromium" >&2
+    else
+      echo "chromium is missing: install it (e.g. sudo apt-get install chromium) to render the report pages in the tests" >&2
+    fi
+  fi
+  if [ "${CI:-}" = true ]; then
+    export IDC_TEST_REQUIRE_BROWSER=1
+  fi
+}
