@@ -352,10 +352,17 @@ fn report_and_compare_pages_render_every_plot_in_a_browser() {
     if values[0] != values[1] {
         assert_eq!(f1["best"], serde_json::json!([best]));
     }
+    let differing = json["config"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["differs"] == true)
+        .count();
+    assert!(differing >= 2, "{json:#}");
     for (page, prefix) in [(cmp_dir.join("index.html"), ""), (cmp_file.clone(), "cmp-")] {
         let html = std::fs::read_to_string(&page).unwrap();
         assert_self_contained(&html);
-        assert_eq!(html.matches("<tr class=\"diff\">").count() >= 2, true);
+        assert_eq!(html.matches("<tr class=\"diff\">").count(), differing);
         for p in ["val-loss.svg", "val-f1.svg", "roc.svg", "pr.svg"] {
             let file = format!("{prefix}{p}");
             assert!(page.with_file_name(&file).exists(), "{file}");

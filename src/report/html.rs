@@ -243,7 +243,10 @@ pub fn pr_plot(runs: &[&RunData], label_by_run: bool) -> LinePlot {
     p
 }
 
-fn metric_rows() -> [(&'static str, fn(&BinaryMetrics) -> String); 11] {
+/// Shows one metric of an evaluation.
+type ShowMetric = fn(&BinaryMetrics) -> String;
+
+fn metric_rows() -> [(&'static str, ShowMetric); 11] {
     [
         ("threshold", |m| format!("{:.3}", m.threshold)),
         ("accuracy", |m| format!("{:.4}", m.accuracy)),
