@@ -454,7 +454,7 @@ pub fn write_run_report(
         (
             "training",
             format!(
-                "{:.0} s, {:.0} images/s, best epoch {} of {} run",
+                "{:.1} s, {:.0} images/s, best epoch {} of {} run",
                 r.train_seconds, r.train_images_per_s, r.best_epoch, r.epochs_run
             ),
         ),
