@@ -161,6 +161,8 @@ struct Loop<'a> {
     st: SweepState,
     names: Vec<String>,
     submit_failures: HashMap<u32, u32>,
+    /// Epochs of each trial, by number.
+    epochs: HashMap<u32, u32>,
     notice: &'a mut (dyn FnMut(String) + Send),
 }
 
@@ -201,6 +203,7 @@ pub async fn drive(
         st,
         names: short_names(&sweep.space),
         submit_failures: HashMap::new(),
+        epochs: HashMap::new(),
         notice,
     };
     let result = l.run(stop).await;
@@ -293,6 +296,18 @@ impl Loop<'_> {
             .collect()
     }
 
+    /// The epochs trial `i` trains for (its experiment's `train.epochs`).
+    fn epochs_of(&mut self, i: usize) -> Option<u32> {
+        let number = self.st.trials[i].number;
+        if let Some(&e) = self.epochs.get(&number) {
+            return Some(e);
+        }
+        let values = self.values_of(&self.st.trials[i]);
+        let epochs = self.sweep.experiment_with(&values).ok()?.train.epochs;
+        self.epochs.insert(number, epochs);
+        Some(epochs)
+    }
+
     fn can_start(&self) -> bool {
         let n = self.st.trials.len();
         n < self.sweep.max_trials as usize
@@ -341,6 +356,16 @@ impl Loop<'_> {
                 "resuming: {done} trials ended, re-attaching to {running} running"
             ));
         }
+        let attach: Vec<String> = self
+            .st
+            .trials
+            .iter()
+            .filter(|t| t.state == TrialState::Running)
+            .map(|t| format!("{}: re-attached to run {}", t.id, t.run_id))
+            .collect();
+        for line in attach {
+            self.say(line);
+        }
         if self.can_start() || running > 0 {
             self.st.finished_at = None;
         }
@@ -367,7 +392,9 @@ impl Loop<'_> {
                 changed = true;
             }
             if self.st.running() == 0 && (failing.is_some() || !self.can_start()) {
-                self.st.finished_at = Some(now_rfc3339());
+                if self.st.finished_at.is_none() {
+                    self.st.finished_at = Some(now_rfc3339());
+                }
                 self.save().await?;
                 if let Some(e) = failing {
                     return Err(e);
@@ -575,7 +602,8 @@ impl Loop<'_> {
             self.st.trials[i].intermediate.push(v);
             changed = true;
             self.say(format!("{id} epoch {e}: {metric} {}", fmt_num(v)));
-            if status.phase.is_terminal() {
+            // A run at its last epoch is about to end: its result costs nothing more.
+            if status.phase.is_terminal() || self.epochs_of(i) == Some(e as u32) {
                 continue;
             }
             let sign = self.sweep.objective.sign();
