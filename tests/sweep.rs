@@ -453,3 +453,19 @@ fn ctrl_c_with_cancel_on_exit_checkpoints_the_trials_and_a_rerun_resumes_them() 
         assert!(t.get("interrupted").is_none(), "{t:#}");
     }
 }
+
+#[test]
+fn shipped_sweep_manifests_are_valid() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests");
+    let mut names = vec![];
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let path = e.unwrap().path();
+        if !idc::sweep::manifest::is_sweep(&std::fs::read_to_string(&path).unwrap()) {
+            continue;
+        }
+        let (s, _) = idc::sweep::manifest::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        names.push(s.name);
+    }
+    names.sort();
+    assert_eq!(names, ["cnn-sweep", "quickstart-sweep"]);
+}

@@ -109,8 +109,8 @@ impl SamplerSpec {
                 }
             }
             SamplerSpec::Tpe {
-                n_ei_candidates, ..
-            } if n_ei_candidates == 0 => {
+                n_ei_candidates: 0, ..
+            } => {
                 return Err("sampler.n_ei_candidates: must be at least 1".into());
             }
             _ => {}
