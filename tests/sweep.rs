@@ -148,6 +148,14 @@ fn a_killed_sweep_resumes_with_its_finished_trials_kept() {
                 .iter()
                 .any(|t| run_status(&b, t["run_id"].as_str().unwrap()).is_some());
             if ended >= 1 && running_with_run {
+                // One driver at a time.
+                let out = idcctl(&["sweep", "run", b.manifest.to_str().unwrap()]);
+                assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+                assert!(
+                    text(&out.stderr).contains("is being driven by another idcctl (pid"),
+                    "{}",
+                    text(&out.stderr)
+                );
                 first.kill().unwrap();
                 first.wait().unwrap();
                 break state(&b).unwrap();

@@ -178,7 +178,6 @@ pub async fn drive(
     let storage = storage_of(sweep, opts).await?;
     let root = Store::open(&storage)?;
     let dir = state::sweep_store(&root, &sweep.name);
-    adopt_manifest(sweep, text, &dir, notice).await?;
     let me = Driver::me();
     if let Some(d) = state::read_driver(&dir).await?
         && d.alive()
@@ -189,6 +188,7 @@ pub async fn drive(
             sweep.name, d.pid, d.host
         )));
     }
+    adopt_manifest(sweep, text, &dir, notice).await?;
     state::write_driver(&dir, &me).await?;
     let st = match state::read_state(&dir).await? {
         Some(s) => s,
