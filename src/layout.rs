@@ -9,6 +9,8 @@ use crate::dataset::split::Split;
 pub const DATASETS: &str = "datasets";
 /// Folder of runs under a bucket root: `runs/<run-id>/`.
 pub const RUNS: &str = "runs";
+/// Folder of hyperparameter sweeps under a bucket root: `sweeps/<name>/`.
+pub const SWEEPS: &str = "sweeps";
 
 /// Keys inside one staged dataset, relative to the dataset's URL.
 pub mod dataset {
@@ -75,6 +77,16 @@ pub mod run {
     }
 }
 
+/// Keys inside one sweep, relative to `sweeps/<name>/`.
+pub mod sweep {
+    /// The sweep manifest as submitted.
+    pub const MANIFEST: &str = "sweep.yaml";
+    /// Every trial: parameters, run id, state, objective and intermediate values.
+    pub const STATE: &str = "state.json";
+    /// Which `idcctl sweep run` drives the sweep (host, pid, heartbeat).
+    pub const DRIVER: &str = "driver.json";
+}
+
 /// Prefix of the dataset `name` under a bucket root.
 pub fn dataset_prefix(name: &str) -> String {
     format!("{DATASETS}/{name}")
@@ -83,6 +95,16 @@ pub fn dataset_prefix(name: &str) -> String {
 /// Prefix of the run `run_id` under a bucket root.
 pub fn run_prefix(run_id: &str) -> String {
     format!("{RUNS}/{run_id}")
+}
+
+/// Prefix of the sweep `name` under a bucket root.
+pub fn sweep_prefix(name: &str) -> String {
+    format!("{SWEEPS}/{name}")
+}
+
+/// Run id of trial `number` of the sweep `name`: `<name>-t007` (four digits from 1000 on).
+pub fn trial_run_id(name: &str, number: u32) -> String {
+    format!("{name}-t{number:03}")
 }
 
 #[cfg(test)]
@@ -100,5 +122,8 @@ mod tests {
         assert_eq!(run::log(2), "logs/attempt-2.log");
         assert_eq!(dataset_prefix("idc"), "datasets/idc");
         assert_eq!(run_prefix("cnn-1"), "runs/cnn-1");
+        assert_eq!(sweep_prefix("lr"), "sweeps/lr");
+        assert_eq!(trial_run_id("lr", 7), "lr-t007");
+        assert_eq!(trial_run_id("lr", 1234), "lr-t1234");
     }
 }

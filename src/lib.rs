@@ -18,6 +18,7 @@ pub mod shard;
 pub mod spec;
 pub mod stage;
 pub mod store;
+pub mod sweep;
 
 /// Side length of an IDC patch in pixels (the Kaggle set is cut at 50x50).
 pub const PATCH_SIZE: usize = 50;

@@ -273,7 +273,7 @@ pub fn parse(text: &str, file: &str) -> Result<Experiment, ManifestError> {
 }
 
 /// Adds a did-you-mean to serde's unknown field/variant messages.
-fn explain(message: &str) -> (String, Option<String>) {
+pub fn explain(message: &str) -> (String, Option<String>) {
     for what in ["unknown field `", "unknown variant `"] {
         let Some(rest) = message.split(what).nth(1) else {
             continue;
@@ -366,7 +366,7 @@ pub fn parse_duration(s: &str) -> Option<u64> {
 
 /// The 1-based line and column of the key at `path`, each key searched from its parent's line
 /// on (the same line too, for flow mappings such as `optimizer: {kind: sgd, lr: 0.1}`).
-fn locate(text: &str, path: &[&str]) -> Option<(usize, usize)> {
+pub fn locate(text: &str, path: &[&str]) -> Option<(usize, usize)> {
     let lines: Vec<&str> = text.lines().collect();
     let (mut line, mut col) = (0usize, 0usize);
     for (depth, key) in path.iter().enumerate() {

@@ -15,6 +15,7 @@ use std::sync::atomic::Ordering;
 
 mod reports;
 mod runs;
+mod sweep;
 
 /// idcctl stages the breast histopathology (IDC) dataset into object storage and runs
 /// training experiments on it.
@@ -117,6 +118,10 @@ enum Command {
         #[command(flatten)]
         cluster: runs::ClusterArgs,
     },
+    /// Hyperparameter sweeps: run a sweep manifest (sampler, pruner, parallel trials), show
+    /// its trials.
+    #[command(subcommand)]
+    Sweep(sweep::SweepCommand),
     /// Internal commands used by idcctl itself.
     #[command(subcommand, hide = true)]
     Internal(runs::InternalCommand),
@@ -258,6 +263,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Stage(args) => stage_cmd(args).await,
         Command::Dataset(DatasetCommand::Synth(args)) => synth_cmd(args),
         Command::Validate { file } => {
+            if let Some(done) = sweep::validate_if_sweep(&file) {
+                return done;
+            }
             let exp = idc::manifest::load(&file).map_err(|e| UserError(e.to_string()))?;
             println!(
                 "{}: valid: experiment {}, model {}, {} backend, {} epochs",
@@ -317,6 +325,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             storage,
             cluster,
         } => runs::resume(storage, cluster, run).await,
+        Command::Sweep(cmd) => sweep::command(cmd).await,
         Command::Internal(runs::InternalCommand::Supervise { run }) => runs::supervise(&run).await,
         Command::Manifest(ManifestCommand::Schema) => {
             println!(

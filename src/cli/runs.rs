@@ -23,7 +23,7 @@ use std::time::Duration;
 pub struct StorageArg {
     /// The bucket URL (the manifest's `storage`).
     #[arg(long, env = "IDC_STORAGE", default_value = "file://./.idc/bucket")]
-    storage: String,
+    pub storage: String,
 }
 
 /// Which cluster and namespace (Kubernetes backend), as kubectl takes them.
@@ -38,7 +38,7 @@ pub struct ClusterArgs {
 }
 
 impl ClusterArgs {
-    fn target(&self) -> Target {
+    pub fn target(&self) -> Target {
         Target {
             context: self.context.clone(),
             namespace: self.namespace.clone(),

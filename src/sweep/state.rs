@@ -1,0 +1,313 @@
+//! A sweep's record in the bucket (`sweeps/<name>/state.json`): every trial with its
+//! parameters, run id, state, objective value and the objective metric after each epoch;
+//! rewritten whole (atomically) after every change. And the driver lease (`driver.json`): which
+//! `idcctl sweep run` is driving the sweep.
+
+use super::manifest::Sweep;
+use super::pruner::Peer;
+use super::sampler::{Observation, Outcome};
+use crate::layout;
+use crate::store::{Store, StoreError};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Where a trial stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TrialState {
+    Running,
+    Completed,
+    Pruned,
+    Failed,
+}
+
+impl TrialState {
+    pub fn is_finished(self) -> bool {
+        self != TrialState::Running
+    }
+}
+
+/// One trial.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Trial {
+    /// `t001`, `t002`, …
+    pub id: String,
+    /// 1-based.
+    pub number: u32,
+    /// The run it trains as: `<sweep>-t001`.
+    pub run_id: String,
+    /// The value of each searched path.
+    pub params: BTreeMap<String, serde_json::Value>,
+    pub state: TrialState,
+    /// Completed: the best value of the objective over its epochs; pruned: the best before it
+    /// was stopped.
+    pub value: Option<f64>,
+    /// The epoch of `value`.
+    pub best_epoch: Option<u32>,
+    /// The objective metric after each epoch (index 0: epoch 1); `null` where it was NaN.
+    #[serde(with = "nan_as_null")]
+    pub intermediate: Vec<f64>,
+    /// Why it was pruned or failed.
+    pub reason: Option<String>,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+    /// Stopped by `idcctl sweep run --cancel-on-exit`: the next `sweep run` resumes its run.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub interrupted: bool,
+}
+
+impl Trial {
+    /// `t001` for trial 1.
+    pub fn id_of(number: u32) -> String {
+        format!("t{number:03}")
+    }
+}
+
+/// The sweep record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SweepState {
+    pub name: String,
+    pub created_at: String,
+    pub updated_at: String,
+    /// When the last trial ended and no more were to start.
+    pub finished_at: Option<String>,
+    pub trials: Vec<Trial>,
+}
+
+impl SweepState {
+    pub fn new(name: &str) -> Self {
+        let now = crate::stage::now_rfc3339();
+        Self {
+            name: name.to_string(),
+            created_at: now.clone(),
+            updated_at: now,
+            finished_at: None,
+            trials: vec![],
+        }
+    }
+
+    pub fn running(&self) -> usize {
+        self.trials
+            .iter()
+            .filter(|t| t.state == TrialState::Running)
+            .count()
+    }
+
+    /// The best completed trial.
+    pub fn best<'a>(&'a self, sweep: &Sweep) -> Option<&'a Trial> {
+        let sign = sweep.objective.sign();
+        self.trials
+            .iter()
+            .filter(|t| t.state == TrialState::Completed)
+            .filter_map(|t| Some((t, t.value.filter(|v| !v.is_nan())?)))
+            .min_by(|a, b| (sign * a.1).total_cmp(&(sign * b.1)))
+            .map(|(t, _)| t)
+    }
+
+    /// Completed and pruned trials as the sampler sees them (lower is better).
+    pub fn observations(&self, sweep: &Sweep) -> Vec<Observation> {
+        let sign = sweep.objective.sign();
+        self.trials
+            .iter()
+            .filter_map(|t| {
+                let outcome = match t.state {
+                    TrialState::Completed => Outcome::Completed(sign * t.value?),
+                    TrialState::Pruned => Outcome::Pruned {
+                        epochs: t.intermediate.len() as u32,
+                        last: sign * *t.intermediate.last()?,
+                    },
+                    _ => return None,
+                };
+                let point = sweep
+                    .space
+                    .params
+                    .iter()
+                    .map(|p| p.dist.from_json(t.params.get(&p.path)?))
+                    .collect::<Option<Vec<f64>>>()?;
+                Some(Observation {
+                    number: t.number,
+                    point,
+                    outcome,
+                })
+            })
+            .collect()
+    }
+
+    /// Every trial's curve but `except`'s, oriented lower-is-better, for the pruner.
+    pub fn curves(&self, sweep: &Sweep, except: u32) -> Vec<(Vec<f64>, bool)> {
+        let sign = sweep.objective.sign();
+        self.trials
+            .iter()
+            .filter(|t| t.number != except && t.state != TrialState::Failed)
+            .map(|t| {
+                (
+                    t.intermediate.iter().map(|v| sign * v).collect(),
+                    t.state == TrialState::Completed,
+                )
+            })
+            .collect()
+    }
+}
+
+/// Borrows curves as pruner peers.
+pub fn peers(curves: &[(Vec<f64>, bool)]) -> Vec<Peer<'_>> {
+    curves
+        .iter()
+        .map(|(v, completed)| Peer {
+            values: v,
+            completed: *completed,
+        })
+        .collect()
+}
+
+/// The sweep folder `sweeps/<name>` under a bucket root.
+pub fn sweep_store(root: &Store, name: &str) -> Store {
+    root.child(&layout::sweep_prefix(name))
+}
+
+/// A malformed state.json.
+#[derive(Debug, thiserror::Error)]
+#[error("{url} is unreadable: {message}")]
+pub struct BadState {
+    pub url: String,
+    pub message: String,
+}
+
+pub async fn read_state(sweep: &Store) -> Result<Option<SweepState>, ReadError> {
+    let Some(b) = sweep.get_opt(layout::sweep::STATE).await? else {
+        return Ok(None);
+    };
+    serde_json::from_slice(&b).map(Some).map_err(|e| {
+        ReadError::Bad(BadState {
+            url: sweep.url_of(layout::sweep::STATE),
+            message: e.to_string(),
+        })
+    })
+}
+
+pub async fn write_state(sweep: &Store, s: &mut SweepState) -> Result<(), StoreError> {
+    s.updated_at = crate::stage::now_rfc3339();
+    sweep
+        .put(
+            layout::sweep::STATE,
+            Bytes::from(serde_json::to_vec_pretty(s).expect("serializes")),
+        )
+        .await
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Bad(#[from] BadState),
+}
+
+/// Which `idcctl sweep run` drives a sweep.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Driver {
+    pub host: String,
+    pub pid: u32,
+    /// Unix seconds of the driver's last sign of life.
+    pub heartbeat: i64,
+}
+
+/// Seconds after which a driver on another machine that has not written is taken for gone.
+pub const DRIVER_TIMEOUT_S: i64 = 60;
+
+impl Driver {
+    pub fn me() -> Self {
+        Self {
+            host: hostname(),
+            pid: std::process::id(),
+            heartbeat: now_s(),
+        }
+    }
+
+    /// Whether this driver still runs: its process exists (same machine), or it wrote within
+    /// [`DRIVER_TIMEOUT_S`] (another machine).
+    pub fn alive(&self) -> bool {
+        if self.host == hostname() {
+            // SAFETY: signal 0 only checks that the process exists.
+            self.heartbeat > 0 && unsafe { libc::kill(self.pid as i32, 0) } == 0
+        } else {
+            now_s() - self.heartbeat < DRIVER_TIMEOUT_S
+        }
+    }
+}
+
+pub fn now_s() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes into buf.
+    let ok = unsafe { libc::gethostname(buf.as_mut_ptr() as *mut libc::c_char, buf.len()) } == 0;
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    if ok {
+        String::from_utf8_lossy(&buf[..end]).into_owned()
+    } else {
+        "unknown".into()
+    }
+}
+
+pub async fn read_driver(sweep: &Store) -> Result<Option<Driver>, StoreError> {
+    Ok(sweep
+        .get_opt(layout::sweep::DRIVER)
+        .await?
+        .and_then(|b| serde_json::from_slice(&b).ok()))
+}
+
+pub async fn write_driver(sweep: &Store, d: &Driver) -> Result<(), StoreError> {
+    sweep
+        .put(
+            layout::sweep::DRIVER,
+            Bytes::from(serde_json::to_vec_pretty(d).expect("serializes")),
+        )
+        .await
+}
+
+/// `Vec<f64>` with NaN written as `null` (JSON has no NaN).
+mod nan_as_null {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[f64], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(v.iter().map(|x| if x.is_nan() { None } else { Some(*x) }))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<f64>, D::Error> {
+        let v: Vec<Option<f64>> = Vec::deserialize(d)?;
+        Ok(v.into_iter().map(|x| x.unwrap_or(f64::NAN)).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trials_round_trip_with_nan() {
+        let t = Trial {
+            id: Trial::id_of(3),
+            number: 3,
+            run_id: "s-t003".into(),
+            params: [("train.optimizer.lr".to_string(), serde_json::json!(0.01))].into(),
+            state: TrialState::Pruned,
+            value: Some(0.7),
+            best_epoch: Some(1),
+            intermediate: vec![0.7, f64::NAN],
+            reason: Some("asha".into()),
+            started_at: "2026-01-01T00:00:00Z".into(),
+            finished_at: None,
+            interrupted: false,
+        };
+        let json = serde_json::to_string(&t).unwrap();
+        assert!(json.contains(r#""intermediate":[0.7,null]"#), "{json}");
+        assert!(!json.contains("interrupted"));
+        let back: Trial = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.id, "t003");
+        assert!(back.intermediate[1].is_nan());
+    }
+}
