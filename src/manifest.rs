@@ -144,6 +144,12 @@ impl fmt::Display for ManifestError {
 
 /// Reads and checks the manifest at `path`.
 pub fn load(path: &Path) -> Result<Experiment, ManifestError> {
+    let (text, file) = read(path)?;
+    parse(&text, &file)
+}
+
+/// The text of the manifest file at `path`, and its name for errors.
+pub fn read(path: &Path) -> Result<(String, String), ManifestError> {
     let file = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| ManifestError {
         file: file.clone(),
@@ -151,7 +157,7 @@ pub fn load(path: &Path) -> Result<Experiment, ManifestError> {
         message: format!("cannot read: {e}"),
         hint: None,
     })?;
-    parse(&text, &file)
+    Ok((text, file))
 }
 
 /// Parses and checks manifest `text`; `file` names it in errors.

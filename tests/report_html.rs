@@ -11,7 +11,7 @@ mod common;
 use common::*;
 use idc::metrics::{ErrorKind, Report};
 use idc::shard::ShardReader;
-use idc::stage::{self, StageHooks, StageOptions};
+use idc::stage;
 use idc::store::Store;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -31,24 +31,9 @@ struct Runs {
 }
 
 fn train_two_runs() -> Runs {
-    let worker = Path::new(env!("CARGO_BIN_EXE_idcctl")).with_file_name("idc-worker");
-    assert!(
-        worker.exists(),
-        "{} is missing: build the workspace (cargo test --workspace)",
-        worker.display()
-    );
+    require_worker();
     let dir = tempfile::tempdir().unwrap();
-    synth(&dir.path().join("src"), 8, 120, 0);
-    let storage = format!("file://{}/bucket", dir.path().display());
-    let dataset = format!("{storage}/datasets/synth");
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(stage::stage(
-        &dir.path().join("src"),
-        &Store::open(&dataset).unwrap(),
-        &StageOptions::default(),
-        &StageHooks::default(),
-    ))
-    .unwrap();
+    let (storage, dataset) = staged_synth_bucket(dir.path(), 8, 120);
     let submit = |name: &str, train: &str| {
         let manifest = dir.path().join(format!("{name}.yaml"));
         std::fs::write(

@@ -5,8 +5,6 @@
 mod common;
 
 use common::*;
-use idc::stage::{self, StageHooks, StageOptions};
-use idc::store::Store;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -17,24 +15,9 @@ struct Bench {
 }
 
 fn setup(train: &str, extra: &str) -> Bench {
-    let worker = Path::new(env!("CARGO_BIN_EXE_idcctl")).with_file_name("idc-worker");
-    assert!(
-        worker.exists(),
-        "{} is missing: build the workspace (cargo test --workspace)",
-        worker.display()
-    );
+    require_worker();
     let dir = tempfile::tempdir().unwrap();
-    synth(&dir.path().join("src"), 8, 120, 0);
-    let storage = format!("file://{}/bucket", dir.path().display());
-    let ds = format!("{storage}/datasets/synth");
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(stage::stage(
-        &dir.path().join("src"),
-        &Store::open(&ds).unwrap(),
-        &StageOptions::default(),
-        &StageHooks::default(),
-    ))
-    .unwrap();
+    let (storage, ds) = staged_synth_bucket(dir.path(), 8, 120);
     let manifest = dir.path().join("exp.yaml");
     std::fs::write(
         &manifest,

@@ -6,8 +6,6 @@
 mod common;
 
 use common::*;
-use idc::stage::{self, StageHooks, StageOptions};
-use idc::store::Store;
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -24,26 +22,10 @@ struct Bench {
 }
 
 fn setup(edit: impl Fn(String) -> String) -> Bench {
-    let worker = Path::new(env!("CARGO_BIN_EXE_idcctl")).with_file_name("idc-worker");
-    assert!(
-        worker.exists(),
-        "{} is missing: build the workspace (cargo test --workspace)",
-        worker.display()
-    );
+    require_worker();
     let dir = tempfile::tempdir().unwrap();
-    synth(&dir.path().join("src"), 8, 100, 0);
+    let (storage, ds) = staged_synth_bucket(dir.path(), 8, 100);
     let bucket = dir.path().join("bucket");
-    let storage = format!("file://{}", bucket.display());
-    let ds = format!("{storage}/datasets/synth");
-    tokio::runtime::Runtime::new()
-        .unwrap()
-        .block_on(stage::stage(
-            &dir.path().join("src"),
-            &Store::open(&ds).unwrap(),
-            &StageOptions::default(),
-            &StageHooks::default(),
-        ))
-        .unwrap();
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sweep-synth.yaml");
     let text = edit(
         std::fs::read_to_string(fixture)

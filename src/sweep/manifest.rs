@@ -156,13 +156,7 @@ impl Sweep {
 
 /// Reads and checks the sweep manifest at `path`.
 pub fn load(path: &Path) -> Result<(Sweep, String), ManifestError> {
-    let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| ManifestError {
-        file: file.clone(),
-        at: None,
-        message: format!("cannot read: {e}"),
-        hint: None,
-    })?;
+    let (text, file) = crate::manifest::read(path)?;
     let sweep = parse(&text, &file)?;
     Ok((sweep, text))
 }

@@ -87,3 +87,31 @@ pub fn idcctl_env(args: &[&str], env: &[(&str, &str)]) -> Output {
 pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
+
+/// Fails with a clear message unless the worker binary was built beside idcctl.
+pub fn require_worker() {
+    let worker = Path::new(env!("CARGO_BIN_EXE_idcctl")).with_file_name("idc-worker");
+    assert!(
+        worker.exists(),
+        "{} is missing: build the workspace (cargo test --workspace)",
+        worker.display()
+    );
+}
+
+/// A synthetic dataset (`patients` x `per_patient` patches, written under `dir/src`) staged
+/// into a new `file://` bucket at `dir/bucket`: returns the bucket's and the dataset's URLs.
+pub fn staged_synth_bucket(dir: &Path, patients: u32, per_patient: u32) -> (String, String) {
+    synth(&dir.join("src"), patients, per_patient, 0);
+    let storage = format!("file://{}/bucket", dir.display());
+    let dataset = format!("{storage}/datasets/synth");
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(idc::stage::stage(
+            &dir.join("src"),
+            &Store::open(&dataset).unwrap(),
+            &idc::stage::StageOptions::default(),
+            &idc::stage::StageHooks::default(),
+        ))
+        .unwrap();
+    (storage, dataset)
+}
