@@ -681,6 +681,45 @@ async fn logs_follow_two_attempts_then_read_the_bucket() {
         ]
     );
 
+    // A pod deleted between the listing and the log request: its log comes from the bucket.
+    sub.run
+        .put(&keys::log(1), bytes::Bytes::from("from the bucket\n"))
+        .await
+        .unwrap();
+    let gone = pod(p1, "2026-11-26T10:00:00Z", "Running", running());
+    let complete = job_json(json!([{"type": "Complete", "status": "True"}]), "x");
+    let (cluster, task) = mock_cluster(vec![
+        ex("GET", job_path(RUN), 200, complete.clone()),
+        ex(
+            "GET",
+            pods_list_uri(),
+            200,
+            list("PodList", vec![gone.clone()]),
+        ),
+        ex(
+            "GET",
+            log_uri(p1, true),
+            404,
+            status_err(404, "NotFound", "pods \"resnet34-t1-aaaaa\" not found"),
+        ),
+        ex("GET", job_path(RUN), 200, complete),
+        ex("GET", pods_list_uri(), 200, list("PodList", vec![gone])),
+    ]);
+    let mut lines = vec![];
+    kube::follow(
+        &cluster,
+        &sub.run,
+        RUN,
+        0,
+        None,
+        &mut |l: LogLine| lines.push((l.attempt, l.text)),
+        &mut |_| {},
+    )
+    .await
+    .unwrap();
+    finish(cluster, task).await;
+    assert_eq!(lines, vec![(1, "from the bucket".to_string())]);
+
     // Later the Job and its pods are gone: the worker's own copies in the bucket remain.
     sub.run
         .put(&keys::log(1), bytes::Bytes::from("a1\na2\n"))

@@ -63,6 +63,11 @@ fn ctx(c: &Option<String>) -> String {
 }
 
 impl KubeError {
+    /// Whether the object was not there (404).
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, KubeError::Api { source: ::kube::Error::Api(s), .. } if s.code == 404)
+    }
+
     /// Whether the user can fix it (exit code 2) rather than a failure.
     pub fn is_user_error(&self) -> bool {
         matches!(

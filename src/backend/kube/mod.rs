@@ -64,7 +64,14 @@ pub async fn follow(
         if let Some(pod) = pods.get((attempt - earlier) as usize - 1) {
             let name = pod.metadata.name.clone().unwrap_or_default();
             if started(pod) {
-                follow_pod(cluster, &name, attempt, sink).await?;
+                match follow_pod(cluster, &name, attempt, sink).await {
+                    // Deleted between the listing and the log request (cancel, TTL): the
+                    // worker's own copy of this attempt's log is in the bucket.
+                    Err(e) if e.is_not_found() => {
+                        from_bucket(run, attempt, Some(attempt), sink).await?
+                    }
+                    r => r?,
+                }
                 printed_any = true;
                 if only.is_some() {
                     return Ok(());
