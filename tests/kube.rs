@@ -146,6 +146,29 @@ fn mock_cluster(script: Vec<Exchange>) -> (Cluster, tokio::task::JoinHandle<()>)
     )
 }
 
+/// Follows the run's log on the scripted cluster: every line with its attempt.
+async fn followed(
+    cluster: Cluster,
+    task: tokio::task::JoinHandle<()>,
+    run: &Store,
+    earlier: u32,
+) -> Vec<(u32, String)> {
+    let mut lines = vec![];
+    kube::follow(
+        &cluster,
+        run,
+        RUN,
+        earlier,
+        None,
+        &mut |l: LogLine| lines.push((l.attempt, l.text)),
+        &mut |_| {},
+    )
+    .await
+    .unwrap();
+    finish(cluster, task).await;
+    lines
+}
+
 /// Drops the cluster (closing the mock) and waits for the script's checks.
 async fn finish(cluster: Cluster, task: tokio::task::JoinHandle<()>) {
     drop(cluster);
@@ -656,21 +679,8 @@ async fn logs_follow_two_attempts_then_read_the_bucket() {
         ),
     ];
     let (cluster, task) = mock_cluster(script);
-    let mut lines = vec![];
-    let mut notices = vec![];
-    kube::follow(
-        &cluster,
-        &sub.run,
-        RUN,
-        0,
-        None,
-        &mut |l: LogLine| lines.push(l),
-        &mut |n: String| notices.push(n),
-    )
-    .await
-    .unwrap();
-    finish(cluster, task).await;
-    let got: Vec<(u32, &str)> = lines.iter().map(|l| (l.attempt, l.text.as_str())).collect();
+    let lines = followed(cluster, task, &sub.run, 0).await;
+    let got: Vec<(u32, &str)> = lines.iter().map(|(a, t)| (*a, t.as_str())).collect();
     assert_eq!(
         got,
         vec![
@@ -705,19 +715,7 @@ async fn logs_follow_two_attempts_then_read_the_bucket() {
         ex("GET", job_path(RUN), 200, complete),
         ex("GET", pods_list_uri(), 200, list("PodList", vec![gone])),
     ]);
-    let mut lines = vec![];
-    kube::follow(
-        &cluster,
-        &sub.run,
-        RUN,
-        0,
-        None,
-        &mut |l: LogLine| lines.push((l.attempt, l.text)),
-        &mut |_| {},
-    )
-    .await
-    .unwrap();
-    finish(cluster, task).await;
+    let lines = followed(cluster, task, &sub.run, 0).await;
     assert_eq!(lines, vec![(1, "from the bucket".to_string())]);
 
     // Later the Job and its pods are gone: the worker's own copies in the bucket remain.
@@ -738,20 +736,8 @@ async fn logs_follow_two_attempts_then_read_the_bucket() {
         ),
         ex("GET", pods_list_uri(), 200, list("PodList", vec![])),
     ]);
-    let mut lines = vec![];
-    kube::follow(
-        &cluster,
-        &sub.run,
-        RUN,
-        0,
-        None,
-        &mut |l: LogLine| lines.push(l),
-        &mut |_| {},
-    )
-    .await
-    .unwrap();
-    finish(cluster, task).await;
-    let got: Vec<(u32, &str)> = lines.iter().map(|l| (l.attempt, l.text.as_str())).collect();
+    let lines = followed(cluster, task, &sub.run, 0).await;
+    let got: Vec<(u32, &str)> = lines.iter().map(|(a, t)| (*a, t.as_str())).collect();
     assert_eq!(got, vec![(1, "a1"), (1, "a2"), (2, "b1")]);
 }
 
@@ -845,19 +831,7 @@ async fn resume_replaces_the_job_and_keeps_earlier_attempts() {
         ex("GET", job_path(RUN), 200, complete),
         ex("GET", pods_list_uri(), 200, list("PodList", vec![done])),
     ]);
-    let mut lines = vec![];
-    kube::follow(
-        &cluster,
-        &sub.run,
-        RUN,
-        2,
-        None,
-        &mut |l: LogLine| lines.push((l.attempt, l.text)),
-        &mut |_| {},
-    )
-    .await
-    .unwrap();
-    finish(cluster, task).await;
+    let lines = followed(cluster, task, &sub.run, 2).await;
     assert_eq!(
         lines,
         vec![(1, "one".into()), (2, "two".into()), (3, "three".into())]
@@ -979,4 +953,23 @@ fn an_unreachable_cluster_is_named() {
         "{err}"
     );
     assert!(!err.contains("t0ken"));
+}
+
+#[test]
+fn a_run_id_that_is_no_kubernetes_name_is_refused() {
+    for bad in ["Bad_Name", "x-", "9lives", &"a".repeat(64)] {
+        let out = idcctl(&[
+            "submit",
+            manifests_dir().join("resnet34.yaml").to_str().unwrap(),
+            "--dry-run",
+            "--run-id",
+            bad,
+        ]);
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+        assert!(
+            text(&out.stderr).contains(&format!("run id '{bad}' must be at most 63")),
+            "{}",
+            text(&out.stderr)
+        );
+    }
 }

@@ -101,15 +101,11 @@ pub struct Plan {
     pub spec_sha256: String,
 }
 
+/// A run id names the run's folder and its Job: a DNS-1123 label that starts with a letter.
 fn check_run_id(id: &str) -> Result<(), BackendError> {
-    if id.len() > 63 || manifest::bad_name(&id[..id.len().min(manifest::MAX_NAME_LEN)]).is_some() {
-        return Err(BackendError::Invalid(format!(
-            "run id '{id}' must be at most 63 lowercase letters, digits and '-', starting with a letter and ending with a letter or digit"
-        )));
-    }
     if !kube::names::is_dns1123_label(id) || !id.as_bytes()[0].is_ascii_lowercase() {
         return Err(BackendError::Invalid(format!(
-            "run id '{id}' is not a valid Kubernetes name (a DNS-1123 label starting with a letter)"
+            "run id '{id}' must be at most 63 lowercase letters, digits and '-', starting with a letter and ending with a letter or digit"
         )));
     }
     Ok(())
@@ -184,6 +180,19 @@ pub fn plan(
         spec,
         spec_yaml,
     })
+}
+
+impl Plan {
+    /// The run's Job with the namespace's `defaults`.
+    pub fn job(&self, defaults: &kube::ClusterDefaults) -> k8s_openapi::api::batch::v1::Job {
+        kube::job::build(&kube::job::JobInputs {
+            experiment: &self.experiment,
+            run_id: &self.run_id,
+            run_url: &self.run_url,
+            spec_sha256: &self.spec_sha256,
+            defaults,
+        })
+    }
 }
 
 fn dataset_prefix(exp: &Experiment) -> String {
@@ -314,13 +323,7 @@ pub async fn submit_on(
     });
     match (cluster, defaults) {
         (Some(cluster), Some(defaults)) => {
-            let job = kube::job::build(&kube::job::JobInputs {
-                experiment: &plan.experiment,
-                run_id: &plan.run_id,
-                run_url: &plan.run_url,
-                spec_sha256: &plan.spec_sha256,
-                defaults: &defaults,
-            });
+            let job = plan.job(&defaults);
             status.cluster = Some(ClusterRef {
                 context: cluster.context.clone(),
                 namespace: cluster.namespace.clone(),
@@ -380,13 +383,7 @@ pub fn render_job(
     exp.backend = Backend::Kubernetes;
     let plan = plan(&exp, opts, defaults.storage.as_deref())?;
     check_reachable(&plan)?;
-    let job = kube::job::build(&kube::job::JobInputs {
-        experiment: &plan.experiment,
-        run_id: &plan.run_id,
-        run_url: &plan.run_url,
-        spec_sha256: &plan.spec_sha256,
-        defaults,
-    });
+    let job = plan.job(defaults);
     let bad = kube::names::job_violations(&job);
     if !bad.is_empty() {
         return Err(BackendError::Invalid(format!(

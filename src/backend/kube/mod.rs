@@ -42,7 +42,7 @@ pub async fn follow(
         return Ok(from_bucket(run, n, Some(n), sink).await?);
     }
     if only.is_none() && earlier > 0 {
-        from_bucket_range(run, 1, earlier, sink).await?;
+        from_bucket(run, 1, Some(earlier), sink).await?;
     }
     // The pod of attempt `attempt` is the (attempt - earlier)-th of the current Job.
     let mut attempt = only.unwrap_or(earlier + 1);
@@ -166,45 +166,27 @@ async fn follow_pod(
     }
 }
 
-/// Prints the bucket's copies of the logs of attempts `from..=to`.
-async fn from_bucket_range(
-    run: &Store,
-    from: u32,
-    to: u32,
-    sink: &mut (dyn FnMut(LogLine) + Send),
-) -> Result<(), StoreError> {
-    for attempt in from..=to {
-        if let Some(b) = run.get_opt(&keys::log(attempt)).await? {
-            for l in String::from_utf8_lossy(&b).lines() {
-                sink(LogLine {
-                    attempt,
-                    text: l.to_string(),
-                });
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Prints the bucket's copies of the logs from attempt `from` on.
+/// Prints the bucket's copies of the logs of attempts `from..=to`; with no `to`, up to the
+/// first attempt that left no log.
 async fn from_bucket(
     run: &Store,
     from: u32,
-    only: Option<u32>,
+    to: Option<u32>,
     sink: &mut (dyn FnMut(LogLine) + Send),
 ) -> Result<(), StoreError> {
-    let mut attempt = from;
-    while let Some(b) = run.get_opt(&keys::log(attempt)).await? {
+    for attempt in from..=to.unwrap_or(u32::MAX) {
+        let Some(b) = run.get_opt(&keys::log(attempt)).await? else {
+            if to.is_none() {
+                break;
+            }
+            continue;
+        };
         for l in String::from_utf8_lossy(&b).lines() {
             sink(LogLine {
                 attempt,
                 text: l.to_string(),
             });
         }
-        if only.is_some() {
-            break;
-        }
-        attempt += 1;
     }
     Ok(())
 }
