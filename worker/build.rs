@@ -40,7 +40,8 @@ fn libtorch_version(lib: &Path) -> Option<String> {
         .map(|v| v.trim().trim_matches('\'').trim_matches('"').to_string())
 }
 
-/// Compiles `src/shim.cpp` (bf16 autocast) against the same libtorch headers.
+/// Compiles `src/shim.cpp` (autocast, fused optimizers, op counters) against the same libtorch
+/// headers.
 fn compile_shim(lib: &Path) {
     println!("cargo:rerun-if-changed=src/shim.cpp");
     let include = lib
@@ -54,6 +55,9 @@ fn compile_shim(lib: &Path) {
         .include(include.join("torch/csrc/api/include"))
         .flag("-std=c++17")
         .define("_GLIBCXX_USE_CXX11_ABI", "1")
+        // As libtorch itself is built: some of its classes (RecordFunction) have debug-only
+        // members, so the shim must see the same layout.
+        .define("NDEBUG", None)
         .warnings(false)
         .compile("idc_shim");
 }

@@ -39,6 +39,11 @@ impl SplitData {
         self.labels_host.is_empty()
     }
 
+    /// The patches' side length in pixels.
+    pub fn side(&self) -> i64 {
+        self.images.size()[2]
+    }
+
     /// Builds a split from HWC uint8 pixels (`n * 7500` bytes) and labels.
     pub fn from_hwc(pixels: &[u8], labels: Vec<u8>, device: Device) -> Self {
         let n = labels.len() as i64;

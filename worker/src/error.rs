@@ -11,6 +11,12 @@ pub enum WorkerError {
     Store(#[from] idc::store::StoreError),
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
+    /// The libtorch loaded at run time lacks an operator the shim calls (another libtorch than
+    /// the one the worker was built against): the image or `LD_LIBRARY_PATH` is wrong.
+    #[error(
+        "the libtorch loaded at run time has no operator {op}; this worker was built against libtorch {built}: run it with that libtorch (its lib folder on LD_LIBRARY_PATH)"
+    )]
+    MissingOp { op: String, built: &'static str },
     #[error("{0}")]
     Internal(String),
 }
@@ -18,7 +24,7 @@ pub enum WorkerError {
 impl WorkerError {
     pub fn exit_code(&self) -> ExitCode {
         match self {
-            WorkerError::BadInput(_) => ExitCode::UserError,
+            WorkerError::BadInput(_) | WorkerError::MissingOp { .. } => ExitCode::UserError,
             WorkerError::Store(idc::store::StoreError::BadUrl { .. }) => ExitCode::UserError,
             _ => ExitCode::Failure,
         }

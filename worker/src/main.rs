@@ -1,7 +1,6 @@
 //! `idc-worker`: the training worker that runs on the GPU node (or as a local child process).
 
 mod augment;
-mod autocast;
 mod bench;
 mod data;
 mod error;
@@ -9,6 +8,8 @@ mod model;
 mod optim;
 mod runlog;
 mod sampler;
+mod shim;
+mod step;
 mod train;
 
 use clap::{Parser, Subcommand};

@@ -1,158 +1,133 @@
-//! Optimizers (SGD with momentum/Nesterov, Adam, AdamW) with their state as named tensors, so a
-//! checkpoint can save and restore it (tch's optimizers keep their state out of reach).
+//! Optimizers (SGD with momentum/Nesterov, Adam, AdamW) as one multi-tensor kernel per step
+//! (ATen's `_fused_sgd_` / `_fused_adam_` / `_fused_adamw_`, through the shim), with their state
+//! as named tensors so a checkpoint can save and restore it (tch's optimizers keep theirs out of
+//! reach). A step's op count does not grow with the number of parameter tensors.
 
+use crate::error::WorkerError;
+use crate::shim::{self, AdamStep, SgdStep};
 use idc::spec::{OptimizerKind, OptimizerSpec};
 use std::collections::BTreeMap;
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
 pub struct Optimizer {
     spec: OptimizerSpec,
-    params: Vec<(String, Tensor)>,
-    /// Per parameter: SGD momentum buffer, or Adam's first and second moments.
-    state: BTreeMap<String, Vec<Tensor>>,
-    /// Steps taken (Adam's bias correction).
+    names: Vec<String>,
+    params: Vec<Tensor>,
+    /// Per state slot, one tensor per parameter: SGD's momentum buffers (none without
+    /// momentum), or Adam's first and second moments.
+    state: Vec<Vec<Tensor>>,
+    /// Adam's step number on the parameters' device, shared by every parameter (the fused
+    /// kernels read it there; updating it is one fill, not an upload).
+    step_on_device: Tensor,
+    /// Steps taken (Adam's bias correction, SGD's first step).
     pub steps: i64,
 }
 
 impl Optimizer {
     pub fn new(spec: &OptimizerSpec, params: Vec<(String, Tensor)>) -> Self {
+        let (names, params): (Vec<String>, Vec<Tensor>) = params.into_iter().unzip();
+        let slots = match spec.kind {
+            OptimizerKind::Sgd if spec.momentum == 0.0 => 0,
+            OptimizerKind::Sgd => 1,
+            OptimizerKind::Adam | OptimizerKind::Adamw => 2,
+        };
+        let state = (0..slots)
+            .map(|_| {
+                tch::no_grad(|| params.iter().map(|p| p.zeros_like().detach()).collect())
+            })
+            .collect();
+        let device = params.first().map_or(tch::Device::Cpu, |p| p.device());
         Self {
             spec: spec.clone(),
+            names,
             params,
-            state: BTreeMap::new(),
+            state,
+            step_on_device: Tensor::zeros([], (Kind::Float, device)),
             steps: 0,
         }
     }
 
+    /// Sets the gradients to none (no kernel; backward writes fresh ones).
     pub fn zero_grad(&mut self) {
-        for (_, p) in self.params.iter_mut() {
-            p.zero_grad();
-        }
+        shim::grads_to_none(&self.params);
     }
 
-    /// Scales gradients so their global L2 norm is at most `max`; returns the norm before.
-    pub fn clip_grad_norm(&mut self, max: f64) -> f64 {
-        let grads: Vec<Tensor> = self
-            .params
-            .iter()
-            .map(|(_, p)| p.grad())
-            .filter(|g| g.defined())
-            .collect();
-        if grads.is_empty() {
-            return 0.0;
-        }
-        let total = tch::no_grad(|| {
-            let sq: Vec<Tensor> = grads
-                .iter()
-                .map(|g| g.pow_tensor_scalar(2).sum(tch::Kind::Float))
-                .collect();
-            Tensor::stack(&sq, 0)
-                .sum(tch::Kind::Float)
-                .sqrt()
-                .double_value(&[])
-        });
-        if total > max {
-            let scale = max / (total + 1e-6);
-            tch::no_grad(|| {
-                for mut g in grads {
-                    let _ = g.g_mul_scalar_(scale);
-                }
-            });
-        }
-        total
+    /// Scales gradients so their global L2 norm is at most `max`; returns the norm before as a
+    /// device scalar, unread (reading it would wait for the device).
+    pub fn clip_grad_norm(&mut self, max: f64) -> Result<Option<Tensor>, WorkerError> {
+        shim::clip_grad_norm(&self.params, max)
     }
 
-    /// One update with learning rate `lr`.
-    pub fn step(&mut self, lr: f64) {
-        self.steps += 1;
+    /// One update with learning rate `lr`, of every parameter that has a gradient.
+    pub fn step(&mut self, lr: f64) -> Result<(), WorkerError> {
         let s = &self.spec;
-        let t = self.steps as i32;
-        tch::no_grad(|| {
-            for (name, p) in self.params.iter_mut() {
-                let g = p.grad();
-                if !g.defined() {
-                    continue;
-                }
-                match s.kind {
-                    OptimizerKind::Sgd => {
-                        let mut d = if s.weight_decay != 0.0 {
-                            &g + &*p * s.weight_decay
-                        } else {
-                            g.shallow_clone()
-                        };
-                        if s.momentum != 0.0 {
-                            let state = self.state.entry(name.clone()).or_default();
-                            if state.is_empty() {
-                                state.push(d.detach().copy());
-                            } else {
-                                let _ = state[0].g_mul_scalar_(s.momentum).g_add_(&d);
-                            }
-                            d = if s.nesterov {
-                                &d + &state[0] * s.momentum
-                            } else {
-                                state[0].shallow_clone()
-                            };
-                        }
-                        let _ = p.g_sub_(&(d * lr));
-                    }
-                    OptimizerKind::Adam | OptimizerKind::Adamw => {
-                        let decoupled = s.kind == OptimizerKind::Adamw;
-                        if decoupled && s.weight_decay != 0.0 {
-                            let _ = p.g_mul_scalar_(1.0 - lr * s.weight_decay);
-                        }
-                        let d = if !decoupled && s.weight_decay != 0.0 {
-                            &g + &*p * s.weight_decay
-                        } else {
-                            g.shallow_clone()
-                        };
-                        let state = self.state.entry(name.clone()).or_default();
-                        if state.is_empty() {
-                            state.push(p.zeros_like());
-                            state.push(p.zeros_like());
-                        }
-                        let _ = state[0]
-                            .g_mul_scalar_(s.beta1)
-                            .g_add_(&(&d * (1.0 - s.beta1)));
-                        let _ = state[1]
-                            .g_mul_scalar_(s.beta2)
-                            .g_add_(&(&d * &d * (1.0 - s.beta2)));
-                        let bc1 = 1.0 - s.beta1.powi(t);
-                        let bc2 = 1.0 - s.beta2.powi(t);
-                        let denom = (&state[1] / bc2).sqrt() + s.eps;
-                        let _ = p.g_sub_(&(&state[0] / &denom * (lr / bc1)));
-                    }
-                }
+        let first_step = self.steps == 0;
+        self.steps += 1;
+        tch::no_grad(|| match s.kind {
+            OptimizerKind::Sgd => shim::fused_sgd(
+                &self.params,
+                self.state.first().map_or(&[][..], |b| b.as_slice()),
+                &SgdStep {
+                    lr,
+                    momentum: s.momentum,
+                    weight_decay: s.weight_decay,
+                    nesterov: s.nesterov,
+                    first_step,
+                },
+            ),
+            OptimizerKind::Adam | OptimizerKind::Adamw => {
+                let _ = self.step_on_device.fill_(self.steps as f64);
+                shim::fused_adam(
+                    &self.params,
+                    &self.state[0],
+                    &self.state[1],
+                    &self.step_on_device,
+                    &AdamStep {
+                        lr,
+                        beta1: s.beta1,
+                        beta2: s.beta2,
+                        weight_decay: s.weight_decay,
+                        eps: s.eps,
+                        decoupled: s.kind == OptimizerKind::Adamw,
+                    },
+                )
             }
-        });
+        })
     }
 
     /// The optimizer state as named tensors (for a checkpoint).
     pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
         let mut out = vec![("optim.steps".to_string(), Tensor::from_slice(&[self.steps]))];
-        for (name, bufs) in &self.state {
-            for (i, b) in bufs.iter().enumerate() {
+        for (i, slot) in self.state.iter().enumerate() {
+            for (name, b) in self.names.iter().zip(slot) {
                 out.push((format!("optim.{i}.{name}"), b.shallow_clone()));
             }
         }
         out
     }
 
-    /// Restores state saved by [`Optimizer::state_tensors`].
+    /// Restores state saved by [`Optimizer::state_tensors`] (a slot missing for a parameter
+    /// keeps its zeros, as before that parameter's first update).
     pub fn load_state(&mut self, tensors: &BTreeMap<String, Tensor>) -> Result<(), String> {
         let steps = tensors
             .get("optim.steps")
             .ok_or("checkpoint has no optimizer state")?;
         self.steps = steps.int64_value(&[0]);
-        self.state.clear();
-        for (name, p) in &self.params {
-            let mut bufs = vec![];
-            while let Some(t) = tensors.get(&format!("optim.{}.{name}", bufs.len())) {
-                bufs.push(t.to_device(p.device()).to_kind(p.kind()));
-            }
-            if !bufs.is_empty() {
-                self.state.insert(name.clone(), bufs);
+        for (i, slot) in self.state.iter_mut().enumerate() {
+            for (name, b) in self.names.iter().zip(slot.iter_mut()) {
+                if let Some(t) = tensors.get(&format!("optim.{i}.{name}")) {
+                    if t.size() != b.size() {
+                        return Err(format!(
+                            "checkpoint optimizer state optim.{i}.{name} has shape {:?}, the parameter {:?}",
+                            t.size(),
+                            b.size()
+                        ));
+                    }
+                    tch::no_grad(|| b.copy_(&t.to_device(b.device()).to_kind(b.kind())));
+                }
             }
         }
+        let _ = self.step_on_device.fill_(self.steps as f64);
         Ok(())
     }
 }
@@ -169,7 +144,7 @@ mod tests {
         for _ in 0..n {
             opt.zero_grad();
             (&p - 3.0).pow_tensor_scalar(2).sum(Kind::Double).backward();
-            opt.step(lr);
+            opt.step(lr).unwrap();
         }
         p.double_value(&[0])
     }
@@ -216,7 +191,7 @@ mod tests {
         };
         let mut a = Optimizer::new(&spec, vec![("w".into(), p.shallow_clone())]);
         (&p * 2.0).sum(Kind::Float).backward();
-        a.step(0.1);
+        a.step(0.1).unwrap();
         let saved: BTreeMap<String, Tensor> = a.state_tensors().into_iter().collect();
         let mut b = Optimizer::new(&spec, vec![("w".into(), p.shallow_clone())]);
         b.load_state(&saved).unwrap();

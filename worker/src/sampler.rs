@@ -14,7 +14,7 @@ pub fn rng_for(seed: u64, purpose: u64, epoch: u32, step: u64) -> ChaCha8Rng {
     ChaCha8Rng::seed_from_u64(s)
 }
 
-pub use idc::rng::{below, unit};
+use idc::rng::below;
 
 /// The indices of training patches for `epoch`, `labels.len()` of them.
 pub fn epoch_order(sampling: Sampling, labels: &[u8], seed: u64, epoch: u32) -> Vec<i64> {

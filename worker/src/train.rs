@@ -1,13 +1,12 @@
 //! The training run: load, train with checkpoints, evaluate, report. Every output goes to the
 //! run's folder in the bucket (keys from `idc::layout::run`), each object written whole.
 
-use crate::augment::Plan;
 use crate::data::SplitData;
 use crate::error::WorkerError;
 use crate::model::Model;
-use crate::optim::Optimizer;
 use crate::runlog::RunLog;
-use crate::sampler::{epoch_order, rng_for};
+use crate::sampler::rng_for;
+use crate::step::{EpochOrder, LossWindow, TrainStep, WindowStep, loss_of};
 use bytes::Bytes;
 use idc::layout::run as keys;
 use idc::metrics::{self, BinaryMetrics, MetricsRecord, Misclassified, Report};
@@ -18,7 +17,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
-use tch::{Device, Kind, Reduction, Tensor};
+use tch::{Device, Kind, Tensor};
 
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,6 +90,8 @@ impl<'a> Trainer<'a> {
     pub fn run(&mut self) -> Result<Outcome, WorkerError> {
         let t = self.spec.train.clone();
         t.validate().map_err(WorkerError::BadInput)?;
+        // Before any work: a libtorch without the shim's operators cannot train.
+        crate::shim::require_ops()?;
         let device = match t.device {
             DeviceSpec::Cpu => Device::Cpu,
             DeviceSpec::Cuda if !tch::Cuda::is_available() => {
@@ -170,7 +171,7 @@ impl<'a> Trainer<'a> {
         if bf16 {
             model.use_channels_last();
         }
-        let mut opt = Optimizer::new(&t.optimizer, model.trainable());
+        let mut train = TrainStep::new(&t, model, data.train.side(), bf16, device);
 
         // Resume from the newest checkpoint, if any.
         let mut p = Progress::default();
@@ -183,8 +184,11 @@ impl<'a> Trainer<'a> {
                 WorkerError::Internal(format!("{}: {e}", self.out.url_of(keys::LATEST_CHECKPOINT)))
             })?;
             let tensors = self.load_checkpoint(&p.checkpoint)?;
-            restore_model(&mut model, &tensors)?;
-            opt.load_state(&tensors).map_err(WorkerError::Internal)?;
+            restore_model(&mut train.model, &tensors)?;
+            train
+                .opt
+                .load_state(&tensors)
+                .map_err(WorkerError::Internal)?;
             metric_lines = self.existing_metrics(&p)?;
             self.log.line(&format!(
                 "resumed from {} (epoch {}, step {} of it)",
@@ -201,69 +205,52 @@ impl<'a> Trainer<'a> {
             steps_per_epoch = steps_per_epoch.min(m as u64);
         }
         let total_steps = steps_per_epoch * t.epochs as u64;
-        let pos_weight = t
-            .loss
-            .pos_weight
-            .map(|w| Tensor::from_slice(&[w as f32]).to_device(device));
+        let log_every = t.log_every_steps.max(1);
+        let mut window = LossWindow::new(log_every, device);
 
         while p.epoch < t.epochs && !p.stopped_early {
             let epoch_started = Instant::now();
-            let order = epoch_order(t.sampling, &data.train.labels_host, t.seed, p.epoch);
-            let mut window = (Instant::now(), 0u64);
+            let order = EpochOrder::new(
+                t.sampling,
+                &data.train.labels_host,
+                t.seed,
+                p.epoch,
+                device,
+            );
+            let mut window_clock = (Instant::now(), 0u64);
             while p.step_in_epoch < steps_per_epoch {
                 let step = p.step_in_epoch;
-                let lo = (step * batch) as usize;
-                let hi = (((step + 1) * batch) as usize).min(order.len());
-                let idx = Tensor::from_slice(&order[lo..hi]).to_device(device);
-                let plan = Plan::draw(
-                    &t.augmentation,
-                    hi - lo,
-                    &mut rng_for(t.seed, 2, p.epoch, step),
-                );
-                tch::manual_seed(step_seed(t.seed, p.epoch, step));
+                let idx = order
+                    .batch(step, batch)
+                    .expect("steps_per_epoch fits the order");
+                let n = idx.size()[0] as u64;
                 let lr =
                     t.schedule
                         .lr_at(t.optimizer.lr, p.global_step, steps_per_epoch, total_steps);
-                let loss = {
-                    let x = plan.apply(
-                        &(data.train.images.index_select(0, &idx).to_kind(Kind::Float) / 255.0),
-                    );
-                    let x = if bf16 {
-                        crate::model::channels_last(&x)
-                    } else {
-                        x
-                    };
-                    let y = data.train.labels.index_select(0, &idx);
-                    let logits = crate::autocast::maybe_bf16(bf16, || model.forward(&x, true));
-                    loss_of(
-                        &logits.to_kind(Kind::Float),
-                        &y,
-                        t.loss.kind,
-                        pos_weight.as_ref(),
-                    )
-                };
-                opt.zero_grad();
-                loss.backward();
-                if let Some(c) = t.grad_clip {
-                    opt.clip_grad_norm(c);
-                }
-                opt.step(lr);
-                let loss_v = loss.double_value(&[]);
-                if !loss_v.is_finite() {
-                    return Err(WorkerError::BadInput(format!(
-                        "training diverged: loss is {loss_v} at epoch {}, step {step}; lower train.optimizer.lr",
-                        p.epoch + 1
-                    )));
-                }
-                let n = (hi - lo) as u64;
-                p.epoch_loss_sum += loss_v * n as f64;
-                p.epoch_seen += n;
+                let loss = train.run(
+                    &data.train.images,
+                    &data.train.labels,
+                    &idx,
+                    step_seed(t.seed, p.epoch, step),
+                    lr,
+                )?;
+                window.push(
+                    &loss,
+                    WindowStep {
+                        epoch: p.epoch + 1,
+                        step_in_epoch: step,
+                        patches: n,
+                    },
+                );
                 p.images_trained += n;
                 p.step_in_epoch += 1;
                 p.global_step += 1;
-                window.1 += n;
-                if p.global_step % t.log_every_steps.max(1) as u64 == 0 {
-                    let rate = window.1 as f64 / window.0.elapsed().as_secs_f64().max(1e-9);
+                window_clock.1 += n;
+                if p.global_step % log_every as u64 == 0 {
+                    // The one read of this window: it waits for the device, so the rate is true.
+                    let loss_v = drain_losses(&mut window, &mut p)?;
+                    let rate =
+                        window_clock.1 as f64 / window_clock.0.elapsed().as_secs_f64().max(1e-9);
                     let rec = MetricsRecord::Step {
                         epoch: p.epoch + 1,
                         step: p.global_step,
@@ -277,15 +264,16 @@ impl<'a> Trainer<'a> {
                         p.epoch + 1,
                         p.step_in_epoch
                     ));
-                    window = (Instant::now(), 0);
+                    window_clock = (Instant::now(), 0);
                     if self.last_flush.get().elapsed() > std::time::Duration::from_secs(2) {
                         self.flush_log();
                     }
                 }
                 if self.stop.load(Ordering::SeqCst) && p.step_in_epoch < steps_per_epoch {
+                    drain_losses(&mut window, &mut p)?;
                     p.train_seconds += epoch_started.elapsed().as_secs_f64();
                     let key = keys::checkpoint_mid_epoch(p.epoch + 1, p.step_in_epoch);
-                    self.save_checkpoint(&model, &opt, &mut p, key, &metric_lines)?;
+                    self.save_checkpoint(&train, &mut p, key, &metric_lines)?;
                     self.log.line(&format!(
                         "stop requested: checkpoint {} written; exiting",
                         p.checkpoint
@@ -294,12 +282,13 @@ impl<'a> Trainer<'a> {
                     return Ok(Outcome::Preempted);
                 }
             }
+            drain_losses(&mut window, &mut p)?;
 
             // End of epoch: validate, keep the best, checkpoint.
             let seconds = epoch_started.elapsed().as_secs_f64();
             p.train_seconds += seconds;
             let val = evaluate(
-                &model,
+                &train.model,
                 &data.val,
                 t.eval_batch_size as i64,
                 t.loss.kind,
@@ -371,7 +360,7 @@ impl<'a> Trainer<'a> {
                 self.log
                     .line("early stopping: no improvement in validation");
             }
-            self.save_checkpoint(&model, &opt, &mut p, key, &metric_lines)?;
+            self.save_checkpoint(&train, &mut p, key, &metric_lines)?;
             if self.stop.load(Ordering::SeqCst) && p.epoch < t.epochs && !p.stopped_early {
                 self.log.line(&format!(
                     "stop requested: checkpoint {} written; exiting",
@@ -388,6 +377,7 @@ impl<'a> Trainer<'a> {
             .clone()
             .ok_or_else(|| WorkerError::Internal("no checkpoint".into()))?;
         let tensors = self.load_checkpoint(&best)?;
+        let mut model = train.model;
         restore_model(&mut model, &tensors)?;
         let (val_probs, val_loss) = predict(
             &model,
@@ -446,20 +436,22 @@ impl<'a> Trainer<'a> {
     /// drops the previous checkpoint unless it is the best.
     fn save_checkpoint(
         &self,
-        model: &Model,
-        opt: &Optimizer,
+        train: &TrainStep,
         p: &mut Progress,
         key: String,
         metric_lines: &[String],
     ) -> Result<(), WorkerError> {
-        let mut named: Vec<(String, Tensor)> = model
+        let mut named: Vec<(String, Tensor)> = train
+            .model
             .vs
             .variables()
             .into_iter()
             .map(|(n, t)| (format!("model.{n}"), t.to_device(Device::Cpu).contiguous()))
             .collect();
         named.extend(
-            opt.state_tensors()
+            train
+                .opt
+                .state_tensors()
                 .into_iter()
                 .map(|(n, t)| (n, t.to_device(Device::Cpu).contiguous())),
         );
@@ -550,6 +542,18 @@ impl<'a> Trainer<'a> {
     }
 }
 
+/// Reads the loss window into the epoch's running sum (in step order, as f64); returns the
+/// last step's loss. A non-finite loss fails the run here, at most one window late.
+fn drain_losses(window: &mut LossWindow, p: &mut Progress) -> Result<f64, WorkerError> {
+    let mut last = f64::NAN;
+    for (s, loss) in window.drain()? {
+        p.epoch_loss_sum += loss * s.patches as f64;
+        p.epoch_seen += s.patches;
+        last = loss;
+    }
+    Ok(last)
+}
+
 /// The most confidently misclassified test patches at 0.5, located in the staged dataset.
 fn misclassified(data: &crate::data::Dataset, probs: &[f32]) -> Vec<Misclassified> {
     let test = &data.test;
@@ -587,20 +591,6 @@ fn restore_model(model: &mut Model, tensors: &BTreeMap<String, Tensor>) -> Resul
     Ok(())
 }
 
-fn loss_of(logits: &Tensor, y: &Tensor, kind: LossKind, pos_weight: Option<&Tensor>) -> Tensor {
-    match kind {
-        LossKind::BceWithLogits => logits
-            .squeeze_dim(1)
-            .binary_cross_entropy_with_logits::<&Tensor>(
-                &y.to_kind(Kind::Float),
-                None,
-                pos_weight,
-                Reduction::Mean,
-            ),
-        LossKind::CrossEntropy => logits.cross_entropy_for_logits(y),
-    }
-}
-
 /// Probabilities of IDC and the mean loss over a split.
 pub fn predict(
     model: &Model,
@@ -611,8 +601,8 @@ pub fn predict(
 ) -> (Vec<f32>, f64) {
     tch::no_grad(|| {
         let n = split.len() as i64;
-        let mut probs = Vec::with_capacity(n as usize);
-        let mut loss_sum = 0.0;
+        let mut probs = vec![];
+        let mut loss_sum = Tensor::zeros([], (Kind::Double, split.images.device()));
         let mut start = 0;
         while start < n {
             let len = batch.min(n - start);
@@ -623,14 +613,20 @@ pub fn predict(
                 x
             };
             let logits =
-                crate::autocast::maybe_bf16(bf16, || model.forward(&x, false)).to_kind(Kind::Float);
+                crate::shim::maybe_bf16(bf16, || model.forward(&x, false)).to_kind(Kind::Float);
             let y = split.labels.narrow(0, start, len);
-            loss_sum += loss_of(&logits, &y, kind, None).double_value(&[]) * len as f64;
-            let p = model.probability(&logits).to_device(Device::Cpu);
-            probs.extend(Vec::<f32>::try_from(p).expect("float probabilities"));
+            loss_sum += loss_of(&logits, &y, kind, None).to_kind(Kind::Double) * len as f64;
+            probs.push(model.probability(&logits));
             start += len;
         }
-        (probs, loss_sum / n.max(1) as f64)
+        // One read for the whole split.
+        let probs = if probs.is_empty() {
+            vec![]
+        } else {
+            Vec::<f32>::try_from(Tensor::cat(&probs, 0).to_device(Device::Cpu))
+                .expect("float probabilities")
+        };
+        (probs, loss_sum.double_value(&[]) / n.max(1) as f64)
     })
 }
 

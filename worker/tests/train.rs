@@ -340,6 +340,33 @@ fn resnet34_loads_pretrained_backbone_from_the_bucket_and_lists_bad_tensors() {
 }
 
 #[test]
+fn a_diverged_run_is_bad_input_naming_epoch_and_step() {
+    // The loss is read once per logging window, so the error comes at most one window late but
+    // still names the first step whose loss was not finite.
+    let dir = tempfile::tempdir().unwrap();
+    let spec = write_spec(
+        dir.path(),
+        &format!(
+            "{COMMON}  epochs: 2\n  model: {{kind: logreg}}\n  optimizer: {{kind: sgd, lr: 1.0e38, momentum: 0.9}}\n"
+        ),
+    );
+    let out = format!("file://{}/run", dir.path().display());
+    let o = worker(&["run", "--spec", &spec, "--out", &out]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("training diverged: loss is ")
+            && err.contains(" at epoch 1, step ")
+            && err.contains("lower train.optimizer.lr"),
+        "{err}"
+    );
+    assert!(
+        !dir.path().join("run/checkpoints/latest").exists(),
+        "a diverged model is never checkpointed"
+    );
+}
+
+#[test]
 fn early_stopping_ends_the_run() {
     // No epoch can lower the loss by 10, so the run stops after `patience` epochs without gain.
     let spec = format!(
