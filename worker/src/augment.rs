@@ -52,7 +52,10 @@ impl Augmenter {
             // probability 0.
             let last = probs.iter().rposition(|&p| p > 0.0).unwrap_or(0);
             cdf[last..].fill(2.0);
-            (Some(table), Some(Tensor::from_slice(&cdf).to_device(device)))
+            (
+                Some(table),
+                Some(Tensor::from_slice(&cdf).to_device(device)),
+            )
         } else {
             (None, None)
         };
@@ -88,10 +91,10 @@ impl Augmenter {
         }
         // Rows, so that each draw is contiguous: spatial code, saturation, contrast.
         let u = Tensor::rand([3, n], (Kind::Float, device));
-        let code = self
-            .cdf
-            .as_ref()
-            .map(|cdf| u.get(0).searchsorted(cdf, false, true, "right", None::<Tensor>));
+        let code = self.cdf.as_ref().map(|cdf| {
+            u.get(0)
+                .searchsorted(cdf, false, true, "right", None::<Tensor>)
+        });
         let (saturation, contrast) = if colour {
             let f = (u.narrow(0, 1, 2) * &self.slope + 1.0).relu() * &self.range + 1.0;
             let col = |i: i64| f.get(i).view([-1, 1, 1, 1]);
@@ -143,8 +146,16 @@ fn code_probabilities(spec: &Augmentation) -> [f64; CODES as usize] {
     let mut p = [0.0; CODES as usize];
     for (code, p) in p.iter_mut().enumerate() {
         let (a, b, k) = (code & 1, (code >> 1) & 1, code >> 2);
-        let pa = if a == 1 { spec.flip_lr } else { 1.0 - spec.flip_lr };
-        let pb = if b == 1 { spec.flip_tb } else { 1.0 - spec.flip_tb };
+        let pa = if a == 1 {
+            spec.flip_lr
+        } else {
+            1.0 - spec.flip_lr
+        };
+        let pb = if b == 1 {
+            spec.flip_tb
+        } else {
+            1.0 - spec.flip_tb
+        };
         let pk = if k == 0 {
             1.0 - spec.rotate90
         } else {
@@ -217,7 +228,11 @@ mod tests {
         let a = spatial();
         let y = a.apply(&x, &with_codes(&[1, 0]));
         assert_eq!(values(&y, 0), [1.0, 0.0, 3.0, 2.0], "flip left-right");
-        assert_eq!(values(&y, 1), [0.0, 1.0, 2.0, 3.0], "second patch untouched");
+        assert_eq!(
+            values(&y, 1),
+            [0.0, 1.0, 2.0, 3.0],
+            "second patch untouched"
+        );
         assert_eq!(
             values(&a.apply(&x, &with_codes(&[0, 2])), 1),
             [2.0, 3.0, 0.0, 1.0],
@@ -228,7 +243,10 @@ mod tests {
         assert_eq!(values(&y, 0), [1.0, 3.0, 0.0, 2.0]);
         assert_eq!(values(&y, 1), [3.0, 2.0, 1.0, 0.0]);
         // Flip left-right, then a quarter turn: [[1, 0], [3, 2]] -> [[0, 2], [1, 3]].
-        assert_eq!(values(&a.apply(&x, &with_codes(&[5, 0])), 0), [0.0, 2.0, 1.0, 3.0]);
+        assert_eq!(
+            values(&a.apply(&x, &with_codes(&[5, 0])), 0),
+            [0.0, 2.0, 1.0, 3.0]
+        );
     }
 
     #[test]
@@ -259,9 +277,11 @@ mod tests {
             saturation: s,
             contrast: c,
         };
-        let gray = Vec::<f32>::try_from(a.apply(&x, &draw(factor(0.0), None)).flatten(0, -1)).unwrap();
+        let gray =
+            Vec::<f32>::try_from(a.apply(&x, &draw(factor(0.0), None)).flatten(0, -1)).unwrap();
         assert!(gray.iter().all(|v| (v - 0.299).abs() < 1e-6), "{gray:?}");
-        let half = Vec::<f32>::try_from(a.apply(&x, &draw(factor(0.5), None)).flatten(0, -1)).unwrap();
+        let half =
+            Vec::<f32>::try_from(a.apply(&x, &draw(factor(0.5), None)).flatten(0, -1)).unwrap();
         assert!((half[0] - (0.299 + 0.5 * 0.701)).abs() < 1e-6 && (half[1] - 0.1495).abs() < 1e-6);
 
         let a = Augmenter::new(&Augmentation::default(), 2, Device::Cpu);
@@ -288,7 +308,10 @@ mod tests {
         let a = Augmenter::new(&spec, 50, Device::Cpu);
         let d = a.draw(4000, Device::Cpu);
         let code: Vec<i64> = Vec::try_from(d.code.unwrap()).unwrap();
-        assert!(code.iter().all(|c| (1..=3).contains(&(c >> 2))), "always rotated");
+        assert!(
+            code.iter().all(|c| (1..=3).contains(&(c >> 2))),
+            "always rotated"
+        );
         assert!(code.iter().all(|c| c & 1 == 0), "never flipped left-right");
         let tb = code.iter().filter(|&&c| (c >> 1) & 1 == 1).count();
         assert!((1800..2200).contains(&tb), "{tb}");
@@ -300,7 +323,10 @@ mod tests {
         let c: Vec<f32> = Vec::try_from(d.contrast.unwrap().flatten(0, -1)).unwrap();
         assert!(c.iter().all(|c| (1.0..=1.5).contains(c)));
         let mean = c.iter().sum::<f32>() / c.len() as f32;
-        assert!((mean - 1.25).abs() < 0.02, "uniform over [1, 1.5]: mean {mean}");
+        assert!(
+            (mean - 1.25).abs() < 0.02,
+            "uniform over [1, 1.5]: mean {mean}"
+        );
 
         // Half the patches keep their colour; the others are uniform over [min_saturation, 1].
         let spec = Augmentation {

@@ -318,7 +318,7 @@ impl Loop {
         );
         self.step_in_epoch += 1;
         self.global_step += 1;
-        if self.global_step % self.log_every == 0 {
+        if self.global_step.is_multiple_of(self.log_every) {
             self.window.drain()?;
         }
         Ok(())

@@ -32,9 +32,7 @@ impl Optimizer {
             OptimizerKind::Adam | OptimizerKind::Adamw => 2,
         };
         let state = (0..slots)
-            .map(|_| {
-                tch::no_grad(|| params.iter().map(|p| p.zeros_like().detach()).collect())
-            })
+            .map(|_| tch::no_grad(|| params.iter().map(|p| p.zeros_like().detach()).collect()))
             .collect();
         let device = params.first().map_or(tch::Device::Cpu, |p| p.device());
         Self {

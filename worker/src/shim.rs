@@ -4,8 +4,8 @@
 
 use crate::error::WorkerError;
 use std::ffi::{CStr, c_char};
-use tch::Tensor;
 use tch::TchError;
+use tch::Tensor;
 
 type RawTensor = *mut torch_sys::C_tensor;
 
@@ -134,7 +134,10 @@ pub struct SgdStep {
 pub fn fused_sgd(params: &[Tensor], bufs: &[Tensor], s: &SgdStep) -> Result<(), WorkerError> {
     let p = raw(params);
     let b = raw(bufs);
-    assert!(b.is_empty() || b.len() == p.len(), "one momentum buffer per parameter");
+    assert!(
+        b.is_empty() || b.len() == p.len(),
+        "one momentum buffer per parameter"
+    );
     let bufs_ptr = if b.is_empty() {
         std::ptr::null()
     } else {

@@ -146,7 +146,7 @@ impl LossWindow {
             (self.steps.len() as i64) < self.buf.size()[0],
             "the window is read at every logging step"
         );
-        let _ = self.buf.get(self.steps.len() as i64).copy_(loss);
+        self.buf.get(self.steps.len() as i64).copy_(loss);
         self.steps.push(at);
     }
 
@@ -212,7 +212,11 @@ mod tests {
     fn a_step_that_does_not_log_reads_and_uploads_nothing() {
         let (images, labels, host) = resident(64);
         let order = EpochOrder::new(Sampling::Weighted, &host, 1, 0, Device::Cpu);
-        for kind in [OptimizerKind::Sgd, OptimizerKind::Adam, OptimizerKind::Adamw] {
+        for kind in [
+            OptimizerKind::Sgd,
+            OptimizerKind::Adam,
+            OptimizerKind::Adamw,
+        ] {
             let mut s = step_for(
                 ModelSpec::SimpleCnn {
                     width: 8,
@@ -241,7 +245,10 @@ mod tests {
             // The logging step's read is one copy.
             let (read, n) = Counter::count(|| window.drain().unwrap()).unwrap();
             assert_eq!(read.len(), 3);
-            assert!(read.iter().all(|(_, l)| l.is_finite() && *l > 0.0), "{read:?}");
+            assert!(
+                read.iter().all(|(_, l)| l.is_finite() && *l > 0.0),
+                "{read:?}"
+            );
             assert_eq!(n.d2h, 0, "a CPU-to-CPU copy reads no device: {n:?}");
         }
     }
@@ -251,7 +258,11 @@ mod tests {
         let (images, labels, host) = resident(8);
         let order = EpochOrder::new(Sampling::Shuffle, &host, 1, 0, Device::Cpu);
         let idx = order.batch(0, 4).unwrap();
-        for kind in [OptimizerKind::Sgd, OptimizerKind::Adam, OptimizerKind::Adamw] {
+        for kind in [
+            OptimizerKind::Sgd,
+            OptimizerKind::Adam,
+            OptimizerKind::Adamw,
+        ] {
             let ops = |model: ModelSpec| {
                 let mut s = step_for(model, kind);
                 let _ = s.run(&images, &labels, &idx, 0, 0.01).unwrap();

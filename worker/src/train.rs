@@ -210,13 +210,8 @@ impl<'a> Trainer<'a> {
 
         while p.epoch < t.epochs && !p.stopped_early {
             let epoch_started = Instant::now();
-            let order = EpochOrder::new(
-                t.sampling,
-                &data.train.labels_host,
-                t.seed,
-                p.epoch,
-                device,
-            );
+            let order =
+                EpochOrder::new(t.sampling, &data.train.labels_host, t.seed, p.epoch, device);
             let mut window_clock = (Instant::now(), 0u64);
             while p.step_in_epoch < steps_per_epoch {
                 let step = p.step_in_epoch;
@@ -246,7 +241,7 @@ impl<'a> Trainer<'a> {
                 p.step_in_epoch += 1;
                 p.global_step += 1;
                 window_clock.1 += n;
-                if p.global_step % log_every as u64 == 0 {
+                if p.global_step.is_multiple_of(log_every as u64) {
                     // The one read of this window: it waits for the device, so the rate is true.
                     let loss_v = drain_losses(&mut window, &mut p)?;
                     let rate =
