@@ -5,12 +5,14 @@
 //! ([`dataset::manifest`]) and the exit codes ([`exit`]).
 
 pub mod backend;
+pub mod clock;
 pub mod dataset;
 pub mod exit;
 pub mod layout;
 pub mod manifest;
 pub mod metrics;
 pub mod output;
+pub mod process;
 pub mod report;
 pub mod rng;
 pub mod run;

@@ -2,6 +2,7 @@
 //! backend and by the commands that read runs.
 
 use crate::layout;
+use crate::process::ProcessRef;
 use crate::store::{Store, StoreError};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -15,11 +16,15 @@ pub enum Phase {
     Succeeded,
     Failed,
     Cancelled,
+    /// Its supervisor died without recording an end (killed, the machine restarted): nothing
+    /// runs it any more. `resume` continues it from its last checkpoint.
+    Lost,
 }
 
 impl Phase {
+    /// Nothing will change the run by itself any more.
     pub fn is_terminal(self) -> bool {
-        matches!(self, Phase::Succeeded | Phase::Failed | Phase::Cancelled)
+        !matches!(self, Phase::Pending | Phase::Running)
     }
 }
 
@@ -43,8 +48,13 @@ pub struct RunStatus {
     /// Why the run is where it is, in a line.
     pub reason: Option<String>,
     /// Local backend: the supervising process and the worker of the current attempt.
-    pub supervisor_pid: Option<u32>,
-    pub worker_pid: Option<u32>,
+    #[serde(default)]
+    pub supervisor: Option<ProcessRef>,
+    #[serde(default)]
+    pub worker: Option<ProcessRef>,
+    /// Local backend: when the supervisor last wrote the record while the run was active.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_at: Option<String>,
     /// Deadline in seconds from the start, if any.
     pub deadline_s: Option<u64>,
     /// Kubernetes backend: where the run's Job lives.

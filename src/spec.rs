@@ -40,6 +40,10 @@ pub struct TrainSpec {
     pub precision: Precision,
     /// Write a step record to metrics.jsonl every this many steps.
     pub log_every_steps: u32,
+    /// Also checkpoint mid-epoch once this much time has passed since the last checkpoint
+    /// (`90s`, `10m`, `1h`; null: only at epoch ends and on SIGTERM), so that a worker killed
+    /// without warning (an OOM kill, a lost node) loses at most this much training.
+    pub checkpoint_every: Option<String>,
     /// Stop each epoch after this many steps (quick tests and benchmarks).
     pub max_steps_per_epoch: Option<u32>,
 }
@@ -66,6 +70,7 @@ impl Default for TrainSpec {
             device: DeviceSpec::Auto,
             precision: Precision::Auto,
             log_every_steps: 50,
+            checkpoint_every: Some("10m".into()),
             max_steps_per_epoch: None,
         }
     }
@@ -328,6 +333,12 @@ pub enum Precision {
 }
 
 impl TrainSpec {
+    /// `checkpoint_every` as a duration (None: off, or not a duration).
+    pub fn checkpoint_interval(&self) -> Option<std::time::Duration> {
+        let every = self.checkpoint_every.as_deref()?;
+        crate::manifest::parse_duration(every).map(std::time::Duration::from_secs)
+    }
+
     /// Checks ranges; the message names the field.
     pub fn validate(&self) -> Result<(), String> {
         let prob = |name: &str, v: f64| {
@@ -363,11 +374,44 @@ impl TrainSpec {
         if self.batch_size == 0 || self.eval_batch_size == 0 {
             return Err("train.batch_size and train.eval_batch_size: must be at least 1".into());
         }
-        if self.optimizer.lr.is_nan() || self.optimizer.lr <= 0.0 {
+        let o = &self.optimizer;
+        if !o.lr.is_finite() {
             return Err(format!(
-                "train.optimizer.lr: {} must be positive",
-                self.optimizer.lr
+                "train.optimizer.lr: {} must be a finite number",
+                o.lr
             ));
+        }
+        if o.lr <= 0.0 {
+            return Err(format!("train.optimizer.lr: {} must be positive", o.lr));
+        }
+        let in_unit = |name: &str, v: f64| {
+            if (0.0..1.0).contains(&v) {
+                Ok(())
+            } else {
+                Err(format!("train.optimizer.{name}: {v} is not in [0, 1)"))
+            }
+        };
+        in_unit("momentum", o.momentum)?;
+        in_unit("beta1", o.beta1)?;
+        in_unit("beta2", o.beta2)?;
+        if !o.weight_decay.is_finite() || o.weight_decay < 0.0 {
+            return Err(format!(
+                "train.optimizer.weight_decay: {} must be a number of at least 0",
+                o.weight_decay
+            ));
+        }
+        if !o.eps.is_finite() || o.eps <= 0.0 {
+            return Err(format!(
+                "train.optimizer.eps: {} must be a positive number",
+                o.eps
+            ));
+        }
+        if let Some(every) = &self.checkpoint_every {
+            self.checkpoint_interval().ok_or_else(|| {
+                format!(
+                    "train.checkpoint_every: '{every}' is not a duration such as 90s, 10m or 1h"
+                )
+            })?;
         }
         if let ModelSpec::SimpleCnn { width, dropout } = self.model {
             if width < 1 {

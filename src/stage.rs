@@ -536,7 +536,7 @@ fn build_manifest(
         format_version: MANIFEST_VERSION,
         shard_format_version: shard::FORMAT_VERSION,
         id,
-        created_at: now_rfc3339(),
+        created_at: crate::clock::now_rfc3339(),
         staged_by: format!("idcctl {}", env!("CARGO_PKG_VERSION")),
         source: SourceInfo {
             path: src.path.display().to_string(),
@@ -555,12 +555,4 @@ fn build_manifest(
         skipped,
         shards: markers.iter().map(|m| m.info.clone()).collect(),
     }
-}
-
-/// The current time as RFC 3339 (UTC, seconds).
-pub fn now_rfc3339() -> String {
-    let f = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
-    time::OffsetDateTime::now_utc()
-        .format(&f)
-        .expect("fixed format")
 }

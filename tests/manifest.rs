@@ -80,6 +80,18 @@ fn malformed_manifests_get_exact_errors() {
             "exp.yaml:10:27: train.optimizer.lr: -1 must be positive",
         ),
         (
+            BASE.replace("lr: 0.001", "lr: .inf"),
+            "exp.yaml:10:27: train.optimizer.lr: inf must be a finite number",
+        ),
+        (
+            BASE.replace("lr: 0.001", "lr: 0.001, momentum: -1"),
+            "exp.yaml:10:38: train.optimizer.momentum: -1 is not in [0, 1)",
+        ),
+        (
+            BASE.replace("  optimizer:", "  checkpoint_every: soon\n  optimizer:"),
+            "exp.yaml:10:3: train.checkpoint_every: 'soon' is not a duration such as 90s, 10m or 1h",
+        ),
+        (
             BASE.replace("memory: 16Gi", "memory: 16GB"),
             "exp.yaml:11:32: resources.memory '16GB' is not a Kubernetes quantity (e.g. 16Gi or 512Mi)",
         ),

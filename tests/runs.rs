@@ -145,12 +145,12 @@ fn a_crashed_worker_fails_the_run_with_a_reason_and_a_log() {
     );
     let run = submit(&b);
     let s = wait_for(&b, &run, |s| {
-        s["images_per_s"].is_number() && s["status"]["worker_pid"].is_number()
+        s["images_per_s"].is_number() && s["status"]["worker"]["pid"].is_number()
     });
     // SAFETY: kills the worker the run record names, as an OOM killer would.
     unsafe {
         libc::kill(
-            s["status"]["worker_pid"].as_i64().unwrap() as i32,
+            s["status"]["worker"]["pid"].as_i64().unwrap() as i32,
             libc::SIGKILL,
         )
     };
@@ -169,4 +169,69 @@ fn a_crashed_worker_fails_the_run_with_a_reason_and_a_log() {
         "{}",
         text(&out.stderr)
     );
+}
+
+#[test]
+fn a_run_whose_supervisor_and_worker_are_killed_is_lost_then_resumes_to_the_same_result() {
+    let b = setup(
+        "  epochs: 6\n  model: {kind: simple_cnn, width: 8}\n  checkpoint_every: 1s\n",
+        "",
+    );
+    let baseline = submit(&b);
+    let run = submit(&b);
+    let s = wait_for(&b, &run, |s| {
+        s["last_epoch"]["epoch"].as_i64() >= Some(1) && s["status"]["worker"]["pid"].is_number()
+    });
+    // What a reboot or an OOM kill of both does: no chance to record anything.
+    for who in ["supervisor", "worker"] {
+        let pid = s["status"][who]["pid"].as_i64().unwrap() as i32;
+        // SAFETY: kills the processes the run record names.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    let sup = s["status"]["supervisor"]["pid"].as_i64().unwrap();
+    let s = wait_for(&b, &run, |s| s["status"]["phase"] != "running");
+    assert_eq!(s["status"]["phase"], "lost", "{s:#}");
+    let reason = s["status"]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains(&format!("its supervisor (pid {sup} on "))
+            && reason.contains("is gone, last heard from at ")
+            && reason.contains(&format!("idcctl resume {run}")),
+        "{reason}"
+    );
+    assert!(s["status"]["finished_at"].is_string(), "{s:#}");
+    let list: serde_json::Value =
+        serde_json::from_slice(&cmd(&b, &["list", "-o", "json"]).stdout).unwrap();
+    let row = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["run_id"] == run.as_str())
+        .unwrap();
+    assert_eq!(row["phase"], "lost", "{list:#}");
+
+    // Cancelling a lost run records it and signals nothing: nothing of it runs.
+    let out = cmd(&b, &["cancel", &run]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("nothing was running"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(status_json(&b, &run)["status"]["phase"], "cancelled");
+
+    let out = cmd(&b, &["resume", &run]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    wait_for(&b, &run, |s| s["status"]["phase"] == "succeeded");
+    wait_for(&b, &baseline, |s| s["status"]["phase"] == "succeeded");
+    let report = |id: &str| -> serde_json::Value {
+        let path = Path::new(b.storage.strip_prefix("file://").unwrap())
+            .join("runs")
+            .join(id)
+            .join("report.json");
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+    };
+    let (resumed, uninterrupted) = (report(&run), report(&baseline));
+    for m in ["accuracy", "balanced_accuracy", "f1", "roc_auc", "loss"] {
+        assert_eq!(resumed["test"][m], uninterrupted["test"][m], "test {m}");
+    }
 }

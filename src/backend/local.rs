@@ -1,10 +1,12 @@
 //! The local backend: the worker as a child process of a detached supervisor
 //! (`idcctl internal supervise`), which survives the terminal closing, retries failed attempts,
-//! enforces the deadline and records every attempt's exit code and reason in the run record.
+//! enforces the deadline, records every attempt's exit code and reason in the run record and
+//! beats a heartbeat there; a run whose supervisor is gone is found lost, never left running.
 
+use crate::clock::now_rfc3339;
 use crate::layout::run as keys;
+use crate::process::{Liveness, ProcessRef};
 use crate::run::{Phase, RunStatus, read_status, write_status};
-use crate::stage::now_rfc3339;
 use crate::store::{Store, StoreError};
 use bytes::Bytes;
 use std::io::{BufRead, BufReader};
@@ -15,6 +17,12 @@ use std::time::{Duration, Instant};
 
 /// Exit code of a worker that found bad input (retrying cannot help).
 const BAD_INPUT: i32 = crate::exit::ExitCode::UserError as i32;
+
+/// How often the supervisor writes its heartbeat into the run record.
+pub const HEARTBEAT: Duration = Duration::from_secs(10);
+
+/// A supervisor on another machine whose heartbeat is older than this is taken for gone.
+pub const LOST_AFTER: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum LocalError {
@@ -84,7 +92,8 @@ pub async fn supervise(run: &Store, run_url: &str) -> Result<Phase, LocalError> 
     let mut s = read_status(run)
         .await?
         .ok_or_else(|| LocalError::NoRun(run.url().to_string()))?;
-    s.supervisor_pid = Some(std::process::id());
+    s.supervisor = Some(ProcessRef::current());
+    s.heartbeat_at = Some(now_rfc3339());
     let worker = match worker_binary() {
         Ok(w) => w,
         Err(e) => return finish(run, &mut s, Phase::Failed, e.to_string()).await,
@@ -117,7 +126,8 @@ pub async fn supervise(run: &Store, run_url: &str) -> Result<Phase, LocalError> 
                 what: worker.display().to_string(),
                 source: e,
             })?;
-        s.worker_pid = Some(child.id());
+        s.worker = ProcessRef::of(child.id());
+        s.heartbeat_at = Some(now_rfc3339());
         write_status(run, &s).await?;
         let stderr = child.stderr.take().expect("piped");
         let tail = std::thread::spawn(move || {
@@ -132,6 +142,7 @@ pub async fn supervise(run: &Store, run_url: &str) -> Result<Phase, LocalError> 
                 .unwrap_or_default()
         });
         let mut killed_for_deadline = false;
+        let mut beat = Instant::now();
         let status = loop {
             if let Some(st) = child.try_wait().map_err(|e| LocalError::Spawn {
                 what: "wait".into(),
@@ -147,6 +158,17 @@ pub async fn supervise(run: &Store, run_url: &str) -> Result<Phase, LocalError> 
                 // SAFETY: signals our own child.
                 unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
             }
+            if beat.elapsed() >= HEARTBEAT {
+                beat = Instant::now();
+                // Another writer (a resume, a cancel's end) may have changed the record: beat
+                // into the current one.
+                if let Some(current) = read_status(run).await? {
+                    s.phase = current.phase;
+                    s.reason = current.reason;
+                }
+                s.heartbeat_at = Some(now_rfc3339());
+                write_status(run, &s).await?;
+            }
             tokio::time::sleep(Duration::from_millis(200)).await;
         };
         let last_err = tail.join().unwrap_or_default();
@@ -154,7 +176,7 @@ pub async fn supervise(run: &Store, run_url: &str) -> Result<Phase, LocalError> 
             .code()
             .unwrap_or_else(|| -status.signal().unwrap_or(0));
         s.exit_codes.push(code);
-        s.worker_pid = None;
+        s.worker = None;
         let what = match status.signal() {
             Some(sig) => format!("worker killed by signal {sig}"),
             None => format!("worker exited with code {code}"),
@@ -203,7 +225,7 @@ async fn finish(
     s.phase = phase;
     s.reason = Some(reason);
     s.finished_at = Some(now_rfc3339());
-    s.worker_pid = None;
+    s.worker = None;
     write_status(run, s).await?;
     Ok(phase)
 }
@@ -212,27 +234,112 @@ async fn cancelled(run: &Store) -> Result<bool, StoreError> {
     Ok(run.size(keys::CANCEL).await?.is_some())
 }
 
-/// Cancels a run: records the request, sends the worker SIGTERM (it checkpoints and exits), and
-/// SIGKILL if it is still there after `grace`.
-pub async fn cancel(run: &Store, grace: Duration) -> Result<RunStatus, LocalError> {
-    let s = read_status(run)
-        .await?
-        .ok_or_else(|| LocalError::NoRun(run.url().to_string()))?;
-    if s.phase.is_terminal() {
+/// Whether the run's supervisor still runs: its process, checked by pid, start time and boot
+/// on this machine; on another machine, a heartbeat within [`LOST_AFTER`].
+pub fn supervisor_alive(s: &RunStatus) -> bool {
+    match s.supervisor.as_ref().map(ProcessRef::liveness) {
+        Some(Liveness::Alive) => true,
+        Some(Liveness::Gone) => false,
+        // Elsewhere, or not started yet (the record was written just before the launch).
+        Some(Liveness::Elsewhere) | None => s
+            .heartbeat_at
+            .as_deref()
+            .and_then(crate::clock::seconds_since)
+            .is_some_and(|age| age < LOST_AFTER.as_secs_f64()),
+    }
+}
+
+/// Brings an active local run's record up to date: a run whose supervisor is gone is lost, or
+/// succeeded if its worker outlived the supervisor and finished. Writes what changed.
+pub async fn refresh(run: &Store, s: RunStatus) -> Result<RunStatus, LocalError> {
+    if s.phase.is_terminal() || supervisor_alive(&s) {
         return Ok(s);
     }
+    if s.worker.as_ref().map(ProcessRef::liveness) == Some(Liveness::Alive) {
+        // Its worker still trains; its end is decided when it is gone too.
+        return Ok(s);
+    }
+    // A process that is gone writes nothing more: what the record says now is final, unless a
+    // resume has just started a new supervisor.
+    let Some(mut s) = read_status(run).await? else {
+        return Ok(s);
+    };
+    if s.phase.is_terminal() || supervisor_alive(&s) {
+        return Ok(s);
+    }
+    let who = match &s.supervisor {
+        Some(p) => format!("pid {} on {}", p.pid, p.host),
+        None => "never started".into(),
+    };
+    let last = s
+        .heartbeat_at
+        .clone()
+        .unwrap_or_else(|| s.created_at.clone());
+    if run.size(keys::REPORT).await?.is_some() {
+        s.phase = Phase::Succeeded;
+        s.reason = Some(format!(
+            "finished; its supervisor ({who}) was gone before it recorded the end"
+        ));
+    } else {
+        s.phase = Phase::Lost;
+        s.reason = Some(format!(
+            "its supervisor ({who}) is gone, last heard from at {last} (killed, or the machine restarted); idcctl resume {} continues it from its last checkpoint",
+            s.run_id
+        ));
+    }
+    s.finished_at = Some(now_rfc3339());
+    s.worker = None;
+    write_status(run, &s).await?;
+    Ok(s)
+}
+
+/// What a cancel did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cancelled {
+    /// The worker was sent SIGTERM (and SIGKILL after the grace period if it stayed).
+    Signalled,
+    /// No process of the run was running: the record says cancelled, nothing was signalled.
+    NothingRan,
+}
+
+/// Cancels a run: records the request and sends the worker SIGTERM (it checkpoints and exits),
+/// then SIGKILL if it is still there after `grace`. A signal goes only to the process the run
+/// recorded (pid, start time and boot checked); a run with no live supervisor is recorded as
+/// cancelled here, since none will record it.
+pub async fn cancel(run: &Store, grace: Duration) -> Result<Cancelled, LocalError> {
+    let mut s = read_status(run)
+        .await?
+        .ok_or_else(|| LocalError::NoRun(run.url().to_string()))?;
+    if s.phase.is_terminal() && s.phase != Phase::Lost {
+        return Ok(Cancelled::NothingRan);
+    }
     run.put(keys::CANCEL, Bytes::from(now_rfc3339())).await?;
-    if let Some(pid) = s.worker_pid {
-        let pid = pid as i32;
-        // SAFETY: plain kill(2) on the pid the supervisor recorded.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
+    let mut signalled = false;
+    if let Some(worker) = &s.worker
+        && worker.signal(libc::SIGTERM)
+    {
+        signalled = true;
         let until = Instant::now() + grace;
-        while Instant::now() < until && unsafe { libc::kill(pid, 0) } == 0 {
+        while Instant::now() < until && worker.liveness() == Liveness::Alive {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        if unsafe { libc::kill(pid, 0) } == 0 {
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
+        worker.signal(libc::SIGKILL);
     }
-    Ok(s)
+    if !supervisor_alive(&s) {
+        let was = s.phase;
+        s.phase = Phase::Cancelled;
+        s.reason = Some(if was == Phase::Lost {
+            "cancelled; it was lost (its supervisor was gone), nothing was running".into()
+        } else {
+            "cancelled; its supervisor was gone".into()
+        });
+        s.finished_at = Some(now_rfc3339());
+        s.worker = None;
+        write_status(run, &s).await?;
+    }
+    Ok(if signalled {
+        Cancelled::Signalled
+    } else {
+        Cancelled::NothingRan
+    })
 }

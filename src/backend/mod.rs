@@ -311,13 +311,14 @@ pub async fn submit_on(
         phase: Phase::Pending,
         attempts: 0,
         max_attempts: exp.retries + 1,
-        created_at: stage::now_rfc3339(),
+        created_at: crate::clock::now_rfc3339(),
         started_at: None,
         finished_at: None,
         exit_codes: vec![],
         reason: None,
-        supervisor_pid: None,
-        worker_pid: None,
+        supervisor: None,
+        worker: None,
+        heartbeat_at: None,
         deadline_s: exp.deadline.as_deref().and_then(manifest::parse_duration),
         cluster: None,
     });
@@ -361,6 +362,7 @@ pub async fn submit_on(
                 });
             }
             status.reason = Some("waiting for the supervisor to start".into());
+            status.heartbeat_at = Some(crate::clock::now_rfc3339());
             run::write_status(&run, &status).await?;
             local::launch(run.url())?;
             Ok(Submitted {
@@ -394,15 +396,18 @@ pub fn render_job(
     Ok(job)
 }
 
-/// Brings a run's record up to date: on Kubernetes, from its Job and pods (and saves it);
-/// the local supervisor keeps its own record current.
+/// Brings a run's record up to date: on Kubernetes, from its Job and pods (and saves it); on
+/// the local backend the supervisor keeps it current, and one that is gone makes the run lost.
 pub async fn refresh(
     run: &Store,
     status: RunStatus,
     target: &Target,
 ) -> Result<RunStatus, BackendError> {
-    if status.backend != Backend::Kubernetes || status.phase.is_terminal() {
+    if status.phase.is_terminal() {
         return Ok(status);
+    }
+    if status.backend == Backend::Local {
+        return Ok(local::refresh(run, status).await?);
     }
     let cluster = target.for_run(status.cluster.as_ref()).connect().await?;
     refresh_on(run, status, &cluster).await
@@ -447,10 +452,10 @@ pub async fn refresh_on(
         }
     }
     if s.phase != Phase::Pending && s.started_at.is_none() {
-        s.started_at = Some(stage::now_rfc3339());
+        s.started_at = Some(crate::clock::now_rfc3339());
     }
     if s.phase.is_terminal() && s.finished_at.is_none() {
-        s.finished_at = Some(stage::now_rfc3339());
+        s.finished_at = Some(crate::clock::now_rfc3339());
     }
     if s != status {
         run::write_status(run, &s).await?;
@@ -458,18 +463,19 @@ pub async fn refresh_on(
     Ok(s)
 }
 
-/// Stops a run: the worker gets SIGTERM and checkpoints; the record says cancelled.
-pub async fn cancel(run: &Store, status: RunStatus, target: &Target) -> Result<(), BackendError> {
+/// Stops a run: the worker gets SIGTERM and checkpoints; the record says cancelled. Returns
+/// whether a process was signalled (a Job deleted, on Kubernetes).
+pub async fn cancel(run: &Store, status: RunStatus, target: &Target) -> Result<bool, BackendError> {
     run.put(keys::CANCEL, Bytes::from_static(b"cancelled\n"))
         .await?;
     match status.backend {
         Backend::Local => {
-            local::cancel(run, Duration::from_secs(30)).await?;
-            Ok(())
+            Ok(local::cancel(run, Duration::from_secs(30)).await? == local::Cancelled::Signalled)
         }
         Backend::Kubernetes => {
             let cluster = target.for_run(status.cluster.as_ref()).connect().await?;
-            cancel_on(run, status, &cluster).await
+            cancel_on(run, status, &cluster).await?;
+            Ok(true)
         }
     }
 }
@@ -490,7 +496,7 @@ pub async fn cancel_on(
     } else {
         "cancelled (its Job was already gone)".into()
     });
-    s.finished_at = Some(stage::now_rfc3339());
+    s.finished_at = Some(crate::clock::now_rfc3339());
     run::write_status(run, &s).await?;
     Ok(())
 }
@@ -505,6 +511,9 @@ pub async fn resume(run: &Store, status: RunStatus, target: &Target) -> Result<(
     match s.backend {
         Backend::Local => {
             s.reason = Some("resumed; waiting for the supervisor to start".into());
+            s.supervisor = None;
+            s.worker = None;
+            s.heartbeat_at = Some(crate::clock::now_rfc3339());
             run::write_status(run, &s).await?;
             local::launch(run.url())?;
         }

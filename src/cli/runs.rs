@@ -13,7 +13,6 @@ use idc::metrics::{MetricsRecord, Report};
 use idc::output::{self, OutputFormat};
 use idc::run::{self, Phase, RunStatus};
 use idc::spec::RunSpec;
-use idc::stage;
 use idc::store::Store;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -232,8 +231,8 @@ pub async fn supervise(run_url: &str) -> anyhow::Result<ExitCode> {
             if let Ok(Some(mut s)) = run::read_status(&run).await {
                 s.phase = Phase::Failed;
                 s.reason = Some(format!("the run supervisor failed: {e}"));
-                s.finished_at = Some(stage::now_rfc3339());
-                s.worker_pid = None;
+                s.finished_at = Some(idc::clock::now_rfc3339());
+                s.worker = None;
                 let _ = run::write_status(&run, &s).await;
             }
             Err(e.into())
@@ -339,12 +338,6 @@ async fn follow(run: &Store, only: Option<u32>) -> anyhow::Result<()> {
 }
 
 /// Unix seconds of an RFC 3339 time.
-fn seconds_of(t: &str) -> Option<i64> {
-    time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
-        .ok()
-        .map(|t| t.unix_timestamp())
-}
-
 fn phase_name(p: Phase) -> String {
     output::name_of(&p)
 }
@@ -452,7 +445,12 @@ pub async fn list(
         let Some(mut s) = run::read_status(&run).await? else {
             continue;
         };
-        if s.backend == Backend::Kubernetes && !s.phase.is_terminal() && !unreachable {
+        if s.backend == Backend::Local && !s.phase.is_terminal() {
+            // A local run whose supervisor is gone is lost, not running.
+            s = backend::refresh(&run, s, &target)
+                .await
+                .map_err(backend_err)?;
+        } else if s.backend == Backend::Kubernetes && !s.phase.is_terminal() && !unreachable {
             // Unfinished runs on a cluster: ask it, but keep listing if it cannot be reached.
             match backend::refresh(&run, s.clone(), &target).await {
                 Ok(fresh) => s = fresh,
@@ -471,8 +469,11 @@ pub async fn list(
             })
             .fold(None, |a: Option<f64>, f| Some(a.map_or(f, |a| a.max(f))));
         let duration_s = s.started_at.as_deref().and_then(|start| {
-            let end = s.finished_at.clone().unwrap_or_else(stage::now_rfc3339);
-            Some((seconds_of(&end)? - seconds_of(start)?).max(0))
+            let end = s
+                .finished_at
+                .clone()
+                .unwrap_or_else(idc::clock::now_rfc3339);
+            Some((idc::clock::seconds_of(&end)? - idc::clock::seconds_of(start)?).max(0))
         });
         rows.push(serde_json::json!({
             "run_id": s.run_id, "phase": s.phase, "model": s.model, "backend": s.backend,
@@ -639,12 +640,20 @@ pub async fn cancel(
     run_id: String,
 ) -> anyhow::Result<ExitCode> {
     let (run, s) = open_run(&storage, &run_id).await?;
-    if s.phase.is_terminal() {
+    let target = cluster.target();
+    let s = if s.backend == Backend::Local {
+        backend::refresh(&run, s, &target)
+            .await
+            .map_err(backend_err)?
+    } else {
+        s
+    };
+    if s.phase.is_terminal() && s.phase != Phase::Lost {
         eprintln!("run {run_id} already {}", phase_name(s.phase));
         return Ok(ExitCode::Success);
     }
     let backend_kind = s.backend;
-    backend::cancel(&run, s, &cluster.target())
+    let signalled = backend::cancel(&run, s, &target)
         .await
         .map_err(backend_err)?;
     if backend_kind == Backend::Kubernetes {
@@ -665,6 +674,10 @@ pub async fn cancel(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    eprintln!("cancel requested for {run_id}; the worker was signalled");
+    if signalled {
+        eprintln!("cancel requested for {run_id}; the worker was signalled");
+    } else {
+        eprintln!("cancel requested for {run_id}; no process of it was running");
+    }
     Ok(ExitCode::Success)
 }

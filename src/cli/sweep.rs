@@ -232,7 +232,7 @@ fn render(
             (Some(Some(d)), None) => {
                 out += &format!(
                     "driven by idcctl pid {} on {} (state as of {})\n",
-                    d.pid, d.host, st.updated_at
+                    d.process.pid, d.process.host, st.updated_at
                 )
             }
             (Some(None), None) => {

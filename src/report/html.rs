@@ -114,7 +114,7 @@ fn page(title: &str, body: &str) -> String {
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n<title>{}</title>\n<style>{CSS}</style>\n</head>\n<body>\n<main>\n{body}<footer>made by idcctl {} on {}</footer>\n</main>\n<script>{CHECK_SCRIPT}</script>\n</body>\n</html>\n",
         escape(title),
         env!("CARGO_PKG_VERSION"),
-        escape(&crate::stage::now_rfc3339()),
+        escape(&crate::clock::now_rfc3339()),
     )
 }
 

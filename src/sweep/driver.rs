@@ -11,11 +11,11 @@ use super::manifest::Sweep;
 use super::state::{self, Driver, ReadError, SweepState, Trial, TrialState};
 use super::{fmt_num, fmt_value, short_names};
 use crate::backend::{self, BackendError, SubmitOptions, Target};
+use crate::clock::now_rfc3339;
 use crate::layout::{self, run as keys};
 use crate::manifest::{self, Backend};
 use crate::metrics::{MetricName, MetricsRecord};
 use crate::run::{self, Phase};
-use crate::stage::now_rfc3339;
 use crate::store::{Store, StoreError};
 use bytes::Bytes;
 use std::collections::{BTreeMap, HashMap};
@@ -181,11 +181,11 @@ pub async fn drive(
     let me = Driver::me();
     if let Some(d) = state::read_driver(&dir).await?
         && d.alive()
-        && !(d.host == me.host && d.pid == me.pid)
+        && d.process != me.process
     {
         return Err(SweepError::Invalid(format!(
             "sweep {} is being driven by another idcctl (pid {} on {}); stop it first, or wait for it",
-            sweep.name, d.pid, d.host
+            sweep.name, d.process.pid, d.process.host
         )));
     }
     adopt_manifest(sweep, text, &dir, notice).await?;
@@ -580,6 +580,15 @@ impl Loop<'_> {
         };
         let metric = self.sweep.objective.metric_name();
         let mut changed = false;
+        if status.phase == Phase::Lost {
+            // Its supervisor died (killed, or the machine restarted): carry it on.
+            let why = status.reason.clone().unwrap_or_default();
+            backend::resume(&run, status, &self.opts.target).await?;
+            self.say(format!(
+                "{id}: run {run_id} was lost ({why}); resumed it from its checkpoint"
+            ));
+            return Ok(true);
+        }
         if self.st.trials[i].interrupted {
             match status.phase {
                 Phase::Cancelled => {

@@ -7,6 +7,7 @@ use super::manifest::Sweep;
 use super::pruner::Peer;
 use super::sampler::{Observation, Outcome};
 use crate::layout;
+use crate::process::{Liveness, ProcessRef};
 use crate::store::{Store, StoreError};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -77,7 +78,7 @@ pub struct SweepState {
 
 impl SweepState {
     pub fn new(name: &str) -> Self {
-        let now = crate::stage::now_rfc3339();
+        let now = crate::clock::now_rfc3339();
         Self {
             name: name.to_string(),
             created_at: now.clone(),
@@ -187,7 +188,7 @@ pub async fn read_state(sweep: &Store) -> Result<Option<SweepState>, ReadError> 
 }
 
 pub async fn write_state(sweep: &Store, s: &mut SweepState) -> Result<(), StoreError> {
-    s.updated_at = crate::stage::now_rfc3339();
+    s.updated_at = crate::clock::now_rfc3339();
     sweep
         .put(
             layout::sweep::STATE,
@@ -207,8 +208,7 @@ pub enum ReadError {
 /// Which `idcctl sweep run` drives a sweep.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Driver {
-    pub host: String,
-    pub pid: u32,
+    pub process: ProcessRef,
     /// Unix seconds of the driver's last sign of life.
     pub heartbeat: i64,
 }
@@ -219,38 +219,24 @@ pub const DRIVER_TIMEOUT_S: i64 = 60;
 impl Driver {
     pub fn me() -> Self {
         Self {
-            host: hostname(),
-            pid: std::process::id(),
+            process: ProcessRef::current(),
             heartbeat: now_s(),
         }
     }
 
-    /// Whether this driver still runs: its process exists (same machine), or it wrote within
-    /// [`DRIVER_TIMEOUT_S`] (another machine).
+    /// Whether this driver still runs: its process (pid, start time and boot checked) on this
+    /// machine, or a write within [`DRIVER_TIMEOUT_S`] on another.
     pub fn alive(&self) -> bool {
-        if self.host == hostname() {
-            // SAFETY: signal 0 only checks that the process exists.
-            self.heartbeat > 0 && unsafe { libc::kill(self.pid as i32, 0) } == 0
-        } else {
-            now_s() - self.heartbeat < DRIVER_TIMEOUT_S
+        match self.process.liveness() {
+            Liveness::Alive => self.heartbeat > 0,
+            Liveness::Gone => false,
+            Liveness::Elsewhere => now_s() - self.heartbeat < DRIVER_TIMEOUT_S,
         }
     }
 }
 
 pub fn now_s() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
-}
-
-fn hostname() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: gethostname writes at most buf.len() bytes into buf.
-    let ok = unsafe { libc::gethostname(buf.as_mut_ptr() as *mut libc::c_char, buf.len()) } == 0;
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    if ok {
-        String::from_utf8_lossy(&buf[..end]).into_owned()
-    } else {
-        "unknown".into()
-    }
 }
 
 pub async fn read_driver(sweep: &Store) -> Result<Option<Driver>, StoreError> {

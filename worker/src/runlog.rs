@@ -21,7 +21,7 @@ impl RunLog {
 
     /// Prints and keeps one line, with a UTC timestamp.
     pub fn line(&self, msg: &str) {
-        let line = format!("{} {msg}", idc::stage::now_rfc3339());
+        let line = format!("{} {msg}", idc::clock::now_rfc3339());
         println!("{line}");
         self.lines.lock().expect("log lock").push(line);
     }

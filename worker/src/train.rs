@@ -207,9 +207,13 @@ impl<'a> Trainer<'a> {
         let total_steps = steps_per_epoch * t.epochs as u64;
         let log_every = t.log_every_steps.max(1);
         let mut window = LossWindow::new(log_every, device);
+        let checkpoint_every = t.checkpoint_interval();
+        let mut last_checkpoint = Instant::now();
 
         while p.epoch < t.epochs && !p.stopped_early {
             let epoch_started = Instant::now();
+            // Training time since it was last added to `p.train_seconds` (at a checkpoint).
+            let mut segment = Instant::now();
             let order =
                 EpochOrder::new(t.sampling, &data.train.labels_host, t.seed, p.epoch, device);
             let mut window_clock = (Instant::now(), 0u64);
@@ -264,24 +268,35 @@ impl<'a> Trainer<'a> {
                         self.flush_log();
                     }
                 }
-                if self.stop.load(Ordering::SeqCst) && p.step_in_epoch < steps_per_epoch {
+                let stop = self.stop.load(Ordering::SeqCst);
+                let due = checkpoint_every.is_some_and(|every| last_checkpoint.elapsed() >= every);
+                if (stop || due) && p.step_in_epoch < steps_per_epoch {
                     drain_losses(&mut window, &mut p)?;
-                    p.train_seconds += epoch_started.elapsed().as_secs_f64();
+                    p.train_seconds += segment.elapsed().as_secs_f64();
                     let key = keys::checkpoint_mid_epoch(p.epoch + 1, p.step_in_epoch);
                     self.save_checkpoint(&train, &mut p, key, &metric_lines)?;
+                    segment = Instant::now();
+                    last_checkpoint = Instant::now();
+                    if stop {
+                        self.log.line(&format!(
+                            "stop requested: checkpoint {} written; exiting",
+                            p.checkpoint
+                        ));
+                        self.flush_log();
+                        return Ok(Outcome::Preempted);
+                    }
                     self.log.line(&format!(
-                        "stop requested: checkpoint {} written; exiting",
-                        p.checkpoint
+                        "checkpoint {} written (train.checkpoint_every: {})",
+                        p.checkpoint,
+                        t.checkpoint_every.as_deref().unwrap_or_default()
                     ));
-                    self.flush_log();
-                    return Ok(Outcome::Preempted);
                 }
             }
             drain_losses(&mut window, &mut p)?;
 
             // End of epoch: validate, keep the best, checkpoint.
             let seconds = epoch_started.elapsed().as_secs_f64();
-            p.train_seconds += seconds;
+            p.train_seconds += segment.elapsed().as_secs_f64();
             let val = evaluate(
                 &train.model,
                 &data.val,
@@ -356,6 +371,7 @@ impl<'a> Trainer<'a> {
                     .line("early stopping: no improvement in validation");
             }
             self.save_checkpoint(&train, &mut p, key, &metric_lines)?;
+            last_checkpoint = Instant::now();
             if self.stop.load(Ordering::SeqCst) && p.epoch < t.epochs && !p.stopped_early {
                 self.log.line(&format!(
                     "stop requested: checkpoint {} written; exiting",
@@ -406,7 +422,7 @@ impl<'a> Trainer<'a> {
             train_seconds: p.train_seconds,
             train_images_per_s: p.images_trained as f64 / p.train_seconds.max(1e-9),
             config: serde_json::to_value(&t).expect("serializes"),
-            finished_at: idc::stage::now_rfc3339(),
+            finished_at: idc::clock::now_rfc3339(),
             misclassified: misclassified(&data, &probs),
         };
         self.put(

@@ -219,6 +219,58 @@ fn a_run_stopped_by_sigterm_resumes_to_the_same_result() {
 }
 
 #[test]
+fn a_worker_killed_without_warning_resumes_from_its_timed_checkpoint() {
+    // SIGKILL gives no chance to checkpoint: the time-based checkpoint bounds what is lost.
+    let spec_body = format!(
+        "{COMMON}  epochs: 2\n  model: {{kind: simple_cnn, width: 32, dropout: 0.3}}\n  optimizer: {{kind: sgd, lr: 0.01, momentum: 0.9}}\n  checkpoint_every: 1s\n"
+    );
+    let (_a, uninterrupted) = train(&spec_body);
+
+    let dir = tempfile::tempdir().unwrap();
+    let spec = write_spec(dir.path(), &spec_body);
+    let out = format!("file://{}/run", dir.path().display());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_idc-worker"))
+        .args(["run", "--spec", &spec, "--out", &out])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut written = None;
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        let mark = " checkpoint checkpoints/epoch-0001-step-";
+        if let Some(at) = line.find(mark)
+            && line.contains("(train.checkpoint_every: 1s)")
+        {
+            let key = &line[at + " checkpoint ".len()..];
+            written = Some(key[..key.find(' ').unwrap()].to_string());
+            unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+            break;
+        }
+    }
+    let written = written.expect("a timed checkpoint in epoch 1");
+    drop(lines);
+    let status = child.wait().unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9)
+    );
+
+    let o = worker(&["run", "--spec", &spec, "--out", &out]);
+    let log = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{log}");
+    assert!(
+        log.contains(&format!("resumed from {written} ")),
+        "{written}: {log}"
+    );
+    let resumed = report(&out);
+    assert_eq!(resumed.test.accuracy, uninterrupted.test.accuracy);
+    assert_eq!(resumed.test.roc_auc, uninterrupted.test.roc_auc);
+    assert_eq!(resumed.test.loss, uninterrupted.test.loss);
+    assert_eq!(resumed.val.loss, uninterrupted.val.loss);
+}
+
+#[test]
 fn corrupt_shard_and_bad_spec_are_bad_input() {
     let dir = tempfile::tempdir().unwrap();
     // A copy of the dataset with one flipped byte in a shard.

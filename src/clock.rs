@@ -1,0 +1,38 @@
+//! Wall-clock times as the records in the bucket write them: RFC 3339, UTC, whole seconds.
+
+/// Now, e.g. `2026-12-01T09:30:00Z`.
+pub fn now_rfc3339() -> String {
+    let f = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
+    time::OffsetDateTime::now_utc()
+        .format(&f)
+        .expect("fixed format")
+}
+
+/// Unix seconds of an RFC 3339 time (None: not one).
+pub fn seconds_of(t: &str) -> Option<i64> {
+    time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(|t| t.unix_timestamp())
+}
+
+/// Seconds from an RFC 3339 time to now (negative: in the future).
+pub fn seconds_since(t: &str) -> Option<f64> {
+    let then =
+        time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()?;
+    Some((time::OffsetDateTime::now_utc() - then).as_seconds_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_round_trip() {
+        let now = now_rfc3339();
+        assert!(now.ends_with('Z') && now.len() == 20, "{now}");
+        let age = seconds_since(&now).unwrap();
+        assert!((0.0..2.0).contains(&age), "{age}");
+        assert_eq!(seconds_of("1970-01-01T00:01:00Z"), Some(60));
+        assert_eq!(seconds_of("yesterday"), None);
+    }
+}
