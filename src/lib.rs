@@ -8,6 +8,7 @@ pub mod backend;
 pub mod clock;
 pub mod dataset;
 pub mod exit;
+pub mod json_float;
 pub mod layout;
 pub mod manifest;
 pub mod metrics;

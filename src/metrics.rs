@@ -17,17 +17,27 @@ pub struct Confusion {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct BinaryMetrics {
     pub count: u64,
+    #[serde(with = "crate::json_float")]
     pub loss: f64,
+    #[serde(with = "crate::json_float")]
     pub threshold: f64,
+    #[serde(with = "crate::json_float")]
     pub accuracy: f64,
+    #[serde(with = "crate::json_float")]
     pub balanced_accuracy: f64,
+    #[serde(with = "crate::json_float")]
     pub precision: f64,
     /// Sensitivity.
+    #[serde(with = "crate::json_float")]
     pub recall: f64,
+    #[serde(with = "crate::json_float")]
     pub specificity: f64,
+    #[serde(with = "crate::json_float")]
     pub f1: f64,
+    #[serde(with = "crate::json_float")]
     pub roc_auc: f64,
     /// Average precision (area under the precision-recall curve, step-wise).
+    #[serde(with = "crate::json_float")]
     pub pr_auc: f64,
     pub confusion: Confusion,
 }
@@ -227,17 +237,24 @@ pub enum MetricsRecord {
     Step {
         epoch: u32,
         step: u64,
+        #[serde(with = "crate::json_float")]
         loss: f64,
+        #[serde(with = "crate::json_float")]
         lr: f64,
+        #[serde(with = "crate::json_float")]
         images_per_s: f64,
     },
     /// End of an epoch, with the validation metrics.
     Epoch {
         epoch: u32,
+        #[serde(with = "crate::json_float")]
         train_loss: f64,
+        #[serde(with = "crate::json_float")]
         lr: f64,
         val: BinaryMetrics,
+        #[serde(with = "crate::json_float")]
         duration_s: f64,
+        #[serde(with = "crate::json_float")]
         images_per_s: f64,
         best: bool,
     },
@@ -262,7 +279,9 @@ pub struct Report {
     pub roc: Vec<(f64, f64, f64)>,
     /// Precision-recall curve on test: `(recall, precision, threshold)`, thinned.
     pub pr: Vec<(f64, f64, f64)>,
+    #[serde(with = "crate::json_float")]
     pub train_seconds: f64,
+    #[serde(with = "crate::json_float")]
     pub train_images_per_s: f64,
     /// The training spec as run.
     pub config: serde_json::Value,
@@ -495,5 +514,62 @@ mod tests {
         let v = serde_json::to_value(&m).unwrap();
         assert_eq!(v["error"], "false_negative");
         assert_eq!(serde_json::from_value::<Misclassified>(v).unwrap(), m);
+    }
+
+    #[test]
+    fn non_finite_metrics_round_trip_in_records_and_reports() {
+        let val = BinaryMetrics {
+            loss: f64::INFINITY,
+            roc_auc: f64::NAN,
+            f1: f64::NAN,
+            ..Default::default()
+        };
+        let rec = MetricsRecord::Epoch {
+            epoch: 2,
+            train_loss: f64::NAN,
+            lr: 0.1,
+            val: val.clone(),
+            duration_s: 1.0,
+            images_per_s: 10.0,
+            best: false,
+        };
+        let line = serde_json::to_string(&rec).unwrap();
+        let Ok(MetricsRecord::Epoch {
+            epoch,
+            train_loss,
+            val: back,
+            ..
+        }) = serde_json::from_str::<MetricsRecord>(&line)
+        else {
+            panic!("unreadable: {line}");
+        };
+        assert_eq!(epoch, 2);
+        assert!(train_loss.is_nan() && back.roc_auc.is_nan() && back.f1.is_nan());
+        assert_eq!(back.loss, f64::INFINITY);
+        // What earlier workers wrote for NaN: null.
+        let old = line.replace(r#""loss":"Infinity""#, r#""loss":null"#);
+        assert!(serde_json::from_str::<MetricsRecord>(&old).is_ok(), "{old}");
+
+        let report = Report {
+            run_id: "r".into(),
+            dataset_id: "d".into(),
+            model: "logreg".into(),
+            device: "Cpu".into(),
+            best_epoch: 1,
+            epochs_run: 1,
+            test: val.clone(),
+            test_at_val_threshold: val.clone(),
+            val,
+            roc: vec![],
+            pr: vec![],
+            train_seconds: 1.0,
+            train_images_per_s: f64::NAN,
+            config: serde_json::json!({}),
+            finished_at: "2026-12-01T00:00:00Z".into(),
+            misclassified: vec![],
+        };
+        let json = serde_json::to_vec(&report).unwrap();
+        let back: Report = serde_json::from_slice(&json).unwrap();
+        assert!(back.test.roc_auc.is_nan() && back.train_images_per_s.is_nan());
     }
 }

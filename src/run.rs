@@ -99,7 +99,14 @@ pub async fn read_status(run: &Store) -> Result<Option<RunStatus>, StoreError> {
     let Some(b) = run.get_opt(layout::run::STATUS).await? else {
         return Ok(None);
     };
-    Ok(serde_json::from_slice(&b).ok())
+    // A record that does not parse is an error, never "no run": a caller must not resubmit
+    // over it or skip it.
+    serde_json::from_slice(&b)
+        .map(Some)
+        .map_err(|e| StoreError::Corrupt {
+            url: run.url_of(layout::run::STATUS),
+            reason: e.to_string(),
+        })
 }
 
 pub async fn write_status(run: &Store, s: &RunStatus) -> Result<(), StoreError> {

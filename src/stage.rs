@@ -119,7 +119,7 @@ impl StageError {
             | StageError::Strict { .. }
             | StageError::BadManifest { .. }
             | StageError::BadOption(_) => true,
-            StageError::Store(e) => matches!(e, StoreError::BadUrl { .. }),
+            StageError::Store(e) => e.is_user_error(),
             StageError::Interrupted { .. } => false,
         }
     }

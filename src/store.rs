@@ -31,9 +31,17 @@ pub enum StoreError {
     },
     #[error("{url} does not exist")]
     NotFound { url: String },
+    /// The object is there but is not what it should be; it is left as it is.
+    #[error("{url} is corrupt ({reason}); nothing was changed: repair or remove it")]
+    Corrupt { url: String, reason: String },
 }
 
 impl StoreError {
+    /// Whether the user must fix something (a URL, a damaged record) before a retry can help.
+    pub fn is_user_error(&self) -> bool {
+        matches!(self, StoreError::BadUrl { .. } | StoreError::Corrupt { .. })
+    }
+
     fn op(op: &'static str, url: String, e: object_store::Error) -> Self {
         if matches!(e, object_store::Error::NotFound { .. }) {
             return StoreError::NotFound { url };

@@ -147,3 +147,36 @@ fn unreachable_storage_names_the_url_and_hides_credentials() {
     assert!(err.contains("reachable"), "{err}");
     assert!(!err.contains("do-not-print-this-secret"), "{err}");
 }
+
+#[test]
+fn a_corrupt_run_record_is_named_never_taken_for_no_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("bucket/runs/broken-1");
+    std::fs::create_dir_all(&run).unwrap();
+    std::fs::write(run.join("status.json"), b"{\"run_id\": \"broken-1\", \"pha").unwrap();
+    let storage = format!("file://{}/bucket", tmp.path().display());
+    let env = [("IDC_STORAGE", storage.as_str())];
+    let key = format!("{}/status.json", run.display());
+
+    let out = idcctl_env(&["status", "broken-1"], &env);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains(&key) && err.contains("is corrupt"), "{err}");
+    assert!(!err.contains("no run"), "{err}");
+
+    let out = idcctl_env(&["list", "-o", "json"], &env);
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("warning: run broken-1:") && err.contains("is corrupt"),
+        "{err}"
+    );
+
+    let out = idcctl_env(&["resume", "broken-1"], &env);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert_eq!(
+        std::fs::read(run.join("status.json")).unwrap(),
+        b"{\"run_id\": \"broken-1\", \"pha",
+        "the record is left as it was"
+    );
+}

@@ -43,7 +43,7 @@ impl BackendError {
             BackendError::Invalid(_) => true,
             BackendError::Kube(e) => e.is_user_error(),
             BackendError::Stage { error, .. } => error.is_user_error(),
-            BackendError::Store(StoreError::BadUrl { .. }) => true,
+            BackendError::Store(e) => e.is_user_error(),
             _ => false,
         }
     }

@@ -244,7 +244,9 @@ fn exit_code_of(e: &anyhow::Error) -> ExitCode {
             _ => ExitCode::Failure,
         };
     }
-    if let Some(idc::store::StoreError::BadUrl { .. }) = e.downcast_ref() {
+    if let Some(e) = e.downcast_ref::<idc::store::StoreError>()
+        && e.is_user_error()
+    {
         return ExitCode::UserError;
     }
     if e.downcast_ref::<UserError>().is_some() {

@@ -442,8 +442,15 @@ pub async fn list(
             continue;
         };
         let run = run::run_store(&root, id);
-        let Some(mut s) = run::read_status(&run).await? else {
-            continue;
+        let mut s = match run::read_status(&run).await {
+            Ok(Some(s)) => s,
+            Ok(None) => continue,
+            Err(e @ idc::store::StoreError::Corrupt { .. }) => {
+                // Named, never silently skipped; the other runs are still listed.
+                eprintln!("warning: run {id}: {e}");
+                continue;
+            }
+            Err(e) => return Err(e.into()),
         };
         if s.backend == Backend::Local && !s.phase.is_terminal() {
             // A local run whose supervisor is gone is lost, not running.

@@ -56,7 +56,7 @@ impl SweepError {
         match self {
             SweepError::Invalid(_) => true,
             SweepError::Backend(e) => e.is_user_error(),
-            SweepError::Store(StoreError::BadUrl { .. }) => true,
+            SweepError::Store(e) => e.is_user_error(),
             _ => false,
         }
     }
@@ -112,24 +112,11 @@ pub async fn read_curve(run: &Store, metric: MetricName) -> Result<Vec<f64>, Sto
     let Some(b) = run.get_opt(keys::METRICS).await? else {
         return Ok(vec![]);
     };
-    let name = crate::output::name_of(&metric);
     let mut by_epoch: BTreeMap<u32, f64> = BTreeMap::new();
     for line in String::from_utf8_lossy(&b).lines() {
-        match serde_json::from_str::<MetricsRecord>(line) {
-            Ok(MetricsRecord::Epoch { epoch, val, .. }) => {
-                by_epoch.insert(epoch, metric.of(&val));
-            }
-            Ok(_) => {}
-            Err(_) => {
-                // JSON has no NaN: a diverged epoch's metrics are nulls, which the typed
-                // record does not read.
-                if let Ok(v) = serde_json::from_str::<serde_json::Value>(line)
-                    && v["kind"] == "epoch"
-                    && let Some(e) = v["epoch"].as_u64()
-                {
-                    by_epoch.insert(e as u32, v["val"][&name].as_f64().unwrap_or(f64::NAN));
-                }
-            }
+        // A diverged epoch's NaN metrics read back as NaN (`json_float`).
+        if let Ok(MetricsRecord::Epoch { epoch, val, .. }) = serde_json::from_str(line) {
+            by_epoch.insert(epoch, metric.of(&val));
         }
     }
     Ok(by_epoch

@@ -47,7 +47,7 @@ pub struct Trial {
     /// The epoch of `value`.
     pub best_epoch: Option<u32>,
     /// The objective metric after each epoch (index 0: epoch 1); `null` where it was NaN.
-    #[serde(with = "nan_as_null")]
+    #[serde(with = "crate::json_float::vec")]
     pub intermediate: Vec<f64>,
     /// Why it was pruned or failed.
     pub reason: Option<String>,
@@ -253,20 +253,6 @@ pub async fn write_driver(sweep: &Store, d: &Driver) -> Result<(), StoreError> {
             Bytes::from(serde_json::to_vec_pretty(d).expect("serializes")),
         )
         .await
-}
-
-/// `Vec<f64>` with NaN written as `null` (JSON has no NaN).
-mod nan_as_null {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(v: &[f64], s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(v.iter().map(|x| if x.is_nan() { None } else { Some(*x) }))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<f64>, D::Error> {
-        let v: Vec<Option<f64>> = Vec::deserialize(d)?;
-        Ok(v.into_iter().map(|x| x.unwrap_or(f64::NAN)).collect())
-    }
 }
 
 #[cfg(test)]

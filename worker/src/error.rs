@@ -25,7 +25,7 @@ impl WorkerError {
     pub fn exit_code(&self) -> ExitCode {
         match self {
             WorkerError::BadInput(_) | WorkerError::MissingOp { .. } => ExitCode::UserError,
-            WorkerError::Store(idc::store::StoreError::BadUrl { .. }) => ExitCode::UserError,
+            WorkerError::Store(e) if e.is_user_error() => ExitCode::UserError,
             _ => ExitCode::Failure,
         }
     }
