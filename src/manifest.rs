@@ -160,8 +160,14 @@ pub fn read(path: &Path) -> Result<(String, String), ManifestError> {
     Ok((text, file))
 }
 
+/// `text` without the UTF-8 byte-order mark some Windows editors write first.
+pub fn without_bom(text: &str) -> &str {
+    text.strip_prefix('\u{feff}').unwrap_or(text)
+}
+
 /// Parses and checks manifest `text`; `file` names it in errors.
 pub fn parse(text: &str, file: &str) -> Result<Experiment, ManifestError> {
+    let text = without_bom(text);
     let err = |at, message: String, hint: Option<String>| ManifestError {
         file: file.to_string(),
         at,
@@ -256,6 +262,60 @@ pub fn parse(text: &str, file: &str) -> Result<Experiment, ManifestError> {
                 } else {
                     "e.g. 16Gi or 512Mi".into()
                 }),
+            ));
+        }
+    }
+    // What Kubernetes would reject, said now whatever the backend: the manifest names it.
+    use crate::backend::kube::names::{is_label_value, is_qualified_name};
+    for (key, value) in &r.node_selector {
+        if !is_qualified_name(key) {
+            return Err(err(
+                locate(&["resources", "node_selector", key]),
+                format!("resources.node_selector: '{key}' is not a valid Kubernetes label key"),
+                Some("e.g. nvidia.com/gpu.product: at most 63 letters, digits, '-', '_' or '.', a letter or digit at each end, after an optional DNS prefix and '/'".into()),
+            ));
+        }
+        if !is_label_value(value) {
+            return Err(err(
+                locate(&["resources", "node_selector", key]),
+                format!(
+                    "resources.node_selector.{key}: '{value}' is not a valid Kubernetes label value"
+                ),
+                Some(
+                    "at most 63 letters, digits, '-', '_' or '.', a letter or digit at each end"
+                        .into(),
+                ),
+            ));
+        }
+    }
+    for (i, t) in r.tolerations.iter().enumerate() {
+        let at = || locate(&["resources", "tolerations", "key"]);
+        let bad = |what: String| {
+            Err(err(
+                at(),
+                format!("resources.tolerations[{i}]: {what}"),
+                None,
+            ))
+        };
+        if !(t.key.is_empty() && t.operator == "Exists") && !is_qualified_name(&t.key) {
+            return bad(format!(
+                "key '{}' is not a valid Kubernetes label key",
+                t.key
+            ));
+        }
+        if !matches!(t.operator.as_str(), "Exists" | "Equal") {
+            return bad(format!("operator '{}' is not Exists or Equal", t.operator));
+        }
+        if let Some(v) = &t.value
+            && !is_label_value(v)
+        {
+            return bad(format!("value '{v}' is not a valid Kubernetes label value"));
+        }
+        if let Some(e) = &t.effect
+            && !matches!(e.as_str(), "NoSchedule" | "PreferNoSchedule" | "NoExecute")
+        {
+            return bad(format!(
+                "effect '{e}' is not NoSchedule, PreferNoSchedule or NoExecute"
             ));
         }
     }

@@ -371,8 +371,11 @@ impl TrainSpec {
         if self.epochs == 0 {
             return Err("train.epochs: must be at least 1".into());
         }
-        if self.batch_size == 0 || self.eval_batch_size == 0 {
-            return Err("train.batch_size and train.eval_batch_size: must be at least 1".into());
+        if self.batch_size == 0 {
+            return Err("train.batch_size: must be at least 1".into());
+        }
+        if self.eval_batch_size == 0 {
+            return Err("train.eval_batch_size: must be at least 1".into());
         }
         let o = &self.optimizer;
         if !o.lr.is_finite() {

@@ -42,7 +42,7 @@ fn shipped_manifests_are_valid() {
 
 #[test]
 fn malformed_manifests_get_exact_errors() {
-    let cases: Vec<(String, &str)> = vec![
+    let mut cases: Vec<(String, &str)> = vec![
         (
             BASE.replace("idc/v1", "idc/v2"),
             "exp.yaml:1:1: apiVersion is 'idc/v2' (this idcctl reads apiVersion: idc/v1)",
@@ -150,6 +150,18 @@ fn malformed_manifests_get_exact_errors() {
             "exp.yaml:11:19: resources.gpus: invalid type: integer `-1`, expected u32",
         ),
     ];
+    cases.push((
+        BASE.replace("  batch_size: 256", "  batch_size: 0"),
+        "exp.yaml:9:3: train.batch_size: must be at least 1",
+    ));
+    cases.push((
+        BASE.replace("memory: 16Gi}", "memory: 16Gi, node_selector: {-bad: x}}"),
+        "exp.yaml:11:62: resources.node_selector: '-bad' is not a valid Kubernetes label key (e.g. nvidia.com/gpu.product: at most 63 letters, digits, '-', '_' or '.', a letter or digit at each end, after an optional DNS prefix and '/')",
+    ));
+    cases.push((
+        BASE.replace("memory: 16Gi}", "memory: 16Gi, tolerations: [{key: bad key!}]}"),
+        "exp.yaml:11:61: resources.tolerations[0]: key 'bad key!' is not a valid Kubernetes label key",
+    ));
     assert!(cases.len() >= 15);
     for (text, want) in &cases {
         let got = manifest::parse(text, "exp.yaml")
@@ -157,6 +169,18 @@ fn malformed_manifests_get_exact_errors() {
             .to_string();
         assert_eq!(&got, want, "\n{text}");
     }
+}
+
+#[test]
+fn a_byte_order_mark_is_accepted() {
+    // What some Windows editors write at the top of a UTF-8 file.
+    let exp = manifest::parse(&format!("\u{feff}{BASE}"), "exp.yaml").unwrap();
+    assert_eq!(exp.name, "cnn");
+    let bad = format!("\u{feff}{}", BASE.replace("idc/v1", "idc/v2"));
+    assert_eq!(
+        manifest::parse(&bad, "exp.yaml").unwrap_err().to_string(),
+        "exp.yaml:1:1: apiVersion is 'idc/v2' (this idcctl reads apiVersion: idc/v1)"
+    );
 }
 
 #[test]

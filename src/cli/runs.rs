@@ -260,6 +260,15 @@ pub async fn logs(
     attempt: Option<u32>,
 ) -> anyhow::Result<ExitCode> {
     let (run, status) = open_run(&storage, &run_id).await?;
+    if let Some(a) = attempt
+        && (a == 0 || a > status.attempts.max(1))
+    {
+        return Err(UserError(format!(
+            "--attempt {a}: run {run_id} has {} attempt(s), numbered from 1",
+            status.attempts
+        ))
+        .into());
+    }
     let target = cluster.target();
     if follow_ {
         follow_any(&run, status, &target, attempt).await?;

@@ -163,7 +163,7 @@ pub fn load(path: &Path) -> Result<(Sweep, String), ManifestError> {
 
 /// Whether `text` is a sweep manifest (its `kind` is `Sweep`), whatever else is in it.
 pub fn is_sweep(text: &str) -> bool {
-    serde_yaml::from_str::<serde_yaml::Value>(text)
+    serde_yaml::from_str::<serde_yaml::Value>(crate::manifest::without_bom(text))
         .ok()
         .and_then(|v| v.get("kind").and_then(|k| k.as_str()).map(|k| k == KIND))
         .unwrap_or(false)
@@ -184,6 +184,7 @@ fn serde_error(file: &str, e: serde_yaml::Error) -> ManifestError {
 
 /// Parses and checks sweep manifest `text`; `file` names it in errors.
 pub fn parse(text: &str, file: &str) -> Result<Sweep, ManifestError> {
+    let text = crate::manifest::without_bom(text);
     let err = |at, message: String, hint: Option<String>| ManifestError {
         file: file.to_string(),
         at,
