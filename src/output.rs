@@ -77,13 +77,14 @@ pub fn dataset_table(m: &DatasetManifest) -> String {
 
     let split = &m.options.split;
     let mut out = format!(
-        "dataset {}  (staged {} by {})\nsource  {} ({:?}, {} files seen)\nsplit   {:?}, val {}, test {}, seed {}\n{t}\n",
+        "dataset {}  (staged {} by {})\nsource  {} ({:?}, {} files seen, {} non-image files ignored)\nsplit   {:?}, val {}, test {}, seed {}\n{t}\n",
         m.id,
         m.created_at,
         m.staged_by,
         m.source.path,
         m.source.kind,
         m.source.files_seen,
+        m.source.ignored,
         split.method,
         split.val,
         split.test,

@@ -544,6 +544,7 @@ fn build_manifest(
             fingerprint: src.fingerprint.clone(),
             files_seen: src.files_seen,
             duplicates: src.duplicates,
+            ignored: src.ignored,
         },
         options,
         image: ImageInfo::default(),

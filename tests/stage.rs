@@ -100,21 +100,19 @@ async fn every_staged_record_equals_its_png() {
             .expect("manifest written");
         assert_eq!(m, out.manifest);
 
-        // 3 corrupt + 1 oversized skipped; 2 names rejected.
+        // 3 corrupt + 1 oversized skipped; 1 name rejected; notes.txt ignored (no image).
         let skipped: BTreeMap<&str, &str> = m
             .skipped
             .iter()
             .map(|s| (s.path.as_str(), s.reason.as_str()))
             .collect();
-        assert_eq!(skipped.len(), 6, "{skipped:#?}");
+        assert_eq!(skipped.len(), 5, "{skipped:#?}");
+        assert_eq!(m.source.ignored, 1);
         assert!(
             skipped["IDC_regular_ps50_idx5/99001/0/99001_idx5_x151_y1_class0.png"]
                 .contains("64x64, larger than 50x50")
         );
-        assert_eq!(
-            skipped["IDC_regular_ps50_idx5/99001/0/notes.txt"],
-            "not a .png file"
-        );
+        assert!(!skipped.contains_key("IDC_regular_ps50_idx5/99001/0/notes.txt"));
         assert!(
             skipped["IDC_regular_ps50_idx5/99001/1/99001_idx5_x201_y1_class0.png"]
                 .contains("folder '1'")
@@ -384,12 +382,10 @@ async fn strict_turns_skips_into_failure() {
     let reasons: Vec<&str> = m.skipped.iter().map(|s| s.reason.as_str()).collect();
     assert_eq!(
         reasons,
-        [
-            "not a .png file",
-            "image is 32x50, smaller than 50x50 (skipped by --skip-undersized)"
-        ],
-        "the fixture's README.md and its edge patch"
+        ["image is 32x50, smaller than 50x50 (skipped by --skip-undersized)"],
+        "the fixture's edge patch"
     );
+    assert_eq!(m.source.ignored, 1, "the fixture's README.md is no image");
 }
 
 #[tokio::test]

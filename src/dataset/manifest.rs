@@ -52,6 +52,9 @@ pub struct SourceInfo {
     pub files_seen: u64,
     /// Patches found twice (a duplicated tree) and counted once.
     pub duplicates: u64,
+    /// Files that were no images, or macOS litter, and were left out.
+    #[serde(default)]
+    pub ignored: u64,
 }
 
 /// The options that shaped the staged content.

@@ -71,9 +71,12 @@ pub struct Source {
     pub path: PathBuf,
     /// Every patch, once, sorted by patient, x, y, class.
     pub entries: Vec<Entry>,
-    /// Files whose names are not patch names.
+    /// Image files whose names are not patch names.
     pub rejected: Vec<Rejected>,
-    /// Files seen (patches, duplicates and rejected).
+    /// Files that are no images (a README, a checksum list) or macOS litter (`.DS_Store`,
+    /// `__MACOSX/`, `._*`): counted, neither staged nor reported as skipped.
+    pub ignored: u64,
+    /// Files seen (patches, duplicates, rejected and ignored).
     pub files_seen: u64,
     /// Patches found a second time (a duplicated tree) and counted once.
     pub duplicates: u64,
@@ -107,8 +110,13 @@ impl Source {
         let files_seen = files.len() as u64;
 
         let mut rejected = vec![];
+        let mut ignored = 0;
         let mut found = vec![];
         for (rel, _size, loc) in files {
+            if is_ignorable(&rel) {
+                ignored += 1;
+                continue;
+            }
             match parse_path(&rel) {
                 Ok(name) => found.push(Entry { name, rel, loc }),
                 Err(e) => rejected.push(Rejected {
@@ -130,6 +138,7 @@ impl Source {
             path: path.to_path_buf(),
             entries: found,
             rejected,
+            ignored,
             files_seen,
             duplicates,
             fingerprint,
@@ -182,6 +191,21 @@ impl Loc {
 }
 
 type Listed = (String, u64, Loc);
+
+/// Whether a listed file is left out without a word: what macOS writes into folders and zips
+/// (`.DS_Store`, `__MACOSX/`, `._` resource forks) and anything that is not an image file.
+fn is_ignorable(rel: &str) -> bool {
+    let file = rel.rsplit('/').next().unwrap_or(rel);
+    let ext = file.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase());
+    let image = matches!(
+        ext.as_deref(),
+        Some("png" | "jpg" | "jpeg" | "tif" | "tiff" | "bmp" | "gif" | "webp")
+    );
+    rel.split('/').any(|c| c == "__MACOSX")
+        || file == ".DS_Store"
+        || file.starts_with("._")
+        || !image
+}
 
 fn list_dir(root: &Path) -> Result<Vec<Listed>, SourceError> {
     let mut out = vec![];
@@ -244,4 +268,42 @@ fn list_zip(path: &Path) -> Result<(Vec<Listed>, File), SourceError> {
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok((out, file))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn litter_and_non_images_are_ignored_not_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let patch = "IDC_regular_ps50_idx5/10253/0/10253_idx5_x1_y1_class0.png";
+        for f in [
+            patch,
+            ".DS_Store",
+            "IDC_regular_ps50_idx5/10253/.DS_Store",
+            "__MACOSX/IDC_regular_ps50_idx5/10253/0/._10253_idx5_x1_y1_class0.png",
+            "IDC_regular_ps50_idx5/10253/0/._10253_idx5_x1_y1_class0.png",
+            "README.md",
+            "IDC_regular_ps50_idx5/10253/0/notes.txt",
+            "IDC_regular_ps50_idx5/10253/0/holiday.png",
+        ] {
+            let p = root.join(f);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, b"x").unwrap();
+        }
+        let src = Source::open(root).unwrap();
+        assert_eq!(src.entries.len(), 1);
+        assert_eq!(src.files_seen, 8);
+        assert_eq!(src.ignored, 6);
+        assert_eq!(
+            src.rejected
+                .iter()
+                .map(|r| r.path.as_str())
+                .collect::<Vec<_>>(),
+            ["IDC_regular_ps50_idx5/10253/0/holiday.png"],
+            "an image that is not a patch is still reported"
+        );
+    }
 }

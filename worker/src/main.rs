@@ -104,7 +104,17 @@ fn run_cmd(
         }
         (None, None) => unreachable!("clap requires --run or --spec"),
     };
-    let attempt = rt.block_on(out.list(idc::layout::run::LOGS))?.len() as u32 + 1;
+    // The launcher's number for this attempt (the local supervisor passes it); else the next
+    // after the attempts whose logs the bucket holds, claimed below before any work.
+    let attempt = match std::env::var(idc::run::ATTEMPT_ENV) {
+        Ok(v) => v.parse::<u32>().ok().filter(|&n| n >= 1).ok_or_else(|| {
+            WorkerError::BadInput(format!(
+                "{}={v} is not an attempt number (1, 2, ...)",
+                idc::run::ATTEMPT_ENV
+            ))
+        })?,
+        Err(_) => rt.block_on(out.list(idc::layout::run::LOGS))?.len() as u32 + 1,
+    };
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = stop.clone();
@@ -123,6 +133,8 @@ fn run_cmd(
         .map(|p| format!("pod {p}"))
         .unwrap_or_else(|_| format!("process {}", std::process::id()));
     log.line(&format!("attempt {attempt} of run {}, {host}", spec.run_id));
+    // Written before any work, so that an attempt killed while loading keeps its number.
+    rt.block_on(log.flush(&out))?;
     let mut trainer = train::Trainer::new(spec, out, &rt, log, stop);
     match trainer.run() {
         Ok(train::Outcome::Finished) => Ok(ExitCode::Success),

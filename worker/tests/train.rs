@@ -271,6 +271,57 @@ fn a_worker_killed_without_warning_resumes_from_its_timed_checkpoint() {
 }
 
 #[test]
+fn an_attempt_killed_while_loading_keeps_its_number() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = write_spec(
+        dir.path(),
+        &format!("{COMMON}  epochs: 1\n  model: {{kind: logreg}}\n"),
+    );
+    let out = format!("file://{}/run", dir.path().display());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_idc-worker"))
+        .args(["run", "--spec", &spec, "--out", &out])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    assert!(first.contains("attempt 1 of run test"), "{first}");
+    // The next line comes before the dataset is loaded.
+    let _ = lines.next();
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    child.wait().unwrap();
+    let logs = dir.path().join("run/logs");
+    assert!(
+        logs.join("attempt-1.log").exists(),
+        "attempt 1 claimed its number"
+    );
+
+    let o = worker(&["run", "--spec", &spec, "--out", &out]);
+    let log = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{log}");
+    assert!(
+        log.lines()
+            .next()
+            .unwrap()
+            .contains("attempt 2 of run test"),
+        "{log}"
+    );
+    assert!(logs.join("attempt-2.log").exists());
+
+    let o = Command::new(env!("CARGO_BIN_EXE_idc-worker"))
+        .args(["run", "--spec", &spec, "--out", &out])
+        .env(idc::run::ATTEMPT_ENV, "zero")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("IDC_ATTEMPT=zero is not an attempt number"),
+        "{err}"
+    );
+}
+
+#[test]
 fn corrupt_shard_and_bad_spec_are_bad_input() {
     let dir = tempfile::tempdir().unwrap();
     // A copy of the dataset with one flipped byte in a shard.
