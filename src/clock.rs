@@ -1,4 +1,5 @@
-//! Wall-clock times as the records in the bucket write them: RFC 3339, UTC, whole seconds.
+//! Wall-clock times as the records in the bucket write them (RFC 3339, UTC, whole seconds), and
+//! durations as manifests write them (`90s`, `30m`, `1h30m`).
 
 /// Now, e.g. `2026-12-01T09:30:00Z`.
 pub fn now_rfc3339() -> String {
@@ -20,6 +21,28 @@ pub fn seconds_since(t: &str) -> Option<f64> {
     let then =
         time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()?;
     Some((time::OffsetDateTime::now_utc() - then).as_seconds_f64())
+}
+
+/// Seconds in a duration such as `90s`, `30m`, `6h`, `1h30m`, `2d`.
+pub fn parse_duration(s: &str) -> Option<u64> {
+    let mut total = 0u64;
+    let mut num = String::new();
+    for c in s.chars() {
+        if c.is_ascii_digit() {
+            num.push(c);
+            continue;
+        }
+        let unit = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86400,
+            _ => return None,
+        };
+        total += num.parse::<u64>().ok()? * unit;
+        num.clear();
+    }
+    (num.is_empty() && total > 0).then_some(total)
 }
 
 #[cfg(test)]

@@ -4,23 +4,36 @@
 //! ([`layout`]), the shard format ([`shard`]), the staged dataset manifest
 //! ([`dataset::manifest`]) and the exit codes ([`exit`]).
 
-pub mod backend;
+//!
+//! The `controller` feature (on by default) adds what only `idcctl` needs: staging, the
+//! backends, sweeps and reports. The worker builds without it, on the shared formats alone.
+
 pub mod clock;
 pub mod dataset;
 pub mod exit;
 pub mod json_float;
 pub mod layout;
-pub mod manifest;
 pub mod metrics;
-pub mod output;
-pub mod process;
-pub mod report;
 pub mod rng;
-pub mod run;
 pub mod shard;
 pub mod spec;
-pub mod stage;
 pub mod store;
+
+#[cfg(feature = "controller")]
+pub mod backend;
+#[cfg(feature = "controller")]
+pub mod manifest;
+#[cfg(feature = "controller")]
+pub mod output;
+#[cfg(feature = "controller")]
+pub mod process;
+#[cfg(feature = "controller")]
+pub mod report;
+#[cfg(feature = "controller")]
+pub mod run;
+#[cfg(feature = "controller")]
+pub mod stage;
+#[cfg(feature = "controller")]
 pub mod sweep;
 
 /// Side length of an IDC patch in pixels (the Kaggle set is cut at 50x50).

@@ -2,7 +2,8 @@
 //! `idcctl` runs. Parsing is strict, and every error names the file, line and column, with a hint
 //! where one helps. Training options are the shared [`TrainSpec`]; their defaults live there.
 
-use crate::dataset::decode::Undersized;
+use crate::clock::parse_duration;
+use crate::dataset::manifest::Undersized;
 use crate::dataset::split::SplitOptions;
 use crate::spec::TrainSpec;
 use schemars::JsonSchema;
@@ -174,14 +175,7 @@ pub fn parse(text: &str, file: &str) -> Result<Experiment, ManifestError> {
         message,
         hint,
     };
-    let exp: Experiment = serde_yaml::from_str(text).map_err(|e| {
-        let at = e.location().map(|l| (l.line(), l.column()));
-        let full = e.to_string();
-        // serde_yaml appends the location, which we print in front instead.
-        let message = full.split(" at line ").next().unwrap_or(&full).to_string();
-        let (message, hint) = explain(&message);
-        err(at, message, hint)
-    })?;
+    let exp: Experiment = serde_yaml::from_str(text).map_err(|e| yaml_error(file, e))?;
     let locate = |path: &[&str]| locate(text, path);
     if exp.api_version != API_VERSION {
         return Err(err(
@@ -297,7 +291,8 @@ pub fn parse(text: &str, file: &str) -> Result<Experiment, ManifestError> {
                 None,
             ))
         };
-        if !(t.key.is_empty() && t.operator == "Exists") && !is_qualified_name(&t.key) {
+        let matches_all = t.key.is_empty() && t.operator == "Exists";
+        if !matches_all && !is_qualified_name(&t.key) {
             return bad(format!(
                 "key '{}' is not a valid Kubernetes label key",
                 t.key
@@ -338,6 +333,21 @@ pub fn parse(text: &str, file: &str) -> Result<Experiment, ManifestError> {
     Ok(exp)
 }
 
+/// A YAML or schema error of manifest `file`, located, with a did-you-mean where one helps.
+pub fn yaml_error(file: &str, e: serde_yaml::Error) -> ManifestError {
+    let at = e.location().map(|l| (l.line(), l.column()));
+    let full = e.to_string();
+    // serde_yaml appends the location, which we print in front instead.
+    let message = full.split(" at line ").next().unwrap_or(&full).to_string();
+    let (message, hint) = explain(&message);
+    ManifestError {
+        file: file.to_string(),
+        at,
+        message,
+        hint,
+    }
+}
+
 /// Adds a did-you-mean to serde's unknown field/variant messages.
 pub fn explain(message: &str) -> (String, Option<String>) {
     for what in ["unknown field `", "unknown variant `"] {
@@ -371,21 +381,28 @@ pub fn explain(message: &str) -> (String, Option<String>) {
 }
 
 /// Why `name` is not a valid experiment or dataset name, if it is not.
-pub fn bad_name(name: &str) -> Option<&'static str> {
+pub fn bad_name(name: &str) -> Option<String> {
+    name_rule_violation(name, MAX_NAME_LEN)
+}
+
+/// Why `name` breaks the rule for experiment, dataset and run names, if it does: at most `max`
+/// lowercase letters, digits and '-', a letter first and a letter or digit last (so that it is
+/// a Kubernetes DNS-1123 label when `max` is 63 or less).
+pub fn name_rule_violation(name: &str, max: usize) -> Option<String> {
     if name.is_empty() {
-        return Some("is empty");
+        return Some("is empty".into());
     }
-    if name.len() > MAX_NAME_LEN {
-        return Some("is longer than 40 characters");
+    if name.len() > max {
+        return Some(format!("is longer than {max} characters"));
     }
     if !name
         .bytes()
         .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
     {
-        return Some("may hold only lowercase letters, digits and '-'");
+        return Some("may hold only lowercase letters, digits and '-'".into());
     }
     if !name.as_bytes()[0].is_ascii_lowercase() || name.ends_with('-') {
-        return Some("must start with a letter and end with a letter or digit");
+        return Some("must start with a letter and end with a letter or digit".into());
     }
     None
 }
@@ -406,28 +423,6 @@ pub fn is_quantity(q: &str) -> bool {
         None => digits(mantissa),
     };
     mantissa_ok && exp.is_none_or(|e| digits(e.trim_start_matches(['+', '-'])))
-}
-
-/// Seconds in a duration such as `90s`, `30m`, `6h`, `1h30m`, `2d`.
-pub fn parse_duration(s: &str) -> Option<u64> {
-    let mut total = 0u64;
-    let mut num = String::new();
-    for c in s.chars() {
-        if c.is_ascii_digit() {
-            num.push(c);
-            continue;
-        }
-        let unit = match c {
-            's' => 1,
-            'm' => 60,
-            'h' => 3600,
-            'd' => 86400,
-            _ => return None,
-        };
-        total += num.parse::<u64>().ok()? * unit;
-        num.clear();
-    }
-    (num.is_empty() && total > 0).then_some(total)
 }
 
 /// The 1-based line and column of the key at `path`, each key searched from its parent's line

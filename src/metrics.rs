@@ -80,6 +80,43 @@ impl MetricName {
     pub fn higher_is_better(self) -> bool {
         self != MetricName::Loss
     }
+
+    /// Every metric, in the order reports and tables show them.
+    pub const ALL: [MetricName; 9] = [
+        MetricName::Accuracy,
+        MetricName::BalancedAccuracy,
+        MetricName::Precision,
+        MetricName::Recall,
+        MetricName::Specificity,
+        MetricName::F1,
+        MetricName::RocAuc,
+        MetricName::PrAuc,
+        MetricName::Loss,
+    ];
+
+    /// Its name in reports, tables and plots.
+    pub fn label(self) -> &'static str {
+        match self {
+            MetricName::Loss => "loss",
+            MetricName::Accuracy => "accuracy",
+            MetricName::BalancedAccuracy => "balanced accuracy",
+            MetricName::Precision => "precision",
+            MetricName::Recall => "recall (sensitivity)",
+            MetricName::Specificity => "specificity",
+            MetricName::F1 => "F1",
+            MetricName::RocAuc => "ROC-AUC",
+            MetricName::PrAuc => "PR-AUC",
+        }
+    }
+}
+
+/// The records of a `metrics.jsonl`, in order; a line that is not a record (a torn last line
+/// of a killed worker) is left out.
+pub fn parse_jsonl(bytes: &[u8]) -> Vec<MetricsRecord> {
+    String::from_utf8_lossy(bytes)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
 }
 
 fn ratio(a: u64, b: u64) -> f64 {

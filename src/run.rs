@@ -7,9 +7,6 @@ use crate::store::{Store, StoreError};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-/// The environment variable that tells the worker which attempt of its run it is (1-based).
-pub const ATTEMPT_ENV: &str = "IDC_ATTEMPT";
-
 /// Where a run stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -5,6 +5,9 @@
 use crate::metrics::MetricName;
 use serde::{Deserialize, Serialize};
 
+/// The environment variable that tells the worker which attempt of its run it is (1-based).
+pub const ATTEMPT_ENV: &str = "IDC_ATTEMPT";
+
 /// A resolved run: where the data is, where results go, how to train.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -336,7 +339,7 @@ impl TrainSpec {
     /// `checkpoint_every` as a duration (None: off, or not a duration).
     pub fn checkpoint_interval(&self) -> Option<std::time::Duration> {
         let every = self.checkpoint_every.as_deref()?;
-        crate::manifest::parse_duration(every).map(std::time::Duration::from_secs)
+        crate::clock::parse_duration(every).map(std::time::Duration::from_secs)
     }
 
     /// Checks ranges; the message names the field.

@@ -101,8 +101,6 @@ pub enum StageError {
     },
     #[error("--strict: {count} file(s) would be skipped, first: {first}")]
     Strict { count: usize, first: String },
-    #[error("{url} is not a readable dataset manifest: {reason}")]
-    BadManifest { url: String, reason: String },
     #[error("interrupted after {done} of {total} shards; rerun the same command to resume")]
     Interrupted { done: usize, total: usize },
     #[error("option {0}")]
@@ -117,7 +115,6 @@ impl StageError {
             StageError::Split(_)
             | StageError::Conflict { .. }
             | StageError::Strict { .. }
-            | StageError::BadManifest { .. }
             | StageError::BadOption(_) => true,
             StageError::Store(e) => e.is_user_error(),
             StageError::Interrupted { .. } => false,
@@ -141,24 +138,6 @@ struct ShardPlan {
     split: Split,
     index: usize,
     entries: Vec<usize>,
-}
-
-/// Reads a staged dataset's manifest.
-pub async fn read_manifest(dataset: &Store) -> Result<Option<DatasetManifest>, StageError> {
-    let Some(bytes) = dataset.get_opt(keys::MANIFEST).await? else {
-        return Ok(None);
-    };
-    let m: DatasetManifest =
-        serde_json::from_slice(&bytes).map_err(|e| StageError::BadManifest {
-            url: dataset.url_of(keys::MANIFEST),
-            reason: e.to_string(),
-        })?;
-    m.check_version()
-        .map_err(|reason| StageError::BadManifest {
-            url: dataset.url_of(keys::MANIFEST),
-            reason,
-        })?;
-    Ok(Some(m))
 }
 
 /// Stages `source` (a folder or a zip) into the dataset at `dest`.
@@ -194,7 +173,7 @@ pub async fn stage(
     };
     let plan_id = plan_id(&src.fingerprint, &record);
 
-    if let Some(existing) = read_manifest(dest).await? {
+    if let Some(existing) = crate::dataset::manifest::read(dest).await? {
         if existing.id == plan_id {
             if let Some(missing) = first_missing_shard(dest, &existing).await? {
                 tracing::warn!(

@@ -11,7 +11,6 @@ mod common;
 use common::*;
 use idc::metrics::{ErrorKind, Report};
 use idc::shard::ShardReader;
-use idc::stage;
 use idc::store::Store;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -248,7 +247,10 @@ fn report_and_compare_pages_render_every_plot_in_a_browser() {
     );
     let ds = Store::open(&r.dataset).unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let manifest = rt.block_on(stage::read_manifest(&ds)).unwrap().unwrap();
+    let manifest = rt
+        .block_on(idc::dataset::manifest::read(&ds))
+        .unwrap()
+        .unwrap();
     let shards = rt.block_on(load_shards(&ds, &manifest));
     for m in &report.misclassified {
         let i = manifest

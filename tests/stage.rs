@@ -94,7 +94,7 @@ async fn every_staged_record_equals_its_png() {
                 resumed: 0
             }
         );
-        let m = stage::read_manifest(&ds)
+        let m = idc::dataset::manifest::read(&ds)
             .await
             .unwrap()
             .expect("manifest written");
@@ -308,7 +308,7 @@ async fn an_interrupted_stage_resumes_where_it_stopped() {
             panic!("{err}")
         };
         assert!(
-            stage::read_manifest(&ds).await.unwrap().is_none(),
+            idc::dataset::manifest::read(&ds).await.unwrap().is_none(),
             "a half-staged dataset has no manifest"
         );
 
@@ -355,7 +355,7 @@ async fn strict_turns_skips_into_failure() {
         .unwrap_err();
     assert!(matches!(err, StageError::Strict { count: 1, .. }), "{err}");
     assert!(err.to_string().contains("not a readable PNG"), "{err}");
-    assert!(stage::read_manifest(&ds).await.unwrap().is_none());
+    assert!(idc::dataset::manifest::read(&ds).await.unwrap().is_none());
 
     // Undersized patches: padded by default, skipped (and so failing --strict) on request.
     // The real sample has two patients: too few for a patient split.

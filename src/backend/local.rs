@@ -118,7 +118,7 @@ pub async fn supervise(run: &Store, run_url: &str) -> Result<Phase, LocalError> 
         ));
         let mut child = Command::new(&worker)
             .args(["run", "--run", run_url])
-            .env(crate::run::ATTEMPT_ENV, s.attempts.to_string())
+            .env(crate::spec::ATTEMPT_ENV, s.attempts.to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -101,30 +101,31 @@ pub struct Plan {
     pub spec_sha256: String,
 }
 
-/// A run id names the run's folder and its Job: a DNS-1123 label that starts with a letter.
+/// A run id names the run's folder and its Job: the naming rule, at most 63 characters.
 fn check_run_id(id: &str) -> Result<(), BackendError> {
-    if !kube::names::is_dns1123_label(id) || !id.as_bytes()[0].is_ascii_lowercase() {
-        return Err(BackendError::Invalid(format!(
-            "run id '{id}' must be at most 63 lowercase letters, digits and '-', starting with a letter and ending with a letter or digit"
-        )));
+    match manifest::name_rule_violation(id, 63) {
+        Some(why) => Err(BackendError::Invalid(format!(
+            "run id '{id}' {why} (at most 63 lowercase letters, digits and '-', starting with a letter and ending with a letter or digit)"
+        ))),
+        None => Ok(()),
     }
-    Ok(())
 }
 
-/// Where the run's bucket is: the override, the manifest's, or (on Kubernetes, when the
-/// manifest keeps the laptop default) the cluster's.
-fn storage_of(
-    exp: &Experiment,
-    opts: &SubmitOptions,
-    cluster_storage: Option<&str>,
-) -> Result<String, BackendError> {
-    let manifest_default = exp.storage == manifest::default_storage();
-    let storage = match (&opts.storage, manifest_default, cluster_storage) {
-        (Some(s), _, _) => s.clone(),
-        (None, true, Some(c)) if exp.backend == Backend::Kubernetes => c.to_string(),
+/// Where a run's (or a sweep's) bucket is: the override, the manifest's, or (on Kubernetes,
+/// when the manifest keeps the laptop default) the cluster's.
+pub fn storage_for(exp: &Experiment, overridden: Option<&str>, cluster: Option<&str>) -> String {
+    match (overridden, cluster) {
+        (Some(s), _) => s.to_string(),
+        (None, Some(c)) if storage_needs_cluster(exp, None) => c.to_string(),
         _ => exp.storage.clone(),
-    };
-    Ok(storage)
+    }
+}
+
+/// Whether [`storage_for`] would take the cluster's bucket (so its defaults must be read).
+pub fn storage_needs_cluster(exp: &Experiment, overridden: Option<&str>) -> bool {
+    overridden.is_none()
+        && exp.backend == Backend::Kubernetes
+        && exp.storage == manifest::default_storage()
 }
 
 /// Pods reach only S3: a Kubernetes run's bucket and dataset must be there.
@@ -151,7 +152,7 @@ pub fn plan(
     opts: &SubmitOptions,
     cluster_storage: Option<&str>,
 ) -> Result<Plan, BackendError> {
-    let storage = storage_of(exp, opts, cluster_storage)?;
+    let storage = storage_for(exp, opts.storage.as_deref(), cluster_storage);
     let root = Store::open(&storage)?;
     let run_id = match &opts.run_id {
         Some(id) => {
@@ -203,11 +204,11 @@ fn dataset_prefix(exp: &Experiment) -> String {
 async fn ensure_dataset(exp: &Experiment, root: &Store) -> Result<(), BackendError> {
     if let Some(url) = &exp.dataset.url {
         let ds = Store::open(url)?;
-        if stage::read_manifest(&ds)
+        if crate::dataset::manifest::read(&ds)
             .await
             .map_err(|e| BackendError::Stage {
                 source_path: url.clone(),
-                error: e,
+                error: StageError::Store(e),
             })?
             .is_none()
         {
@@ -319,7 +320,10 @@ pub async fn submit_on(
         supervisor: None,
         worker: None,
         heartbeat_at: None,
-        deadline_s: exp.deadline.as_deref().and_then(manifest::parse_duration),
+        deadline_s: exp
+            .deadline
+            .as_deref()
+            .and_then(crate::clock::parse_duration),
         cluster: None,
     });
     match (cluster, defaults) {

@@ -338,7 +338,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Dataset(DatasetCommand::Show { url, output }) => {
             let store = Store::open(&url)?;
-            let manifest = stage::read_manifest(&store).await?.ok_or_else(|| {
+            let manifest = idc::dataset::manifest::read(&store).await?.ok_or_else(|| {
                 UserError(format!(
                     "no staged dataset at {} (no manifest.json)",
                     store.url()

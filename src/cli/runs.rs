@@ -353,10 +353,7 @@ fn phase_name(p: Phase) -> String {
 
 async fn metrics_of(run: &Store) -> anyhow::Result<Vec<MetricsRecord>> {
     Ok(match run.get_opt(keys::METRICS).await? {
-        Some(b) => String::from_utf8_lossy(&b)
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect(),
+        Some(b) => idc::metrics::parse_jsonl(&b),
         None => vec![],
     })
 }
@@ -562,9 +559,6 @@ pub async fn report(
     Ok(ExitCode::Success)
 }
 
-/// Reads one metric of an evaluation.
-type MetricOf = fn(&idc::metrics::BinaryMetrics) -> f64;
-
 async fn print_report(run: &Store, format: OutputFormat) -> anyhow::Result<()> {
     let r: Report = serde_json::from_slice(&run.get(keys::REPORT).await?)
         .context("report.json is not readable")?;
@@ -578,22 +572,11 @@ async fn print_report(run: &Store, format: OutputFormat) -> anyhow::Result<()> {
                 "at 0.5",
                 &format!("at val threshold {:.3}", r.test_at_val_threshold.threshold),
             ]);
-            let rows: [(&str, MetricOf); 9] = [
-                ("loss", |m| m.loss),
-                ("accuracy", |m| m.accuracy),
-                ("balanced accuracy", |m| m.balanced_accuracy),
-                ("precision", |m| m.precision),
-                ("recall (sensitivity)", |m| m.recall),
-                ("specificity", |m| m.specificity),
-                ("F1", |m| m.f1),
-                ("ROC-AUC", |m| m.roc_auc),
-                ("PR-AUC", |m| m.pr_auc),
-            ];
-            for (name, f) in rows {
+            for m in idc::metrics::MetricName::ALL {
                 t.add_row([
-                    name.to_string(),
-                    format!("{:.4}", f(&r.test)),
-                    format!("{:.4}", f(&r.test_at_val_threshold)),
+                    m.label().to_string(),
+                    format!("{:.4}", m.of(&r.test)),
+                    format!("{:.4}", m.of(&r.test_at_val_threshold)),
                 ]);
             }
             t.add_row([

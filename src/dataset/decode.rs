@@ -2,29 +2,8 @@
 
 use crate::{PATCH_BYTES, PATCH_SIZE};
 use png::{ColorType, Transformations};
-use serde::{Deserialize, Serialize};
 
-/// What to do with an edge patch smaller than 50x50.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Serialize,
-    Deserialize,
-    Default,
-    clap::ValueEnum,
-    schemars::JsonSchema,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum Undersized {
-    /// Keep the patch at the top-left and fill the rest with white (the slide background).
-    #[default]
-    Pad,
-    /// Leave the patch out (it is counted and reported).
-    Skip,
-}
+pub use super::manifest::Undersized;
 
 /// The value padding pixels get: white, like the glass around the tissue.
 pub const PAD_VALUE: u8 = 255;
@@ -119,7 +98,7 @@ pub fn decode_png(bytes: &[u8], undersized: Undersized) -> Result<Patch, DecodeE
     })
 }
 
-/// Encodes 8-bit pixels as a PNG (used by the synthetic generator and tests).
+/// Encodes 8-bit pixels as a PNG (the synthetic generator, report pages, tests).
 pub fn encode_png(pixels: &[u8], width: u32, height: u32, color: ColorType) -> Vec<u8> {
     let mut out = Vec::with_capacity(pixels.len() / 2 + 128);
     {

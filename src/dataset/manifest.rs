@@ -1,12 +1,41 @@
 //! The staged dataset manifest (`manifest.json`): what a staged dataset holds and how to read it.
 //!
-//! Written last by `idcctl stage`, read by `idcctl dataset show` and by the worker.
+//! Written last by `idcctl stage`, read ([`read`]) by `idcctl dataset show` and by the worker.
 
-use super::decode::Undersized;
-use super::source::{Rejected, SourceKind};
 use super::split::{Split, SplitOptions};
+use crate::layout::dataset as keys;
+use crate::store::{Store, StoreError};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+
+/// What to do with an edge patch smaller than 50x50.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema,
+)]
+#[cfg_attr(feature = "controller", derive(clap::ValueEnum))]
+#[serde(rename_all = "lowercase")]
+pub enum Undersized {
+    /// Keep the patch at the top-left and fill the rest with white (the slide background).
+    #[default]
+    Pad,
+    /// Leave the patch out (it is counted and reported).
+    Skip,
+}
+
+/// The kind of source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    Dir,
+    Zip,
+}
+
+/// A file that is not a patch, with the reason.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Rejected {
+    pub path: String,
+    pub reason: String,
+}
 
 /// Version of this manifest's schema.
 pub const MANIFEST_VERSION: u32 = 1;
@@ -159,6 +188,21 @@ impl DatasetManifest {
 pub fn class_weights(counts: [u64; 2]) -> [f64; 2] {
     let n = (counts[0] + counts[1]) as f64;
     counts.map(|c| if c == 0 { 0.0 } else { n / (2.0 * c as f64) })
+}
+
+/// Reads the manifest of the dataset at `dataset` (None: nothing staged there). One that does
+/// not parse, or that a newer idcctl wrote, is [`StoreError::Corrupt`], naming it.
+pub async fn read(dataset: &Store) -> Result<Option<DatasetManifest>, StoreError> {
+    let Some(bytes) = dataset.get_opt(keys::MANIFEST).await? else {
+        return Ok(None);
+    };
+    let corrupt = |reason: String| StoreError::Corrupt {
+        url: dataset.url_of(keys::MANIFEST),
+        reason,
+    };
+    let m: DatasetManifest = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+    m.check_version().map_err(corrupt)?;
+    Ok(Some(m))
 }
 
 #[cfg(test)]

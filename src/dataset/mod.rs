@@ -1,11 +1,16 @@
 //! The IDC patch dataset: file names, sources, PNG decoding, splits, the staged manifest and
 //! the synthetic generator.
 
-pub mod decode;
 pub mod manifest;
-pub mod name;
-pub mod source;
 pub mod split;
+
+#[cfg(feature = "controller")]
+pub mod decode;
+#[cfg(feature = "controller")]
+pub mod name;
+#[cfg(feature = "controller")]
+pub mod source;
+#[cfg(feature = "controller")]
 pub mod synth;
 
 /// The folder that holds the patient folders in the Kaggle download.

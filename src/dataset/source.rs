@@ -3,20 +3,13 @@
 //! Listing parses every name, reports files that are not patches, and counts each patch once
 //! when the download holds the tree twice (`IDC_regular_ps50_idx5/` beside the patient folders).
 
+pub use super::manifest::{Rejected, SourceKind};
 use super::name::{PatchName, parse_path};
 use sha2::{Digest, Sha256};
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-
-/// The kind of source.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SourceKind {
-    Dir,
-    Zip,
-}
 
 /// One patch found in the source.
 #[derive(Debug, Clone)]
@@ -37,13 +30,6 @@ enum Loc {
         deflated: bool,
         crc32: u32,
     },
-}
-
-/// A file that is not a patch, with the reason.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Rejected {
-    pub path: String,
-    pub reason: String,
 }
 
 /// Why a source cannot be read at all.

@@ -47,17 +47,9 @@ impl fmt::Display for Split {
 
 /// How patches are assigned to splits.
 #[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Serialize,
-    Deserialize,
-    Default,
-    clap::ValueEnum,
-    schemars::JsonSchema,
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema,
 )]
+#[cfg_attr(feature = "controller", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum SplitMethod {
     /// Whole patients go to one split; each split's IDC fraction is kept close to the whole's.

@@ -2,7 +2,6 @@
 //! (which run is best on each), for `idcctl compare` as a table, JSON, YAML or HTML.
 
 use super::RunData;
-use crate::metrics::BinaryMetrics;
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -99,21 +98,6 @@ pub fn best_of(values: &[f64], better: Better) -> Vec<usize> {
 }
 
 type Of = fn(&RunData) -> f64;
-type MetricOf = fn(&BinaryMetrics) -> f64;
-
-/// The metrics a comparison shows, per evaluation.
-const TEST_METRICS: [(&str, MetricOf, Better); 9] = [
-    ("accuracy", |m| m.accuracy, Better::Higher),
-    ("balanced accuracy", |m| m.balanced_accuracy, Better::Higher),
-    ("precision", |m| m.precision, Better::Higher),
-    ("recall (sensitivity)", |m| m.recall, Better::Higher),
-    ("specificity", |m| m.specificity, Better::Higher),
-    ("F1", |m| m.f1, Better::Higher),
-    ("ROC-AUC", |m| m.roc_auc, Better::Higher),
-    ("PR-AUC", |m| m.pr_auc, Better::Higher),
-    ("loss", |m| m.loss, Better::Lower),
-];
-
 /// Compares `runs`, in the order given.
 pub fn compare(runs: &[RunData]) -> Comparison {
     let mut metrics = vec![];
@@ -133,8 +117,22 @@ pub fn compare(runs: &[RunData]) -> Comparison {
             decimals,
         });
     };
-    for (name, f, b) in TEST_METRICS {
-        row("test at 0.5", name, &|r| f(&r.report.test), Some(b), 4);
+    use crate::metrics::MetricName::{self, *};
+    let better = |m: MetricName| {
+        if m.higher_is_better() {
+            Better::Higher
+        } else {
+            Better::Lower
+        }
+    };
+    for m in MetricName::ALL {
+        row(
+            "test at 0.5",
+            m.label(),
+            &|r| m.of(&r.report.test),
+            Some(better(m)),
+            4,
+        );
     }
     row(
         "test at val threshold",
@@ -143,27 +141,23 @@ pub fn compare(runs: &[RunData]) -> Comparison {
         None,
         3,
     );
-    for (name, f, b) in TEST_METRICS {
-        if matches!(
-            name,
-            "balanced accuracy" | "precision" | "recall (sensitivity)" | "F1"
-        ) {
-            row(
-                "test at val threshold",
-                name,
-                &|r| f(&r.report.test_at_val_threshold),
-                Some(b),
-                4,
-            );
-        }
+    for m in [BalancedAccuracy, Precision, Recall, F1] {
+        row(
+            "test at val threshold",
+            m.label(),
+            &|r| m.of(&r.report.test_at_val_threshold),
+            Some(better(m)),
+            4,
+        );
     }
-    for (name, f, b) in TEST_METRICS {
-        if matches!(
-            name,
-            "balanced accuracy" | "F1" | "ROC-AUC" | "PR-AUC" | "loss"
-        ) {
-            row("val (best epoch)", name, &|r| f(&r.report.val), Some(b), 4);
-        }
+    for m in [BalancedAccuracy, F1, RocAuc, PrAuc, Loss] {
+        row(
+            "val (best epoch)",
+            m.label(),
+            &|r| m.of(&r.report.val),
+            Some(better(m)),
+            4,
+        );
     }
     let training: [(&str, Of, Option<Better>, usize); 4] = [
         ("best epoch", |r| r.report.best_epoch as f64, None, 0),

@@ -169,18 +169,16 @@ pub fn loss_plot(run: &RunData) -> LinePlot {
 
 /// Validation accuracy, balanced accuracy, F1, ROC-AUC and PR-AUC per epoch.
 pub fn val_metrics_plot(run: &RunData) -> LinePlot {
-    type Of = fn(&BinaryMetrics) -> f64;
-    let metrics: [(&str, Of); 5] = [
-        ("accuracy", |m| m.accuracy),
-        ("balanced accuracy", |m| m.balanced_accuracy),
-        ("F1", |m| m.f1),
-        ("ROC-AUC", |m| m.roc_auc),
-        ("PR-AUC", |m| m.pr_auc),
-    ];
+    use crate::metrics::MetricName::*;
     let mut p =
         LinePlot::new("Validation metrics per epoch (at 0.5)", "epoch", "value").integer_x();
-    for (i, (name, f)) in metrics.into_iter().enumerate() {
-        p = p.series(epoch_series(run, name, plot::color(i), |e| f(&e.val)));
+    for (i, m) in [Accuracy, BalancedAccuracy, F1, RocAuc, PrAuc]
+        .into_iter()
+        .enumerate()
+    {
+        p = p.series(epoch_series(run, m.label(), plot::color(i), |e| {
+            m.of(&e.val)
+        }));
     }
     p
 }
@@ -244,24 +242,20 @@ pub fn pr_plot(runs: &[&RunData], label_by_run: bool) -> LinePlot {
 }
 
 /// Shows one metric of an evaluation.
-type ShowMetric = fn(&BinaryMetrics) -> String;
+type ShowMetric = Box<dyn Fn(&BinaryMetrics) -> String>;
 
-fn metric_rows() -> [(&'static str, ShowMetric); 11] {
-    [
-        ("threshold", |m| format!("{:.3}", m.threshold)),
-        ("accuracy", |m| format!("{:.4}", m.accuracy)),
-        ("balanced accuracy", |m| {
-            format!("{:.4}", m.balanced_accuracy)
-        }),
-        ("precision", |m| format!("{:.4}", m.precision)),
-        ("recall (sensitivity)", |m| format!("{:.4}", m.recall)),
-        ("specificity", |m| format!("{:.4}", m.specificity)),
-        ("F1", |m| format!("{:.4}", m.f1)),
-        ("ROC-AUC", |m| format!("{:.4}", m.roc_auc)),
-        ("PR-AUC (average precision)", |m| format!("{:.4}", m.pr_auc)),
-        ("loss", |m| format!("{:.4}", m.loss)),
-        ("patches", |m| m.count.to_string()),
-    ]
+/// The rows of a metrics table: the threshold, every metric, the patch count.
+fn metric_rows() -> Vec<(&'static str, ShowMetric)> {
+    let mut rows: Vec<(&'static str, ShowMetric)> =
+        vec![("threshold", Box::new(|m| format!("{:.3}", m.threshold)))];
+    for metric in crate::metrics::MetricName::ALL {
+        rows.push((
+            metric.label(),
+            Box::new(move |m| format!("{:.4}", metric.of(m))),
+        ));
+    }
+    rows.push(("patches", Box::new(|m| m.count.to_string())));
+    rows
 }
 
 fn kv_table(rows: &[(&str, String)]) -> String {

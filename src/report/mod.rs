@@ -92,16 +92,16 @@ async fn parse<T: serde::de::DeserializeOwned>(
 }
 
 /// The epoch lines of `metrics.jsonl`, one per epoch (the last wins), in epoch order.
-pub fn epochs_of(jsonl: &str) -> Vec<EpochPoint> {
+pub fn epochs_of(jsonl: &[u8]) -> Vec<EpochPoint> {
     let mut by_epoch = BTreeMap::new();
-    for line in jsonl.lines() {
-        if let Ok(MetricsRecord::Epoch {
+    for record in crate::metrics::parse_jsonl(jsonl) {
+        if let MetricsRecord::Epoch {
             epoch,
             train_loss,
             lr,
             val,
             ..
-        }) = serde_json::from_str(line)
+        } = record
         {
             by_epoch.insert(
                 epoch,
@@ -142,7 +142,7 @@ pub async fn load_run(root: &Store, run_id: &str) -> Result<RunData, ReportError
     let report: Report = parse(&run, keys::REPORT, false).await?;
     let spec: RunSpec = parse(&run, keys::SPEC, true).await?;
     let epochs = match run.get_opt(keys::METRICS).await? {
-        Some(b) => epochs_of(&String::from_utf8_lossy(&b)),
+        Some(b) => epochs_of(&b),
         None => vec![],
     };
     Ok(RunData {
@@ -172,15 +172,8 @@ pub struct DatasetView {
 
 /// Encodes 50x50 RGB pixels as a PNG.
 pub fn patch_png(pixels: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut enc = png::Encoder::new(&mut out, crate::PATCH_SIZE as u32, crate::PATCH_SIZE as u32);
-    enc.set_color(png::ColorType::Rgb);
-    enc.set_depth(png::BitDepth::Eight);
-    let mut w = enc.write_header().expect("writing to memory");
-    w.write_image_data(pixels)
-        .expect("a patch is 50x50x3 bytes");
-    w.finish().expect("writing to memory");
-    out
+    let side = crate::PATCH_SIZE as u32;
+    crate::dataset::decode::encode_png(pixels, side, side, png::ColorType::Rgb)
 }
 
 /// Reads the manifest of the dataset `run` trained on and the pixels of its misclassified test
@@ -198,7 +191,7 @@ pub async fn load_dataset(run: &RunData) -> DatasetView {
             return view;
         }
     };
-    let manifest = match crate::stage::read_manifest(&ds).await {
+    let manifest = match crate::dataset::manifest::read(&ds).await {
         Ok(Some(m)) => m,
         Ok(None) => {
             view.notes.push(format!(
@@ -347,7 +340,7 @@ mod tests {
             epoch(2, 0.6),
         ]
         .join("\n");
-        let e = epochs_of(&jsonl);
+        let e = epochs_of(jsonl.as_bytes());
         assert_eq!(e.iter().map(|p| p.epoch).collect::<Vec<_>>(), [1, 2]);
         assert_eq!(e[1].val.f1, 0.6, "a repeated epoch keeps its last line");
         assert_eq!(e[1].train_loss, 0.5);

@@ -13,7 +13,6 @@ use super::{fmt_num, fmt_value, short_names};
 use crate::backend::{self, BackendError, SubmitOptions, Target};
 use crate::clock::now_rfc3339;
 use crate::layout::{self, run as keys};
-use crate::manifest::{self, Backend};
 use crate::metrics::{MetricName, MetricsRecord};
 use crate::run::{self, Phase};
 use crate::store::{Store, StoreError};
@@ -88,22 +87,19 @@ pub enum Ending {
 /// Where the sweep's trials and record live: `--storage`, the base experiment's storage, or
 /// on Kubernetes (when the base keeps the laptop default) the cluster's.
 pub async fn storage_of(sweep: &Sweep, opts: &DriveOptions) -> Result<String, SweepError> {
-    if let Some(s) = &opts.storage {
-        return Ok(s.clone());
-    }
     let exp = &sweep.base_experiment;
-    if exp.backend == Backend::Kubernetes && exp.storage == manifest::default_storage() {
+    let overridden = opts.storage.as_deref();
+    let cluster = if backend::storage_needs_cluster(exp, overridden) {
         let cluster = opts.target.connect().await.map_err(BackendError::from)?;
-        if let Some(s) = cluster
+        cluster
             .defaults()
             .await
             .map_err(BackendError::from)?
             .storage
-        {
-            return Ok(s);
-        }
-    }
-    Ok(exp.storage.clone())
+    } else {
+        None
+    };
+    Ok(backend::storage_for(exp, overridden, cluster.as_deref()))
 }
 
 /// The objective metric after each epoch of a run, from its `metrics.jsonl` (epochs 1, 2, …
@@ -113,9 +109,9 @@ pub async fn read_curve(run: &Store, metric: MetricName) -> Result<Vec<f64>, Sto
         return Ok(vec![]);
     };
     let mut by_epoch: BTreeMap<u32, f64> = BTreeMap::new();
-    for line in String::from_utf8_lossy(&b).lines() {
+    for record in crate::metrics::parse_jsonl(&b) {
         // A diverged epoch's NaN metrics read back as NaN (`json_float`).
-        if let Ok(MetricsRecord::Epoch { epoch, val, .. }) = serde_json::from_str(line) {
+        if let MetricsRecord::Epoch { epoch, val, .. } = record {
             by_epoch.insert(epoch, metric.of(&val));
         }
     }

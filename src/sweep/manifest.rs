@@ -169,19 +169,6 @@ pub fn is_sweep(text: &str) -> bool {
         .unwrap_or(false)
 }
 
-fn serde_error(file: &str, e: serde_yaml::Error) -> ManifestError {
-    let at = e.location().map(|l| (l.line(), l.column()));
-    let full = e.to_string();
-    let message = full.split(" at line ").next().unwrap_or(&full).to_string();
-    let (message, hint) = manifest::explain(&message);
-    ManifestError {
-        file: file.to_string(),
-        at,
-        message,
-        hint,
-    }
-}
-
 /// Parses and checks sweep manifest `text`; `file` names it in errors.
 pub fn parse(text: &str, file: &str) -> Result<Sweep, ManifestError> {
     let text = crate::manifest::without_bom(text);
@@ -192,7 +179,8 @@ pub fn parse(text: &str, file: &str) -> Result<Sweep, ManifestError> {
         hint,
     };
     let locate = |path: &[&str]| manifest::locate(text, path);
-    let raw: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| serde_error(file, e))?;
+    let raw: serde_yaml::Value =
+        serde_yaml::from_str(text).map_err(|e| manifest::yaml_error(file, e))?;
     let field = |k: &str| raw.get(k).and_then(|v| v.as_str()).map(str::to_string);
     match field("apiVersion") {
         Some(v) if v == API_VERSION => {}
@@ -217,7 +205,7 @@ pub fn parse(text: &str, file: &str) -> Result<Sweep, ManifestError> {
         }
         None => {}
     }
-    let doc: Doc = serde_yaml::from_str(text).map_err(|e| serde_error(file, e))?;
+    let doc: Doc = serde_yaml::from_str(text).map_err(|e| manifest::yaml_error(file, e))?;
     if let Some(why) = manifest::bad_name(&doc.name) {
         return Err(err(
             locate(&["name"]),

@@ -74,7 +74,7 @@ pub struct Dataset {
 
 /// Reads the manifest and every shard of the dataset at `store`.
 pub async fn load(store: &Store, device: Device) -> Result<Dataset, WorkerError> {
-    let manifest = idc::stage::read_manifest(store)
+    let manifest = idc::dataset::manifest::read(store)
         .await
         .map_err(|e| WorkerError::BadInput(format!("dataset: {e}")))?
         .ok_or_else(|| {

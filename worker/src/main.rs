@@ -106,11 +106,11 @@ fn run_cmd(
     };
     // The launcher's number for this attempt (the local supervisor passes it); else the next
     // after the attempts whose logs the bucket holds, claimed below before any work.
-    let attempt = match std::env::var(idc::run::ATTEMPT_ENV) {
+    let attempt = match std::env::var(idc::spec::ATTEMPT_ENV) {
         Ok(v) => v.parse::<u32>().ok().filter(|&n| n >= 1).ok_or_else(|| {
             WorkerError::BadInput(format!(
                 "{}={v} is not an attempt number (1, 2, ...)",
-                idc::run::ATTEMPT_ENV
+                idc::spec::ATTEMPT_ENV
             ))
         })?,
         Err(_) => rt.block_on(out.list(idc::layout::run::LOGS))?.len() as u32 + 1,

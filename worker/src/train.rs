@@ -509,14 +509,13 @@ impl<'a> Trainer<'a> {
         let Some(bytes) = self.rt.block_on(self.out.get_opt(keys::METRICS))? else {
             return Ok(vec![]);
         };
-        Ok(String::from_utf8_lossy(&bytes)
-            .lines()
-            .filter(|l| match serde_json::from_str::<MetricsRecord>(l) {
-                Ok(MetricsRecord::Step { step, .. }) => step <= p.global_step,
-                Ok(MetricsRecord::Epoch { epoch, .. }) => epoch <= p.epoch,
-                Err(_) => false,
+        Ok(metrics::parse_jsonl(&bytes)
+            .into_iter()
+            .filter(|r| match r {
+                MetricsRecord::Step { step, .. } => *step <= p.global_step,
+                MetricsRecord::Epoch { epoch, .. } => *epoch <= p.epoch,
             })
-            .map(str::to_string)
+            .map(|r| serde_json::to_string(&r).expect("serializes"))
             .collect())
     }
 

@@ -310,7 +310,7 @@ fn an_attempt_killed_while_loading_keeps_its_number() {
 
     let o = Command::new(env!("CARGO_BIN_EXE_idc-worker"))
         .args(["run", "--spec", &spec, "--out", &out])
-        .env(idc::run::ATTEMPT_ENV, "zero")
+        .env(idc::spec::ATTEMPT_ENV, "zero")
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);

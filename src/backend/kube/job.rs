@@ -210,7 +210,7 @@ pub fn build(i: &JobInputs) -> Job {
             active_deadline_seconds: exp
                 .deadline
                 .as_deref()
-                .and_then(crate::manifest::parse_duration)
+                .and_then(crate::clock::parse_duration)
                 .map(|s| s as i64),
             ttl_seconds_after_finished: Some(d.ttl_seconds_after_finished),
             pod_failure_policy: Some(failure_policy()),
