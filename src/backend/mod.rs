@@ -103,12 +103,12 @@ pub struct Plan {
 
 /// A run id names the run's folder and its Job: the naming rule, at most 63 characters.
 fn check_run_id(id: &str) -> Result<(), BackendError> {
-    match manifest::name_rule_violation(id, 63) {
-        Some(why) => Err(BackendError::Invalid(format!(
-            "run id '{id}' {why} (at most 63 lowercase letters, digits and '-', starting with a letter and ending with a letter or digit)"
-        ))),
-        None => Ok(()),
+    if manifest::name_rule_violation(id, 63).is_some() {
+        return Err(BackendError::Invalid(format!(
+            "run id '{id}' must be at most 63 lowercase letters, digits and '-', starting with a letter and ending with a letter or digit"
+        )));
     }
+    Ok(())
 }
 
 /// Where a run's (or a sweep's) bucket is: the override, the manifest's, or (on Kubernetes,
