@@ -22,7 +22,7 @@ pub mod store;
 #[cfg(feature = "controller")]
 pub mod backend;
 #[cfg(feature = "controller")]
-pub mod manifest;
+pub mod experiment;
 #[cfg(feature = "controller")]
 pub mod output;
 #[cfg(feature = "controller")]

@@ -34,7 +34,7 @@ pub struct RunStatus {
     pub run_id: String,
     pub experiment: String,
     pub model: String,
-    pub backend: crate::manifest::Backend,
+    pub backend: crate::experiment::Backend,
     pub phase: Phase,
     /// Attempts started so far.
     pub attempts: u32,
@@ -130,7 +130,7 @@ mod tests {
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'),
             "{id}"
         );
-        let longest = new_run_id(&"a".repeat(crate::manifest::MAX_NAME_LEN));
+        let longest = new_run_id(&"a".repeat(crate::experiment::MAX_NAME_LEN));
         assert!(longest.len() <= 63, "{longest}");
     }
 }

@@ -11,8 +11,8 @@ use http::{Request, Response};
 use idc::backend::kube::cluster::{Cluster, LogLine};
 use idc::backend::kube::{self, ClusterDefaults, RBAC_RULES};
 use idc::backend::{self, SubmitOptions};
+use idc::experiment::{self, Experiment};
 use idc::layout::run as keys;
-use idc::manifest::{self, Experiment};
 use idc::run::{self, Phase, RunStatus};
 use idc::store::Store;
 use k8s_openapi::api::batch::v1::Job;
@@ -253,7 +253,7 @@ async fn bucket() -> Bucket {
     .await
     .unwrap();
     let text = std::fs::read_to_string(manifests_dir().join("resnet34.yaml")).unwrap();
-    let mut exp = manifest::parse(&text, "resnet34.yaml").unwrap();
+    let mut exp = experiment::parse(&text, "resnet34.yaml").unwrap();
     exp.dataset.url = Some(ds);
     exp.storage = storage;
     Bucket { _dir: dir, exp }

@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use idc::manifest;
+use idc::experiment;
 
 const BASE: &str = "apiVersion: idc/v1
 kind: Experiment
@@ -30,12 +30,12 @@ fn shipped_manifests_are_valid() {
         if idc::sweep::manifest::is_sweep(&std::fs::read_to_string(&path).unwrap()) {
             continue; // tests/sweep.rs checks the sweep manifests
         }
-        let exp = manifest::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        let exp = experiment::load(&path).unwrap_or_else(|e| panic!("{e}"));
         names.push(exp.name);
     }
     names.sort();
     assert_eq!(names, ["cnn", "logreg", "quickstart", "resnet34"]);
-    let exp = manifest::parse(BASE, "exp.yaml").unwrap();
+    let exp = experiment::parse(BASE, "exp.yaml").unwrap();
     assert_eq!(exp.train.epochs, 5);
     assert_eq!(exp.train.batch_size, 256);
 }
@@ -164,7 +164,7 @@ fn malformed_manifests_get_exact_errors() {
     ));
     assert!(cases.len() >= 15);
     for (text, want) in &cases {
-        let got = manifest::parse(text, "exp.yaml")
+        let got = experiment::parse(text, "exp.yaml")
             .expect_err(want)
             .to_string();
         assert_eq!(&got, want, "\n{text}");
@@ -174,11 +174,11 @@ fn malformed_manifests_get_exact_errors() {
 #[test]
 fn a_byte_order_mark_is_accepted() {
     // What some Windows editors write at the top of a UTF-8 file.
-    let exp = manifest::parse(&format!("\u{feff}{BASE}"), "exp.yaml").unwrap();
+    let exp = experiment::parse(&format!("\u{feff}{BASE}"), "exp.yaml").unwrap();
     assert_eq!(exp.name, "cnn");
     let bad = format!("\u{feff}{}", BASE.replace("idc/v1", "idc/v2"));
     assert_eq!(
-        manifest::parse(&bad, "exp.yaml").unwrap_err().to_string(),
+        experiment::parse(&bad, "exp.yaml").unwrap_err().to_string(),
         "exp.yaml:1:1: apiVersion is 'idc/v2' (this idcctl reads apiVersion: idc/v1)"
     );
 }

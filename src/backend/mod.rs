@@ -6,8 +6,8 @@ pub mod kube;
 pub mod local;
 
 use crate::dataset::decode::Undersized;
+use crate::experiment::{self, Backend, Experiment};
 use crate::layout::{self, run as keys};
-use crate::manifest::{self, Backend, Experiment};
 use crate::run::{self, ClusterRef, Phase, RunStatus};
 use crate::spec::RunSpec;
 use crate::stage::{self, StageError, StageHooks, StageOptions};
@@ -103,7 +103,7 @@ pub struct Plan {
 
 /// A run id names the run's folder and its Job: the naming rule, at most 63 characters.
 fn check_run_id(id: &str) -> Result<(), BackendError> {
-    if manifest::name_rule_violation(id, 63).is_some() {
+    if experiment::name_rule_violation(id, 63).is_some() {
         return Err(BackendError::Invalid(format!(
             "run id '{id}' must be at most 63 lowercase letters, digits and '-', starting with a letter and ending with a letter or digit"
         )));
@@ -125,7 +125,7 @@ pub fn storage_for(exp: &Experiment, overridden: Option<&str>, cluster: Option<&
 pub fn storage_needs_cluster(exp: &Experiment, overridden: Option<&str>) -> bool {
     overridden.is_none()
         && exp.backend == Backend::Kubernetes
-        && exp.storage == manifest::default_storage()
+        && exp.storage == experiment::default_storage()
 }
 
 /// Pods reach only S3: a Kubernetes run's bucket and dataset must be there.

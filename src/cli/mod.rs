@@ -268,7 +268,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if let Some(done) = sweep::validate_if_sweep(&file) {
                 return done;
             }
-            let exp = idc::manifest::load(&file).map_err(|e| UserError(e.to_string()))?;
+            let exp = idc::experiment::load(&file).map_err(|e| UserError(e.to_string()))?;
             println!(
                 "{}: valid: experiment {}, model {}, {} backend, {} epochs",
                 file.display(),
@@ -332,7 +332,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Manifest(ManifestCommand::Schema) => {
             println!(
                 "{}",
-                serde_json::to_string_pretty(&idc::manifest::json_schema())?
+                serde_json::to_string_pretty(&idc::experiment::json_schema())?
             );
             Ok(ExitCode::Success)
         }

@@ -7,8 +7,8 @@ use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use idc::backend::kube::{self, ClusterDefaults, cluster::LogLine};
 use idc::backend::{self, BackendError, SubmitOptions, Target, local};
 use idc::exit::ExitCode;
+use idc::experiment::{self, Backend};
 use idc::layout::{self, run as keys};
-use idc::manifest::{self, Backend};
 use idc::metrics::{MetricsRecord, Report};
 use idc::output::{self, OutputFormat};
 use idc::run::{self, Phase, RunStatus};
@@ -108,7 +108,7 @@ fn backend_err(e: BackendError) -> anyhow::Error {
 }
 
 pub async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
-    let mut exp = manifest::load(&args.file).map_err(|e| UserError(e.to_string()))?;
+    let mut exp = experiment::load(&args.file).map_err(|e| UserError(e.to_string()))?;
     if let Some(b) = args.backend {
         exp.backend = match b {
             BackendArg::Local => Backend::Local,
@@ -116,7 +116,7 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
         };
     }
     if let Some(url) = &args.dataset {
-        exp.dataset = manifest::DatasetRef {
+        exp.dataset = experiment::DatasetRef {
             url: Some(url.clone()),
             source: None,
             name: None,

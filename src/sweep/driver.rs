@@ -481,7 +481,7 @@ impl Loop<'_> {
     async fn submit(
         &mut self,
         i: usize,
-        exp: &crate::manifest::Experiment,
+        exp: &crate::experiment::Experiment,
     ) -> Result<(), SweepError> {
         let id = self.st.trials[i].id.clone();
         let run_id = self.st.trials[i].run_id.clone();

@@ -7,7 +7,7 @@
 use super::pruner::PrunerSpec;
 use super::sampler::SamplerSpec;
 use super::space::{self, Space};
-use crate::manifest::{self, API_VERSION, Experiment, ManifestError};
+use crate::experiment::{self, API_VERSION, Experiment, ManifestError};
 use crate::metrics::MetricName;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -120,7 +120,7 @@ impl Sweep {
     ) -> Result<Experiment, String> {
         let mut doc = serde_yaml::Mapping::new();
         doc.insert("apiVersion".into(), API_VERSION.into());
-        doc.insert("kind".into(), manifest::KIND.into());
+        doc.insert("kind".into(), experiment::KIND.into());
         doc.insert("name".into(), self.name.clone().into());
         for (k, v) in &self.base {
             doc.insert(k.clone(), v.clone());
@@ -130,7 +130,7 @@ impl Sweep {
             space::set_path(&mut doc, path, v)?;
         }
         let text = serde_yaml::to_string(&doc).expect("YAML serializes");
-        manifest::parse(&text, "trial").map_err(|e| match e.hint {
+        experiment::parse(&text, "trial").map_err(|e| match e.hint {
             Some(h) => format!("{} ({h})", e.message),
             None => e.message,
         })
@@ -156,14 +156,14 @@ impl Sweep {
 
 /// Reads and checks the sweep manifest at `path`.
 pub fn load(path: &Path) -> Result<(Sweep, String), ManifestError> {
-    let (text, file) = crate::manifest::read(path)?;
+    let (text, file) = crate::experiment::read(path)?;
     let sweep = parse(&text, &file)?;
     Ok((sweep, text))
 }
 
 /// Whether `text` is a sweep manifest (its `kind` is `Sweep`), whatever else is in it.
 pub fn is_sweep(text: &str) -> bool {
-    serde_yaml::from_str::<serde_yaml::Value>(crate::manifest::without_bom(text))
+    serde_yaml::from_str::<serde_yaml::Value>(crate::experiment::without_bom(text))
         .ok()
         .and_then(|v| v.get("kind").and_then(|k| k.as_str()).map(|k| k == KIND))
         .unwrap_or(false)
@@ -171,16 +171,16 @@ pub fn is_sweep(text: &str) -> bool {
 
 /// Parses and checks sweep manifest `text`; `file` names it in errors.
 pub fn parse(text: &str, file: &str) -> Result<Sweep, ManifestError> {
-    let text = crate::manifest::without_bom(text);
+    let text = crate::experiment::without_bom(text);
     let err = |at, message: String, hint: Option<String>| ManifestError {
         file: file.to_string(),
         at,
         message,
         hint,
     };
-    let locate = |path: &[&str]| manifest::locate(text, path);
+    let locate = |path: &[&str]| experiment::locate(text, path);
     let raw: serde_yaml::Value =
-        serde_yaml::from_str(text).map_err(|e| manifest::yaml_error(file, e))?;
+        serde_yaml::from_str(text).map_err(|e| experiment::yaml_error(file, e))?;
     let field = |k: &str| raw.get(k).and_then(|v| v.as_str()).map(str::to_string);
     match field("apiVersion") {
         Some(v) if v == API_VERSION => {}
@@ -196,7 +196,7 @@ pub fn parse(text: &str, file: &str) -> Result<Sweep, ManifestError> {
     match field("kind") {
         Some(k) if k == KIND => {}
         Some(k) => {
-            let hint = if k == manifest::KIND {
+            let hint = if k == experiment::KIND {
                 "an experiment runs with idcctl submit; a sweep needs kind: Sweep".to_string()
             } else {
                 format!("expected kind: {KIND}")
@@ -205,8 +205,8 @@ pub fn parse(text: &str, file: &str) -> Result<Sweep, ManifestError> {
         }
         None => {}
     }
-    let doc: Doc = serde_yaml::from_str(text).map_err(|e| manifest::yaml_error(file, e))?;
-    if let Some(why) = manifest::bad_name(&doc.name) {
+    let doc: Doc = serde_yaml::from_str(text).map_err(|e| experiment::yaml_error(file, e))?;
+    if let Some(why) = experiment::bad_name(&doc.name) {
         return Err(err(
             locate(&["name"]),
             format!("name '{}' {why}", doc.name),
@@ -348,21 +348,21 @@ fn check_base(
 ) -> Result<Experiment, ManifestError> {
     let mut doc = serde_yaml::Mapping::new();
     doc.insert("apiVersion".into(), API_VERSION.into());
-    doc.insert("kind".into(), manifest::KIND.into());
+    doc.insert("kind".into(), experiment::KIND.into());
     doc.insert("name".into(), name.into());
     for (k, v) in base {
         doc.insert(k.clone(), v.clone());
     }
-    let e = match manifest::parse(&serde_yaml::to_string(&doc).expect("serializes"), file) {
+    let e = match experiment::parse(&serde_yaml::to_string(&doc).expect("serializes"), file) {
         Ok(exp) => return Ok(exp),
         Err(e) => e,
     };
     if let Some((base_line, indent, block)) = base_block(text) {
         let header = format!(
             "apiVersion: {API_VERSION}\nkind: {}\nname: {name}\n",
-            manifest::KIND
+            experiment::KIND
         );
-        if let Err(e2) = manifest::parse(&(header + &block), file) {
+        if let Err(e2) = experiment::parse(&(header + &block), file) {
             return Err(ManifestError {
                 file: file.to_string(),
                 at: e2.at.map(|(l, c)| {
@@ -379,7 +379,7 @@ fn check_base(
     }
     Err(ManifestError {
         file: file.to_string(),
-        at: manifest::locate(text, &["base"]),
+        at: experiment::locate(text, &["base"]),
         message: format!("base: {}", e.message),
         hint: e.hint,
     })

@@ -3,7 +3,7 @@
 //! give the same Job, which `submit --dry-run` prints and the golden tests pin.
 
 use super::defaults::ClusterDefaults;
-use crate::manifest::Experiment;
+use crate::experiment::Experiment;
 use k8s_openapi::api::batch::v1::{
     Job, JobSpec, PodFailurePolicy, PodFailurePolicyOnExitCodesRequirement,
     PodFailurePolicyOnPodConditionsPattern, PodFailurePolicyRule,

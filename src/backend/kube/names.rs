@@ -105,7 +105,7 @@ pub fn job_violations(job: &Job) -> Vec<String> {
             out.push(format!("volume name '{}' is not a DNS-1123 label", v.name));
         }
         if let Some(q) = v.empty_dir.as_ref().and_then(|e| e.size_limit.as_ref())
-            && !crate::manifest::is_quantity(&q.0)
+            && !crate::experiment::is_quantity(&q.0)
         {
             out.push(format!(
                 "volume {} sizeLimit '{}' is not a quantity",
@@ -132,7 +132,7 @@ pub fn job_violations(job: &Job) -> Vec<String> {
                         c.name
                     ));
                 }
-                if !crate::manifest::is_quantity(&q.0) {
+                if !crate::experiment::is_quantity(&q.0) {
                     out.push(format!(
                         "container {} resources.{what}.{k} '{}' is not a quantity",
                         c.name, q.0
