@@ -23,3 +23,43 @@ impl From<ExitCode> for std::process::ExitCode {
         std::process::ExitCode::from(code as u8)
     }
 }
+
+/// The exit code a command ends with for error `e`: that of the first error in its chain (from
+/// the outermost) whose type knows one; [`ExitCode::Failure`] when none does. This is the one
+/// place that maps the library's error types to exit codes; each type decides its own.
+pub fn of_error(e: &(dyn std::error::Error + 'static)) -> ExitCode {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if let Some(code) = own_code(c) {
+            return code;
+        }
+        cause = c.source();
+    }
+    ExitCode::Failure
+}
+
+fn own_code(e: &(dyn std::error::Error + 'static)) -> Option<ExitCode> {
+    if let Some(e) = e.downcast_ref::<crate::store::StoreError>() {
+        return Some(e.exit_code());
+    }
+    #[cfg(feature = "controller")]
+    {
+        macro_rules! try_types {
+            ($($t:ty),*) => {$(
+                if let Some(e) = e.downcast_ref::<$t>() {
+                    return Some(e.exit_code());
+                }
+            )*};
+        }
+        try_types!(
+            crate::backend::BackendError,
+            crate::backend::kube::cluster::KubeError,
+            crate::backend::local::LocalError,
+            crate::experiment::ManifestError,
+            crate::report::ReportError,
+            crate::stage::StageError,
+            crate::sweep::driver::SweepError
+        );
+    }
+    None
+}

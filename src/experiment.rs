@@ -130,6 +130,13 @@ pub struct ManifestError {
     pub hint: Option<String>,
 }
 
+impl ManifestError {
+    /// A manifest is the user's to fix.
+    pub fn exit_code(&self) -> crate::exit::ExitCode {
+        crate::exit::ExitCode::UserError
+    }
+}
+
 impl fmt::Display for ManifestError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.at {

@@ -109,15 +109,17 @@ pub enum StageError {
 
 impl StageError {
     /// Whether the input (source, options, destination) is at fault rather than the system.
-    pub fn is_user_error(&self) -> bool {
+    pub fn exit_code(&self) -> crate::exit::ExitCode {
+        use crate::exit::ExitCode;
         match self {
-            StageError::Source(e) => !matches!(e, SourceError::Io { .. }),
-            StageError::Split(_)
+            StageError::Source(SourceError::Io { .. }) => ExitCode::Failure,
+            StageError::Source(_)
+            | StageError::Split(_)
             | StageError::Conflict { .. }
             | StageError::Strict { .. }
-            | StageError::BadOption(_) => true,
-            StageError::Store(e) => e.is_user_error(),
-            StageError::Interrupted { .. } => false,
+            | StageError::BadOption(_) => ExitCode::UserError,
+            StageError::Store(e) => e.exit_code(),
+            StageError::Interrupted { .. } => ExitCode::Interrupted,
         }
     }
 }

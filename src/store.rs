@@ -36,33 +36,48 @@ pub enum StoreError {
     Corrupt { url: String, reason: String },
 }
 
+/// Whether `e` comes from failing to connect to the server (its chain holds an HTTP error of
+/// kind `Connect`).
+fn could_not_connect(e: &object_store::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if let Some(h) = c.downcast_ref::<object_store::client::HttpError>()
+            && h.kind() == object_store::client::HttpErrorKind::Connect
+        {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
+
 impl StoreError {
-    /// Whether the user must fix something (a URL, a damaged record) before a retry can help.
-    pub fn is_user_error(&self) -> bool {
-        matches!(self, StoreError::BadUrl { .. } | StoreError::Corrupt { .. })
+    /// A bad URL or a damaged record is the user's to fix (2); the rest may pass on retry (1).
+    pub fn exit_code(&self) -> crate::exit::ExitCode {
+        match self {
+            StoreError::BadUrl { .. } | StoreError::Corrupt { .. } => {
+                crate::exit::ExitCode::UserError
+            }
+            _ => crate::exit::ExitCode::Failure,
+        }
     }
 
     fn op(op: &'static str, url: String, e: object_store::Error) -> Self {
-        if matches!(e, object_store::Error::NotFound { .. }) {
+        use object_store::Error as E;
+        if matches!(e, E::NotFound { .. }) {
             return StoreError::NotFound { url };
         }
-        let message = e.to_string();
-        let hint = if message.contains("403")
-            || message.contains("InvalidAccessKeyId")
-            || message.contains("SignatureDoesNotMatch")
-        {
-            " (check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
-        } else if message.contains("error sending request") || message.contains("onnect") {
-            " (is the storage server reachable? check AWS_ENDPOINT)"
-        } else if message.contains("NoSuchBucket") {
-            " (create the bucket first)"
-        } else {
-            ""
+        let hint = match &e {
+            E::PermissionDenied { .. } | E::Unauthenticated { .. } => {
+                " (check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
+            }
+            _ if could_not_connect(&e) => " (is the storage server reachable? check AWS_ENDPOINT)",
+            _ => "",
         };
         StoreError::Op {
             op,
             url,
-            message,
+            message: e.to_string(),
             hint,
         }
     }
@@ -307,6 +322,44 @@ fn normalize(p: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn errors_are_told_apart_by_their_type() {
+        let url = || "s3://b/k".to_string();
+        let denied = object_store::Error::PermissionDenied {
+            path: "k".into(),
+            source: "403 Forbidden".into(),
+        };
+        let e = StoreError::op("read", url(), denied).to_string();
+        assert!(e.contains("check AWS_ACCESS_KEY_ID"), "{e}");
+        let connect = object_store::Error::Generic {
+            store: "S3",
+            source: Box::new(object_store::client::HttpError::new(
+                object_store::client::HttpErrorKind::Connect,
+                std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+            )),
+        };
+        let e = StoreError::op("read", url(), connect).to_string();
+        assert!(e.contains("is the storage server reachable?"), "{e}");
+        // A message that merely mentions 403 is no permission error.
+        let other = object_store::Error::Generic {
+            store: "S3",
+            source: "object key 403.txt is odd".into(),
+        };
+        assert!(
+            StoreError::op("read", url(), other)
+                .to_string()
+                .ends_with("is odd")
+        );
+        let missing = object_store::Error::NotFound {
+            path: "k".into(),
+            source: "404".into(),
+        };
+        assert!(matches!(
+            StoreError::op("read", url(), missing),
+            StoreError::NotFound { .. }
+        ));
+    }
 
     #[tokio::test]
     async fn local_round_trip_and_listing() {

@@ -400,7 +400,7 @@ async fn resubmitting_the_same_run_creates_nothing() {
             .contains("a different run named resnet34-t1"),
         "{err}"
     );
-    assert!(err.is_user_error());
+    assert_eq!(err.exit_code(), idc::exit::ExitCode::UserError);
     finish(cluster, task).await;
 }
 

@@ -257,7 +257,7 @@ async fn restaging_does_nothing_and_other_options_need_force() {
             .unwrap_err();
         assert!(matches!(err, StageError::Conflict { .. }), "{err}");
         assert!(err.to_string().contains("--force"), "{err}");
-        assert!(err.is_user_error());
+        assert_eq!(err.exit_code(), idc::exit::ExitCode::UserError);
         let replaced = stage::stage(
             &src,
             &ds,

@@ -41,6 +41,16 @@ pub enum LocalError {
     NoRun(String),
 }
 
+impl LocalError {
+    pub fn exit_code(&self) -> crate::exit::ExitCode {
+        match self {
+            LocalError::Store(e) => e.exit_code(),
+            LocalError::NoRun(_) => crate::exit::ExitCode::UserError,
+            _ => crate::exit::ExitCode::Failure,
+        }
+    }
+}
+
 /// The worker binary: `$IDC_WORKER`, else `idc-worker` beside this executable.
 pub fn worker_binary() -> Result<PathBuf, LocalError> {
     if let Some(p) = std::env::var_os("IDC_WORKER") {

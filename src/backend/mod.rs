@@ -38,13 +38,13 @@ pub enum BackendError {
 }
 
 impl BackendError {
-    pub fn is_user_error(&self) -> bool {
+    pub fn exit_code(&self) -> crate::exit::ExitCode {
         match self {
-            BackendError::Invalid(_) => true,
-            BackendError::Kube(e) => e.is_user_error(),
-            BackendError::Stage { error, .. } => error.is_user_error(),
-            BackendError::Store(e) => e.is_user_error(),
-            _ => false,
+            BackendError::Invalid(_) => crate::exit::ExitCode::UserError,
+            BackendError::Kube(e) => e.exit_code(),
+            BackendError::Stage { error, .. } => error.exit_code(),
+            BackendError::Store(e) => e.exit_code(),
+            BackendError::Local(e) => e.exit_code(),
         }
     }
 }

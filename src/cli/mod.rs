@@ -7,7 +7,7 @@ use idc::dataset::split::{SplitMethod, SplitOptions, SplitSize};
 use idc::dataset::synth::{self, SynthOptions};
 use idc::exit::ExitCode;
 use idc::output::{self, OutputFormat};
-use idc::stage::{self, StageError, StageHooks, StageOptions, StageStatus};
+use idc::stage::{self, StageHooks, StageOptions, StageStatus};
 use idc::store::Store;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
@@ -236,23 +236,12 @@ pub fn main() -> std::process::ExitCode {
     }
 }
 
+/// The exit code for `e`: 2 for a command-line mistake, else what the library's error says.
 fn exit_code_of(e: &anyhow::Error) -> ExitCode {
-    if let Some(e) = e.downcast_ref::<StageError>() {
-        return match e {
-            StageError::Interrupted { .. } => ExitCode::Interrupted,
-            e if e.is_user_error() => ExitCode::UserError,
-            _ => ExitCode::Failure,
-        };
-    }
-    if let Some(e) = e.downcast_ref::<idc::store::StoreError>()
-        && e.is_user_error()
-    {
+    if e.chain().any(|c| c.downcast_ref::<UserError>().is_some()) {
         return ExitCode::UserError;
     }
-    if e.downcast_ref::<UserError>().is_some() {
-        return ExitCode::UserError;
-    }
-    ExitCode::Failure
+    idc::exit::of_error(e.as_ref())
 }
 
 /// A mistake in the command's input, reported with exit code 2.
@@ -268,7 +257,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if let Some(done) = sweep::validate_if_sweep(&file) {
                 return done;
             }
-            let exp = idc::experiment::load(&file).map_err(|e| UserError(e.to_string()))?;
+            let exp = idc::experiment::load(&file)?;
             println!(
                 "{}: valid: experiment {}, model {}, {} backend, {} epochs",
                 file.display(),

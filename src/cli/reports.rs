@@ -1,27 +1,17 @@
 //! `idcctl report --html` and `idcctl compare`: a run's report as an HTML page with plots, and
 //! runs side by side (terminal table, JSON, YAML or HTML). The work is in `idc::report`.
 
-use super::UserError;
 use super::runs::StorageArg;
 use idc::exit::ExitCode;
 use idc::output::{self, OutputFormat};
-use idc::report::{self, ReportError, compare, html};
+use idc::report::{self, compare, html};
 use idc::store::Store;
 use std::path::{Path, PathBuf};
-
-/// An unknown run or a run without a report is the user's mistake (exit code 2).
-fn classify(e: ReportError) -> anyhow::Error {
-    if e.is_user_error() {
-        UserError(e.to_string()).into()
-    } else {
-        e.into()
-    }
-}
 
 /// Writes the HTML report of `run_id` (index.html and its plots) to `dir`.
 pub async fn html_report(storage: &StorageArg, run_id: &str, dir: &Path) -> anyhow::Result<()> {
     let root = Store::open(storage.url())?;
-    let run = report::load_run(&root, run_id).await.map_err(classify)?;
+    let run = report::load_run(&root, run_id).await?;
     let ds = report::load_dataset(&run).await;
     for note in &ds.notes {
         eprintln!("warning: {note}");
@@ -46,7 +36,7 @@ pub async fn compare(
     let root = Store::open(storage.url())?;
     let mut data = Vec::with_capacity(runs.len());
     for id in &runs {
-        data.push(report::load_run(&root, id).await.map_err(classify)?);
+        data.push(report::load_run(&root, id).await?);
     }
     let c = compare::compare(&data);
     if let Some(target) = html_target {

@@ -5,7 +5,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use idc::backend::kube::{self, ClusterDefaults, cluster::LogLine};
-use idc::backend::{self, BackendError, SubmitOptions, Target, local};
+use idc::backend::{self, SubmitOptions, Target, local};
 use idc::exit::ExitCode;
 use idc::experiment::{self, Backend};
 use idc::layout::{self, run as keys};
@@ -98,17 +98,8 @@ pub enum InternalCommand {
     },
 }
 
-/// A backend error, with user mistakes marked for exit code 2.
-fn backend_err(e: BackendError) -> anyhow::Error {
-    if e.is_user_error() {
-        UserError(e.to_string()).into()
-    } else {
-        e.into()
-    }
-}
-
 pub async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
-    let mut exp = experiment::load(&args.file).map_err(|e| UserError(e.to_string()))?;
+    let mut exp = experiment::load(&args.file)?;
     if let Some(b) = args.backend {
         exp.backend = match b {
             BackendArg::Local => Backend::Local,
@@ -130,15 +121,14 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
         target: args.cluster.target(),
     };
     if args.dry_run {
-        let job =
-            backend::render_job(&exp, &opts, &ClusterDefaults::default()).map_err(backend_err)?;
+        let job = backend::render_job(&exp, &opts, &ClusterDefaults::default())?;
         match args.output {
             OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&job)?),
             _ => print!("{}", serde_yaml::to_string(&job)?),
         }
         return Ok(ExitCode::Success);
     }
-    let sub = backend::submit(&exp, &opts).await.map_err(backend_err)?;
+    let sub = backend::submit(&exp, &opts).await?;
     let run_id = sub.run_id.clone();
     println!("{run_id}");
     if sub.created {
@@ -164,9 +154,7 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     let s = run::read_status(&sub.run)
         .await?
         .expect("status written above");
-    let s = backend::refresh(&sub.run, s, &target)
-        .await
-        .map_err(backend_err)?;
+    let s = backend::refresh(&sub.run, s, &target).await?;
     if s.phase == Phase::Succeeded {
         print_report(&sub.run, OutputFormat::Table).await?;
         Ok(ExitCode::Success)
@@ -194,7 +182,7 @@ async fn follow_any(
         .for_run(s.cluster.as_ref())
         .connect()
         .await
-        .map_err(|e| backend_err(e.into()))?;
+        .map_err(anyhow::Error::from)?;
     let mut sink = |l: LogLine| println!("[attempt {}] {}", l.attempt, l.text);
     let mut notice = |n: String| eprintln!("{n}");
     let earlier = s.cluster.as_ref().map_or(0, |c| c.earlier_attempts);
@@ -208,9 +196,7 @@ async fn follow_any(
         &mut notice,
     )
     .await?;
-    let s = backend::refresh(run, s, target)
-        .await
-        .map_err(backend_err)?;
+    let s = backend::refresh(run, s, target).await?;
     eprintln!(
         "run {} {}: {}",
         s.run_id,
@@ -280,7 +266,7 @@ pub async fn logs(
         && let Some(pod) = cluster
             .pods_of(&run_id)
             .await
-            .map_err(|e| backend_err(e.into()))?
+            .map_err(anyhow::Error::from)?
             .get(
                 (n.saturating_sub(status.cluster.as_ref().map_or(0, |c| c.earlier_attempts))
                     as usize)
@@ -460,9 +446,7 @@ pub async fn list(
         };
         if s.backend == Backend::Local && !s.phase.is_terminal() {
             // A local run whose supervisor is gone is lost, not running.
-            s = backend::refresh(&run, s, &target)
-                .await
-                .map_err(backend_err)?;
+            s = backend::refresh(&run, s, &target).await?;
         } else if s.backend == Backend::Kubernetes && !s.phase.is_terminal() && !unreachable {
             // Unfinished runs on a cluster: ask it, but keep listing if it cannot be reached.
             match backend::refresh(&run, s.clone(), &target).await {
@@ -613,9 +597,7 @@ pub async fn resume(
 ) -> anyhow::Result<ExitCode> {
     let (run, s) = open_run(&storage, &run_id).await?;
     let target = cluster.target();
-    let s = backend::refresh(&run, s, &target)
-        .await
-        .map_err(backend_err)?;
+    let s = backend::refresh(&run, s, &target).await?;
     if !s.phase.is_terminal() {
         return Err(UserError(format!(
             "run {run_id} is {}; only a stopped run can be resumed",
@@ -626,9 +608,7 @@ pub async fn resume(
     if s.phase == Phase::Succeeded {
         return Err(UserError(format!("run {run_id} already succeeded")).into());
     }
-    backend::resume(&run, s, &target)
-        .await
-        .map_err(backend_err)?;
+    backend::resume(&run, s, &target).await?;
     eprintln!("resumed {run_id}; follow it with: idcctl logs {run_id} -f");
     Ok(ExitCode::Success)
 }
@@ -641,9 +621,7 @@ pub async fn cancel(
     let (run, s) = open_run(&storage, &run_id).await?;
     let target = cluster.target();
     let s = if s.backend == Backend::Local {
-        backend::refresh(&run, s, &target)
-            .await
-            .map_err(backend_err)?
+        backend::refresh(&run, s, &target).await?
     } else {
         s
     };
@@ -652,9 +630,7 @@ pub async fn cancel(
         return Ok(ExitCode::Success);
     }
     let backend_kind = s.backend;
-    let signalled = backend::cancel(&run, s, &target)
-        .await
-        .map_err(backend_err)?;
+    let signalled = backend::cancel(&run, s, &target).await?;
     if backend_kind == Backend::Kubernetes {
         eprintln!("cancelled {run_id}: its Job was deleted; the worker checkpoints on SIGTERM");
         return Ok(ExitCode::Success);

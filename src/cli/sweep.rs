@@ -9,7 +9,7 @@ use idc::exit::ExitCode;
 use idc::layout;
 use idc::output::{self, OutputFormat};
 use idc::store::Store;
-use idc::sweep::driver::{self, DriveOptions, Ending, SweepError};
+use idc::sweep::driver::{self, DriveOptions, Ending};
 use idc::sweep::state::{self, Driver, SweepState, TrialState};
 use idc::sweep::{Sweep, fmt_num, fmt_value, manifest, short_names};
 use std::path::{Path, PathBuf};
@@ -78,7 +78,7 @@ pub fn validate_if_sweep(file: &Path) -> Option<anyhow::Result<ExitCode>> {
 }
 
 fn validate(file: &Path) -> anyhow::Result<ExitCode> {
-    let (s, _) = manifest::load(file).map_err(|e| UserError(e.to_string()))?;
+    let (s, _) = manifest::load(file)?;
     println!(
         "{}: valid: sweep {}, {} parameters, {} trials ({} at a time), {} sampler, {} pruner, {} {} of {} on the {} backend",
         file.display(),
@@ -96,16 +96,8 @@ fn validate(file: &Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::Success)
 }
 
-fn sweep_err(e: SweepError) -> anyhow::Error {
-    if e.is_user_error() {
-        UserError(e.to_string()).into()
-    } else {
-        e.into()
-    }
-}
-
 async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let (sweep, text) = manifest::load(&args.file).map_err(|e| UserError(e.to_string()))?;
+    let (sweep, text) = manifest::load(&args.file)?;
     if !(args.poll > 0.0 && args.poll.is_finite()) {
         return Err(UserError("--poll must be a positive number of seconds".into()).into());
     }
@@ -135,9 +127,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         cancel_on_exit: args.cancel_on_exit,
     };
     let mut notice = |line: String| eprintln!("{line}");
-    let (st, ending) = driver::drive(&sweep, &text, &opts, &stop, &mut notice)
-        .await
-        .map_err(sweep_err)?;
+    let (st, ending) = driver::drive(&sweep, &text, &opts, &stop, &mut notice).await?;
     print!("{}", render(&sweep, &st, None, args.output));
     match ending {
         Ending::Finished => Ok(ExitCode::Success),

@@ -41,11 +41,14 @@ pub enum ReportError {
 
 impl ReportError {
     /// Whether the mistake is in the command's input (exit code 2).
-    pub fn is_user_error(&self) -> bool {
-        matches!(
-            self,
-            ReportError::NoRun { .. } | ReportError::NoReport { .. }
-        )
+    pub fn exit_code(&self) -> crate::exit::ExitCode {
+        match self {
+            ReportError::NoRun { .. } | ReportError::NoReport { .. } => {
+                crate::exit::ExitCode::UserError
+            }
+            ReportError::Store(e) => e.exit_code(),
+            _ => crate::exit::ExitCode::Failure,
+        }
     }
 }
 

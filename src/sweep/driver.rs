@@ -51,12 +51,12 @@ pub enum SweepError {
 }
 
 impl SweepError {
-    pub fn is_user_error(&self) -> bool {
+    pub fn exit_code(&self) -> crate::exit::ExitCode {
         match self {
-            SweepError::Invalid(_) => true,
-            SweepError::Backend(e) => e.is_user_error(),
-            SweepError::Store(e) => e.is_user_error(),
-            _ => false,
+            SweepError::Invalid(_) => crate::exit::ExitCode::UserError,
+            SweepError::Backend(e) => e.exit_code(),
+            SweepError::Store(e) => e.exit_code(),
+            _ => crate::exit::ExitCode::Failure,
         }
     }
 }
@@ -499,7 +499,7 @@ impl Loop<'_> {
                     .entry(self.st.trials[i].number)
                     .or_insert(0);
                 *n += 1;
-                if e.is_user_error() || *n >= SUBMIT_TRIES {
+                if e.exit_code() == crate::exit::ExitCode::UserError || *n >= SUBMIT_TRIES {
                     let t = &mut self.st.trials[i];
                     t.state = TrialState::Failed;
                     t.reason = Some(format!("could not be submitted: {e}"));

@@ -25,7 +25,7 @@ impl WorkerError {
     pub fn exit_code(&self) -> ExitCode {
         match self {
             WorkerError::BadInput(_) | WorkerError::MissingOp { .. } => ExitCode::UserError,
-            WorkerError::Store(e) if e.is_user_error() => ExitCode::UserError,
+            WorkerError::Store(e) => e.exit_code(),
             _ => ExitCode::Failure,
         }
     }

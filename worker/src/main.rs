@@ -87,12 +87,11 @@ fn run_cmd(
             let text = std::fs::read_to_string(&file)
                 .map_err(|e| WorkerError::BadInput(format!("{}: {e}", file.display())))?;
             let spec = parse_spec(&text, &file.display().to_string())?;
-            let out = Store::open(&out.expect("clap requires --out with --spec"))
-                .map_err(|e| WorkerError::BadInput(e.to_string()))?;
+            let out = Store::open(&out.expect("clap requires --out with --spec"))?;
             (spec, out)
         }
         (None, Some(url)) => {
-            let out = Store::open(&url).map_err(|e| WorkerError::BadInput(e.to_string()))?;
+            let out = Store::open(&url)?;
             let text = rt.block_on(out.get(idc::layout::run::SPEC))?;
             (
                 parse_spec(

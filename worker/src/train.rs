@@ -126,8 +126,7 @@ impl<'a> Trainer<'a> {
             self.spec.dataset
         ));
 
-        let ds_store =
-            Store::open(&self.spec.dataset).map_err(|e| WorkerError::BadInput(e.to_string()))?;
+        let ds_store = Store::open(&self.spec.dataset)?;
         let started = Instant::now();
         let data = self.rt.block_on(crate::data::load(&ds_store, device))?;
         self.log.line(&format!(
@@ -523,7 +522,7 @@ impl<'a> Trainer<'a> {
     fn fetch(&self, src: &str) -> Result<tempfile::NamedTempFile, WorkerError> {
         let bytes = if src.contains("://") {
             let (dir, name) = src.rsplit_once('/').unwrap_or(("", src));
-            let store = Store::open(dir).map_err(|e| WorkerError::BadInput(e.to_string()))?;
+            let store = Store::open(dir)?;
             self.rt.block_on(store.get(name))?.to_vec()
         } else {
             std::fs::read(src)

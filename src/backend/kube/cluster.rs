@@ -69,11 +69,14 @@ impl KubeError {
     }
 
     /// Whether the user can fix it (exit code 2) rather than a failure.
-    pub fn is_user_error(&self) -> bool {
-        matches!(
-            self,
-            KubeError::Config { .. } | KubeError::Conflict { .. } | KubeError::BadDefaults { .. }
-        )
+    /// A kubeconfig, a conflicting Job or bad namespace defaults are the user's to fix (2).
+    pub fn exit_code(&self) -> crate::exit::ExitCode {
+        match self {
+            KubeError::Config { .. }
+            | KubeError::Conflict { .. }
+            | KubeError::BadDefaults { .. } => crate::exit::ExitCode::UserError,
+            _ => crate::exit::ExitCode::Failure,
+        }
     }
 }
 
