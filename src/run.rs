@@ -1,7 +1,8 @@
-//! Runs: their ids and their record in the bucket (`runs/<id>/status.json`), shared by every
-//! backend and by the commands that read runs.
+//! Runs: their ids, their record in the bucket (`runs/<id>/status.json`), shared by every
+//! backend and by the commands that read runs, and what `status` and `list` show of them.
 
 use crate::layout;
+use crate::metrics::{BinaryMetrics, MetricsRecord};
 use crate::process::ProcessRef;
 use crate::store::{Store, StoreError};
 use bytes::Bytes;
@@ -115,6 +116,112 @@ pub async fn write_status(run: &Store, s: &RunStatus) -> Result<(), StoreError> 
         Bytes::from(serde_json::to_vec_pretty(s).expect("serializes")),
     )
     .await
+}
+
+/// The records of the run's `metrics.jsonl` so far (none before its first write).
+pub async fn read_metrics(run: &Store) -> Result<Vec<MetricsRecord>, StoreError> {
+    Ok(match run.get_opt(layout::run::METRICS).await? {
+        Some(b) => crate::metrics::parse_jsonl(&b),
+        None => vec![],
+    })
+}
+
+/// Where a run's training stands (`idcctl status`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Progress {
+    pub status: RunStatus,
+    /// Epochs the run trains for.
+    pub epochs: u32,
+    pub last_epoch: Option<EpochSeen>,
+    /// The latest training throughput logged.
+    pub images_per_s: Option<f64>,
+}
+
+/// The latest epoch that finished.
+#[derive(Debug, Clone, Serialize)]
+pub struct EpochSeen {
+    pub epoch: u32,
+    pub val: BinaryMetrics,
+    #[serde(skip)]
+    pub duration_s: f64,
+}
+
+impl Progress {
+    pub fn of(status: RunStatus, epochs: u32, metrics: &[MetricsRecord]) -> Self {
+        let last_epoch = metrics.iter().rev().find_map(|m| match m {
+            MetricsRecord::Epoch {
+                epoch,
+                val,
+                duration_s,
+                ..
+            } => Some(EpochSeen {
+                epoch: *epoch,
+                val: val.clone(),
+                duration_s: *duration_s,
+            }),
+            _ => None,
+        });
+        let images_per_s = metrics.iter().rev().find_map(|m| match m {
+            MetricsRecord::Step { images_per_s, .. } => Some(*images_per_s),
+            _ => None,
+        });
+        Self {
+            status,
+            epochs,
+            last_epoch,
+            images_per_s,
+        }
+    }
+
+    /// Seconds to the end of an active run at its last epoch's pace, and the epochs left.
+    pub fn eta(&self) -> Option<(f64, u32)> {
+        let e = self.last_epoch.as_ref()?;
+        (!self.status.phase.is_terminal() && e.epoch < self.epochs).then(|| {
+            let left = self.epochs - e.epoch;
+            (left as f64 * e.duration_s, left)
+        })
+    }
+}
+
+/// One run as `idcctl list` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Summary {
+    pub run_id: String,
+    pub phase: Phase,
+    pub model: String,
+    pub backend: crate::experiment::Backend,
+    pub best_val_f1: Option<f64>,
+    /// From start to end (or now, while it runs).
+    pub duration_s: Option<i64>,
+    pub created_at: String,
+}
+
+impl Summary {
+    pub fn of(s: &RunStatus, metrics: &[MetricsRecord]) -> Self {
+        let best_val_f1 = metrics
+            .iter()
+            .filter_map(|m| match m {
+                MetricsRecord::Epoch { val, .. } => Some(val.f1),
+                _ => None,
+            })
+            .fold(None, |a: Option<f64>, f| Some(a.map_or(f, |a| a.max(f))));
+        let duration_s = s.started_at.as_deref().and_then(|start| {
+            let end = s
+                .finished_at
+                .clone()
+                .unwrap_or_else(crate::clock::now_rfc3339);
+            Some((crate::clock::seconds_of(&end)? - crate::clock::seconds_of(start)?).max(0))
+        });
+        Self {
+            run_id: s.run_id.clone(),
+            phase: s.phase,
+            model: s.model.clone(),
+            backend: s.backend,
+            best_val_f1,
+            duration_s,
+            created_at: s.created_at.clone(),
+        }
+    }
 }
 
 #[cfg(test)]

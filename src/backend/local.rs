@@ -245,6 +245,18 @@ async fn cancelled(run: &Store) -> Result<bool, StoreError> {
     Ok(run.size(keys::CANCEL).await?.is_some())
 }
 
+/// Records in the run's record that its supervisor failed with `e` (nobody sees the
+/// supervisor's stderr), if the bucket can still be written.
+pub async fn record_failure(run: &Store, e: &LocalError) {
+    if let Ok(Some(mut s)) = read_status(run).await {
+        s.phase = Phase::Failed;
+        s.reason = Some(format!("the run supervisor failed: {e}"));
+        s.finished_at = Some(now_rfc3339());
+        s.worker = None;
+        let _ = write_status(run, &s).await;
+    }
+}
+
 /// Whether the run's supervisor still runs: its process, checked by pid, start time and boot
 /// on this machine; on another machine, a heartbeat within [`LOST_AFTER`].
 pub fn supervisor_alive(s: &RunStatus) -> bool {

@@ -2,6 +2,7 @@
 //! (a Kubernetes GPU Job). This module is what commands (and sweeps) call: submit a run, bring
 //! its record up to date, cancel and resume it, whichever backend it is on.
 
+pub mod follow;
 pub mod kube;
 pub mod local;
 
@@ -505,9 +506,23 @@ pub async fn cancel_on(
     Ok(())
 }
 
-/// Starts a stopped run again; the worker resumes from its latest checkpoint.
+/// Starts a stopped run again (cancelled, failed or lost); the worker resumes from its latest
+/// checkpoint. The record is brought up to date first: a run still going or done is refused.
 pub async fn resume(run: &Store, status: RunStatus, target: &Target) -> Result<(), BackendError> {
-    let mut s = status;
+    let mut s = refresh(run, status, target).await?;
+    if !s.phase.is_terminal() {
+        return Err(BackendError::Invalid(format!(
+            "run {} is {}; only a stopped run can be resumed",
+            s.run_id,
+            crate::output::name_of(&s.phase)
+        )));
+    }
+    if s.phase == Phase::Succeeded {
+        return Err(BackendError::Invalid(format!(
+            "run {} already succeeded",
+            s.run_id
+        )));
+    }
     run.delete(keys::CANCEL).await?;
     s.phase = Phase::Pending;
     s.max_attempts = s.attempts + s.max_attempts.saturating_sub(s.attempts).max(1);

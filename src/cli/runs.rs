@@ -4,12 +4,12 @@ use super::UserError;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
-use idc::backend::kube::{self, ClusterDefaults, cluster::LogLine};
-use idc::backend::{self, SubmitOptions, Target, local};
+use idc::backend::kube::ClusterDefaults;
+use idc::backend::{self, SubmitOptions, Target, follow, local};
 use idc::exit::ExitCode;
 use idc::experiment::{self, Backend};
 use idc::layout::{self, run as keys};
-use idc::metrics::{MetricsRecord, Report};
+use idc::metrics::Report;
 use idc::output::{self, OutputFormat};
 use idc::run::{self, Phase, RunStatus};
 use idc::spec::RunSpec;
@@ -168,35 +168,18 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Follows a run's log until it ends, on whichever backend it runs.
+/// Follows a run's log until it ends, on whichever backend it runs, then says how it ended.
 async fn follow_any(
     run: &Store,
     s: RunStatus,
     target: &Target,
     only: Option<u32>,
 ) -> anyhow::Result<()> {
-    if s.backend != Backend::Kubernetes {
-        return follow(run, only).await;
-    }
-    let cluster = target
-        .for_run(s.cluster.as_ref())
-        .connect()
-        .await
-        .map_err(anyhow::Error::from)?;
-    let mut sink = |l: LogLine| println!("[attempt {}] {}", l.attempt, l.text);
-    let mut notice = |n: String| eprintln!("{n}");
-    let earlier = s.cluster.as_ref().map_or(0, |c| c.earlier_attempts);
-    kube::follow(
-        &cluster,
-        run,
-        &s.run_id,
-        earlier,
-        only,
-        &mut sink,
-        &mut notice,
-    )
+    let s = backend::follow::follow(run, s, target, only, &mut |o| match o {
+        follow::Output::Text(t) => print!("{t}"),
+        follow::Output::Notice(n) => eprintln!("{n}"),
+    })
     .await?;
-    let s = backend::refresh(run, s, target).await?;
     eprintln!(
         "run {} {}: {}",
         s.run_id,
@@ -212,15 +195,7 @@ pub async fn supervise(run_url: &str) -> anyhow::Result<ExitCode> {
         Ok(Phase::Succeeded) => Ok(ExitCode::Success),
         Ok(_) => Ok(ExitCode::Failure),
         Err(e) => {
-            // Nobody sees the supervisor's stderr: leave the reason in the run record if the
-            // bucket can still be written, so `idcctl status` says why the run stopped.
-            if let Ok(Some(mut s)) = run::read_status(&run).await {
-                s.phase = Phase::Failed;
-                s.reason = Some(format!("the run supervisor failed: {e}"));
-                s.finished_at = Some(idc::clock::now_rfc3339());
-                s.worker = None;
-                let _ = run::write_status(&run, &s).await;
-            }
+            local::record_failure(&run, &e).await;
             Err(e.into())
         }
     }
@@ -246,102 +221,24 @@ pub async fn logs(
     attempt: Option<u32>,
 ) -> anyhow::Result<ExitCode> {
     let (run, status) = open_run(&storage, &run_id).await?;
-    if let Some(a) = attempt
-        && (a == 0 || a > status.attempts.max(1))
-    {
-        return Err(UserError(format!(
-            "--attempt {a}: run {run_id} has {} attempt(s), numbered from 1",
-            status.attempts
-        ))
-        .into());
-    }
     let target = cluster.target();
     if follow_ {
         follow_any(&run, status, &target, attempt).await?;
         return Ok(ExitCode::Success);
     }
-    let n = attempt.unwrap_or(status.attempts.max(1));
-    if status.backend == Backend::Kubernetes
-        && let Ok(cluster) = target.for_run(status.cluster.as_ref()).connect().await
-        && let Some(pod) = cluster
-            .pods_of(&run_id)
-            .await
-            .map_err(anyhow::Error::from)?
-            .get(
-                (n.saturating_sub(status.cluster.as_ref().map_or(0, |c| c.earlier_attempts))
-                    as usize)
-                    .wrapping_sub(1),
-            )
-    {
-        // The pod's log is the freshest while the pod exists.
-        let name = pod.metadata.name.clone().unwrap_or_default();
-        let printed = cluster
-            .stream_log(&name, false, None, |_, text| println!("{text}"))
-            .await;
-        if printed.is_ok() {
-            return Ok(ExitCode::Success);
-        }
-    }
-    match run.get_opt(&keys::log(n)).await? {
-        Some(b) => print!("{}", String::from_utf8_lossy(&b)),
+    match follow::read(&run, &status, &target, attempt).await? {
+        Some(text) => print!("{text}"),
         None => eprintln!(
-            "no log yet for attempt {n} of {run_id} ({})",
+            "no log yet for attempt {} of {run_id} ({})",
+            attempt.unwrap_or(status.attempts.max(1)),
             phase_name(status.phase)
         ),
     }
     Ok(ExitCode::Success)
 }
 
-/// Prints the log as it grows, across attempts, until the run ends.
-async fn follow(run: &Store, only: Option<u32>) -> anyhow::Result<()> {
-    let mut attempt = only.unwrap_or(1);
-    let mut printed = 0usize;
-    loop {
-        let status = run::read_status(run)
-            .await?
-            .context("the run's status.json disappeared")?;
-        if let Some(b) = run.get_opt(&keys::log(attempt)).await?
-            && b.len() > printed
-        {
-            print!("{}", String::from_utf8_lossy(&b[printed..]));
-            printed = b.len();
-        }
-        if only.is_none() && status.attempts > attempt && status.phase != Phase::Pending {
-            // Drain what is left of this attempt's log, then go on with the next one.
-            if let Some(b) = run.get_opt(&keys::log(attempt)).await? {
-                print!("{}", String::from_utf8_lossy(&b[printed.min(b.len())..]));
-            }
-            attempt += 1;
-            printed = 0;
-            println!("--- attempt {attempt} ---");
-            continue;
-        }
-        if status.phase.is_terminal() {
-            if let Some(b) = run.get_opt(&keys::log(attempt)).await? {
-                print!("{}", String::from_utf8_lossy(&b[printed.min(b.len())..]));
-            }
-            eprintln!(
-                "run {} {}: {}",
-                status.run_id,
-                phase_name(status.phase),
-                status.reason.unwrap_or_default()
-            );
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
-/// Unix seconds of an RFC 3339 time.
 fn phase_name(p: Phase) -> String {
     output::name_of(&p)
-}
-
-async fn metrics_of(run: &Store) -> anyhow::Result<Vec<MetricsRecord>> {
-    Ok(match run.get_opt(keys::METRICS).await? {
-        Some(b) => idc::metrics::parse_jsonl(&b),
-        None => vec![],
-    })
 }
 
 pub async fn status(
@@ -359,32 +256,14 @@ pub async fn status(
             s
         }
     };
-    let metrics = metrics_of(&run).await?;
     let epochs = serde_yaml::from_slice::<RunSpec>(&run.get(keys::SPEC).await?)
         .map(|r| r.train.epochs)
         .unwrap_or(0);
-    let last_epoch = metrics.iter().rev().find_map(|m| match m {
-        MetricsRecord::Epoch {
-            epoch,
-            val,
-            duration_s,
-            ..
-        } => Some((*epoch, val.clone(), *duration_s)),
-        _ => None,
-    });
-    let rate = metrics.iter().rev().find_map(|m| match m {
-        MetricsRecord::Step { images_per_s, .. } => Some(*images_per_s),
-        _ => None,
-    });
-    let value = serde_json::json!({
-        "status": s,
-        "epochs": epochs,
-        "last_epoch": last_epoch.as_ref().map(|(e, v, _)| serde_json::json!({"epoch": e, "val": v})),
-        "images_per_s": rate,
-    });
+    let p = run::Progress::of(s, epochs, &run::read_metrics(&run).await?);
     print!(
         "{}",
-        output::render(&value, format, |_| {
+        output::render(&p, format, |p| {
+            let s = &p.status;
             let mut out = format!(
                 "run {}  {}  ({} attempt(s) of {}; {})\n",
                 s.run_id,
@@ -393,22 +272,23 @@ pub async fn status(
                 s.max_attempts,
                 s.reason.clone().unwrap_or_default()
             );
-            if let Some((e, v, d)) = &last_epoch {
-                out += &format!(
-                    "epoch {e}/{epochs}: val loss {:.4} acc {:.4} bal-acc {:.4} F1 {:.4} AUC {:.4}\n",
-                    v.loss, v.accuracy, v.balanced_accuracy, v.f1, v.roc_auc
-                );
-                if !s.phase.is_terminal() && *e < epochs {
+            match &p.last_epoch {
+                Some(e) => {
+                    let v = &e.val;
                     out += &format!(
-                        "ETA about {:.0}s ({} epochs left at {d:.0}s each)\n",
-                        (epochs - e) as f64 * d,
-                        epochs - e
+                        "epoch {}/{}: val loss {:.4} acc {:.4} bal-acc {:.4} F1 {:.4} AUC {:.4}\n",
+                        e.epoch, p.epochs, v.loss, v.accuracy, v.balanced_accuracy, v.f1, v.roc_auc
                     );
+                    if let Some((eta, left)) = p.eta() {
+                        out += &format!(
+                            "ETA about {eta:.0}s ({left} epochs left at {:.0}s each)\n",
+                            e.duration_s
+                        );
+                    }
                 }
-            } else {
-                out += "no epoch finished yet\n";
+                None => out += "no epoch finished yet\n",
             }
-            if let Some(r) = rate {
+            if let Some(r) = p.images_per_s {
                 out += &format!("training throughput {r:.0} images/s\n");
             }
             out
@@ -457,25 +337,7 @@ pub async fn list(
                 }
             }
         }
-        let best_f1 = metrics_of(&run)
-            .await?
-            .iter()
-            .filter_map(|m| match m {
-                MetricsRecord::Epoch { val, .. } => Some(val.f1),
-                _ => None,
-            })
-            .fold(None, |a: Option<f64>, f| Some(a.map_or(f, |a| a.max(f))));
-        let duration_s = s.started_at.as_deref().and_then(|start| {
-            let end = s
-                .finished_at
-                .clone()
-                .unwrap_or_else(idc::clock::now_rfc3339);
-            Some((idc::clock::seconds_of(&end)? - idc::clock::seconds_of(start)?).max(0))
-        });
-        rows.push(serde_json::json!({
-            "run_id": s.run_id, "phase": s.phase, "model": s.model, "backend": s.backend,
-            "best_val_f1": best_f1, "duration_s": duration_s, "created_at": s.created_at,
-        }));
+        rows.push(run::Summary::of(&s, &run::read_metrics(&run).await?));
     }
     print!(
         "{}",
@@ -492,21 +354,16 @@ pub async fn list(
                 "created",
             ]);
             for r in rows {
-                let s = |k: &str| r[k].as_str().unwrap_or("").to_string();
                 t.add_row([
-                    s("run_id"),
-                    s("phase"),
-                    s("model"),
-                    s("backend"),
-                    r["best_val_f1"]
-                        .as_f64()
-                        .map(|f| format!("{f:.4}"))
-                        .unwrap_or_default(),
-                    r["duration_s"]
-                        .as_i64()
+                    r.run_id.clone(),
+                    phase_name(r.phase),
+                    r.model.clone(),
+                    output::name_of(&r.backend),
+                    r.best_val_f1.map(|f| format!("{f:.4}")).unwrap_or_default(),
+                    r.duration_s
                         .map(|d| format!("{}m{:02}s", d / 60, d % 60))
                         .unwrap_or_default(),
-                    s("created_at"),
+                    r.created_at.clone(),
                 ]);
             }
             format!("{t}\n")
@@ -546,69 +403,18 @@ pub async fn report(
 async fn print_report(run: &Store, format: OutputFormat) -> anyhow::Result<()> {
     let r: Report = serde_json::from_slice(&run.get(keys::REPORT).await?)
         .context("report.json is not readable")?;
-    print!(
-        "{}",
-        output::render(&r, format, |r| {
-            let mut t = Table::new();
-            t.load_preset(UTF8_FULL_CONDENSED);
-            t.set_header([
-                "test metric",
-                "at 0.5",
-                &format!("at val threshold {:.3}", r.test_at_val_threshold.threshold),
-            ]);
-            for m in idc::metrics::MetricName::ALL {
-                t.add_row([
-                    m.label().to_string(),
-                    format!("{:.4}", m.of(&r.test)),
-                    format!("{:.4}", m.of(&r.test_at_val_threshold)),
-                ]);
-            }
-            t.add_row([
-                "patches".to_string(),
-                r.test.count.to_string(),
-                r.test.count.to_string(),
-            ]);
-            let c = &r.test.confusion;
-            format!(
-                "run {}  model {}  dataset {}  device {}\nbest epoch {} of {}, trained {:.0}s at {:.0} images/s\n{t}\nconfusion at 0.5 (rows true, columns predicted):\n            no IDC    IDC\n  no IDC  {:>8} {:>6}\n  IDC     {:>8} {:>6}\n",
-                r.run_id,
-                r.model,
-                r.dataset_id,
-                r.device,
-                r.best_epoch,
-                r.epochs_run,
-                r.train_seconds,
-                r.train_images_per_s,
-                c.tn,
-                c.fp,
-                c.fn_,
-                c.tp
-            )
-        })
-    );
+    print!("{}", output::render(&r, format, idc::report::summary_text));
     Ok(())
 }
 
-/// Starts a stopped (cancelled or failed) run again; the worker resumes from its checkpoint.
+/// Starts a stopped (cancelled, failed or lost) run again; the worker resumes from its checkpoint.
 pub async fn resume(
     storage: StorageArg,
     cluster: ClusterArgs,
     run_id: String,
 ) -> anyhow::Result<ExitCode> {
     let (run, s) = open_run(&storage, &run_id).await?;
-    let target = cluster.target();
-    let s = backend::refresh(&run, s, &target).await?;
-    if !s.phase.is_terminal() {
-        return Err(UserError(format!(
-            "run {run_id} is {}; only a stopped run can be resumed",
-            phase_name(s.phase)
-        ))
-        .into());
-    }
-    if s.phase == Phase::Succeeded {
-        return Err(UserError(format!("run {run_id} already succeeded")).into());
-    }
-    backend::resume(&run, s, &target).await?;
+    backend::resume(&run, s, &cluster.target()).await?;
     eprintln!("resumed {run_id}; follow it with: idcctl logs {run_id} -f");
     Ok(ExitCode::Success)
 }

@@ -156,6 +156,47 @@ pub async fn load_run(root: &Store, run_id: &str) -> Result<RunData, ReportError
     })
 }
 
+/// A report as `idcctl report` prints it: the run, the test metrics at 0.5 and at the
+/// validation threshold, the confusion matrix.
+pub fn summary_text(r: &Report) -> String {
+    use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED);
+    t.set_header([
+        "test metric",
+        "at 0.5",
+        &format!("at val threshold {:.3}", r.test_at_val_threshold.threshold),
+    ]);
+    for m in crate::metrics::MetricName::ALL {
+        t.add_row([
+            m.label().to_string(),
+            format!("{:.4}", m.of(&r.test)),
+            format!("{:.4}", m.of(&r.test_at_val_threshold)),
+        ]);
+    }
+    t.add_row([
+        "patches".to_string(),
+        r.test.count.to_string(),
+        r.test.count.to_string(),
+    ]);
+    let c = &r.test.confusion;
+    format!(
+        "run {}  model {}  dataset {}  device {}\nbest epoch {} of {}, trained {:.0}s at {:.0} images/s\n{t}\nconfusion at 0.5 (rows true, columns predicted):\n            no IDC    IDC\n  no IDC  {:>8} {:>6}\n  IDC     {:>8} {:>6}\n",
+        r.run_id,
+        r.model,
+        r.dataset_id,
+        r.device,
+        r.best_epoch,
+        r.epochs_run,
+        r.train_seconds,
+        r.train_images_per_s,
+        c.tn,
+        c.fp,
+        c.fn_,
+        c.tp
+    )
+}
+
 /// A misclassified test patch with its pixels as a PNG.
 #[derive(Debug, Clone)]
 pub struct Patch {
