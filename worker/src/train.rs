@@ -1,5 +1,6 @@
-//! The training run: load, train with checkpoints, evaluate, report. Every output goes to the
-//! run's folder in the bucket (keys from `idc::layout::run`), each object written whole.
+//! The training run, by phase: set up (device, data, model), resume, train each epoch (with
+//! timed checkpoints), close it (validate, keep the best, checkpoint), report. Every output goes
+//! to the run's folder in the bucket (keys from `idc::layout::run`), each object written whole.
 
 use crate::data::SplitData;
 use crate::error::WorkerError;
@@ -48,6 +49,23 @@ struct Progress {
     images_trained: u64,
 }
 
+/// What a run's phases share once it is set up.
+struct Session {
+    t: idc::spec::TrainSpec,
+    device: Device,
+    bf16: bool,
+    data: crate::data::Dataset,
+    train: TrainStep,
+    p: Progress,
+    /// metrics.jsonl so far.
+    metric_lines: Vec<String>,
+    steps_per_epoch: u64,
+    total_steps: u64,
+    window: LossWindow,
+    checkpoint_every: Option<std::time::Duration>,
+    last_checkpoint: Instant,
+}
+
 pub struct Trainer<'a> {
     spec: RunSpec,
     out: Store,
@@ -88,6 +106,18 @@ impl<'a> Trainer<'a> {
     }
 
     pub fn run(&mut self) -> Result<Outcome, WorkerError> {
+        let mut s = self.setup()?;
+        self.resume(&mut s)?;
+        while s.p.epoch < s.t.epochs && !s.p.stopped_early {
+            if let Some(outcome) = self.epoch(&mut s)? {
+                return Ok(outcome);
+            }
+        }
+        self.report(s)
+    }
+
+    /// Checks the spec and the libtorch, picks the device, loads the dataset, builds the model.
+    fn setup(&mut self) -> Result<Session, WorkerError> {
         let t = self.spec.train.clone();
         t.validate().map_err(WorkerError::BadInput)?;
         // Before any work: a libtorch without the shim's operators cannot train.
@@ -170,32 +200,7 @@ impl<'a> Trainer<'a> {
         if bf16 {
             model.use_channels_last();
         }
-        let mut train = TrainStep::new(&t, model, data.train.side(), bf16, device);
-
-        // Resume from the newest checkpoint, if any.
-        let mut p = Progress::default();
-        let mut metric_lines: Vec<String> = vec![];
-        if let Some(bytes) = self
-            .rt
-            .block_on(self.out.get_opt(keys::LATEST_CHECKPOINT))?
-        {
-            p = serde_json::from_slice(&bytes).map_err(|e| {
-                WorkerError::Internal(format!("{}: {e}", self.out.url_of(keys::LATEST_CHECKPOINT)))
-            })?;
-            let tensors = self.load_checkpoint(&p.checkpoint)?;
-            restore_model(&mut train.model, &tensors)?;
-            train
-                .opt
-                .load_state(&tensors)
-                .map_err(WorkerError::Internal)?;
-            metric_lines = self.existing_metrics(&p)?;
-            self.log.line(&format!(
-                "resumed from {} (epoch {}, step {} of it)",
-                p.checkpoint,
-                p.epoch + 1,
-                p.step_in_epoch
-            ));
-        }
+        let train = TrainStep::new(&t, model, data.train.side(), bf16, device);
 
         let n_train = data.train.len() as u64;
         let batch = t.batch_size as u64;
@@ -205,182 +210,278 @@ impl<'a> Trainer<'a> {
         }
         let total_steps = steps_per_epoch * t.epochs as u64;
         let log_every = t.log_every_steps.max(1);
-        let mut window = LossWindow::new(log_every, device);
+        let window = LossWindow::new(log_every, device);
         let checkpoint_every = t.checkpoint_interval();
-        let mut last_checkpoint = Instant::now();
+        let last_checkpoint = Instant::now();
+        Ok(Session {
+            t,
+            device,
+            bf16,
+            data,
+            train,
+            p: Progress::default(),
+            metric_lines: vec![],
+            steps_per_epoch,
+            total_steps,
+            window,
+            checkpoint_every,
+            last_checkpoint,
+        })
+    }
 
-        while p.epoch < t.epochs && !p.stopped_early {
-            let epoch_started = Instant::now();
-            // Training time since it was last added to `p.train_seconds` (at a checkpoint).
-            let mut segment = Instant::now();
-            let order =
-                EpochOrder::new(t.sampling, &data.train.labels_host, t.seed, p.epoch, device);
-            let mut window_clock = (Instant::now(), 0u64);
-            while p.step_in_epoch < steps_per_epoch {
-                let step = p.step_in_epoch;
-                let idx = order
-                    .batch(step, batch)
-                    .expect("steps_per_epoch fits the order");
-                let n = idx.size()[0] as u64;
-                let lr =
-                    t.schedule
-                        .lr_at(t.optimizer.lr, p.global_step, steps_per_epoch, total_steps);
-                let loss = train.run(
-                    &data.train.images,
-                    &data.train.labels,
-                    &idx,
-                    step_seed(t.seed, p.epoch, step),
-                    lr,
-                )?;
-                window.push(
-                    &loss,
-                    WindowStep {
-                        epoch: p.epoch + 1,
-                        step_in_epoch: step,
-                        patches: n,
-                    },
-                );
-                p.images_trained += n;
-                p.step_in_epoch += 1;
-                p.global_step += 1;
-                window_clock.1 += n;
-                if p.global_step.is_multiple_of(log_every as u64) {
-                    // The one read of this window: it waits for the device, so the rate is true.
-                    let loss_v = drain_losses(&mut window, &mut p)?;
-                    let rate =
-                        window_clock.1 as f64 / window_clock.0.elapsed().as_secs_f64().max(1e-9);
-                    let rec = MetricsRecord::Step {
-                        epoch: p.epoch + 1,
-                        step: p.global_step,
-                        loss: loss_v,
-                        lr,
-                        images_per_s: rate,
-                    };
-                    metric_lines.push(serde_json::to_string(&rec).expect("serializes"));
-                    self.log.line(&format!(
-                        "epoch {} step {}/{steps_per_epoch} loss {loss_v:.4} lr {lr:.2e} {rate:.0} img/s",
-                        p.epoch + 1,
-                        p.step_in_epoch
-                    ));
-                    window_clock = (Instant::now(), 0);
-                    if self.last_flush.get().elapsed() > std::time::Duration::from_secs(2) {
-                        self.flush_log();
-                    }
-                }
-                let stop = self.stop.load(Ordering::SeqCst);
-                let due = checkpoint_every.is_some_and(|every| last_checkpoint.elapsed() >= every);
-                if (stop || due) && p.step_in_epoch < steps_per_epoch {
-                    drain_losses(&mut window, &mut p)?;
-                    p.train_seconds += segment.elapsed().as_secs_f64();
-                    let key = keys::checkpoint_mid_epoch(p.epoch + 1, p.step_in_epoch);
-                    self.save_checkpoint(&train, &mut p, key, &metric_lines)?;
-                    segment = Instant::now();
-                    last_checkpoint = Instant::now();
-                    if stop {
-                        self.log.line(&format!(
-                            "stop requested: checkpoint {} written; exiting",
-                            p.checkpoint
-                        ));
-                        self.flush_log();
-                        return Ok(Outcome::Preempted);
-                    }
-                    self.log.line(&format!(
-                        "checkpoint {} written (train.checkpoint_every: {})",
-                        p.checkpoint,
-                        t.checkpoint_every.as_deref().unwrap_or_default()
-                    ));
-                }
-            }
-            drain_losses(&mut window, &mut p)?;
-
-            // End of epoch: validate, keep the best, checkpoint.
-            let seconds = epoch_started.elapsed().as_secs_f64();
-            p.train_seconds += segment.elapsed().as_secs_f64();
-            let val = evaluate(
-                &train.model,
-                &data.val,
-                t.eval_batch_size as i64,
-                t.loss.kind,
-                bf16,
-                0.5,
-            );
-            let train_loss = p.epoch_loss_sum / p.epoch_seen.max(1) as f64;
-            let value = t.select_metric.of(&val);
-            let better = match p.best_value {
-                None => true,
-                Some(b) if t.select_metric.higher_is_better() => value > b,
-                Some(b) => value < b,
-            };
-            if let Some(es) = &t.early_stopping {
-                let v = es.metric.of(&val);
-                let improved = match p.stop_metric_best {
-                    None => true,
-                    Some(b) if es.metric.higher_is_better() => v > b + es.min_delta,
-                    Some(b) => v < b - es.min_delta,
-                };
-                if improved {
-                    p.stop_metric_best = Some(v);
-                    p.since_improvement = 0;
-                } else {
-                    p.since_improvement += 1;
-                }
-                if p.since_improvement >= es.patience {
-                    p.stopped_early = true;
-                }
-            }
-            let lr = t.schedule.lr_at(
-                t.optimizer.lr,
-                p.global_step.saturating_sub(1),
-                steps_per_epoch,
-                total_steps,
-            );
-            let rec = MetricsRecord::Epoch {
-                epoch: p.epoch + 1,
-                train_loss,
-                lr,
-                val: val.clone(),
-                duration_s: seconds,
-                images_per_s: p.epoch_seen as f64 / seconds.max(1e-9),
-                best: better,
-            };
-            metric_lines.push(serde_json::to_string(&rec).expect("serializes"));
+    /// Continues from the newest checkpoint, if there is one: weights, optimizer state,
+    /// progress, and the metrics written up to it.
+    fn resume(&mut self, s: &mut Session) -> Result<(), WorkerError> {
+        let Session {
+            train,
+            p,
+            metric_lines,
+            ..
+        } = s;
+        if let Some(bytes) = self
+            .rt
+            .block_on(self.out.get_opt(keys::LATEST_CHECKPOINT))?
+        {
+            *p = serde_json::from_slice(&bytes).map_err(|e| {
+                WorkerError::Internal(format!("{}: {e}", self.out.url_of(keys::LATEST_CHECKPOINT)))
+            })?;
+            let tensors = self.load_checkpoint(&p.checkpoint)?;
+            restore_model(&mut train.model, &tensors)?;
+            train
+                .opt
+                .load_state(&tensors)
+                .map_err(WorkerError::Internal)?;
+            *metric_lines = self.existing_metrics(p)?;
             self.log.line(&format!(
-                "epoch {}/{}: train loss {train_loss:.4}, val loss {:.4} acc {:.4} bal-acc {:.4} F1 {:.4} AUC {:.4}{}",
+                "resumed from {} (epoch {}, step {} of it)",
+                p.checkpoint,
                 p.epoch + 1,
-                t.epochs,
-                val.loss,
-                val.accuracy,
-                val.balanced_accuracy,
-                val.f1,
-                val.roc_auc,
-                if better { " (best)" } else { "" }
+                p.step_in_epoch
             ));
-            let key = keys::checkpoint(p.epoch + 1);
-            if better {
-                p.best_epoch = Some(p.epoch + 1);
-                p.best_value = Some(value);
-                p.best_checkpoint = Some(key.clone());
-            }
-            p.epoch += 1;
-            p.step_in_epoch = 0;
-            p.epoch_loss_sum = 0.0;
-            p.epoch_seen = 0;
-            if p.stopped_early {
-                self.log
-                    .line("early stopping: no improvement in validation");
-            }
-            self.save_checkpoint(&train, &mut p, key, &metric_lines)?;
-            last_checkpoint = Instant::now();
-            if self.stop.load(Ordering::SeqCst) && p.epoch < t.epochs && !p.stopped_early {
+        }
+        Ok(())
+    }
+
+    /// Trains the epoch in progress from where it stands, checkpointing as due; then validates
+    /// and checkpoints it. Some(outcome) when the run stops here.
+    fn epoch(&mut self, s: &mut Session) -> Result<Option<Outcome>, WorkerError> {
+        let (steps_per_epoch, total_steps, checkpoint_every) =
+            (s.steps_per_epoch, s.total_steps, s.checkpoint_every);
+        let batch = s.t.batch_size as u64;
+        let log_every = s.t.log_every_steps.max(1);
+        let Session {
+            t,
+            device,
+            data,
+            train,
+            p,
+            metric_lines,
+            window,
+            last_checkpoint,
+            ..
+        } = s;
+        let device = *device;
+        let epoch_started = Instant::now();
+        // Training time since it was last added to `p.train_seconds` (at a checkpoint).
+        let mut segment = Instant::now();
+        let order = EpochOrder::new(t.sampling, &data.train.labels_host, t.seed, p.epoch, device);
+        let mut window_clock = (Instant::now(), 0u64);
+        while p.step_in_epoch < steps_per_epoch {
+            let step = p.step_in_epoch;
+            let idx = order
+                .batch(step, batch)
+                .expect("steps_per_epoch fits the order");
+            let n = idx.size()[0] as u64;
+            let lr = t
+                .schedule
+                .lr_at(t.optimizer.lr, p.global_step, steps_per_epoch, total_steps);
+            let loss = train.run(
+                &data.train.images,
+                &data.train.labels,
+                &idx,
+                step_seed(t.seed, p.epoch, step),
+                lr,
+            )?;
+            window.push(
+                &loss,
+                WindowStep {
+                    epoch: p.epoch + 1,
+                    step_in_epoch: step,
+                    patches: n,
+                },
+            );
+            p.images_trained += n;
+            p.step_in_epoch += 1;
+            p.global_step += 1;
+            window_clock.1 += n;
+            if p.global_step.is_multiple_of(log_every as u64) {
+                // The one read of this window: it waits for the device, so the rate is true.
+                let loss_v = drain_losses(window, p)?;
+                let rate = window_clock.1 as f64 / window_clock.0.elapsed().as_secs_f64().max(1e-9);
+                let rec = MetricsRecord::Step {
+                    epoch: p.epoch + 1,
+                    step: p.global_step,
+                    loss: loss_v,
+                    lr,
+                    images_per_s: rate,
+                };
+                metric_lines.push(serde_json::to_string(&rec).expect("serializes"));
                 self.log.line(&format!(
-                    "stop requested: checkpoint {} written; exiting",
-                    p.checkpoint
+                    "epoch {} step {}/{steps_per_epoch} loss {loss_v:.4} lr {lr:.2e} {rate:.0} img/s",
+                    p.epoch + 1,
+                    p.step_in_epoch
                 ));
-                self.flush_log();
-                return Ok(Outcome::Preempted);
+                window_clock = (Instant::now(), 0);
+                if self.last_flush.get().elapsed() > std::time::Duration::from_secs(2) {
+                    self.flush_log();
+                }
+            }
+            let stop = self.stop.load(Ordering::SeqCst);
+            let due = checkpoint_every.is_some_and(|every| last_checkpoint.elapsed() >= every);
+            if (stop || due) && p.step_in_epoch < steps_per_epoch {
+                drain_losses(window, p)?;
+                p.train_seconds += segment.elapsed().as_secs_f64();
+                let key = keys::checkpoint_mid_epoch(p.epoch + 1, p.step_in_epoch);
+                self.save_checkpoint(train, p, key, metric_lines)?;
+                segment = Instant::now();
+                *last_checkpoint = Instant::now();
+                if stop {
+                    self.log.line(&format!(
+                        "stop requested: checkpoint {} written; exiting",
+                        p.checkpoint
+                    ));
+                    self.flush_log();
+                    return Ok(Some(Outcome::Preempted));
+                }
+                self.log.line(&format!(
+                    "checkpoint {} written (train.checkpoint_every: {})",
+                    p.checkpoint,
+                    t.checkpoint_every.as_deref().unwrap_or_default()
+                ));
             }
         }
+        drain_losses(window, p)?;
 
+        let seconds = epoch_started.elapsed().as_secs_f64();
+        p.train_seconds += segment.elapsed().as_secs_f64();
+        self.close_epoch(s, seconds)
+    }
+
+    /// The end of an epoch of `seconds`: validates, keeps the best, decides early stopping,
+    /// records the epoch and checkpoints it. Some(outcome) when the run stops here.
+    fn close_epoch(
+        &mut self,
+        s: &mut Session,
+        seconds: f64,
+    ) -> Result<Option<Outcome>, WorkerError> {
+        let (steps_per_epoch, total_steps, bf16) = (s.steps_per_epoch, s.total_steps, s.bf16);
+        let Session {
+            t,
+            data,
+            train,
+            p,
+            metric_lines,
+            last_checkpoint,
+            ..
+        } = s;
+        let val = evaluate(
+            &train.model,
+            &data.val,
+            t.eval_batch_size as i64,
+            t.loss.kind,
+            bf16,
+            0.5,
+        );
+        let train_loss = p.epoch_loss_sum / p.epoch_seen.max(1) as f64;
+        let value = t.select_metric.of(&val);
+        let better = match p.best_value {
+            None => true,
+            Some(b) if t.select_metric.higher_is_better() => value > b,
+            Some(b) => value < b,
+        };
+        if let Some(es) = &t.early_stopping {
+            let v = es.metric.of(&val);
+            let improved = match p.stop_metric_best {
+                None => true,
+                Some(b) if es.metric.higher_is_better() => v > b + es.min_delta,
+                Some(b) => v < b - es.min_delta,
+            };
+            if improved {
+                p.stop_metric_best = Some(v);
+                p.since_improvement = 0;
+            } else {
+                p.since_improvement += 1;
+            }
+            if p.since_improvement >= es.patience {
+                p.stopped_early = true;
+            }
+        }
+        let lr = t.schedule.lr_at(
+            t.optimizer.lr,
+            p.global_step.saturating_sub(1),
+            steps_per_epoch,
+            total_steps,
+        );
+        let rec = MetricsRecord::Epoch {
+            epoch: p.epoch + 1,
+            train_loss,
+            lr,
+            val: val.clone(),
+            duration_s: seconds,
+            images_per_s: p.epoch_seen as f64 / seconds.max(1e-9),
+            best: better,
+        };
+        metric_lines.push(serde_json::to_string(&rec).expect("serializes"));
+        self.log.line(&format!(
+            "epoch {}/{}: train loss {train_loss:.4}, val loss {:.4} acc {:.4} bal-acc {:.4} F1 {:.4} AUC {:.4}{}",
+            p.epoch + 1,
+            t.epochs,
+            val.loss,
+            val.accuracy,
+            val.balanced_accuracy,
+            val.f1,
+            val.roc_auc,
+            if better { " (best)" } else { "" }
+        ));
+        let key = keys::checkpoint(p.epoch + 1);
+        if better {
+            p.best_epoch = Some(p.epoch + 1);
+            p.best_value = Some(value);
+            p.best_checkpoint = Some(key.clone());
+        }
+        p.epoch += 1;
+        p.step_in_epoch = 0;
+        p.epoch_loss_sum = 0.0;
+        p.epoch_seen = 0;
+        if p.stopped_early {
+            self.log
+                .line("early stopping: no improvement in validation");
+        }
+        self.save_checkpoint(train, p, key, metric_lines)?;
+        *last_checkpoint = Instant::now();
+        if self.stop.load(Ordering::SeqCst) && p.epoch < t.epochs && !p.stopped_early {
+            self.log.line(&format!(
+                "stop requested: checkpoint {} written; exiting",
+                p.checkpoint
+            ));
+            self.flush_log();
+            return Ok(Some(Outcome::Preempted));
+        }
+        Ok(None)
+    }
+
+    /// Tests the best checkpoint (at 0.5 and at the F1-optimal threshold chosen on validation)
+    /// and writes the report.
+    fn report(&mut self, s: Session) -> Result<Outcome, WorkerError> {
+        let Session {
+            t,
+            device,
+            bf16,
+            data,
+            train,
+            p,
+            ..
+        } = s;
         // Test with the best checkpoint; the F1-optimal threshold is chosen on validation.
         let best = p
             .best_checkpoint
