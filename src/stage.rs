@@ -142,13 +142,64 @@ struct ShardPlan {
     entries: Vec<usize>,
 }
 
-/// Stages `source` (a folder or a zip) into the dataset at `dest`.
+/// Stages `source` (a folder or a zip) into the dataset at `dest`, in phases: plan (list the
+/// source, split it, compare with what `dest` holds), reuse (shards an interrupted stage of the
+/// same plan committed), produce (decode and pack the other shards on a thread pool), commit
+/// (hash and write each shard, then its marker), finalize (write the manifest, tidy up).
 pub async fn stage(
     source: &Path,
     dest: &Store,
     opts: &StageOptions,
     hooks: &StageHooks,
 ) -> Result<StageOutcome, StageError> {
+    let plan = match plan(source, dest, opts).await? {
+        Planned::Done(outcome) => return Ok(*outcome),
+        Planned::Stage(plan) => plan,
+    };
+    let mut markers = reuse(dest, &plan, hooks).await?;
+    let resumed = markers.iter().filter(|m| m.is_some()).count();
+    let pending: Vec<usize> = (0..plan.shards.len())
+        .filter(|&i| markers[i].is_none())
+        .collect();
+    let written = pending.len();
+    let (rx, producer) = produce(&plan, pending, opts, hooks);
+    let committed = commit(dest, &plan, &mut markers, rx, resumed, hooks).await;
+    producer.join().expect("the shard producer does not panic");
+    let done = committed?;
+    if done < plan.shards.len() {
+        return Err(StageError::Interrupted {
+            done,
+            total: plan.shards.len(),
+        });
+    }
+    let markers: Vec<ShardMarker> = markers
+        .into_iter()
+        .map(|m| m.expect("every shard committed"))
+        .collect();
+    let manifest = finalize(dest, &plan, &markers).await?;
+    Ok(StageOutcome {
+        manifest,
+        status: StageStatus::Staged { written, resumed },
+    })
+}
+
+/// What a stage will write.
+struct Plan {
+    src: Arc<Source>,
+    record: StageOptionsRecord,
+    plan_id: String,
+    shards: Arc<Vec<ShardPlan>>,
+}
+
+enum Planned {
+    /// Nothing to do: the same plan is staged there, whole.
+    Done(Box<StageOutcome>),
+    Stage(Plan),
+}
+
+/// Lists and splits the source, and decides against what `dest` holds: done already, refused
+/// (another dataset, without `--force`), or to stage (an old manifest is retracted first).
+async fn plan(source: &Path, dest: &Store, opts: &StageOptions) -> Result<Planned, StageError> {
     if opts.shard_records == 0 {
         return Err(StageError::BadOption(
             "--shard-records must be at least 1".into(),
@@ -183,10 +234,10 @@ pub async fn stage(
                     dest.url_of(&missing)
                 );
             } else {
-                return Ok(StageOutcome {
+                return Ok(Planned::Done(Box::new(StageOutcome {
                     manifest: existing,
                     status: StageStatus::AlreadyStaged,
-                });
+                })));
             }
         } else if !opts.force {
             return Err(StageError::Conflict {
@@ -205,18 +256,30 @@ pub async fn stage(
         .map(|e| (e.name.patient, e.name.class))
         .collect();
     let assignment = split::assign(&items, &opts.split)?;
-    let plans = plan_shards(&assignment, opts.shard_records);
-    let total_records: usize = plans.iter().map(|p| p.entries.len()).sum();
+    let shards = Arc::new(plan_shards(&assignment, opts.shard_records));
+    Ok(Planned::Stage(Plan {
+        src,
+        record,
+        plan_id,
+        shards,
+    }))
+}
 
-    // Reuse shards committed by an earlier, interrupted run of the same plan.
-    let mut markers: Vec<Option<ShardMarker>> = Vec::with_capacity(plans.len());
+/// The markers of shards an earlier, interrupted stage of the same plan committed (None for the
+/// shards still to make); sets the progress bar to match.
+async fn reuse(
+    dest: &Store,
+    plan: &Plan,
+    hooks: &StageHooks,
+) -> Result<Vec<Option<ShardMarker>>, StageError> {
+    let mut markers: Vec<Option<ShardMarker>> = Vec::with_capacity(plan.shards.len());
     let committed: HashMap<String, u64> = dest
-        .list(&keys::staging_prefix(&plan_id))
+        .list(&keys::staging_prefix(&plan.plan_id))
         .await?
         .into_iter()
         .collect();
-    for p in &plans {
-        let key = keys::staging_marker(&plan_id, p.split, p.index);
+    for p in plan.shards.iter() {
+        let key = keys::staging_marker(&plan.plan_id, p.split, p.index);
         let mut reuse = None;
         if committed.contains_key(&key)
             && let Some(bytes) = dest.get_opt(&key).await?
@@ -229,8 +292,10 @@ pub async fn stage(
     }
     let resumed = markers.iter().filter(|m| m.is_some()).count();
     if let Some(pb) = &hooks.progress {
-        pb.set_length(total_records as u64);
-        let done: usize = plans
+        let total: usize = plan.shards.iter().map(|p| p.entries.len()).sum();
+        pb.set_length(total as u64);
+        let done: usize = plan
+            .shards
             .iter()
             .zip(&markers)
             .filter(|(_, m)| m.is_some())
@@ -242,58 +307,78 @@ pub async fn stage(
     if resumed > 0 {
         tracing::info!(
             "resuming: {resumed} of {} shards already staged",
-            plans.len()
+            plan.shards.len()
         );
     }
+    Ok(markers)
+}
 
-    let pending: Vec<usize> = (0..plans.len()).filter(|&i| markers[i].is_none()).collect();
-    let written = pending.len();
-    let plans = Arc::new(plans);
-    let (tx, mut rx) =
-        tokio::sync::mpsc::channel::<Result<(usize, Vec<u8>, ShardMarker), StageError>>(1);
-    let producer = {
-        let (src, plans, opts, cancel) = (
-            src.clone(),
-            plans.clone(),
-            opts.clone(),
-            hooks.cancel.clone(),
-        );
-        std::thread::spawn(move || {
-            let pool = match rayon::ThreadPoolBuilder::new()
-                .num_threads(opts.threads)
-                .build()
-            {
-                Ok(p) => p,
-                Err(e) => {
-                    let _ = tx.blocking_send(Err(StageError::BadOption(format!("--threads: {e}"))));
-                    return;
-                }
-            };
-            for i in pending {
-                if cancel.load(Ordering::SeqCst) {
-                    return;
-                }
-                let (bytes, marker) =
-                    pool.install(|| build_shard(&src, &plans[i], opts.undersized));
-                let msg = match marker.skipped.first() {
-                    Some(r) if opts.strict => Err(StageError::Strict {
-                        count: marker.skipped.len(),
-                        first: format!("{}: {}", r.path, r.reason),
-                    }),
-                    _ => Ok((i, bytes, marker)),
-                };
-                let stop = msg.is_err();
-                if tx.blocking_send(msg).is_err() || stop {
-                    return;
-                }
+type Produced = Result<(usize, Vec<u8>, ShardMarker), StageError>;
+
+/// Decodes and packs the `pending` shards, one after the other, each across a pool of
+/// `opts.threads`, on a thread of its own; at most one finished shard waits in the channel.
+fn produce(
+    plan: &Plan,
+    pending: Vec<usize>,
+    opts: &StageOptions,
+    hooks: &StageHooks,
+) -> (
+    tokio::sync::mpsc::Receiver<Produced>,
+    std::thread::JoinHandle<()>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Produced>(1);
+    let (src, shards, opts, cancel) = (
+        plan.src.clone(),
+        plan.shards.clone(),
+        opts.clone(),
+        hooks.cancel.clone(),
+    );
+    let producer = std::thread::spawn(move || {
+        let pool = match rayon::ThreadPoolBuilder::new()
+            .num_threads(opts.threads)
+            .build()
+        {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = tx.blocking_send(Err(StageError::BadOption(format!("--threads: {e}"))));
+                return;
             }
-        })
-    };
+        };
+        for i in pending {
+            if cancel.load(Ordering::SeqCst) {
+                return;
+            }
+            let (bytes, marker) = pool.install(|| build_shard(&src, &shards[i], opts.undersized));
+            let msg = match marker.skipped.first() {
+                Some(r) if opts.strict => Err(StageError::Strict {
+                    count: marker.skipped.len(),
+                    first: format!("{}: {}", r.path, r.reason),
+                }),
+                _ => Ok((i, bytes, marker)),
+            };
+            let stop = msg.is_err();
+            if tx.blocking_send(msg).is_err() || stop {
+                return;
+            }
+        }
+    });
+    (rx, producer)
+}
 
+/// Hashes and writes each produced shard, then its commit marker (what a resumed stage
+/// reuses); returns how many shards are committed in all (stops early when cancelled).
+async fn commit(
+    dest: &Store,
+    plan: &Plan,
+    markers: &mut [Option<ShardMarker>],
+    mut rx: tokio::sync::mpsc::Receiver<Produced>,
+    resumed: usize,
+    hooks: &StageHooks,
+) -> Result<usize, StageError> {
     let mut done = resumed;
     while let Some(msg) = rx.recv().await {
         let (i, buf, mut marker) = msg?;
-        let records = plans[i].entries.len() as u64;
+        let records = plan.shards[i].entries.len() as u64;
         // Hashing here rather than in the producer lets the next shard's decoding start sooner.
         let kept = marker.info.records;
         let (bytes, sha) = tokio::task::spawn_blocking(move || shard::finish_buffer(buf, kept))
@@ -302,7 +387,8 @@ pub async fn stage(
         marker.info.bytes = bytes.len() as u64;
         marker.info.sha256 = sha;
         dest.put(&marker.info.key, Bytes::from(bytes)).await?;
-        let marker_key = keys::staging_marker(&plan_id, plans[i].split, plans[i].index);
+        let marker_key =
+            keys::staging_marker(&plan.plan_id, plan.shards[i].split, plan.shards[i].index);
         dest.put(
             &marker_key,
             Bytes::from(serde_json::to_vec(&marker).expect("marker serializes")),
@@ -320,24 +406,24 @@ pub async fn stage(
             break;
         }
     }
-    drop(rx);
-    producer.join().expect("the shard producer does not panic");
-    if done < plans.len() {
-        return Err(StageError::Interrupted {
-            done,
-            total: plans.len(),
-        });
-    }
+    Ok(done)
+}
 
-    let markers: Vec<ShardMarker> = markers
-        .into_iter()
-        .map(|m| m.expect("every shard committed"))
-        .collect();
-    let manifest = build_manifest(&src, record, plan_id.clone(), &markers);
+/// Writes the manifest (the dataset's commit), then removes the markers and any shard of a
+/// replaced dataset.
+async fn finalize(
+    dest: &Store,
+    plan: &Plan,
+    markers: &[ShardMarker],
+) -> Result<DatasetManifest, StageError> {
+    let manifest = build_manifest(
+        &plan.src,
+        plan.record.clone(),
+        plan.plan_id.clone(),
+        markers,
+    );
     let json = serde_json::to_vec_pretty(&manifest).expect("manifest serializes");
     dest.put(keys::MANIFEST, Bytes::from(json)).await?;
-
-    // Tidy up: the markers are no longer needed, nor shards of a replaced dataset.
     dest.delete_prefix(keys::STAGING).await?;
     let live: BTreeSet<&str> = manifest.shards.iter().map(|s| s.key.as_str()).collect();
     for (key, _) in dest.list(keys::SHARDS).await? {
@@ -345,10 +431,7 @@ pub async fn stage(
             dest.delete(&key).await?;
         }
     }
-    Ok(StageOutcome {
-        manifest,
-        status: StageStatus::Staged { written, resumed },
-    })
+    Ok(manifest)
 }
 
 /// Identity of a stage: the source fingerprint and every option that shapes the content.
