@@ -1,4 +1,5 @@
-//! Process exit codes shared by `idcctl` and `idc-worker`: part of their interface.
+//! Process exit codes shared by `idcctl` and `idc-worker`: part of their interface. And
+//! [`of_error`], the one place that finds the exit code of a library error.
 
 /// Exit codes. A caller (a script, a Kubernetes Job's pod failure policy) can tell a mistake in
 /// the input, which retrying cannot fix, from a failure that may pass on retry.

@@ -1,6 +1,6 @@
 //! The training spec: what the worker trains and how. `idcctl` resolves an experiment manifest
 //! into a [`RunSpec`] and writes it to the run's `spec.yaml`; the worker reads it from there.
-//! Every default lives here.
+//! Every default lives here, and so does how a launcher tells the worker its attempt number.
 
 use crate::metrics::MetricName;
 use serde::{Deserialize, Serialize};

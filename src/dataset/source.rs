@@ -1,7 +1,8 @@
 //! Reading a dataset as downloaded: the extracted folder, or the zip read in place.
 //!
-//! Listing parses every name, reports files that are not patches, and counts each patch once
-//! when the download holds the tree twice (`IDC_regular_ps50_idx5/` beside the patient folders).
+//! Listing parses every name, reports image files that are not patches, counts files that are no
+//! images and macOS litter as ignored, and counts each patch once when the download holds the
+//! tree twice (`IDC_regular_ps50_idx5/` beside the patient folders).
 
 pub use super::manifest::{Rejected, SourceKind};
 use super::name::{PatchName, parse_path};

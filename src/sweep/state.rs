@@ -23,12 +23,6 @@ pub enum TrialState {
     Failed,
 }
 
-impl TrialState {
-    pub fn is_finished(self) -> bool {
-        self != TrialState::Running
-    }
-}
-
 /// One trial.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Trial {

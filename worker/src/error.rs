@@ -17,11 +17,22 @@ pub enum WorkerError {
         "the libtorch loaded at run time has no operator {op}; this worker was built against libtorch {built}: run it with that libtorch (its lib folder on LD_LIBRARY_PATH)"
     )]
     MissingOp { op: String, built: &'static str },
+    /// A local file (a checkpoint or weights on their way to or from the bucket).
+    #[error("{what}: {source}")]
+    Io {
+        what: &'static str,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Internal(String),
 }
 
 impl WorkerError {
+    /// An I/O error while doing `what`.
+    pub fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> WorkerError {
+        move |source| WorkerError::Io { what, source }
+    }
+
     pub fn exit_code(&self) -> ExitCode {
         match self {
             WorkerError::BadInput(_) | WorkerError::MissingOp { .. } => ExitCode::UserError,

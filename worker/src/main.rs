@@ -81,7 +81,8 @@ fn run_cmd(
     spec: Option<PathBuf>,
     out: Option<String>,
 ) -> Result<ExitCode, WorkerError> {
-    let rt = tokio::runtime::Runtime::new().map_err(|e| WorkerError::Internal(e.to_string()))?;
+    let rt =
+        tokio::runtime::Runtime::new().map_err(WorkerError::io("starting the async runtime"))?;
     let (spec, out) = match (spec, run) {
         (Some(file), _) => {
             let text = std::fs::read_to_string(&file)

@@ -1,7 +1,8 @@
 //! Optimizers (SGD with momentum/Nesterov, Adam, AdamW) as one multi-tensor kernel per step
 //! (ATen's `_fused_sgd_` / `_fused_adam_` / `_fused_adamw_`, through the shim), with their state
 //! as named tensors so a checkpoint can save and restore it (tch's optimizers keep theirs out of
-//! reach). A step's op count does not grow with the number of parameter tensors.
+//! reach). A step dispatches one kernel (Adam: a fill of its step counter, then one), whatever the
+//! number of parameter tensors.
 
 use crate::error::WorkerError;
 use crate::shim::{self, AdamStep, SgdStep};

@@ -569,9 +569,10 @@ impl<'a> Trainer<'a> {
         let file = tempfile::Builder::new()
             .suffix(".safetensors")
             .tempfile()
-            .map_err(|e| WorkerError::Internal(e.to_string()))?;
+            .map_err(WorkerError::io("staging a checkpoint in a temporary file"))?;
         Tensor::write_safetensors(&named, file.path())?;
-        let bytes = std::fs::read(file.path()).map_err(|e| WorkerError::Internal(e.to_string()))?;
+        let bytes = std::fs::read(file.path())
+            .map_err(WorkerError::io("staging a checkpoint in a temporary file"))?;
         self.put(&key, bytes)?;
         let mut jsonl = metric_lines.join("\n");
         jsonl.push('\n');
@@ -596,8 +597,9 @@ impl<'a> Trainer<'a> {
         let file = tempfile::Builder::new()
             .suffix(".safetensors")
             .tempfile()
-            .map_err(|e| WorkerError::Internal(e.to_string()))?;
-        std::fs::write(file.path(), &bytes).map_err(|e| WorkerError::Internal(e.to_string()))?;
+            .map_err(WorkerError::io("staging a checkpoint in a temporary file"))?;
+        std::fs::write(file.path(), &bytes)
+            .map_err(WorkerError::io("staging a checkpoint in a temporary file"))?;
         let tensors = Tensor::read_safetensors(file.path()).map_err(|e| {
             WorkerError::Internal(format!("checkpoint {}: {e}", self.out.url_of(key)))
         })?;
@@ -633,8 +635,12 @@ impl<'a> Trainer<'a> {
         let file = tempfile::Builder::new()
             .suffix(&format!(".{ext}"))
             .tempfile()
-            .map_err(|e| WorkerError::Internal(e.to_string()))?;
-        std::fs::write(file.path(), bytes).map_err(|e| WorkerError::Internal(e.to_string()))?;
+            .map_err(WorkerError::io(
+                "staging pretrained weights in a temporary file",
+            ))?;
+        std::fs::write(file.path(), bytes).map_err(WorkerError::io(
+            "staging pretrained weights in a temporary file",
+        ))?;
         Ok(file)
     }
 

@@ -51,6 +51,23 @@ fn worker(args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// Starts `idc-worker run` on `spec`, with its output lines to read as it prints them.
+fn spawn_worker(
+    spec: &str,
+    out: &str,
+) -> (
+    std::process::Child,
+    std::io::Lines<BufReader<std::process::ChildStdout>>,
+) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_idc-worker"))
+        .args(["run", "--spec", spec, "--out", out])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    (child, lines)
+}
+
 fn report(out: &str) -> Report {
     let path = out.strip_prefix("file://").unwrap();
     serde_json::from_slice(&std::fs::read(Path::new(path).join("report.json")).unwrap()).unwrap()
@@ -151,12 +168,7 @@ fn a_run_stopped_by_sigterm_resumes_to_the_same_result() {
     let dir = tempfile::tempdir().unwrap();
     let spec = write_spec(dir.path(), &spec_body);
     let out = format!("file://{}/run", dir.path().display());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_idc-worker"))
-        .args(["run", "--spec", &spec, "--out", &out])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut child, mut lines) = spawn_worker(&spec, &out);
     // Stop it in its second epoch, mid-way.
     for line in lines.by_ref() {
         if line.unwrap().contains("epoch 2 step") {
@@ -229,12 +241,7 @@ fn a_worker_killed_without_warning_resumes_from_its_timed_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let spec = write_spec(dir.path(), &spec_body);
     let out = format!("file://{}/run", dir.path().display());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_idc-worker"))
-        .args(["run", "--spec", &spec, "--out", &out])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut child, mut lines) = spawn_worker(&spec, &out);
     let mut written = None;
     for line in lines.by_ref() {
         let line = line.unwrap();
@@ -278,12 +285,7 @@ fn an_attempt_killed_while_loading_keeps_its_number() {
         &format!("{COMMON}  epochs: 1\n  model: {{kind: logreg}}\n"),
     );
     let out = format!("file://{}/run", dir.path().display());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_idc-worker"))
-        .args(["run", "--spec", &spec, "--out", &out])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut child, mut lines) = spawn_worker(&spec, &out);
     let first = lines.next().unwrap().unwrap();
     assert!(first.contains("attempt 1 of run test"), "{first}");
     // The next line comes before the dataset is loaded.
