@@ -2,8 +2,8 @@
 //  - bf16 autocast for CUDA (the calls `torch.autocast("cuda", dtype=torch.bfloat16)` makes);
 //  - the multi-tensor optimizer kernels (`_fused_sgd_`, `_fused_adam_`, `_fused_adamw_`),
 //    gradient clipping through `_foreach_norm` / `_foreach_mul_`, and gradients set to none;
-//  - op counters: a RecordFunction callback counting ATen ops (all, and those the caller
-//    dispatched itself), host-to-device copies and device-to-host reads.
+//  - op counters: a thread-local RecordFunction callback counting ATen ops (all, and those the
+//    caller dispatched itself), host-to-device copies and device-to-host reads.
 //
 // The private `_foreach_*` / `_fused_*` operators are looked up in the dispatcher by name at run
 // time rather than linked, so a libtorch that lacks one is a clear error, not a loader failure.
@@ -252,14 +252,17 @@ char* idc_fused_adam(at::Tensor** params, at::Tensor** exp_avgs, at::Tensor** ex
 
 // ---- op counters ----
 
-// Starts counting: registers the callback (removed again by idc_counters_stop, since recording
-// inputs for every op costs time).
+// Starts counting the calling thread's ops: registers the callback (removed again by
+// idc_counters_stop, on the same thread, since recording inputs for every op costs time).
 char* idc_counters_start() {
   return guarded([] {
     if (!g_handle.has_value()) {
-      g_handle = at::addGlobalCallback(at::RecordFunctionCallback(&on_start, &on_end)
-                                           .needsInputs(true)
-                                           .scopes({at::RecordScope::FUNCTION}));
+      // Thread-local: only this thread's ops count (not those of other threads of the
+      // process), and the autograd engine carries the callback to the threads that run this
+      // thread's backward passes.
+      g_handle = at::addThreadLocalCallback(at::RecordFunctionCallback(&on_start, &on_end)
+                                                .needsInputs(true)
+                                                .scopes({at::RecordScope::FUNCTION}));
     }
     g_ops = 0;
     g_top = 0;

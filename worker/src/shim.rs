@@ -213,7 +213,8 @@ pub struct Counts {
     pub d2h: u64,
 }
 
-/// Counts the ATen ops of every thread (one count at a time: the counters are global). The
+/// Counts the ATen ops of the calling thread, and of the autograd threads that run its backward
+/// passes; other threads' ops are not counted. One count at a time (the totals are global). The
 /// callback slows every op down, so timings are taken without it.
 pub struct Counter;
 
