@@ -94,13 +94,19 @@ fn submit_follow_status_list_report() {
     assert_eq!(list[0]["run_id"], run.as_str());
     assert!(list[0]["best_val_f1"].as_f64().unwrap() > 0.0);
     assert!(list[0]["duration_s"].as_i64().unwrap() >= 1);
-    let out = cmd(&b, &["logs", &run, "--attempt", "5"]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
-    assert!(
-        text(&out.stderr).contains(&format!("--attempt 5: run {run} has 1 attempt(s)")),
-        "{}",
-        text(&out.stderr)
-    );
+    for follow in [false, true] {
+        let mut args = vec!["logs", run.as_str(), "--attempt", "5"];
+        if follow {
+            args.push("-f");
+        }
+        let out = cmd(&b, &args);
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+        assert!(
+            text(&out.stderr).contains(&format!("--attempt 5: run {run} has 1 attempt(s)")),
+            "{}",
+            text(&out.stderr)
+        );
+    }
 
     let out_dir = b._dir.path().join("pulled");
     let out = cmd(&b, &["report", &run, "--out", out_dir.to_str().unwrap()]);

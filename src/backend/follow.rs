@@ -29,6 +29,7 @@ pub async fn follow(
     only: Option<u32>,
     out: Sink<'_>,
 ) -> Result<RunStatus, BackendError> {
+    check_attempt(&s, only)?;
     if s.backend != Backend::Kubernetes {
         return follow_bucket(run, s, target, only, out).await;
     }
@@ -110,15 +111,8 @@ pub async fn read(
     target: &Target,
     attempt: Option<u32>,
 ) -> Result<Option<String>, BackendError> {
+    check_attempt(s, attempt)?;
     let n = attempt.unwrap_or(s.attempts.max(1));
-    if let Some(a) = attempt
-        && (a == 0 || a > s.attempts.max(1))
-    {
-        return Err(BackendError::Invalid(format!(
-            "--attempt {a}: run {} has {} attempt(s), numbered from 1",
-            s.run_id, s.attempts
-        )));
-    }
     if s.backend == Backend::Kubernetes
         && let Ok(cluster) = target.for_run(s.cluster.as_ref()).connect().await
     {
@@ -147,4 +141,15 @@ pub async fn read(
         .get_opt(&keys::log(n))
         .await?
         .map(|b| String::from_utf8_lossy(&b).into_owned()))
+}
+
+/// An attempt the run has made (or is making: its first before it starts).
+fn check_attempt(s: &RunStatus, attempt: Option<u32>) -> Result<(), BackendError> {
+    match attempt {
+        Some(a) if a == 0 || a > s.attempts.max(1) => Err(BackendError::Invalid(format!(
+            "--attempt {a}: run {} has {} attempt(s), numbered from 1",
+            s.run_id, s.attempts
+        ))),
+        _ => Ok(()),
+    }
 }
