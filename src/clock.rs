@@ -9,18 +9,18 @@ pub fn now_rfc3339() -> String {
         .expect("fixed format")
 }
 
+fn parse(t: &str) -> Option<time::OffsetDateTime> {
+    time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+}
+
 /// Unix seconds of an RFC 3339 time (None: not one).
 pub fn seconds_of(t: &str) -> Option<i64> {
-    time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
-        .ok()
-        .map(|t| t.unix_timestamp())
+    parse(t).map(|t| t.unix_timestamp())
 }
 
 /// Seconds from an RFC 3339 time to now (negative: in the future).
 pub fn seconds_since(t: &str) -> Option<f64> {
-    let then =
-        time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()?;
-    Some((time::OffsetDateTime::now_utc() - then).as_seconds_f64())
+    Some((time::OffsetDateTime::now_utc() - parse(t)?).as_seconds_f64())
 }
 
 /// Seconds in a duration such as `90s`, `30m`, `6h`, `1h30m`, `2d`.

@@ -31,7 +31,7 @@ pub async fn follow(
 ) -> Result<RunStatus, BackendError> {
     check_attempt(&s, only)?;
     if s.backend != Backend::Kubernetes {
-        return follow_bucket(run, s, target, only, out).await;
+        return follow_bucket(run, target, only, out).await;
     }
     let cluster = target.for_run(s.cluster.as_ref()).connect().await?;
     let earlier = s.cluster.as_ref().map_or(0, |c| c.earlier_attempts);
@@ -65,7 +65,6 @@ pub async fn follow(
 /// The local backend: the worker's log objects grow in the bucket, one per attempt.
 async fn follow_bucket(
     run: &Store,
-    _: RunStatus,
     target: &Target,
     only: Option<u32>,
     out: Sink<'_>,
@@ -78,18 +77,15 @@ async fn follow_bucket(
             .ok_or_else(|| local::LocalError::NoRun(run.url().to_string()))?;
         // A supervisor that is gone ends the following too (the run is lost).
         let status = refresh(run, status, target).await?;
-        let log = run.get_opt(&keys::log(attempt)).await?;
-        let mut rest = |printed: &mut usize| {
-            if let Some(b) = &log
-                && b.len() > *printed
-            {
-                out(Output::Text(
-                    String::from_utf8_lossy(&b[*printed..]).into_owned(),
-                ));
-                *printed = b.len();
-            }
-        };
-        rest(&mut printed);
+        // Read after the record, so that an attempt the record shows ended is all there.
+        if let Some(b) = run.get_opt(&keys::log(attempt)).await?
+            && b.len() > printed
+        {
+            out(Output::Text(
+                String::from_utf8_lossy(&b[printed..]).into_owned(),
+            ));
+            printed = b.len();
+        }
         if only.is_none() && status.attempts > attempt && status.phase != Phase::Pending {
             // What is left of this attempt's log is out; go on with the next one.
             attempt += 1;

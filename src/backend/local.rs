@@ -170,13 +170,9 @@ pub async fn supervise(run: &Store, run_url: &str) -> Result<Phase, LocalError> 
                 unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
             }
             if beat.elapsed() >= HEARTBEAT {
+                // While its supervisor lives, nobody else writes the record of an active run
+                // (cancel, refresh and resume write it only once the supervisor is gone).
                 beat = Instant::now();
-                // Another writer (a resume, a cancel's end) may have changed the record: beat
-                // into the current one.
-                if let Some(current) = read_status(run).await? {
-                    s.phase = current.phase;
-                    s.reason = current.reason;
-                }
                 s.heartbeat_at = Some(now_rfc3339());
                 write_status(run, &s).await?;
             }
@@ -330,7 +326,7 @@ pub enum Cancelled {
 /// recorded (pid, start time and boot checked); a run with no live supervisor is recorded as
 /// cancelled here, since none will record it.
 pub async fn cancel(run: &Store, grace: Duration) -> Result<Cancelled, LocalError> {
-    let mut s = read_status(run)
+    let s = read_status(run)
         .await?
         .ok_or_else(|| LocalError::NoRun(run.url().to_string()))?;
     if s.phase.is_terminal() && s.phase != Phase::Lost {
@@ -348,7 +344,10 @@ pub async fn cancel(run: &Store, grace: Duration) -> Result<Cancelled, LocalErro
         }
         worker.signal(libc::SIGKILL);
     }
-    if !supervisor_alive(&s) {
+    // A live supervisor records the end itself (it may just have done so and exited): decide on
+    // the record as it is now. One that is gone writes nothing more, so the end is ours to write.
+    let mut s = read_status(run).await?.unwrap_or(s);
+    if (!s.phase.is_terminal() || s.phase == Phase::Lost) && !supervisor_alive(&s) {
         let was = s.phase;
         s.phase = Phase::Cancelled;
         s.reason = Some(if was == Phase::Lost {

@@ -471,8 +471,7 @@ pub async fn refresh_on(
 /// Stops a run: the worker gets SIGTERM and checkpoints; the record says cancelled. Returns
 /// whether a process was signalled (a Job deleted, on Kubernetes).
 pub async fn cancel(run: &Store, status: RunStatus, target: &Target) -> Result<bool, BackendError> {
-    run.put(keys::CANCEL, Bytes::from_static(b"cancelled\n"))
-        .await?;
+    // Each backend writes the cancel marker itself.
     match status.backend {
         Backend::Local => {
             Ok(local::cancel(run, Duration::from_secs(30)).await? == local::Cancelled::Signalled)

@@ -12,7 +12,7 @@ use super::state::{self, Driver, ReadError, SweepState, Trial, TrialState};
 use super::{fmt_num, fmt_value, short_names};
 use crate::backend::{self, BackendError, SubmitOptions, Target};
 use crate::clock::now_rfc3339;
-use crate::layout::{self, run as keys};
+use crate::layout;
 use crate::metrics::{MetricName, MetricsRecord};
 use crate::run::{self, Phase};
 use crate::store::{Store, StoreError};
@@ -105,11 +105,8 @@ pub async fn storage_of(sweep: &Sweep, opts: &DriveOptions) -> Result<String, Sw
 /// The objective metric after each epoch of a run, from its `metrics.jsonl` (epochs 1, 2, …
 /// without gaps; NaN where the worker wrote none).
 pub async fn read_curve(run: &Store, metric: MetricName) -> Result<Vec<f64>, StoreError> {
-    let Some(b) = run.get_opt(keys::METRICS).await? else {
-        return Ok(vec![]);
-    };
     let mut by_epoch: BTreeMap<u32, f64> = BTreeMap::new();
-    for record in crate::metrics::parse_jsonl(&b) {
+    for record in run::read_metrics(run).await? {
         // A diverged epoch's NaN metrics read back as NaN (`json_float`).
         if let MetricsRecord::Epoch { epoch, val, .. } = record {
             by_epoch.insert(epoch, metric.of(&val));

@@ -113,7 +113,6 @@ std::vector<at::Tensor> pick(at::Tensor** ts, const std::vector<size_t>& which) 
 // ---- op counters ----
 
 std::atomic<uint64_t> g_ops{0}, g_top{0}, g_h2d{0}, g_d2h{0};
-std::atomic<bool> g_counting{false};
 std::optional<at::CallbackHandle> g_handle;
 // The ops open on this thread, innermost last (for "is this read made by the caller?").
 thread_local std::vector<const char*> t_open;
@@ -126,7 +125,7 @@ std::unique_ptr<at::ObserverContext> on_start(const at::RecordFunction& fn) {
   const char* parent = depth == 0 ? nullptr : t_open[depth - 1];
   const char* grandparent = depth < 2 ? nullptr : t_open[depth - 2];
   t_open.push_back(name);
-  if (!g_counting.load(std::memory_order_relaxed) || std::strncmp(name, "aten::", 6) != 0) {
+  if (std::strncmp(name, "aten::", 6) != 0) {
     return nullptr;
   }
   g_ops.fetch_add(1, std::memory_order_relaxed);
@@ -268,13 +267,11 @@ char* idc_counters_start() {
     g_top = 0;
     g_h2d = 0;
     g_d2h = 0;
-    g_counting = true;
   });
 }
 
 // Stops counting and removes the callback; writes what was counted since the start.
 void idc_counters_stop(uint64_t* ops, uint64_t* top, uint64_t* h2d, uint64_t* d2h) {
-  g_counting = false;
   if (g_handle.has_value()) {
     at::removeCallback(*g_handle);
     g_handle.reset();
