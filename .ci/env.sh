@@ -90,3 +90,23 @@ idc_browser() {
     export IDC_TEST_REQUIRE_BROWSER=1
   fi
 }
+
+# The real Fashion-MNIST IDX files (Debian's dataset-fashion-mnist, 31 MB, under
+# /usr/share/datasets/fashion-mnist) for the 10-class training test in tests/report_html.rs.
+# Installed when missing and we are root on Debian/Ubuntu; under CI the test must find them:
+# IDC_TEST_REQUIRE_FASHION_MNIST=1.
+idc_fashion_mnist() {
+  if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+      echo "installing dataset-fashion-mnist for the 10-class training test" >&2
+      apt-get install -y --no-install-recommends dataset-fashion-mnist >&2 ||
+        { apt-get update >&2 && apt-get install -y --no-install-recommends dataset-fashion-mnist >&2; } ||
+        echo "could not install dataset-fashion-mnist" >&2
+    else
+      echo "Fashion-MNIST is missing: install it (e.g. sudo apt-get install dataset-fashion-mnist) to train on real 10-class data in the tests" >&2
+    fi
+  fi
+  if [ "${CI:-}" = true ]; then
+    export IDC_TEST_REQUIRE_FASHION_MNIST=1
+  fi
+}

@@ -56,6 +56,7 @@ fn own_code(e: &(dyn std::error::Error + 'static)) -> Option<ExitCode> {
             crate::backend::BackendError,
             crate::backend::kube::cluster::KubeError,
             crate::backend::local::LocalError,
+            crate::dataset::archive::ArchiveError,
             crate::experiment::ManifestError,
             crate::report::ReportError,
             crate::stage::StageError,

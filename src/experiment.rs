@@ -64,10 +64,16 @@ pub struct DatasetRef {
     /// A download to stage (folder or zip), under `<storage>/datasets/<name>`.
     #[serde(default)]
     pub source: Option<String>,
+    /// What the source is (with `source`): `idc` (default), `cifar10` or `idx`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<crate::stage::Format>,
+    /// Class names replacing the archive's, index = label (with an archive `source`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_names: Option<Vec<String>>,
     /// Name of the staged dataset (with `source`; default `idc`).
     #[serde(default)]
     pub name: Option<String>,
-    /// Split options (with `source`).
+    /// Split options (with `source`; for archives only `val` and `seed` apply).
     #[serde(default)]
     pub split: Option<SplitOptions>,
     /// Edge patches smaller than 50x50 (with `source`).
@@ -222,7 +228,38 @@ pub fn parse(text: &str, file: &str) -> Result<Experiment, ManifestError> {
                 Some("a staged dataset keeps the options it was staged with".into()),
             ));
         }
+        (Some(_), None) if d.format.is_some() || d.class_names.is_some() => {
+            return Err(err(
+                locate(&["dataset", "url"]),
+                "dataset.format and dataset.class_names apply only with dataset.source".into(),
+                Some("a staged dataset keeps the format and class names it was staged with".into()),
+            ));
+        }
         _ => {}
+    }
+    let format = d.format.unwrap_or_default();
+    if format.archive().is_some() {
+        let defaults = SplitOptions::default();
+        let fixed = d
+            .split
+            .as_ref()
+            .is_some_and(|s| s.method != defaults.method || s.test != defaults.test);
+        if fixed || d.undersized.is_some() {
+            let name = crate::output::name_of(&format);
+            return Err(err(
+                locate(&["dataset", if fixed { "split" } else { "undersized" }]),
+                format!(
+                    "dataset.split.method, dataset.split.test and dataset.undersized do not apply to format {name}: its official test set is kept"
+                ),
+                Some("give dataset.split.val (a count or a fraction of the training images) and seed".into()),
+            ));
+        }
+    } else if d.class_names.is_some() {
+        return Err(err(
+            locate(&["dataset", "class_names"]),
+            "dataset.class_names applies to archives (format cifar10 or idx); the IDC classes are fixed".into(),
+            None,
+        ));
     }
     if let Some(name) = &d.name
         && let Some(why) = bad_name(name)
@@ -494,5 +531,40 @@ mod tests {
         ] {
             assert!(s.contains(field), "schema lacks {field}");
         }
+    }
+
+    #[test]
+    fn archive_sources_refuse_options_that_do_not_apply() {
+        let base = "apiVersion: idc/v1\nkind: Experiment\nname: c\ndataset:\n  source: ./cifar-10-python.tar.gz\n  format: cifar10\n";
+        assert!(
+            parse(
+                &format!("{base}  split: {{val: 5000, seed: 1}}\n"),
+                "e.yaml"
+            )
+            .is_ok()
+        );
+        let e = parse(
+            &format!("{base}  split: {{val: 5000, test: 100}}\n"),
+            "e.yaml",
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().starts_with("e.yaml:7:3: dataset.split.method, dataset.split.test and dataset.undersized do not apply to format cifar10"),
+            "{e}"
+        );
+        let idc = "apiVersion: idc/v1\nkind: Experiment\nname: c\ndataset:\n  source: ./archive.zip\n  class_names: [a, b]\n";
+        let e = parse(idc, "e.yaml").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("dataset.class_names applies to archives"),
+            "{e}"
+        );
+        let url = "apiVersion: idc/v1\nkind: Experiment\nname: c\ndataset:\n  url: file:///tmp/d\n  format: idx\n";
+        let e = parse(url, "e.yaml").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("dataset.format and dataset.class_names apply only with dataset.source"),
+            "{e}"
+        );
     }
 }

@@ -1,5 +1,6 @@
-//! Binary classification metrics, the metrics record (`metrics.jsonl`) and the evaluation report
-//! (`report.json`): computed by the worker, read by idcctl.
+//! Classification metrics (binary for IDC's two classes, K-class otherwise), the metrics record
+//! (`metrics.jsonl`) and the evaluation report (`report.json`): computed by the worker, read by
+//! idcctl.
 
 use serde::{Deserialize, Serialize};
 
@@ -61,8 +62,31 @@ pub enum MetricName {
 }
 
 impl MetricName {
-    /// The value of this metric in `m`.
-    pub fn of(self, m: &BinaryMetrics) -> f64 {
+    /// The value of this metric in `m` (for K classes: the macro average where it is per class).
+    pub fn of(self, m: &Metrics) -> f64 {
+        match m {
+            Metrics::Binary(b) => self.of_binary(b),
+            Metrics::Multiclass(k) => self.of_multiclass(k),
+        }
+    }
+
+    /// The value of this metric in binary metrics.
+    pub fn of_binary(self, m: &BinaryMetrics) -> f64 {
+        match self {
+            MetricName::Loss => m.loss,
+            MetricName::Accuracy => m.accuracy,
+            MetricName::BalancedAccuracy => m.balanced_accuracy,
+            MetricName::Precision => m.precision,
+            MetricName::Recall => m.recall,
+            MetricName::Specificity => m.specificity,
+            MetricName::F1 => m.f1,
+            MetricName::RocAuc => m.roc_auc,
+            MetricName::PrAuc => m.pr_auc,
+        }
+    }
+
+    /// The value of this metric in K-class metrics: per-class scores macro-averaged.
+    pub fn of_multiclass(self, m: &MulticlassMetrics) -> f64 {
         match self {
             MetricName::Loss => m.loss,
             MetricName::Accuracy => m.accuracy,
@@ -108,6 +132,311 @@ impl MetricName {
             MetricName::PrAuc => "PR-AUC",
         }
     }
+
+    /// Its name for K-class metrics, where the per-class scores are macro-averaged.
+    pub fn label_multiclass(self) -> &'static str {
+        match self {
+            MetricName::Precision => "macro precision",
+            MetricName::Recall => "macro recall",
+            MetricName::Specificity => "macro specificity",
+            MetricName::F1 => "macro F1",
+            MetricName::RocAuc => "macro ROC-AUC (one-vs-rest)",
+            MetricName::PrAuc => "macro PR-AUC (one-vs-rest)",
+            other => other.label(),
+        }
+    }
+
+    /// Its name for `m`'s kind of metrics.
+    pub fn label_for(self, m: &Metrics) -> &'static str {
+        match m {
+            Metrics::Binary(_) => self.label(),
+            Metrics::Multiclass(_) => self.label_multiclass(),
+        }
+    }
+}
+
+/// The metrics of one evaluation: binary (two classes, thresholded probability of class 1) or
+/// K-class (argmax). Serialized as the inner struct alone, so binary records read as before.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Metrics {
+    Binary(BinaryMetrics),
+    Multiclass(MulticlassMetrics),
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::Binary(BinaryMetrics::default())
+    }
+}
+
+impl Metrics {
+    /// The binary metrics, for two classes.
+    pub fn binary(&self) -> Option<&BinaryMetrics> {
+        match self {
+            Metrics::Binary(b) => Some(b),
+            Metrics::Multiclass(_) => None,
+        }
+    }
+
+    /// The K-class metrics, for more than two classes.
+    pub fn multiclass(&self) -> Option<&MulticlassMetrics> {
+        match self {
+            Metrics::Binary(_) => None,
+            Metrics::Multiclass(m) => Some(m),
+        }
+    }
+
+    /// Number of examples evaluated.
+    pub fn count(&self) -> u64 {
+        match self {
+            Metrics::Binary(b) => b.count,
+            Metrics::Multiclass(m) => m.count,
+        }
+    }
+
+    /// The value of `name` ([`MetricName::of`]).
+    pub fn value(&self, name: MetricName) -> f64 {
+        name.of(self)
+    }
+
+    /// Examples of true class `t` predicted as `p`, as a K x K matrix (binary: at its threshold).
+    pub fn confusion_matrix(&self) -> Vec<Vec<u64>> {
+        match self {
+            Metrics::Binary(b) => vec![
+                vec![b.confusion.tn, b.confusion.fp],
+                vec![b.confusion.fn_, b.confusion.tp],
+            ],
+            Metrics::Multiclass(m) => m.confusion.clone(),
+        }
+    }
+}
+
+impl std::fmt::Display for Metrics {
+    /// One line for logs and `idcctl status`: `loss 0.3120 acc 0.8811 bal-acc 0.8702 F1 0.8015
+    /// AUC 0.9402` (K classes: macro F1 and top-3 accuracy instead of F1 and AUC).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Metrics::Binary(m) => write!(
+                f,
+                "loss {:.4} acc {:.4} bal-acc {:.4} F1 {:.4} AUC {:.4}",
+                m.loss, m.accuracy, m.balanced_accuracy, m.f1, m.roc_auc
+            ),
+            Metrics::Multiclass(m) => {
+                write!(
+                    f,
+                    "loss {:.4} acc {:.4} bal-acc {:.4} macro-F1 {:.4}",
+                    m.loss, m.accuracy, m.balanced_accuracy, m.f1
+                )?;
+                if let Some(t) = m.top_k.first() {
+                    write!(f, " top-{} {:.4}", t.k, t.accuracy)?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl From<BinaryMetrics> for Metrics {
+    fn from(m: BinaryMetrics) -> Self {
+        Metrics::Binary(m)
+    }
+}
+
+impl From<MulticlassMetrics> for Metrics {
+    fn from(m: MulticlassMetrics) -> Self {
+        Metrics::Multiclass(m)
+    }
+}
+
+/// Precision, recall, F1 and support of one class (one-vs-rest).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClassScores {
+    #[serde(with = "crate::json_float")]
+    pub precision: f64,
+    #[serde(with = "crate::json_float")]
+    pub recall: f64,
+    #[serde(with = "crate::json_float")]
+    pub f1: f64,
+    /// Examples of this class.
+    pub support: u64,
+    /// One-vs-rest ROC-AUC of its probability (NaN when the class is absent or alone).
+    #[serde(with = "crate::json_float")]
+    pub roc_auc: f64,
+}
+
+/// Top-k accuracy: the true class among the k most probable.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct TopK {
+    pub k: u32,
+    #[serde(with = "crate::json_float")]
+    pub accuracy: f64,
+}
+
+/// Every metric of one K-class evaluation, predictions by argmax. `precision`, `recall`,
+/// `specificity`, `f1`, `roc_auc` and `pr_auc` are macro averages (unweighted means over the
+/// classes, one-vs-rest); `weighted_*` weigh each class by its support.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MulticlassMetrics {
+    pub count: u64,
+    #[serde(with = "crate::json_float")]
+    pub loss: f64,
+    #[serde(with = "crate::json_float")]
+    pub accuracy: f64,
+    /// The mean of per-class recall.
+    #[serde(with = "crate::json_float")]
+    pub balanced_accuracy: f64,
+    #[serde(with = "crate::json_float")]
+    pub precision: f64,
+    #[serde(with = "crate::json_float")]
+    pub recall: f64,
+    #[serde(with = "crate::json_float")]
+    pub specificity: f64,
+    #[serde(with = "crate::json_float")]
+    pub f1: f64,
+    #[serde(with = "crate::json_float")]
+    pub weighted_precision: f64,
+    #[serde(with = "crate::json_float")]
+    pub weighted_recall: f64,
+    #[serde(with = "crate::json_float")]
+    pub weighted_f1: f64,
+    /// Over the classes present with at least one other class (one-vs-rest).
+    #[serde(with = "crate::json_float")]
+    pub roc_auc: f64,
+    #[serde(with = "crate::json_float")]
+    pub pr_auc: f64,
+    /// Top-3 and top-5 accuracy, where there are more classes than k.
+    pub top_k: Vec<TopK>,
+    /// Index = class.
+    pub per_class: Vec<ClassScores>,
+    /// `confusion[true][predicted]`.
+    pub confusion: Vec<Vec<u64>>,
+}
+
+/// The k of the top-k accuracies reported (those below the number of classes).
+pub const TOP_K: [u32; 2] = [3, 5];
+
+/// The predicted class (argmax; the lowest index wins a tie) of each row of `probs`, `k` per row.
+pub fn argmax_rows(probs: &[f32], k: usize) -> Vec<u8> {
+    probs
+        .chunks_exact(k)
+        .map(|row| {
+            let mut best = 0;
+            for (c, &p) in row.iter().enumerate() {
+                if p > row[best] {
+                    best = c;
+                }
+            }
+            best as u8
+        })
+        .collect()
+}
+
+/// All K-class metrics of `probs` (`labels.len()` rows of `k` class probabilities, row-major)
+/// against `labels`; `loss` is passed through.
+pub fn evaluate_multiclass(probs: &[f32], labels: &[u8], k: usize, loss: f64) -> MulticlassMetrics {
+    assert_eq!(probs.len(), labels.len() * k, "k probabilities per label");
+    let n = labels.len();
+    let pred = argmax_rows(probs, k);
+    let mut confusion = vec![vec![0u64; k]; k];
+    for (&y, &p) in labels.iter().zip(&pred) {
+        confusion[y as usize][p as usize] += 1;
+    }
+    let correct: u64 = (0..k).map(|c| confusion[c][c]).sum();
+    let mut per_class = Vec::with_capacity(k);
+    let (mut aucs, mut aps, mut specs) = (vec![], vec![], vec![]);
+    let mut column = vec![0f32; n];
+    for c in 0..k {
+        let tp = confusion[c][c];
+        let support: u64 = confusion[c].iter().sum();
+        let predicted: u64 = (0..k).map(|t| confusion[t][c]).sum();
+        let precision = ratio(tp, predicted);
+        let recall = ratio(tp, support);
+        let f1 = if precision + recall == 0.0 {
+            0.0
+        } else {
+            2.0 * precision * recall / (precision + recall)
+        };
+        let negatives = n as u64 - support;
+        specs.push(ratio(negatives - (predicted - tp), negatives));
+        let is_c: Vec<u8> = labels.iter().map(|&y| u8::from(y as usize == c)).collect();
+        for (i, p) in column.iter_mut().enumerate() {
+            *p = probs[i * k + c];
+        }
+        let roc_auc = if support == 0 || support == n as u64 {
+            f64::NAN
+        } else {
+            let a = roc_auc(&column, &is_c);
+            aucs.push(a);
+            aps.push(average_precision(&column, &is_c));
+            a
+        };
+        per_class.push(ClassScores {
+            precision,
+            recall,
+            f1,
+            support,
+            roc_auc,
+        });
+    }
+    let mean = |v: &mut dyn Iterator<Item = f64>, len: usize| {
+        if len == 0 {
+            f64::NAN
+        } else {
+            v.sum::<f64>() / len as f64
+        }
+    };
+    let weighted = |f: &dyn Fn(&ClassScores) -> f64| {
+        if n == 0 {
+            0.0
+        } else {
+            per_class
+                .iter()
+                .map(|s| f(s) * s.support as f64)
+                .sum::<f64>()
+                / n as f64
+        }
+    };
+    let top_k = TOP_K
+        .iter()
+        .filter(|&&t| (t as usize) < k)
+        .map(|&t| TopK {
+            k: t,
+            accuracy: top_k_accuracy(probs, labels, k, t as usize),
+        })
+        .collect();
+    MulticlassMetrics {
+        count: n as u64,
+        loss,
+        accuracy: ratio(correct, n as u64),
+        balanced_accuracy: mean(&mut per_class.iter().map(|s| s.recall), k),
+        precision: mean(&mut per_class.iter().map(|s| s.precision), k),
+        recall: mean(&mut per_class.iter().map(|s| s.recall), k),
+        specificity: mean(&mut specs.iter().copied(), k),
+        f1: mean(&mut per_class.iter().map(|s| s.f1), k),
+        weighted_precision: weighted(&|s| s.precision),
+        weighted_recall: weighted(&|s| s.recall),
+        weighted_f1: weighted(&|s| s.f1),
+        roc_auc: mean(&mut aucs.iter().copied(), aucs.len()),
+        pr_auc: mean(&mut aps.iter().copied(), aps.len()),
+        top_k,
+        per_class,
+        confusion,
+    }
+}
+
+/// The fraction of rows whose true class is among the `t` most probable: fewer than `t` classes
+/// are strictly more probable than it (ties go in its favour).
+pub fn top_k_accuracy(probs: &[f32], labels: &[u8], k: usize, t: usize) -> f64 {
+    let hits = probs
+        .chunks_exact(k)
+        .zip(labels)
+        .filter(|(row, y)| {
+            let p = row[**y as usize];
+            row.iter().filter(|&&q| q > p).count() < t
+        })
+        .count();
+    ratio(hits as u64, labels.len() as u64)
 }
 
 /// The records of a `metrics.jsonl`, in order; a line that is not a record (a torn last line
@@ -288,7 +617,7 @@ pub enum MetricsRecord {
         train_loss: f64,
         #[serde(with = "crate::json_float")]
         lr: f64,
-        val: BinaryMetrics,
+        val: Metrics,
         #[serde(with = "crate::json_float")]
         duration_s: f64,
         #[serde(with = "crate::json_float")]
@@ -297,9 +626,10 @@ pub enum MetricsRecord {
     },
 }
 
-/// The evaluation report (`report.json`).
+/// The evaluation report (`report.json`), generic over its metrics: [`AnyReport`] (any number of
+/// classes) is what idcctl reads; `Report` alone reads a two-class (IDC) report.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Report {
+pub struct Report<M = BinaryMetrics> {
     pub run_id: String,
     pub dataset_id: String,
     pub model: String,
@@ -307,14 +637,18 @@ pub struct Report {
     /// Epoch whose checkpoint was evaluated (the best on validation).
     pub best_epoch: u32,
     pub epochs_run: u32,
-    /// Test metrics at 0.5.
-    pub test: BinaryMetrics,
-    /// Test metrics at the F1-optimal threshold chosen on validation.
-    pub test_at_val_threshold: BinaryMetrics,
-    pub val: BinaryMetrics,
-    /// ROC curve on test: `(fpr, tpr, threshold)`, thinned.
+    /// Class names, index = label (reports written before this field: the two IDC classes).
+    #[serde(default = "idc_classes")]
+    pub classes: Vec<String>,
+    /// Test metrics (two classes: at 0.5).
+    pub test: M,
+    /// Two classes: test metrics at the F1-optimal threshold chosen on validation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_at_val_threshold: Option<BinaryMetrics>,
+    pub val: M,
+    /// Two classes: ROC curve on test, `(fpr, tpr, threshold)`, thinned.
     pub roc: Vec<(f64, f64, f64)>,
-    /// Precision-recall curve on test: `(recall, precision, threshold)`, thinned.
+    /// Two classes: precision-recall curve on test, `(recall, precision, threshold)`, thinned.
     pub pr: Vec<(f64, f64, f64)>,
     #[serde(with = "crate::json_float")]
     pub train_seconds: f64,
@@ -323,11 +657,30 @@ pub struct Report {
     /// The training spec as run.
     pub config: serde_json::Value,
     pub finished_at: String,
-    /// The most confidently misclassified test patches at 0.5: up to
-    /// [`MISCLASSIFIED_PER_KIND`] false positives, then as many false negatives (empty in
-    /// reports written before this field existed).
+    /// The most confidently misclassified test patches: two classes, at 0.5, up to
+    /// [`MISCLASSIFIED_PER_KIND`] false positives, then as many false negatives; K classes, up
+    /// to twice that many, most confident first (empty in reports written before this field).
     #[serde(default)]
     pub misclassified: Vec<Misclassified>,
+}
+
+fn idc_classes() -> Vec<String> {
+    crate::dataset::manifest::IDC_CLASSES
+        .map(String::from)
+        .to_vec()
+}
+
+/// A report of any number of classes.
+pub type AnyReport = Report<Metrics>;
+
+impl<M> Report<M> {
+    /// The name of class `c` (its number if the report has no such class).
+    pub fn class_name(&self, c: u8) -> String {
+        self.classes
+            .get(c as usize)
+            .cloned()
+            .unwrap_or_else(|| c.to_string())
+    }
 }
 
 /// How many false positives, and how many false negatives, a report keeps.
@@ -341,6 +694,8 @@ pub enum ErrorKind {
     FalsePositive,
     /// IDC, predicted no IDC.
     FalseNegative,
+    /// K classes: predicted as another class.
+    WrongClass,
 }
 
 /// A misclassified test patch and where its pixels are in the staged dataset.
@@ -354,10 +709,43 @@ pub struct Misclassified {
     pub patient: u32,
     pub x: u32,
     pub y: u32,
-    /// True label (0 no IDC, 1 IDC).
+    /// True label (IDC: 0 no IDC, 1 IDC).
     pub label: u8,
-    /// Predicted probability of IDC.
+    /// Two classes: the predicted probability of IDC; K classes: that of the predicted class.
     pub probability: f64,
+    /// The predicted class (absent in binary reports written before this field; see
+    /// [`Misclassified::predicted_class`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub predicted: Option<u8>,
+}
+
+impl Misclassified {
+    /// The predicted class.
+    pub fn predicted_class(&self) -> u8 {
+        self.predicted.unwrap_or(match self.error {
+            ErrorKind::FalsePositive => 1,
+            ErrorKind::FalseNegative | ErrorKind::WrongClass => 0,
+        })
+    }
+}
+
+/// K classes: the `max` most confidently misclassified rows of `probs` (`k` per row), by
+/// descending probability of the predicted class (ties keep index order). Returns (index,
+/// predicted class, its probability).
+pub fn most_confident_confusions(
+    probs: &[f32],
+    labels: &[u8],
+    k: usize,
+    max: usize,
+) -> Vec<(usize, u8, f32)> {
+    let pred = argmax_rows(probs, k);
+    let mut wrong: Vec<(usize, u8, f32)> = (0..labels.len())
+        .filter(|&i| pred[i] != labels[i])
+        .map(|i| (i, pred[i], probs[i * k + pred[i] as usize]))
+        .collect();
+    wrong.sort_by(|a, b| b.2.total_cmp(&a.2));
+    wrong.truncate(max);
+    wrong
 }
 
 /// The most confidently misclassified of `probs` against `labels` at `threshold` (predicted
@@ -536,8 +924,12 @@ mod tests {
             "train_seconds": 1.0, "train_images_per_s": 1.0, "config": {},
             "finished_at": "2026-01-01T00:00:00Z"
         });
-        let r: Report = serde_json::from_value(old).unwrap();
+        let r: AnyReport = serde_json::from_value(old.clone()).unwrap();
+        let binary: Report = serde_json::from_value(old).unwrap();
+        assert_eq!(binary.test, BinaryMetrics::default());
         assert!(r.misclassified.is_empty());
+        assert_eq!(r.classes, ["no IDC", "IDC"], "old reports are IDC's");
+        assert!(r.test.binary().is_some() && r.test_at_val_threshold.is_some());
         let m = Misclassified {
             error: ErrorKind::FalseNegative,
             shard: "shards/test-00000.idcs".into(),
@@ -547,10 +939,16 @@ mod tests {
             y: 51,
             label: 1,
             probability: 0.01,
+            predicted: None,
         };
         let v = serde_json::to_value(&m).unwrap();
         assert_eq!(v["error"], "false_negative");
+        assert!(
+            v.get("predicted").is_none(),
+            "binary entries keep their shape"
+        );
         assert_eq!(serde_json::from_value::<Misclassified>(v).unwrap(), m);
+        assert_eq!(m.predicted_class(), 0);
     }
 
     #[test]
@@ -565,7 +963,7 @@ mod tests {
             epoch: 2,
             train_loss: f64::NAN,
             lr: 0.1,
-            val: val.clone(),
+            val: val.clone().into(),
             duration_s: 1.0,
             images_per_s: 10.0,
             best: false,
@@ -581,22 +979,27 @@ mod tests {
             panic!("unreadable: {line}");
         };
         assert_eq!(epoch, 2);
+        let back = back
+            .binary()
+            .expect("binary metrics read back as binary")
+            .clone();
         assert!(train_loss.is_nan() && back.roc_auc.is_nan() && back.f1.is_nan());
         assert_eq!(back.loss, f64::INFINITY);
         // What earlier workers wrote for NaN: null.
         let old = line.replace(r#""loss":"Infinity""#, r#""loss":null"#);
         assert!(serde_json::from_str::<MetricsRecord>(&old).is_ok(), "{old}");
 
-        let report = Report {
+        let report = AnyReport {
             run_id: "r".into(),
             dataset_id: "d".into(),
             model: "logreg".into(),
             device: "Cpu".into(),
             best_epoch: 1,
             epochs_run: 1,
-            test: val.clone(),
-            test_at_val_threshold: val.clone(),
-            val,
+            classes: idc_classes(),
+            test: val.clone().into(),
+            test_at_val_threshold: Some(val.clone()),
+            val: val.into(),
             roc: vec![],
             pr: vec![],
             train_seconds: 1.0,
@@ -606,7 +1009,104 @@ mod tests {
             misclassified: vec![],
         };
         let json = serde_json::to_vec(&report).unwrap();
-        let back: Report = serde_json::from_slice(&json).unwrap();
-        assert!(back.test.roc_auc.is_nan() && back.train_images_per_s.is_nan());
+        let back: AnyReport = serde_json::from_slice(&json).unwrap();
+        assert!(back.test.value(MetricName::RocAuc).is_nan() && back.train_images_per_s.is_nan());
+    }
+
+    /// Three classes, six examples; predictions by argmax.
+    fn three_class() -> (Vec<f32>, Vec<u8>) {
+        #[rustfmt::skip]
+        let probs = vec![
+            0.7, 0.2, 0.1, // true 0, predicted 0
+            0.5, 0.4, 0.1, // true 1, predicted 0
+            0.1, 0.8, 0.1, // true 1, predicted 1
+            0.2, 0.2, 0.6, // true 2, predicted 2
+            0.3, 0.3, 0.4, // true 0, predicted 2
+            0.1, 0.6, 0.3, // true 2, predicted 1
+        ];
+        (probs, vec![0, 1, 1, 2, 0, 2])
+    }
+
+    #[test]
+    fn multiclass_hand_computed_case() {
+        let (probs, labels) = three_class();
+        let m = evaluate_multiclass(&probs, &labels, 3, 0.9);
+        assert_eq!(
+            m.confusion,
+            vec![vec![1, 0, 1], vec![1, 1, 0], vec![0, 1, 1]]
+        );
+        assert!(close(m.accuracy, 0.5));
+        // Each class: precision 1/2, recall 1/2 (one of its two, one of two predicted).
+        for c in &m.per_class {
+            assert!(close(c.precision, 0.5) && close(c.recall, 0.5) && close(c.f1, 0.5));
+            assert_eq!(c.support, 2);
+        }
+        assert!(close(m.f1, 0.5) && close(m.weighted_f1, 0.5) && close(m.balanced_accuracy, 0.5));
+        // Specificity of class 0: of the 4 others, 1 was predicted 0.
+        assert!(close(m.specificity, 0.75));
+        // One-vs-rest AUC of class 0: scores 0.7, 0.3 against 0.5, 0.1, 0.2, 0.1: 7 of 8 pairs.
+        assert!(close(m.per_class[0].roc_auc, 7.0 / 8.0));
+        assert!(close(
+            m.roc_auc,
+            m.per_class.iter().map(|c| c.roc_auc).sum::<f64>() / 3.0
+        ));
+        assert_eq!(m.top_k, vec![], "no top-3 with three classes");
+        assert_eq!(m.loss, 0.9);
+        let metrics = Metrics::from(m.clone());
+        assert_eq!(MetricName::F1.of(&metrics), m.f1);
+        assert_eq!(MetricName::F1.label_for(&metrics), "macro F1");
+        assert_eq!(metrics.confusion_matrix(), m.confusion);
+    }
+
+    #[test]
+    fn multiclass_against_scikit_learn() {
+        // Ten classes, 200 rows; data and expected values from tests/fixtures/sklearn_multiclass.py
+        // (scikit-learn's accuracy_score, precision/recall/f1_score macro and weighted,
+        // balanced_accuracy_score, roc_auc_score ovr macro, top_k_accuracy_score k=3 and 5).
+        let f: serde_json::Value =
+            serde_json::from_str(include_str!("../tests/fixtures/sklearn_multiclass.json"))
+                .unwrap();
+        let labels: Vec<u8> = serde_json::from_value(f["labels"].clone()).unwrap();
+        let probs: Vec<f32> = serde_json::from_value(f["probs"].clone()).unwrap();
+        let m = evaluate_multiclass(&probs, &labels, 10, 0.0);
+        let e = &f["expected"];
+        for (name, got) in [
+            ("accuracy", m.accuracy),
+            ("balanced_accuracy", m.balanced_accuracy),
+            ("macro_precision", m.precision),
+            ("macro_recall", m.recall),
+            ("macro_f1", m.f1),
+            ("weighted_precision", m.weighted_precision),
+            ("weighted_recall", m.weighted_recall),
+            ("weighted_f1", m.weighted_f1),
+            ("roc_auc_ovr_macro", m.roc_auc),
+            ("top3", m.top_k[0].accuracy),
+            ("top5", m.top_k[1].accuracy),
+        ] {
+            let want = e[name].as_f64().unwrap();
+            assert!(
+                (got - want).abs() < 1e-6,
+                "{name}: {got}, scikit-learn {want}"
+            );
+        }
+        let confusion: Vec<Vec<u64>> = serde_json::from_value(e["confusion"].clone()).unwrap();
+        assert_eq!(m.confusion, confusion);
+    }
+
+    #[test]
+    fn multiclass_metrics_round_trip_and_stay_apart_from_binary() {
+        let (probs, labels) = three_class();
+        let m = Metrics::from(evaluate_multiclass(&probs, &labels, 3, f64::NAN));
+        let json = serde_json::to_string(&m).unwrap();
+        let back: Metrics = serde_json::from_str(&json).unwrap();
+        assert!(back.multiclass().is_some(), "{json}");
+        assert!(back.value(MetricName::Loss).is_nan());
+        let b = Metrics::from(evaluate(&[0.9, 0.1], &[1, 0], 0.5, 0.1));
+        let back: Metrics = serde_json::from_str(&serde_json::to_string(&b).unwrap()).unwrap();
+        assert_eq!(back, b);
+        assert_eq!(
+            most_confident_confusions(&probs, &labels, 3, 8),
+            vec![(5, 1, 0.6), (1, 0, 0.5), (4, 2, 0.4)]
+        );
     }
 }

@@ -33,6 +33,9 @@ const SKIPPED_SHOWN: usize = 10;
 
 /// The summary of a staged dataset: splits, classes, what was padded or skipped and why.
 pub fn dataset_table(m: &DatasetManifest) -> String {
+    if !m.is_binary() || m.source.kind.is_archive() {
+        return class_table(m);
+    }
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED);
     t.set_header([
@@ -135,6 +138,68 @@ pub fn dataset_table(m: &DatasetManifest) -> String {
         }
     }
     out
+}
+
+/// The summary of a K-class (or archive) dataset: images per class and split, the split rule,
+/// the image shape and statistics.
+fn class_table(m: &DatasetManifest) -> String {
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED);
+    t.set_header(["class", "train", "val", "test", "total", "weight"]);
+    let all = m.class_counts();
+    let split = |s: Split| m.splits.get(&s).cloned().unwrap_or_default();
+    for (c, total) in all.iter().enumerate() {
+        let mut row = vec![format!(
+            "{c} {}",
+            m.classes.get(c).map_or("", |n| n.as_str())
+        )];
+        row.extend(Split::ALL.map(|s| split(s).count_of(c).to_string()));
+        row.push(total.to_string());
+        row.push(format!(
+            "{:.4}",
+            m.class_weights.get(c).copied().unwrap_or(0.0)
+        ));
+        t.add_row(row);
+    }
+    let mut row = vec!["images".to_string()];
+    row.extend(Split::ALL.map(|s| split(s).records.to_string()));
+    row.push(m.records().to_string());
+    row.push(String::new());
+    t.add_row(row);
+    let o = &m.options.split;
+    let rule = if m.source.kind.is_archive() {
+        format!(
+            "official test set ({}), validation {} of the training images (stratified by class, seed {})",
+            o.test, o.val, o.seed
+        )
+    } else {
+        format!(
+            "{:?}, val {}, test {}, seed {}",
+            o.method, o.val, o.test, o.seed
+        )
+    };
+    let stats = |v: &[f64]| {
+        v.iter()
+            .map(|x| format!("{x:.4}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let bytes: u64 = m.shards.iter().map(|s| s.bytes).sum();
+    format!(
+        "dataset {}  (staged {} by {})\nsource  {} ({}, {} files seen)\nimages  {} ({} classes)   split {rule}\n{t}\ntrain mean {}   std {}   shards {} ({:.1} MB)\n",
+        m.id,
+        m.created_at,
+        m.staged_by,
+        m.source.path,
+        name_of(&m.source.kind),
+        m.source.files_seen,
+        m.image.shape(),
+        m.num_classes(),
+        stats(&m.mean),
+        stats(&m.std),
+        m.shards.len(),
+        bytes as f64 / 1e6
+    )
 }
 
 /// The name serde gives a unit enum variant (`patient`, `zip`, `pad`).

@@ -2,7 +2,7 @@
 //! backend and by the commands that read runs, and what `status` and `list` show of them.
 
 use crate::layout;
-use crate::metrics::{BinaryMetrics, MetricsRecord};
+use crate::metrics::{MetricName, Metrics, MetricsRecord};
 use crate::process::ProcessRef;
 use crate::store::{Store, StoreError};
 use bytes::Bytes;
@@ -141,7 +141,7 @@ pub struct Progress {
 #[derive(Debug, Clone, Serialize)]
 pub struct EpochSeen {
     pub epoch: u32,
-    pub val: BinaryMetrics,
+    pub val: Metrics,
     #[serde(skip)]
     pub duration_s: f64,
 }
@@ -190,6 +190,7 @@ pub struct Summary {
     pub phase: Phase,
     pub model: String,
     pub backend: crate::experiment::Backend,
+    /// The best validation F1 of its epochs (macro F1 for K classes).
     pub best_val_f1: Option<f64>,
     /// From start to end (or now, while it runs).
     pub duration_s: Option<i64>,
@@ -201,7 +202,8 @@ impl Summary {
         let best_val_f1 = metrics
             .iter()
             .filter_map(|m| match m {
-                MetricsRecord::Epoch { val, .. } => Some(val.f1),
+                // Macro F1 for K classes.
+                MetricsRecord::Epoch { val, .. } => Some(MetricName::F1.of(val)),
                 _ => None,
             })
             .fold(None, |a: Option<f64>, f| Some(a.map_or(f, |a| a.max(f))));

@@ -1,45 +1,101 @@
-//! The shard format: fixed-size patch records behind a versioned header.
+//! The shard format: fixed-size image records behind a versioned header.
 //!
-//! A shard is one object holding many patches of one split, so that a worker reads a dataset with
+//! A shard is one object holding many images of one split, so that a worker reads a dataset with
 //! a few large sequential reads and no image decoding. Layout (all integers little-endian):
 //!
 //! ```text
 //! header, 64 bytes:
 //!   0  magic        b"IDCSHARD"
-//!   8  version      u16   (FORMAT_VERSION)
+//!   8  version      u16   (FORMAT_VERSION; version 1 is still read)
 //!  10  header_len   u16   (64)
-//!  12  record_len   u32   (RECORD_LEN)
+//!  12  record_len   u32   (16 + height * width * channels)
 //!  16  count        u64   number of records
-//!  24  height       u16, width u16, channels u16, reserved u16
+//!  24  height u16, width u16, channels u16
+//!  30  classes      u16   number of classes (version 1: reserved 0, meaning the two IDC classes)
 //!  32  split        u8    (0 train, 1 val, 2 test), then 31 reserved zero bytes
-//! record, RECORD_LEN bytes, `count` times:
-//!   0  label        u8    (0 no IDC, 1 IDC)
+//! record, record_len bytes, `count` times:
+//!   0  label        u8    (class index; IDC: 0 no IDC, 1 IDC)
 //!   1  flags        u8    (bit 0: padded from a smaller edge patch)
 //!   2  reserved     u16
-//!   4  patient      u32
-//!   8  x            u32
-//!  12  y            u32
-//!  16  pixels       50*50*3 u8, row-major HWC, RGB
+//!   4  patient      u32   (IDC: the patient; archives: 0)
+//!   8  x            u32   (IDC: the patch's x; archives: the image's index in its official set)
+//!  12  y            u32   (IDC: the patch's y; archives: 0 for the training set, 1 for test)
+//!  16  pixels       height * width * channels u8, row-major HWC (RGB, or one gray channel)
 //! ```
 //!
-//! Integrity is checked with the SHA-256 of the whole shard, kept in the dataset manifest.
+//! Version 1 is the same layout fixed at 50x50x3 and two classes. Integrity is checked with the
+//! SHA-256 of the whole shard, kept in the dataset manifest.
 
 use crate::dataset::split::Split;
-use crate::{CHANNELS, PATCH_BYTES, PATCH_SIZE};
+use crate::{CHANNELS, PATCH_SIZE};
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 /// Version of the shard layout above; bumped on any incompatible change.
-pub const FORMAT_VERSION: u16 = 1;
+pub const FORMAT_VERSION: u16 = 2;
+/// The versions this build reads.
+pub const READABLE_VERSIONS: [u16; 2] = [1, 2];
 /// Magic bytes that open every shard.
 pub const MAGIC: &[u8; 8] = b"IDCSHARD";
 /// Length of the header.
 pub const HEADER_LEN: usize = 64;
 /// Length of a record's fixed fields before the pixels.
 pub const RECORD_META_LEN: usize = 16;
-/// Length of one record.
-pub const RECORD_LEN: usize = RECORD_META_LEN + PATCH_BYTES;
 /// Record flag: the patch was smaller than 50x50 and was padded.
 pub const FLAG_PADDED: u8 = 1;
+
+/// The shape of every image of a dataset: height, width, channels (HWC uint8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Shape {
+    pub height: u32,
+    pub width: u32,
+    pub channels: u32,
+}
+
+impl Shape {
+    /// A 50x50 RGB IDC patch.
+    pub const IDC: Shape = Shape {
+        height: PATCH_SIZE as u32,
+        width: PATCH_SIZE as u32,
+        channels: CHANNELS as u32,
+    };
+
+    /// Bytes of one image's pixels.
+    pub fn pixel_bytes(self) -> usize {
+        self.height as usize * self.width as usize * self.channels as usize
+    }
+
+    /// Bytes of one record of this shape.
+    pub fn record_len(self) -> usize {
+        RECORD_META_LEN + self.pixel_bytes()
+    }
+}
+
+impl std::fmt::Display for Shape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}x{}x{}", self.height, self.width, self.channels)
+    }
+}
+
+/// What every record of a shard is: its image shape and how many classes its labels index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    pub shape: Shape,
+    pub classes: u16,
+}
+
+impl Layout {
+    /// The IDC layout: 50x50 RGB patches, two classes.
+    pub const IDC: Layout = Layout {
+        shape: Shape::IDC,
+        classes: 2,
+    };
+
+    /// Bytes of one record.
+    pub fn record_len(self) -> usize {
+        self.shape.record_len()
+    }
+}
 
 /// Why a shard could not be read.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -47,7 +103,7 @@ pub enum ShardError {
     #[error("not an idc shard (bad magic bytes)")]
     BadMagic,
     #[error(
-        "shard format version {found} is not supported (this build reads version {FORMAT_VERSION})"
+        "shard format version {found} is not supported (this build reads versions 1 to {FORMAT_VERSION})"
     )]
     UnsupportedVersion { found: u16 },
     #[error("shard header is inconsistent: {0}")]
@@ -56,6 +112,12 @@ pub enum ShardError {
     Truncated { expected: usize, found: usize },
     #[error("checksum mismatch: expected sha256 {expected}, found {found}")]
     Checksum { expected: String, found: String },
+    #[error("record {record} has label {label}, but the shard has {classes} classes")]
+    BadLabel {
+        record: usize,
+        label: u8,
+        classes: u16,
+    },
 }
 
 /// The fixed fields of one record.
@@ -72,7 +134,7 @@ pub struct RecordMeta {
 #[derive(Debug, Clone, Copy)]
 pub struct Record<'a> {
     pub meta: RecordMeta,
-    /// 50x50x3 HWC RGB pixels.
+    /// HWC pixels of the shard's shape.
     pub pixels: &'a [u8],
 }
 
@@ -80,20 +142,25 @@ pub struct Record<'a> {
 pub struct ShardWriter {
     buf: Vec<u8>,
     count: u64,
+    layout: Layout,
 }
 
 impl ShardWriter {
-    /// A writer for a shard of `split` with room for `capacity` records.
-    pub fn new(split: Split, capacity: usize) -> Self {
-        let mut buf = Vec::with_capacity(HEADER_LEN + capacity * RECORD_LEN);
-        buf.extend_from_slice(&header(split, 0));
-        Self { buf, count: 0 }
+    /// A writer for a shard of `split` with records of `layout`, with room for `capacity`.
+    pub fn new(split: Split, layout: Layout, capacity: usize) -> Self {
+        let mut buf = Vec::with_capacity(HEADER_LEN + capacity * layout.record_len());
+        buf.extend_from_slice(&header(split, layout, 0));
+        Self {
+            buf,
+            count: 0,
+            layout,
+        }
     }
 
-    /// Appends one record. `pixels` must hold exactly 50x50x3 bytes.
+    /// Appends one record. `pixels` must hold exactly one image of the layout's shape.
     pub fn push(&mut self, meta: RecordMeta, pixels: &[u8]) {
         let start = self.buf.len();
-        self.buf.resize(start + RECORD_LEN, 0);
+        self.buf.resize(start + self.layout.record_len(), 0);
         write_record(&mut self.buf[start..], meta, pixels);
         self.count += 1;
     }
@@ -114,17 +181,23 @@ impl ShardWriter {
     }
 }
 
-/// The header of a shard of `split` holding `count` records.
-pub fn header(split: Split, count: u64) -> [u8; HEADER_LEN] {
+/// The header of a shard of `split` holding `count` records of `layout`.
+pub fn header(split: Split, layout: Layout, count: u64) -> [u8; HEADER_LEN] {
     let mut h = [0u8; HEADER_LEN];
     h[0..8].copy_from_slice(MAGIC);
     h[8..10].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
     h[10..12].copy_from_slice(&(HEADER_LEN as u16).to_le_bytes());
-    h[12..16].copy_from_slice(&(RECORD_LEN as u32).to_le_bytes());
+    h[12..16].copy_from_slice(&(layout.record_len() as u32).to_le_bytes());
     h[16..24].copy_from_slice(&count.to_le_bytes());
-    for (i, v) in [PATCH_SIZE as u16, PATCH_SIZE as u16, CHANNELS as u16]
-        .into_iter()
-        .enumerate()
+    let s = layout.shape;
+    for (i, v) in [
+        s.height as u16,
+        s.width as u16,
+        s.channels as u16,
+        layout.classes,
+    ]
+    .into_iter()
+    .enumerate()
     {
         h[24 + 2 * i..26 + 2 * i].copy_from_slice(&v.to_le_bytes());
     }
@@ -132,14 +205,13 @@ pub fn header(split: Split, count: u64) -> [u8; HEADER_LEN] {
     h
 }
 
-/// Encodes one record into `dst` (exactly [`RECORD_LEN`] bytes); lets callers fill a shard's
-/// record slots in parallel.
+/// Encodes one record into `dst` (exactly one record's length: 16 bytes and the pixels); lets
+/// callers fill a shard's record slots in parallel.
 pub fn write_record(dst: &mut [u8], meta: RecordMeta, pixels: &[u8]) {
-    assert_eq!(dst.len(), RECORD_LEN, "a record slot is RECORD_LEN bytes");
     assert_eq!(
-        pixels.len(),
-        PATCH_BYTES,
-        "a record holds exactly one 50x50 RGB patch"
+        dst.len(),
+        RECORD_META_LEN + pixels.len(),
+        "a record slot holds the fixed fields and exactly one image"
     );
     dst[0] = meta.label;
     dst[1] = meta.flags;
@@ -150,12 +222,13 @@ pub fn write_record(dst: &mut [u8], meta: RecordMeta, pixels: &[u8]) {
     dst[RECORD_META_LEN..].copy_from_slice(pixels);
 }
 
-/// Completes a shard buffer (header followed by `count` records): sets the count, returns the
-/// bytes and their SHA-256 (hex).
+/// Completes a shard buffer (header followed by `count` records of the header's length): sets
+/// the count, returns the bytes and their SHA-256 (hex).
 pub fn finish_buffer(mut buf: Vec<u8>, count: u64) -> (Vec<u8>, String) {
+    let record_len = u32::from_le_bytes(buf[12..16].try_into().expect("a header")) as usize;
     assert_eq!(
         buf.len(),
-        HEADER_LEN + count as usize * RECORD_LEN,
+        HEADER_LEN + count as usize * record_len,
         "buffer holds the header and `count` records"
     );
     buf[16..24].copy_from_slice(&count.to_le_bytes());
@@ -174,6 +247,8 @@ pub struct ShardReader<B> {
     buf: B,
     count: usize,
     split: Split,
+    version: u16,
+    layout: Layout,
 }
 
 impl<B: AsRef<[u8]>> ShardReader<B> {
@@ -189,7 +264,8 @@ impl<B: AsRef<[u8]>> ShardReader<B> {
         Self::open(buf)
     }
 
-    /// Parses the header of `buf` and checks that every record is present.
+    /// Parses the header of `buf`, checks that every record is present and every label is one
+    /// of the shard's classes.
     pub fn open(buf: B) -> Result<Self, ShardError> {
         let b = buf.as_ref();
         if b.len() < HEADER_LEN || &b[0..8] != MAGIC {
@@ -197,35 +273,70 @@ impl<B: AsRef<[u8]>> ShardReader<B> {
         }
         let u16_at = |o: usize| u16::from_le_bytes([b[o], b[o + 1]]);
         let version = u16_at(8);
-        if version != FORMAT_VERSION {
+        if !READABLE_VERSIONS.contains(&version) {
             return Err(ShardError::UnsupportedVersion { found: version });
         }
         let header_len = u16_at(10) as usize;
         let record_len = u32::from_le_bytes(b[12..16].try_into().unwrap()) as usize;
         let count = u64::from_le_bytes(b[16..24].try_into().unwrap()) as usize;
-        let dims = (
-            u16_at(24) as usize,
-            u16_at(26) as usize,
-            u16_at(28) as usize,
-        );
-        if header_len != HEADER_LEN || record_len != RECORD_LEN {
+        let shape = Shape {
+            height: u16_at(24) as u32,
+            width: u16_at(26) as u32,
+            channels: u16_at(28) as u32,
+        };
+        let layout = if version == 1 {
+            if shape != Shape::IDC {
+                return Err(ShardError::BadHeader(format!(
+                    "a version 1 shard holds 50x50x3 patches, this one says {shape}"
+                )));
+            }
+            Layout::IDC
+        } else {
+            Layout {
+                shape,
+                classes: u16_at(30),
+            }
+        };
+        if header_len != HEADER_LEN || record_len != layout.record_len() {
             return Err(ShardError::BadHeader(format!(
-                "header_len {header_len}, record_len {record_len}"
+                "header_len {header_len}, record_len {record_len} for {shape} images"
             )));
         }
-        if dims != (PATCH_SIZE, PATCH_SIZE, CHANNELS) {
-            return Err(ShardError::BadHeader(format!("image dims {dims:?}")));
+        if shape.pixel_bytes() == 0 || !(2..=256).contains(&layout.classes) {
+            return Err(ShardError::BadHeader(format!(
+                "{shape} images of {} classes",
+                layout.classes
+            )));
         }
         let split = Split::from_code(b[32])
             .ok_or_else(|| ShardError::BadHeader(format!("split code {}", b[32])))?;
-        let expected = HEADER_LEN + count * RECORD_LEN;
+        let expected = count
+            .checked_mul(record_len)
+            .and_then(|n| n.checked_add(HEADER_LEN))
+            .ok_or_else(|| ShardError::BadHeader(format!("record count {count}")))?;
         if b.len() != expected {
             return Err(ShardError::Truncated {
                 expected,
                 found: b.len(),
             });
         }
-        Ok(Self { buf, count, split })
+        for record in 0..count {
+            let label = b[HEADER_LEN + record * record_len];
+            if label as u16 >= layout.classes {
+                return Err(ShardError::BadLabel {
+                    record,
+                    label,
+                    classes: layout.classes,
+                });
+            }
+        }
+        Ok(Self {
+            buf,
+            count,
+            split,
+            version,
+            layout,
+        })
     }
 
     /// Number of records.
@@ -243,6 +354,16 @@ impl<B: AsRef<[u8]>> ShardReader<B> {
         self.split
     }
 
+    /// The format version it was written in.
+    pub fn version(&self) -> u16 {
+        self.version
+    }
+
+    /// The shape of its images and the number of classes.
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+
     /// Record `i`.
     pub fn record(&self, i: usize) -> Record<'_> {
         assert!(
@@ -250,7 +371,8 @@ impl<B: AsRef<[u8]>> ShardReader<B> {
             "record {i} out of range ({} records)",
             self.count
         );
-        let r = &self.buf.as_ref()[HEADER_LEN + i * RECORD_LEN..][..RECORD_LEN];
+        let len = self.layout.record_len();
+        let r = &self.buf.as_ref()[HEADER_LEN + i * len..][..len];
         let u32_at = |o: usize| u32::from_le_bytes(r[o..o + 4].try_into().unwrap());
         Record {
             meta: RecordMeta {
@@ -275,9 +397,9 @@ mod tests {
     use super::*;
 
     fn sample() -> (Vec<u8>, String) {
-        let mut w = ShardWriter::new(Split::Test, 2);
-        let a: Vec<u8> = (0..PATCH_BYTES).map(|i| (i % 251) as u8).collect();
-        let b = vec![7u8; PATCH_BYTES];
+        let mut w = ShardWriter::new(Split::Test, Layout::IDC, 2);
+        let a: Vec<u8> = (0..crate::PATCH_BYTES).map(|i| (i % 251) as u8).collect();
+        let b = vec![7u8; crate::PATCH_BYTES];
         w.push(
             RecordMeta {
                 label: 1,
@@ -304,7 +426,7 @@ mod tests {
     #[test]
     fn round_trip() {
         let (bytes, sha) = sample();
-        assert_eq!(bytes.len(), HEADER_LEN + 2 * RECORD_LEN);
+        assert_eq!(bytes.len(), HEADER_LEN + 2 * Layout::IDC.record_len());
         let r = ShardReader::open_verified(&bytes[..], &sha).unwrap();
         assert_eq!(r.len(), 2);
         assert_eq!(r.split(), Split::Test);
@@ -346,5 +468,73 @@ mod tests {
             ShardReader::open(&bytes[..]).unwrap_err(),
             ShardError::UnsupportedVersion { found: 9 }
         );
+    }
+
+    #[test]
+    fn other_shapes_and_class_counts() {
+        let layout = Layout {
+            shape: Shape {
+                height: 28,
+                width: 28,
+                channels: 1,
+            },
+            classes: 10,
+        };
+        let mut w = ShardWriter::new(Split::Train, layout, 3);
+        for label in [9u8, 0, 4] {
+            let px = vec![label * 20; 784];
+            w.push(
+                RecordMeta {
+                    label,
+                    flags: 0,
+                    patient: 0,
+                    x: label as u32,
+                    y: 0,
+                },
+                &px,
+            );
+        }
+        let (bytes, sha) = w.finish();
+        assert_eq!(bytes.len(), HEADER_LEN + 3 * (16 + 784));
+        let r = ShardReader::open_verified(&bytes[..], &sha).unwrap();
+        assert_eq!((r.version(), r.layout()), (FORMAT_VERSION, layout));
+        assert_eq!(r.record(0).meta.label, 9);
+        assert_eq!(r.record(2).pixels, &[80u8; 784][..]);
+
+        // A label beyond the class count is refused, naming the record.
+        let mut bad = bytes.clone();
+        bad[HEADER_LEN + 16 + 784] = 10;
+        assert_eq!(
+            ShardReader::open(&bad[..]).unwrap_err(),
+            ShardError::BadLabel {
+                record: 1,
+                label: 10,
+                classes: 10
+            }
+        );
+        // A record length that disagrees with the shape.
+        let mut bad = bytes.clone();
+        bad[24] = 27;
+        assert!(matches!(
+            ShardReader::open(&bad[..]),
+            Err(ShardError::BadHeader(_))
+        ));
+    }
+
+    #[test]
+    fn version_1_shards_still_read() {
+        // A version 1 shard as the first idcctl wrote it: classes field reserved (0).
+        let (mut bytes, _) = sample();
+        bytes[8..10].copy_from_slice(&1u16.to_le_bytes());
+        bytes[30..32].fill(0);
+        let r = ShardReader::open(&bytes[..]).unwrap();
+        assert_eq!((r.version(), r.layout()), (1, Layout::IDC));
+        assert_eq!(r.record(0).meta.patient, 10253);
+        // Version 1 is 50x50x3 only.
+        bytes[24] = 32;
+        assert!(matches!(
+            ShardReader::open(&bytes[..]),
+            Err(ShardError::BadHeader(_))
+        ));
     }
 }

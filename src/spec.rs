@@ -148,6 +148,14 @@ pub struct Augmentation {
     /// Increase contrast by a factor in [1, max_contrast] around the patch mean.
     pub contrast: f64,
     pub max_contrast: f64,
+    /// Random crops: pad each side by this many (zero) pixels, then cut an image of the original
+    /// size at a uniformly drawn offset (4 is CIFAR's usual; 0: off).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub crop_padding: u32,
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
 }
 
 impl Default for Augmentation {
@@ -160,6 +168,7 @@ impl Default for Augmentation {
             min_saturation: 0.5,
             contrast: 0.3,
             max_contrast: 1.5,
+            crop_padding: 0,
         }
     }
 }
@@ -343,6 +352,41 @@ impl TrainSpec {
     }
 
     /// Checks ranges; the message names the field.
+    /// Checks the spec against the dataset it trains on: `classes` classes of images of `shape`.
+    pub fn check_dataset(&self, classes: usize, shape: crate::shard::Shape) -> Result<(), String> {
+        if classes > 2 && self.loss.kind == LossKind::BceWithLogits {
+            return Err(format!(
+                "it has {classes} classes, and train.loss.kind bce_with_logits is for two: set train.loss.kind: cross_entropy"
+            ));
+        }
+        if classes > 2 && self.loss.pos_weight.is_some() {
+            return Err(format!(
+                "train.loss.pos_weight weighs the positive of two classes; this dataset has {classes}"
+            ));
+        }
+        let a = &self.augmentation;
+        let spatial = a.rotate90 > 0.0 || a.flip_lr > 0.0 || a.flip_tb > 0.0;
+        if spatial && shape.height != shape.width {
+            return Err(format!(
+                "train.augmentation flips and rotations need square images; these are {}x{}",
+                shape.height, shape.width
+            ));
+        }
+        if a.crop_padding >= shape.height.min(shape.width) {
+            return Err(format!(
+                "train.augmentation.crop_padding {} must be smaller than the images ({}x{})",
+                a.crop_padding, shape.height, shape.width
+            ));
+        }
+        if matches!(self.model, ModelSpec::SimpleCnn { .. }) && shape.height.min(shape.width) < 8 {
+            return Err(format!(
+                "the simple CNN pools three times and needs images of at least 8x8; these are {}x{}",
+                shape.height, shape.width
+            ));
+        }
+        Ok(())
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         let prob = |name: &str, v: f64| {
             if (0.0..=1.0).contains(&v) {

@@ -1,24 +1,27 @@
-//! `idcctl stage`: turns a downloaded IDC dataset into split, checksummed shards in object storage.
+//! `idcctl stage`: turns a download (the IDC patches as a folder or zip, a CIFAR-10 archive, a
+//! folder of IDX files) into split, checksummed shards in object storage.
 //!
 //! The stage is resumable and idempotent. Each shard is uploaded, then a small commit marker is
 //! written beside it; the dataset manifest is written last, so a half-staged dataset is never
 //! seen as complete. A rerun reuses every committed shard, and a rerun of a complete stage with
 //! the same source and options does nothing.
 
+use crate::dataset::archive::{self, Archive, ArchiveError, ArchiveFormat};
 use crate::dataset::decode::{Undersized, decode_png};
 use crate::dataset::manifest::{
-    DatasetManifest, ImageInfo, MANIFEST_VERSION, ShardInfo, SourceInfo, SplitSummary,
-    StageOptionsRecord, class_weights,
+    DatasetManifest, IDC_CLASSES, ImageInfo, MANIFEST_VERSION, ShardInfo, SourceInfo, SourceKind,
+    SplitSummary, StageOptionsRecord, class_weights,
 };
 use crate::dataset::source::{Rejected, Source, SourceError};
-use crate::dataset::split::{self, Split, SplitError, SplitOptions};
+use crate::dataset::split::{self, Split, SplitError, SplitMethod, SplitOptions, SplitSize};
 use crate::layout::dataset as keys;
-use crate::shard::{self, FLAG_PADDED, HEADER_LEN, RECORD_LEN, RecordMeta};
+use crate::shard::{self, FLAG_PADDED, HEADER_LEN, Layout, RecordMeta};
 use crate::store::{Store, StoreError};
 use bytes::Bytes;
 use indicatif::ProgressBar;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::Arc;
@@ -27,10 +30,54 @@ use std::sync::atomic::{AtomicBool, Ordering};
 /// Records per shard unless told otherwise (about 30 MB a shard).
 pub const DEFAULT_SHARD_RECORDS: usize = 4096;
 
+/// What kind of download is staged.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
+    schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// The IDC patches: the Kaggle folder or zip (`<patient>/<class>/..._class<C>.png`).
+    #[default]
+    Idc,
+    /// CIFAR-10 as downloaded (`cifar-10-python.tar.gz` or `cifar-10-binary.tar.gz`).
+    Cifar10,
+    /// A folder of MNIST-style IDX files (`train-images-idx3-ubyte.gz` and friends).
+    Idx,
+}
+
+impl Format {
+    /// The archive format, for formats with an official train/test split.
+    pub fn archive(self) -> Option<ArchiveFormat> {
+        match self {
+            Format::Idc => None,
+            Format::Cifar10 => Some(ArchiveFormat::Cifar10),
+            Format::Idx => Some(ArchiveFormat::Idx),
+        }
+    }
+}
+
+/// The validation share of an archive's training images unless told otherwise.
+pub const DEFAULT_ARCHIVE_VAL: SplitSize = SplitSize::Fraction(0.1);
+
 /// How to stage.
 #[derive(Debug, Clone)]
 pub struct StageOptions {
+    pub format: Format,
+    /// IDC: the split. Archives keep their official test set and carve validation out of the
+    /// training images (`val` of them, stratified by class, with `seed`); `method` and `test`
+    /// do not apply.
     pub split: SplitOptions,
+    /// Class names replacing the archive's (IDX files carry none: digits by default).
+    pub class_names: Option<Vec<String>>,
     pub undersized: Undersized,
     /// Any skipped file fails the stage.
     pub strict: bool,
@@ -44,7 +91,9 @@ pub struct StageOptions {
 impl Default for StageOptions {
     fn default() -> Self {
         Self {
+            format: Format::Idc,
             split: SplitOptions::default(),
+            class_names: None,
             undersized: Undersized::Pad,
             strict: false,
             shard_records: DEFAULT_SHARD_RECORDS,
@@ -86,6 +135,8 @@ pub struct StageOutcome {
 pub enum StageError {
     #[error(transparent)]
     Source(#[from] SourceError),
+    #[error(transparent)]
+    Archive(#[from] ArchiveError),
     #[error("cannot split: {0}")]
     Split(#[from] SplitError),
     #[error(transparent)]
@@ -113,6 +164,7 @@ impl StageError {
         use crate::exit::ExitCode;
         match self {
             StageError::Source(SourceError::Io { .. }) => ExitCode::Failure,
+            StageError::Archive(e) => e.exit_code(),
             StageError::Source(_)
             | StageError::Split(_)
             | StageError::Conflict { .. }
@@ -131,8 +183,9 @@ struct ShardMarker {
     padded: u64,
     skipped: Vec<Rejected>,
     patients: BTreeSet<u32>,
-    channel_sum: [u64; 3],
-    channel_sum_sq: [u64; 3],
+    /// Per channel: the sum of pixel values and of their squares.
+    channel_sum: Vec<u64>,
+    channel_sum_sq: Vec<u64>,
 }
 
 /// The records planned for one shard.
@@ -183,9 +236,170 @@ pub async fn stage(
     })
 }
 
+/// What is staged: IDC patches listed from a folder or zip, or a labelled archive read whole.
+enum Input {
+    Patches(Source),
+    Archive(Archive),
+}
+
+impl Input {
+    /// Opens `path` as `opts.format` says (blocking: lists or reads the whole download).
+    fn open(path: &Path, opts: &StageOptions) -> Result<Self, StageError> {
+        Ok(match opts.format.archive() {
+            None => Input::Patches(Source::open(path)?),
+            Some(f) => Input::Archive(archive::open(path, f, opts.class_names.clone())?),
+        })
+    }
+
+    fn layout(&self) -> Layout {
+        match self {
+            Input::Patches(_) => Layout::IDC,
+            Input::Archive(a) => Layout {
+                shape: shard::Shape {
+                    height: a.height,
+                    width: a.width,
+                    channels: a.channels,
+                },
+                classes: a.classes.len() as u16,
+            },
+        }
+    }
+
+    fn classes(&self) -> Vec<String> {
+        match self {
+            Input::Patches(_) => IDC_CLASSES.map(String::from).to_vec(),
+            Input::Archive(a) => a.classes.clone(),
+        }
+    }
+
+    fn kind(&self) -> SourceKind {
+        match self {
+            Input::Patches(s) => s.kind,
+            Input::Archive(a) => match a.format {
+                ArchiveFormat::Cifar10 => SourceKind::Cifar10,
+                ArchiveFormat::Idx => SourceKind::Idx,
+            },
+        }
+    }
+
+    fn fingerprint(&self) -> &str {
+        match self {
+            Input::Patches(s) => &s.fingerprint,
+            Input::Archive(a) => &a.fingerprint,
+        }
+    }
+
+    fn rejected(&self) -> &[Rejected] {
+        match self {
+            Input::Patches(s) => &s.rejected,
+            Input::Archive(_) => &[],
+        }
+    }
+
+    fn source_info(&self) -> SourceInfo {
+        match self {
+            Input::Patches(s) => SourceInfo {
+                path: s.path.display().to_string(),
+                kind: s.kind,
+                fingerprint: s.fingerprint.clone(),
+                files_seen: s.files_seen,
+                duplicates: s.duplicates,
+                ignored: s.ignored,
+            },
+            Input::Archive(a) => SourceInfo {
+                path: a.path.display().to_string(),
+                kind: self.kind(),
+                fingerprint: a.fingerprint.clone(),
+                files_seen: a.files_seen,
+                duplicates: 0,
+                ignored: 0,
+            },
+        }
+    }
+
+    /// The split of every item, in item order: IDC by `opts.split`; an archive's training
+    /// images then its test images, validation carved from the former.
+    fn assign(&self, opts: &SplitOptions) -> Result<Vec<Split>, StageError> {
+        match self {
+            Input::Patches(s) => {
+                let items: Vec<(u32, u8)> = s
+                    .entries
+                    .iter()
+                    .map(|e| (e.name.patient, e.name.class))
+                    .collect();
+                Ok(split::assign(&items, opts)?)
+            }
+            Input::Archive(a) => {
+                let val = opts.val.count_of(a.train.len() as u64);
+                let held =
+                    split::stratified_holdout(&a.train.labels, a.classes.len(), val, opts.seed)?;
+                Ok(held
+                    .into_iter()
+                    .map(|h| if h { Split::Val } else { Split::Train })
+                    .chain(std::iter::repeat_n(Split::Test, a.test.len()))
+                    .collect())
+            }
+        }
+    }
+
+    /// Item `i`: its record fields and pixels, and whether it was padded; or why it is unusable.
+    fn record(
+        &self,
+        i: usize,
+        undersized: Undersized,
+    ) -> Result<(RecordMeta, Cow<'_, [u8]>), String> {
+        match self {
+            Input::Patches(s) => {
+                let entry = &s.entries[i];
+                let bytes = s.read(entry)?;
+                let patch = decode_png(&bytes, undersized).map_err(|e| e.to_string())?;
+                let meta = RecordMeta {
+                    label: entry.name.class,
+                    flags: if patch.padded { FLAG_PADDED } else { 0 },
+                    patient: entry.name.patient,
+                    x: entry.name.x,
+                    y: entry.name.y,
+                };
+                Ok((meta, Cow::Owned(patch.pixels)))
+            }
+            Input::Archive(a) => {
+                let n_train = a.train.len();
+                let (set, j, y) = if i < n_train {
+                    (&a.train, i, 0)
+                } else {
+                    (&a.test, i - n_train, 1)
+                };
+                let meta = RecordMeta {
+                    label: set.labels[j],
+                    flags: 0,
+                    patient: 0,
+                    x: j as u32,
+                    y,
+                };
+                Ok((meta, Cow::Borrowed(set.image(j, a.bytes_per_image()))))
+            }
+        }
+    }
+
+    /// Item `i` for messages: its path in the source.
+    fn item_path(&self, i: usize) -> String {
+        match self {
+            Input::Patches(s) => s.entries[i].rel.clone(),
+            Input::Archive(a) => {
+                let n_train = a.train.len();
+                if i < n_train {
+                    format!("training image {i}")
+                } else {
+                    format!("test image {}", i - n_train)
+                }
+            }
+        }
+    }
+}
+
 /// What a stage will write.
 struct Plan {
-    src: Arc<Source>,
+    src: Arc<Input>,
     record: StageOptionsRecord,
     plan_id: String,
     shards: Arc<Vec<ShardPlan>>,
@@ -205,29 +419,57 @@ async fn plan(source: &Path, dest: &Store, opts: &StageOptions) -> Result<Planne
             "--shard-records must be at least 1".into(),
         ));
     }
+    if opts.format == Format::Idc && opts.class_names.is_some() {
+        return Err(StageError::BadOption(
+            "--class-names applies to archives (--format cifar10 or idx); IDC's classes are fixed"
+                .into(),
+        ));
+    }
     let path = source.to_path_buf();
+    let open_opts = opts.clone();
     let src = Arc::new(
-        tokio::task::spawn_blocking(move || Source::open(&path))
+        tokio::task::spawn_blocking(move || Input::open(&path, &open_opts))
             .await
             .expect("listing does not panic")?,
     );
     if opts.strict
-        && let Some(r) = src.rejected.first()
+        && let Some(r) = src.rejected().first()
     {
         return Err(StageError::Strict {
-            count: src.rejected.len(),
+            count: src.rejected().len(),
             first: format!("{}: {}", r.path, r.reason),
         });
     }
-    let record = StageOptionsRecord {
-        split: opts.split.clone(),
-        undersized: opts.undersized,
-        shard_records: opts.shard_records,
+    let record = match &*src {
+        Input::Patches(_) => StageOptionsRecord {
+            split: opts.split.clone(),
+            undersized: opts.undersized,
+            shard_records: opts.shard_records,
+            class_names: None,
+        },
+        // What shapes an archive's content: the validation size and seed; the official test
+        // set is kept whole, and there is nothing undersized.
+        Input::Archive(a) => StageOptionsRecord {
+            split: SplitOptions {
+                method: SplitMethod::Random,
+                val: opts.split.val,
+                test: SplitSize::Count(a.test.len() as u64),
+                seed: opts.split.seed,
+            },
+            undersized: Undersized::Pad,
+            shard_records: opts.shard_records,
+            class_names: opts.class_names.clone(),
+        },
     };
-    let plan_id = plan_id(&src.fingerprint, &record);
+    let plan_id = plan_id(src.fingerprint(), &record, shard::FORMAT_VERSION);
 
     if let Some(existing) = crate::dataset::manifest::read(dest).await? {
-        if existing.id == plan_id {
+        // A dataset staged in shard format v1 from the same source with the same options is the
+        // same content: it stays, readable as it is.
+        let same = existing.id == plan_id
+            || (existing.shard_format_version == 1
+                && existing.id == self::plan_id(src.fingerprint(), &record, 1));
+        if same {
             if let Some(missing) = first_missing_shard(dest, &existing).await? {
                 tracing::warn!(
                     "{} is missing or damaged; staging again",
@@ -250,12 +492,7 @@ async fn plan(source: &Path, dest: &Store, opts: &StageOptions) -> Result<Planne
         dest.delete(keys::MANIFEST).await?;
     }
 
-    let items: Vec<(u32, u8)> = src
-        .entries
-        .iter()
-        .map(|e| (e.name.patient, e.name.class))
-        .collect();
-    let assignment = split::assign(&items, &opts.split)?;
+    let assignment = src.assign(&opts.split)?;
     let shards = Arc::new(plan_shards(&assignment, opts.shard_records));
     Ok(Planned::Stage(Plan {
         src,
@@ -434,13 +671,14 @@ async fn finalize(
     Ok(manifest)
 }
 
-/// Identity of a stage: the source fingerprint and every option that shapes the content.
-fn plan_id(fingerprint: &str, record: &StageOptionsRecord) -> String {
+/// Identity of a stage: the source fingerprint, every option that shapes the content, and the
+/// formats it is written in.
+fn plan_id(fingerprint: &str, record: &StageOptionsRecord, shard_version: u16) -> String {
     let key = serde_json::json!({
         "fingerprint": fingerprint,
         "options": record,
         "manifest_version": MANIFEST_VERSION,
-        "shard_version": shard::FORMAT_VERSION,
+        "shard_version": shard_version,
     });
     shard::sha256_hex(key.to_string().as_bytes())[..16].to_string()
 }
@@ -475,37 +713,31 @@ fn plan_shards(assignment: &[Split], per_shard: usize) -> Vec<ShardPlan> {
     plans
 }
 
-/// Decodes a shard's patches in parallel straight into their record slots, then drops the slots
+/// Decodes a shard's images in parallel straight into their record slots, then drops the slots
 /// of files that could not be used. The caller completes the buffer with `shard::finish_buffer`.
-fn build_shard(src: &Source, plan: &ShardPlan, undersized: Undersized) -> (Vec<u8>, ShardMarker) {
+fn build_shard(src: &Input, plan: &ShardPlan, undersized: Undersized) -> (Vec<u8>, ShardMarker) {
+    let layout = src.layout();
+    let (record_len, channels) = (layout.record_len(), layout.shape.channels as usize);
+    let classes = layout.classes as usize;
     let n = plan.entries.len();
-    let mut buf = vec![0u8; HEADER_LEN + n * RECORD_LEN];
-    buf[..HEADER_LEN].copy_from_slice(&shard::header(plan.split, 0));
-    type Stats = ([u64; 3], [u64; 3]);
-    let results: Vec<Result<(bool, Stats), String>> = buf[HEADER_LEN..]
-        .par_chunks_mut(RECORD_LEN)
+    let mut buf = vec![0u8; HEADER_LEN + n * record_len];
+    buf[..HEADER_LEN].copy_from_slice(&shard::header(plan.split, layout, 0));
+    type Stats = (RecordMeta, Vec<u64>, Vec<u64>);
+    let results: Vec<Result<Stats, String>> = buf[HEADER_LEN..]
+        .par_chunks_mut(record_len)
         .zip(plan.entries.par_iter())
         .map(|(slot, &e)| {
-            let entry = &src.entries[e];
-            let bytes = src.read(entry)?;
-            let patch = decode_png(&bytes, undersized).map_err(|e| e.to_string())?;
-            let meta = RecordMeta {
-                label: entry.name.class,
-                flags: if patch.padded { FLAG_PADDED } else { 0 },
-                patient: entry.name.patient,
-                x: entry.name.x,
-                y: entry.name.y,
-            };
-            shard::write_record(slot, meta, &patch.pixels);
-            let (mut sum, mut sq) = ([0u64; 3], [0u64; 3]);
-            for px in patch.pixels.chunks_exact(3) {
-                for c in 0..3 {
+            let (meta, pixels) = src.record(e, undersized)?;
+            shard::write_record(slot, meta, &pixels);
+            let (mut sum, mut sq) = (vec![0u64; channels], vec![0u64; channels]);
+            for px in pixels.chunks_exact(channels) {
+                for c in 0..channels {
                     let v = px[c] as u64;
                     sum[c] += v;
                     sq[c] += v * v;
                 }
             }
-            Ok((patch.padded, (sum, sq)))
+            Ok((meta, sum, sq))
         })
         .collect();
 
@@ -516,72 +748,85 @@ fn build_shard(src: &Source, plan: &ShardPlan, undersized: Undersized) -> (Vec<u
             records: 0,
             bytes: 0,
             sha256: String::new(),
-            class_counts: [0, 0],
+            class_counts: vec![0; classes],
         },
         padded: 0,
         skipped: vec![],
         patients: BTreeSet::new(),
-        channel_sum: [0; 3],
-        channel_sum_sq: [0; 3],
+        channel_sum: vec![0; channels],
+        channel_sum_sq: vec![0; channels],
     };
     let mut kept = 0usize;
     for (slot, (res, &e)) in results.into_iter().zip(&plan.entries).enumerate() {
-        let entry = &src.entries[e];
         match res {
-            Ok((padded, (sum, sq))) => {
+            Ok((meta, sum, sq)) => {
                 if slot != kept {
-                    let from = HEADER_LEN + slot * RECORD_LEN;
-                    buf.copy_within(from..from + RECORD_LEN, HEADER_LEN + kept * RECORD_LEN);
+                    let from = HEADER_LEN + slot * record_len;
+                    buf.copy_within(from..from + record_len, HEADER_LEN + kept * record_len);
                 }
                 kept += 1;
-                m.padded += u64::from(padded);
-                m.info.class_counts[entry.name.class as usize] += 1;
-                m.patients.insert(entry.name.patient);
-                for c in 0..3 {
+                m.padded += u64::from(meta.flags & FLAG_PADDED != 0);
+                m.info.class_counts[meta.label as usize] += 1;
+                if !src.kind().is_archive() {
+                    m.patients.insert(meta.patient);
+                }
+                for c in 0..channels {
                     m.channel_sum[c] += sum[c];
                     m.channel_sum_sq[c] += sq[c];
                 }
             }
             Err(reason) => m.skipped.push(Rejected {
-                path: entry.rel.clone(),
+                path: src.item_path(e),
                 reason,
             }),
         }
     }
-    buf.truncate(HEADER_LEN + kept * RECORD_LEN);
+    buf.truncate(HEADER_LEN + kept * record_len);
     m.info.records = kept as u64;
     (buf, m)
 }
 
 fn build_manifest(
-    src: &Source,
+    src: &Input,
     options: StageOptionsRecord,
     id: String,
     markers: &[ShardMarker],
 ) -> DatasetManifest {
+    let layout = src.layout();
+    let (channels, classes) = (layout.shape.channels as usize, layout.classes as usize);
     let mut splits: BTreeMap<Split, SplitSummary> = Split::ALL
         .iter()
-        .map(|s| (*s, SplitSummary::default()))
+        .map(|s| {
+            (
+                *s,
+                SplitSummary {
+                    class_counts: vec![0; classes],
+                    ..Default::default()
+                },
+            )
+        })
         .collect();
     let mut patients: BTreeMap<Split, BTreeSet<u32>> = BTreeMap::new();
-    let (mut sum, mut sq, mut train_px) = ([0u64; 3], [0u64; 3], 0u64);
-    let mut skipped = src.rejected.clone();
+    let (mut sum, mut sq, mut train_px) = (vec![0u64; channels], vec![0u64; channels], 0u64);
+    let mut skipped = src.rejected().to_vec();
     let mut padded = 0;
+    let pixels_per_image = (layout.shape.height * layout.shape.width) as u64;
     for m in markers {
         let s = splits.get_mut(&m.info.split).expect("all splits present");
         s.records += m.info.records;
-        s.class_counts[0] += m.info.class_counts[0];
-        s.class_counts[1] += m.info.class_counts[1];
+        for (c, n) in m.info.class_counts.iter().enumerate() {
+            s.class_counts[c] += n;
+        }
         patients
             .entry(m.info.split)
             .or_default()
             .extend(&m.patients);
         if m.info.split == Split::Train {
-            for c in 0..3 {
+            for c in 0..channels {
                 sum[c] += m.channel_sum[c];
                 sq[c] += m.channel_sum_sq[c];
             }
-            train_px += m.info.records * (crate::PATCH_SIZE * crate::PATCH_SIZE) as u64;
+            train_px += m.info.records * pixels_per_image;
         }
         padded += m.padded;
         skipped.extend(m.skipped.iter().cloned());
@@ -590,34 +835,58 @@ fn build_manifest(
         splits.get_mut(&split).expect("all splits present").patients = p.len() as u64;
     }
     let n = train_px.max(1) as f64;
-    let mean = sum.map(|s| s as f64 / n / 255.0);
-    let mut std = [0.0; 3];
-    for c in 0..3 {
-        let m = sum[c] as f64 / n;
-        std[c] = ((sq[c] as f64 / n - m * m).max(0.0)).sqrt() / 255.0;
-    }
+    let mean: Vec<f64> = sum.iter().map(|&s| s as f64 / n / 255.0).collect();
+    let std: Vec<f64> = (0..channels)
+        .map(|c| {
+            let m = sum[c] as f64 / n;
+            ((sq[c] as f64 / n - m * m).max(0.0)).sqrt() / 255.0
+        })
+        .collect();
     DatasetManifest {
         format_version: MANIFEST_VERSION,
         shard_format_version: shard::FORMAT_VERSION,
         id,
         created_at: crate::clock::now_rfc3339(),
         staged_by: format!("idcctl {}", env!("CARGO_PKG_VERSION")),
-        source: SourceInfo {
-            path: src.path.display().to_string(),
-            kind: src.kind,
-            fingerprint: src.fingerprint.clone(),
-            files_seen: src.files_seen,
-            duplicates: src.duplicates,
-            ignored: src.ignored,
-        },
+        source: src.source_info(),
         options,
-        image: ImageInfo::default(),
-        class_weights: class_weights(splits[&Split::Train].class_counts),
+        image: ImageInfo::of(layout.shape),
+        classes: src.classes(),
+        class_weights: class_weights(&splits[&Split::Train].class_counts),
         splits,
         mean,
         std,
         padded,
         skipped,
         shards: markers.iter().map(|m| m.info.clone()).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_v1_dataset_keeps_its_identity() {
+        // What idcctl wrote as the id of a v1 dataset (shard format 1): synthetic patches staged
+        // with `--split random --val 10 --test 10` by the build before K classes.
+        let record = StageOptionsRecord {
+            split: SplitOptions {
+                method: SplitMethod::Random,
+                val: SplitSize::Count(10),
+                test: SplitSize::Count(10),
+                seed: 42,
+            },
+            undersized: Undersized::Pad,
+            shard_records: DEFAULT_SHARD_RECORDS,
+            class_names: None,
+        };
+        let fingerprint = "1ac2869a1db6211f2c3fac0ae500f154cb3401c6476d17a85c5cb364d3018a36";
+        assert_eq!(plan_id(fingerprint, &record, 1), "402c319127f925f9");
+        assert_ne!(
+            plan_id(fingerprint, &record, shard::FORMAT_VERSION),
+            "402c319127f925f9",
+            "a new stage writes the current shard format, a new identity"
+        );
     }
 }

@@ -34,7 +34,17 @@ fn shipped_manifests_are_valid() {
         names.push(exp.name);
     }
     names.sort();
-    assert_eq!(names, ["cnn", "logreg", "quickstart", "resnet34"]);
+    assert_eq!(
+        names,
+        [
+            "cifar10",
+            "cnn",
+            "fashion-mnist",
+            "logreg",
+            "quickstart",
+            "resnet34"
+        ]
+    );
     let exp = experiment::parse(BASE, "exp.yaml").unwrap();
     assert_eq!(exp.train.epochs, 5);
     assert_eq!(exp.train.batch_size, 256);

@@ -439,3 +439,158 @@ fn unknown_runs_are_user_errors() {
     let out = idcctl_env(&["compare", "only-one"], &[("IDC_STORAGE", &storage)]);
     assert_eq!(out.status.code(), Some(2), "compare needs two runs");
 }
+
+/// The real Fashion-MNIST files Debian's `dataset-fashion-mnist` installs (`.ci/test` installs
+/// the package when missing and, under CI, requires it: `IDC_TEST_REQUIRE_FASHION_MNIST=1`).
+const FASHION_MNIST: &str = "/usr/share/datasets/fashion-mnist";
+
+#[test]
+fn fashion_mnist_trains_past_090_and_its_page_shows_ten_named_classes() {
+    if !Path::new(FASHION_MNIST)
+        .join("train-images-idx3-ubyte.gz")
+        .exists()
+    {
+        assert_ne!(
+            std::env::var("IDC_TEST_REQUIRE_FASHION_MNIST").as_deref(),
+            Ok("1"),
+            "IDC_TEST_REQUIRE_FASHION_MNIST=1 but {FASHION_MNIST} is missing (apt-get install dataset-fashion-mnist)"
+        );
+        eprintln!(
+            "{FASHION_MNIST} missing: real 10-class training not tested (apt-get install dataset-fashion-mnist)"
+        );
+        return;
+    }
+    require_worker();
+    let dir = tempfile::tempdir().unwrap();
+    let storage = format!("file://{}/bucket", dir.path().display());
+    let dataset = format!("{storage}/datasets/fashion-mnist");
+    let out = idcctl(&[
+        "stage",
+        "--format",
+        "idx",
+        FASHION_MNIST,
+        "--to",
+        &dataset,
+        "--class-names",
+        "fashion-mnist",
+        "--val",
+        "5000",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    // The shipped manifest, as it is, on the staged copy.
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/fashion-mnist.yaml");
+    let started = Instant::now();
+    let out = idcctl(&[
+        "submit",
+        manifest.to_str().unwrap(),
+        "--storage",
+        &storage,
+        "--dataset",
+        &dataset,
+        "--wait",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let run = text(&out.stdout).lines().next().unwrap().trim().to_string();
+    let report: idc::metrics::AnyReport = serde_json::from_slice(
+        &std::fs::read(
+            Path::new(storage.strip_prefix("file://").unwrap())
+                .join("runs")
+                .join(&run)
+                .join("report.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let test = report.test.multiclass().expect("ten classes");
+    eprintln!(
+        "fashion-mnist: test accuracy {:.4}, macro F1 {:.4}, trained in {:.0}s ({:.0}s in all)",
+        test.accuracy,
+        test.f1,
+        report.train_seconds,
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        test.accuracy >= 0.90,
+        "the simple CNN reaches {:.4} test accuracy on Fashion-MNIST",
+        test.accuracy
+    );
+    let names = idc::dataset::archive::FASHION_MNIST_CLASSES;
+    assert_eq!(report.classes, names);
+
+    let page_dir = dir.path().join("report");
+    let out = idcctl_env(
+        &["report", &run, "--html", page_dir.to_str().unwrap()],
+        &[("IDC_STORAGE", &storage)],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let shown = text(&out.stdout);
+    assert!(
+        shown.contains("6 Shirt") && shown.contains("macro F1"),
+        "{shown}"
+    );
+    let page = page_dir.join("index.html");
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert_self_contained(&html);
+    // The 10x10 matrix: a header and a row per class, by number and name, and 100 cells that
+    // add up to the test set.
+    let table = &html[html
+        .find("<table class=\"confusion\">")
+        .expect("a confusion table")..];
+    let table = &table[..table.find("</table>").unwrap()];
+    for (c, name) in names.iter().enumerate() {
+        let label = format!("<th>{c} {}</th>", name);
+        assert_eq!(table.matches(&label).count(), 2, "{label}: column and row");
+    }
+    let cells: Vec<u64> = table
+        .split("<td data-true=")
+        .skip(1)
+        .map(|c| {
+            let v = &c[c.find('>').unwrap() + 1..];
+            v[..v.find('<').unwrap()].parse().unwrap()
+        })
+        .collect();
+    assert_eq!(cells.len(), 100);
+    assert_eq!(cells.iter().sum::<u64>(), 10_000);
+    assert_eq!(
+        test.confusion.concat(),
+        cells,
+        "the page shows the report's matrix"
+    );
+    // The misclassified images carry their true and predicted names.
+    let first = &report.misclassified[0];
+    assert!(html.contains(&format!("true: {}", report.class_name(first.label))));
+    assert_eq!(
+        html.matches("data-patch=").count(),
+        report.misclassified.len()
+    );
+
+    let Some(browser) = chromium() else {
+        assert_ne!(
+            std::env::var("IDC_TEST_REQUIRE_BROWSER").as_deref(),
+            Ok("1"),
+            "IDC_TEST_REQUIRE_BROWSER=1 but chromium is not installed (apt-get install chromium)"
+        );
+        return;
+    };
+    assert_eq!(
+        rendered(&browser, &page),
+        (2, String::new(), report.misclassified.len(), String::new()),
+        "report page: (plots rendered, failed, images decoded, failed)"
+    );
+    let dom = dump_dom(&browser, &page);
+    for name in names {
+        assert!(dom.contains(&escape_html(name)), "{name} not rendered");
+    }
+}
+
+fn escape_html(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}

@@ -489,7 +489,7 @@ async fn seed_style_random_split_has_exact_counts() {
     assert_eq!(m.splits[&Split::Val].records, 38);
     assert_eq!(m.splits[&Split::Test].records, 38);
     assert_eq!(m.splits[&Split::Train].records, s.files - 76);
-    let train = m.splits[&Split::Train].class_counts;
+    let train = &m.splits[&Split::Train].class_counts;
     assert_eq!(
         m.class_weights,
         idc::dataset::manifest::class_weights(train)

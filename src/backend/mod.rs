@@ -201,24 +201,26 @@ fn dataset_prefix(exp: &Experiment) -> String {
     layout::dataset_prefix(exp.dataset.name.as_deref().unwrap_or("idc"))
 }
 
-/// Checks the manifest's staged dataset, or stages its source (skipped when already staged).
-async fn ensure_dataset(exp: &Experiment, root: &Store) -> Result<(), BackendError> {
+/// Checks the manifest's staged dataset, or stages its source (skipped when already staged);
+/// returns the dataset's manifest.
+async fn ensure_dataset(
+    exp: &Experiment,
+    root: &Store,
+) -> Result<crate::dataset::manifest::DatasetManifest, BackendError> {
     if let Some(url) = &exp.dataset.url {
         let ds = Store::open(url)?;
-        if crate::dataset::manifest::read(&ds)
+        return crate::dataset::manifest::read(&ds)
             .await
             .map_err(|e| BackendError::Stage {
                 source_path: url.clone(),
                 error: StageError::Store(e),
             })?
-            .is_none()
-        {
-            return Err(BackendError::Invalid(format!(
-                "dataset.url {} holds no staged dataset; stage it with idcctl stage",
-                ds.url()
-            )));
-        }
-        return Ok(());
+            .ok_or_else(|| {
+                BackendError::Invalid(format!(
+                    "dataset.url {} holds no staged dataset; stage it with idcctl stage",
+                    ds.url()
+                ))
+            });
     }
     let source = exp
         .dataset
@@ -226,8 +228,19 @@ async fn ensure_dataset(exp: &Experiment, root: &Store) -> Result<(), BackendErr
         .as_ref()
         .expect("manifest checks url or source");
     let ds = root.child(&dataset_prefix(exp));
+    let format = exp.dataset.format.unwrap_or_default();
+    let split = match (&exp.dataset.split, format.archive()) {
+        (Some(s), _) => s.clone(),
+        (None, Some(_)) => crate::dataset::split::SplitOptions {
+            val: stage::DEFAULT_ARCHIVE_VAL,
+            ..Default::default()
+        },
+        (None, None) => Default::default(),
+    };
     let opts = StageOptions {
-        split: exp.dataset.split.clone().unwrap_or_default(),
+        format,
+        split,
+        class_names: exp.dataset.class_names.clone(),
         undersized: exp.dataset.undersized.unwrap_or(Undersized::Pad),
         ..Default::default()
     };
@@ -251,7 +264,7 @@ async fn ensure_dataset(exp: &Experiment, root: &Store) -> Result<(), BackendErr
         out.manifest.id,
         out.manifest.records()
     );
-    Ok(())
+    Ok(out.manifest)
 }
 
 /// Submits the experiment on its backend: stages the dataset if needed, writes the run's
@@ -285,7 +298,12 @@ pub async fn submit_on(
         defaults.as_ref().and_then(|d| d.storage.as_deref()),
     )?;
     let root = Store::open(&plan.experiment.storage)?;
-    ensure_dataset(exp, &root).await?;
+    let dataset = ensure_dataset(exp, &root).await?;
+    // Before anything is written: a spec that cannot train on this dataset is refused here,
+    // not by the worker minutes later.
+    exp.train
+        .check_dataset(dataset.num_classes(), dataset.image.shape())
+        .map_err(|e| BackendError::Invalid(format!("dataset {}: {e}", plan.spec.dataset)))?;
     let run = run::run_store(&root, &plan.run_id);
     if let Some(existing) = run.get_opt(keys::SPEC).await? {
         if existing.as_ref() != plan.spec_yaml.as_bytes() {

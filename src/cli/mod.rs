@@ -135,23 +135,34 @@ enum ManifestCommand {
 
 #[derive(Args, Debug)]
 struct StageArgs {
-    /// The extracted download (the folder holding IDC_regular_ps50_idx5 or the patient folders),
-    /// or the downloaded .zip, read in place.
+    /// The download, read in place: for IDC the extracted folder (holding IDC_regular_ps50_idx5
+    /// or the patient folders) or the .zip; for cifar10 the .tar.gz (python or binary version);
+    /// for idx the folder of IDX files.
     source: PathBuf,
+    /// What the download is: IDC patches, CIFAR-10, or MNIST-style IDX files.
+    #[arg(long, value_enum, default_value_t = stage::Format::Idc)]
+    format: stage::Format,
+    /// Class names, index = label: comma-separated, or a preset (fashion-mnist, mnist). IDX files
+    /// carry none (default: the label numbers); CIFAR-10's come from its metadata.
+    #[arg(long)]
+    class_names: Option<String>,
     /// Where the dataset goes: file:///path, ./path, or s3://bucket/prefix (AWS_* variables
     /// configure S3: AWS_ENDPOINT, AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
     /// AWS_ALLOW_HTTP).
     #[arg(long)]
     to: String,
-    /// How patches are split: by patient (no patient in two splits) or at random.
-    #[arg(long, value_enum, default_value_t = SplitMethod::Patient)]
-    split: SplitMethod,
-    /// Validation split size: a patch count (38000) or a fraction (0.15, 15%).
-    #[arg(long, default_value = "0.15")]
-    val: SplitSize,
-    /// Test split size: a patch count (38000) or a fraction (0.15, 15%).
-    #[arg(long, default_value = "0.15")]
-    test: SplitSize,
+    /// IDC: how patches are split, by patient (no patient in two splits) or at random [default:
+    /// patient].
+    #[arg(long, value_enum)]
+    split: Option<SplitMethod>,
+    /// Validation split size: a count (38000) or a fraction (0.15, 15%) [default: 0.15 of the
+    /// IDC patches; for archives 0.1 of the training images, stratified by class].
+    #[arg(long)]
+    val: Option<SplitSize>,
+    /// IDC: test split size, a patch count (38000) or a fraction (0.15, 15%) [default: 0.15].
+    /// Archives keep their official test set.
+    #[arg(long)]
+    test: Option<SplitSize>,
     /// Seed of the split.
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -342,15 +353,58 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn stage_cmd(args: StageArgs) -> anyhow::Result<ExitCode> {
-    let dest = Store::open(&args.to)?;
-    let opts = StageOptions {
+/// The stage options `args` ask for, checked against the format.
+fn stage_options(args: &StageArgs) -> Result<StageOptions, UserError> {
+    let archive = args.format.archive().is_some();
+    let format = output::name_of(&args.format);
+    if archive {
+        for (given, flag) in [
+            (args.split.is_some(), "--split"),
+            (args.test.is_some(), "--test"),
+            (args.skip_undersized, "--skip-undersized"),
+        ] {
+            if given {
+                return Err(UserError(format!(
+                    "{flag} does not apply to --format {format}: its official test set is kept and validation is carved from the training images (--val)"
+                )));
+            }
+        }
+    }
+    let class_names = match &args.class_names {
+        None => None,
+        Some(_) if !archive => {
+            return Err(UserError(
+                "--class-names applies to --format cifar10 or idx; the IDC classes are fixed"
+                    .into(),
+            ));
+        }
+        Some(s) => Some(match idc::dataset::archive::named_classes(s) {
+            Some(preset) => preset,
+            None => {
+                let names: Vec<String> = s.split(',').map(|n| n.trim().to_string()).collect();
+                if names.len() < 2 || names.iter().any(|n| n.is_empty()) {
+                    return Err(UserError(format!(
+                        "--class-names '{s}' is neither a preset (fashion-mnist, mnist) nor a comma-separated list of at least two names"
+                    )));
+                }
+                names
+            }
+        }),
+    };
+    let default_val = if archive {
+        stage::DEFAULT_ARCHIVE_VAL
+    } else {
+        SplitOptions::default().val
+    };
+    Ok(StageOptions {
+        format: args.format,
         split: SplitOptions {
-            method: args.split,
-            val: args.val,
-            test: args.test,
+            method: args.split.unwrap_or_default(),
+            val: args.val.unwrap_or(default_val),
+            test: args.test.unwrap_or(SplitOptions::default().test),
             seed: args.seed,
         },
+        class_names,
         undersized: if args.skip_undersized {
             Undersized::Skip
         } else {
@@ -360,7 +414,12 @@ async fn stage_cmd(args: StageArgs) -> anyhow::Result<ExitCode> {
         shard_records: args.shard_records,
         threads: args.threads,
         force: args.force,
-    };
+    })
+}
+
+async fn stage_cmd(args: StageArgs) -> anyhow::Result<ExitCode> {
+    let dest = Store::open(&args.to)?;
+    let opts = stage_options(&args)?;
     let pb = ProgressBar::new(0).with_style(
         ProgressStyle::with_template(
             "{spinner} {msg} [{bar:30}] {human_pos}/{human_len} patches ({per_sec}, eta {eta})",
@@ -399,8 +458,13 @@ async fn stage_cmd(args: StageArgs) -> anyhow::Result<ExitCode> {
         StageStatus::Staged { written, resumed } => {
             let elapsed = pb.elapsed().as_secs_f64();
             let rate = outcome.manifest.records() as f64 / elapsed.max(1e-9);
+            let what = if outcome.manifest.source.kind.is_archive() {
+                "images"
+            } else {
+                "patches"
+            };
             eprintln!(
-                "staged {} patches to {} in {elapsed:.1}s ({rate:.0} patches/s): {written} shards written{}",
+                "staged {} {what} to {} in {elapsed:.1}s ({rate:.0} {what}/s): {written} shards written{}",
                 outcome.manifest.records(),
                 dest.url(),
                 if resumed > 0 {

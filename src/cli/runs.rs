@@ -9,7 +9,7 @@ use idc::backend::{self, SubmitOptions, Target, follow, local};
 use idc::exit::ExitCode;
 use idc::experiment::{self, Backend};
 use idc::layout::{self, run as keys};
-use idc::metrics::Report;
+use idc::metrics::AnyReport as Report;
 use idc::output::{self, OutputFormat};
 use idc::run::{self, Phase, RunStatus};
 use idc::spec::RunSpec;
@@ -111,6 +111,8 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
             url: Some(url.clone()),
             source: None,
             name: None,
+            format: None,
+            class_names: None,
             split: None,
             undersized: None,
         };
@@ -274,11 +276,7 @@ pub async fn status(
             );
             match &p.last_epoch {
                 Some(e) => {
-                    let v = &e.val;
-                    out += &format!(
-                        "epoch {}/{}: val loss {:.4} acc {:.4} bal-acc {:.4} F1 {:.4} AUC {:.4}\n",
-                        e.epoch, p.epochs, v.loss, v.accuracy, v.balanced_accuracy, v.f1, v.roc_auc
-                    );
+                    out += &format!("epoch {}/{}: val {}\n", e.epoch, p.epochs, e.val);
                     if let Some((eta, left)) = p.eta() {
                         out += &format!(
                             "ETA about {eta:.0}s ({left} epochs left at {:.0}s each)\n",

@@ -1,9 +1,12 @@
 //! The staged dataset manifest (`manifest.json`): what a staged dataset holds and how to read it.
 //!
 //! Written last by `idcctl stage`, read ([`read`]) by `idcctl dataset show` and by the worker.
+//! Schema version 1 grew compatibly with K-class datasets: `classes` (absent before, meaning the
+//! two IDC classes), and per-class and per-channel arrays of any length.
 
 use super::split::{Split, SplitOptions};
 use crate::layout::dataset as keys;
+use crate::shard::{Layout, Shape};
 use crate::store::{Store, StoreError};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -26,8 +29,22 @@ pub enum Undersized {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SourceKind {
+    /// The IDC download, extracted.
     Dir,
+    /// The IDC download as a zip.
     Zip,
+    /// A CIFAR-10 `.tar.gz` (python or binary version).
+    Cifar10,
+    /// A folder of MNIST-style IDX files.
+    Idx,
+}
+
+impl SourceKind {
+    /// Whether the source is a labelled archive with an official train/test split (rather than
+    /// IDC patches, split by patient or at random).
+    pub fn is_archive(self) -> bool {
+        matches!(self, SourceKind::Cifar10 | SourceKind::Idx)
+    }
 }
 
 /// A file that is not a patch, with the reason.
@@ -56,13 +73,16 @@ pub struct DatasetManifest {
     pub source: SourceInfo,
     pub options: StageOptionsRecord,
     pub image: ImageInfo,
+    /// Class names, index = label (datasets staged before this field: the two IDC classes).
+    #[serde(default = "idc_classes")]
+    pub classes: Vec<String>,
     pub splits: BTreeMap<Split, SplitSummary>,
-    /// Per-class loss/sampling weights from the train split: `n / (2 * n_class)`, index = class.
-    pub class_weights: [f64; 2],
-    /// Per-channel (RGB) mean of train pixels, scaled to [0, 1].
-    pub mean: [f64; 3],
-    /// Per-channel (RGB) standard deviation of train pixels, scaled to [0, 1].
-    pub std: [f64; 3],
+    /// Per-class loss/sampling weights from the train split: `n / (K * n_class)`, index = class.
+    pub class_weights: Vec<f64>,
+    /// Per-channel mean of train pixels (RGB, or one gray channel), scaled to [0, 1].
+    pub mean: Vec<f64>,
+    /// Per-channel standard deviation of train pixels, scaled to [0, 1].
+    pub std: Vec<f64>,
     /// Edge patches padded to 50x50.
     pub padded: u64,
     /// Files left out, with the reason (bad names, unreadable PNGs, wrong sizes).
@@ -89,9 +109,14 @@ pub struct SourceInfo {
 /// The options that shaped the staged content.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StageOptionsRecord {
+    /// Archives: `val` and `seed` carve validation out of the training images; `test` is the
+    /// official test set's size.
     pub split: SplitOptions,
     pub undersized: Undersized,
     pub shard_records: usize,
+    /// Class names given at staging, replacing the archive's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_names: Option<Vec<String>>,
 }
 
 /// Shape and encoding of each record's pixels.
@@ -116,23 +141,57 @@ impl Default for ImageInfo {
     }
 }
 
+impl ImageInfo {
+    /// The image shape.
+    pub fn shape(&self) -> Shape {
+        Shape {
+            height: self.height,
+            width: self.width,
+            channels: self.channels,
+        }
+    }
+
+    /// HWC uint8 images of `shape`.
+    pub fn of(shape: Shape) -> Self {
+        Self {
+            height: shape.height,
+            width: shape.width,
+            channels: shape.channels,
+            ..Self::default()
+        }
+    }
+}
+
+/// The names of the two IDC classes, index = label.
+pub const IDC_CLASSES: [&str; 2] = ["no IDC", "IDC"];
+
+fn idc_classes() -> Vec<String> {
+    IDC_CLASSES.map(String::from).to_vec()
+}
+
 /// Counts of one split.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SplitSummary {
     pub records: u64,
-    /// Records per class: `[no IDC, IDC]`.
-    pub class_counts: [u64; 2],
+    /// Records per class, index = label (IDC: `[no IDC, IDC]`).
+    pub class_counts: Vec<u64>,
+    /// Distinct patients (0 for archives, which have none).
     pub patients: u64,
 }
 
 impl SplitSummary {
-    /// Fraction of records with IDC.
+    /// Fraction of records of class 1 (IDC).
     pub fn positive_fraction(&self) -> f64 {
         if self.records == 0 {
             0.0
         } else {
-            self.class_counts[1] as f64 / self.records as f64
+            self.class_counts.get(1).copied().unwrap_or(0) as f64 / self.records as f64
         }
+    }
+
+    /// Records of class `c`.
+    pub fn count_of(&self, c: usize) -> u64 {
+        self.class_counts.get(c).copied().unwrap_or(0)
     }
 }
 
@@ -145,8 +204,8 @@ pub struct ShardInfo {
     pub records: u64,
     pub bytes: u64,
     pub sha256: String,
-    /// Records per class: `[no IDC, IDC]`.
-    pub class_counts: [u64; 2],
+    /// Records per class, index = label.
+    pub class_counts: Vec<u64>,
 }
 
 impl DatasetManifest {
@@ -156,10 +215,28 @@ impl DatasetManifest {
     }
 
     /// Total records per class over all splits.
-    pub fn class_counts(&self) -> [u64; 2] {
-        self.splits.values().fold([0, 0], |acc, s| {
-            [acc[0] + s.class_counts[0], acc[1] + s.class_counts[1]]
-        })
+    pub fn class_counts(&self) -> Vec<u64> {
+        (0..self.classes.len())
+            .map(|c| self.splits.values().map(|s| s.count_of(c)).sum())
+            .collect()
+    }
+
+    /// Number of classes.
+    pub fn num_classes(&self) -> usize {
+        self.classes.len()
+    }
+
+    /// Whether this is a two-class dataset (IDC): binary metrics and thresholds apply.
+    pub fn is_binary(&self) -> bool {
+        self.classes.len() == 2
+    }
+
+    /// What every shard's records are: image shape and class count.
+    pub fn layout(&self) -> Layout {
+        Layout {
+            shape: self.image.shape(),
+            classes: self.classes.len() as u16,
+        }
     }
 
     /// The shards of `split`, in order.
@@ -170,24 +247,49 @@ impl DatasetManifest {
     /// Checks the manifest is one this build can read.
     pub fn check_version(&self) -> Result<(), String> {
         if self.format_version != MANIFEST_VERSION
-            || self.shard_format_version != crate::shard::FORMAT_VERSION
+            || !crate::shard::READABLE_VERSIONS.contains(&self.shard_format_version)
         {
             return Err(format!(
-                "dataset format v{} / shards v{} is not supported by this build (v{} / v{}): restage it",
+                "dataset format v{} / shards v{} is not supported by this build (v{} / v1 to v{}): restage it",
                 self.format_version,
                 self.shard_format_version,
                 MANIFEST_VERSION,
                 crate::shard::FORMAT_VERSION
             ));
         }
+        let k = self.classes.len();
+        let per_class = self
+            .splits
+            .values()
+            .map(|s| s.class_counts.len())
+            .chain(self.shards.iter().map(|s| s.class_counts.len()))
+            .chain([self.class_weights.len()]);
+        let c = self.image.channels as usize;
+        if !(2..=256).contains(&k)
+            || per_class.into_iter().any(|n| n != k)
+            || self.mean.len() != c
+            || self.std.len() != c
+            || self.image.shape().pixel_bytes() == 0
+        {
+            return Err(format!(
+                "inconsistent: {k} classes, {} channels, but per-class counts or per-channel statistics of other lengths",
+                self.image.channels
+            ));
+        }
         Ok(())
     }
 }
 
-/// Class weights `n / (2 * n_c)` ("balanced" inverse frequency); 0 for an absent class.
-pub fn class_weights(counts: [u64; 2]) -> [f64; 2] {
-    let n = (counts[0] + counts[1]) as f64;
-    counts.map(|c| if c == 0 { 0.0 } else { n / (2.0 * c as f64) })
+/// Class weights `n / (K * n_c)` ("balanced" inverse frequency, K = number of classes); 0 for an
+/// absent class.
+pub fn class_weights(counts: impl AsRef<[u64]>) -> Vec<f64> {
+    let counts = counts.as_ref();
+    let n = counts.iter().sum::<u64>() as f64;
+    let k = counts.len() as f64;
+    counts
+        .iter()
+        .map(|&c| if c == 0 { 0.0 } else { n / (k * c as f64) })
+        .collect()
 }
 
 /// Reads the manifest of the dataset at `dataset` (None: nothing staged there). One that does
@@ -218,5 +320,8 @@ mod tests {
         );
         assert!((w[0] - 201_524.0 / 288_870.0).abs() < 1e-12);
         assert_eq!(class_weights([10, 0]), [0.5, 0.0]);
+        // Ten classes: each class weighs n / 10 in total.
+        let w = class_weights([10, 20, 30, 40, 50, 60, 70, 80, 90, 100]);
+        assert!((w[0] * 10.0 - 55.0).abs() < 1e-9 && (w[9] * 100.0 - 55.0).abs() < 1e-9);
     }
 }

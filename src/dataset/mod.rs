@@ -1,9 +1,11 @@
-//! The IDC patch dataset: file names, sources, PNG decoding, splits, the staged manifest and
-//! the synthetic generator.
+//! Datasets: the IDC patches (file names, sources, PNG decoding, the synthetic generator),
+//! labelled archives (CIFAR-10, IDX), splits and the staged manifest.
 
 pub mod manifest;
 pub mod split;
 
+#[cfg(feature = "controller")]
+pub mod archive;
 #[cfg(feature = "controller")]
 pub mod decode;
 #[cfg(feature = "controller")]

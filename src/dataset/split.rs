@@ -1,5 +1,7 @@
 //! Train/validation/test splits: by patient (no patient in two splits, stratified) or at random
-//! (exact counts, as the seed notebooks do). Both are deterministic for a seed.
+//! (exact counts, as the seed notebooks do); and, for archives with an official test set, a
+//! validation set carved from the training images, stratified by class. All are deterministic
+//! for a seed.
 
 use crate::rng::shuffle;
 use rand_chacha::ChaCha8Rng;
@@ -272,6 +274,58 @@ fn by_patient(
     Ok(items.iter().map(|(p, _)| of_patient[p]).collect())
 }
 
+/// Picks exactly `val` of `labels` (class indices below `classes`) for validation, stratified:
+/// each class gives its share `val * n_c / n`, rounded by largest remainder (ties to the lower
+/// class), its members drawn in seeded random order. Returns, per item, whether it is held out.
+pub fn stratified_holdout(
+    labels: &[u8],
+    classes: usize,
+    val: u64,
+    seed: u64,
+) -> Result<Vec<bool>, SplitError> {
+    let total = labels.len() as u64;
+    if val >= total {
+        return Err(SplitError::TooLarge {
+            val,
+            test: 0,
+            total,
+        });
+    }
+    let mut members: Vec<Vec<usize>> = vec![vec![]; classes];
+    for (i, &y) in labels.iter().enumerate() {
+        members[y as usize].push(i);
+    }
+    let exact: Vec<f64> = members
+        .iter()
+        .map(|m| val as f64 * m.len() as f64 / total as f64)
+        .collect();
+    let mut quota: Vec<usize> = exact.iter().map(|e| e.floor() as usize).collect();
+    let mut left = val as usize - quota.iter().sum::<usize>();
+    let mut by_remainder: Vec<usize> = (0..classes).collect();
+    by_remainder.sort_by(|&a, &b| {
+        let (ra, rb) = (exact[a] - exact[a].floor(), exact[b] - exact[b].floor());
+        rb.total_cmp(&ra).then(a.cmp(&b))
+    });
+    for c in by_remainder {
+        if left == 0 {
+            break;
+        }
+        if quota[c] < members[c].len() {
+            quota[c] += 1;
+            left -= 1;
+        }
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut held = vec![false; labels.len()];
+    for (c, m) in members.iter_mut().enumerate() {
+        shuffle(m, &mut rng);
+        for &i in &m[..quota[c]] {
+            held[i] = true;
+        }
+    }
+    Ok(held)
+}
+
 /// Patch and IDC counts per split during a patient split.
 #[derive(Clone, Copy)]
 struct State {
@@ -448,6 +502,33 @@ mod tests {
                 needed: 3,
                 found: 2
             })
+        );
+    }
+
+    #[test]
+    fn stratified_holdout_is_exact_and_proportional() {
+        // 10 classes of uneven size: 100, 200, ..., 1000 (5500 in all).
+        let labels: Vec<u8> = (0..10u8)
+            .flat_map(|c| std::iter::repeat_n(c, 100 * (c as usize + 1)))
+            .collect();
+        let held = stratified_holdout(&labels, 10, 1000, 42).unwrap();
+        assert_eq!(held.iter().filter(|&&h| h).count(), 1000, "exactly --val");
+        for c in 0..10u8 {
+            let n = labels.iter().filter(|&&y| y == c).count() as f64;
+            let h = (0..labels.len())
+                .filter(|&i| held[i] && labels[i] == c)
+                .count() as f64;
+            assert!(
+                (h - n * 1000.0 / 5500.0).abs() <= 1.0,
+                "class {c}: {h} of {n}"
+            );
+        }
+        assert_eq!(held, stratified_holdout(&labels, 10, 1000, 42).unwrap());
+        assert_ne!(held, stratified_holdout(&labels, 10, 1000, 43).unwrap());
+        assert!(stratified_holdout(&labels, 10, 5500, 42).is_err());
+        assert_eq!(
+            stratified_holdout(&labels, 10, 0, 1).unwrap(),
+            vec![false; labels.len()]
         );
     }
 }

@@ -17,7 +17,8 @@ pub enum Better {
 /// One metric across the runs.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct MetricRow {
-    /// `test at 0.5`, `test at val threshold`, `val (best epoch)` or `training`.
+    /// `test at 0.5`, `test at val threshold`, `val (best epoch)` or `training`; for K classes
+    /// `test` instead of the first two.
     pub group: String,
     pub metric: String,
     /// One value per run, in the order the runs were given.
@@ -98,6 +99,16 @@ pub fn best_of(values: &[f64], better: Better) -> Vec<usize> {
 }
 
 type Of = fn(&RunData) -> f64;
+
+/// A run's top-`k` test accuracy (NaN where it has none: two classes, or no more than k).
+fn top_k(r: &RunData, k: u32) -> f64 {
+    r.report
+        .test
+        .multiclass()
+        .and_then(|m| m.top_k.iter().find(|t| t.k == k))
+        .map_or(f64::NAN, |t| t.accuracy)
+}
+
 /// Compares `runs`, in the order given.
 pub fn compare(runs: &[RunData]) -> Comparison {
     let mut metrics = vec![];
@@ -125,39 +136,83 @@ pub fn compare(runs: &[RunData]) -> Comparison {
             Better::Lower
         }
     };
-    for m in MetricName::ALL {
-        row(
-            "test at 0.5",
-            m.label(),
-            &|r| m.of(&r.report.test),
-            Some(better(m)),
-            4,
-        );
-    }
-    row(
-        "test at val threshold",
-        "threshold",
-        &|r| r.report.test_at_val_threshold.threshold,
-        None,
-        3,
-    );
-    for m in [BalancedAccuracy, Precision, Recall, F1] {
+    let binary = runs
+        .iter()
+        .all(|r| r.report.test.binary().is_some() && r.report.test_at_val_threshold.is_some());
+    if binary {
+        let at = |r: &RunData| {
+            r.report
+                .test_at_val_threshold
+                .clone()
+                .expect("checked above")
+        };
+        for m in MetricName::ALL {
+            row(
+                "test at 0.5",
+                m.label(),
+                &|r| m.of(&r.report.test),
+                Some(better(m)),
+                4,
+            );
+        }
         row(
             "test at val threshold",
-            m.label(),
-            &|r| m.of(&r.report.test_at_val_threshold),
-            Some(better(m)),
-            4,
+            "threshold",
+            &|r| at(r).threshold,
+            None,
+            3,
         );
-    }
-    for m in [BalancedAccuracy, F1, RocAuc, PrAuc, Loss] {
-        row(
-            "val (best epoch)",
-            m.label(),
-            &|r| m.of(&r.report.val),
-            Some(better(m)),
-            4,
-        );
+        for m in [BalancedAccuracy, Precision, Recall, F1] {
+            row(
+                "test at val threshold",
+                m.label(),
+                &|r| m.of_binary(&at(r)),
+                Some(better(m)),
+                4,
+            );
+        }
+        for m in [BalancedAccuracy, F1, RocAuc, PrAuc, Loss] {
+            row(
+                "val (best epoch)",
+                m.label(),
+                &|r| m.of(&r.report.val),
+                Some(better(m)),
+                4,
+            );
+        }
+    } else {
+        // K classes (or a mix): macro averages where a metric is per class.
+        for m in super::MULTICLASS_SHOWN {
+            row(
+                "test",
+                m.label_multiclass(),
+                &|r| m.of(&r.report.test),
+                Some(better(m)),
+                4,
+            );
+        }
+        let extra: [(&str, Of); 3] = [
+            ("weighted F1", |r| {
+                r.report
+                    .test
+                    .multiclass()
+                    .map_or(f64::NAN, |m| m.weighted_f1)
+            }),
+            ("top-3 accuracy", |r| top_k(r, 3)),
+            ("top-5 accuracy", |r| top_k(r, 5)),
+        ];
+        for (name, f) in extra {
+            row("test", name, &f, Some(Better::Higher), 4);
+        }
+        for m in [Accuracy, F1, Loss] {
+            row(
+                "val (best epoch)",
+                m.label_multiclass(),
+                &|r| m.of(&r.report.val),
+                Some(better(m)),
+                4,
+            );
+        }
     }
     let training: [(&str, Of, Option<Better>, usize); 4] = [
         ("best epoch", |r| r.report.best_epoch as f64, None, 0),

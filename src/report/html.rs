@@ -7,7 +7,7 @@ use super::compare::Comparison;
 use super::plot::{self, LinePlot, Series, escape};
 use super::{DatasetView, Patch, ReportError, RunData};
 use crate::dataset::split::Split;
-use crate::metrics::{BinaryMetrics, ErrorKind};
+use crate::metrics::{BinaryMetrics, ErrorKind, MetricName, MulticlassMetrics};
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
 
@@ -70,6 +70,11 @@ table.left td, table.left th { text-align: left; }
 .patch .p { font-weight: bold; color: #1f2328; font-size: 13px; }
 .fp img { border-color: #e15759; }
 .fn img { border-color: #f28e2b; }
+.wrong img { border-color: #e15759; }
+table.confusion td { text-align: center; min-width: 34px; padding: 4px 6px; }
+table.confusion th { font-weight: normal; padding: 4px 6px; }
+table.confusion thead th { writing-mode: vertical-rl; transform: rotate(180deg); text-align: left;
+  vertical-align: bottom; height: 92px; }
 pre { background: #f6f8fa; padding: 10px 12px; overflow: auto; font-size: 12.5px; margin: 0; }
 .best { font-weight: bold; color: #1a7f37; }
 tr.diff td { background: #fff8c5; font-weight: bold; }
@@ -94,7 +99,8 @@ const CHECK_SCRIPT: &str = r#"
       if (b.width > 0 && b.height > 0) { ok++; } else { failed.push(svg.id || 'inline-svg'); }
     });
     document.querySelectorAll('img[data-patch]').forEach(function (img) {
-      if (img.complete && img.naturalWidth === 50 && img.naturalHeight === 50) { patches++; }
+      var w = Number(img.getAttribute('data-w')), h = Number(img.getAttribute('data-h'));
+      if (img.complete && img.naturalWidth === w && img.naturalHeight === h) { patches++; }
       else { patchesFailed.push(img.getAttribute('data-patch')); }
     });
     var b = document.body;
@@ -163,22 +169,34 @@ pub fn loss_plot(run: &RunData) -> LinePlot {
             e.train_loss
         }))
         .series(epoch_series(run, "validation loss", plot::color(1), |e| {
-            e.val.loss
+            e.val.value(MetricName::Loss)
         }))
 }
 
-/// Validation accuracy, balanced accuracy, F1, ROC-AUC and PR-AUC per epoch.
+/// Validation accuracy, balanced accuracy, F1, ROC-AUC and PR-AUC per epoch (K classes:
+/// macro averages, no PR-AUC).
 pub fn val_metrics_plot(run: &RunData) -> LinePlot {
     use crate::metrics::MetricName::*;
-    let mut p =
-        LinePlot::new("Validation metrics per epoch (at 0.5)", "epoch", "value").integer_x();
-    for (i, m) in [Accuracy, BalancedAccuracy, F1, RocAuc, PrAuc]
-        .into_iter()
-        .enumerate()
-    {
-        p = p.series(epoch_series(run, m.label(), plot::color(i), |e| {
-            m.of(&e.val)
-        }));
+    let binary = run.report.test.binary().is_some();
+    let (title, metrics): (&str, &[MetricName]) = if binary {
+        (
+            "Validation metrics per epoch (at 0.5)",
+            &[Accuracy, BalancedAccuracy, F1, RocAuc, PrAuc],
+        )
+    } else {
+        (
+            "Validation metrics per epoch",
+            &[Accuracy, BalancedAccuracy, F1, RocAuc],
+        )
+    };
+    let mut p = LinePlot::new(title, "epoch", "value").integer_x();
+    for (i, &m) in metrics.iter().enumerate() {
+        let label = if binary {
+            m.label()
+        } else {
+            m.label_multiclass()
+        };
+        p = p.series(epoch_series(run, label, plot::color(i), |e| m.of(&e.val)));
     }
     p
 }
@@ -193,10 +211,11 @@ pub fn roc_plot(runs: &[&RunData], label_by_run: bool) -> LinePlot {
     .x_domain(0.0, 1.0)
     .y_domain(0.0, 1.0);
     for (i, r) in runs.iter().enumerate() {
+        let auc = r.report.test.value(MetricName::RocAuc);
         let name = if label_by_run {
-            format!("{} (AUC {:.3})", r.id(), r.report.test.roc_auc)
+            format!("{} (AUC {auc:.3})", r.id())
         } else {
-            format!("ROC, AUC {:.3}", r.report.test.roc_auc)
+            format!("ROC, AUC {auc:.3}")
         };
         p = p.series(Series::new(
             name,
@@ -214,10 +233,11 @@ pub fn pr_plot(runs: &[&RunData], label_by_run: bool) -> LinePlot {
         .x_domain(0.0, 1.0)
         .y_domain(0.0, 1.0);
     for (i, r) in runs.iter().enumerate() {
+        let ap = r.report.test.value(MetricName::PrAuc);
         let name = if label_by_run {
-            format!("{} (AP {:.3})", r.id(), r.report.test.pr_auc)
+            format!("{} (AP {ap:.3})", r.id())
         } else {
-            format!("PR, average precision {:.3}", r.report.test.pr_auc)
+            format!("PR, average precision {ap:.3}")
         };
         p = p.series(Series::new(
             name,
@@ -225,9 +245,9 @@ pub fn pr_plot(runs: &[&RunData], label_by_run: bool) -> LinePlot {
             plot::color(i),
         ));
     }
-    if let Some(r) = runs.first() {
-        let c = &r.report.test.confusion;
-        let n = r.report.test.count.max(1) as f64;
+    if let Some(b) = runs.first().and_then(|r| r.report.test.binary()) {
+        let c = &b.confusion;
+        let n = b.count.max(1) as f64;
         let rate = (c.tp + c.fn_) as f64 / n;
         p = p.series(
             Series::new(
@@ -251,7 +271,7 @@ fn metric_rows() -> Vec<(&'static str, ShowMetric)> {
     for metric in crate::metrics::MetricName::ALL {
         rows.push((
             metric.label(),
-            Box::new(move |m| format!("{:.4}", metric.of(m))),
+            Box::new(move |m| format!("{:.4}", metric.of_binary(m))),
         ));
     }
     rows.push(("patches", Box::new(|m| m.count.to_string())));
@@ -271,11 +291,11 @@ fn patch_figure(p: &Patch) -> String {
     let m = &p.info;
     let (class, truth) = match m.error {
         ErrorKind::FalsePositive => ("fp", "no IDC"),
-        ErrorKind::FalseNegative => ("fn", "IDC"),
+        ErrorKind::FalseNegative | ErrorKind::WrongClass => ("fn", "IDC"),
     };
     let name = format!("patient {} x{} y{}", m.patient, m.x, m.y);
     format!(
-        "<figure class=\"patch {class}\"><img data-patch=\"{id}\" src=\"data:image/png;base64,{}\" alt=\"{id}, truly {truth}\" title=\"{id} ({}, record {})\"><figcaption><span class=\"p\">p(IDC) {:.3}</span><br>patient {}<br>x{} y{}</figcaption></figure>\n",
+        "<figure class=\"patch {class}\"><img data-patch=\"{id}\" data-w=\"{w}\" data-h=\"{h}\" src=\"data:image/png;base64,{}\" alt=\"{id}, truly {truth}\" title=\"{id} ({}, record {})\"><figcaption><span class=\"p\">p(IDC) {:.3}</span><br>patient {}<br>x{} y{}</figcaption></figure>\n",
         base64(&p.png),
         escape(&m.shard),
         m.record,
@@ -284,13 +304,142 @@ fn patch_figure(p: &Patch) -> String {
         m.x,
         m.y,
         id = escape(&name),
+        w = p.shape.width,
+        h = p.shape.height,
     )
+}
+
+/// A misclassified image of a K-class run: true and predicted class names, the probability of
+/// the predicted one, shown at an integer scale near 100 pixels.
+fn class_patch_figure(p: &Patch, r: &crate::metrics::AnyReport) -> String {
+    let m = &p.info;
+    let (truth, predicted) = (r.class_name(m.label), r.class_name(m.predicted_class()));
+    let set = if m.y == 1 { "test" } else { "train" };
+    let id = format!("{set} image {}", m.x);
+    let scale = (100 / p.shape.width.max(1)).max(1);
+    format!(
+        "<figure class=\"patch wrong\"><img data-patch=\"{id}\" data-w=\"{w}\" data-h=\"{h}\" style=\"width:{sw}px;height:{sh}px\" src=\"data:image/png;base64,{}\" alt=\"{id}: {t}, predicted {pr}\" title=\"{id} ({}, record {})\"><figcaption><span class=\"p\">{pr} {:.3}</span><br>true: {t}<br>{id}</figcaption></figure>\n",
+        base64(&p.png),
+        escape(&m.shard),
+        m.record,
+        m.probability,
+        id = escape(&id),
+        t = escape(&truth),
+        pr = escape(&predicted),
+        w = p.shape.width,
+        h = p.shape.height,
+        sw = p.shape.width * scale,
+        sh = p.shape.height * scale,
+    )
+}
+
+/// A K x K confusion matrix as an HTML table: rows true classes, columns predicted, each cell
+/// shaded by its share of the row.
+pub fn confusion_table(confusion: &[Vec<u64>], classes: &[String]) -> String {
+    let label = |c: usize| escape(&super::class_label(classes, c));
+    let mut s = String::from("<table class=\"confusion\">\n<thead><tr><th>true \\ predicted</th>");
+    for c in 0..confusion.len() {
+        let _ = write!(s, "<th>{}</th>", label(c));
+    }
+    s.push_str("</tr></thead>\n<tbody>\n");
+    for (t, row) in confusion.iter().enumerate() {
+        let total: u64 = row.iter().sum();
+        let _ = write!(s, "<tr><th>{}</th>", label(t));
+        for (p, &n) in row.iter().enumerate() {
+            let share = if total == 0 {
+                0.0
+            } else {
+                n as f64 / total as f64
+            };
+            // From white to the first palette colour (78, 121, 167), as the binary matrix.
+            let mix = |to: f64| (255.0 + (to - 255.0) * share).round() as u8;
+            let text = if share > 0.55 { "#ffffff" } else { "#222222" };
+            let _ = write!(
+                s,
+                "<td data-true=\"{t}\" data-predicted=\"{p}\" style=\"background:#{:02x}{:02x}{:02x};color:{text}\" title=\"{:.1}% of row\">{n}</td>",
+                mix(78.0),
+                mix(121.0),
+                mix(167.0),
+                100.0 * share
+            );
+        }
+        s.push_str("</tr>\n");
+    }
+    s.push_str("</tbody></table>\n");
+    s
+}
+
+fn multiclass_metric_table(test: &MulticlassMetrics, val: Option<&MulticlassMetrics>) -> String {
+    let mut b = String::from(
+        "<table>\n<thead><tr><th>metric</th><th>test</th><th>val (best epoch)</th></tr></thead>\n<tbody>\n",
+    );
+    let v = |f: &dyn Fn(&MulticlassMetrics) -> f64| {
+        (
+            format!("{:.4}", f(test)),
+            val.map_or("-".into(), |m| format!("{:.4}", f(m))),
+        )
+    };
+    let mut rows: Vec<(String, (String, String))> = super::MULTICLASS_SHOWN
+        .iter()
+        .map(|&m| (m.label_multiclass().to_string(), v(&|x| m.of_multiclass(x))))
+        .collect();
+    rows.push(("weighted precision".into(), v(&|x| x.weighted_precision)));
+    rows.push(("weighted recall".into(), v(&|x| x.weighted_recall)));
+    rows.push(("weighted F1".into(), v(&|x| x.weighted_f1)));
+    for (i, k) in test.top_k.iter().enumerate() {
+        let of_val = val
+            .and_then(|m| m.top_k.get(i))
+            .map_or("-".into(), |t| format!("{:.4}", t.accuracy));
+        rows.push((
+            format!("top-{} accuracy", k.k),
+            (format!("{:.4}", k.accuracy), of_val),
+        ));
+    }
+    rows.push((
+        "images".into(),
+        (
+            test.count.to_string(),
+            val.map_or("-".into(), |m| m.count.to_string()),
+        ),
+    ));
+    for (name, (t, v)) in rows {
+        let _ = writeln!(
+            b,
+            "<tr><td>{}</td><td>{t}</td><td>{v}</td></tr>",
+            escape(&name)
+        );
+    }
+    b.push_str("</tbody></table>\n");
+    b
+}
+
+fn per_class_table(m: &MulticlassMetrics, classes: &[String]) -> String {
+    let mut b = String::from(
+        "<table class=\"per-class\">\n<thead><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>support</th><th>ROC-AUC (one-vs-rest)</th></tr></thead>\n<tbody>\n",
+    );
+    for (c, s) in m.per_class.iter().enumerate() {
+        let _ = writeln!(
+            b,
+            "<tr><td>{}</td><td>{:.4}</td><td>{:.4}</td><td>{:.4}</td><td>{}</td><td>{:.4}</td></tr>",
+            escape(&super::class_label(classes, c)),
+            s.precision,
+            s.recall,
+            s.f1,
+            s.support,
+            s.roc_auc
+        );
+    }
+    b.push_str("</tbody></table>\n");
+    b
 }
 
 fn split_table(ds: &DatasetView) -> String {
     let Some(m) = &ds.manifest else {
         return String::new();
     };
+    if !m.is_binary() {
+        return class_split_table(ds, m);
+    }
     let mut s = String::from(
         "<table>\n<thead><tr><th>split</th><th>patients</th><th>patches</th><th>no IDC (0)</th><th>IDC (1)</th><th>IDC %</th><th>shards</th></tr></thead>\n<tbody>\n",
     );
@@ -322,18 +471,11 @@ fn split_table(ds: &DatasetView) -> String {
         m.shards.len()
     );
     let o = &m.options.split;
+    let provenance = provenance_rows(ds, m);
     s.push_str(&kv_table(&[
-        ("dataset", format!("{} at {}", m.id, ds.url)),
-        ("staged", format!("{} by {}", m.created_at, m.staged_by)),
-        (
-            "source",
-            format!(
-                "{} ({}, {} files seen)",
-                m.source.path,
-                crate::output::name_of(&m.source.kind),
-                m.source.files_seen
-            ),
-        ),
+        provenance[0].clone(),
+        provenance[1].clone(),
+        provenance[2].clone(),
         (
             "split",
             format!(
@@ -346,7 +488,11 @@ fn split_table(ds: &DatasetView) -> String {
         ),
         (
             "class weights",
-            format!("{:.4} / {:.4}", m.class_weights[0], m.class_weights[1]),
+            m.class_weights
+                .iter()
+                .map(|w| format!("{w:.4}"))
+                .collect::<Vec<_>>()
+                .join(" / "),
         ),
         (
             "padded / skipped",
@@ -358,6 +504,76 @@ fn split_table(ds: &DatasetView) -> String {
         ),
     ]));
     s
+}
+
+/// The dataset of a K-class run: images per split, then per class and split.
+fn class_split_table(ds: &DatasetView, m: &crate::dataset::manifest::DatasetManifest) -> String {
+    let mut s = String::from(
+        "<table class=\"classes\">\n<thead><tr><th>class</th><th>train</th><th>val</th><th>test</th><th>total</th></tr></thead>\n<tbody>\n",
+    );
+    let all = m.class_counts();
+    for (c, total) in all.iter().enumerate() {
+        let per: Vec<String> = Split::ALL
+            .iter()
+            .map(|sp| m.splits.get(sp).map_or(0, |x| x.count_of(c)).to_string())
+            .collect();
+        let _ = writeln!(
+            s,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{total}</td></tr>",
+            escape(&super::class_label(&m.classes, c)),
+            per[0],
+            per[1],
+            per[2]
+        );
+    }
+    let records: Vec<String> = Split::ALL
+        .iter()
+        .map(|sp| m.splits.get(sp).map_or(0, |x| x.records).to_string())
+        .collect();
+    let _ = writeln!(
+        s,
+        "<tr><td><b>images</b></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n</tbody></table>",
+        records[0],
+        records[1],
+        records[2],
+        m.records()
+    );
+    let o = &m.options.split;
+    let provenance = provenance_rows(ds, m);
+    s.push_str(&kv_table(&[
+        provenance[0].clone(),
+        provenance[1].clone(),
+        provenance[2].clone(),
+        ("images", m.image.shape().to_string()),
+        (
+            "split",
+            format!(
+                "official test set ({}), validation {} of the training images (stratified, seed {})",
+                o.test, o.val, o.seed
+            ),
+        ),
+    ]));
+    s
+}
+
+/// Which dataset, staged when and by what, from which source: the first rows of its table.
+fn provenance_rows(
+    ds: &DatasetView,
+    m: &crate::dataset::manifest::DatasetManifest,
+) -> [(&'static str, String); 3] {
+    [
+        ("dataset", format!("{} at {}", m.id, ds.url)),
+        ("staged", format!("{} by {}", m.created_at, m.staged_by)),
+        (
+            "source",
+            format!(
+                "{} ({}, {} files seen)",
+                m.source.path,
+                crate::output::name_of(&m.source.kind),
+                m.source.files_seen
+            ),
+        ),
+    ]
 }
 
 fn notes(notes: &[String]) -> String {
@@ -375,6 +591,14 @@ pub fn write_run_report(
 ) -> Result<Written, ReportError> {
     create_dir(dir)?;
     let r = &run.report;
+    let (test, at) = match (&r.test, &r.test_at_val_threshold) {
+        (crate::metrics::Metrics::Binary(t), Some(a)) => (t, a),
+        (crate::metrics::Metrics::Binary(t), None) => (t, t),
+        (crate::metrics::Metrics::Multiclass(m), _) => {
+            return write_multiclass_report(dir, run, ds, m);
+        }
+    };
+    let val = r.val.binary().cloned().unwrap_or_default();
     let plots: Vec<(&str, String, String)> = vec![
         (
             "loss.svg",
@@ -398,7 +622,7 @@ pub fn write_run_report(
         ),
         (
             "confusion-0.5.svg",
-            plot::confusion_svg("Confusion matrix (test) at 0.5", &r.test.confusion),
+            plot::confusion_svg("Confusion matrix (test) at 0.5", &test.confusion),
             "confusion matrix at 0.5".into(),
         ),
         (
@@ -406,22 +630,14 @@ pub fn write_run_report(
             plot::confusion_svg(
                 &format!(
                     "Confusion matrix (test) at val threshold {:.3}",
-                    r.test_at_val_threshold.threshold
+                    at.threshold
                 ),
-                &r.test_at_val_threshold.confusion,
+                &at.confusion,
             ),
             "confusion matrix at the validation threshold".into(),
         ),
     ];
-    let mut written = Written {
-        page: dir.join("index.html"),
-        plots: vec![],
-    };
-    for (file, svg, _) in &plots {
-        let path = dir.join(file);
-        write_file(&path, svg)?;
-        written.plots.push(path);
-    }
+    let written = write_plots(dir, &plots)?;
     let img = |i: usize| plot_img(plots[i].0, &plots[i].2);
 
     let mut b = String::new();
@@ -436,34 +652,16 @@ pub fn write_run_report(
         escape(&r.finished_at)
     );
     b.push_str("<section><h2>Summary</h2>\n");
-    b.push_str(&kv_table(&[
-        ("run", run.id().to_string()),
-        ("experiment", run.status.experiment.clone()),
-        ("model", r.model.clone()),
-        ("device", r.device.clone()),
-        (
-            "dataset",
-            format!("{} ({})", r.dataset_id, run.spec.dataset),
-        ),
-        (
-            "training",
-            format!(
-                "{:.1} s, {:.0} images/s, best epoch {} of {} run",
-                r.train_seconds, r.train_images_per_s, r.best_epoch, r.epochs_run
-            ),
-        ),
-        ("created", run.status.created_at.clone()),
-        ("finished", r.finished_at.clone()),
-    ]));
+    b.push_str(&summary_rows(run));
     b.push_str("</section>\n<section><h2>Test metrics</h2>\n<table>\n<thead><tr><th>metric</th><th>test at 0.5</th><th>test at val threshold</th><th>val (best epoch, at 0.5)</th></tr></thead>\n<tbody>\n");
     for (name, f) in metric_rows() {
         let _ = writeln!(
             b,
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             escape(name),
-            f(&r.test),
-            f(&r.test_at_val_threshold),
-            f(&r.val)
+            f(test),
+            f(at),
+            f(&val)
         );
     }
     b.push_str("</tbody></table>\n<p class=\"legend\">The validation threshold maximises F1 on the validation split.</p>\n</section>\n");
@@ -503,8 +701,8 @@ pub fn write_run_report(
         let shown: Vec<&Patch> = ds.patches.iter().filter(|p| p.info.error == kind).collect();
         let listed = r.misclassified.iter().filter(|m| m.error == kind).count();
         let total = match kind {
-            ErrorKind::FalsePositive => r.test.confusion.fp,
-            ErrorKind::FalseNegative => r.test.confusion.fn_,
+            ErrorKind::FalsePositive => test.confusion.fp,
+            _ => test.confusion.fn_,
         };
         let _ = writeln!(
             b,
@@ -530,25 +728,151 @@ pub fn write_run_report(
         b.push_str("</div>\n");
     }
     b.push_str("<p class=\"legend\">Patches are 50x50 pixels, shown at twice their size; p(IDC) is the model's probability of IDC.</p>\n</section>\n");
-
-    let yaml = serde_yaml::to_string(&r.config).unwrap_or_else(|e| format!("# {e}"));
-    let _ = write!(
-        b,
-        "<section><h2>Config (the training spec as run)</h2>\n<pre>{}</pre>\n</section>\n",
-        escape(&yaml)
-    );
-    b.push_str("<section><h2>Dataset</h2>\n");
-    if ds.manifest.is_none() {
-        b.push_str(&notes(&ds.notes));
-    }
-    b.push_str(&split_table(ds));
-    b.push_str("</section>\n");
-
+    b.push_str(&config_and_dataset(run, ds));
     write_file(
         &written.page,
         &page(&format!("idc report: {}", run.id()), &b),
     )?;
     Ok(written)
+}
+
+/// The last sections of a run's page: the spec as run, and the dataset it trained on.
+fn config_and_dataset(run: &RunData, ds: &DatasetView) -> String {
+    let yaml = serde_yaml::to_string(&run.report.config).unwrap_or_else(|e| format!("# {e}"));
+    let mut b = format!(
+        "<section><h2>Config (the training spec as run)</h2>\n<pre>{}</pre>\n</section>\n<section><h2>Dataset</h2>\n",
+        escape(&yaml)
+    );
+    if ds.manifest.is_none() {
+        b.push_str(&notes(&ds.notes));
+    }
+    b.push_str(&split_table(ds));
+    b.push_str("</section>\n");
+    b
+}
+
+/// Writes each `(file, svg, alt)` plot into `dir`; the page, `dir/index.html`, comes after.
+fn write_plots(dir: &Path, plots: &[(&str, String, String)]) -> Result<Written, ReportError> {
+    let mut written = Written {
+        page: dir.join("index.html"),
+        plots: vec![],
+    };
+    for (file, svg, _) in plots {
+        let path = dir.join(file);
+        write_file(&path, svg)?;
+        written.plots.push(path);
+    }
+    Ok(written)
+}
+
+/// The page of a K-class run: metrics, per-class scores, the K x K confusion matrix with class
+/// names, training curves, the most confidently misclassified images with true and predicted
+/// names, the config and the dataset.
+fn write_multiclass_report(
+    dir: &Path,
+    run: &RunData,
+    ds: &DatasetView,
+    test: &MulticlassMetrics,
+) -> Result<Written, ReportError> {
+    let r = &run.report;
+    let plots: Vec<(&str, String, String)> = vec![
+        (
+            "loss.svg",
+            loss_plot(run).to_svg(),
+            "train and validation loss per epoch".into(),
+        ),
+        (
+            "val-metrics.svg",
+            val_metrics_plot(run).to_svg(),
+            "validation metrics per epoch".into(),
+        ),
+    ];
+    let written = write_plots(dir, &plots)?;
+    let img = |i: usize| plot_img(plots[i].0, &plots[i].2);
+    let mut b = String::new();
+    let _ = write!(
+        b,
+        "<h1>Run {}</h1>\n<p class=\"sub\">{} · {} classes · {} · best epoch {} of {} · finished {}</p>\n",
+        escape(run.id()),
+        escape(&r.model),
+        r.classes.len(),
+        escape(&crate::output::name_of(&run.status.phase)),
+        r.best_epoch,
+        r.epochs_run,
+        escape(&r.finished_at)
+    );
+    b.push_str("<section><h2>Summary</h2>\n");
+    b.push_str(&summary_rows(run));
+    b.push_str("</section>\n<section><h2>Test metrics</h2>\n");
+    b.push_str(&multiclass_metric_table(test, r.val.multiclass()));
+    b.push_str("<p class=\"legend\">Predictions are the most probable class. Macro: the unweighted mean over classes; weighted: by each class's support.</p>\n<h3>Per class (test)</h3>\n");
+    b.push_str(&per_class_table(test, &r.classes));
+    b.push_str("</section>\n<section><h2>Confusion matrix (test)</h2>\n");
+    b.push_str(&confusion_table(&test.confusion, &r.classes));
+    b.push_str("<p class=\"legend\">Rows: true class; columns: predicted class; shade: share of the row.</p>\n</section>\n");
+    let _ = write!(
+        b,
+        "<section><h2>Training</h2>\n<div class=\"plots\">\n{}{}</div>\n</section>\n",
+        img(0),
+        img(1)
+    );
+    let wrong: u64 = test.count
+        - (0..test.confusion.len())
+            .map(|c| test.confusion[c][c])
+            .sum::<u64>();
+    let _ = writeln!(
+        b,
+        "<section><h2>Most confidently misclassified test images ({} shown of {wrong})</h2>",
+        ds.patches.len()
+    );
+    b.push_str(&notes(&ds.notes));
+    if ds.patches.is_empty() {
+        let why = if wrong == 0 {
+            "none"
+        } else if r.misclassified.is_empty() {
+            "not recorded in this report"
+        } else {
+            "not readable from the dataset (see above)"
+        };
+        let _ = writeln!(b, "<p class=\"legend\">{why}</p>");
+    } else {
+        b.push_str("<div class=\"grid wrong-grid\">\n");
+        for p in &ds.patches {
+            b.push_str(&class_patch_figure(p, r));
+        }
+        b.push_str("</div>\n<p class=\"legend\">Each image: the predicted class and its probability, then the true class.</p>\n");
+    }
+    b.push_str("</section>\n");
+    b.push_str(&config_and_dataset(run, ds));
+    write_file(
+        &written.page,
+        &page(&format!("idc report: {}", run.id()), &b),
+    )?;
+    Ok(written)
+}
+
+/// The summary rows of a run's page.
+fn summary_rows(run: &RunData) -> String {
+    let r = &run.report;
+    kv_table(&[
+        ("run", run.id().to_string()),
+        ("experiment", run.status.experiment.clone()),
+        ("model", r.model.clone()),
+        ("device", r.device.clone()),
+        (
+            "dataset",
+            format!("{} ({})", r.dataset_id, run.spec.dataset),
+        ),
+        (
+            "training",
+            format!(
+                "{:.1} s, {:.0} images/s, best epoch {} of {} run",
+                r.train_seconds, r.train_images_per_s, r.best_epoch, r.epochs_run
+            ),
+        ),
+        ("created", run.status.created_at.clone()),
+        ("finished", r.finished_at.clone()),
+    ])
 }
 
 /// Where a comparison goes: `target` is the HTML file when it ends in `.html` or `.htm`
@@ -595,28 +919,49 @@ pub fn write_comparison(
         }
         p
     };
-    let plots: Vec<(String, String, &str)> = vec![
+    let binary = runs.iter().all(|r| r.report.test.binary().is_some());
+    let mut plots: Vec<(String, String, &str)> = vec![
         (
             format!("{prefix}val-loss.svg"),
-            per_epoch("Validation loss per epoch", "loss", |e| e.val.loss).to_svg(),
+            per_epoch("Validation loss per epoch", "loss", |e| {
+                e.val.value(MetricName::Loss)
+            })
+            .to_svg(),
             "validation loss per epoch, all runs",
         ),
-        (
-            format!("{prefix}val-f1.svg"),
-            per_epoch("Validation F1 per epoch (at 0.5)", "F1", |e| e.val.f1).to_svg(),
-            "validation F1 per epoch, all runs",
-        ),
-        (
+        if binary {
+            (
+                format!("{prefix}val-f1.svg"),
+                per_epoch("Validation F1 per epoch (at 0.5)", "F1", |e| {
+                    e.val.value(MetricName::F1)
+                })
+                .to_svg(),
+                "validation F1 per epoch, all runs",
+            )
+        } else {
+            (
+                format!("{prefix}val-f1.svg"),
+                per_epoch("Validation macro F1 per epoch", "macro F1", |e| {
+                    e.val.value(MetricName::F1)
+                })
+                .to_svg(),
+                "validation macro F1 per epoch, all runs",
+            )
+        },
+    ];
+    // Curves exist for two classes only.
+    if binary {
+        plots.push((
             format!("{prefix}roc.svg"),
             roc_plot(&refs, true).to_svg(),
             "test ROC curves, all runs",
-        ),
-        (
+        ));
+        plots.push((
             format!("{prefix}pr.svg"),
             pr_plot(&refs, true).to_svg(),
             "test precision-recall curves, all runs",
-        ),
-    ];
+        ));
+    }
     let mut written = Written {
         page: page_path,
         plots: vec![],

@@ -9,9 +9,9 @@ pub mod plot;
 
 use crate::dataset::manifest::DatasetManifest;
 use crate::layout::run as keys;
-use crate::metrics::{BinaryMetrics, MetricsRecord, Misclassified, Report};
+use crate::metrics::{AnyReport, Metrics, MetricsRecord, Misclassified, MulticlassMetrics};
 use crate::run::{self, Phase, RunStatus};
-use crate::shard::ShardReader;
+use crate::shard::{Shape, ShardReader};
 use crate::spec::RunSpec;
 use crate::store::{Store, StoreError};
 use std::collections::BTreeMap;
@@ -58,7 +58,7 @@ pub struct EpochPoint {
     pub epoch: u32,
     pub train_loss: f64,
     pub lr: f64,
-    pub val: BinaryMetrics,
+    pub val: Metrics,
 }
 
 /// Everything a report shows about one finished run.
@@ -66,7 +66,7 @@ pub struct EpochPoint {
 pub struct RunData {
     pub status: RunStatus,
     pub spec: RunSpec,
-    pub report: Report,
+    pub report: AnyReport,
     /// One point per epoch, in epoch order.
     pub epochs: Vec<EpochPoint>,
 }
@@ -142,7 +142,7 @@ pub async fn load_run(root: &Store, run_id: &str) -> Result<RunData, ReportError
             }),
         });
     }
-    let report: Report = parse(&run, keys::REPORT, false).await?;
+    let report: AnyReport = parse(&run, keys::REPORT, false).await?;
     let spec: RunSpec = parse(&run, keys::SPEC, true).await?;
     let epochs = match run.get_opt(keys::METRICS).await? {
         Some(b) => epochs_of(&b),
@@ -156,32 +156,11 @@ pub async fn load_run(root: &Store, run_id: &str) -> Result<RunData, ReportError
     })
 }
 
-/// A report as `idcctl report` prints it: the run, the test metrics at 0.5 and at the
-/// validation threshold, the confusion matrix.
-pub fn summary_text(r: &Report) -> String {
-    use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
-    let mut t = Table::new();
-    t.load_preset(UTF8_FULL_CONDENSED);
-    t.set_header([
-        "test metric",
-        "at 0.5",
-        &format!("at val threshold {:.3}", r.test_at_val_threshold.threshold),
-    ]);
-    for m in crate::metrics::MetricName::ALL {
-        t.add_row([
-            m.label().to_string(),
-            format!("{:.4}", m.of(&r.test)),
-            format!("{:.4}", m.of(&r.test_at_val_threshold)),
-        ]);
-    }
-    t.add_row([
-        "patches".to_string(),
-        r.test.count.to_string(),
-        r.test.count.to_string(),
-    ]);
-    let c = &r.test.confusion;
-    format!(
-        "run {}  model {}  dataset {}  device {}\nbest epoch {} of {}, trained {:.0}s at {:.0} images/s\n{t}\nconfusion at 0.5 (rows true, columns predicted):\n            no IDC    IDC\n  no IDC  {:>8} {:>6}\n  IDC     {:>8} {:>6}\n",
+/// A report as `idcctl report` prints it: the run, the test metrics (two classes: at 0.5 and
+/// at the validation threshold), per-class scores for K classes, the confusion matrix.
+pub fn summary_text(r: &AnyReport) -> String {
+    let head = format!(
+        "run {}  model {}  dataset {}  device {}\nbest epoch {} of {}, trained {:.0}s at {:.0} images/s\n",
         r.run_id,
         r.model,
         r.dataset_id,
@@ -190,18 +169,144 @@ pub fn summary_text(r: &Report) -> String {
         r.epochs_run,
         r.train_seconds,
         r.train_images_per_s,
-        c.tn,
-        c.fp,
-        c.fn_,
-        c.tp
+    );
+    match (&r.test, &r.test_at_val_threshold) {
+        (Metrics::Binary(test), Some(at)) => head + &binary_text(test, at),
+        (Metrics::Binary(test), None) => head + &binary_text(test, test),
+        (Metrics::Multiclass(m), _) => head + &multiclass_text(m, &r.classes),
+    }
+}
+
+fn table() -> comfy_table::Table {
+    let mut t = comfy_table::Table::new();
+    t.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
+    t
+}
+
+fn binary_text(test: &crate::metrics::BinaryMetrics, at: &crate::metrics::BinaryMetrics) -> String {
+    let mut t = table();
+    t.set_header([
+        "test metric",
+        "at 0.5",
+        &format!("at val threshold {:.3}", at.threshold),
+    ]);
+    for m in crate::metrics::MetricName::ALL {
+        t.add_row([
+            m.label().to_string(),
+            format!("{:.4}", m.of_binary(test)),
+            format!("{:.4}", m.of_binary(at)),
+        ]);
+    }
+    t.add_row([
+        "patches".to_string(),
+        test.count.to_string(),
+        test.count.to_string(),
+    ]);
+    let c = &test.confusion;
+    format!(
+        "{t}\nconfusion at 0.5 (rows true, columns predicted):\n            no IDC    IDC\n  no IDC  {:>8} {:>6}\n  IDC     {:>8} {:>6}\n",
+        c.tn, c.fp, c.fn_, c.tp
     )
 }
 
-/// A misclassified test patch with its pixels as a PNG.
+/// The metrics shown for K classes, in order.
+pub const MULTICLASS_SHOWN: [crate::metrics::MetricName; 7] = {
+    use crate::metrics::MetricName::*;
+    [
+        Accuracy,
+        BalancedAccuracy,
+        Precision,
+        Recall,
+        F1,
+        RocAuc,
+        Loss,
+    ]
+};
+
+fn multiclass_text(m: &MulticlassMetrics, classes: &[String]) -> String {
+    let mut t = table();
+    t.set_header(["test metric", "value"]);
+    for name in MULTICLASS_SHOWN {
+        t.add_row([
+            name.label_multiclass().to_string(),
+            format!("{:.4}", name.of_multiclass(m)),
+        ]);
+    }
+    for (label, v) in [
+        ("weighted precision", m.weighted_precision),
+        ("weighted recall", m.weighted_recall),
+        ("weighted F1", m.weighted_f1),
+    ] {
+        t.add_row([label.to_string(), format!("{v:.4}")]);
+    }
+    for k in &m.top_k {
+        t.add_row([
+            format!("top-{} accuracy", k.k),
+            format!("{:.4}", k.accuracy),
+        ]);
+    }
+    t.add_row(["images".to_string(), m.count.to_string()]);
+    let mut per = table();
+    per.set_header(["class", "precision", "recall", "F1", "support", "ROC-AUC"]);
+    for (c, s) in m.per_class.iter().enumerate() {
+        per.add_row([
+            class_label(classes, c),
+            format!("{:.4}", s.precision),
+            format!("{:.4}", s.recall),
+            format!("{:.4}", s.f1),
+            s.support.to_string(),
+            format!("{:.4}", s.roc_auc),
+        ]);
+    }
+    format!(
+        "{t}\nper class:\n{per}\nconfusion (rows true, columns predicted):\n{}",
+        confusion_text(&m.confusion, classes)
+    )
+}
+
+/// `3 cat`: a class's number and name, as tables show it.
+pub fn class_label(classes: &[String], c: usize) -> String {
+    match classes.get(c) {
+        Some(name) => format!("{c} {name}"),
+        None => c.to_string(),
+    }
+}
+
+/// A K x K confusion matrix as text: rows are true classes by number and name, columns are
+/// predicted classes by number (wide names would not fit across).
+pub fn confusion_text(confusion: &[Vec<u64>], classes: &[String]) -> String {
+    let k = confusion.len();
+    let names: Vec<String> = (0..k).map(|c| class_label(classes, c)).collect();
+    let left = names.iter().map(|n| n.len()).max().unwrap_or(0);
+    let cell = confusion
+        .iter()
+        .flatten()
+        .map(|v| v.to_string().len())
+        .max()
+        .unwrap_or(1)
+        .max(k.saturating_sub(1).to_string().len());
+    let mut out = format!("  {:left$}", "");
+    for c in 0..k {
+        out += &format!(" {c:>cell$}");
+    }
+    out.push('\n');
+    for (row, name) in confusion.iter().zip(&names) {
+        out += &format!("  {name:left$}");
+        for v in row {
+            out += &format!(" {v:>cell$}");
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// A misclassified test patch (or image) with its pixels as a PNG.
 #[derive(Debug, Clone)]
 pub struct Patch {
     pub info: Misclassified,
     pub png: Vec<u8>,
+    /// Its size in pixels.
+    pub shape: Shape,
 }
 
 /// What the report shows of the dataset a run trained on; what could not be read is said in
@@ -214,10 +319,19 @@ pub struct DatasetView {
     pub notes: Vec<String>,
 }
 
-/// Encodes 50x50 RGB pixels as a PNG.
+/// Encodes 50x50 RGB pixels (an IDC patch) as a PNG.
 pub fn patch_png(pixels: &[u8]) -> Vec<u8> {
-    let side = crate::PATCH_SIZE as u32;
-    crate::dataset::decode::encode_png(pixels, side, side, png::ColorType::Rgb)
+    image_png(pixels, Shape::IDC)
+}
+
+/// Encodes one image's HWC pixels of `shape` (RGB or gray) as a PNG.
+pub fn image_png(pixels: &[u8], shape: Shape) -> Vec<u8> {
+    let color = if shape.channels == 1 {
+        png::ColorType::Grayscale
+    } else {
+        png::ColorType::Rgb
+    };
+    crate::dataset::decode::encode_png(pixels, shape.width, shape.height, color)
 }
 
 /// Reads the manifest of the dataset `run` trained on and the pixels of its misclassified test
@@ -263,8 +377,9 @@ pub async fn load_dataset(run: &RunData) -> DatasetView {
         return view;
     }
     if report.misclassified.is_empty() {
-        let errors = report.test.confusion.fp + report.test.confusion.fn_;
-        if errors > 0 {
+        let confusion = report.test.confusion_matrix();
+        let correct: u64 = (0..confusion.len()).map(|c| confusion[c][c]).sum();
+        if report.test.count() > correct {
             view.notes.push(
                 "this report predates the list of misclassified patches (rerun the run to get it)"
                     .into(),
@@ -289,6 +404,7 @@ pub async fn load_dataset(run: &RunData) -> DatasetView {
             pngs.get(&(m.shard.clone(), m.record)).map(|png| Patch {
                 info: m.clone(),
                 png: png.clone(),
+                shape: manifest.image.shape(),
             })
         })
         .collect();
@@ -342,7 +458,10 @@ async fn read_patches(
                 m.label
             ));
         }
-        out.push(((m.shard.clone(), m.record), patch_png(r.pixels)));
+        out.push((
+            (m.shard.clone(), m.record),
+            image_png(r.pixels, shard.layout().shape),
+        ));
     }
     Ok(out)
 }
@@ -358,10 +477,11 @@ mod tests {
                 epoch: e,
                 train_loss: 1.0 / e as f64,
                 lr: 0.01,
-                val: BinaryMetrics {
+                val: crate::metrics::BinaryMetrics {
                     f1,
                     ..Default::default()
-                },
+                }
+                .into(),
                 duration_s: 1.0,
                 images_per_s: 100.0,
                 best: true,
@@ -386,7 +506,11 @@ mod tests {
         .join("\n");
         let e = epochs_of(jsonl.as_bytes());
         assert_eq!(e.iter().map(|p| p.epoch).collect::<Vec<_>>(), [1, 2]);
-        assert_eq!(e[1].val.f1, 0.6, "a repeated epoch keeps its last line");
+        assert_eq!(
+            e[1].val.value(crate::metrics::MetricName::F1),
+            0.6,
+            "a repeated epoch keeps its last line"
+        );
         assert_eq!(e[1].train_loss, 0.5);
     }
 
@@ -402,5 +526,39 @@ mod tests {
         assert_eq!((info.width, info.height), (50, 50));
         assert_eq!(info.color_type, png::ColorType::Rgb);
         assert_eq!(&buf[..info.buffer_size()], &pixels[..]);
+    }
+
+    #[test]
+    fn a_ten_class_report_names_its_classes() {
+        let classes: Vec<String> = crate::dataset::archive::FASHION_MNIST_CLASSES
+            .map(String::from)
+            .to_vec();
+        let mut probs = vec![];
+        let mut labels = vec![];
+        for i in 0..100u32 {
+            let y = (i % 10) as u8;
+            // Every fifth image of class 6 (Shirt) is taken for class 0 (T-shirt/top).
+            let p = if y == 6 && i % 20 == 6 { 0 } else { y };
+            let mut row = vec![0.01f32; 10];
+            row[p as usize] = 0.91;
+            probs.extend(row);
+            labels.push(y);
+        }
+        let m = crate::metrics::evaluate_multiclass(&probs, &labels, 10, 0.3);
+        let text = multiclass_text(&m, &classes);
+        for want in [
+            "macro F1",
+            "top-3 accuracy",
+            "6 Shirt",
+            "9 Ankle boot",
+            "weighted F1",
+        ] {
+            assert!(text.contains(want), "{want} missing:\n{text}");
+        }
+        let conf = confusion_text(&m.confusion, &classes);
+        let shirt = conf.lines().find(|l| l.contains("6 Shirt")).unwrap();
+        let cells: Vec<&str> = shirt.split_whitespace().skip(2).collect();
+        assert_eq!(cells.len(), 10);
+        assert_eq!((cells[0], cells[6]), ("5", "5"), "{conf}");
     }
 }

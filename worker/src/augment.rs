@@ -1,7 +1,8 @@
 //! Training augmentations as batched tensor ops on the training device, drawn there too: 90-degree
-//! rotations and flips (one gather through a table of the 16 flip/rotation combinations), colour
-//! reduction and contrast enhancement, each drawn per patch with its probability. Nothing is read
-//! back or uploaded per batch; draws come from libtorch's generator, which the caller seeds.
+//! rotations and flips (one gather through a table of the 16 flip/rotation combinations), random
+//! crops from a zero-padded image (one more gather), colour reduction and contrast enhancement,
+//! each drawn per image with its probability. Nothing is read back or uploaded per batch; draws
+//! come from libtorch's generator, which the caller seeds.
 
 use idc::spec::Augmentation;
 use tch::{Device, Kind, Tensor};
@@ -21,6 +22,8 @@ pub struct Augmenter {
     slope: Tensor,
     range: Tensor,
     gray: Tensor,
+    /// Luminance weights apply to RGB only.
+    rgb: bool,
 }
 
 /// What to do to each patch of a batch, on the device.
@@ -31,10 +34,13 @@ pub struct Draw {
     pub saturation: Option<Tensor>,
     /// `[N, 1, 1, 1]` contrast factors (1: unchanged).
     pub contrast: Option<Tensor>,
+    /// `[2, N]` int64 crop offsets (rows, columns) into the padded image, each in `0..=2p`.
+    pub crop: Option<Tensor>,
 }
 
 impl Augmenter {
-    pub fn new(spec: &Augmentation, side: i64, device: Device) -> Self {
+    /// For `[N, C, side, side]` images (`channels` C: colour reduction needs RGB).
+    pub fn new(spec: &Augmentation, side: i64, channels: i64, device: Device) -> Self {
         let spatial = spec.rotate90 > 0.0 || spec.flip_lr > 0.0 || spec.flip_tb > 0.0;
         let (table, cdf) = if spatial {
             let table = Tensor::from_slice(&transform_table(side))
@@ -76,17 +82,29 @@ impl Augmenter {
             gray: Tensor::from_slice(&[0.299f32, 0.587, 0.114])
                 .view([1, 3, 1, 1])
                 .to_device(device),
+            rgb: channels == 3,
         }
     }
 
     /// Draws what to do to `n` patches on `device`, from libtorch's generator.
     pub fn draw(&self, n: i64, device: Device) -> Draw {
         let colour = self.spec.color > 0.0 || self.spec.contrast > 0.0;
+        // Drawn after the others, so that enabling crops leaves their draws as they were.
+        let crop = |_: ()| {
+            let p = self.spec.crop_padding as f64;
+            (p > 0.0).then(|| {
+                (Tensor::rand([2, n], (Kind::Float, device)) * (2.0 * p + 1.0))
+                    .floor()
+                    .clamp(0.0, 2.0 * p)
+                    .to_kind(Kind::Int64)
+            })
+        };
         if self.cdf.is_none() && !colour {
             return Draw {
                 code: None,
                 saturation: None,
                 contrast: None,
+                crop: crop(()),
             };
         }
         // Rows, so that each draw is contiguous: spatial code, saturation, contrast.
@@ -109,10 +127,29 @@ impl Augmenter {
             code,
             saturation,
             contrast,
+            crop: crop(()),
         }
     }
 
-    /// Applies `d` to uint8 patches `[N, 3, H, W]`; returns float patches in [0, 1].
+    /// Cuts each image of `xs` (`[N, C, H, W]`) out of itself padded by `crop_padding` zeros on
+    /// every side, at its drawn offset.
+    fn crop(&self, xs: &Tensor, offsets: &Tensor) -> Tensor {
+        let p = self.spec.crop_padding as i64;
+        let (n, c, h, w) = xs.size4().expect("[N, C, H, W] images");
+        let wide = w + 2 * p;
+        let padded = xs
+            .constant_pad_nd([p, p, p, p])
+            .view([n, c, (h + 2 * p) * wide]);
+        let opts = (Kind::Int64, xs.device());
+        let rows = Tensor::arange(h, opts).view([1, h, 1]) + offsets.get(0).view([n, 1, 1]);
+        let cols = Tensor::arange(w, opts).view([1, 1, w]) + offsets.get(1).view([n, 1, 1]);
+        let src = (rows * wide + cols)
+            .view([n, 1, h * w])
+            .expand([n, c, h * w], false);
+        padded.gather(2, &src, false).view([n, c, h, w])
+    }
+
+    /// Applies `d` to uint8 images `[N, C, H, W]`; returns float images in [0, 1].
     pub fn apply(&self, xs: &Tensor, d: &Draw) -> Tensor {
         let mut x = match (&d.code, &self.table) {
             (Some(code), Some(table)) => {
@@ -126,10 +163,14 @@ impl Augmenter {
                     .view([n, c, h, w])
             }
             _ => xs.shallow_clone(),
+        };
+        if let Some(offsets) = &d.crop {
+            x = self.crop(&x, offsets);
         }
-        .to_kind(Kind::Float)
-            / 255.0;
-        if let Some(s) = &d.saturation {
+        let mut x = x.to_kind(Kind::Float) / 255.0;
+        if let Some(s) = &d.saturation
+            && self.rgb
+        {
             let gray = (&x * &self.gray).sum_dim_intlist(1, true, Kind::Float);
             x = &gray + (&x - &gray) * s;
         }
@@ -214,11 +255,12 @@ mod tests {
             code: Some(Tensor::from_slice(codes)),
             saturation: None,
             contrast: None,
+            crop: None,
         }
     }
 
     fn spatial() -> Augmenter {
-        Augmenter::new(&Augmentation::default(), 2, Device::Cpu)
+        Augmenter::new(&Augmentation::default(), 2, 3, Device::Cpu)
     }
 
     #[test]
@@ -252,7 +294,7 @@ mod tests {
     #[test]
     fn the_table_matches_torch_flips_and_rot90() {
         let x = Tensor::arange(3 * 5 * 5, (Kind::Uint8, Device::Cpu)).view([1, 3, 5, 5]);
-        let a = Augmenter::new(&Augmentation::default(), 5, Device::Cpu);
+        let a = Augmenter::new(&Augmentation::default(), 5, 3, Device::Cpu);
         for code in 0..CODES {
             let mut want = x.shallow_clone();
             if code & 1 == 1 {
@@ -269,10 +311,11 @@ mod tests {
 
     #[test]
     fn colour_and_contrast_are_exact() {
-        let a = Augmenter::new(&Augmentation::default(), 1, Device::Cpu);
+        let a = Augmenter::new(&Augmentation::default(), 1, 3, Device::Cpu);
         let x = Tensor::from_slice(&[255u8, 0, 0]).view([1, 3, 1, 1]);
         let factor = |f: f32| Some(Tensor::from_slice(&[f]).view([1, 1, 1, 1]));
         let draw = |s, c| Draw {
+            crop: None,
             code: None,
             saturation: s,
             contrast: c,
@@ -284,7 +327,7 @@ mod tests {
             Vec::<f32>::try_from(a.apply(&x, &draw(factor(0.5), None)).flatten(0, -1)).unwrap();
         assert!((half[0] - (0.299 + 0.5 * 0.701)).abs() < 1e-6 && (half[1] - 0.1495).abs() < 1e-6);
 
-        let a = Augmenter::new(&Augmentation::default(), 2, Device::Cpu);
+        let a = Augmenter::new(&Augmentation::default(), 2, 3, Device::Cpu);
         let x = Tensor::from_slice(&[51u8, 102, 153, 204]).view([1, 1, 2, 2]);
         let y = Vec::<f32>::try_from(a.apply(&x, &draw(None, factor(2.0))).flatten(0, -1)).unwrap();
         let want = [0.0, 0.3, 0.7, 1.0]; // mean 0.5, doubled distance, clamped
@@ -305,7 +348,7 @@ mod tests {
             ..Default::default()
         };
         tch::manual_seed(1);
-        let a = Augmenter::new(&spec, 50, Device::Cpu);
+        let a = Augmenter::new(&spec, 50, 3, Device::Cpu);
         let d = a.draw(4000, Device::Cpu);
         let code: Vec<i64> = Vec::try_from(d.code.unwrap()).unwrap();
         assert!(
@@ -333,14 +376,48 @@ mod tests {
             color: 0.5,
             ..Augmentation::none()
         };
-        let d = Augmenter::new(&spec, 50, Device::Cpu).draw(4000, Device::Cpu);
+        let d = Augmenter::new(&spec, 50, 3, Device::Cpu).draw(4000, Device::Cpu);
         assert!(d.code.is_none() && d.contrast.is_none());
         let s: Vec<f32> = Vec::try_from(d.saturation.unwrap().flatten(0, -1)).unwrap();
         let kept = s.iter().filter(|&&s| s == 1.0).count();
         assert!((1800..2200).contains(&kept), "{kept}");
         assert!(s.iter().all(|s| (0.5..=1.0).contains(s)));
 
-        let none = Augmenter::new(&Augmentation::none(), 50, Device::Cpu).draw(10, Device::Cpu);
+        let none = Augmenter::new(&Augmentation::none(), 50, 3, Device::Cpu).draw(10, Device::Cpu);
         assert!(none.code.is_none() && none.saturation.is_none() && none.contrast.is_none());
+    }
+
+    #[test]
+    fn crops_shift_the_image_inside_zero_padding() {
+        // One gray 3x3 image 1..9 (as uint8), padding 1: offsets (0, 0) shift it down-right by one.
+        let spec = Augmentation {
+            crop_padding: 1,
+            ..Augmentation::none()
+        };
+        let a = Augmenter::new(&spec, 3, 1, Device::Cpu);
+        let x = Tensor::from_slice(&[1u8, 2, 3, 4, 5, 6, 7, 8, 9]).view([1, 1, 3, 3]);
+        let at = |dy: i64, dx: i64| {
+            let d = Draw {
+                code: None,
+                saturation: None,
+                contrast: None,
+                crop: Some(Tensor::from_slice(&[dy, dx]).view([2, 1])),
+            };
+            let y = (a.apply(&x, &d) * 255.0).round().flatten(0, -1);
+            Vec::<f32>::try_from(y).unwrap()
+        };
+        assert_eq!(
+            at(1, 1),
+            [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0],
+            "centred"
+        );
+        assert_eq!(at(0, 0), [0.0, 0.0, 0.0, 0.0, 1.0, 2.0, 0.0, 4.0, 5.0]);
+        assert_eq!(at(2, 1), [4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 0.0, 0.0, 0.0]);
+        // Drawn offsets stay within 0..=2p and cover it.
+        tch::manual_seed(3);
+        let d = a.draw(2000, Device::Cpu);
+        let o = d.crop.unwrap();
+        assert_eq!(o.size(), [2, 2000]);
+        assert_eq!((o.min().int64_value(&[]), o.max().int64_value(&[])), (0, 2));
     }
 }

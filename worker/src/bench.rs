@@ -216,7 +216,14 @@ fn time_setup(
     labels_host: &[u8],
 ) -> Result<Row, WorkerError> {
     let t = bench_spec(spec, bs, args.log_every);
-    let mut model = Model::new(spec, 2, [0.5; 3], [0.25; 3], device);
+    let mut model = Model::new(
+        spec,
+        2,
+        idc::shard::Shape::IDC,
+        &[0.5; 3],
+        &[0.25; 3],
+        device,
+    );
     if bf16 {
         model.use_channels_last();
     }

@@ -1,18 +1,19 @@
 //! Loading a staged dataset into tensors: every shard read once, checksum verified, the uint8
-//! patches kept on the training device (batches are gathered there; nothing is decoded).
+//! images (of the dataset's shape) kept on the training device (batches are gathered there;
+//! nothing is decoded).
 
 use crate::error::WorkerError;
 use idc::dataset::manifest::DatasetManifest;
 use idc::dataset::split::Split;
-use idc::shard::{RecordMeta, ShardReader};
+use idc::shard::{RecordMeta, Shape, ShardReader};
 use idc::store::Store;
 use tch::{Device, Kind, Tensor};
 
 /// One split on the device.
 pub struct SplitData {
-    /// `[N, 3, 50, 50]` uint8.
+    /// `[N, C, H, W]` uint8.
     pub images: Tensor,
-    /// `[N]` int64 labels (0 no IDC, 1 IDC).
+    /// `[N]` int64 class labels (IDC: 0 no IDC, 1 IDC).
     pub labels: Tensor,
     /// The labels on the host, for sampling and metrics.
     pub labels_host: Vec<u8>,
@@ -39,16 +40,16 @@ impl SplitData {
         self.labels_host.is_empty()
     }
 
-    /// The patches' side length in pixels.
-    pub fn side(&self) -> i64 {
-        self.images.size()[2]
-    }
-
-    /// Builds a split from HWC uint8 pixels (`n * 7500` bytes) and labels.
-    pub fn from_hwc(pixels: &[u8], labels: Vec<u8>, device: Device) -> Self {
+    /// Builds a split from HWC uint8 pixels (`n` images of `shape`) and labels.
+    pub fn from_hwc(pixels: &[u8], labels: Vec<u8>, shape: Shape, device: Device) -> Self {
         let n = labels.len() as i64;
         let images = Tensor::from_slice(pixels)
-            .view([n, 50, 50, 3])
+            .view([
+                n,
+                shape.height as i64,
+                shape.width as i64,
+                shape.channels as i64,
+            ])
             .permute([0, 3, 1, 2])
             .contiguous()
             .to_device(device);
@@ -83,10 +84,11 @@ pub async fn load(store: &Store, device: Device) -> Result<Dataset, WorkerError>
                 store.url()
             ))
         })?;
+    let layout = manifest.layout();
     let mut splits = vec![];
     for split in Split::ALL {
         let records = manifest.splits.get(&split).map(|s| s.records).unwrap_or(0) as usize;
-        let mut pixels = Vec::with_capacity(records * idc::PATCH_BYTES);
+        let mut pixels = Vec::with_capacity(records * layout.shape.pixel_bytes());
         let mut labels = Vec::with_capacity(records);
         let mut origins = Vec::with_capacity(records);
         for (shard_index, info) in manifest
@@ -102,9 +104,12 @@ pub async fn load(store: &Store, device: Device) -> Result<Dataset, WorkerError>
                     store.url_of(&info.key)
                 ))
             })?;
-            if shard.split() != split || shard.len() as u64 != info.records {
+            if shard.split() != split
+                || shard.len() as u64 != info.records
+                || shard.layout() != layout
+            {
                 return Err(WorkerError::BadInput(format!(
-                    "shard {} does not match the manifest (split or record count); restage the dataset",
+                    "shard {} does not match the manifest (split, record count, image shape or classes); restage the dataset",
                     store.url_of(&info.key)
                 )));
             }
@@ -118,7 +123,7 @@ pub async fn load(store: &Store, device: Device) -> Result<Dataset, WorkerError>
                 });
             }
         }
-        let mut data = SplitData::from_hwc(&pixels, labels, device);
+        let mut data = SplitData::from_hwc(&pixels, labels, layout.shape, device);
         data.origins = origins;
         splits.push(data);
     }

@@ -1,7 +1,10 @@
-//! The models: logistic regression, a simple CNN and ResNet34 with a new head. Every model takes
-//! float patches in [0, 1], `[N, 3, 50, 50]`, and normalizes them with the dataset's statistics.
+//! The models: logistic regression, a simple CNN and ResNet34 with a new head, shaped by the
+//! dataset: its image size and channels in, one logit per class out (one in all for BCE). Every
+//! model takes float images in [0, 1], `[N, C, H, W]`, and normalizes them with the dataset's
+//! per-channel statistics.
 
 use crate::error::WorkerError;
+use idc::shard::Shape;
 use idc::spec::ModelSpec;
 use std::collections::HashMap;
 use tch::nn::{self, ModuleT};
@@ -14,7 +17,9 @@ pub struct Model {
     mean: Tensor,
     std: Tensor,
     input_size: Option<i64>,
-    /// Number of logits (1 for BCE, 2 for cross-entropy).
+    /// ResNet34 on gray images: the one channel is repeated to the three its stem takes.
+    gray_to_rgb: bool,
+    /// Number of logits (1 for BCE; the number of classes for cross-entropy).
     pub outputs: i64,
 }
 
@@ -28,27 +33,35 @@ impl std::fmt::Debug for Model {
 pub const HEAD: &str = "fc";
 
 impl Model {
-    /// Builds `spec` on `device` with `outputs` logits; `mean`/`std` are per-channel RGB stats.
+    /// Builds `spec` on `device` for images of `shape` with `outputs` logits; `mean`/`std` are
+    /// the per-channel statistics of the training images.
     pub fn new(
         spec: &ModelSpec,
         outputs: i64,
-        mean: [f64; 3],
-        std: [f64; 3],
+        shape: Shape,
+        mean: &[f64],
+        std: &[f64],
         device: Device,
     ) -> Self {
         let vs = nn::VarStore::new(device);
         let root = vs.root();
+        let (c, h, w) = (
+            shape.channels as i64,
+            shape.height as i64,
+            shape.width as i64,
+        );
         let (net, input_size): (Box<dyn ModuleT + Send>, Option<i64>) = match spec {
             ModelSpec::Logreg => {
-                let fc = nn::linear(&root / HEAD, 3 * 50 * 50, outputs, Default::default());
+                let fc = nn::linear(&root / HEAD, c * h * w, outputs, Default::default());
                 (
                     Box::new(nn::func_t(move |xs, _| xs.flatten(1, -1).apply(&fc))),
                     None,
                 )
             }
-            ModelSpec::SimpleCnn { width, dropout } => {
-                (Box::new(simple_cnn(&root, *width, *dropout, outputs)), None)
-            }
+            ModelSpec::SimpleCnn { width, dropout } => (
+                Box::new(simple_cnn(&root, shape, *width, *dropout, outputs)),
+                None,
+            ),
             ModelSpec::Resnet34 { input_size, .. } => {
                 let backbone = tch::vision::resnet::resnet34_no_final_layer(&root);
                 let fc = nn::linear(&root / HEAD, 512, outputs, Default::default());
@@ -60,37 +73,48 @@ impl Model {
                 )
             }
         };
-        let stat = |v: [f64; 3]| {
-            Tensor::from_slice(&v.map(|x| x as f32))
-                .view([1, 3, 1, 1])
-                .to_device(device)
+        let stat = |v: &[f64]| {
+            let v: Vec<f32> = v.iter().map(|&x| x as f32).collect();
+            Tensor::from_slice(&v).view([1, c, 1, 1]).to_device(device)
         };
-        let std = std.map(|s| if s > 1e-6 { s } else { 1.0 });
+        let std: Vec<f64> = std
+            .iter()
+            .map(|&s| if s > 1e-6 { s } else { 1.0 })
+            .collect();
         Self {
             vs,
             net,
             mean: stat(mean),
-            std: stat(std),
+            std: stat(&std),
             input_size,
+            gray_to_rgb: matches!(spec, ModelSpec::Resnet34 { .. }) && c == 1,
             outputs,
         }
+    }
+
+    /// Channels of the images it takes.
+    pub fn channels(&self) -> i64 {
+        self.mean.size()[1]
     }
 
     /// Logits for float patches in [0, 1].
     pub fn forward(&self, xs: &Tensor, train: bool) -> Tensor {
         let mut x = (xs - &self.mean) / &self.std;
+        if self.gray_to_rgb {
+            x = x.expand([-1, 3, -1, -1], false);
+        }
         if let Some(s) = self.input_size {
             x = x.upsample_bilinear2d([s, s], false, None, None);
         }
         self.net.forward_t(&x, train)
     }
 
-    /// Probability of IDC from logits.
+    /// Two classes: the probability of class 1 (IDC), `[N]`. More: every class's, `[N, K]`.
     pub fn probability(&self, logits: &Tensor) -> Tensor {
-        if self.outputs == 1 {
-            logits.squeeze_dim(1).sigmoid()
-        } else {
-            logits.softmax(1, Kind::Float).select(1, 1)
+        match self.outputs {
+            1 => logits.squeeze_dim(1).sigmoid(),
+            2 => logits.softmax(1, Kind::Float).select(1, 1),
+            _ => logits.softmax(1, Kind::Float),
         }
     }
 
@@ -173,8 +197,15 @@ impl Model {
     }
 }
 
-/// Three conv blocks (width, 2x, 4x channels) and a two-layer head, as the seed's simple CNN.
-fn simple_cnn(p: &nn::Path, width: i64, dropout: f64, outputs: i64) -> impl ModuleT + use<> {
+/// Three conv blocks (width, 2x, 4x channels; 3x3 convolutions, ReLU, 2x2 max pooling) and a
+/// two-layer head, as the seed's simple CNN (its CIFAR-10 demo network and its IDC model).
+fn simple_cnn(
+    p: &nn::Path,
+    shape: Shape,
+    width: i64,
+    dropout: f64,
+    outputs: i64,
+) -> impl ModuleT + use<> {
     let conv = |name: &str, i, o| {
         nn::conv2d(
             p / name,
@@ -188,11 +219,14 @@ fn simple_cnn(p: &nn::Path, width: i64, dropout: f64, outputs: i64) -> impl Modu
         )
     };
     let (c1, c2, c3) = (
-        conv("conv1", 3, width),
+        conv("conv1", shape.channels as i64, width),
         conv("conv2", width, 2 * width),
         conv("conv3", 2 * width, 4 * width),
     );
-    let fc1 = nn::linear(p / "fc1", 4 * width * 6 * 6, 256, Default::default());
+    // Three 2x2 poolings, each rounding down: 50 -> 6, 32 -> 4, 28 -> 3.
+    let pooled = |side: u32| (side as i64 / 2 / 2 / 2).max(1);
+    let (ph, pw) = (pooled(shape.height), pooled(shape.width));
+    let fc1 = nn::linear(p / "fc1", 4 * width * ph * pw, 256, Default::default());
     let fc = nn::linear(p / HEAD, 256, outputs, Default::default());
     nn::func_t(move |xs, train| {
         xs.apply(&c1)

@@ -27,22 +27,23 @@ pub fn epoch_order(sampling: Sampling, labels: &[u8], seed: u64, epoch: u32) -> 
         }
         Sampling::Weighted => {
             // Weight 1/n_c per patch makes each class equally likely; then uniform within it.
-            let by_class: [Vec<i64>; 2] = [0u8, 1].map(|c| {
-                labels
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, l)| **l == c)
-                    .map(|(i, _)| i as i64)
-                    .collect()
-            });
+            let classes = labels.iter().map(|&l| l as usize + 1).max().unwrap_or(0);
+            let mut by_class: Vec<Vec<i64>> = vec![vec![]; classes.max(2)];
+            for (i, &l) in labels.iter().enumerate() {
+                by_class[l as usize].push(i as i64);
+            }
+            let present: Vec<usize> = (0..by_class.len())
+                .filter(|&c| !by_class[c].is_empty())
+                .collect();
             (0..labels.len())
                 .map(|_| {
-                    let c = if by_class[0].is_empty() {
-                        1
-                    } else if by_class[1].is_empty() {
-                        0
-                    } else {
+                    let c = if present.len() == 1 {
+                        present[0]
+                    } else if by_class.len() == 2 {
+                        // Two classes: one bit, as the first idc drew (runs reproduce).
                         (rng.next_u32() & 1) as usize
+                    } else {
+                        present[below(&mut rng, present.len())]
                     };
                     by_class[c][below(&mut rng, by_class[c].len())]
                 })
@@ -101,5 +102,30 @@ mod tests {
         assert_ne!(order, (0..1000).collect::<Vec<_>>());
         order.sort();
         assert_eq!(order, (0..1000).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn weighted_sampling_balances_ten_classes() {
+        // Class c has 100 * (c + 1) patches; class 3 has none in this split.
+        let labels: Vec<u8> = (0..10u8)
+            .filter(|&c| c != 3)
+            .flat_map(|c| std::iter::repeat_n(c, 100 * (c as usize + 1)))
+            .collect();
+        let order = epoch_order(Sampling::Weighted, &labels, 5, 0);
+        assert_eq!(order.len(), labels.len());
+        let mut counts = [0f64; 10];
+        for &i in &order {
+            counts[labels[i as usize] as usize] += 1.0;
+        }
+        assert_eq!(counts[3], 0.0, "an absent class is never drawn");
+        let expect = order.len() as f64 / 9.0;
+        let chi2: f64 = (0..10)
+            .filter(|&c| c != 3)
+            .map(|c| (counts[c] - expect).powi(2) / expect)
+            .sum();
+        assert!(
+            chi2 < 26.1,
+            "chi-square {chi2} over 8 degrees of freedom (p < 0.001): {counts:?}"
+        );
     }
 }

@@ -25,13 +25,15 @@ pub struct TrainStep {
 }
 
 impl TrainStep {
-    /// `model` must already be in its training layout (channels-last for bf16).
+    /// `model` must already be in its training layout (channels-last for bf16); its images are
+    /// `side` x `side`.
     pub fn new(t: &TrainSpec, model: Model, side: i64, bf16: bool, device: Device) -> Self {
         let opt = Optimizer::new(&t.optimizer, model.trainable());
+        let aug = Augmenter::new(&t.augmentation, side, model.channels(), device);
         Self {
             model,
             opt,
-            aug: Augmenter::new(&t.augmentation, side, device),
+            aug,
             loss: t.loss.kind,
             pos_weight: t
                 .loss
@@ -204,7 +206,14 @@ mod tests {
 
     fn step_for(model: ModelSpec, optimizer: OptimizerKind) -> TrainStep {
         let t = spec(model, optimizer);
-        let m = Model::new(&t.model, 1, [0.5; 3], [0.25; 3], Device::Cpu);
+        let m = Model::new(
+            &t.model,
+            1,
+            idc::shard::Shape::IDC,
+            &[0.5; 3],
+            &[0.25; 3],
+            Device::Cpu,
+        );
         TrainStep::new(&t, m, 50, false, Device::Cpu)
     }
 

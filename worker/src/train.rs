@@ -10,7 +10,7 @@ use crate::sampler::rng_for;
 use crate::step::{EpochOrder, LossWindow, TrainStep, WindowStep, loss_of};
 use bytes::Bytes;
 use idc::layout::run as keys;
-use idc::metrics::{self, BinaryMetrics, MetricsRecord, Misclassified, Report};
+use idc::metrics::{self, AnyReport, ErrorKind, Metrics, MetricsRecord, Misclassified};
 use idc::spec::{DeviceSpec, LossKind, ModelSpec, Precision, RunSpec};
 use idc::store::Store;
 use serde::{Deserialize, Serialize};
@@ -168,19 +168,15 @@ impl<'a> Trainer<'a> {
             started.elapsed().as_secs_f64()
         ));
 
-        let outputs = if t.loss.kind == LossKind::CrossEntropy {
-            2
-        } else {
-            1
+        let m = &data.manifest;
+        t.check_dataset(m.num_classes(), m.image.shape())
+            .map_err(|e| WorkerError::BadInput(format!("dataset {}: {e}", self.spec.dataset)))?;
+        let outputs = match (m.num_classes(), t.loss.kind) {
+            (2, LossKind::BceWithLogits) => 1,
+            (k, _) => k as i64,
         };
         tch::manual_seed(step_seed(t.seed, u32::MAX, 0));
-        let mut model = Model::new(
-            &t.model,
-            outputs,
-            data.manifest.mean,
-            data.manifest.std,
-            device,
-        );
+        let mut model = Model::new(&t.model, outputs, m.image.shape(), &m.mean, &m.std, device);
         if let ModelSpec::Resnet34 {
             pretrained,
             freeze_backbone,
@@ -200,7 +196,8 @@ impl<'a> Trainer<'a> {
         if bf16 {
             model.use_channels_last();
         }
-        let train = TrainStep::new(&t, model, data.train.side(), bf16, device);
+        let side = data.manifest.image.height as i64;
+        let train = TrainStep::new(&t, model, side, bf16, device);
 
         let n_train = data.train.len() as u64;
         let batch = t.batch_size as u64;
@@ -390,7 +387,6 @@ impl<'a> Trainer<'a> {
             t.eval_batch_size as i64,
             t.loss.kind,
             bf16,
-            0.5,
         );
         let train_loss = p.epoch_loss_sum / p.epoch_seen.max(1) as f64;
         let value = t.select_metric.of(&val);
@@ -433,14 +429,9 @@ impl<'a> Trainer<'a> {
         };
         metric_lines.push(serde_json::to_string(&rec).expect("serializes"));
         self.log.line(&format!(
-            "epoch {}/{}: train loss {train_loss:.4}, val loss {:.4} acc {:.4} bal-acc {:.4} F1 {:.4} AUC {:.4}{}",
+            "epoch {}/{}: train loss {train_loss:.4}, val {val}{}",
             p.epoch + 1,
             t.epochs,
-            val.loss,
-            val.accuracy,
-            val.balanced_accuracy,
-            val.f1,
-            val.roc_auc,
             if better { " (best)" } else { "" }
         ));
         let key = keys::checkpoint(p.epoch + 1);
@@ -490,55 +481,70 @@ impl<'a> Trainer<'a> {
         let tensors = self.load_checkpoint(&best)?;
         let mut model = train.model;
         restore_model(&mut model, &tensors)?;
-        let (val_probs, val_loss) = predict(
-            &model,
-            &data.val,
-            t.eval_batch_size as i64,
-            t.loss.kind,
-            bf16,
-        );
-        let threshold = metrics::f1_optimal_threshold(&val_probs, &data.val.labels_host);
-        let val = metrics::evaluate(&val_probs, &data.val.labels_host, 0.5, val_loss);
-        let (probs, loss) = predict(
-            &model,
-            &data.test,
-            t.eval_batch_size as i64,
-            t.loss.kind,
-            bf16,
-        );
+        let batch = t.eval_batch_size as i64;
+        let (val_probs, val_loss) = predict(&model, &data.val, batch, t.loss.kind, bf16);
+        let (probs, loss) = predict(&model, &data.test, batch, t.loss.kind, bf16);
         let labels = &data.test.labels_host;
-        let report = Report {
+        let k = data.manifest.num_classes();
+        let mut report = AnyReport {
             run_id: self.spec.run_id.clone(),
             dataset_id: data.manifest.id.clone(),
             model: t.model.name().to_string(),
             device: format!("{device:?}"),
             best_epoch: p.best_epoch.unwrap_or(0),
             epochs_run: p.epoch,
-            test: metrics::evaluate(&probs, labels, 0.5, loss),
-            test_at_val_threshold: metrics::evaluate(&probs, labels, threshold, loss),
-            val,
-            roc: metrics::thin(&metrics::roc_curve(&probs, labels), 200),
-            pr: metrics::thin(&metrics::pr_curve(&probs, labels), 200),
+            classes: data.manifest.classes.clone(),
+            test: Metrics::default(),
+            test_at_val_threshold: None,
+            val: Metrics::default(),
+            roc: vec![],
+            pr: vec![],
             train_seconds: p.train_seconds,
             train_images_per_s: p.images_trained as f64 / p.train_seconds.max(1e-9),
             config: serde_json::to_value(&t).expect("serializes"),
             finished_at: idc::clock::now_rfc3339(),
-            misclassified: misclassified(&data, &probs),
+            misclassified: vec![],
+        };
+        let summary = if k == 2 {
+            // The F1-optimal threshold is chosen on validation.
+            let threshold = metrics::f1_optimal_threshold(&val_probs, &data.val.labels_host);
+            let test = metrics::evaluate(&probs, labels, 0.5, loss);
+            let at = metrics::evaluate(&probs, labels, threshold, loss);
+            let line = format!(
+                "test (best epoch {}): acc {:.4} bal-acc {:.4} F1 {:.4} AUC {:.4} AP {:.4}; at val threshold {threshold:.3}: F1 {:.4}",
+                report.best_epoch,
+                test.accuracy,
+                test.balanced_accuracy,
+                test.f1,
+                test.roc_auc,
+                test.pr_auc,
+                at.f1
+            );
+            report.val = metrics::evaluate(&val_probs, &data.val.labels_host, 0.5, val_loss).into();
+            report.roc = metrics::thin(&metrics::roc_curve(&probs, labels), 200);
+            report.pr = metrics::thin(&metrics::pr_curve(&probs, labels), 200);
+            report.misclassified = misclassified(&data, &probs);
+            report.test = test.into();
+            report.test_at_val_threshold = Some(at);
+            line
+        } else {
+            let test = metrics::evaluate_multiclass(&probs, labels, k, loss);
+            report.val =
+                metrics::evaluate_multiclass(&val_probs, &data.val.labels_host, k, val_loss).into();
+            report.misclassified = confusions(&data, &probs, k);
+            let line = format!(
+                "test (best epoch {}): {}",
+                report.best_epoch,
+                Metrics::from(test.clone())
+            );
+            report.test = test.into();
+            line
         };
         self.put(
             keys::REPORT,
             serde_json::to_vec_pretty(&report).expect("serializes"),
         )?;
-        self.log.line(&format!(
-            "test (best epoch {}): acc {:.4} bal-acc {:.4} F1 {:.4} AUC {:.4} AP {:.4}; at val threshold {threshold:.3}: F1 {:.4}",
-            report.best_epoch,
-            report.test.accuracy,
-            report.test.balanced_accuracy,
-            report.test.f1,
-            report.test.roc_auc,
-            report.test.pr_auc,
-            report.test_at_val_threshold.f1
-        ));
+        self.log.line(&summary);
         self.flush_log();
         Ok(Outcome::Finished)
     }
@@ -672,28 +678,50 @@ fn drain_losses(window: &mut LossWindow, p: &mut Progress) -> Result<f64, Worker
 
 /// The most confidently misclassified test patches at 0.5, located in the staged dataset.
 fn misclassified(data: &crate::data::Dataset, probs: &[f32]) -> Vec<Misclassified> {
-    let test = &data.test;
     metrics::most_confident_errors(
         probs,
-        &test.labels_host,
+        &data.test.labels_host,
         0.5,
         metrics::MISCLASSIFIED_PER_KIND,
     )
     .into_iter()
-    .map(|(i, error)| {
-        let o = test.origins[i];
-        Misclassified {
-            error,
-            shard: data.manifest.shards[o.shard as usize].key.clone(),
-            record: o.record as u64,
-            patient: o.meta.patient,
-            x: o.meta.x,
-            y: o.meta.y,
-            label: test.labels_host[i],
-            probability: probs[i] as f64,
-        }
-    })
+    .map(|(i, error)| located(data, i, error, probs[i], None))
     .collect()
+}
+
+/// K classes: the most confidently misclassified test images, located in the staged dataset.
+fn confusions(data: &crate::data::Dataset, probs: &[f32], k: usize) -> Vec<Misclassified> {
+    metrics::most_confident_confusions(
+        probs,
+        &data.test.labels_host,
+        k,
+        2 * metrics::MISCLASSIFIED_PER_KIND,
+    )
+    .into_iter()
+    .map(|(i, predicted, p)| located(data, i, ErrorKind::WrongClass, p, Some(predicted)))
+    .collect()
+}
+
+/// Test image `i`, misclassified as `error`, with where its record is in the staged dataset.
+fn located(
+    data: &crate::data::Dataset,
+    i: usize,
+    error: ErrorKind,
+    probability: f32,
+    predicted: Option<u8>,
+) -> Misclassified {
+    let o = data.test.origins[i];
+    Misclassified {
+        error,
+        shard: data.manifest.shards[o.shard as usize].key.clone(),
+        record: o.record as u64,
+        patient: o.meta.patient,
+        x: o.meta.x,
+        y: o.meta.y,
+        label: data.test.labels_host[i],
+        probability: probability as f64,
+        predicted,
+    }
 }
 
 fn restore_model(model: &mut Model, tensors: &BTreeMap<String, Tensor>) -> Result<(), WorkerError> {
@@ -707,7 +735,8 @@ fn restore_model(model: &mut Model, tensors: &BTreeMap<String, Tensor>) -> Resul
     Ok(())
 }
 
-/// Probabilities of IDC and the mean loss over a split.
+/// The mean loss over a split and its probabilities: two classes, that of class 1 (IDC) per
+/// image; K classes, K per image (row-major).
 pub fn predict(
     model: &Model,
     split: &SplitData,
@@ -739,21 +768,18 @@ pub fn predict(
         let probs = if probs.is_empty() {
             vec![]
         } else {
-            Vec::<f32>::try_from(Tensor::cat(&probs, 0).to_device(Device::Cpu))
+            Vec::<f32>::try_from(Tensor::cat(&probs, 0).flatten(0, -1).to_device(Device::Cpu))
                 .expect("float probabilities")
         };
         (probs, loss_sum.double_value(&[]) / n.max(1) as f64)
     })
 }
 
-fn evaluate(
-    model: &Model,
-    split: &SplitData,
-    batch: i64,
-    kind: LossKind,
-    bf16: bool,
-    threshold: f64,
-) -> BinaryMetrics {
+/// The metrics of a split: two classes at 0.5, K classes by argmax.
+fn evaluate(model: &Model, split: &SplitData, batch: i64, kind: LossKind, bf16: bool) -> Metrics {
     let (probs, loss) = predict(model, split, batch, kind, bf16);
-    metrics::evaluate(&probs, &split.labels_host, threshold, loss)
+    match model.outputs {
+        1 | 2 => metrics::evaluate(&probs, &split.labels_host, 0.5, loss).into(),
+        k => metrics::evaluate_multiclass(&probs, &split.labels_host, k as usize, loss).into(),
+    }
 }
