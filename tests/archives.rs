@@ -129,6 +129,9 @@ fn cifar10_archives_in_both_layouts_stage_byte_for_byte_with_exact_splits() {
                 "{file}: class {c}: {got} vs {want}"
             );
         }
+        if file.contains("binary") {
+            check_against_raw_binary_records(&archive, &url);
+        }
         // The same archive and options again: nothing to do.
         let again = idcctl(&[
             "stage",
@@ -149,6 +152,47 @@ fn cifar10_archives_in_both_layouts_stage_byte_for_byte_with_exact_splits() {
             text(&again.stderr)
         );
     }
+}
+
+/// Every staged record against the archive's own bytes: the `.bin` members as they are (a label
+/// byte, then 1024 red, 1024 green, 1024 blue bytes, rows of 32), read here with nothing but tar.
+fn check_against_raw_binary_records(archive: &Path, url: &str) {
+    let mut members: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    let file = std::fs::File::open(archive).unwrap();
+    for entry in tar::Archive::new(flate2::read::GzDecoder::new(file))
+        .entries()
+        .unwrap()
+    {
+        let mut entry = entry.unwrap();
+        let name = entry.path().unwrap().to_string_lossy().into_owned();
+        let mut data = vec![];
+        std::io::Read::read_to_end(&mut entry, &mut data).unwrap();
+        members.insert(name, data);
+    }
+    let train: Vec<u8> = (1..=5)
+        .flat_map(|i| members[&format!("cifar-10-batches-bin/data_batch_{i}.bin")].clone())
+        .collect();
+    let test = &members["cifar-10-batches-bin/test_batch.bin"];
+    let m = manifest_of(url);
+    let ds = Store::open(url).unwrap();
+    let mut checked = 0;
+    for shard in runtime().block_on(load_shards(&ds, &m)) {
+        for r in shard.records() {
+            let raw = if r.meta.y == 0 { &train } else { test };
+            let rec = &raw[r.meta.x as usize * 3073..][..3073];
+            assert_eq!(r.meta.label, rec[0]);
+            for (i, &v) in r.pixels.iter().enumerate() {
+                let (px, c) = (i / 3, i % 3);
+                assert_eq!(v, rec[1 + c * 1024 + px], "image {} pixel {i}", r.meta.x);
+            }
+            checked += 1;
+        }
+    }
+    assert_eq!(
+        checked * 3073,
+        train.len() + test.len(),
+        "every record checked"
+    );
 }
 
 /// The `.tar.gz` at `src` rewritten with `edit` applied to each (member name, bytes): None drops it.
@@ -373,6 +417,30 @@ fn a_short_cifar10_run_beats_chance_and_reports_ten_classes() {
     ] {
         assert!(shown.contains(want), "{want} missing:\n{shown}");
     }
+    // The page and the comparison show ten classes; there are no ROC or PR curves to draw.
+    let page = tmp.path().join("page");
+    let out = idcctl_env(
+        &["report", &run, "--html", page.to_str().unwrap()],
+        &[("IDC_STORAGE", &storage)],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let html = std::fs::read_to_string(page.join("index.html")).unwrap();
+    assert_eq!(html.matches("<td data-true=").count(), 100);
+    assert!(html.contains("<th>3 cat</th>") && html.contains("Per class (test)"));
+    assert!(!page.join("roc.svg").exists());
+    let cmp = tmp.path().join("cmp.html");
+    let out = idcctl_env(
+        &["compare", &run, &run, "--html", cmp.to_str().unwrap()],
+        &[("IDC_STORAGE", &storage)],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let table = text(&out.stdout);
+    assert!(
+        table.contains("test: accuracy") && table.contains("top-5 accuracy"),
+        "{table}"
+    );
+    assert!(tmp.path().join("cmp-val-f1.svg").exists());
+    assert!(!tmp.path().join("cmp-roc.svg").exists());
     // `list` and `status` use macro F1.
     let list = idcctl_env(&["list", "-o", "json"], &[("IDC_STORAGE", &storage)]);
     let runs: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
