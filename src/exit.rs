@@ -60,7 +60,8 @@ fn own_code(e: &(dyn std::error::Error + 'static)) -> Option<ExitCode> {
             crate::experiment::ManifestError,
             crate::report::ReportError,
             crate::stage::StageError,
-            crate::sweep::driver::SweepError
+            crate::sweep::driver::SweepError,
+            crate::weights::WeightsError
         );
     }
     None

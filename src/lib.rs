@@ -6,7 +6,8 @@
 
 //!
 //! The `controller` feature (on by default) adds what only `idcctl` needs: staging, the
-//! backends, sweeps and reports. The worker builds without it, on the shared formats alone.
+//! backends, sweeps, reports and the import of pretrained weights (`weights`). The worker builds
+//! without it, on the shared formats alone.
 
 pub mod clock;
 pub mod dataset;
@@ -35,6 +36,8 @@ pub mod run;
 pub mod stage;
 #[cfg(feature = "controller")]
 pub mod sweep;
+#[cfg(feature = "controller")]
+pub mod weights;
 
 /// Side length of an IDC patch in pixels (the Kaggle set is cut at 50x50).
 pub const PATCH_SIZE: usize = 50;

@@ -16,6 +16,7 @@ use std::sync::atomic::Ordering;
 mod reports;
 mod runs;
 mod sweep;
+mod weights;
 
 /// idcctl stages the breast histopathology (IDC) dataset into object storage and runs
 /// training experiments on it.
@@ -122,6 +123,9 @@ enum Command {
     /// its trials.
     #[command(subcommand)]
     Sweep(sweep::SweepCommand),
+    /// Pretrained weights: import torchvision's checkpoints for the models.
+    #[command(subcommand)]
+    Weights(weights::WeightsCommand),
     /// Internal commands used by idcctl itself.
     #[command(subcommand, hide = true)]
     Internal(runs::InternalCommand),
@@ -328,6 +332,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             cluster,
         } => runs::resume(storage, cluster, run).await,
         Command::Sweep(cmd) => sweep::command(cmd).await,
+        Command::Weights(cmd) => weights::command(cmd).await,
         Command::Internal(runs::InternalCommand::Supervise { run }) => runs::supervise(&run).await,
         Command::Manifest(ManifestCommand::Schema) => {
             println!(

@@ -268,7 +268,7 @@ const RESERVE_MAX: u64 = 64 << 20;
 
 mod cifar;
 mod idx;
-mod pickle;
+pub(crate) mod pickle;
 
 pub mod fixtures;
 

@@ -1,8 +1,11 @@
-//! A Python pickle reader for what CIFAR-10's batches hold: dicts, lists, tuples, byte and
-//! text strings, numbers and numpy arrays. It is the unpickling stack machine restricted
-//! to opcodes of protocols 0-4 that such data uses, and to a handful of globals: numpy's
-//! array and dtype reconstructors and the two ways Python 3 writes bytes in protocol 2.
-//! No code runs: an array is recorded from its reduce arguments and `BUILD` state.
+//! A Python pickle reader for what CIFAR-10's batches and `torch.save` checkpoints hold: dicts
+//! (and `OrderedDict`s), lists, tuples, byte and text strings, numbers, numpy arrays and torch
+//! tensors. It is the unpickling stack machine restricted to opcodes of protocols 0-4 that such
+//! data uses, and to a handful of globals: numpy's array and dtype reconstructors, the two ways
+//! Python 3 writes bytes in protocol 2, `collections.OrderedDict`, torch's tensor rebuilders and
+//! storage classes. No code runs: an array is recorded from its reduce arguments and `BUILD`
+//! state, a tensor from its rebuild arguments, and a persistent id (`PERSID`, `BINPERSID`:
+//! how torch names a storage kept outside the pickle) is kept as the id itself.
 //!
 //! Strings and bytes borrow from the input, so a batch's 30 MB of pixels are not copied.
 
@@ -62,15 +65,36 @@ struct Heap<'a> {
 /// The result of a `REDUCE` of a known constructor, with the state `BUILD` gives it.
 #[derive(Debug)]
 struct Object<'a> {
-    kind: Kind,
+    kind: Kind<'a>,
     state: Option<Value<'a>>,
 }
 
 #[derive(Debug)]
-enum Kind {
+enum Kind<'a> {
     NdArray,
     /// A numpy dtype and the type string it was made from (`u1`, `f8`, ...).
     Dtype(String),
+    /// What a persistent id names, never loaded here: the id as pickled.
+    Persistent(Value<'a>),
+    /// `torch._utils._rebuild_tensor_v2(storage, offset, size, stride, ...)`: its arguments.
+    Tensor(Vec<Value<'a>>),
+}
+
+/// A torch tensor as pickled: a view of a storage kept outside the pickle (in a zip
+/// checkpoint, the member `data/<key>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TorchTensor {
+    /// The storage's class name, which gives the element type: `FloatStorage`, `HalfStorage`,
+    /// `UntypedStorage`, ...
+    pub storage_class: String,
+    /// The storage's key: its file name under `data/`.
+    pub key: String,
+    /// Elements in the storage.
+    pub storage_numel: usize,
+    /// Offset of the tensor's first element in the storage, in elements.
+    pub offset: usize,
+    pub shape: Vec<usize>,
+    pub stride: Vec<usize>,
 }
 
 /// A numpy array as pickled: `dtype` is numpy's type string with its byte order (`|u1`).
@@ -126,6 +150,8 @@ impl<'a> Heap<'a> {
             Value::Object(o) => match self.objects[*o].kind {
                 Kind::NdArray => "a numpy array".into(),
                 Kind::Dtype(_) => "a numpy dtype".into(),
+                Kind::Persistent(_) => "a persistent reference".into(),
+                Kind::Tensor(_) => "a torch tensor".into(),
             },
         }
     }
@@ -260,6 +286,83 @@ impl<'a> Pickle<'a> {
             dtype,
             fortran,
             data,
+        })
+    }
+}
+
+impl<'a> Pickle<'a> {
+    /// Whether `v` is a torch tensor (what [`Pickle::tensor`] reads).
+    pub fn is_tensor(&self, v: &Value<'a>) -> bool {
+        matches!(v, Value::Object(o) if matches!(self.heap.objects[*o].kind, Kind::Tensor(_)))
+    }
+
+    /// The tensor `v` is, from `_rebuild_tensor_v2`'s arguments: `(storage, storage_offset,
+    /// size, stride, ...)`, the storage being the persistent id
+    /// `('storage', storage_class, key, location, numel)`.
+    pub fn tensor(&self, v: &Value<'a>) -> Result<TorchTensor, String> {
+        let args = match v {
+            Value::Object(o) => match &self.heap.objects[*o].kind {
+                Kind::Tensor(args) => args,
+                _ => return Err(format!("is {}, not a torch tensor", self.describe(v))),
+            },
+            _ => return Err(format!("is {}, not a torch tensor", self.describe(v))),
+        };
+        let [storage, offset, size, stride, ..] = args.as_slice() else {
+            return Err(format!(
+                "is a torch tensor rebuilt from {} arguments",
+                args.len()
+            ));
+        };
+        let pid = match storage {
+            Value::Object(o) => match &self.heap.objects[*o].kind {
+                Kind::Persistent(pid) => self.tuple(pid),
+                _ => None,
+            },
+            _ => None,
+        }
+        .ok_or("is a torch tensor whose storage is no persistent reference")?;
+        let (class, key, numel) = match pid {
+            [tag, class, key, _location, numel, ..]
+                if tag.as_text().as_deref() == Some("storage") =>
+            {
+                (class, key, numel)
+            }
+            _ => return Err("is a torch tensor with a malformed storage reference".into()),
+        };
+        let storage_class = match class {
+            Value::Global(_, name) => name.to_string(),
+            v => {
+                return Err(format!(
+                    "is a torch tensor whose storage class is {}",
+                    self.describe(v)
+                ));
+            }
+        };
+        let key = key
+            .as_text()
+            .or_else(|| key.as_int().map(|i| i.to_string()))
+            .ok_or("is a torch tensor with a malformed storage key")?;
+        let count = |v: &Value, what: &str| {
+            v.as_int()
+                .and_then(|i| usize::try_from(i).ok())
+                .ok_or_else(|| format!("is a torch tensor with a malformed {what}"))
+        };
+        let dims = |v: &Value<'a>, what: &str| {
+            self.tuple(v)
+                .and_then(|d| {
+                    d.iter()
+                        .map(|v| v.as_int().and_then(|i| usize::try_from(i).ok()))
+                        .collect::<Option<Vec<usize>>>()
+                })
+                .ok_or_else(|| format!("is a torch tensor with a malformed {what}"))
+        };
+        Ok(TorchTensor {
+            storage_class,
+            key,
+            storage_numel: count(numel, "storage size")?,
+            offset: count(offset, "storage offset")?,
+            shape: dims(size, "size")?,
+            stride: dims(stride, "stride")?,
         })
     }
 }
@@ -689,8 +792,21 @@ impl<'a> Machine<'a> {
                         self.heap.objects[o].state = Some(state);
                         Ok(None)
                     }
+                    // An OrderedDict's attributes: a state dict's `_metadata`, not needed.
+                    Value::Dict(_) => Ok(None),
                     v => Err(format!("BUILD of {}", self.heap.describe(v))),
                 }
+            }
+            // PERSID, BINPERSID: a reference to an object kept outside the pickle.
+            b'P' => {
+                let pid = Value::Str(self.line()?);
+                let v = self.heap.object(Kind::Persistent(pid));
+                self.push(v)
+            }
+            b'Q' => {
+                let pid = self.pop()?;
+                let v = self.heap.object(Kind::Persistent(pid));
+                self.push(v)
             }
             _ => Err(format!("unsupported opcode 0x{op:02x}")),
         }
@@ -707,35 +823,58 @@ fn global<'a>(module: &'a str, name: &'a str) -> Result<Value<'a>, String> {
         ("numpy", "ndarray" | "dtype") => true,
         ("_codecs", "encode") => true,
         ("__builtin__" | "builtins", "bytes") => true,
+        ("collections", "OrderedDict") => true,
+        ("torch._utils", "_rebuild_tensor_v2" | "_rebuild_parameter") => true,
+        ("torch" | "torch.storage", n) => n.ends_with("Storage"),
         _ => false,
     };
     if !known {
         return Err(format!(
-            "unsupported global {module}.{name} (only numpy uint8 arrays, lists, dicts, strings and numbers are read)"
+            "unsupported global {module}.{name} (only numpy arrays, torch tensors, lists, dicts, strings and numbers are read)"
         ));
     }
     Ok(Value::Global(module, name))
 }
 
 impl<'a> Heap<'a> {
+    fn object(&mut self, kind: Kind<'a>) -> Value<'a> {
+        self.objects.push(Object { kind, state: None });
+        Value::Object(self.objects.len() - 1)
+    }
+
     /// What calling `callable(*args)` builds, for the callables [`global`] admits.
     fn call(&mut self, callable: &Value<'a>, args: &[Value<'a>]) -> Result<Value<'a>, String> {
         let Value::Global(module, name) = *callable else {
             return Err(format!("call of {}", self.describe(callable)));
         };
-        let mut object = |kind| {
-            self.objects.push(Object { kind, state: None });
-            Value::Object(self.objects.len() - 1)
-        };
         match (module, name) {
+            // OrderedDict(): a dict that SETITEMS fills.
+            ("collections", "OrderedDict") => match args {
+                [] => {
+                    self.dicts.push(Vec::new());
+                    Ok(Value::Dict(self.dicts.len() - 1))
+                }
+                _ => Err("OrderedDict() with arguments".into()),
+            },
+            ("torch._utils", "_rebuild_tensor_v2") => match args.len() {
+                4.. => Ok(self.object(Kind::Tensor(args.to_vec()))),
+                n => Err(format!("_rebuild_tensor_v2 with {n} arguments")),
+            },
+            // _rebuild_parameter(data, requires_grad, backward_hooks): the tensor itself.
+            ("torch._utils", "_rebuild_parameter") => match args.first() {
+                Some(t @ Value::Object(o)) if matches!(self.objects[*o].kind, Kind::Tensor(_)) => {
+                    Ok(t.clone())
+                }
+                _ => Err("_rebuild_parameter of something other than a tensor".into()),
+            },
             // _reconstruct(ndarray, (0,), b'b'): an empty array that BUILD fills.
             (m, "_reconstruct") if RECONSTRUCT.contains(&m) => match args.first() {
-                Some(Value::Global("numpy", "ndarray")) => Ok(object(Kind::NdArray)),
+                Some(Value::Global("numpy", "ndarray")) => Ok(self.object(Kind::NdArray)),
                 _ => Err("_reconstruct of something other than numpy.ndarray".into()),
             },
             // dtype('u1', False, True), then BUILD with (3, '|', ...).
             ("numpy", "dtype") => match args.first().and_then(Value::as_text) {
-                Some(descr) => Ok(object(Kind::Dtype(descr))),
+                Some(descr) => Ok(self.object(Kind::Dtype(descr))),
                 None => Err("numpy.dtype without a type string".into()),
             },
             // How Python 3 writes bytes in protocol 2: _codecs.encode(str, 'latin1').

@@ -1,0 +1,146 @@
+//! `idcctl weights`: pretrained weights for the models.
+
+use super::UserError;
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use idc::exit::ExitCode;
+use idc::store::Store;
+use idc::weights::{self, ImportModel};
+use std::path::PathBuf;
+
+#[derive(Subcommand, Debug)]
+pub enum WeightsCommand {
+    /// Convert a torchvision checkpoint (.pth, as torch.save writes it) to the .safetensors
+    /// file a manifest's `pretrained:` names, checking every backbone tensor's name, shape and
+    /// dtype on the way.
+    Import(ImportArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ImportArgs {
+    /// The checkpoint: a state dict saved with torch.save (torch >= 1.6), e.g. torchvision's
+    /// resnet34-b627a593.pth; a dict holding it under 'state_dict' or 'model' also works.
+    file: PathBuf,
+    /// The model the weights are for.
+    #[arg(long, value_enum)]
+    model: ImportModel,
+    /// The object to write, a .safetensors file in a bucket: s3://bucket/path/NAME.safetensors,
+    /// file:///path/NAME.safetensors or a plain path (AWS_* variables configure S3).
+    #[arg(long)]
+    to: String,
+}
+
+pub async fn command(cmd: WeightsCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        WeightsCommand::Import(args) => import(args).await,
+    }
+}
+
+/// Splits the URL of an object into its folder's URL and its name, as the worker's fetch does.
+fn split_url(url: &str) -> Result<(&str, &str), UserError> {
+    let (dir, name) = match url.rsplit_once('/') {
+        Some(("file://", name)) => ("/", name),
+        Some((dir, name)) if !dir.is_empty() && !dir.ends_with(':') && !dir.ends_with(":/") => {
+            (dir, name)
+        }
+        Some(("", name)) => ("/", name),
+        Some(_) => {
+            return Err(UserError(format!(
+                "--to {url}: name the object to write, e.g. s3://bucket/weights/resnet34-imagenet.safetensors"
+            )));
+        }
+        None => (".", url),
+    };
+    if !name.ends_with(".safetensors") || name == ".safetensors" {
+        return Err(UserError(format!(
+            "--to {url}: the object's name must end in .safetensors (the worker picks the loader by it)"
+        )));
+    }
+    Ok((dir, name))
+}
+
+async fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
+    let (dir, name) = split_url(&args.to)?;
+    let store = Store::open(dir)?;
+    let file = args.file.clone();
+    let model = args.model;
+    let imported = tokio::task::spawn_blocking(move || weights::import_file(&file, model))
+        .await
+        .context("importing weights")??;
+    let bytes = weights::write_safetensors(&imported.tensors);
+    let size = bytes.len();
+    store
+        .put(name, bytes.into())
+        .await
+        .with_context(|| format!("writing {}", store.url_of(name)))?;
+    println!(
+        "imported {} tensors ({} parameters + {} BatchNorm statistics, {} bytes) from {} to {} ({size} bytes)",
+        imported.tensors.len(),
+        imported.parameters(),
+        imported.statistics(),
+        imported.bytes(),
+        args.file.display(),
+        store.url_of(name),
+    );
+    if imported.stripped_module_prefix {
+        println!("stripped DataParallel's 'module.' prefix from the keys");
+    }
+    if !imported.dropped.is_empty() {
+        let counters = imported
+            .dropped
+            .iter()
+            .filter(|n| n.ends_with("num_batches_tracked"))
+            .count();
+        let head: Vec<&str> = imported
+            .dropped
+            .iter()
+            .filter(|n| !n.ends_with("num_batches_tracked"))
+            .map(String::as_str)
+            .collect();
+        println!(
+            "dropped {} keys: {counters} num_batches_tracked buffers{}",
+            imported.dropped.len(),
+            if head.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    ", the old head [{}] (the model's head is new)",
+                    head.join(", ")
+                )
+            }
+        );
+    }
+    if !imported.extra.is_empty() {
+        println!(
+            "ignored {} keys the model has no use for: [{}]",
+            imported.extra.len(),
+            imported.extra.join(", ")
+        );
+    }
+    Ok(ExitCode::Success)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weights_split_url() {
+        assert_eq!(
+            split_url("s3://idc/weights/r.safetensors").unwrap(),
+            ("s3://idc/weights", "r.safetensors")
+        );
+        assert_eq!(
+            split_url("s3://idc/r.safetensors").unwrap(),
+            ("s3://idc", "r.safetensors")
+        );
+        assert_eq!(
+            split_url("file:///tmp/w/r.safetensors").unwrap(),
+            ("file:///tmp/w", "r.safetensors")
+        );
+        assert_eq!(split_url("r.safetensors").unwrap(), (".", "r.safetensors"));
+        assert!(split_url("s3://idc/weights/r.pth").is_err());
+        assert!(split_url("s3://r.safetensors").is_err());
+        assert!(split_url("file:///r.safetensors").is_ok());
+    }
+}
