@@ -29,7 +29,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Stage a downloaded dataset (folder or zip) as split, checksummed shards at a storage URL.
+    /// Stage a download (IDC folder or zip, CIFAR-10 .tar.gz, IDX folder) as split, checksummed
+    /// shards at a storage URL.
     Stage(StageArgs),
     /// Make and inspect datasets.
     #[command(subcommand)]
