@@ -77,18 +77,21 @@ fn cifar10_archives_in_both_layouts_stage_byte_for_byte_with_exact_splits() {
         let archive = tmp.path().join(file);
         let g = write(&archive, 90, 120, 7);
         let url = format!("file://{}/{file}-staged", tmp.path().display());
-        let out = idcctl(&[
-            "stage",
-            "--format",
-            "cifar10",
-            archive.to_str().unwrap(),
-            "--to",
-            &url,
-            "--val",
-            "45",
-            "--shard-records",
-            "100",
-        ]);
+        let stage = || {
+            idcctl(&[
+                "stage",
+                "--format",
+                "cifar10",
+                archive.to_str().unwrap(),
+                "--to",
+                &url,
+                "--val",
+                "45",
+                "--shard-records",
+                "100",
+            ])
+        };
+        let out = stage();
         assert!(out.status.success(), "{file}: {}", text(&out.stderr));
         let m = manifest_of(&url);
         assert_eq!(
@@ -133,18 +136,7 @@ fn cifar10_archives_in_both_layouts_stage_byte_for_byte_with_exact_splits() {
             check_against_raw_binary_records(&archive, &url);
         }
         // The same archive and options again: nothing to do.
-        let again = idcctl(&[
-            "stage",
-            "--format",
-            "cifar10",
-            archive.to_str().unwrap(),
-            "--to",
-            &url,
-            "--val",
-            "45",
-            "--shard-records",
-            "100",
-        ]);
+        let again = stage();
         assert!(again.status.success());
         assert!(
             text(&again.stderr).contains("nothing to do"),
