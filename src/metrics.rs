@@ -145,14 +145,6 @@ impl MetricName {
             other => other.label(),
         }
     }
-
-    /// Its name for `m`'s kind of metrics.
-    pub fn label_for(self, m: &Metrics) -> &'static str {
-        match m {
-            Metrics::Binary(_) => self.label(),
-            Metrics::Multiclass(_) => self.label_multiclass(),
-        }
-    }
 }
 
 /// The metrics of one evaluation: binary (two classes, thresholded probability of class 1) or
@@ -638,7 +630,7 @@ pub struct Report<M = BinaryMetrics> {
     pub best_epoch: u32,
     pub epochs_run: u32,
     /// Class names, index = label (reports written before this field: the two IDC classes).
-    #[serde(default = "idc_classes")]
+    #[serde(default = "crate::dataset::manifest::idc_classes")]
     pub classes: Vec<String>,
     /// Test metrics (two classes: at 0.5).
     pub test: M,
@@ -662,12 +654,6 @@ pub struct Report<M = BinaryMetrics> {
     /// to twice that many, most confident first (empty in reports written before this field).
     #[serde(default)]
     pub misclassified: Vec<Misclassified>,
-}
-
-fn idc_classes() -> Vec<String> {
-    crate::dataset::manifest::IDC_CLASSES
-        .map(String::from)
-        .to_vec()
 }
 
 /// A report of any number of classes.
@@ -996,7 +982,7 @@ mod tests {
             device: "Cpu".into(),
             best_epoch: 1,
             epochs_run: 1,
-            classes: idc_classes(),
+            classes: crate::dataset::manifest::idc_classes(),
             test: val.clone().into(),
             test_at_val_threshold: Some(val.clone()),
             val: val.into(),
@@ -1054,7 +1040,7 @@ mod tests {
         assert_eq!(m.loss, 0.9);
         let metrics = Metrics::from(m.clone());
         assert_eq!(MetricName::F1.of(&metrics), m.f1);
-        assert_eq!(MetricName::F1.label_for(&metrics), "macro F1");
+        assert_eq!(MetricName::F1.label_multiclass(), "macro F1");
         assert_eq!(metrics.confusion_matrix(), m.confusion);
     }
 

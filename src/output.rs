@@ -168,10 +168,7 @@ fn class_table(m: &DatasetManifest) -> String {
     t.add_row(row);
     let o = &m.options.split;
     let rule = if m.source.kind.is_archive() {
-        format!(
-            "official test set ({}), validation {} of the training images (stratified by class, seed {})",
-            o.test, o.val, o.seed
-        )
+        m.archive_split_rule()
     } else {
         format!(
             "{:?}, val {}, test {}, seed {}",

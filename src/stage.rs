@@ -9,8 +9,8 @@
 use crate::dataset::archive::{self, Archive, ArchiveError, ArchiveFormat};
 use crate::dataset::decode::{Undersized, decode_png};
 use crate::dataset::manifest::{
-    DatasetManifest, IDC_CLASSES, ImageInfo, MANIFEST_VERSION, ShardInfo, SourceInfo, SourceKind,
-    SplitSummary, StageOptionsRecord, class_weights,
+    DatasetManifest, ImageInfo, MANIFEST_VERSION, ShardInfo, SourceInfo, SourceKind, SplitSummary,
+    StageOptionsRecord, class_weights,
 };
 use crate::dataset::source::{Rejected, Source, SourceError};
 use crate::dataset::split::{self, Split, SplitError, SplitMethod, SplitOptions, SplitSize};
@@ -267,7 +267,7 @@ impl Input {
 
     fn classes(&self) -> Vec<String> {
         match self {
-            Input::Patches(_) => IDC_CLASSES.map(String::from).to_vec(),
+            Input::Patches(_) => crate::dataset::manifest::idc_classes(),
             Input::Archive(a) => a.classes.clone(),
         }
     }

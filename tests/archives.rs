@@ -319,25 +319,6 @@ fn write_experiment(dir: &Path, name: &str, dataset: &str, storage: &str, train:
     path.to_str().unwrap().to_string()
 }
 
-fn submit_wait(manifest: &str) -> String {
-    let out = idcctl(&["submit", manifest, "--wait"]);
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    text(&out.stdout).lines().next().unwrap().trim().to_string()
-}
-
-fn report_json(storage: &str, run: &str) -> serde_json::Value {
-    let path = Path::new(storage.strip_prefix("file://").unwrap())
-        .join("runs")
-        .join(run)
-        .join("report.json");
-    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
-}
-
 #[test]
 fn a_short_cifar10_run_beats_chance_and_reports_ten_classes() {
     require_worker();

@@ -42,14 +42,7 @@ fn train_two_runs() -> Runs {
             ),
         )
         .unwrap();
-        let out = idcctl(&["submit", manifest.to_str().unwrap(), "--wait"]);
-        assert!(
-            out.status.success(),
-            "{}\n{}",
-            text(&out.stdout),
-            text(&out.stderr)
-        );
-        text(&out.stdout).lines().next().unwrap().trim().to_string()
+        submit_wait(manifest.to_str().unwrap())
     };
     let cnn = submit(
         "cnn",
@@ -497,16 +490,8 @@ fn fashion_mnist_trains_past_090_and_its_page_shows_ten_named_classes() {
         text(&out.stderr)
     );
     let run = text(&out.stdout).lines().next().unwrap().trim().to_string();
-    let report: idc::metrics::AnyReport = serde_json::from_slice(
-        &std::fs::read(
-            Path::new(storage.strip_prefix("file://").unwrap())
-                .join("runs")
-                .join(&run)
-                .join("report.json"),
-        )
-        .unwrap(),
-    )
-    .unwrap();
+    let report: idc::metrics::AnyReport =
+        serde_json::from_value(report_json(&storage, &run)).unwrap();
     let test = report.test.multiclass().expect("ten classes");
     eprintln!(
         "fashion-mnist: test accuracy {:.4}, macro F1 {:.4}, trained in {:.0}s ({:.0}s in all)",

@@ -165,7 +165,8 @@ impl ImageInfo {
 /// The names of the two IDC classes, index = label.
 pub const IDC_CLASSES: [&str; 2] = ["no IDC", "IDC"];
 
-fn idc_classes() -> Vec<String> {
+/// [`IDC_CLASSES`] as owned names: what a dataset or report without class names means.
+pub fn idc_classes() -> Vec<String> {
     IDC_CLASSES.map(String::from).to_vec()
 }
 
@@ -229,6 +230,16 @@ impl DatasetManifest {
     /// Whether this is a two-class dataset (IDC): binary metrics and thresholds apply.
     pub fn is_binary(&self) -> bool {
         self.classes.len() == 2
+    }
+
+    /// How an archive's splits were made, for summaries: the official test set kept, validation
+    /// carved from the training images.
+    pub fn archive_split_rule(&self) -> String {
+        let o = &self.options.split;
+        format!(
+            "official test set ({}), validation {} of the training images (stratified by class, seed {})",
+            o.test, o.val, o.seed
+        )
     }
 
     /// What every shard's records are: image shape and class count.

@@ -139,6 +139,8 @@ pub enum SplitError {
         "validation ({val}) and test ({test}) together ask for more than the {total} patches found"
     )]
     TooLarge { val: u64, test: u64, total: u64 },
+    #[error("validation ({val}) must be fewer than the {total} training images it is carved from")]
+    HoldoutTooLarge { val: u64, total: u64 },
     #[error(
         "a patient split needs at least {needed} patients for the splits asked, found {found}; \
          use --split random or smaller splits"
@@ -285,11 +287,7 @@ pub fn stratified_holdout(
 ) -> Result<Vec<bool>, SplitError> {
     let total = labels.len() as u64;
     if val >= total {
-        return Err(SplitError::TooLarge {
-            val,
-            test: 0,
-            total,
-        });
+        return Err(SplitError::HoldoutTooLarge { val, total });
     }
     let mut members: Vec<Vec<usize>> = vec![vec![]; classes];
     for (i, &y) in labels.iter().enumerate() {
@@ -525,7 +523,12 @@ mod tests {
         }
         assert_eq!(held, stratified_holdout(&labels, 10, 1000, 42).unwrap());
         assert_ne!(held, stratified_holdout(&labels, 10, 1000, 43).unwrap());
-        assert!(stratified_holdout(&labels, 10, 5500, 42).is_err());
+        assert_eq!(
+            stratified_holdout(&labels, 10, 5500, 42)
+                .unwrap_err()
+                .to_string(),
+            "validation (5500) must be fewer than the 5500 training images it is carved from"
+        );
         assert_eq!(
             stratified_holdout(&labels, 10, 0, 1).unwrap(),
             vec![false; labels.len()]

@@ -538,20 +538,13 @@ fn class_split_table(ds: &DatasetView, m: &crate::dataset::manifest::DatasetMani
         records[2],
         m.records()
     );
-    let o = &m.options.split;
     let provenance = provenance_rows(ds, m);
     s.push_str(&kv_table(&[
         provenance[0].clone(),
         provenance[1].clone(),
         provenance[2].clone(),
         ("images", m.image.shape().to_string()),
-        (
-            "split",
-            format!(
-                "official test set ({}), validation {} of the training images (stratified, seed {})",
-                o.test, o.val, o.seed
-            ),
-        ),
+        ("split", m.archive_split_rule()),
     ]));
     s
 }

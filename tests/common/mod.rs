@@ -98,6 +98,28 @@ pub fn require_worker() {
     );
 }
 
+/// Submits the experiment manifest at `path` and waits for its run to end, which must succeed;
+/// returns the run id.
+pub fn submit_wait(path: &str) -> String {
+    let out = idcctl(&["submit", path, "--wait"]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout).lines().next().unwrap().trim().to_string()
+}
+
+/// The `report.json` of run `run` in the `file://` bucket `storage`, as JSON.
+pub fn report_json(storage: &str, run: &str) -> serde_json::Value {
+    let path = Path::new(storage.strip_prefix("file://").unwrap())
+        .join("runs")
+        .join(run)
+        .join("report.json");
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
 /// A synthetic dataset (`patients` x `per_patient` patches, written under `dir/src`) staged
 /// into a new `file://` bucket at `dir/bucket`: returns the bucket's and the dataset's URLs.
 pub fn staged_synth_bucket(dir: &Path, patients: u32, per_patient: u32) -> (String, String) {
