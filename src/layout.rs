@@ -60,6 +60,35 @@ pub mod run {
     pub const CANCEL: &str = "cancel";
     /// Folder of worker logs, one object per attempt.
     pub const LOGS: &str = "logs";
+    /// Every test image's prediction by the evaluated checkpoint, one JSON object per line
+    /// (`idc::predictions::Prediction`, in test-split order): what slide maps are drawn from.
+    pub const TEST_PREDICTIONS: &str = "test-predictions.jsonl";
+    /// Folder of `idcctl predict` jobs, one folder per prediction id.
+    pub const PREDICTIONS: &str = "predictions";
+
+    /// Keys inside one prediction job's folder, relative to `predictions/<id>/`.
+    pub mod prediction {
+        /// The job's `idc::predictions::PredictSpec`.
+        pub const SPEC: &str = "spec.json";
+        /// Folder of the shards `idcctl predict` packed from a folder or zip source.
+        pub const INPUT: &str = "input";
+        /// The predictions, one JSON object per line, in input order.
+        pub const PREDICTIONS: &str = "predictions.jsonl";
+        /// The `idc::predictions::PredictResult`; written last, so its presence means done.
+        pub const RESULT: &str = "result.json";
+        /// The worker's log.
+        pub const LOG: &str = "worker.log";
+
+        /// Key of input shard `index`.
+        pub fn input_shard(index: usize) -> String {
+            format!("{INPUT}/input-{index:05}.idcs")
+        }
+    }
+
+    /// Folder of the prediction job `id`, relative to the run's folder.
+    pub fn prediction(id: &str) -> String {
+        format!("{PREDICTIONS}/{id}")
+    }
 
     /// Key of the checkpoint written at the end of `epoch`.
     pub fn checkpoint(epoch: u32) -> String {
@@ -120,6 +149,8 @@ mod tests {
         );
         assert_eq!(run::checkpoint(3), "checkpoints/epoch-0003.ckpt");
         assert_eq!(run::log(2), "logs/attempt-2.log");
+        assert_eq!(run::prediction("0a1b2c3d4e5f"), "predictions/0a1b2c3d4e5f");
+        assert_eq!(run::prediction::input_shard(3), "input/input-00003.idcs");
         assert_eq!(dataset_prefix("idc"), "datasets/idc");
         assert_eq!(run_prefix("cnn-1"), "runs/cnn-1");
         assert_eq!(sweep_prefix("lr"), "sweeps/lr");

@@ -15,6 +15,7 @@ pub mod exit;
 pub mod json_float;
 pub mod layout;
 pub mod metrics;
+pub mod predictions;
 pub mod rng;
 pub mod shard;
 pub mod spec;

@@ -15,7 +15,8 @@
 //!  32  split        u8    (0 train, 1 val, 2 test), then 31 reserved zero bytes
 //! record, record_len bytes, `count` times:
 //!   0  label        u8    (class index; IDC: 0 no IDC, 1 IDC)
-//!   1  flags        u8    (bit 0: padded from a smaller edge patch)
+//!   1  flags        u8    (bit 0: padded from a smaller edge patch; bit 1: label unknown,
+//!                          in the input of a prediction)
 //!   2  reserved     u16
 //!   4  patient      u32   (IDC: the patient; archives: 0)
 //!   8  x            u32   (IDC: the patch's x; archives: the image's index in its official set)
@@ -43,6 +44,9 @@ pub const HEADER_LEN: usize = 64;
 pub const RECORD_META_LEN: usize = 16;
 /// Record flag: the patch was smaller than 50x50 and was padded.
 pub const FLAG_PADDED: u8 = 1;
+/// Record flag: the image's label is not known (its label byte is 0); only prediction inputs
+/// hold such records.
+pub const FLAG_UNLABELED: u8 = 2;
 
 /// The shape of every image of a dataset: height, width, channels (HWC uint8).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]

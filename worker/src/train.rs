@@ -540,6 +540,15 @@ impl<'a> Trainer<'a> {
             report.test = test.into();
             line
         };
+        // Every test image's prediction, before the report (whose presence says the run is done).
+        let threshold = report
+            .test_at_val_threshold
+            .as_ref()
+            .map_or(0.5, |m| m.threshold);
+        self.put(
+            keys::TEST_PREDICTIONS,
+            idc::predictions::to_jsonl(&test_predictions(&data, &probs, k, threshold)),
+        )?;
         self.put(
             keys::REPORT,
             serde_json::to_vec_pretty(&report).expect("serializes"),
@@ -674,6 +683,40 @@ fn drain_losses(window: &mut LossWindow, p: &mut Progress) -> Result<f64, Worker
         last = loss;
     }
     Ok(last)
+}
+
+/// Probabilities as one row per image, `k` per row: two classes come as p(IDC) alone.
+pub fn class_rows(probs: &[f32], k: usize) -> Vec<Vec<f32>> {
+    if k == 2 {
+        probs.iter().map(|&p| vec![1.0 - p, p]).collect()
+    } else {
+        probs.chunks(k).map(<[f32]>::to_vec).collect()
+    }
+}
+
+/// The test split's predictions, in its order, named by their staged records.
+fn test_predictions(
+    data: &crate::data::Dataset,
+    probs: &[f32],
+    k: usize,
+    threshold: f64,
+) -> Vec<idc::predictions::Prediction> {
+    class_rows(probs, k)
+        .into_iter()
+        .zip(&data.test.origins)
+        .map(|(probabilities, o)| idc::predictions::Prediction {
+            patient: o.meta.patient,
+            x: o.meta.x,
+            y: o.meta.y,
+            file: idc::predictions::record_ref(
+                &data.manifest.shards[o.shard as usize].key,
+                o.record as usize,
+            ),
+            label: Some(o.meta.label),
+            predicted: idc::predictions::predicted_class(&probabilities, threshold),
+            probabilities,
+        })
+        .collect()
 }
 
 /// The most confidently misclassified test patches at 0.5, located in the staged dataset.
