@@ -58,6 +58,7 @@ fn own_code(e: &(dyn std::error::Error + 'static)) -> Option<ExitCode> {
             crate::backend::local::LocalError,
             crate::dataset::archive::ArchiveError,
             crate::experiment::ManifestError,
+            crate::predict::PredictError,
             crate::report::ReportError,
             crate::stage::StageError,
             crate::sweep::driver::SweepError,

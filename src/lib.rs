@@ -2,12 +2,12 @@
 //!
 //! Every definition both binaries rely on lives here exactly once: the bucket layout
 //! ([`layout`]), the shard format ([`shard`]), the staged dataset manifest
-//! ([`dataset::manifest`]) and the exit codes ([`exit`]).
-
+//! ([`dataset::manifest`]), the prediction rows and jobs ([`predictions`]) and the exit codes
+//! ([`exit`]).
 //!
 //! The `controller` feature (on by default) adds what only `idcctl` needs: staging, the
-//! backends, sweeps, reports and the import of pretrained weights (`weights`). The worker builds
-//! without it, on the shared formats alone.
+//! backends, `predict`, sweeps, reports and the import of pretrained weights (`weights`). The
+//! worker builds without it, on the shared formats alone.
 
 pub mod clock;
 pub mod dataset;
@@ -27,6 +27,8 @@ pub mod backend;
 pub mod experiment;
 #[cfg(feature = "controller")]
 pub mod output;
+#[cfg(feature = "controller")]
+pub mod predict;
 #[cfg(feature = "controller")]
 pub mod process;
 #[cfg(feature = "controller")]

@@ -13,6 +13,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 
+mod predict;
 mod reports;
 mod runs;
 mod sweep;
@@ -104,6 +105,9 @@ enum Command {
         #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Table)]
         output: OutputFormat,
     },
+    /// Apply a finished run's best checkpoint to new patches (a folder or zip, labels optional)
+    /// or to a staged dataset's split; writes CSV or JSON Lines, and the metrics when labelled.
+    Predict(predict::PredictArgs),
     /// Cancel a run: the worker checkpoints and stops (SIGTERM, then SIGKILL after 30s).
     Cancel {
         run: String,
@@ -322,6 +326,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             storage,
             output,
         } => reports::compare(storage, runs, html, output).await,
+        Command::Predict(args) => predict::predict(args).await,
         Command::Cancel {
             run,
             storage,

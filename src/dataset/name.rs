@@ -46,6 +46,41 @@ pub enum NameError {
 
 /// Parses a file name (no folders) such as `8863_idx5_x1051_y1051_class1.png`.
 pub fn parse_file_name(name: &str) -> Result<PatchName, NameError> {
+    let (name, class) = parse_name(name, true)?;
+    Ok(PatchName {
+        class: class.expect("required"),
+        ..name
+    })
+}
+
+/// Parses the name of an image to predict: a patch name with its `_class<C>` (its label) or
+/// without (`8863_idx5_x1051_y1051.png`, label unknown). The returned name's class is 0 when
+/// there is no label. Folders are not checked, except that a labelled name in a `0` or `1`
+/// folder must agree with it, as in the Kaggle layout.
+pub fn parse_predict_path(rel: &str) -> Result<(PatchName, Option<u8>), NameError> {
+    let mut comps = rel.rsplit('/');
+    let file = comps.next().unwrap_or(rel);
+    let (name, label) = parse_name(file, false)?;
+    if let (Some(c), Some(dir @ ("0" | "1"))) = (label, comps.next())
+        && dir != c.to_string()
+    {
+        return Err(NameError::FolderMismatch {
+            folder: dir.into(),
+            what: "class",
+            value: c.to_string(),
+        });
+    }
+    Ok((
+        PatchName {
+            class: label.unwrap_or(0),
+            ..name
+        },
+        label,
+    ))
+}
+
+/// The name's fields and its class, which must be there when `require_class`.
+fn parse_name(name: &str, require_class: bool) -> Result<(PatchName, Option<u8>), NameError> {
     let stem = name
         .strip_suffix(".png")
         .or_else(|| name.strip_suffix(".PNG"))
@@ -66,21 +101,29 @@ pub fn parse_file_name(name: &str) -> Result<PatchName, NameError> {
         .and_then(|p| p.strip_prefix('y'))
         .and_then(number)
         .ok_or(NameError::Pattern("missing y<Y>"))?;
-    let class = match parts.next().and_then(|p| p.strip_prefix("class")) {
-        Some("0") => 0,
-        Some("1") => 1,
-        Some(_) => return Err(NameError::Pattern("class must be 0 or 1")),
+    let class = match parts.next() {
+        None if !require_class => None,
         None => return Err(NameError::Pattern("missing class<C>")),
+        Some(p) => match p.strip_prefix("class") {
+            Some("0") => Some(0),
+            Some("1") => Some(1),
+            Some(_) => return Err(NameError::Pattern("class must be 0 or 1")),
+            None if require_class => return Err(NameError::Pattern("missing class<C>")),
+            None => return Err(NameError::Pattern("unexpected text after y<Y>")),
+        },
     };
     if parts.next().is_some() {
         return Err(NameError::Pattern("unexpected text after class"));
     }
-    Ok(PatchName {
-        patient,
-        x,
-        y,
+    Ok((
+        PatchName {
+            patient,
+            x,
+            y,
+            class: class.unwrap_or(0),
+        },
         class,
-    })
+    ))
 }
 
 /// Parses a path relative to the dataset root and checks that the class folder (and the
@@ -190,6 +233,26 @@ mod tests {
         for (name, want) in cases {
             assert_eq!(parse_file_name(name), Err(want), "{name}");
         }
+    }
+
+    #[test]
+    fn names_to_predict_may_leave_the_label_out() {
+        let (n, label) = parse_predict_path("slide/8863_idx5_x51_y101.png").unwrap();
+        assert_eq!((n.patient, n.x, n.y, label), (8863, 51, 101, None));
+        let (n, label) = parse_predict_path("8863_idx5_x51_y101_class1.png").unwrap();
+        assert_eq!((n.class, label), (1, Some(1)));
+        // Any folder, but a class folder must agree with a labelled name.
+        assert!(parse_predict_path("mine/8863_idx5_x51_y101_class1.png").is_ok());
+        assert!(parse_predict_path("0/8863_idx5_x51_y101_class1.png").is_err());
+        assert!(parse_predict_path("1/8863_idx5_x51_y101.png").is_ok());
+        assert_eq!(
+            parse_predict_path("8863_idx5_x51_y101_copy.png").unwrap_err(),
+            NameError::Pattern("unexpected text after y<Y>")
+        );
+        assert_eq!(
+            parse_file_name("8863_idx5_x1_y1_copy.png").unwrap_err(),
+            NameError::Pattern("missing class<C>")
+        );
     }
 
     #[test]

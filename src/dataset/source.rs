@@ -5,7 +5,7 @@
 //! tree twice (`IDC_regular_ps50_idx5/` beside the patient folders).
 
 pub use super::manifest::{Rejected, SourceKind};
-use super::name::{PatchName, parse_path};
+use super::name::{PatchName, parse_path, parse_predict_path};
 use sha2::{Digest, Sha256};
 use std::fs::File;
 use std::io::Read;
@@ -15,7 +15,10 @@ use std::path::{Path, PathBuf};
 /// One patch found in the source.
 #[derive(Debug, Clone)]
 pub struct Entry {
+    /// Its patient, position and class (0 when the label is unknown).
     pub name: PatchName,
+    /// The label, when the name carries one (always, in the Kaggle layout).
+    pub label: Option<u8>,
     /// Path inside the source, `/`-separated, for messages.
     pub rel: String,
     loc: Loc,
@@ -49,6 +52,10 @@ pub enum SourceError {
         "no patches found in {0}: expected IDC_regular_ps50_idx5/<patient>/<0|1>/<patient>_idx5_x<X>_y<Y>_class<C>.png"
     )]
     Empty(PathBuf),
+    #[error(
+        "no patches found in {0}: expected files named <patient>_idx5_x<X>_y<Y>[_class<C>].png, in any folders"
+    )]
+    NothingToPredict(PathBuf),
 }
 
 /// An opened source with its patch listing.
@@ -72,9 +79,23 @@ pub struct Source {
     zip: Option<File>,
 }
 
+/// Which file names a source's patches have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Names {
+    /// The Kaggle download: `<patient>/<class>/<patient>_idx5_x<X>_y<Y>_class<C>.png`.
+    Kaggle,
+    /// Images to predict: patch names with or without `_class<C>`, in any folders.
+    Predict,
+}
+
 impl Source {
-    /// Opens a folder or a `.zip` file and lists its patches.
+    /// Opens a folder or a `.zip` file in the Kaggle layout and lists its patches.
     pub fn open(path: &Path) -> Result<Self, SourceError> {
+        Self::open_with(path, Names::Kaggle)
+    }
+
+    /// Opens a folder or a `.zip` file whose patches are named as `names` says.
+    pub fn open_with(path: &Path, names: Names) -> Result<Self, SourceError> {
         let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => SourceError::NotFound(path.to_path_buf()),
             _ => SourceError::Io {
@@ -104,8 +125,17 @@ impl Source {
                 ignored += 1;
                 continue;
             }
-            match parse_path(&rel) {
-                Ok(name) => found.push(Entry { name, rel, loc }),
+            let parsed = match names {
+                Names::Kaggle => parse_path(&rel).map(|n| (n, Some(n.class))),
+                Names::Predict => parse_predict_path(&rel),
+            };
+            match parsed {
+                Ok((name, label)) => found.push(Entry {
+                    name,
+                    label,
+                    rel,
+                    loc,
+                }),
                 Err(e) => rejected.push(Rejected {
                     path: rel,
                     reason: e.to_string(),
@@ -113,12 +143,15 @@ impl Source {
             }
         }
         // The first copy in path order wins: patient folders sort before IDC_regular_ps50_idx5/.
-        found.sort_by(|a, b| (a.name, &a.rel).cmp(&(b.name, &b.rel)));
+        found.sort_by(|a, b| (a.name, a.label, &a.rel).cmp(&(b.name, b.label, &b.rel)));
         let before = found.len();
-        found.dedup_by(|b, a| a.name == b.name);
+        found.dedup_by(|b, a| (a.name, a.label) == (b.name, b.label));
         let duplicates = (before - found.len()) as u64;
         if found.is_empty() {
-            return Err(SourceError::Empty(path.to_path_buf()));
+            return Err(match names {
+                Names::Kaggle => SourceError::Empty(path.to_path_buf()),
+                Names::Predict => SourceError::NothingToPredict(path.to_path_buf()),
+            });
         }
         Ok(Self {
             kind,

@@ -6,6 +6,7 @@ mod data;
 mod error;
 mod model;
 mod optim;
+mod predict;
 mod runlog;
 mod sampler;
 mod shim;
@@ -49,6 +50,13 @@ enum Command {
         #[arg(long)]
         out: Option<String>,
     },
+    /// Apply a run's checkpoint to a prediction job's images (written by `idcctl predict`).
+    Predict {
+        /// The prediction job's folder (holding spec.json), e.g.
+        /// s3://bucket/runs/cnn-1/predictions/0a1b2c3d4e5f.
+        #[arg(long)]
+        job: String,
+    },
     /// Print training images/s per model and batch size on this machine's device.
     Bench(bench::BenchArgs),
 }
@@ -61,6 +69,7 @@ fn main() -> std::process::ExitCode {
     }
     let result = match cli.command {
         Some(Command::Run { run, spec, out }) => run_cmd(run, spec, out),
+        Some(Command::Predict { job }) => predict::run(&job).map(|_| ExitCode::Success),
         Some(Command::Bench(args)) => bench::run(&args).map(|_| ExitCode::Success),
         None => {
             eprintln!("nothing to do: see `idc-worker --help`");

@@ -1,5 +1,5 @@
-//! The worker's log: each line to stdout (what `kubectl logs` shows) and to the run's
-//! `logs/attempt-N.log` in the bucket.
+//! The worker's log: each line to stdout (what `kubectl logs` shows) and to the bucket: a run's
+//! `logs/attempt-N.log`, or a prediction job's `worker.log`.
 
 use bytes::Bytes;
 use idc::store::{Store, StoreError};
@@ -15,6 +15,14 @@ impl RunLog {
     pub fn new(attempt: u32) -> Self {
         Self {
             key: idc::layout::run::log(attempt),
+            lines: Mutex::new(vec![]),
+        }
+    }
+
+    /// A log kept at `key` of the store it is flushed to.
+    pub fn at(key: &str) -> Self {
+        Self {
+            key: key.to_string(),
             lines: Mutex::new(vec![]),
         }
     }

@@ -122,16 +122,7 @@ impl<'a> Trainer<'a> {
         t.validate().map_err(WorkerError::BadInput)?;
         // Before any work: a libtorch without the shim's operators cannot train.
         crate::shim::require_ops()?;
-        let device = match t.device {
-            DeviceSpec::Cpu => Device::Cpu,
-            DeviceSpec::Cuda if !tch::Cuda::is_available() => {
-                return Err(WorkerError::BadInput(
-                    "train.device is cuda but no CUDA device is usable".into(),
-                ));
-            }
-            DeviceSpec::Cuda => Device::Cuda(0),
-            DeviceSpec::Auto => Device::cuda_if_available(),
-        };
+        let device = device_for(t.device, "train.device")?;
         let bf16 = match (t.precision, device) {
             (Precision::Bf16, Device::Cpu) => {
                 return Err(WorkerError::BadInput(
@@ -608,17 +599,7 @@ impl<'a> Trainer<'a> {
     }
 
     fn load_checkpoint(&self, key: &str) -> Result<BTreeMap<String, Tensor>, WorkerError> {
-        let bytes = self.rt.block_on(self.out.get(key))?;
-        let file = tempfile::Builder::new()
-            .suffix(".safetensors")
-            .tempfile()
-            .map_err(WorkerError::io("staging a checkpoint in a temporary file"))?;
-        std::fs::write(file.path(), &bytes)
-            .map_err(WorkerError::io("staging a checkpoint in a temporary file"))?;
-        let tensors = Tensor::read_safetensors(file.path()).map_err(|e| {
-            WorkerError::Internal(format!("checkpoint {}: {e}", self.out.url_of(key)))
-        })?;
-        Ok(tensors.into_iter().collect())
+        read_checkpoint(self.rt, &self.out, key)
     }
 
     /// metrics.jsonl as of the checkpoint being resumed (later lines came from lost work).
@@ -671,6 +652,38 @@ impl<'a> Trainer<'a> {
             eprintln!("warning: could not write the log to the bucket: {e}");
         }
     }
+}
+
+/// The device `spec` asks for (`what` names the setting in errors).
+pub fn device_for(spec: DeviceSpec, what: &str) -> Result<Device, WorkerError> {
+    Ok(match spec {
+        DeviceSpec::Cpu => Device::Cpu,
+        DeviceSpec::Cuda if !tch::Cuda::is_available() => {
+            return Err(WorkerError::BadInput(format!(
+                "{what} is cuda but no CUDA device is usable"
+            )));
+        }
+        DeviceSpec::Cuda => Device::Cuda(0),
+        DeviceSpec::Auto => Device::cuda_if_available(),
+    })
+}
+
+/// Reads the safetensors checkpoint `key` of the run folder `store`.
+pub fn read_checkpoint(
+    rt: &tokio::runtime::Runtime,
+    store: &Store,
+    key: &str,
+) -> Result<BTreeMap<String, Tensor>, WorkerError> {
+    let bytes = rt.block_on(store.get(key))?;
+    let file = tempfile::Builder::new()
+        .suffix(".safetensors")
+        .tempfile()
+        .map_err(WorkerError::io("staging a checkpoint in a temporary file"))?;
+    std::fs::write(file.path(), &bytes)
+        .map_err(WorkerError::io("staging a checkpoint in a temporary file"))?;
+    let tensors = Tensor::read_safetensors(file.path())
+        .map_err(|e| WorkerError::Internal(format!("checkpoint {}: {e}", store.url_of(key))))?;
+    Ok(tensors.into_iter().collect())
 }
 
 /// Reads the loss window into the epoch's running sum (in step order, as f64); returns the
@@ -767,7 +780,10 @@ fn located(
     }
 }
 
-fn restore_model(model: &mut Model, tensors: &BTreeMap<String, Tensor>) -> Result<(), WorkerError> {
+pub fn restore_model(
+    model: &mut Model,
+    tensors: &BTreeMap<String, Tensor>,
+) -> Result<(), WorkerError> {
     let mut vars = model.vs.variables();
     for (name, var) in vars.iter_mut() {
         let t = tensors
@@ -794,14 +810,7 @@ pub fn predict(
         let mut start = 0;
         while start < n {
             let len = batch.min(n - start);
-            let x = split.images.narrow(0, start, len).to_kind(Kind::Float) / 255.0;
-            let x = if bf16 {
-                crate::model::channels_last(&x)
-            } else {
-                x
-            };
-            let logits =
-                crate::shim::maybe_bf16(bf16, || model.forward(&x, false)).to_kind(Kind::Float);
+            let logits = batch_logits(model, &split.images.narrow(0, start, len), bf16);
             let y = split.labels.narrow(0, start, len);
             loss_sum += loss_of(&logits, &y, kind, None).to_kind(Kind::Double) * len as f64;
             probs.push(model.probability(&logits));
@@ -816,6 +825,17 @@ pub fn predict(
         };
         (probs, loss_sum.double_value(&[]) / n.max(1) as f64)
     })
+}
+
+/// The float logits of a batch of uint8 images `[N, C, H, W]` (evaluation mode, no grad).
+pub fn batch_logits(model: &Model, images: &Tensor, bf16: bool) -> Tensor {
+    let x = images.to_kind(Kind::Float) / 255.0;
+    let x = if bf16 {
+        crate::model::channels_last(&x)
+    } else {
+        x
+    };
+    crate::shim::maybe_bf16(bf16, || model.forward(&x, false)).to_kind(Kind::Float)
 }
 
 /// The metrics of a split: two classes at 0.5, K classes by argmax.

@@ -1,6 +1,7 @@
-//! The batch/v1 Job of a run: the worker image and arguments, S3 credentials from a Secret,
+//! The batch/v1 Jobs idcctl creates: a run's (the worker trains) and a prediction's (the worker
+//! applies a run's checkpoint, `idcctl predict`), alike in image, S3 credentials from a Secret,
 //! GPU and memory resources, scheduling, failure handling and labels. Pure: the same inputs
-//! give the same Job, which `submit --dry-run` prints and the golden tests pin.
+//! give the same Job, which `--dry-run` prints and the golden tests pin.
 
 use super::defaults::ClusterDefaults;
 use crate::experiment::Experiment;
@@ -19,8 +20,13 @@ use std::collections::BTreeMap;
 
 /// Name of the worker container (the pod failure policy refers to it).
 pub const CONTAINER: &str = "worker";
-/// Label holding the run id on the Job and its pods.
+/// Label holding the Job's name on the Job and its pods: the run id, or a prediction's Job name
+/// (so that a run's pods and its predictions' pods are never selected together).
 pub const RUN_LABEL: &str = "idc.dev/run";
+/// Label of a prediction's Job and pods: the run whose checkpoint it applies.
+pub const PREDICTS_LABEL: &str = "idc.dev/predicts";
+/// Label of a prediction's Job and pods: the prediction id.
+pub const PREDICTION_LABEL: &str = "idc.dev/prediction";
 /// Annotation holding the SHA-256 of the run's spec.yaml: tells a resubmission of the same run
 /// from a different run that happens to have the same name.
 pub const SPEC_ANNOTATION: &str = "idc.dev/spec-sha256";
@@ -64,12 +70,92 @@ pub fn labels(exp: &Experiment, run_id: &str) -> BTreeMap<String, String> {
 /// The Job for a run.
 pub fn build(i: &JobInputs) -> Job {
     let exp = i.experiment;
-    let d = i.defaults;
-    let labels = labels(exp, i.run_id);
-    let annotations = BTreeMap::from([
-        (RUN_URL_ANNOTATION.to_string(), i.run_url.to_string()),
-        (SPEC_ANNOTATION.to_string(), i.spec_sha256.to_string()),
-    ]);
+    job(&Parts {
+        experiment: exp,
+        defaults: i.defaults,
+        name: i.run_id,
+        labels: labels(exp, i.run_id),
+        annotations: BTreeMap::from([
+            (RUN_URL_ANNOTATION.to_string(), i.run_url.to_string()),
+            (SPEC_ANNOTATION.to_string(), i.spec_sha256.to_string()),
+        ]),
+        args: vec!["run".into(), "--run".into(), i.run_url.into()],
+        env: env(i.defaults, i.run_id, &[]),
+        deadline_s: exp
+            .deadline
+            .as_deref()
+            .and_then(crate::clock::parse_duration)
+            .map(|s| s as i64),
+    })
+}
+
+/// What a prediction's Job is made from.
+#[derive(Debug, Clone)]
+pub struct PredictJobInputs<'a> {
+    /// The run's experiment (its image, resources, scheduling and retries).
+    pub experiment: &'a Experiment,
+    pub run_id: &'a str,
+    pub prediction_id: &'a str,
+    /// The prediction's folder, `s3://bucket/prefix/runs/<id>/predictions/<prediction>`.
+    pub job_url: &'a str,
+    /// SHA-256 (hex) of the prediction's spec.json.
+    pub spec_sha256: &'a str,
+    pub defaults: &'a ClusterDefaults,
+}
+
+/// The name of a prediction's Job: `<run id>-p<prediction id>`, the run id shortened to keep
+/// it a 63-character name.
+pub fn prediction_job_name(run_id: &str, prediction_id: &str) -> String {
+    let keep = 63 - 2 - prediction_id.len();
+    let run = run_id[..run_id.len().min(keep)].trim_end_matches('-');
+    format!("{run}-p{prediction_id}")
+}
+
+/// The Job that runs `idc-worker predict` for a prediction: the run's image, resources,
+/// scheduling, retries and failure policy; no deadline (the run's is for training).
+pub fn build_predict(i: &PredictJobInputs) -> Job {
+    let exp = i.experiment;
+    let name = prediction_job_name(i.run_id, i.prediction_id);
+    let mut labels = labels(exp, &name);
+    labels.insert("app.kubernetes.io/component".into(), "predict".into());
+    labels.insert(PREDICTS_LABEL.into(), i.run_id.into());
+    labels.insert(PREDICTION_LABEL.into(), i.prediction_id.into());
+    job(&Parts {
+        experiment: exp,
+        defaults: i.defaults,
+        name: &name,
+        labels,
+        annotations: BTreeMap::from([
+            (RUN_URL_ANNOTATION.to_string(), i.job_url.to_string()),
+            (SPEC_ANNOTATION.to_string(), i.spec_sha256.to_string()),
+        ]),
+        args: vec!["predict".into(), "--job".into(), i.job_url.into()],
+        env: env(
+            i.defaults,
+            i.run_id,
+            &[("IDC_PREDICTION_ID", i.prediction_id)],
+        ),
+        deadline_s: None,
+    })
+}
+
+/// The parts in which a run's Job and a prediction's differ.
+struct Parts<'a> {
+    experiment: &'a Experiment,
+    defaults: &'a ClusterDefaults,
+    name: &'a str,
+    labels: BTreeMap<String, String>,
+    annotations: BTreeMap<String, String>,
+    args: Vec<String>,
+    env: Vec<EnvVar>,
+    deadline_s: Option<i64>,
+}
+
+fn job(p: &Parts) -> Job {
+    let exp = p.experiment;
+    let d = p.defaults;
+    let labels = p.labels.clone();
+    let annotations = p.annotations.clone();
     let res = &exp.resources;
     let q = |s: &str| Quantity(s.to_string());
     let memory = res
@@ -115,8 +201,8 @@ pub fn build(i: &JobInputs) -> Job {
         name: CONTAINER.into(),
         image: Some(res.image.clone().unwrap_or_else(|| d.image.clone())),
         image_pull_policy: Some(d.image_pull_policy.clone()),
-        args: Some(vec!["run".into(), "--run".into(), i.run_url.into()]),
-        env: Some(env(i)),
+        args: Some(p.args.clone()),
+        env: Some(p.env.clone()),
         resources: Some(ResourceRequirements {
             requests: Some(requests),
             limits: Some(limits),
@@ -198,7 +284,7 @@ pub fn build(i: &JobInputs) -> Job {
     };
     Job {
         metadata: ObjectMeta {
-            name: Some(i.run_id.to_string()),
+            name: Some(p.name.to_string()),
             labels: Some(labels.clone()),
             annotations: Some(annotations.clone()),
             ..Default::default()
@@ -207,11 +293,7 @@ pub fn build(i: &JobInputs) -> Job {
             completions: Some(1),
             parallelism: Some(1),
             backoff_limit: Some(exp.retries as i32),
-            active_deadline_seconds: exp
-                .deadline
-                .as_deref()
-                .and_then(crate::clock::parse_duration)
-                .map(|s| s as i64),
+            active_deadline_seconds: p.deadline_s,
             ttl_seconds_after_finished: Some(d.ttl_seconds_after_finished),
             pod_failure_policy: Some(failure_policy()),
             // A replacement pod starts only once the old one has stopped (and checkpointed):
@@ -257,8 +339,8 @@ pub fn failure_policy() -> PodFailurePolicy {
     }
 }
 
-fn env(i: &JobInputs) -> Vec<EnvVar> {
-    let s3 = &i.defaults.s3;
+fn env(defaults: &ClusterDefaults, run_id: &str, extra: &[(&str, &str)]) -> Vec<EnvVar> {
+    let s3 = &defaults.s3;
     let plain = |name: &str, value: &str| EnvVar {
         name: name.into(),
         value: Some(value.into()),
@@ -278,7 +360,7 @@ fn env(i: &JobInputs) -> Vec<EnvVar> {
     };
     let mut env = vec![
         plain("RUST_LOG", "info"),
-        plain("IDC_RUN_ID", i.run_id),
+        plain("IDC_RUN_ID", run_id),
         EnvVar {
             name: "IDC_POD_NAME".into(),
             value_from: Some(EnvVarSource {
@@ -290,8 +372,9 @@ fn env(i: &JobInputs) -> Vec<EnvVar> {
             }),
             ..Default::default()
         },
-        plain("AWS_REGION", &s3.region),
     ];
+    env.extend(extra.iter().map(|(k, v)| plain(k, v)));
+    env.push(plain("AWS_REGION", &s3.region));
     if let Some(e) = &s3.endpoint {
         env.push(plain("AWS_ENDPOINT", e));
     }

@@ -111,7 +111,7 @@ pub async fn follow(
 }
 
 /// Whether the pod's worker container has started (so it has a log).
-fn started(pod: &k8s_openapi::api::core::v1::Pod) -> bool {
+pub fn started(pod: &k8s_openapi::api::core::v1::Pod) -> bool {
     pod.status
         .as_ref()
         .and_then(|s| s.container_statuses.as_ref())

@@ -1,0 +1,941 @@
+//! `idcctl predict`: a finished run's best checkpoint applied to images it has never seen.
+//! [`prepare`] resolves the run (its report, spec and the statistics of the dataset it trained
+//! on) and the input: patches in a folder or zip, named and decoded as `stage` does and packed
+//! as shards in the prediction's folder, or a staged dataset's split. [`execute`] writes the
+//! job's spec and runs `idc-worker predict` on the run's backend (a child process here, or a
+//! Kubernetes Job like the run's). [`write_output`] writes the rows as CSV or JSON Lines, whole
+//! and atomically; [`labelled_metrics`] scores them where labels are known.
+
+use crate::backend::Target;
+use crate::backend::kube::cluster::{Cluster, KubeError};
+use crate::backend::kube::{self, ClusterDefaults, observe};
+use crate::backend::local::{self, LocalError};
+use crate::dataset::decode::{Undersized, decode_png};
+use crate::dataset::manifest::{DatasetManifest, Rejected};
+use crate::dataset::source::{Names, Source, SourceError};
+use crate::dataset::split::Split;
+use crate::experiment::{Backend, Experiment};
+use crate::layout::run::{self as keys, prediction as job_keys};
+use crate::metrics::{self, AnyReport, Metrics};
+use crate::predictions::{self, InputShard, PredictInput, PredictResult, PredictSpec, Prediction};
+use crate::run::{self, Phase, RunStatus};
+use crate::shard::{FLAG_PADDED, FLAG_UNLABELED, Layout, RecordMeta, ShardReader, ShardWriter};
+use crate::spec::{DeviceSpec, RunSpec};
+use crate::store::{Store, StoreError};
+use bytes::Bytes;
+use k8s_openapi::api::batch::v1::Job;
+use rayon::prelude::*;
+use sha2::Digest;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// Images per shard of a packed folder or zip.
+pub const INPUT_SHARD_RECORDS: usize = crate::stage::DEFAULT_SHARD_RECORDS;
+
+/// What to predict.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PredictSource {
+    /// IDC patches in a folder or zip, named `<patient>_idx5_x<X>_y<Y>[_class<C>].png`.
+    Patches(PathBuf),
+    /// A split of a dataset staged by `idcctl stage`.
+    Staged { url: String, split: Split },
+}
+
+/// How to predict.
+#[derive(Debug, Clone)]
+pub struct PredictOptions {
+    pub source: PredictSource,
+    /// Average the 8 flips and rotations of each image.
+    pub tta: bool,
+    /// Images per forward pass (default: the run's `eval_batch_size`).
+    pub batch_size: Option<u32>,
+    /// Default: the run's `train.device`.
+    pub device: Option<DeviceSpec>,
+    /// Two classes: the decision threshold on p(IDC) (default: the run's, chosen on validation).
+    pub threshold: Option<f64>,
+    /// Decoding threads (0: one per core).
+    pub threads: usize,
+}
+
+/// Why a prediction failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PredictError {
+    /// Something the user can fix in the command (exit code 2).
+    #[error("{0}")]
+    Invalid(String),
+    #[error("reading {path}: {source}")]
+    Source { path: PathBuf, source: SourceError },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Kube(#[from] KubeError),
+    #[error(transparent)]
+    Local(#[from] LocalError),
+    /// The worker (child process or pod) failed; `code` is its exit code (2: bad input).
+    #[error("the prediction failed ({what}): {detail}")]
+    Worker {
+        code: i32,
+        what: String,
+        detail: String,
+    },
+    #[error("cannot write {path}: {source}")]
+    Output {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl PredictError {
+    pub fn exit_code(&self) -> crate::exit::ExitCode {
+        use crate::exit::ExitCode;
+        match self {
+            PredictError::Invalid(_) => ExitCode::UserError,
+            PredictError::Source {
+                source: SourceError::Io { .. },
+                ..
+            } => ExitCode::Failure,
+            PredictError::Source { .. } => ExitCode::UserError,
+            PredictError::Store(e) => e.exit_code(),
+            PredictError::Kube(e) => e.exit_code(),
+            PredictError::Local(e) => e.exit_code(),
+            PredictError::Worker { code, .. } if *code == ExitCode::UserError as i32 => {
+                ExitCode::UserError
+            }
+            PredictError::Worker { .. } | PredictError::Output { .. } => ExitCode::Failure,
+        }
+    }
+}
+
+/// A prediction ready to run: its spec, where it lives, and what the input left out.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub spec: PredictSpec,
+    /// spec.json as written (its hash annotates the Kubernetes Job).
+    pub spec_json: Vec<u8>,
+    /// The run's folder and the prediction's (`runs/<id>/predictions/<prediction>`).
+    pub run: Store,
+    pub job: Store,
+    pub status: RunStatus,
+    pub report: AnyReport,
+    /// Shards packed from a folder or zip, to be written to the prediction's folder.
+    pub packed: Vec<(String, Bytes)>,
+    /// Files of the source that are not in the input, with why (a bad name, a corrupt PNG).
+    pub skipped: Vec<Rejected>,
+    /// Images with a known label.
+    pub labelled: u64,
+}
+
+/// Resolves the run `run_id` in the bucket `root` and the input, packing a folder or zip into
+/// shards (in memory; [`execute`] writes them). Writes nothing.
+pub async fn prepare(
+    root: &Store,
+    run_id: &str,
+    opts: &PredictOptions,
+    progress: Option<&indicatif::ProgressBar>,
+) -> Result<Prepared, PredictError> {
+    let run = run::run_store(root, run_id);
+    let status = run::read_status(&run).await?.ok_or_else(|| {
+        PredictError::Invalid(format!(
+            "no run {run_id} in {} (see idcctl list)",
+            root.url()
+        ))
+    })?;
+    let Some(report_bytes) = run.get_opt(keys::REPORT).await? else {
+        return Err(PredictError::Invalid(format!(
+            "run {run_id} is {} and has no report yet: only a finished run has a best checkpoint to predict with",
+            crate::output::name_of(&status.phase)
+        )));
+    };
+    let report: AnyReport =
+        serde_json::from_slice(&report_bytes).map_err(|e| StoreError::Corrupt {
+            url: run.url_of(keys::REPORT),
+            reason: e.to_string(),
+        })?;
+    let spec_bytes = run.get(keys::SPEC).await?;
+    let run_spec: RunSpec =
+        serde_yaml::from_slice(&spec_bytes).map_err(|e| StoreError::Corrupt {
+            url: run.url_of(keys::SPEC),
+            reason: e.to_string(),
+        })?;
+    let trained_on = training_dataset(&run_spec, &report).await?;
+    let checkpoint = keys::checkpoint(report.best_epoch);
+    if run.size(&checkpoint).await?.is_none() {
+        return Err(PredictError::Invalid(format!(
+            "run {run_id}'s best checkpoint {} is missing",
+            run.url_of(&checkpoint)
+        )));
+    }
+    let threshold = match opts.threshold {
+        Some(t) if !(0.0..=1.0).contains(&t) => {
+            return Err(PredictError::Invalid(format!(
+                "--threshold {t} is not a probability between 0 and 1"
+            )));
+        }
+        Some(t) => t,
+        None => report
+            .test_at_val_threshold
+            .as_ref()
+            .map_or(0.5, |m| m.threshold),
+    };
+    let layout = trained_on.layout();
+    if opts.tta {
+        predictions::check_tta(layout.shape).map_err(PredictError::Invalid)?;
+    }
+    let batch_size = opts.batch_size.unwrap_or(run_spec.train.eval_batch_size);
+    if batch_size == 0 {
+        return Err(PredictError::Invalid(
+            "--batch-size must be at least 1".into(),
+        ));
+    }
+
+    let (input, packed, skipped, labelled) = match &opts.source {
+        PredictSource::Patches(path) => {
+            if trained_on.source.kind.is_archive() || layout != Layout::IDC {
+                return Err(PredictError::Invalid(format!(
+                    "a folder or zip holds IDC patches, but run {run_id} trained on {} images of {}x{}x{} in {} classes: predict a staged dataset of them (URL with --split)",
+                    crate::output::name_of(&trained_on.source.kind),
+                    layout.shape.width,
+                    layout.shape.height,
+                    layout.shape.channels,
+                    layout.classes
+                )));
+            }
+            let p = pack(path, opts.threads, progress)?;
+            (p.input, p.shards, p.skipped, p.labelled)
+        }
+        PredictSource::Staged { url, split } => {
+            let (input, labelled) = staged_input(url, *split, layout).await?;
+            (input, vec![], vec![], labelled)
+        }
+    };
+    let mut spec = PredictSpec {
+        prediction_id: String::new(),
+        run_id: run_id.to_string(),
+        run: run.url().to_string(),
+        checkpoint,
+        model: run_spec.train.model.clone(),
+        loss: run_spec.train.loss.kind,
+        classes: trained_on.classes.clone(),
+        shape: layout.shape,
+        mean: trained_on.mean.clone(),
+        std: trained_on.std.clone(),
+        threshold,
+        input,
+        batch_size,
+        device: opts.device.unwrap_or(run_spec.train.device),
+        tta: opts.tta,
+    };
+    // The id is the hash of everything the result depends on: the same prediction asked again
+    // finds its result instead of running again.
+    let id_source = serde_json::to_vec(&spec).expect("serializes");
+    spec.prediction_id = hex::encode(sha2::Sha256::digest(&id_source))[..12].to_string();
+    let job = run.child(&keys::prediction(&spec.prediction_id));
+    if matches!(opts.source, PredictSource::Patches(_)) {
+        spec.input.store = job.url().to_string();
+    }
+    let spec_json = serde_json::to_vec_pretty(&spec).expect("serializes");
+    Ok(Prepared {
+        spec,
+        spec_json,
+        run,
+        job,
+        status,
+        report,
+        packed,
+        skipped,
+        labelled,
+    })
+}
+
+/// The manifest of the dataset the run trained on: its statistics normalize the model's input.
+async fn training_dataset(
+    spec: &RunSpec,
+    report: &AnyReport,
+) -> Result<DatasetManifest, PredictError> {
+    let ds = Store::open(&spec.dataset)?;
+    let m = crate::dataset::manifest::read(&ds).await?.ok_or_else(|| {
+        PredictError::Invalid(format!(
+            "the dataset run {} trained on is gone from {} (no manifest.json); its image statistics are needed: restage it there",
+            spec.run_id,
+            ds.url()
+        ))
+    })?;
+    if m.id != report.dataset_id {
+        return Err(PredictError::Invalid(format!(
+            "{} now holds dataset {}, not {} that run {} trained on; restage the original there",
+            ds.url(),
+            m.id,
+            report.dataset_id,
+            spec.run_id
+        )));
+    }
+    Ok(m)
+}
+
+/// The shards of `split` of the dataset staged at `url`, which must have the model's layout.
+async fn staged_input(
+    url: &str,
+    split: Split,
+    layout: Layout,
+) -> Result<(PredictInput, u64), PredictError> {
+    let ds = Store::open(url)?;
+    let m = crate::dataset::manifest::read(&ds).await?.ok_or_else(|| {
+        PredictError::Invalid(format!(
+            "no staged dataset at {} (no manifest.json); give a folder or zip of patches, or a URL idcctl stage wrote",
+            ds.url()
+        ))
+    })?;
+    if m.layout() != layout {
+        return Err(PredictError::Invalid(format!(
+            "dataset {} holds {}x{}x{} images in {} classes, but the run's model takes {}x{}x{} in {}",
+            ds.url(),
+            m.image.width,
+            m.image.height,
+            m.image.channels,
+            m.num_classes(),
+            layout.shape.width,
+            layout.shape.height,
+            layout.shape.channels,
+            layout.classes
+        )));
+    }
+    let shards: Vec<InputShard> = m
+        .shards_of(split)
+        .map(|s| InputShard {
+            key: s.key.clone(),
+            sha256: s.sha256.clone(),
+            records: s.records,
+        })
+        .collect();
+    let records: u64 = shards.iter().map(|s| s.records).sum();
+    if records == 0 {
+        return Err(PredictError::Invalid(format!(
+            "the {} split of {} is empty",
+            split.as_str(),
+            ds.url()
+        )));
+    }
+    Ok((
+        PredictInput {
+            store: ds.url().to_string(),
+            shards,
+            files: vec![],
+        },
+        records,
+    ))
+}
+
+struct Packed {
+    input: PredictInput,
+    shards: Vec<(String, Bytes)>,
+    skipped: Vec<Rejected>,
+    labelled: u64,
+}
+
+/// Decodes every patch of the folder or zip at `path` (as `stage` does: edge patches padded,
+/// a corrupt file reported and skipped) and packs the readable ones into shards.
+fn pack(
+    path: &Path,
+    threads: usize,
+    progress: Option<&indicatif::ProgressBar>,
+) -> Result<Packed, PredictError> {
+    let source =
+        Source::open_with(path, Names::Predict).map_err(|source| PredictError::Source {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    if let Some(pb) = progress {
+        pb.set_length(source.entries.len() as u64);
+    }
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .map_err(|e| PredictError::Invalid(format!("cannot start {threads} threads: {e}")))?;
+    let decoded: Vec<Result<(RecordMeta, Vec<u8>), String>> = pool.install(|| {
+        source
+            .entries
+            .par_iter()
+            .map(|entry| {
+                let r = source.read(entry).and_then(|bytes| {
+                    decode_png(&bytes, Undersized::Pad).map_err(|e| e.to_string())
+                });
+                if let Some(pb) = progress {
+                    pb.inc(1);
+                }
+                let patch = r?;
+                let meta = RecordMeta {
+                    label: entry.label.unwrap_or(0),
+                    flags: if patch.padded { FLAG_PADDED } else { 0 }
+                        | if entry.label.is_none() {
+                            FLAG_UNLABELED
+                        } else {
+                            0
+                        },
+                    patient: entry.name.patient,
+                    x: entry.name.x,
+                    y: entry.name.y,
+                };
+                Ok((meta, patch.pixels))
+            })
+            .collect()
+    });
+    let mut skipped = source.rejected.clone();
+    let mut files = vec![];
+    let mut records = vec![];
+    for (entry, r) in source.entries.iter().zip(decoded) {
+        match r {
+            Ok(rec) => {
+                files.push(entry.rel.clone());
+                records.push(rec);
+            }
+            Err(reason) => skipped.push(Rejected {
+                path: entry.rel.clone(),
+                reason,
+            }),
+        }
+    }
+    if records.is_empty() {
+        return Err(PredictError::Invalid(format!(
+            "none of the {} patches in {} could be read (first: {}: {})",
+            skipped.len(),
+            path.display(),
+            skipped.first().map_or("", |r| r.path.as_str()),
+            skipped.first().map_or("", |r| r.reason.as_str()),
+        )));
+    }
+    let labelled = records
+        .iter()
+        .filter(|(m, _)| m.flags & FLAG_UNLABELED == 0)
+        .count() as u64;
+    let mut shards = vec![];
+    let mut infos = vec![];
+    for (i, chunk) in records.chunks(INPUT_SHARD_RECORDS).enumerate() {
+        let mut w = ShardWriter::new(Split::Test, Layout::IDC, chunk.len());
+        for (meta, pixels) in chunk {
+            w.push(*meta, pixels);
+        }
+        let (bytes, sha256) = w.finish();
+        let key = job_keys::input_shard(i);
+        infos.push(InputShard {
+            key: format!("{}", key),
+            sha256,
+            records: chunk.len() as u64,
+        });
+        shards.push((key, Bytes::from(bytes)));
+    }
+    Ok(Packed {
+        input: PredictInput {
+            // Set to the prediction's folder once its id is known.
+            store: String::new(),
+            shards: infos,
+            files,
+        },
+        shards,
+        skipped,
+        labelled,
+    })
+}
+
+/// What [`execute`] gave.
+#[derive(Debug, Clone)]
+pub struct Executed {
+    pub result: PredictResult,
+    pub rows: Vec<Prediction>,
+    /// False when the same prediction had been made before and its result was reused.
+    pub ran: bool,
+}
+
+/// Progress reports from a running prediction.
+pub trait Progress: Send {
+    /// `done` of `total` images predicted.
+    fn images(&mut self, done: u64, total: u64);
+    /// A one-line update (waiting for a pod, and so on).
+    fn notice(&mut self, line: &str);
+}
+
+/// Runs the prepared prediction on the run's backend, unless its result is already in the
+/// bucket, and reads the predictions.
+pub async fn execute(
+    p: &Prepared,
+    target: &Target,
+    progress: &mut dyn Progress,
+) -> Result<Executed, PredictError> {
+    let mut ran = false;
+    if p.job.size(job_keys::RESULT).await?.is_none() {
+        match p.status.backend {
+            Backend::Local => {
+                write_job(p).await?;
+                run_local(p, progress)?;
+            }
+            Backend::Kubernetes => {
+                let cluster = target.for_run(p.status.cluster.as_ref()).connect().await?;
+                run_on(&cluster, p, progress).await?;
+            }
+        }
+        ran = true;
+    }
+    let (result, rows) = read_outcome(p).await?;
+    Ok(Executed { result, rows, ran })
+}
+
+/// Writes the packed input, then the spec, to the prediction's folder.
+async fn write_job(p: &Prepared) -> Result<(), PredictError> {
+    for (key, bytes) in &p.packed {
+        p.job.put(key, bytes.clone()).await?;
+    }
+    p.job
+        .put(job_keys::SPEC, Bytes::from(p.spec_json.clone()))
+        .await?;
+    Ok(())
+}
+
+/// The result and the predictions the worker wrote.
+async fn read_outcome(p: &Prepared) -> Result<(PredictResult, Vec<Prediction>), PredictError> {
+    let corrupt = |key: &str, reason: String| StoreError::Corrupt {
+        url: p.job.url_of(key),
+        reason,
+    };
+    let result: PredictResult = serde_json::from_slice(&p.job.get(job_keys::RESULT).await?)
+        .map_err(|e| corrupt(job_keys::RESULT, e.to_string()))?;
+    let rows = predictions::parse_jsonl(&p.job.get(job_keys::PREDICTIONS).await?)
+        .map_err(|e| corrupt(job_keys::PREDICTIONS, e))?;
+    if rows.len() as u64 != p.spec.input.records() {
+        return Err(corrupt(
+            job_keys::PREDICTIONS,
+            format!("{} rows for {} images", rows.len(), p.spec.input.records()),
+        )
+        .into());
+    }
+    Ok((result, rows))
+}
+
+/// The local backend: `idc-worker predict` as a child process, its progress read from stderr.
+fn run_local(p: &Prepared, progress: &mut dyn Progress) -> Result<(), PredictError> {
+    let worker = local::worker_binary()?;
+    let mut child = Command::new(&worker)
+        .args(["predict", "--job", p.job.url()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| LocalError::Spawn {
+            what: worker.display().to_string(),
+            source: e,
+        })?;
+    let stderr = child.stderr.take().expect("piped");
+    let mut last = String::new();
+    for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+        match predictions::parse_progress(&line) {
+            Some((done, total)) => progress.images(done, total),
+            None if !line.trim().is_empty() => last = line,
+            None => {}
+        }
+    }
+    let status = child.wait().map_err(|e| LocalError::Spawn {
+        what: "wait".into(),
+        source: e,
+    })?;
+    if status.success() {
+        return Ok(());
+    }
+    use std::os::unix::process::ExitStatusExt;
+    let (code, what) = match (status.code(), status.signal()) {
+        (Some(c), _) => (c, format!("worker exited with code {c}")),
+        (None, Some(s)) => (-s, format!("worker killed by signal {s}")),
+        _ => (-1, "worker ended".into()),
+    };
+    Err(PredictError::Worker {
+        code,
+        what,
+        detail: last.trim_start_matches("error: ").to_string(),
+    })
+}
+
+/// The prediction's Kubernetes Job, with the namespace's `defaults`.
+pub fn job_of(p: &Prepared, experiment: &Experiment, defaults: &ClusterDefaults) -> Job {
+    kube::job::build_predict(&kube::job::PredictJobInputs {
+        experiment,
+        run_id: &p.spec.run_id,
+        prediction_id: &p.spec.prediction_id,
+        job_url: p.job.url(),
+        spec_sha256: &hex::encode(sha2::Sha256::digest(&p.spec_json)),
+        defaults,
+    })
+}
+
+/// The run's experiment as submitted (its resources and image make the prediction's Job).
+pub async fn experiment_of(p: &Prepared) -> Result<Experiment, PredictError> {
+    let bytes = p.run.get(keys::EXPERIMENT).await?;
+    serde_yaml::from_slice(&bytes).map_err(|e| {
+        StoreError::Corrupt {
+            url: p.run.url_of(keys::EXPERIMENT),
+            reason: e.to_string(),
+        }
+        .into()
+    })
+}
+
+/// The Job `execute` would create on Kubernetes (`--dry-run`), checked against Kubernetes'
+/// validation rules.
+pub async fn render_job(p: &Prepared, defaults: &ClusterDefaults) -> Result<Job, PredictError> {
+    let job = job_of(p, &experiment_of(p).await?, defaults);
+    let bad = kube::names::job_violations(&job);
+    if !bad.is_empty() {
+        return Err(PredictError::Invalid(format!(
+            "the Job would be rejected by Kubernetes: {}",
+            bad.join("; ")
+        )));
+    }
+    Ok(job)
+}
+
+/// Runs the prediction as a Job on a connected cluster and waits for it, following its pod's
+/// log for progress; a failed Job is an error with the cluster's reason and the worker's.
+pub async fn run_on(
+    cluster: &Cluster,
+    p: &Prepared,
+    progress: &mut dyn Progress,
+) -> Result<(), PredictError> {
+    write_job(p).await?;
+    let defaults = cluster.defaults().await?;
+    let experiment = experiment_of(p).await?;
+    let job = job_of(p, &experiment, &defaults);
+    let name = job.metadata.name.clone().expect("named");
+    cluster.create_job(&job).await?;
+    let max_attempts = experiment.retries + 1;
+    let mut followed = std::collections::BTreeSet::new();
+    let mut last_notice = String::new();
+    loop {
+        let job = cluster
+            .job(&name)
+            .await?
+            .ok_or_else(|| PredictError::Worker {
+                code: 1,
+                what: format!(
+                    "its Job {name} is gone from namespace {}",
+                    cluster.namespace
+                ),
+                detail: "deleted before it finished".into(),
+            })?;
+        let pods = cluster.pods_of(&name).await?;
+        let o = observe::observe(&job, &pods, &[], max_attempts);
+        match o.phase {
+            Phase::Succeeded => return Ok(()),
+            Phase::Failed | Phase::Cancelled | Phase::Lost => {
+                let log = p.job.get_opt(job_keys::LOG).await?;
+                let detail = log
+                    .as_deref()
+                    .map(String::from_utf8_lossy)
+                    .and_then(|l| {
+                        l.lines()
+                            .rev()
+                            .find(|l| l.contains("error:"))
+                            .map(str::to_string)
+                    })
+                    .unwrap_or_else(|| o.reason.clone());
+                return Err(PredictError::Worker {
+                    code: o.exit_codes.last().copied().unwrap_or(1),
+                    what: format!("Job {name}: {}", o.reason),
+                    detail,
+                });
+            }
+            Phase::Pending | Phase::Running => {}
+        }
+        if o.reason != last_notice {
+            progress.notice(&o.reason);
+            last_notice = o.reason.clone();
+        }
+        let running = pods.iter().rev().find(|pod| {
+            kube::started(pod)
+                && !followed.contains(pod.metadata.name.as_deref().unwrap_or_default())
+        });
+        if let Some(pod) = running {
+            let pod = pod.metadata.name.clone().unwrap_or_default();
+            cluster
+                .stream_log(&pod, true, None, |_, text| {
+                    if let Some((done, total)) = predictions::parse_progress(text) {
+                        progress.images(done, total);
+                    }
+                })
+                .await?;
+            followed.insert(pod);
+            continue;
+        }
+        tokio::time::sleep(cluster.poll).await;
+    }
+}
+
+/// How `write_output` writes the rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    Csv,
+    Jsonl,
+}
+
+impl OutputFormat {
+    /// The format a file name's extension says (`.jsonl`, `.ndjson`, `.json`: JSON Lines).
+    pub fn of_path(path: &str) -> OutputFormat {
+        let ext = path.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase());
+        match ext.as_deref() {
+            Some("jsonl" | "ndjson" | "json") => OutputFormat::Jsonl,
+            _ => OutputFormat::Csv,
+        }
+    }
+}
+
+/// The rows as CSV: `patient,x,y,file,p_idc,predicted,label` for two classes, one
+/// `p_<class>` column per class for K (names made safe as column names).
+pub fn to_csv(rows: &[Prediction], classes: &[String]) -> Vec<u8> {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(rows.len() * 64 + 64);
+    out.push_str("patient,x,y,file,");
+    if classes.len() == 2 {
+        out.push_str("p_idc");
+    } else {
+        let cols: Vec<String> = classes.iter().map(|c| format!("p_{}", column(c))).collect();
+        out.push_str(&cols.join(","));
+    }
+    out.push_str(",predicted,label\n");
+    for r in rows {
+        let _ = write!(out, "{},{},{},{},", r.patient, r.x, r.y, csv_field(&r.file));
+        if classes.len() == 2 {
+            let _ = write!(out, "{}", r.p_positive());
+        } else {
+            let ps: Vec<String> = r.probabilities.iter().map(|p| p.to_string()).collect();
+            out.push_str(&ps.join(","));
+        }
+        let _ = write!(out, ",{},", r.predicted);
+        if let Some(l) = r.label {
+            let _ = write!(out, "{l}");
+        }
+        out.push('\n');
+    }
+    out.into_bytes()
+}
+
+/// The rows as JSON Lines: two classes with `p_idc`, K with `probabilities` (index = class).
+pub fn to_jsonl(rows: &[Prediction], classes: &[String]) -> Vec<u8> {
+    #[derive(serde::Serialize)]
+    struct Row<'a> {
+        patient: u32,
+        x: u32,
+        y: u32,
+        file: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        p_idc: Option<f32>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        probabilities: Option<&'a [f32]>,
+        predicted: u8,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        label: Option<u8>,
+    }
+    let binary = classes.len() == 2;
+    let mut out = Vec::with_capacity(rows.len() * 100);
+    for r in rows {
+        let row = Row {
+            patient: r.patient,
+            x: r.x,
+            y: r.y,
+            file: &r.file,
+            p_idc: binary.then(|| r.p_positive()),
+            probabilities: (!binary).then_some(&r.probabilities[..]),
+            predicted: r.predicted,
+            label: r.label,
+        };
+        serde_json::to_writer(&mut out, &row).expect("rows serialize");
+        out.push(b'\n');
+    }
+    out
+}
+
+fn column(name: &str) -> String {
+    let s: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    s.trim_matches('_').to_string()
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// Writes `bytes` to `target` whole: a storage URL (`file://`, `s3://`: one atomic put), or a
+/// local path (a temporary file beside it, renamed over it).
+pub async fn write_output(target: &str, bytes: Vec<u8>) -> Result<(), PredictError> {
+    if target.contains("://") {
+        let (dir, name) = target.rsplit_once('/').unwrap_or(("", target));
+        if name.is_empty() {
+            return Err(PredictError::Invalid(format!(
+                "--out {target} names a folder; give the file's URL"
+            )));
+        }
+        return Ok(Store::open(dir)?.put(name, Bytes::from(bytes)).await?);
+    }
+    let path = PathBuf::from(target);
+    let err = |source| PredictError::Output {
+        path: path.clone(),
+        source,
+    };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&dir).map_err(err)?;
+    let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(err)?;
+    std::io::Write::write_all(&mut tmp, &bytes).map_err(err)?;
+    tmp.persist(&path).map_err(|e| err(e.error))?;
+    Ok(())
+}
+
+/// The metrics over the rows whose label is known (two classes: at `threshold`); None when no
+/// row has one.
+pub fn labelled_metrics(rows: &[Prediction], classes: usize, threshold: f64) -> Option<Metrics> {
+    let known: Vec<&Prediction> = rows.iter().filter(|r| r.label.is_some()).collect();
+    if known.is_empty() {
+        return None;
+    }
+    let labels: Vec<u8> = known.iter().map(|r| r.label.expect("known")).collect();
+    Some(if classes == 2 {
+        let p: Vec<f32> = known.iter().map(|r| r.p_positive()).collect();
+        metrics::evaluate(&p, &labels, threshold, f64::NAN).into()
+    } else {
+        let p: Vec<f32> = known
+            .iter()
+            .flat_map(|r| r.probabilities.iter().copied())
+            .collect();
+        metrics::evaluate_multiclass(&p, &labels, classes, f64::NAN).into()
+    })
+}
+
+/// The pixels of every input image, in input order (HWC, the model's shape).
+pub async fn input_pixels(p: &Prepared) -> Result<Vec<Vec<u8>>, PredictError> {
+    let store = Store::open(&p.spec.input.store)?;
+    let mut out = Vec::with_capacity(p.spec.input.records() as usize);
+    for s in &p.spec.input.shards {
+        let bytes = match p.packed.iter().find(|(k, _)| *k == s.key) {
+            Some((_, b)) => b.clone(),
+            None => store.get(&s.key).await?,
+        };
+        let shard =
+            ShardReader::open_verified(bytes, &s.sha256).map_err(|e| StoreError::Corrupt {
+                url: store.url_of(&s.key),
+                reason: e.to_string(),
+            })?;
+        out.extend(shard.records().map(|r| r.pixels.to_vec()));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(file: &str, probabilities: Vec<f32>, label: Option<u8>) -> Prediction {
+        Prediction {
+            patient: 8863,
+            x: 51,
+            y: 1,
+            file: file.into(),
+            label,
+            predicted: predictions::predicted_class(&probabilities, 0.5),
+            probabilities,
+        }
+    }
+
+    #[test]
+    fn csv_and_jsonl_columns() {
+        let classes = crate::dataset::manifest::idc_classes();
+        let rows = vec![
+            row("a/8863_idx5_x51_y1_class1.png", vec![0.25, 0.75], Some(1)),
+            row("b,c/8863_idx5_x51_y1.png", vec![0.875, 0.125], None),
+        ];
+        assert_eq!(
+            String::from_utf8(to_csv(&rows, &classes)).unwrap(),
+            "patient,x,y,file,p_idc,predicted,label\n\
+             8863,51,1,a/8863_idx5_x51_y1_class1.png,0.75,1,1\n\
+             8863,51,1,\"b,c/8863_idx5_x51_y1.png\",0.125,0,\n"
+        );
+        let jsonl = String::from_utf8(to_jsonl(&rows, &classes)).unwrap();
+        assert_eq!(
+            jsonl.lines().nth(1).unwrap(),
+            r#"{"patient":8863,"x":51,"y":1,"file":"b,c/8863_idx5_x51_y1.png","p_idc":0.125,"predicted":0}"#
+        );
+        let three: Vec<String> = ["T-shirt/top", "bag", "cat"].map(String::from).to_vec();
+        let rows = vec![row(
+            "shards/test-00000.idcs#0",
+            vec![0.5, 0.25, 0.25],
+            Some(2),
+        )];
+        assert!(
+            String::from_utf8(to_csv(&rows, &three))
+                .unwrap()
+                .starts_with("patient,x,y,file,p_t_shirt_top,p_bag,p_cat,predicted,label\n")
+        );
+        assert!(
+            String::from_utf8(to_jsonl(&rows, &three))
+                .unwrap()
+                .contains(r#""probabilities":[0.5,0.25,0.25],"predicted":0,"label":2"#)
+        );
+    }
+
+    #[test]
+    fn formats_follow_the_extension() {
+        assert_eq!(OutputFormat::of_path("out.jsonl"), OutputFormat::Jsonl);
+        assert_eq!(
+            OutputFormat::of_path("s3://b/p.NDJSON"),
+            OutputFormat::Jsonl
+        );
+        assert_eq!(OutputFormat::of_path("out.csv"), OutputFormat::Csv);
+        assert_eq!(OutputFormat::of_path("out"), OutputFormat::Csv);
+    }
+
+    #[test]
+    fn metrics_cover_the_labelled_rows_only() {
+        let rows = vec![
+            row("a", vec![0.2, 0.8], Some(1)),
+            row("b", vec![0.9, 0.1], Some(0)),
+            row("c", vec![0.9, 0.1], None),
+        ];
+        let m = labelled_metrics(&rows, 2, 0.5).unwrap();
+        assert_eq!(m.count(), 2);
+        assert_eq!(m.value(crate::metrics::MetricName::Accuracy), 1.0);
+        assert!(labelled_metrics(&rows[2..], 2, 0.5).is_none());
+    }
+
+    #[tokio::test]
+    async fn output_is_written_whole_to_paths_and_urls() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/out.csv");
+        write_output(path.to_str().unwrap(), b"a\n".to_vec())
+            .await
+            .unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"a\n");
+        write_output(path.to_str().unwrap(), b"b\n".to_vec())
+            .await
+            .unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"b\n");
+        // Nothing but the output is left beside it.
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("sub")).unwrap().count(),
+            1
+        );
+        let url = format!("file://{}/bucket/p.jsonl", dir.path().display());
+        write_output(&url, b"{}\n".to_vec()).await.unwrap();
+        assert_eq!(
+            std::fs::read(dir.path().join("bucket/p.jsonl")).unwrap(),
+            b"{}\n"
+        );
+    }
+}

@@ -1,0 +1,362 @@
+//! `idcctl predict` end to end on the local backend: the quickstart manifest trained on a
+//! synthetic dataset, then its best checkpoint applied to a folder (and a zip) of patches, some
+//! with labels, some without, some corrupt; to the staged test split; and with test-time
+//! augmentation. Probabilities are checked against those the worker computed in the run's own
+//! evaluation (`test-predictions.jsonl`).
+
+mod common;
+
+use common::*;
+use idc::predictions::Prediction;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+struct Trained {
+    dir: tempfile::TempDir,
+    storage: String,
+    dataset: String,
+    run: String,
+    /// The run's evaluation of each test patch, by (patient, x, y).
+    evaluated: BTreeMap<(u32, u32, u32), Prediction>,
+}
+
+/// The quickstart manifest as shipped, trained on a small synthetic dataset.
+fn trained() -> Trained {
+    require_worker();
+    let dir = tempfile::tempdir().unwrap();
+    let (storage, dataset) = staged_synth_bucket(dir.path(), 8, 120);
+    let manifest = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/quickstart.yaml"),
+    )
+    .unwrap()
+    .replace("file://./.idc/bucket/datasets/quickstart", &dataset)
+    .replace("file://./.idc/bucket", &storage);
+    let path = dir.path().join("quickstart.yaml");
+    std::fs::write(&path, manifest).unwrap();
+    let run = submit_wait(path.to_str().unwrap());
+    let jsonl = std::fs::read(
+        Path::new(storage.strip_prefix("file://").unwrap())
+            .join("runs")
+            .join(&run)
+            .join("test-predictions.jsonl"),
+    )
+    .unwrap();
+    let evaluated = idc::predictions::parse_jsonl(&jsonl)
+        .unwrap()
+        .into_iter()
+        .map(|p| ((p.patient, p.x, p.y), p))
+        .collect();
+    Trained {
+        dir,
+        storage,
+        dataset,
+        run,
+        evaluated,
+    }
+}
+
+fn predict(t: &Trained, args: &[&str]) -> std::process::Output {
+    let mut all = vec!["predict", &t.run];
+    all.extend(args);
+    idcctl_env(&all, &[("IDC_STORAGE", &t.storage)])
+}
+
+fn ok(out: std::process::Output) -> (String, String) {
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    (text(&out.stdout), text(&out.stderr))
+}
+
+/// The rows of a CSV `predict` wrote: header, then (patient, x, y, file, p, predicted, label).
+fn csv_rows(path: &Path) -> Vec<(u32, u32, u32, String, f32, u8, Option<u8>)> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("patient,x,y,file,p_idc,predicted,label"));
+    lines
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            assert_eq!(f.len(), 7, "{l}");
+            (
+                f[0].parse().unwrap(),
+                f[1].parse().unwrap(),
+                f[2].parse().unwrap(),
+                f[3].to_string(),
+                f[4].parse().unwrap(),
+                f[5].parse().unwrap(),
+                (!f[6].is_empty()).then(|| f[6].parse().unwrap()),
+            )
+        })
+        .collect()
+}
+
+/// The source file of the synthetic patch at (patient, x, y) with `label`.
+fn source_file(t: &Trained, (patient, x, y): (u32, u32, u32), label: u8) -> PathBuf {
+    t.dir.path().join(format!(
+        "src/IDC_regular_ps50_idx5/{patient}/{label}/{patient}_idx5_x{x}_y{y}_class{label}.png"
+    ))
+}
+
+#[test]
+fn predicts_folders_zips_and_splits_like_the_evaluation() {
+    let t = trained();
+    let test: Vec<&Prediction> = t.evaluated.values().collect();
+    assert!(test.len() >= 30, "{} test patches", test.len());
+
+    // A folder: labelled patches in a tree of their own, unlabeled ones flat, corrupt ones.
+    let folder = t.dir.path().join("new");
+    let mut labelled = vec![];
+    for p in test.iter().take(24) {
+        let label = p.label.unwrap();
+        let to = folder.join(format!("slide-a/{}", label)).join(format!(
+            "{}_idx5_x{}_y{}_class{label}.png",
+            p.patient, p.x, p.y
+        ));
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(source_file(&t, (p.patient, p.x, p.y), label), &to).unwrap();
+        labelled.push((p.patient, p.x, p.y));
+    }
+    let mut unlabeled = vec![];
+    for p in test.iter().skip(24).take(5) {
+        let to = folder.join(format!("{}_idx5_x{}_y{}.png", p.patient, p.x, p.y));
+        std::fs::copy(
+            source_file(&t, (p.patient, p.x, p.y), p.label.unwrap()),
+            &to,
+        )
+        .unwrap();
+        unlabeled.push((p.patient, p.x, p.y));
+    }
+    let good = std::fs::read(source_file(&t, labelled[0], test[0].label.unwrap())).unwrap();
+    let corrupt = [
+        (
+            "9999_idx5_x1_y1_class1.png",
+            good[..good.len() / 2].to_vec(),
+        ),
+        ("9999_idx5_x51_y1.png", b"not a png at all".to_vec()),
+        ("9999_idx5_x101_y1_class0.png", vec![]),
+    ];
+    for (name, bytes) in &corrupt {
+        std::fs::write(folder.join(name), bytes).unwrap();
+    }
+    std::fs::write(folder.join("scan_0001.png"), &good).unwrap();
+    std::fs::write(folder.join("README.txt"), "patches from slide a").unwrap();
+
+    let out = t.dir.path().join("out/predictions.csv");
+    let (stdout, stderr) = ok(predict(
+        &t,
+        &[folder.to_str().unwrap(), "--out", out.to_str().unwrap()],
+    ));
+    // Every unreadable file is listed with its reason; the rest are predicted.
+    for (name, _) in &corrupt {
+        assert!(
+            stderr.contains(&format!("skipped {name}: not a readable PNG")),
+            "{name}:\n{stderr}"
+        );
+    }
+    assert!(
+        stderr.contains("skipped scan_0001.png: name does not match"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("predicted 29 images"), "{stderr}");
+    assert!(stderr.contains("4 file(s) skipped"), "{stderr}");
+    let rows = csv_rows(&out);
+    assert_eq!(rows.len(), 29, "one row per readable patch");
+    let report = report_json(&t.storage, &t.run);
+    let threshold = report["test_at_val_threshold"]["threshold"]
+        .as_f64()
+        .unwrap();
+    for (patient, x, y, file, p, predicted, label) in &rows {
+        let e = &t.evaluated[&(*patient, *x, *y)];
+        assert!(
+            (p - e.p_positive()).abs() <= 1e-5,
+            "{file}: predict says {p}, the evaluation {}",
+            e.p_positive()
+        );
+        assert_eq!(*predicted, u8::from(*p as f64 >= threshold), "{file}");
+        if unlabeled.contains(&(*patient, *x, *y)) {
+            assert_eq!(*label, None, "{file}");
+            assert!(!file.contains('/'), "{file}");
+        } else {
+            assert_eq!(*label, e.label, "{file}");
+            assert!(file.starts_with("slide-a/"), "{file}");
+        }
+    }
+    assert!(
+        stdout.starts_with(&format!(
+            "24 labelled images at threshold {threshold:.3}: accuracy "
+        )),
+        "{stdout}"
+    );
+
+    // The same patches zipped pack to the very same input (shards and names), so the
+    // prediction is found made: the same rows, now as JSON Lines.
+    let zip_path = t.dir.path().join("new.zip");
+    {
+        let mut z = zip::ZipWriter::new(std::fs::File::create(&zip_path).unwrap());
+        for e in walkdir::WalkDir::new(&folder).sort_by_file_name() {
+            let e = e.unwrap();
+            if e.file_type().is_file() {
+                let rel = e.path().strip_prefix(&folder).unwrap().to_str().unwrap();
+                z.start_file(rel, zip::write::SimpleFileOptions::default())
+                    .unwrap();
+                std::io::Write::write_all(&mut z, &std::fs::read(e.path()).unwrap()).unwrap();
+            }
+        }
+        z.finish().unwrap();
+    }
+    let jsonl = t.dir.path().join("out/predictions.jsonl");
+    let (_, stderr) = ok(predict(
+        &t,
+        &[zip_path.to_str().unwrap(), "--out", jsonl.to_str().unwrap()],
+    ));
+    assert!(
+        stderr.contains("reused the predictions of 29 images"),
+        "{stderr}"
+    );
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&jsonl)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 29);
+    for (l, r) in lines.iter().zip(&rows) {
+        assert_eq!(l["file"], r.3.as_str());
+        assert_eq!(l["p_idc"].as_f64().unwrap() as f32, r.4);
+        assert_eq!(l.get("label").and_then(|v| v.as_u64()), r.6.map(u64::from));
+    }
+
+    // The staged test split: every test patch, as the evaluation computed it, with its metrics.
+    let split_out = t.dir.path().join("out/test.csv");
+    let (stdout, _) = ok(predict(
+        &t,
+        &[
+            &t.dataset,
+            "--split",
+            "test",
+            "--out",
+            split_out.to_str().unwrap(),
+        ],
+    ));
+    let rows = csv_rows(&split_out);
+    assert_eq!(rows.len(), test.len());
+    for (r, e) in rows.iter().zip(&test) {
+        assert_eq!((r.0, r.1, r.2), (e.patient, e.x, e.y));
+        assert_eq!(r.3, e.file);
+        assert!((r.4 - e.p_positive()).abs() <= 1e-5, "{}", r.3);
+    }
+    let f1 = report["test_at_val_threshold"]["f1"].as_f64().unwrap();
+    assert!(
+        stdout.contains(&format!("F1 {f1:.4}")),
+        "the metrics at the run's threshold are the report's (F1 {f1:.4}):\n{stdout}"
+    );
+}
+
+#[test]
+fn tta_averages_the_eight_flips_and_rotations() {
+    let t = trained();
+    // A full 50x50 patch (an edge patch would be padded after its rotation, not before).
+    let img = t
+        .evaluated
+        .values()
+        .map(|p| {
+            let png =
+                std::fs::read(source_file(&t, (p.patient, p.x, p.y), p.label.unwrap())).unwrap();
+            image::load_from_memory(&png).unwrap().to_rgb8()
+        })
+        .find(|img| img.dimensions() == (50, 50))
+        .unwrap();
+    // The patch and its 7 other symmetries, each under its own position.
+    let dir = t.dir.path().join("views");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut views = vec![];
+    for k in 0..4 {
+        let mut r = img.clone();
+        for _ in 0..k {
+            r = image::imageops::rotate90(&r);
+        }
+        views.push(r.clone());
+        views.push(image::imageops::flip_horizontal(&r));
+    }
+    for (i, v) in views.iter().enumerate() {
+        v.save(dir.join(format!("1_idx5_x{}_y1.png", 1 + 50 * i)))
+            .unwrap();
+    }
+    let plain = t.dir.path().join("plain.csv");
+    ok(predict(
+        &t,
+        &[dir.to_str().unwrap(), "--out", plain.to_str().unwrap()],
+    ));
+    let mean = csv_rows(&plain).iter().map(|r| r.4 as f64).sum::<f64>() / 8.0;
+    let tta = t.dir.path().join("tta.csv");
+    let (_, stderr) = ok(predict(
+        &t,
+        &[
+            dir.to_str().unwrap(),
+            "--out",
+            tta.to_str().unwrap(),
+            "--tta",
+        ],
+    ));
+    assert!(stderr.contains("8 flips/rotations averaged"), "{stderr}");
+    // Every view's TTA prediction is the mean over the same 8 images.
+    for r in csv_rows(&tta) {
+        assert!(
+            (r.4 as f64 - mean).abs() <= 1e-5,
+            "{}: {} vs {mean}",
+            r.3,
+            r.4
+        );
+    }
+}
+
+#[test]
+fn unfinished_runs_and_wrong_inputs_are_refused() {
+    let t = trained();
+    let out = t.dir.path().join("x.csv");
+    let runs = t.dir.path().join("bucket/runs");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["nope", "."], "no run nope"),
+        (
+            vec![&t.run, &t.dataset, "--out", out.to_str().unwrap()],
+            "give --split to predict a split",
+        ),
+        (
+            vec![
+                &t.run,
+                t.dir.path().to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+                "--threshold",
+                "1.5",
+            ],
+            "--threshold 1.5 is not a probability",
+        ),
+        (
+            vec![
+                &t.run,
+                runs.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+            ],
+            "no patches found",
+        ),
+    ];
+    for (args, want) in cases {
+        let mut all = vec!["predict"];
+        all.extend(&args);
+        if args[0] == "nope" {
+            all.extend(["--out", out.to_str().unwrap()]);
+        }
+        let o = idcctl_env(&all, &[("IDC_STORAGE", &t.storage)]);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o.stderr));
+        assert!(
+            text(&o.stderr).contains(want),
+            "{args:?}: {}",
+            text(&o.stderr)
+        );
+        assert!(!out.exists(), "{args:?} wrote output");
+    }
+}
