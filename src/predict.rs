@@ -111,8 +111,11 @@ impl PredictError {
 #[derive(Debug, Clone)]
 pub struct Prepared {
     pub spec: PredictSpec,
-    /// spec.json as written (its hash annotates the Kubernetes Job).
+    /// spec.json as written.
     pub spec_json: Vec<u8>,
+    /// SHA-256 of the spec without its URLs: what the prediction id is cut from, and what
+    /// annotates its Kubernetes Job.
+    pub content_sha256: String,
     /// The run's folder and the prediction's (`runs/<id>/predictions/<prediction>`).
     pub run: Store,
     pub job: Store,
@@ -226,10 +229,20 @@ pub async fn prepare(
         device: opts.device.unwrap_or(run_spec.train.device),
         tta: opts.tta,
     };
-    // The id is the hash of everything the result depends on: the same prediction asked again
-    // finds its result instead of running again.
-    let id_source = serde_json::to_vec(&spec).expect("serializes");
-    spec.prediction_id = hex::encode(sha2::Sha256::digest(&id_source))[..12].to_string();
+    // The id is the hash of everything the result depends on (not where the bucket is: the
+    // run is named by its id, the input by its shards' hashes): the same prediction asked
+    // again finds its result instead of running again.
+    let id_source = serde_json::to_vec(&PredictSpec {
+        run: String::new(),
+        input: PredictInput {
+            store: String::new(),
+            ..spec.input.clone()
+        },
+        ..spec.clone()
+    })
+    .expect("serializes");
+    let content_sha256 = hex::encode(sha2::Sha256::digest(&id_source));
+    spec.prediction_id = content_sha256[..12].to_string();
     let job = run.child(&keys::prediction(&spec.prediction_id));
     if matches!(opts.source, PredictSource::Patches(_)) {
         spec.input.store = job.url().to_string();
@@ -238,6 +251,7 @@ pub async fn prepare(
     Ok(Prepared {
         spec,
         spec_json,
+        content_sha256,
         run,
         job,
         status,
@@ -491,7 +505,7 @@ async fn write_job(p: &Prepared) -> Result<(), PredictError> {
 }
 
 /// The result and the predictions the worker wrote.
-async fn read_outcome(p: &Prepared) -> Result<(PredictResult, Vec<Prediction>), PredictError> {
+pub async fn read_outcome(p: &Prepared) -> Result<(PredictResult, Vec<Prediction>), PredictError> {
     let corrupt = |key: &str, reason: String| StoreError::Corrupt {
         url: p.job.url_of(key),
         reason,
@@ -559,7 +573,7 @@ pub fn job_of(p: &Prepared, experiment: &Experiment, defaults: &ClusterDefaults)
         run_id: &p.spec.run_id,
         prediction_id: &p.spec.prediction_id,
         job_url: p.job.url(),
-        spec_sha256: &hex::encode(sha2::Sha256::digest(&p.spec_json)),
+        spec_sha256: &p.content_sha256,
         defaults,
     })
 }

@@ -973,3 +973,286 @@ fn a_run_id_that_is_no_kubernetes_name_is_refused() {
         );
     }
 }
+
+/// A finished run on the (mock) cluster: submitted with `submit_on`, then trained by running
+/// the worker with the Job's own arguments, as its pod would (a small CNN for one epoch, so
+/// that it takes seconds).
+async fn trained_kube_run() -> (Bucket, Store) {
+    let mut b = bucket().await;
+    b.exp.train.model = idc::spec::ModelSpec::SimpleCnn {
+        width: 8,
+        dropout: 0.0,
+    };
+    b.exp.train.epochs = 1;
+    b.exp.train.batch_size = 32;
+    b.exp.train.device = idc::spec::DeviceSpec::Cpu;
+    let sub = submit_script(&b, vec![create_ex()]).await;
+    let out = std::process::Command::new(worker_binary())
+        .args(["run", "--run", sub.run.url()])
+        .env("IDC_ATTEMPT", "1")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let root = Store::open(&b.exp.storage).unwrap();
+    (b, root)
+}
+
+fn worker_binary() -> std::path::PathBuf {
+    require_worker();
+    Path::new(env!("CARGO_BIN_EXE_idcctl")).with_file_name("idc-worker")
+}
+
+fn predict_opts() -> idc::predict::PredictOptions {
+    idc::predict::PredictOptions {
+        source: idc::predict::PredictSource::Patches(real_sample()),
+        tta: false,
+        batch_size: None,
+        device: None,
+        threshold: None,
+        threads: 1,
+    }
+}
+
+/// What a prediction reported while it ran.
+#[derive(Default)]
+struct Seen {
+    images: Vec<(u64, u64)>,
+    notices: Vec<String>,
+}
+
+impl idc::predict::Progress for Seen {
+    fn images(&mut self, done: u64, total: u64) {
+        self.images.push((done, total));
+    }
+    fn notice(&mut self, line: &str) {
+        self.notices.push(line.to_string());
+    }
+}
+
+fn prediction_pods_uri(job: &str) -> String {
+    format!("/api/v1/namespaces/{NS}/pods?&labelSelector=idc.dev%2Frun%3D{job}")
+}
+
+#[tokio::test]
+async fn predict_runs_as_a_job_shaped_like_the_runs() {
+    let (b, root) = trained_kube_run().await;
+    let p = idc::predict::prepare(&root, RUN, &predict_opts(), None)
+        .await
+        .unwrap();
+    let name = kube::job::prediction_job_name(RUN, &p.spec.prediction_id);
+    assert_eq!(name, format!("{RUN}-p{}", p.spec.prediction_id));
+    let want = idc::predict::job_of(
+        &p,
+        &b.exp,
+        &ClusterDefaults {
+            image: "registry.example.com/idc-worker:0.1.0".into(),
+            ..Default::default()
+        },
+    );
+    let job_url = p.job.url().to_string();
+    let create = Exchange {
+        check: Some(Box::new(move |body: &Value| {
+            let job: Job = serde_json::from_value(body.clone()).unwrap();
+            assert_eq!(job, want, "the prediction's Job");
+            assert!(kube::names::job_violations(&job).is_empty());
+            let pod = &body["spec"]["template"]["spec"];
+            let c = &pod["containers"][0];
+            // The run's image, GPU, memory, scheduling and failure handling; the predict command.
+            assert_eq!(c["image"], "registry.example.com/idc-worker:0.1.0");
+            assert_eq!(c["args"], json!(["predict", "--job", job_url.clone()]));
+            assert_eq!(c["resources"]["limits"]["nvidia.com/gpu"], "1");
+            assert_eq!(c["resources"]["limits"]["memory"], "32Gi");
+            assert_eq!(pod["nodeSelector"]["nvidia.com/gpu.present"], "true");
+            assert_eq!(body["spec"]["backoffLimit"], 3);
+            assert_eq!(
+                body["spec"]["podFailurePolicy"]["rules"][0]["action"],
+                "FailJob"
+            );
+            assert!(body["spec"].get("activeDeadlineSeconds").is_none());
+            let labels = &body["metadata"]["labels"];
+            assert_eq!(labels["idc.dev/predicts"], RUN);
+            assert_eq!(labels["app.kubernetes.io/component"], "predict");
+            // Not the run's pods: `logs` and `status` of the run never see these.
+            assert_ne!(labels["idc.dev/run"], RUN);
+            // The pod: the worker runs with the Job's arguments.
+            let args: Vec<String> = c["args"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| a.as_str().unwrap().to_string())
+                .collect();
+            let out = std::process::Command::new(worker_binary())
+                .args(&args)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}", text(&out.stderr));
+        })),
+        ..ex(
+            "POST",
+            format!("/apis/batch/v1/namespaces/{NS}/jobs?"),
+            201,
+            json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name}}),
+        )
+    };
+    let pod_name = format!("{name}-x7k2p");
+    let mut running_pod = pod(&pod_name, "2026-11-26T10:00:00Z", "Running", running());
+    running_pod["metadata"]["labels"]["idc.dev/run"] = json!(name);
+    let mut done_pod = pod(
+        &pod_name,
+        "2026-11-26T10:00:00Z",
+        "Succeeded",
+        terminated(0, "Completed"),
+    );
+    done_pod["metadata"]["labels"]["idc.dev/run"] = json!(name);
+    let job_with = |conditions: Value| {
+        let mut j = job_json(conditions, "");
+        j["metadata"]["name"] = json!(name);
+        j
+    };
+    let (cluster, task) = mock_cluster(vec![
+        ex(
+            "GET",
+            format!("/api/v1/namespaces/{NS}/configmaps/idc-defaults"),
+            200,
+            defaults_cm(),
+        ),
+        create,
+        ex("GET", job_path(&name), 200, job_with(json!([]))),
+        ex(
+            "GET",
+            prediction_pods_uri(&name),
+            200,
+            list("PodList", vec![running_pod]),
+        ),
+        log_ex(
+            log_uri(&pod_name, true),
+            &[
+                "prediction of run resnet34-t1 on Cpu",
+                "predicted 64/105 images (640 images/s)",
+                "predicted 105/105 images (700 images/s)",
+            ],
+        ),
+        ex(
+            "GET",
+            job_path(&name),
+            200,
+            job_with(json!([{"type": "Complete", "status": "True"}])),
+        ),
+        ex(
+            "GET",
+            prediction_pods_uri(&name),
+            200,
+            list("PodList", vec![done_pod]),
+        ),
+    ]);
+    let mut seen = Seen::default();
+    idc::predict::run_on(&cluster, &p, &mut seen).await.unwrap();
+    finish(cluster, task).await;
+    assert_eq!(seen.images, [(64, 105), (105, 105)]);
+    assert!(!seen.notices.is_empty());
+    let (result, rows) = idc::predict::read_outcome(&p).await.unwrap();
+    assert_eq!(result.images, 105);
+    assert_eq!(rows.len(), 105, "every real patch, the edge patch padded");
+    assert!(
+        rows.iter()
+            .all(|r| r.label.is_some() && r.probabilities.len() == 2)
+    );
+}
+
+#[tokio::test]
+async fn a_failed_prediction_job_says_why() {
+    let (_b, root) = trained_kube_run().await;
+    let p = idc::predict::prepare(&root, RUN, &predict_opts(), None)
+        .await
+        .unwrap();
+    let name = kube::job::prediction_job_name(RUN, &p.spec.prediction_id);
+    // What the pod's worker left before it failed.
+    p.job
+        .put(
+            idc::layout::run::prediction::LOG,
+            bytes::Bytes::from_static(
+                b"2026-11-26T10:00:00Z error: --device is cuda but no CUDA device is usable\n",
+            ),
+        )
+        .await
+        .unwrap();
+    let mut failed_pod = pod(
+        &format!("{name}-a1"),
+        "2026-11-26T10:00:00Z",
+        "Failed",
+        terminated(2, "Error"),
+    );
+    failed_pod["metadata"]["labels"]["idc.dev/run"] = json!(name);
+    let mut job = job_json(
+        json!([{"type": "Failed", "status": "True", "reason": "PodFailurePolicy",
+                "message": "Container worker for pod ml/x failed with exit code 2 matching FailJob rule at index 0"}]),
+        "",
+    );
+    job["metadata"]["name"] = json!(name);
+    let (cluster, task) = mock_cluster(vec![
+        ex(
+            "GET",
+            format!("/api/v1/namespaces/{NS}/configmaps/idc-defaults"),
+            200,
+            defaults_cm(),
+        ),
+        ex(
+            "POST",
+            format!("/apis/batch/v1/namespaces/{NS}/jobs?"),
+            201,
+            json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name}}),
+        ),
+        ex("GET", job_path(&name), 200, job),
+        ex(
+            "GET",
+            prediction_pods_uri(&name),
+            200,
+            list("PodList", vec![failed_pod]),
+        ),
+    ]);
+    let e = idc::predict::run_on(&cluster, &p, &mut Seen::default())
+        .await
+        .unwrap_err();
+    finish(cluster, task).await;
+    assert_eq!(e.exit_code(), idc::exit::ExitCode::UserError, "{e}");
+    let msg = e.to_string();
+    assert!(msg.contains(&format!("Job {name}")), "{msg}");
+    assert!(msg.contains("no CUDA device is usable"), "{msg}");
+}
+
+/// The Job `predict --dry-run` prints, pinned; `IDC_UPDATE_GOLDEN=1` rewrites.
+#[tokio::test]
+async fn predict_dry_run_job_matches_its_golden_file() {
+    let (b, _root) = trained_kube_run().await;
+    let out = idcctl_env(
+        &[
+            "predict",
+            RUN,
+            real_sample().to_str().unwrap(),
+            "--dry-run",
+            // The threshold is the run's otherwise, which a retrained checkpoint may move.
+            "--threshold",
+            "0.5",
+            "--storage",
+            &b.exp.storage,
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // The bucket is a temporary folder here; the golden file names it s3://idc.
+    let yaml = text(&out.stdout).replace(&b.exp.storage, "s3://idc");
+    let job: Job = serde_yaml::from_str(&yaml).unwrap();
+    assert_eq!(kube::names::job_violations(&job), Vec::<String>::new());
+    let file =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/jobs/predict-resnet34.yaml");
+    if std::env::var("IDC_UPDATE_GOLDEN").as_deref() == Ok("1") {
+        std::fs::write(&file, &yaml).unwrap();
+    }
+    let want = std::fs::read_to_string(&file).unwrap_or_else(|_| {
+        panic!(
+            "{} is missing: run IDC_UPDATE_GOLDEN=1 cargo test --test kube",
+            file.display()
+        )
+    });
+    assert_eq!(yaml, want, "the Job differs from {}", file.display());
+}

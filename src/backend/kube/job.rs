@@ -98,7 +98,7 @@ pub struct PredictJobInputs<'a> {
     pub prediction_id: &'a str,
     /// The prediction's folder, `s3://bucket/prefix/runs/<id>/predictions/<prediction>`.
     pub job_url: &'a str,
-    /// SHA-256 (hex) of the prediction's spec.json.
+    /// SHA-256 (hex) of the prediction's spec, without its URLs.
     pub spec_sha256: &'a str,
     pub defaults: &'a ClusterDefaults,
 }
