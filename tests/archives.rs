@@ -414,6 +414,69 @@ fn a_short_cifar10_run_beats_chance_and_reports_ten_classes() {
     );
     assert!(tmp.path().join("cmp-val-f1.svg").exists());
     assert!(!tmp.path().join("cmp-roc.svg").exists());
+    // `predict` on the test split: ten probabilities per image, those of the evaluation, and
+    // the macro metrics; a folder of IDC patches is refused for this model.
+    let jsonl = tmp.path().join("test.jsonl");
+    let out = idcctl_env(
+        &[
+            "predict",
+            &run,
+            &dataset,
+            "--split",
+            "test",
+            "--out",
+            jsonl.to_str().unwrap(),
+        ],
+        &[("IDC_STORAGE", &storage)],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).starts_with(&format!("500 labelled images: accuracy {:.4}", acc)),
+        "{}",
+        text(&out.stdout)
+    );
+    let evaluated = idc::predictions::parse_jsonl(
+        &std::fs::read(
+            Path::new(storage.strip_prefix("file://").unwrap())
+                .join("runs")
+                .join(&run)
+                .join(idc::layout::run::TEST_PREDICTIONS),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let rows: Vec<serde_json::Value> = std::fs::read_to_string(&jsonl)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 500);
+    for (row, e) in rows.iter().zip(&evaluated) {
+        let p = row["probabilities"].as_array().unwrap();
+        assert_eq!(p.len(), 10);
+        for (a, b) in p.iter().zip(&e.probabilities) {
+            assert!((a.as_f64().unwrap() as f32 - b).abs() <= 1e-5, "{row}");
+        }
+        assert_eq!(row["predicted"].as_u64(), Some(e.predicted as u64));
+        assert_eq!(row["label"].as_u64(), e.label.map(u64::from));
+    }
+    let out = idcctl_env(
+        &[
+            "predict",
+            &run,
+            tmp.path().to_str().unwrap(),
+            "--out",
+            jsonl.to_str().unwrap(),
+        ],
+        &[("IDC_STORAGE", &storage)],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("predict a staged dataset of them"),
+        "{}",
+        text(&out.stderr)
+    );
+
     // `list` and `status` use macro F1.
     let list = idcctl_env(&["list", "-o", "json"], &[("IDC_STORAGE", &storage)]);
     let runs: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
