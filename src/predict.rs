@@ -432,7 +432,7 @@ fn pack(
         let (bytes, sha256) = w.finish();
         let key = job_keys::input_shard(i);
         infos.push(InputShard {
-            key: format!("{}", key),
+            key: key.clone(),
             sha256,
             records: chunk.len() as u64,
         });

@@ -71,8 +71,19 @@ fn ok(out: std::process::Output) -> (String, String) {
     (text(&out.stdout), text(&out.stderr))
 }
 
-/// The rows of a CSV `predict` wrote: header, then (patient, x, y, file, p, predicted, label).
-fn csv_rows(path: &Path) -> Vec<(u32, u32, u32, String, f32, u8, Option<u8>)> {
+/// One row of the CSV `predict` writes.
+struct Row {
+    patient: u32,
+    x: u32,
+    y: u32,
+    file: String,
+    p: f32,
+    predicted: u8,
+    label: Option<u8>,
+}
+
+/// The rows of a CSV `predict` wrote, its header checked.
+fn csv_rows(path: &Path) -> Vec<Row> {
     let text = std::fs::read_to_string(path).unwrap();
     let mut lines = text.lines();
     assert_eq!(lines.next(), Some("patient,x,y,file,p_idc,predicted,label"));
@@ -80,15 +91,15 @@ fn csv_rows(path: &Path) -> Vec<(u32, u32, u32, String, f32, u8, Option<u8>)> {
         .map(|l| {
             let f: Vec<&str> = l.split(',').collect();
             assert_eq!(f.len(), 7, "{l}");
-            (
-                f[0].parse().unwrap(),
-                f[1].parse().unwrap(),
-                f[2].parse().unwrap(),
-                f[3].to_string(),
-                f[4].parse().unwrap(),
-                f[5].parse().unwrap(),
-                (!f[6].is_empty()).then(|| f[6].parse().unwrap()),
-            )
+            Row {
+                patient: f[0].parse().unwrap(),
+                x: f[1].parse().unwrap(),
+                y: f[2].parse().unwrap(),
+                file: f[3].to_string(),
+                p: f[4].parse().unwrap(),
+                predicted: f[5].parse().unwrap(),
+                label: (!f[6].is_empty()).then(|| f[6].parse().unwrap()),
+            }
         })
         .collect()
 }
@@ -168,7 +179,16 @@ fn predicts_folders_zips_and_splits_like_the_evaluation() {
     let threshold = report["test_at_val_threshold"]["threshold"]
         .as_f64()
         .unwrap();
-    for (patient, x, y, file, p, predicted, label) in &rows {
+    for Row {
+        patient,
+        x,
+        y,
+        file,
+        p,
+        predicted,
+        label,
+    } in &rows
+    {
         let e = &t.evaluated[&(*patient, *x, *y)];
         assert!(
             (p - e.p_positive()).abs() <= 1e-5,
@@ -223,9 +243,12 @@ fn predicts_folders_zips_and_splits_like_the_evaluation() {
         .collect();
     assert_eq!(lines.len(), 29);
     for (l, r) in lines.iter().zip(&rows) {
-        assert_eq!(l["file"], r.3.as_str());
-        assert_eq!(l["p_idc"].as_f64().unwrap() as f32, r.4);
-        assert_eq!(l.get("label").and_then(|v| v.as_u64()), r.6.map(u64::from));
+        assert_eq!(l["file"], r.file.as_str());
+        assert_eq!(l["p_idc"].as_f64().unwrap() as f32, r.p);
+        assert_eq!(
+            l.get("label").and_then(|v| v.as_u64()),
+            r.label.map(u64::from)
+        );
     }
 
     // The staged test split: every test patch, as the evaluation computed it, with its metrics.
@@ -243,9 +266,9 @@ fn predicts_folders_zips_and_splits_like_the_evaluation() {
     let rows = csv_rows(&split_out);
     assert_eq!(rows.len(), test.len());
     for (r, e) in rows.iter().zip(&test) {
-        assert_eq!((r.0, r.1, r.2), (e.patient, e.x, e.y));
-        assert_eq!(r.3, e.file);
-        assert!((r.4 - e.p_positive()).abs() <= 1e-5, "{}", r.3);
+        assert_eq!((r.patient, r.x, r.y), (e.patient, e.x, e.y));
+        assert_eq!(r.file, e.file);
+        assert!((r.p - e.p_positive()).abs() <= 1e-5, "{}", r.file);
     }
     let f1 = report["test_at_val_threshold"]["f1"].as_f64().unwrap();
     assert!(
@@ -289,7 +312,7 @@ fn tta_averages_the_eight_flips_and_rotations() {
         &t,
         &[dir.to_str().unwrap(), "--out", plain.to_str().unwrap()],
     ));
-    let mean = csv_rows(&plain).iter().map(|r| r.4 as f64).sum::<f64>() / 8.0;
+    let mean = csv_rows(&plain).iter().map(|r| r.p as f64).sum::<f64>() / 8.0;
     let tta = t.dir.path().join("tta.csv");
     let (_, stderr) = ok(predict(
         &t,
@@ -304,10 +327,10 @@ fn tta_averages_the_eight_flips_and_rotations() {
     // Every view's TTA prediction is the mean over the same 8 images.
     for r in csv_rows(&tta) {
         assert!(
-            (r.4 as f64 - mean).abs() <= 1e-5,
+            (r.p as f64 - mean).abs() <= 1e-5,
             "{}: {} vs {mean}",
-            r.3,
-            r.4
+            r.file,
+            r.p
         );
     }
 }
