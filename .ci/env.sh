@@ -72,6 +72,17 @@ PY
   echo "S3 server (moto) on 127.0.0.1:$port, bucket idc-test" >&2
 }
 
+# TensorBoard (PyPI, no TensorFlow) in a cached venv: tests/tensorboard.rs reads the run's event
+# files with its EventAccumulator. Under CI the test must find it.
+IDC_TENSORBOARD_VERSION=2.20.0
+idc_tensorboard_venv() {
+  idc_cached_venv "tensorboard-$IDC_TENSORBOARD_VERSION" "tensorboard==$IDC_TENSORBOARD_VERSION"
+  export IDC_TEST_TENSORBOARD_PYTHON=$IDC_CACHE/tensorboard-$IDC_TENSORBOARD_VERSION/bin/python
+  if [ "${CI:-}" = true ]; then
+    export IDC_TEST_REQUIRE_TENSORBOARD=1
+  fi
+}
+
 # Headless Chromium for the report pages' browser test (tests/report_html.rs). Installed when
 # missing and we are root on Debian/Ubuntu; otherwise says what to install (the test then skips
 # its browser part). Under CI (CI=true) the test must find it: IDC_TEST_REQUIRE_BROWSER=1.

@@ -47,6 +47,19 @@ pub struct Experiment {
     /// Longest a run may take, e.g. `90m`, `6h`, `1h30m`.
     #[serde(default)]
     pub deadline: Option<String>,
+    /// Experiment trackers that mirror the run (the bucket stays its record).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracking: Option<Tracking>,
+}
+
+/// Trackers a run is mirrored to.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Tracking {
+    /// An MLflow tracking server: `{uri, experiment}` (uri default: `MLFLOW_TRACKING_URI`;
+    /// experiment default: this manifest's name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mlflow: Option<crate::tracking::mlflow::MlflowSpec>,
 }
 
 /// The laptop default bucket, `file://./.idc/bucket`.

@@ -63,6 +63,9 @@ pub mod run {
     /// Every test image's prediction by the evaluated checkpoint, one JSON object per line
     /// (`idc::predictions::Prediction`, in test-split order): what slide maps are drawn from.
     pub const TEST_PREDICTIONS: &str = "test-predictions.jsonl";
+    /// The run's TensorBoard event file (scalars from metrics.jsonl and the report), rewritten
+    /// whole with metrics.jsonl; TensorBoard reads any file named `*tfevents*`.
+    pub const TENSORBOARD: &str = "tensorboard/events.out.tfevents.idc";
     /// Folder of `idcctl predict` jobs, one folder per prediction id.
     pub const PREDICTIONS: &str = "predictions";
 

@@ -20,6 +20,7 @@ pub mod rng;
 pub mod shard;
 pub mod spec;
 pub mod store;
+pub mod tracking;
 
 #[cfg(feature = "controller")]
 pub mod backend;

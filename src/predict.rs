@@ -809,6 +809,11 @@ pub async fn write_output(target: &str, bytes: Vec<u8>) -> Result<(), PredictErr
     std::fs::create_dir_all(&dir).map_err(err)?;
     let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(err)?;
     std::io::Write::write_all(&mut tmp, &bytes).map_err(err)?;
+    // A temporary file is private; the output gets a plain file's permissions.
+    use std::os::unix::fs::PermissionsExt;
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(0o644))
+        .map_err(err)?;
     tmp.persist(&path).map_err(|e| err(e.error))?;
     Ok(())
 }

@@ -17,6 +17,7 @@ mod predict;
 mod reports;
 mod runs;
 mod sweep;
+mod track;
 mod weights;
 
 /// idcctl stages the breast histopathology (IDC) dataset into object storage and runs
@@ -108,6 +109,17 @@ enum Command {
     /// Apply a finished run's best checkpoint to new patches (a folder or zip, labels optional)
     /// or to a staged dataset's split; writes CSV or JSON Lines, and the metrics when labelled.
     Predict(predict::PredictArgs),
+    /// Gather runs' TensorBoard event files into a log folder (then: tensorboard --logdir DIR).
+    Tensorboard {
+        /// The runs.
+        #[arg(required = true)]
+        runs: Vec<String>,
+        /// The folder TensorBoard reads: each run's events go to DIR/<run>/.
+        #[arg(long, value_name = "DIR")]
+        logdir: PathBuf,
+        #[command(flatten)]
+        storage: runs::StorageArg,
+    },
     /// Cancel a run: the worker checkpoints and stops (SIGTERM, then SIGKILL after 30s).
     Cancel {
         run: String,
@@ -327,6 +339,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             output,
         } => reports::compare(storage, runs, html, output).await,
         Command::Predict(args) => predict::predict(args).await,
+        Command::Tensorboard {
+            runs,
+            logdir,
+            storage,
+        } => track::tensorboard(&storage, &runs, &logdir).await,
         Command::Cancel {
             run,
             storage,

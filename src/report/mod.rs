@@ -6,6 +6,7 @@
 pub mod compare;
 pub mod html;
 pub mod plot;
+pub mod tensorboard;
 
 use crate::dataset::manifest::DatasetManifest;
 use crate::layout::run as keys;

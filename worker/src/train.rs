@@ -47,6 +47,9 @@ struct Progress {
     stopped_early: bool,
     train_seconds: f64,
     images_trained: u64,
+    /// When the run first started (Unix seconds): the TensorBoard events' wall-time origin.
+    #[serde(default)]
+    started_unix: f64,
 }
 
 /// What a run's phases share once it is set up.
@@ -108,6 +111,9 @@ impl<'a> Trainer<'a> {
     pub fn run(&mut self) -> Result<Outcome, WorkerError> {
         let mut s = self.setup()?;
         self.resume(&mut s)?;
+        if s.p.started_unix == 0.0 {
+            s.p.started_unix = unix_now();
+        }
         while s.p.epoch < s.t.epochs && !s.p.stopped_early {
             if let Some(outcome) = self.epoch(&mut s)? {
                 return Ok(outcome);
@@ -462,6 +468,7 @@ impl<'a> Trainer<'a> {
             data,
             train,
             p,
+            metric_lines: s_metric_lines,
             ..
         } = s;
         // Test with the best checkpoint; the F1-optimal threshold is chosen on validation.
@@ -531,6 +538,16 @@ impl<'a> Trainer<'a> {
             report.test = test.into();
             line
         };
+        let mut jsonl = s_metric_lines.join("\n");
+        jsonl.push('\n');
+        self.put(
+            keys::TENSORBOARD,
+            idc::tracking::tensorboard::events_of(
+                &metrics::parse_jsonl(jsonl.as_bytes()),
+                Some(&report),
+                p.started_unix,
+            ),
+        )?;
         // Every test image's prediction, before the report (whose presence says the run is done).
         let threshold = report
             .test_at_val_threshold
@@ -582,7 +599,13 @@ impl<'a> Trainer<'a> {
         self.put(&key, bytes)?;
         let mut jsonl = metric_lines.join("\n");
         jsonl.push('\n');
+        let events = idc::tracking::tensorboard::events_of(
+            &metrics::parse_jsonl(jsonl.as_bytes()),
+            None,
+            p.started_unix,
+        );
         self.put(keys::METRICS, jsonl.into_bytes())?;
+        self.put(keys::TENSORBOARD, events)?;
         let previous = std::mem::replace(&mut p.checkpoint, key);
         self.put(
             keys::LATEST_CHECKPOINT,
@@ -652,6 +675,12 @@ impl<'a> Trainer<'a> {
             eprintln!("warning: could not write the log to the bucket: {e}");
         }
     }
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// The device `spec` asks for (`what` names the setting in errors).

@@ -1,0 +1,51 @@
+//! Tracking tools: `idcctl tensorboard` gathers runs' TensorBoard event files into a log
+//! folder. The work is in `idc::report::tensorboard`.
+
+use super::UserError;
+use super::runs::StorageArg;
+use idc::exit::ExitCode;
+use idc::report::tensorboard::{self, Origin};
+use idc::store::Store;
+use std::path::Path;
+
+/// Writes each run's event file to `logdir/<run>/`, whole (a temporary file renamed over it).
+pub async fn tensorboard(
+    storage: &StorageArg,
+    runs: &[String],
+    logdir: &Path,
+) -> anyhow::Result<ExitCode> {
+    let root = Store::open(storage.url())?;
+    let mut written = 0;
+    for run in runs {
+        let Some((bytes, origin)) = tensorboard::events(&root, run).await? else {
+            eprintln!("{run}: nothing logged yet, skipped");
+            continue;
+        };
+        let dir = logdir.join(run);
+        std::fs::create_dir_all(&dir).map_err(|e| UserError(format!("{}: {e}", dir.display())))?;
+        let name = Path::new(idc::layout::run::TENSORBOARD)
+            .file_name()
+            .expect("a file name");
+        let mut tmp = tempfile::NamedTempFile::new_in(&dir)?;
+        std::io::Write::write_all(&mut tmp, &bytes)?;
+        // A temporary file is private; the log folder is for TensorBoard and its users.
+        use std::os::unix::fs::PermissionsExt;
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o644))?;
+        tmp.persist(dir.join(name))?;
+        eprintln!(
+            "{run}: {} bytes of events{}",
+            bytes.len(),
+            match origin {
+                Origin::Worker => "",
+                Origin::Records => " (made from metrics.jsonl: the run predates event files)",
+            }
+        );
+        written += 1;
+    }
+    if written == 0 {
+        return Err(UserError("none of the runs has logged anything yet".into()).into());
+    }
+    println!("tensorboard --logdir {}", logdir.display());
+    Ok(ExitCode::Success)
+}
