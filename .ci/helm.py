@@ -42,6 +42,8 @@ FAILURES = [
     ({"worker": {"resources": {"cpu": "8 cores"}}}, "/worker/resources/cpu"),
     ({"worker": {"shm": "1Gi"}}, "additional properties 'shm' not allowed"),
     ({"serviceAccount": {"name": "Not_A_Name"}}, "/serviceAccount/name"),
+    ({"kueue": {"queue": "gpu-queue"}}, "kueue.queue is set (gpu-queue) but kueue.enabled is false"),
+    ({"kueue": {"enabled": True, "queue": "GPU_Queue"}}, "/kueue/queue"),
 ]
 
 # Lint severities (helm.sh/helm/v4/pkg/chart/v2/lint/support).

@@ -120,6 +120,15 @@ pub struct Resources {
     /// Worker image (default: the chart's).
     pub image: Option<String>,
     pub priority_class: Option<String>,
+    /// Kueue LocalQueue in the run's namespace that admits the Job (its
+    /// `kueue.x-k8s.io/queue-name` label). Default: the namespace's (`idc-defaults`); `""`
+    /// submits without a queue even when the namespace names one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+    /// Kueue WorkloadPriorityClass of the Job (its `kueue.x-k8s.io/priority-class` label):
+    /// the order of admission and preemption within the queue's ClusterQueue.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workload_priority: Option<String>,
 }
 
 /// A Kubernetes toleration.
@@ -317,7 +326,7 @@ pub fn parse(text: &str, file: &str) -> Result<Experiment, ManifestError> {
         }
     }
     // What Kubernetes would reject, said now whatever the backend: the manifest names it.
-    use crate::backend::kube::names::{is_label_value, is_qualified_name};
+    use crate::backend::kube::names::{is_label_value, is_labelled_name, is_qualified_name};
     for (key, value) in &r.node_selector {
         if !is_qualified_name(key) {
             return Err(err(
@@ -336,6 +345,31 @@ pub fn parse(text: &str, file: &str) -> Result<Experiment, ManifestError> {
                     "at most 63 letters, digits, '-', '_' or '.', a letter or digit at each end"
                         .into(),
                 ),
+            ));
+        }
+    }
+    for (field, name, what) in [
+        ("queue", &r.queue, "Kueue LocalQueue"),
+        (
+            "workload_priority",
+            &r.workload_priority,
+            "Kueue WorkloadPriorityClass",
+        ),
+    ] {
+        let Some(name) = name else { continue };
+        // An empty queue opts out of the namespace's default queue.
+        if !(is_labelled_name(name) || (field == "queue" && name.is_empty())) {
+            return Err(err(
+                locate(&["resources", field]),
+                format!("resources.{field} '{name}' is not a valid {what} name"),
+                Some(format!(
+                    "the name of a {what}: at most 63 lowercase letters, digits, '-' or '.', a letter or digit at each end{}",
+                    if field == "queue" {
+                        "; \"\" submits without a queue"
+                    } else {
+                        ""
+                    }
+                )),
             ));
         }
     }

@@ -633,7 +633,8 @@ pub async fn run_on(
                 detail: "deleted before it finished".into(),
             })?;
         let pods = cluster.pods_of(&name).await?;
-        let o = observe::observe(&job, &pods, &[], max_attempts);
+        let workload = cluster.workload_of(&job, &pods).await;
+        let o = observe::observe(&job, &pods, &[], workload.as_ref(), max_attempts);
         match o.phase {
             Phase::Succeeded => return Ok(()),
             Phase::Failed | Phase::Cancelled | Phase::Lost => {

@@ -1,12 +1,15 @@
 //! The Helm chart `charts/idc` against the Rust side: its golden renders (made with the real Helm
-//! library by `.ci/helm`, which also checks that they are current) grant exactly `RBAC_RULES`,
-//! bind them to the chart's service account, and install an `idc-defaults` ConfigMap that
+//! library by `.ci/helm`, which also checks that they are current) grant exactly `RBAC_RULES`
+//! (and `KUEUE_RBAC_RULES` with `kueue.enabled`), bind them to the chart's service account, and
+//! install an `idc-defaults` ConfigMap that
 //! `ClusterDefaults` reads; every name and label is one Kubernetes accepts. No helm needed here.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use idc::backend::kube::{CONFIG_MAP, CONFIG_MAP_KEY, ClusterDefaults, RBAC_RULES};
+use idc::backend::kube::{
+    CONFIG_MAP, CONFIG_MAP_KEY, ClusterDefaults, KUEUE_RBAC_RULES, RBAC_RULES,
+};
 use serde::Deserialize;
 use serde_yaml::{Mapping, Value};
 
@@ -21,6 +24,9 @@ struct Golden {
     creates_secret: bool,
     /// Subjects besides the service account, as (kind, name).
     extra_subjects: &'static [(&'static str, &'static str)],
+    /// Whether the values enable Kueue (`kueue.enabled`), and the default queue they name.
+    kueue: bool,
+    queue: Option<&'static str>,
 }
 
 const GOLDENS: &[Golden] = &[
@@ -29,18 +35,24 @@ const GOLDENS: &[Golden] = &[
         credentials_secret: "idc-s3",
         creates_secret: false,
         extra_subjects: &[],
+        kueue: false,
+        queue: None,
     },
     Golden {
         name: "custom",
         credentials_secret: "minio-idc",
         creates_secret: true,
         extra_subjects: &[("Group", "ml-team"), ("User", "jane@example.com")],
+        kueue: true,
+        queue: Some("gpu-queue"),
     },
     Golden {
         name: "existing-secret",
         credentials_secret: "team-s3-keys",
         creates_secret: false,
         extra_subjects: &[],
+        kueue: false,
+        queue: None,
     },
 ];
 
@@ -115,10 +127,12 @@ fn grants(role: &Value) -> BTreeSet<Grant> {
     out
 }
 
-/// What the Role must grant: `RBAC_RULES`, with ConfigMaps readable by name only.
-fn expected_grants() -> BTreeSet<Grant> {
+/// What the Role must grant: `RBAC_RULES`, with ConfigMaps readable by name only, and
+/// `KUEUE_RBAC_RULES` when Kueue is enabled.
+fn expected_grants(kueue: bool) -> BTreeSet<Grant> {
     let mut out = BTreeSet::new();
-    for (group, resource, verbs) in RBAC_RULES {
+    let kueue_rules = if kueue { KUEUE_RBAC_RULES } else { &[] };
+    for (group, resource, verbs) in RBAC_RULES.iter().chain(kueue_rules) {
         let names = if *resource == "configmaps" {
             vec![CONFIG_MAP.to_string()]
         } else {
@@ -138,15 +152,16 @@ fn expected_grants() -> BTreeSet<Grant> {
 
 #[test]
 fn role_grants_exactly_the_rbac_rules() {
-    let want = expected_grants();
     for g in GOLDENS {
+        let want = expected_grants(g.kueue);
         let docs = docs(g.name);
         let got = grants(one(&docs, "Role"));
         assert_eq!(
             got,
             want,
             "{}: the chart's Role (charts/idc/templates/rbac.yaml) must grant exactly RBAC_RULES \
-             (src/backend/kube/defaults.rs); extra: {:?}, missing: {:?}",
+             (src/backend/kube/defaults.rs), and KUEUE_RBAC_RULES with kueue.enabled; extra: {:?}, \
+             missing: {:?}",
             g.name,
             got.difference(&want).collect::<Vec<_>>(),
             want.difference(&got).collect::<Vec<_>>()
@@ -238,6 +253,12 @@ fn config_map_holds_cluster_defaults_that_match_the_rendered_objects() {
             "{}",
             g.name
         );
+        assert_eq!(
+            defaults.queue.as_deref(),
+            g.queue,
+            "{}: kueue.queue",
+            g.name
+        );
         let secrets: Vec<&Value> = docs
             .iter()
             .filter(|d| str_at(d, "kind") == "Secret")
@@ -318,6 +339,7 @@ const VALUES_OF_DEFAULTS: &[(&str, &str)] = &[
     ),
     ("priorityClass", "worker.priorityClass"),
     ("tolerateGpuTaint", "worker.tolerateGpuTaint"),
+    ("queue", "kueue.queue"),
 ];
 
 #[test]

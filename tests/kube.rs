@@ -9,7 +9,7 @@ use ::kube::client::Body;
 use common::*;
 use http::{Request, Response};
 use idc::backend::kube::cluster::{Cluster, LogLine};
-use idc::backend::kube::{self, ClusterDefaults, RBAC_RULES};
+use idc::backend::kube::{self, ClusterDefaults, KUEUE_RBAC_RULES, RBAC_RULES};
 use idc::backend::{self, SubmitOptions};
 use idc::experiment::{self, Experiment};
 use idc::layout::run as keys;
@@ -94,12 +94,14 @@ fn rbac_of(method: &str, uri: &str) -> (String, String, String) {
 
 fn assert_rbac_allows(method: &str, uri: &str) {
     let (group, resource, verb) = rbac_of(method, uri);
+    // The chart grants KUEUE_RBAC_RULES with kueue.enabled; without them, see the 403 test.
     let allowed = RBAC_RULES
         .iter()
+        .chain(KUEUE_RBAC_RULES)
         .any(|(g, r, verbs)| *g == group && *r == resource && verbs.contains(&verb.as_str()));
     assert!(
         allowed,
-        "{method} {uri} needs {verb} on {group}/{resource}, which RBAC_RULES (and the chart's Role) do not grant"
+        "{method} {uri} needs {verb} on {group}/{resource}, which RBAC_RULES and KUEUE_RBAC_RULES (and the chart's Role) do not grant"
     );
 }
 
@@ -406,22 +408,34 @@ async fn resubmitting_the_same_run_creates_nothing() {
 
 /// Refreshes a submitted run's record against the scripted cluster state.
 async fn observed(job_conditions: Value, pods: Vec<Value>, events: Option<Value>) -> RunStatus {
+    observed_job(
+        job_json(job_conditions, "x"),
+        pods,
+        events.map(events_ex).into_iter().collect(),
+    )
+    .await
+}
+
+fn events_ex(events: Value) -> Exchange {
+    ex(
+        "GET",
+        format!(
+            "/api/v1/namespaces/{NS}/events?&fieldSelector=involvedObject.kind%3DJob%2CinvolvedObject.name%3D{RUN}"
+        ),
+        200,
+        events,
+    )
+}
+
+/// [`observed`] with the whole Job, and the requests after the pods' listing.
+async fn observed_job(job: Value, pods: Vec<Value>, after_pods: Vec<Exchange>) -> RunStatus {
     let b = bucket().await;
     let sub = submit_script(&b, vec![create_ex()]).await;
     let mut script = vec![
-        ex("GET", job_path(RUN), 200, job_json(job_conditions, "x")),
+        ex("GET", job_path(RUN), 200, job),
         ex("GET", pods_list_uri(), 200, list("PodList", pods)),
     ];
-    if let Some(ev) = events {
-        script.push(ex(
-            "GET",
-            format!(
-                "/api/v1/namespaces/{NS}/events?&fieldSelector=involvedObject.kind%3DJob%2CinvolvedObject.name%3D{RUN}"
-            ),
-            200,
-            ev,
-        ));
-    }
+    script.extend(after_pods);
     let (cluster, task) = mock_cluster(script);
     let s = run::read_status(&sub.run).await.unwrap().unwrap();
     let s = backend::refresh_on(&sub.run, s, &cluster).await.unwrap();
@@ -612,6 +626,239 @@ async fn status_preempted_then_retried() {
             && reason(&s).contains("attempt 1 was preempted (PreemptionByScheduler"),
         "{}",
         reason(&s)
+    );
+}
+
+const JOB_UID: &str = "6c1f3b9e-2a4d-4e8f-9b7a-0d5e6f7a8b9c";
+const QUEUE: &str = "gpu-queue";
+
+/// The run's Job as the API server shows it once submitted to Kueue queue `gpu-queue`: with its
+/// UID, the queue label, and suspended (Kueue's webhook suspends it until admission) or not.
+fn queued_job(suspended: bool) -> Value {
+    let mut job = job_json(
+        if suspended {
+            json!([{"type": "Suspended", "status": "True", "reason": "JobSuspended",
+                    "message": "Job suspended"}])
+        } else {
+            json!([])
+        },
+        "x",
+    );
+    job["metadata"]["uid"] = json!(JOB_UID);
+    job["metadata"]["labels"] = json!({"idc.dev/run": RUN, "kueue.x-k8s.io/queue-name": QUEUE});
+    job["spec"]["suspend"] = json!(suspended);
+    job
+}
+
+/// The Workload Kueue made for the run's Job, with these status conditions.
+fn workload(conditions: Value) -> Value {
+    json!({
+        "apiVersion": "kueue.x-k8s.io/v1beta1", "kind": "Workload",
+        "metadata": {"name": format!("job-{RUN}-3f2a1"), "namespace": NS,
+            "creationTimestamp": "2026-11-26T10:00:00Z",
+            "labels": {"kueue.x-k8s.io/job-uid": JOB_UID},
+            "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": RUN,
+                                 "uid": JOB_UID, "controller": true, "blockOwnerDeletion": true}]},
+        "spec": {"queueName": QUEUE, "podSets": [{"name": "main", "count": 1, "template": {}}]},
+        "status": {"conditions": conditions}
+    })
+}
+
+/// The request for the Job's Workload (by Kueue's job-uid label), answered with `status`/`body`.
+fn workloads_ex(status: u16, body: Value) -> Exchange {
+    ex(
+        "GET",
+        format!(
+            "/apis/kueue.x-k8s.io/v1beta1/namespaces/{NS}/workloads?&labelSelector=kueue.x-k8s.io%2Fjob-uid%3D{JOB_UID}"
+        ),
+        status,
+        body,
+    )
+}
+
+fn workload_list(conditions: Value) -> Exchange {
+    workloads_ex(
+        200,
+        json!({"apiVersion": "kueue.x-k8s.io/v1beta1", "kind": "WorkloadList", "metadata": {},
+               "items": [workload(conditions)]}),
+    )
+}
+
+/// A suspended queued Job without pods, whose Workload has these conditions.
+async fn waiting_in_kueue(conditions: Value) -> RunStatus {
+    observed_job(
+        queued_job(true),
+        vec![],
+        vec![
+            events_ex(list("EventList", vec![])),
+            workload_list(conditions),
+        ],
+    )
+    .await
+}
+
+#[tokio::test]
+async fn status_of_a_queued_job_says_why_kueue_has_not_admitted_it() {
+    // Kueue's scheduler, as released (reason Pending) and with its granular reasons.
+    let s = waiting_in_kueue(json!([{"type": "QuotaReserved", "status": "False", "reason": "Pending",
+        "message": "couldn't assign flavors to pod set main: insufficient quota for nvidia.com/gpu in flavor h200, request > maximum capacity (2 > 0)",
+        "lastTransitionTime": "2026-11-26T10:00:01Z"}]))
+    .await;
+    assert_eq!(s.phase, Phase::Pending);
+    assert_eq!(
+        reason(&s),
+        "waiting in Kueue queue gpu-queue: Pending: couldn't assign flavors to pod set main: insufficient quota for nvidia.com/gpu in flavor h200, request > maximum capacity (2 > 0); the ClusterQueue can never give that much: lower resources.gpus (or cpu, memory) or pick another resources.queue"
+    );
+    let s = waiting_in_kueue(json!([{"type": "QuotaReserved", "status": "False", "reason": "WaitingForQuota",
+        "message": "couldn't assign flavors to pod set main: insufficient unused quota for nvidia.com/gpu in flavor h200, 1 more needed"}]))
+    .await;
+    assert_eq!(
+        reason(&s),
+        "waiting in Kueue queue gpu-queue: WaitingForQuota: couldn't assign flavors to pod set main: insufficient unused quota for nvidia.com/gpu in flavor h200, 1 more needed; it is admitted once running workloads free that quota"
+    );
+
+    // Kueue's workload controller: the LocalQueue is missing, the ClusterQueue inactive.
+    let s = waiting_in_kueue(
+        json!([{"type": "QuotaReserved", "status": "False", "reason": "Inadmissible",
+        "message": "LocalQueue gpu-queue doesn't exist"}]),
+    )
+    .await;
+    assert_eq!(
+        reason(&s),
+        "waiting in Kueue queue gpu-queue: Inadmissible: LocalQueue gpu-queue doesn't exist; set resources.queue to one of the namespace's LocalQueues (kubectl get localqueues -n ml)"
+    );
+    let s = waiting_in_kueue(
+        json!([{"type": "QuotaReserved", "status": "False", "reason": "Inadmissible",
+        "message": "ClusterQueue cq-h200 is inactive"}]),
+    )
+    .await;
+    assert_eq!(
+        reason(&s),
+        "waiting in Kueue queue gpu-queue: Inadmissible: ClusterQueue cq-h200 is inactive; Kueue admits nothing through it until a cluster administrator fixes it (kubectl describe clusterqueue cq-h200 says why)"
+    );
+
+    // Preempted by a higher-priority workload: the Job is suspended again, its pod gone.
+    let preempted = "Preempted to accommodate a workload (UID: 5f1c, JobUID: 9e2d) due to prioritization in the ClusterQueue; preemptor path: /cq-h200; preemptee path: /cq-h200";
+    let s = waiting_in_kueue(json!([
+        {"type": "Evicted", "status": "True", "reason": "Preempted", "message": preempted},
+        {"type": "Preempted", "status": "True", "reason": "InClusterQueue", "message": preempted},
+        {"type": "QuotaReserved", "status": "False", "reason": "Pending", "message": preempted},
+        {"type": "Admitted", "status": "False", "reason": "NoReservation", "message": "The workload has no reservation"}]))
+    .await;
+    assert_eq!(s.phase, Phase::Pending);
+    assert_eq!(
+        reason(&s),
+        format!(
+            "preempted by Kueue ({preempted}); waiting in Kueue queue gpu-queue to be admitted again; the run then resumes from its checkpoint"
+        )
+    );
+}
+
+#[tokio::test]
+async fn status_of_an_admitted_job_gives_the_usual_reasons() {
+    let admitted = json!([
+        {"type": "QuotaReserved", "status": "True", "reason": "QuotaReserved", "message": "Quota reserved in ClusterQueue cq-h200"},
+        {"type": "Admitted", "status": "True", "reason": "Admitted", "message": "The workload is admitted"}]);
+    // Resumed, before the Job controller made the pod: the Workload adds nothing.
+    let s = observed_job(
+        queued_job(false),
+        vec![],
+        vec![
+            events_ex(list("EventList", vec![])),
+            workload_list(admitted),
+        ],
+    )
+    .await;
+    assert_eq!(s.phase, Phase::Pending);
+    assert_eq!(
+        reason(&s),
+        "waiting for the Job controller to create the pod"
+    );
+    // With a pod, the pod says why (and the Workload is not read).
+    let p = pod(
+        "resnet34-t1-abcde",
+        "2026-11-26T10:00:00Z",
+        "Pending",
+        json!({"conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+            "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."}]}),
+    );
+    let s = observed_job(queued_job(false), vec![p], vec![]).await;
+    assert!(
+        reason(&s).starts_with("attempt 1 is waiting for a GPU"),
+        "{}",
+        reason(&s)
+    );
+}
+
+#[tokio::test]
+async fn status_of_a_queued_job_without_kueue_or_its_rbac_still_says_something() {
+    // No Kueue: the API server has no such path and answers in plain text.
+    let not_installed = || Exchange {
+        text: Some("404 page not found\n".into()),
+        ..workloads_ex(404, Value::Null)
+    };
+    let s = observed_job(
+        queued_job(true),
+        vec![],
+        vec![events_ex(list("EventList", vec![])), not_installed()],
+    )
+    .await;
+    assert_eq!(s.phase, Phase::Pending);
+    assert_eq!(
+        reason(&s),
+        "the Job is suspended for Kueue queue gpu-queue, but the cluster serves no Kueue Workloads (kueue.x-k8s.io/v1beta1), so nothing will admit it; install Kueue, or resubmit with resources.queue: \"\""
+    );
+    // Without Kueue nothing suspends the Job, and the Job controller goes ahead as usual.
+    let s = observed_job(
+        queued_job(false),
+        vec![],
+        vec![events_ex(list("EventList", vec![])), not_installed()],
+    )
+    .await;
+    assert_eq!(
+        reason(&s),
+        "waiting for the Job controller to create the pod"
+    );
+
+    // The chart installed without kueue.enabled: listing Workloads is forbidden.
+    let s = observed_job(
+        queued_job(true),
+        vec![],
+        vec![
+            events_ex(list("EventList", vec![])),
+            workloads_ex(
+                403,
+                status_err(
+                    403,
+                    "Forbidden",
+                    "workloads.kueue.x-k8s.io is forbidden: User \"system:serviceaccount:ml:idc\" cannot list resource \"workloads\" in API group \"kueue.x-k8s.io\" in the namespace \"ml\"",
+                ),
+            ),
+        ],
+    )
+    .await;
+    assert_eq!(s.phase, Phase::Pending);
+    assert_eq!(
+        reason(&s),
+        "waiting in Kueue queue gpu-queue; why is unknown: reading its Workload was refused (workloads.kueue.x-k8s.io is forbidden: User \"system:serviceaccount:ml:idc\" cannot list resource \"workloads\" in API group \"kueue.x-k8s.io\" in the namespace \"ml\"); install charts/idc with --set kueue.enabled=true to let idcctl read it"
+    );
+
+    // Kueue has not caught up with the Job yet.
+    let s = observed_job(
+        queued_job(true),
+        vec![],
+        vec![
+            events_ex(list("EventList", vec![])),
+            workloads_ex(
+                200,
+                json!({"apiVersion": "kueue.x-k8s.io/v1beta1", "kind": "WorkloadList", "metadata": {}, "items": []}),
+            ),
+        ],
+    )
+    .await;
+    assert_eq!(
+        reason(&s),
+        "waiting in Kueue queue gpu-queue: Kueue has made no Workload for the Job yet; if this lasts, check that Kueue runs and manages namespace ml"
     );
 }
 
@@ -910,6 +1157,99 @@ fn dry_run_jobs_match_golden_files_and_pass_validation() {
         seen += 1;
     }
     assert!(seen >= 4, "only {seen} manifests rendered");
+}
+
+/// A queued Job, pinned in `tests/golden/jobs/queued-resnet34.yaml` (`IDC_UPDATE_GOLDEN=1`
+/// rewrites): the unqueued Job plus Kueue's two labels, on the Job and not on its pods.
+#[test]
+fn a_queued_dry_run_job_differs_only_by_kueues_labels_on_the_job() {
+    use idc::backend::kube::kueue::{PRIORITY_LABEL, QUEUE_LABEL};
+    let manifest = std::fs::read_to_string(manifests_dir().join("resnet34.yaml")).unwrap();
+    let queued = manifest.replacen(
+        "resources:\n",
+        "resources:\n  queue: gpu-queue\n  workload_priority: research-high\n",
+        1,
+    );
+    assert_ne!(queued, manifest);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("resnet34.yaml");
+    std::fs::write(&path, &queued).unwrap();
+    let out = idcctl(&[
+        "submit",
+        path.to_str().unwrap(),
+        "--dry-run",
+        "--backend",
+        "kubernetes",
+        "--storage",
+        "s3://idc",
+        "--run-id",
+        "resnet34-20261126-120000-0001",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let yaml = String::from_utf8(out.stdout).unwrap();
+    let job: Job = serde_yaml::from_str(&yaml).unwrap();
+    assert_eq!(kube::names::job_violations(&job), Vec::<String>::new());
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/jobs");
+    let file = golden.join("queued-resnet34.yaml");
+    if std::env::var("IDC_UPDATE_GOLDEN").as_deref() == Ok("1") {
+        std::fs::write(&file, &yaml).unwrap();
+    }
+    let want = std::fs::read_to_string(&file).unwrap_or_else(|_| {
+        panic!(
+            "{} is missing: run IDC_UPDATE_GOLDEN=1 cargo test --test kube",
+            file.display()
+        )
+    });
+    assert_eq!(yaml, want, "the Job differs from {}", file.display());
+
+    let mut labels = job.metadata.labels.clone().unwrap();
+    assert_eq!(labels.remove(QUEUE_LABEL).as_deref(), Some("gpu-queue"));
+    assert_eq!(
+        labels.remove(PRIORITY_LABEL).as_deref(),
+        Some("research-high")
+    );
+    let pod_labels = job
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .metadata
+        .as_ref()
+        .unwrap()
+        .labels
+        .as_ref()
+        .unwrap();
+    assert!(
+        !pod_labels.keys().any(|k| k.starts_with("kueue.x-k8s.io/")),
+        "{pod_labels:?}"
+    );
+    let plain: Job =
+        serde_yaml::from_str(&std::fs::read_to_string(golden.join("resnet34.yaml")).unwrap())
+            .unwrap();
+    let mut unqueued = job.clone();
+    unqueued.metadata.labels = Some(labels);
+    assert_eq!(unqueued, plain, "only Kueue's labels differ");
+}
+
+#[test]
+fn the_namespace_default_queue_applies_unless_the_manifest_names_its_own_or_none() {
+    use idc::backend::kube::kueue::QUEUE_LABEL;
+    let text = std::fs::read_to_string(manifests_dir().join("resnet34.yaml")).unwrap();
+    let mut exp = experiment::parse(&text, "resnet34.yaml").unwrap();
+    let defaults = ClusterDefaults {
+        queue: Some("team-queue".into()),
+        ..Default::default()
+    };
+    let queue_of = |exp: &Experiment, defaults: &ClusterDefaults| {
+        let job = backend::render_job(exp, &opts(), defaults).unwrap();
+        job.metadata.labels.unwrap().get(QUEUE_LABEL).cloned()
+    };
+    assert_eq!(queue_of(&exp, &ClusterDefaults::default()), None);
+    assert_eq!(queue_of(&exp, &defaults).as_deref(), Some("team-queue"));
+    exp.resources.queue = Some("mine".into());
+    assert_eq!(queue_of(&exp, &defaults).as_deref(), Some("mine"));
+    exp.resources.queue = Some(String::new());
+    assert_eq!(queue_of(&exp, &defaults), None);
 }
 
 #[test]

@@ -172,6 +172,14 @@ fn malformed_manifests_get_exact_errors() {
         BASE.replace("memory: 16Gi}", "memory: 16Gi, tolerations: [{key: bad key!}]}"),
         "exp.yaml:11:61: resources.tolerations[0]: key 'bad key!' is not a valid Kubernetes label key",
     ));
+    cases.push((
+        BASE.replace("memory: 16Gi}", "memory: 16Gi, queue: GPU_Queue}"),
+        "exp.yaml:11:46: resources.queue 'GPU_Queue' is not a valid Kueue LocalQueue name (the name of a Kueue LocalQueue: at most 63 lowercase letters, digits, '-' or '.', a letter or digit at each end; \"\" submits without a queue)",
+    ));
+    cases.push((
+        BASE.replace("memory: 16Gi}", "memory: 16Gi, workload_priority: \"\"}"),
+        "exp.yaml:11:46: resources.workload_priority '' is not a valid Kueue WorkloadPriorityClass name (the name of a Kueue WorkloadPriorityClass: at most 63 lowercase letters, digits, '-' or '.', a letter or digit at each end)",
+    ));
     assert!(cases.len() >= 15);
     for (text, want) in &cases {
         let got = experiment::parse(text, "exp.yaml")
@@ -179,6 +187,30 @@ fn malformed_manifests_get_exact_errors() {
             .to_string();
         assert_eq!(&got, want, "\n{text}");
     }
+}
+
+#[test]
+fn kueue_queue_and_priority_are_read() {
+    let exp = experiment::parse(
+        &BASE.replace(
+            "memory: 16Gi}",
+            "memory: 16Gi, queue: gpu-queue, workload_priority: research-high}",
+        ),
+        "exp.yaml",
+    )
+    .unwrap();
+    assert_eq!(exp.resources.queue.as_deref(), Some("gpu-queue"));
+    assert_eq!(
+        exp.resources.workload_priority.as_deref(),
+        Some("research-high")
+    );
+    // An empty queue opts out of the namespace's default.
+    let exp = experiment::parse(
+        &BASE.replace("memory: 16Gi}", "memory: 16Gi, queue: \"\"}"),
+        "exp.yaml",
+    )
+    .unwrap();
+    assert_eq!(exp.resources.queue.as_deref(), Some(""));
 }
 
 #[test]

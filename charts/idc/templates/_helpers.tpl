@@ -1,4 +1,4 @@
-{{/* Names, labels and the credentials choice shared by the idc chart's templates. */}}
+{{/* Names, labels, the credentials choice and the Kueue queue shared by the idc chart's templates. */}}
 
 {{/* The chart name, as in labels. */}}
 {{- define "idc.name" -}}
@@ -71,4 +71,15 @@ install whatever is rendered.
 {{- end }}
 {{- required "s3.secretName must not be empty" $s3.secretName }}
 {{- end }}
+{{- end }}
+
+{{/*
+The default Kueue LocalQueue of runs, after checking that idcctl may read the Workloads of the
+Jobs it queues (without that, status could not say why a queued run waits).
+*/}}
+{{- define "idc.kueueQueue" -}}
+{{- if and .Values.kueue.queue (not .Values.kueue.enabled) }}
+{{- fail (printf "kueue.queue is set (%s) but kueue.enabled is false: add --set kueue.enabled=true (the Role then lets idcctl read the queued Jobs' Workloads), or leave kueue.queue empty" .Values.kueue.queue) }}
+{{- end }}
+{{- .Values.kueue.queue }}
 {{- end }}

@@ -1,9 +1,10 @@
 //! The connection to a cluster (kubeconfig context or in-cluster config, namespace) and every
 //! API call the backend makes: create, read and delete a run's Job, list its pods and events,
-//! read the namespace's defaults and stream pod logs.
+//! find a queued Job's Kueue Workload, read the namespace's defaults and stream pod logs.
 
 use super::defaults::{CONFIG_MAP, CONFIG_MAP_KEY, ClusterDefaults};
 use super::job::{RUN_LABEL, SPEC_ANNOTATION};
+use super::kueue::{self, Workload, WorkloadLookup};
 use super::observe::{self, Observation};
 use ::kube::api::{Api, DeleteParams, ListParams, LogParams, PostParams, PropagationPolicy};
 use ::kube::config::{KubeConfigOptions, Kubeconfig};
@@ -294,6 +295,35 @@ impl Cluster {
             .items)
     }
 
+    /// What Kueue says of a queued Job that waits (see [`kueue::waiting_queue`]); `None`, and no
+    /// request, for any other Job. Never an error: a cluster without Kueue, or RBAC that does
+    /// not let idcctl read Workloads, is part of the answer, so `status` still says something.
+    pub async fn workload_of(&self, job: &Job, pods: &[Pod]) -> Option<WorkloadLookup> {
+        kueue::waiting_queue(job, pods)?;
+        let uid = job.metadata.uid.as_deref()?;
+        let api: Api<Workload> = Api::namespaced_with(
+            self.client.clone(),
+            &self.namespace,
+            &kueue::workload_resource(),
+        );
+        // Kueue puts the Job's UID label on every Workload it makes for a Job, beside the
+        // controller ownerReference: the API server can select by the label, whereas finding
+        // the ownerReference would mean listing every Workload in the namespace.
+        let lp = ListParams::default().labels(&format!("{}={uid}", kueue::JOB_UID_LABEL));
+        Some(match api.list(&lp).await {
+            Ok(list) => kueue::pick(list.items, uid),
+            Err(::kube::Error::Api(s)) if s.code == 404 => WorkloadLookup::NotServed,
+            Err(::kube::Error::Api(s)) if s.code == 403 => WorkloadLookup::Forbidden(s.message),
+            Err(e) => {
+                tracing::debug!(
+                    "cannot list the Workloads of Job {:?}: {e}",
+                    job.metadata.name
+                );
+                WorkloadLookup::Failed(e.to_string())
+            }
+        })
+    }
+
     /// Where the run stands; `None` when its Job is gone (cancelled, or deleted after its TTL).
     pub async fn observe(
         &self,
@@ -309,7 +339,14 @@ impl Cluster {
         } else {
             vec![]
         };
-        Ok(Some(observe::observe(&job, &pods, &events, max_attempts)))
+        let workload = self.workload_of(&job, &pods).await;
+        Ok(Some(observe::observe(
+            &job,
+            &pods,
+            &events,
+            workload.as_ref(),
+            max_attempts,
+        )))
     }
 
     /// Deletes the run's Job; its pods get SIGTERM and the worker checkpoints. False if gone.

@@ -1,5 +1,6 @@
 //! Cluster defaults: what the `charts/idc` chart installs in the `idc-defaults` ConfigMap
-//! (key `defaults.yaml`) and `idcctl` reads before creating a Job, plus the RBAC the backend needs.
+//! (key `defaults.yaml`) and `idcctl` reads before creating a Job, plus the RBAC the backend needs
+//! (Kueue's apart, as the chart grants it only where Kueue runs).
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -35,6 +36,8 @@ pub struct ClusterDefaults {
     pub priority_class: Option<String>,
     /// Tolerate the `nvidia.com/gpu` taint (GPU node pools usually carry it).
     pub tolerate_gpu_taint: bool,
+    /// Kueue LocalQueue of runs when the manifest names none (`resources.queue: ""` opts out).
+    pub queue: Option<String>,
 }
 
 /// How worker pods reach the bucket. Credentials come only from the Secret.
@@ -76,6 +79,7 @@ impl Default for ClusterDefaults {
             termination_grace_period_seconds: 120,
             priority_class: None,
             tolerate_gpu_taint: true,
+            queue: None,
         }
     }
 }
@@ -116,3 +120,8 @@ pub const RBAC_RULES: &[Rule] = &[
     ("", "events", &["get", "list", "watch"]),
     ("", "configmaps", &["get"]),
 ];
+
+/// What `idcctl` reads of Kueue: a queued Job's Workload, found by a labelled list (`get` lets
+/// the same people `kubectl describe` it). The chart grants these besides [`RBAC_RULES`] with
+/// `kueue.enabled`; without them `status` says that it cannot tell why a queued Job waits.
+pub const KUEUE_RBAC_RULES: &[Rule] = &[("kueue.x-k8s.io", "workloads", &["get", "list"])];

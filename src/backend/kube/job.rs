@@ -1,9 +1,11 @@
 //! The batch/v1 Jobs idcctl creates: a run's (the worker trains) and a prediction's (the worker
 //! applies a run's checkpoint, `idcctl predict`), alike in image, S3 credentials from a Secret,
-//! GPU and memory resources, scheduling, failure handling and labels. Pure: the same inputs
-//! give the same Job, which `--dry-run` prints and the golden tests pin.
+//! GPU and memory resources, scheduling, failure handling and labels (Kueue's queue and priority
+//! among them). Pure: the same inputs give the same Job, which `--dry-run` prints and the golden
+//! tests pin.
 
 use super::defaults::ClusterDefaults;
+use super::kueue;
 use crate::experiment::Experiment;
 use k8s_openapi::api::batch::v1::{
     Job, JobSpec, PodFailurePolicy, PodFailurePolicyOnExitCodesRequirement,
@@ -157,6 +159,14 @@ fn job(p: &Parts) -> Job {
     let labels = p.labels.clone();
     let annotations = p.annotations.clone();
     let res = &exp.resources;
+    // Kueue reads its labels on the Job (it makes the Workload from the Job), not on the pods.
+    let mut job_labels = labels.clone();
+    if let Some(queue) = kueue::queue_for(res, d) {
+        job_labels.insert(kueue::QUEUE_LABEL.into(), queue.into());
+    }
+    if let Some(priority) = &res.workload_priority {
+        job_labels.insert(kueue::PRIORITY_LABEL.into(), priority.clone());
+    }
     let q = |s: &str| Quantity(s.to_string());
     let memory = res
         .memory
@@ -285,7 +295,7 @@ fn job(p: &Parts) -> Job {
     Job {
         metadata: ObjectMeta {
             name: Some(p.name.to_string()),
-            labels: Some(labels.clone()),
+            labels: Some(job_labels),
             annotations: Some(annotations.clone()),
             ..Default::default()
         },

@@ -2,9 +2,10 @@
 
 pub mod defaults;
 
-pub use defaults::{CONFIG_MAP, CONFIG_MAP_KEY, ClusterDefaults, RBAC_RULES};
+pub use defaults::{CONFIG_MAP, CONFIG_MAP_KEY, ClusterDefaults, KUEUE_RBAC_RULES, RBAC_RULES};
 pub mod cluster;
 pub mod job;
+pub mod kueue;
 pub mod names;
 pub mod observe;
 
@@ -84,6 +85,7 @@ pub async fn follow(
                     job.as_ref().expect("not finished, so there"),
                     &pods,
                     &[],
+                    None,
                     pods.len() as u32,
                 );
                 if obs.reason != last_notice {

@@ -21,6 +21,12 @@ pub fn is_dns1123_subdomain(s: &str) -> bool {
     !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns1123_label)
 }
 
+/// The name of an object that labels refer to (a Kueue LocalQueue or WorkloadPriorityClass): a
+/// DNS-1123 subdomain that is also a label value, so at most 63 characters.
+pub fn is_labelled_name(s: &str) -> bool {
+    s.len() <= 63 && is_dns1123_subdomain(s)
+}
+
 /// A label value: empty, or at most 63 alphanumerics, '-', '_' or '.', alphanumeric at both ends.
 pub fn is_label_value(s: &str) -> bool {
     let b = s.as_bytes();
@@ -194,6 +200,12 @@ mod tests {
         assert!(is_dns1123_subdomain("system-cluster-critical.example.com"));
         assert!(!is_dns1123_subdomain("a..b"));
         assert!(!is_dns1123_subdomain(&"a.".repeat(127)));
+        for ok in ["gpu-queue", "team-a.gpu", &"q".repeat(63)] {
+            assert!(is_labelled_name(ok), "{ok}");
+        }
+        for bad in ["", "GPU", "gpu_queue", "-q", "q.", &"q".repeat(64)] {
+            assert!(!is_labelled_name(bad), "{bad}");
+        }
     }
 
     #[test]

@@ -1,7 +1,9 @@
-//! Where a run on Kubernetes stands, read from its Job's conditions, its pods (one per attempt)
-//! and the Job's events, with a one-line reason naming what users get stuck on.
+//! Where a run on Kubernetes stands, read from its Job's conditions, its pods (one per attempt),
+//! the Job's events and, for a Job waiting in a Kueue queue, its Workload, with a one-line reason
+//! naming what users get stuck on.
 
 use super::job::CONTAINER;
+use super::kueue::{self, WorkloadLookup};
 use crate::run::Phase;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Event, Pod};
@@ -26,8 +28,15 @@ pub fn by_attempt(mut pods: Vec<Pod>) -> Vec<Pod> {
     pods
 }
 
-/// Reads the Job (with `max_attempts` = 1 + retries), its pods in attempt order and its events.
-pub fn observe(job: &Job, pods: &[Pod], events: &[Event], max_attempts: u32) -> Observation {
+/// Reads the Job (with `max_attempts` = 1 + retries), its pods in attempt order, its events and
+/// what is known of its Kueue Workload (`None`: not looked up, see [`kueue::waiting_queue`]).
+pub fn observe(
+    job: &Job,
+    pods: &[Pod],
+    events: &[Event],
+    workload: Option<&WorkloadLookup>,
+    max_attempts: u32,
+) -> Observation {
     let attempts = pods.len() as u32;
     let history = history(pods);
     let status = job.status.as_ref();
@@ -77,6 +86,10 @@ pub fn observe(job: &Job, pods: &[Pod], events: &[Event], max_attempts: u32) -> 
             None => format!("failed: {message}"),
         };
         return done(Phase::Failed, reason);
+    }
+    // Before the pods: a Job Kueue holds (or evicted) has none running, whatever is left of them.
+    if let Some(why) = workload.and_then(|w| kueue::waiting(job, w)) {
+        return done(Phase::Pending, why);
     }
     if status.and_then(|s| s.conditions.as_ref()).is_some_and(|c| {
         c.iter()
