@@ -62,6 +62,8 @@ fn own_code(e: &(dyn std::error::Error + 'static)) -> Option<ExitCode> {
             crate::report::ReportError,
             crate::stage::StageError,
             crate::sweep::driver::SweepError,
+            crate::track::TrackError,
+            crate::tracking::mlflow::TrackingError,
             crate::weights::WeightsError
         );
     }

@@ -41,6 +41,8 @@ pub mod stage;
 #[cfg(feature = "controller")]
 pub mod sweep;
 #[cfg(feature = "controller")]
+pub mod track;
+#[cfg(feature = "controller")]
 pub mod weights;
 
 /// Side length of an IDC patch in pixels (the Kaggle set is cut at 50x50).

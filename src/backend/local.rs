@@ -234,7 +234,28 @@ async fn finish(
     s.finished_at = Some(now_rfc3339());
     s.worker = None;
     write_status(run, s).await?;
+    mirror_end(run, &s.run_id).await;
     Ok(phase)
+}
+
+/// Brings the run's MLflow mirror (if its manifest has one) up to date now that it ended, the
+/// HTML report included. Best effort: `idcctl track sync` catches up whatever this misses.
+async fn mirror_end(run: &Store, run_id: &str) {
+    let tracked = crate::track::target_of(run, &Default::default())
+        .await
+        .ok()
+        .flatten()
+        .is_some();
+    // The run's folder is `<bucket>/runs/<id>` (the layout's), so the bucket is its prefix.
+    let suffix = format!("/{}", crate::layout::run_prefix(run_id));
+    let Some(root) = run.url().strip_suffix(&suffix) else {
+        return;
+    };
+    if let (true, Ok(root)) = (tracked, Store::open(root)) {
+        if let Err(e) = crate::track::sync(&root, run_id, &Default::default()).await {
+            tracing::warn!("MLflow not updated for run {run_id}: {e}");
+        }
+    }
 }
 
 async fn cancelled(run: &Store) -> Result<bool, StoreError> {

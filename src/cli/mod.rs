@@ -109,6 +109,9 @@ enum Command {
     /// Apply a finished run's best checkpoint to new patches (a folder or zip, labels optional)
     /// or to a staged dataset's split; writes CSV or JSON Lines, and the metrics when labelled.
     Predict(predict::PredictArgs),
+    /// Experiment trackers: bring runs' MLflow mirrors up to date from the bucket.
+    #[command(subcommand)]
+    Track(TrackCommand),
     /// Gather runs' TensorBoard event files into a log folder (then: tensorboard --logdir DIR).
     Tensorboard {
         /// The runs.
@@ -146,6 +149,25 @@ enum Command {
     /// Internal commands used by idcctl itself.
     #[command(subcommand, hide = true)]
     Internal(runs::InternalCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum TrackCommand {
+    /// Send MLflow what it lacks of each run: params, tags, metrics, status, and report.json,
+    /// metrics.jsonl and the HTML report as artifacts. Idempotent.
+    Sync {
+        /// The runs.
+        #[arg(required = true)]
+        runs: Vec<String>,
+        /// The tracking server (default: the run's manifest's, else MLFLOW_TRACKING_URI).
+        #[arg(long)]
+        uri: Option<String>,
+        /// The MLflow experiment (default: the run's manifest's, else its name).
+        #[arg(long)]
+        experiment: Option<String>,
+        #[command(flatten)]
+        storage: runs::StorageArg,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -339,6 +361,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             output,
         } => reports::compare(storage, runs, html, output).await,
         Command::Predict(args) => predict::predict(args).await,
+        Command::Track(TrackCommand::Sync {
+            runs,
+            uri,
+            experiment,
+            storage,
+        }) => {
+            track::sync(
+                &storage,
+                &runs,
+                &idc::track::TargetOverride { uri, experiment },
+            )
+            .await
+        }
         Command::Tensorboard {
             runs,
             logdir,

@@ -1,5 +1,6 @@
-//! Tracking tools: `idcctl tensorboard` gathers runs' TensorBoard event files into a log
-//! folder. The work is in `idc::report::tensorboard`.
+//! Tracking tools: `idcctl track sync` brings a run's MLflow mirror up to date, `idcctl
+//! tensorboard` gathers runs' TensorBoard event files into a log folder. The work is in
+//! `idc::track` and `idc::report::tensorboard`.
 
 use super::UserError;
 use super::runs::StorageArg;
@@ -47,5 +48,30 @@ pub async fn tensorboard(
         return Err(UserError("none of the runs has logged anything yet".into()).into());
     }
     println!("tensorboard --logdir {}", logdir.display());
+    Ok(ExitCode::Success)
+}
+
+/// `idcctl track sync RUN...`: each run's MLflow mirror brought up to date.
+pub async fn sync(
+    storage: &StorageArg,
+    runs: &[String],
+    o: &idc::track::TargetOverride,
+) -> anyhow::Result<ExitCode> {
+    let root = Store::open(storage.url())?;
+    for run in runs {
+        let s = idc::track::sync(&root, run, o).await?;
+        eprintln!(
+            "{run}: MLflow run {} in experiment {} {} ({} metric points and {} artifacts sent)",
+            s.mlflow_run_id,
+            s.experiment_id,
+            if s.created { "made" } else { "up to date" },
+            s.metrics_sent,
+            s.artifacts_sent
+        );
+        if let Some(why) = &s.artifacts_skipped {
+            eprintln!("{run}: artifacts not uploaded: {why}");
+        }
+        println!("{}", s.mlflow_run_id);
+    }
     Ok(ExitCode::Success)
 }

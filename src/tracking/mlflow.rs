@@ -94,11 +94,11 @@ impl End {
 
 /// What to bring MLflow up to date with.
 #[derive(Debug, Clone, Default)]
-pub struct Update<'a> {
-    pub run_id: &'a str,
-    pub spec: Option<&'a RunSpec>,
+pub struct Update {
+    pub run_id: String,
+    pub spec: Option<RunSpec>,
     /// Every scalar so far ([`super::scalars_of`]).
-    pub scalars: &'a [Scalar],
+    pub scalars: Vec<Scalar>,
     /// When the run started (Unix ms): the metric points' timestamps count from it.
     pub started_ms: i64,
     pub tags: Vec<(String, String)>,
@@ -447,9 +447,9 @@ fn flatten(prefix: &str, v: &Value, out: &mut BTreeMap<String, String>) {
 }
 
 /// Brings the MLflow run of `u.run_id` up to date (see the module's doc).
-pub async fn sync(client: &Client, u: &Update<'_>) -> Result<Synced, TrackingError> {
+pub async fn sync(client: &Client, u: &Update) -> Result<Synced, TrackingError> {
     let experiment_id = client.experiment_id(&client.target.experiment).await?;
-    let mut tags: Vec<(String, String)> = vec![(RUN_TAG.into(), u.run_id.into())];
+    let mut tags: Vec<(String, String)> = vec![(RUN_TAG.into(), u.run_id.clone())];
     if let Some(p) = &u.parent {
         tags.push((PARENT_TAG.into(), p.clone()));
     }
@@ -458,7 +458,7 @@ pub async fn sync(client: &Client, u: &Update<'_>) -> Result<Synced, TrackingErr
         .iter()
         .map(|(k, v)| json!({"key": k, "value": v}))
         .collect();
-    let (run, artifact_uri, created) = match client.find_run(&experiment_id, u.run_id).await? {
+    let (run, artifact_uri, created) = match client.find_run(&experiment_id, &u.run_id).await? {
         Some((run, uri)) => (run, uri, false),
         None => {
             let v = client
@@ -502,6 +502,7 @@ pub async fn sync(client: &Client, u: &Update<'_>) -> Result<Synced, TrackingErr
     }
     let params: Vec<Value> = u
         .spec
+        .as_ref()
         .map(params_of)
         .unwrap_or_default()
         .into_iter()

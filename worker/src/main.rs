@@ -11,6 +11,7 @@ mod runlog;
 mod sampler;
 mod shim;
 mod step;
+mod track;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -144,7 +145,7 @@ fn run_cmd(
     log.line(&format!("attempt {attempt} of run {}, {host}", spec.run_id));
     // Written before any work, so that an attempt killed while loading keeps its number.
     rt.block_on(log.flush(&out))?;
-    let mut trainer = train::Trainer::new(spec, out, &rt, log, stop);
+    let mut trainer = train::Trainer::new(spec, out, &rt, log, stop, attempt);
     match trainer.run() {
         Ok(train::Outcome::Finished) => Ok(ExitCode::Success),
         Ok(train::Outcome::Preempted) => Ok(ExitCode::Preempted),

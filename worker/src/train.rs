@@ -78,6 +78,10 @@ pub struct Trainer<'a> {
     /// When the log was last written to the bucket (it is rewritten every few seconds, so
     /// `idcctl logs -f` follows a run live).
     last_flush: std::cell::Cell<Instant>,
+    /// This attempt's number (1-based).
+    attempt: u32,
+    /// The run's mirror in MLflow, when its experiment names a server.
+    tracker: Option<crate::track::Tracker>,
 }
 
 /// A deterministic torch seed for one training step (dropout), so a resumed run draws alike.
@@ -93,6 +97,7 @@ impl<'a> Trainer<'a> {
         rt: &'a tokio::runtime::Runtime,
         log: RunLog,
         stop: Arc<AtomicBool>,
+        attempt: u32,
     ) -> Self {
         Self {
             spec,
@@ -101,6 +106,8 @@ impl<'a> Trainer<'a> {
             log,
             stop,
             last_flush: std::cell::Cell::new(Instant::now()),
+            attempt,
+            tracker: None,
         }
     }
 
@@ -114,6 +121,26 @@ impl<'a> Trainer<'a> {
         if s.p.started_unix == 0.0 {
             s.p.started_unix = unix_now();
         }
+        let backend = if std::env::var_os("IDC_POD_NAME").is_some() {
+            "kubernetes"
+        } else {
+            "local"
+        };
+        let tags = vec![
+            ("idc.dataset_id".to_string(), s.data.manifest.id.clone()),
+            ("idc.dataset".to_string(), self.spec.dataset.clone()),
+            ("idc.model".to_string(), s.t.model.name().to_string()),
+            ("idc.backend".to_string(), backend.to_string()),
+            ("idc.attempt".to_string(), self.attempt.to_string()),
+        ];
+        self.tracker = crate::track::Tracker::start(
+            self.rt,
+            &self.out,
+            &self.spec,
+            tags,
+            s.p.started_unix,
+            &self.log,
+        );
         while s.p.epoch < s.t.epochs && !s.p.stopped_early {
             if let Some(outcome) = self.epoch(&mut s)? {
                 return Ok(outcome);
@@ -540,13 +567,10 @@ impl<'a> Trainer<'a> {
         };
         let mut jsonl = s_metric_lines.join("\n");
         jsonl.push('\n');
+        let records = metrics::parse_jsonl(jsonl.as_bytes());
         self.put(
             keys::TENSORBOARD,
-            idc::tracking::tensorboard::events_of(
-                &metrics::parse_jsonl(jsonl.as_bytes()),
-                Some(&report),
-                p.started_unix,
-            ),
+            idc::tracking::tensorboard::events_of(&records, Some(&report), p.started_unix),
         )?;
         // Every test image's prediction, before the report (whose presence says the run is done).
         let threshold = report
@@ -557,11 +581,13 @@ impl<'a> Trainer<'a> {
             keys::TEST_PREDICTIONS,
             idc::predictions::to_jsonl(&test_predictions(&data, &probs, k, threshold)),
         )?;
-        self.put(
-            keys::REPORT,
-            serde_json::to_vec_pretty(&report).expect("serializes"),
-        )?;
+        let report_json = serde_json::to_vec_pretty(&report).expect("serializes");
+        self.put(keys::REPORT, report_json.clone())?;
         self.log.line(&summary);
+        if let Some(t) = &self.tracker {
+            let scalars = idc::tracking::scalars_of(&records, Some(&report));
+            t.finish(self.rt, &scalars, report_json, &self.log);
+        }
         self.flush_log();
         Ok(Outcome::Finished)
     }
@@ -599,13 +625,17 @@ impl<'a> Trainer<'a> {
         self.put(&key, bytes)?;
         let mut jsonl = metric_lines.join("\n");
         jsonl.push('\n');
-        let events = idc::tracking::tensorboard::events_of(
-            &metrics::parse_jsonl(jsonl.as_bytes()),
-            None,
-            p.started_unix,
-        );
+        let records = metrics::parse_jsonl(jsonl.as_bytes());
+        let events = idc::tracking::tensorboard::events_of(&records, None, p.started_unix);
         self.put(keys::METRICS, jsonl.into_bytes())?;
         self.put(keys::TENSORBOARD, events)?;
+        if let Some(t) = &self.tracker {
+            t.push(
+                self.rt,
+                &idc::tracking::scalars_of(&records, None),
+                &self.log,
+            );
+        }
         let previous = std::mem::replace(&mut p.checkpoint, key);
         self.put(
             keys::LATEST_CHECKPOINT,
