@@ -154,7 +154,7 @@ pub async fn sync(root: &Store, run_id: &str, o: &TargetOverride) -> Result<Sync
     Ok(mlflow::sync(&client, &u).await?)
 }
 
-/// The run's HTML report (page, plots, patches) rendered to a temporary folder, as artifacts
+/// The run's HTML report (page, plots, patches, slide maps) rendered to a temporary folder, as artifacts
 /// under `html/`.
 async fn html_artifacts(root: &Store, run_id: &str) -> Result<Vec<(String, Vec<u8>)>, TrackError> {
     let data = crate::report::load_run(root, run_id).await?;
@@ -163,7 +163,8 @@ async fn html_artifacts(root: &Store, run_id: &str) -> Result<Vec<(String, Vec<u
         path: std::env::temp_dir(),
         source: e,
     })?;
-    crate::report::html::write_run_report(dir.path(), &data, &ds)?;
+    let slides = crate::report::load_slides(root, &data, &ds, None).await;
+    crate::report::html::write_run_report(dir.path(), &data, &ds, slides.as_ref())?;
     let mut out = vec![];
     for entry in walkdir::WalkDir::new(dir.path()).sort_by_file_name() {
         let entry = entry.map_err(|e| crate::report::ReportError::Write {

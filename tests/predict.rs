@@ -253,6 +253,7 @@ fn predicts_folders_zips_and_splits_like_the_evaluation() {
 
     // The staged test split: every test patch, as the evaluation computed it, with its metrics.
     let split_out = t.dir.path().join("out/test.csv");
+    let maps = t.dir.path().join("maps");
     let (stdout, _) = ok(predict(
         &t,
         &[
@@ -261,8 +262,33 @@ fn predicts_folders_zips_and_splits_like_the_evaluation() {
             "test",
             "--out",
             split_out.to_str().unwrap(),
+            "--maps",
+            maps.to_str().unwrap(),
         ],
     ));
+    // A map of each test patient, the size of its patches' bounding box.
+    let mut boxes: BTreeMap<u32, (u32, u32, u32, u32)> = BTreeMap::new();
+    for p in &test {
+        let b = boxes.entry(p.patient).or_insert((u32::MAX, u32::MAX, 0, 0));
+        *b = (
+            b.0.min(p.x),
+            b.1.min(p.y),
+            b.2.max(p.x + 50),
+            b.3.max(p.y + 50),
+        );
+    }
+    assert!(maps.join("index.html").is_file());
+    for (patient, (x0, y0, x1, y1)) in &boxes {
+        for kind in ["tissue", "truth", "heat"] {
+            let img = image::open(maps.join(format!("{patient}-{kind}.png")))
+                .unwrap_or_else(|e| panic!("{patient}-{kind}.png: {e}"));
+            assert_eq!(
+                (img.width(), img.height()),
+                (x1 - x0, y1 - y0),
+                "{patient}-{kind}.png"
+            );
+        }
+    }
     let rows = csv_rows(&split_out);
     assert_eq!(rows.len(), test.len());
     for (r, e) in rows.iter().zip(&test) {

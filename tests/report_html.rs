@@ -1,7 +1,9 @@
 //! Report pages end to end: two small runs trained on the local backend, then
 //! `idcctl report --html` and `idcctl compare --html`, each page loaded in headless Chromium,
-//! which must render every plot and every misclassified patch. The page's own inline script
-//! records what rendered on `<body>`, and the test reads it from `--dump-dom`.
+//! which must render every plot, every misclassified patch and every slide map at its size. The
+//! page's own inline script records what rendered on `<body>`, and the test reads it from
+//! `--dump-dom`. The slide maps are also decoded here and read back cell by cell: the trained
+//! CNN's IDC cells on the heat map must overlap the truth map's IDC region.
 //!
 //! Without Chromium the browser part is skipped with a message, unless
 //! `IDC_TEST_REQUIRE_BROWSER=1` (set by `.ci/test` under CI), which makes it a failure.
@@ -10,8 +12,11 @@ mod common;
 
 use common::*;
 use idc::metrics::{ErrorKind, Report};
+use idc::predictions::Prediction;
+use idc::report::slides::{BACKGROUND, colour_scale};
 use idc::shard::ShardReader;
 use idc::store::Store;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -32,7 +37,9 @@ struct Runs {
 fn train_two_runs() -> Runs {
     require_worker();
     let dir = tempfile::tempdir().unwrap();
-    let (storage, dataset) = staged_synth_bucket(dir.path(), 8, 120);
+    // Large enough for two test patients and a CNN whose slide maps can be held to a clear bar
+    // (on 8 x 120 patches three epochs reach only a Dice of 0.52).
+    let (storage, dataset) = staged_synth_bucket(dir.path(), 12, 200);
     let submit = |name: &str, train: &str| {
         let manifest = dir.path().join(format!("{name}.yaml"));
         std::fs::write(
@@ -157,9 +164,8 @@ fn body_attr(dom: &str, name: &str) -> Option<String> {
     Some(tag[at..at + tag[at..].find('"')?].to_string())
 }
 
-/// What the page's check script found: plots rendered, plots failed, patches decoded,
-/// patches failed.
-fn rendered(browser: &Path, page: &Path) -> (usize, String, usize, String) {
+/// The DOM of `page` once its check script ran.
+fn checked_dom(browser: &Path, page: &Path) -> String {
     let dom = dump_dom(browser, page);
     assert_eq!(
         body_attr(&dom, "data-checked").as_deref(),
@@ -167,13 +173,103 @@ fn rendered(browser: &Path, page: &Path) -> (usize, String, usize, String) {
         "the page's check did not run: {}",
         &dom[dom.find("<body").unwrap_or(0)..][..200.min(dom.len())]
     );
-    let n = |k: &str| body_attr(&dom, k).unwrap().parse::<usize>().unwrap();
+    dom
+}
+
+/// What the page's check script found: plots rendered, plots failed, patches decoded,
+/// patches failed.
+fn rendered(dom: &str) -> (usize, String, usize, String) {
+    let n = |k: &str| body_attr(dom, k).unwrap().parse::<usize>().unwrap();
     (
         n("data-plots-ok"),
-        body_attr(&dom, "data-plots-failed").unwrap(),
+        body_attr(dom, "data-plots-failed").unwrap(),
         n("data-patches-ok"),
-        body_attr(&dom, "data-patches-failed").unwrap(),
+        body_attr(dom, "data-patches-failed").unwrap(),
     )
+}
+
+/// What the check script found of the slide maps: decoded at their slide's size, and the ids
+/// of those that did not.
+fn maps_rendered(dom: &str) -> (usize, String) {
+    (
+        body_attr(dom, "data-maps-ok").unwrap().parse().unwrap(),
+        body_attr(dom, "data-maps-failed").unwrap(),
+    )
+}
+
+/// The test predictions a run keeps.
+fn test_predictions(r: &Runs, run: &str) -> Vec<Prediction> {
+    let path = Path::new(r.storage.strip_prefix("file://").unwrap())
+        .join("runs")
+        .join(run)
+        .join(idc::layout::run::TEST_PREDICTIONS);
+    idc::predictions::parse_jsonl(&std::fs::read(path).unwrap()).unwrap()
+}
+
+/// Hue in degrees (0..360) of a colour: the same for the colour blended over any grey.
+fn hue(c: [f64; 3]) -> f64 {
+    (3f64.sqrt() * (c[1] - c[2]))
+        .atan2(2.0 * c[0] - c[1] - c[2])
+        .to_degrees()
+        .rem_euclid(360.0)
+}
+
+/// The p(IDC) whose colour has hue `h`.
+fn p_of_hue(h: f64) -> f64 {
+    (0..=1000)
+        .map(|k| k as f64 / 1000.0)
+        .min_by(|a, b| {
+            let d = |p: f64| (hue(colour_scale(p).map(f64::from)) - h).abs();
+            d(*a).total_cmp(&d(*b))
+        })
+        .unwrap()
+}
+
+/// One 50x50 cell of a slide's maps, as read from the images.
+struct Cell {
+    /// Truth map: tinted red.
+    idc: bool,
+    /// Heat map: p(IDC) from the cell's mean hue.
+    p: f64,
+}
+
+/// Reads the maps `dir/<patient>-truth.png` and `-heat.png` cell by cell: cells left white
+/// (no patch) are None.
+fn read_cells(dir: &Path, patient: u32) -> (u32, u32, Vec<Option<Cell>>) {
+    let open = |kind: &str| {
+        image::open(dir.join(format!("{patient}-{kind}.png")))
+            .unwrap_or_else(|e| panic!("{patient}-{kind}.png: {e}"))
+            .to_rgb8()
+    };
+    let (truth, heat) = (open("truth"), open("heat"));
+    assert_eq!(truth.dimensions(), heat.dimensions());
+    let (w, h) = heat.dimensions();
+    let mut cells = vec![];
+    for cy in 0..h / 50 {
+        for cx in 0..w / 50 {
+            let mean = |img: &image::RgbImage| {
+                let mut sum = [0f64; 3];
+                for y in 0..50 {
+                    for x in 0..50 {
+                        let px = img.get_pixel(cx * 50 + x, cy * 50 + y).0;
+                        (0..3).for_each(|c| sum[c] += px[c] as f64 / 2500.0);
+                    }
+                }
+                sum
+            };
+            let empty = (0..50)
+                .flat_map(|y| (0..50).map(move |x| (x, y)))
+                .all(|(x, y)| heat.get_pixel(cx * 50 + x, cy * 50 + y).0 == BACKGROUND);
+            cells.push((!empty).then(|| {
+                let t = mean(&truth);
+                Cell {
+                    idc: t[0] - (t[1] + t[2]) / 2.0 > 25.0,
+                    p: p_of_hue(hue(mean(&heat))),
+                }
+            }));
+        }
+    }
+    (w, h, cells)
 }
 
 fn assert_self_contained(html: &str) {
@@ -265,6 +361,97 @@ fn report_and_compare_pages_render_every_plot_in_a_browser() {
         );
     }
 
+    // Slide maps: every test patient's three maps in slides/, sized to its patches, shown in the
+    // page at that size; read back from the images, cell by cell, they say what the predictions
+    // say, and the CNN's IDC cells overlap the true IDC region.
+    let preds = test_predictions(&r, &r.cnn);
+    let threshold = report.test_at_val_threshold.as_ref().unwrap().threshold;
+    let mut by_patient: BTreeMap<u32, Vec<&Prediction>> = BTreeMap::new();
+    for p in &preds {
+        by_patient.entry(p.patient).or_default().push(p);
+    }
+    assert!(
+        by_patient.len() >= 2,
+        "test patients: {:?}",
+        by_patient.keys()
+    );
+    assert!(html.contains("<h2>Slide maps</h2>"));
+    assert_eq!(html.matches("<img data-map=").count(), 3 * by_patient.len());
+    let slides_dir = report_dir.join("slides");
+    let (mut both, mut predicted, mut truth) = (0, 0, 0);
+    for (&patient, rows) in &by_patient {
+        let (x0, y0) = (
+            rows.iter().map(|p| p.x).min().unwrap(),
+            rows.iter().map(|p| p.y).min().unwrap(),
+        );
+        let w = rows.iter().map(|p| p.x + 50).max().unwrap() - x0;
+        let h = rows.iter().map(|p| p.y + 50).max().unwrap() - y0;
+        for kind in ["tissue", "truth", "heat"] {
+            let png = slides_dir.join(format!("{patient}-{kind}.png"));
+            assert_eq!(image::image_dimensions(&png).unwrap(), (w, h), "{kind}");
+            assert!(
+                html.contains(&format!(
+                    "<img data-map=\"{patient}-{kind}\" data-w=\"{w}\" data-h=\"{h}\" src=\"slides/{patient}-{kind}.png\""
+                )),
+                "{patient}-{kind}"
+            );
+        }
+        let (_, _, cells) = read_cells(&slides_dir, patient);
+        assert_eq!(
+            cells.iter().flatten().count(),
+            rows.len(),
+            "patient {patient}: one cell per patch, the rest background"
+        );
+        for row in rows {
+            let cell = cells[((row.y - y0) / 50 * (w / 50) + (row.x - x0) / 50) as usize]
+                .as_ref()
+                .unwrap_or_else(|| panic!("no cell at {row:?}"));
+            assert_eq!(cell.idc, row.label == Some(1), "truth at {row:?}");
+            assert!(
+                (cell.p - row.p_positive() as f64).abs() < 0.02,
+                "heat map p {} at {row:?}",
+                cell.p
+            );
+        }
+        for c in cells.iter().flatten() {
+            let p = c.p >= threshold;
+            both += usize::from(p && c.idc);
+            predicted += usize::from(p);
+            truth += usize::from(c.idc);
+        }
+        let s = format!("Patient {patient}</h3>");
+        assert!(html.contains(&s), "{s}");
+    }
+    let dice = 2.0 * both as f64 / (predicted + truth) as f64;
+    let iou = both as f64 / (predicted + truth - both) as f64;
+    eprintln!(
+        "slide maps of {} test patients: heat map cells p >= {threshold:.3} vs truth: Dice {dice:.3}, IoU {iou:.3} ({both} of {predicted} predicted, {truth} true)",
+        by_patient.len()
+    );
+    assert!(dice >= 0.75, "Dice {dice:.3} of heat map and truth");
+    // --slides 1: the patient with most patches (ties: the lower id) alone.
+    let one = r.dir.path().join("report-one");
+    let out = cmd(
+        &r,
+        &[
+            "report",
+            &r.cnn,
+            "--html",
+            one.to_str().unwrap(),
+            "--slides",
+            "1",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let one_html = std::fs::read_to_string(one.join("index.html")).unwrap();
+    let most = by_patient
+        .iter()
+        .max_by(|a, b| a.1.len().cmp(&b.1.len()).then(b.0.cmp(a.0)))
+        .unwrap()
+        .0;
+    assert_eq!(one_html.matches("<img data-map=").count(), 3);
+    assert!(one_html.contains(&format!("data-map=\"{most}-heat\"")));
+
     // The comparison, as a folder and as a file, and as tables.
     let cmp_dir = r.dir.path().join("compare");
     let out = cmd(
@@ -350,6 +537,25 @@ fn report_and_compare_pages_render_every_plot_in_a_browser() {
         }
     }
 
+    // A run from before test predictions were kept: its page says how to get maps.
+    let old = r.dir.path().join("report-old");
+    let kept = Path::new(r.storage.strip_prefix("file://").unwrap())
+        .join("runs")
+        .join(&r.logreg)
+        .join(idc::layout::run::TEST_PREDICTIONS);
+    std::fs::remove_file(&kept).unwrap();
+    let out = cmd(&r, &["report", &r.logreg, "--html", old.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let old_html = std::fs::read_to_string(old.join("index.html")).unwrap();
+    assert!(
+        old_html.contains("<h2>Slide maps</h2>")
+            && old_html.contains("this run has no test-predictions.jsonl")
+            && old_html.contains("submit its experiment again"),
+        "the note on maps"
+    );
+    assert_eq!(old_html.matches("<img data-map=").count(), 0);
+    assert!(text(&out.stderr).contains("warning: this run has no test-predictions.jsonl"));
+
     // Every plot and patch rendered in a real browser.
     let Some(browser) = chromium() else {
         assert_ne!(
@@ -363,8 +569,9 @@ fn report_and_compare_pages_render_every_plot_in_a_browser() {
         return;
     };
     let t = Instant::now();
+    let dom = checked_dom(&browser, &page);
     assert_eq!(
-        rendered(&browser, &page),
+        rendered(&dom),
         (
             REPORT_PLOTS,
             String::new(),
@@ -373,31 +580,67 @@ fn report_and_compare_pages_render_every_plot_in_a_browser() {
         ),
         "report page: (plots rendered, failed, patches decoded, failed)"
     );
+    assert_eq!(
+        maps_rendered(&dom),
+        (3 * by_patient.len(), String::new()),
+        "report page: (maps decoded at their slide's size, failed)"
+    );
+    assert_eq!(
+        maps_rendered(&checked_dom(&browser, &slides_dir.join("index.html"))),
+        (3 * by_patient.len(), String::new()),
+        "the maps' own page"
+    );
     for page in [cmp_dir.join("index.html"), cmp_file] {
+        let dom = checked_dom(&browser, &page);
         assert_eq!(
-            rendered(&browser, &page),
+            rendered(&dom),
             (COMPARE_PLOTS, String::new(), 0, String::new()),
             "{}: (plots rendered, failed, patches decoded, failed)",
             page.display()
         );
+        assert_eq!(maps_rendered(&dom), (0, String::new()));
     }
-    eprintln!("three pages rendered in {:.1}s", t.elapsed().as_secs_f64());
+    eprintln!("four pages rendered in {:.1}s", t.elapsed().as_secs_f64());
 
     // The check is only worth something if it notices what did not render: a copy of the report
-    // with a plot that is not an SVG, a missing plot and a patch that is not a PNG.
+    // with a plot that is not an SVG, a missing plot, a patch that is not a PNG, a map that is
+    // not a PNG and a map of the wrong size.
     let broken = r.dir.path().join("broken");
-    std::fs::create_dir_all(&broken).unwrap();
+    std::fs::create_dir_all(broken.join("slides")).unwrap();
     for p in plots {
         std::fs::copy(report_dir.join(p), broken.join(p)).unwrap();
     }
+    for e in std::fs::read_dir(&slides_dir).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), broken.join("slides").join(e.file_name())).unwrap();
+    }
     std::fs::write(broken.join("roc.svg"), "<svg this is not xml").unwrap();
     std::fs::remove_file(broken.join("pr.svg")).unwrap();
+    let first_patient = *by_patient.keys().next().unwrap();
+    std::fs::write(
+        broken.join(format!("slides/{first_patient}-heat.png")),
+        b"\x89PNG not really",
+    )
+    .unwrap();
+    std::fs::write(
+        broken.join(format!("slides/{first_patient}-truth.png")),
+        idc::report::patch_png(&vec![128; idc::PATCH_BYTES]),
+    )
+    .unwrap();
     let first = html.find("data:image/png;base64,").unwrap() + "data:image/png;base64,".len();
     let end = first + html[first..].find('"').unwrap();
     let html = format!("{}AAAA{}", &html[..first], &html[end..]);
     std::fs::write(broken.join("index.html"), html).unwrap();
-    let (ok, failed, patches, patches_failed) = rendered(&browser, &broken.join("index.html"));
+    let dom = checked_dom(&browser, &broken.join("index.html"));
+    let (ok, failed, patches, patches_failed) = rendered(&dom);
     assert_eq!((ok, failed.as_str()), (REPORT_PLOTS - 2, "roc.svg pr.svg"));
+    assert_eq!(
+        maps_rendered(&dom),
+        (
+            3 * by_patient.len() - 2,
+            format!("{first_patient}-truth {first_patient}-heat")
+        )
+    );
     assert_eq!(patches, report.misclassified.len() - 1);
     let m = &report.misclassified[0];
     assert_eq!(
@@ -522,6 +765,10 @@ fn fashion_mnist_trains_past_090_and_its_page_shows_ten_named_classes() {
     let page = page_dir.join("index.html");
     let html = std::fs::read_to_string(&page).unwrap();
     assert_self_contained(&html);
+    assert!(
+        !html.contains("Slide maps") && !page_dir.join("slides").exists(),
+        "ten classes have no slides"
+    );
     // The 10x10 matrix: a header and a row per class, by number and name, and 100 cells that
     // add up to the test set.
     let table = &html[html
@@ -563,12 +810,12 @@ fn fashion_mnist_trains_past_090_and_its_page_shows_ten_named_classes() {
         );
         return;
     };
+    let dom = checked_dom(&browser, &page);
     assert_eq!(
-        rendered(&browser, &page),
+        rendered(&dom),
         (2, String::new(), report.misclassified.len(), String::new()),
         "report page: (plots rendered, failed, images decoded, failed)"
     );
-    let dom = dump_dom(&browser, &page);
     for name in names {
         assert!(dom.contains(&escape_html(name)), "{name} not rendered");
     }

@@ -85,9 +85,13 @@ enum Command {
         run: String,
         #[arg(long)]
         out: Option<PathBuf>,
-        /// Also write an HTML report to this folder: index.html and its plots (SVG).
+        /// Also write an HTML report to this folder: index.html and its plots (SVG); two-class
+        /// runs get slide maps of their test patients in DIR/slides/.
         #[arg(long, value_name = "DIR")]
         html: Option<PathBuf>,
+        /// Slide maps of only the N test patients with most patches (default: all).
+        #[arg(long, value_name = "N", requires = "html")]
+        slides: Option<usize>,
         #[command(flatten)]
         storage: runs::StorageArg,
         #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Table)]
@@ -345,12 +349,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             run,
             out,
             html,
+            slides,
             storage,
             output,
         } => {
             let code = runs::report(storage.clone(), run.clone(), out, output).await?;
             if let Some(dir) = html {
-                reports::html_report(&storage, &run, &dir).await?;
+                reports::html_report(&storage, &run, &dir, slides).await?;
             }
             Ok(code)
         }

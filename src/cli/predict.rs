@@ -44,6 +44,11 @@ pub struct PredictArgs {
     /// threshold, chosen on validation].
     #[arg(long)]
     threshold: Option<f64>,
+    /// Also write slide maps into this folder: per patient, the tissue, the ground-truth IDC
+    /// mask (when labels are known) and the predicted p(IDC) as a heat map, as PNGs, with an
+    /// index.html.
+    #[arg(long, value_name = "DIR")]
+    maps: Option<PathBuf>,
     /// Decoding threads (default: one per core).
     #[arg(short = 'j', long, default_value_t = 0)]
     threads: usize,
@@ -143,6 +148,14 @@ pub async fn predict(args: PredictArgs) -> anyhow::Result<ExitCode> {
     let prepared = predict::prepare(&root, &args.run, &opts, Some(&reading)).await;
     reading.finish_and_clear();
     let p = prepared?;
+    if args.maps.is_some() && p.spec.classes.len() != 2 {
+        return Err(UserError(format!(
+            "--maps draws p(IDC) over slides: run {} has {} classes",
+            p.spec.run_id,
+            p.spec.classes.len()
+        ))
+        .into());
+    }
     for s in &p.skipped {
         eprintln!("skipped {}: {}", s.path, s.reason);
     }
@@ -194,6 +207,26 @@ pub async fn predict(args: PredictArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(m) = predict::labelled_metrics(&e.rows, classes.len(), p.spec.threshold) {
         println!("{}", metrics_text(&m, p.labelled, p.spec.threshold));
+    }
+    if let Some(dir) = &args.maps {
+        let pixels = predict::input_pixels(&p).await?;
+        let slides = idc::report::slides::build(
+            &e.rows,
+            &|i| pixels.get(i).cloned(),
+            p.spec.threshold,
+            None,
+        );
+        let written = idc::report::slides::write_maps(
+            dir,
+            &slides,
+            &format!("Slide maps: run {}", p.spec.run_id),
+        )?;
+        eprintln!(
+            "wrote the slide maps of {} patient(s) to {} ({} files; open index.html)",
+            slides.len(),
+            dir.display(),
+            written.len()
+        );
     }
     if e.rows.is_empty() {
         return Err(UserError("nothing was predicted".into()).into());

@@ -8,17 +8,28 @@ use idc::report::{self, compare, html};
 use idc::store::Store;
 use std::path::{Path, PathBuf};
 
-/// Writes the HTML report of `run_id` (index.html and its plots) to `dir`.
-pub async fn html_report(storage: &StorageArg, run_id: &str, dir: &Path) -> anyhow::Result<()> {
+/// Writes the HTML report of `run_id` (index.html, its plots, and for two classes the slide
+/// maps of the `slides` test patients with most patches, None: all) to `dir`.
+pub async fn html_report(
+    storage: &StorageArg,
+    run_id: &str,
+    dir: &Path,
+    slides: Option<usize>,
+) -> anyhow::Result<()> {
     let root = Store::open(storage.url())?;
     let run = report::load_run(&root, run_id).await?;
     let ds = report::load_dataset(&run).await;
-    for note in &ds.notes {
+    let maps = report::load_slides(&root, &run, &ds, slides).await;
+    for note in ds.notes.iter().chain(maps.iter().flat_map(|m| &m.notes)) {
         eprintln!("warning: {note}");
     }
-    let w = html::write_run_report(dir, &run, &ds)?;
+    let w = html::write_run_report(dir, &run, &ds, maps.as_ref())?;
+    let shown = match &maps {
+        Some(m) => format!(" and slide maps of {} test patients", m.slides.len()),
+        None => String::new(),
+    };
     eprintln!(
-        "wrote {} with {} plots and {} misclassified patches",
+        "wrote {} with {} plots, {} misclassified patches{shown}",
         w.page.display(),
         w.plots.len(),
         ds.patches.len()

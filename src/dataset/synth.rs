@@ -6,6 +6,13 @@
 //! gets only part of the way. Some patches carry the other class's look (label noise), about 2.5
 //! negatives come per positive, a few edge patches are smaller than 50x50, and corrupt files can be
 //! planted. The output depends only on the options (the seed included).
+//!
+//! Each patient's patches fill a grid, as on a slide: patch `index` sits at x = 1 + 50 * (index %
+//! cols), y = 1 + 50 * (index / cols). Its IDC patches form spatially coherent regions, as real
+//! tumours do: one or two seeded region centres, each with a seeded size, elongation and smooth
+//! boundary irregularity, and the patient's `positives` cells nearest to them (by that shape's
+//! distance) are IDC. So slide maps show blobs, while each patient's IDC count, and with it the
+//! class balance, is set by its IDC rate alone.
 
 use super::KAGGLE_ROOT;
 use super::decode::encode_png;
@@ -93,7 +100,7 @@ pub fn generate(out: &Path, opts: &SynthOptions) -> Result<SynthSummary, SynthEr
     for j in 0..opts.corrupt.min(opts.patients * opts.per_patient) {
         let patient = j % opts.patients;
         let index = opts.per_patient - 1 - j / opts.patients;
-        let (name, _, _) = layout(patient, index, opts);
+        let (name, _, _) = layout(patient, index, &plan(patient, opts), opts);
         let path = root.join(name.rel_path());
         let bytes = std::fs::read(&path).map_err(|source| SynthError {
             path: path.clone(),
@@ -115,19 +122,101 @@ pub fn generate(out: &Path, opts: &SynthOptions) -> Result<SynthSummary, SynthEr
     Ok(sum)
 }
 
-/// Name, class look and (width, height) of patch `index` of patient `patient`.
-fn layout(patient: u32, index: u32, opts: &SynthOptions) -> (PatchName, bool, (u32, u32)) {
+/// Where one patient's patches lie and which of them are IDC.
+struct Plan {
+    cols: u32,
+    /// Per patch index: IDC or not.
+    idc: Vec<bool>,
+}
+
+/// One IDC region of a patient's grid: a centre (in cells), a size, an elongation along a
+/// direction, and low angular harmonics that make its boundary irregular but smooth.
+struct Region {
+    centre: (f64, f64),
+    scale: f64,
+    stretch: f64,
+    angle: f64,
+    harmonics: [(f64, f64); 3],
+}
+
+impl Region {
+    fn draw(rng: &mut ChaCha8Rng, cols: u32, rows: u32, scale: f64) -> Region {
+        Region {
+            centre: (unit(rng) * cols as f64, unit(rng) * rows as f64),
+            scale,
+            stretch: 0.7 + 0.6 * unit(rng),
+            angle: unit(rng) * std::f64::consts::PI,
+            // Amplitudes sum below 0.5, so the radius stays positive: each region is star-shaped
+            // around its centre, hence one blob.
+            harmonics: [0.22, 0.14, 0.08].map(|a| (a * unit(rng), unit(rng) * 6.3)),
+        }
+    }
+
+    /// The distance of cell centre `(x, y)` from the centre in units of this region's radius in
+    /// that direction: cells below 1 are inside a region of unit size.
+    fn distance(&self, x: f64, y: f64) -> f64 {
+        let (dx, dy) = (x - self.centre.0, y - self.centre.1);
+        let (s, c) = self.angle.sin_cos();
+        let (u, v) = (
+            (dx * c + dy * s) / self.stretch,
+            (dy * c - dx * s) * self.stretch,
+        );
+        let theta = v.atan2(u);
+        let radius = 1.0
+            + self
+                .harmonics
+                .iter()
+                .enumerate()
+                .map(|(k, &(a, phase))| a * ((k + 1) as f64 * theta + phase).sin())
+                .sum::<f64>();
+        u.hypot(v) / (self.scale * radius)
+    }
+}
+
+/// The grid and IDC patches of patient `patient`.
+fn plan(patient: u32, opts: &SynthOptions) -> Plan {
     let mut prng =
         ChaCha8Rng::seed_from_u64(opts.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ patient as u64);
     // IDC rate per patient: 5% to 52%, about 2.5 negatives per positive overall.
     let rate = 0.05 + 0.47 * unit(&mut prng);
-    let positives = (rate * opts.per_patient as f64).round() as u32;
-    let cols = ((opts.per_patient as f64 * 1.3).sqrt().ceil() as u32).max(1);
-    let class = u8::from(index < positives);
+    let n = opts.per_patient;
+    let positives = ((rate * n as f64).round() as u32).min(n) as usize;
+    let cols = ((n as f64 * 1.3).sqrt().ceil() as u32).max(1);
+    let rows = n.div_ceil(cols).max(1);
+    // One region, or two of which the second is smaller.
+    let mut regions = vec![Region::draw(&mut prng, cols, rows, 1.0)];
+    if prng.next_u32().is_multiple_of(2) {
+        let scale = 0.5 + 0.4 * unit(&mut prng);
+        regions.push(Region::draw(&mut prng, cols, rows, scale));
+    }
+    let distance = |i: u32| {
+        let (x, y) = ((i % cols) as f64 + 0.5, (i / cols) as f64 + 0.5);
+        regions
+            .iter()
+            .map(|r| r.distance(x, y))
+            .fold(f64::INFINITY, f64::min)
+    };
+    let mut ranked: Vec<(f64, u32)> = (0..n).map(|i| (distance(i), i)).collect();
+    ranked.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    let mut idc = vec![false; n as usize];
+    for &(_, i) in &ranked[..positives] {
+        idc[i as usize] = true;
+    }
+    Plan { cols, idc }
+}
+
+/// Name, class look and (width, height) of patch `index` of patient `patient`.
+fn layout(
+    patient: u32,
+    index: u32,
+    plan: &Plan,
+    opts: &SynthOptions,
+) -> (PatchName, bool, (u32, u32)) {
+    let class = u8::from(plan.idc[index as usize]);
     let name = PatchName {
         patient: patient_id(patient),
-        x: 1 + 50 * (index % cols),
-        y: 1 + 50 * (index / cols),
+        x: 1 + 50 * (index % plan.cols),
+        y: 1 + 50 * (index / plan.cols),
         class,
     };
     let mut rng = patch_rng(opts.seed, patient, index);
@@ -168,8 +257,9 @@ fn write_patient(
         jitter(&mut srng, 10.0),
         jitter(&mut srng, 10.0),
     ];
+    let plan = plan(patient, opts);
     for index in 0..opts.per_patient {
-        let (name, idc_look, (w, h)) = layout(patient, index, opts);
+        let (name, idc_look, (w, h)) = layout(patient, index, &plan, opts);
         let mut rng = patch_rng(opts.seed, patient, index);
         rng.next_u64(); // keep the draws of layout() apart from the picture's
         let pixels = render(&mut rng, idc_look, stain);
@@ -355,6 +445,76 @@ mod tests {
             n += 1;
         }
         assert_eq!(n, 120);
+    }
+
+    #[test]
+    fn idc_patches_form_blobs_with_the_same_count_per_patient() {
+        // The per-patient IDC counts the generator made before IDC regions were spatial (the
+        // first `positives` indices were IDC then): the count, hence the class balance, is kept.
+        let opts = SynthOptions {
+            patients: 3,
+            per_patient: 40,
+            seed: 9,
+            ..Default::default()
+        };
+        let counts: Vec<usize> = (0..3)
+            .map(|p| plan(p, &opts).idc.iter().filter(|&&i| i).count())
+            .collect();
+        assert_eq!(counts, [6, 19, 12]);
+
+        let opts = SynthOptions {
+            patients: 40,
+            per_patient: 200,
+            seed: 3,
+            ..Default::default()
+        };
+        let mut not_raster = 0;
+        for p in 0..opts.patients {
+            let plan = plan(p, &opts);
+            let n = plan.idc.len();
+            let positives = plan.idc.iter().filter(|&&i| i).count();
+            not_raster += usize::from(plan.idc[..positives].iter().any(|&i| !i));
+            // 4-connected components of IDC cells: one per region, at most two.
+            let cols = plan.cols as usize;
+            let mut seen = vec![false; n];
+            let mut components = 0;
+            for start in 0..n {
+                if !plan.idc[start] || seen[start] {
+                    continue;
+                }
+                components += 1;
+                let mut stack = vec![start];
+                seen[start] = true;
+                while let Some(i) = stack.pop() {
+                    let (x, y) = (i % cols, i / cols);
+                    let mut next = vec![];
+                    if x > 0 {
+                        next.push(i - 1);
+                    }
+                    if x + 1 < cols {
+                        next.push(i + 1);
+                    }
+                    if y > 0 {
+                        next.push(i - cols);
+                    }
+                    next.push(i + cols);
+                    for j in next {
+                        if j < n && plan.idc[j] && !seen[j] {
+                            seen[j] = true;
+                            stack.push(j);
+                        }
+                    }
+                }
+            }
+            assert!(
+                components <= 2,
+                "patient {p}: {positives} IDC patches in {components} pieces"
+            );
+        }
+        assert!(
+            not_raster > 30,
+            "IDC regions are placed, not the first indices ({not_raster} of 40)"
+        );
     }
 
     #[test]

@@ -1,11 +1,13 @@
 //! HTML pages of reports: one self-contained file (inline CSS and images, no external fetches)
 //! beside its SVG plots, which it references by relative paths. A small inline script checks on
-//! load that every plot and patch image rendered, and records the result on `<body>`
-//! (`data-plots-ok`, `data-plots-failed`, `data-patches-ok`, `data-patches-failed`).
+//! load that every plot, patch image and slide map rendered, and records the result on `<body>`
+//! (`data-plots-ok`, `data-plots-failed`, `data-patches-ok`, `data-patches-failed`,
+//! `data-maps-ok`, `data-maps-failed`); patches and maps must decode at the size their `data-w`
+//! and `data-h` attributes say.
 
 use super::compare::Comparison;
 use super::plot::{self, LinePlot, Series, escape};
-use super::{DatasetView, Patch, ReportError, RunData};
+use super::{DatasetView, Patch, ReportError, RunData, SlidesView};
 use crate::dataset::split::Split;
 use crate::metrics::{BinaryMetrics, ErrorKind, MetricName, MulticlassMetrics};
 use std::fmt::Write;
@@ -18,6 +20,8 @@ pub struct Written {
     pub page: PathBuf,
     /// The plot files beside it.
     pub plots: Vec<PathBuf>,
+    /// The slide maps (PNGs) and their own page, in `slides/` beside it.
+    pub maps: Vec<PathBuf>,
 }
 
 /// Standard base64 (with padding), for images inlined as `data:` URLs.
@@ -82,6 +86,21 @@ tr.diff td { background: #fff8c5; font-weight: bold; }
 .swatch { display: inline-block; width: 12px; height: 12px; border-radius: 2px;
   margin-right: 6px; vertical-align: -1px; }
 .legend { color: #57606a; font-size: 12px; margin-top: 8px; }
+.slide { margin: 18px 0 0; padding-top: 10px; border-top: 1px solid #eaeef2; }
+.slide h3 { margin: 0 0 2px; }
+.slide .scores { margin: 0 0 8px; color: #57606a; }
+.slide .scores b { color: #1f2328; }
+.maps { display: flex; gap: 10px; align-items: flex-start; }
+.maps figure { margin: 0; flex: 1 1 0; min-width: 0; text-align: center; font-size: 12px;
+  color: #57606a; }
+.maps img { display: block; width: 100%; height: auto; max-height: 75vh; object-fit: contain;
+  border: 1px solid #d8dee4; }
+.maps .nomap { border: 1px dashed #d0d7de; padding: 30px 0; color: #8c959f; }
+.slide-legend { display: flex; flex-wrap: wrap; align-items: center; gap: 8px 28px; }
+.slide-legend .scale-key { display: inline-flex; align-items: center; gap: 4px; font-size: 12px;
+  color: #57606a; }
+.slide-legend .key { margin-right: 16px; font-size: 12px; color: #57606a; white-space: nowrap; }
+.slide-legend .swatch { width: 14px; height: 14px; box-sizing: border-box; }
 footer { color: #8c959f; font-size: 12px; margin-top: 20px; }
 "#;
 
@@ -89,7 +108,7 @@ footer { color: #8c959f; font-size: 12px; margin-top: 20px; }
 const CHECK_SCRIPT: &str = r#"
 (function () {
   function check() {
-    var ok = 0, failed = [], patches = 0, patchesFailed = [];
+    var ok = 0, failed = [], patches = 0, patchesFailed = [], maps = 0, mapsFailed = [];
     document.querySelectorAll('img[data-plot]').forEach(function (img) {
       if (img.complete && img.naturalWidth > 0 && img.naturalHeight > 0) { ok++; }
       else { failed.push(img.getAttribute('src')); }
@@ -103,7 +122,14 @@ const CHECK_SCRIPT: &str = r#"
       if (img.complete && img.naturalWidth === w && img.naturalHeight === h) { patches++; }
       else { patchesFailed.push(img.getAttribute('data-patch')); }
     });
+    document.querySelectorAll('img[data-map]').forEach(function (img) {
+      var w = Number(img.getAttribute('data-w')), h = Number(img.getAttribute('data-h'));
+      if (img.complete && img.naturalWidth === w && img.naturalHeight === h) { maps++; }
+      else { mapsFailed.push(img.getAttribute('data-map')); }
+    });
     var b = document.body;
+    b.setAttribute('data-maps-ok', String(maps));
+    b.setAttribute('data-maps-failed', mapsFailed.join(' '));
     b.setAttribute('data-plots-ok', String(ok));
     b.setAttribute('data-plots-failed', failed.join(' '));
     b.setAttribute('data-patches-ok', String(patches));
@@ -115,7 +141,7 @@ const CHECK_SCRIPT: &str = r#"
 "#;
 
 /// A whole page around `body`.
-fn page(title: &str, body: &str) -> String {
+pub(super) fn page(title: &str, body: &str) -> String {
     format!(
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n<title>{}</title>\n<style>{CSS}</style>\n</head>\n<body>\n<main>\n{body}<footer>made by idcctl {} on {}</footer>\n</main>\n<script>{CHECK_SCRIPT}</script>\n</body>\n</html>\n",
         escape(title),
@@ -124,14 +150,14 @@ fn page(title: &str, body: &str) -> String {
     )
 }
 
-fn write_file(path: &Path, text: &str) -> Result<(), ReportError> {
+pub(super) fn write_file(path: &Path, text: &str) -> Result<(), ReportError> {
     std::fs::write(path, text).map_err(|source| ReportError::Write {
         path: path.to_path_buf(),
         source,
     })
 }
 
-fn create_dir(dir: &Path) -> Result<(), ReportError> {
+pub(super) fn create_dir(dir: &Path) -> Result<(), ReportError> {
     std::fs::create_dir_all(dir).map_err(|source| ReportError::Write {
         path: dir.to_path_buf(),
         source,
@@ -569,18 +595,20 @@ fn provenance_rows(
     ]
 }
 
-fn notes(notes: &[String]) -> String {
+pub(super) fn notes(notes: &[String]) -> String {
     notes
         .iter()
         .map(|n| format!("<p class=\"note\">{}</p>\n", escape(n)))
         .collect()
 }
 
-/// Writes the report of `run` as `dir/index.html` with its plots beside it.
+/// Writes the report of `run` as `dir/index.html` with its plots beside it, and, for two
+/// classes, the slide maps of `slides` in `dir/slides/` (with their own `index.html`).
 pub fn write_run_report(
     dir: &Path,
     run: &RunData,
     ds: &DatasetView,
+    slides: Option<&SlidesView>,
 ) -> Result<Written, ReportError> {
     create_dir(dir)?;
     let r = &run.report;
@@ -630,7 +658,7 @@ pub fn write_run_report(
             "confusion matrix at the validation threshold".into(),
         ),
     ];
-    let written = write_plots(dir, &plots)?;
+    let mut written = write_plots(dir, &plots)?;
     let img = |i: usize| plot_img(plots[i].0, &plots[i].2);
 
     let mut b = String::new();
@@ -721,6 +749,20 @@ pub fn write_run_report(
         b.push_str("</div>\n");
     }
     b.push_str("<p class=\"legend\">Patches are 50x50 pixels, shown at twice their size; p(IDC) is the model's probability of IDC.</p>\n</section>\n");
+    if let Some(view) = slides {
+        if !view.slides.is_empty() {
+            written.maps = super::slides::write_maps(
+                &dir.join(SLIDES_DIR),
+                &view.slides,
+                &format!("idc slide maps: {} (test patients)", run.id()),
+            )?;
+        }
+        b.push_str(&super::slides::html_section(
+            &view.slides,
+            &format!("{SLIDES_DIR}/"),
+            &view.notes,
+        ));
+    }
     b.push_str(&config_and_dataset(run, ds));
     write_file(
         &written.page,
@@ -728,6 +770,9 @@ pub fn write_run_report(
     )?;
     Ok(written)
 }
+
+/// The folder of a run page's slide maps, beside the page.
+pub const SLIDES_DIR: &str = "slides";
 
 /// The last sections of a run's page: the spec as run, and the dataset it trained on.
 fn config_and_dataset(run: &RunData, ds: &DatasetView) -> String {
@@ -749,6 +794,7 @@ fn write_plots(dir: &Path, plots: &[(&str, String, String)]) -> Result<Written, 
     let mut written = Written {
         page: dir.join("index.html"),
         plots: vec![],
+        maps: vec![],
     };
     for (file, svg, _) in plots {
         let path = dir.join(file);
@@ -958,6 +1004,7 @@ pub fn write_comparison(
     let mut written = Written {
         page: page_path,
         plots: vec![],
+        maps: vec![],
     };
     for (file, svg, _) in &plots {
         let path = dir.join(file);

@@ -1,11 +1,13 @@
 //! Reports for people: a run's evaluation as an HTML page with plots (`idcctl report --html`),
 //! and runs side by side (`idcctl compare`). Everything is read from the bucket: the run's
-//! `report.json`, `metrics.jsonl`, `spec.yaml` and `status.json`, and the staged dataset it
-//! trained on (its manifest, and the pixels of the misclassified test patches).
+//! `report.json`, `metrics.jsonl`, `spec.yaml`, `status.json` and `test-predictions.jsonl`,
+//! and the staged dataset it trained on (its manifest, and the pixels of the misclassified test
+//! patches and of the slide maps' test patients).
 
 pub mod compare;
 pub mod html;
 pub mod plot;
+pub mod slides;
 pub mod tensorboard;
 
 use crate::dataset::manifest::DatasetManifest;
@@ -413,6 +415,22 @@ pub async fn load_dataset(run: &RunData) -> DatasetView {
     view
 }
 
+/// Shard `key` of the dataset, its checksum verified, or why it cannot be read.
+async fn open_shard(
+    ds: &Store,
+    manifest: &DatasetManifest,
+    key: &str,
+) -> Result<ShardReader<bytes::Bytes>, String> {
+    let info = manifest
+        .shards
+        .iter()
+        .find(|s| s.key == key)
+        .ok_or_else(|| format!("shard {key} is not in the dataset manifest"))?;
+    let bytes = ds.get(key).await.map_err(|e| e.to_string())?;
+    ShardReader::open_verified(bytes, &info.sha256)
+        .map_err(|e| format!("shard {}: {e}", ds.url_of(key)))
+}
+
 /// PNGs of the `wanted` records of shard `key`, or why they cannot be shown.
 async fn read_patches(
     ds: &Store,
@@ -420,19 +438,9 @@ async fn read_patches(
     key: &str,
     wanted: &[&Misclassified],
 ) -> Result<Vec<((String, u64), Vec<u8>)>, String> {
-    let info = manifest
-        .shards
-        .iter()
-        .find(|s| s.key == key)
-        .ok_or_else(|| {
-            format!("shard {key} is not in the dataset manifest: its patches are not shown")
-        })?;
-    let bytes = ds
-        .get(key)
+    let shard = open_shard(ds, manifest, key)
         .await
         .map_err(|e| format!("{e}: its patches are not shown"))?;
-    let shard = ShardReader::open_verified(bytes, &info.sha256)
-        .map_err(|e| format!("shard {}: {e}: its patches are not shown", ds.url_of(key)))?;
     let mut out = vec![];
     for m in wanted {
         if m.record >= shard.len() as u64 {
@@ -465,6 +473,112 @@ async fn read_patches(
         ));
     }
     Ok(out)
+}
+
+/// The slide maps of a two-class run's page, and what could not be read for them.
+#[derive(Debug, Clone, Default)]
+pub struct SlidesView {
+    pub slides: Vec<slides::Slide>,
+    pub notes: Vec<String>,
+}
+
+/// The slide maps of run `run` (from the bucket at `root`): its test patients, the `max` with
+/// most patches (None: all), drawn from `test-predictions.jsonl` at the run's validation
+/// threshold (0.5 without one) with the tissue from the test shards of `ds` (each shard read
+/// once, its checksum verified, each record checked against its row). None for K classes, which
+/// have no slides. Never fails: what is missing is said in the notes, and patches without
+/// readable pixels are drawn grey.
+pub async fn load_slides(
+    root: &Store,
+    run: &RunData,
+    ds: &DatasetView,
+    max: Option<usize>,
+) -> Option<SlidesView> {
+    run.report.test.binary()?;
+    let mut view = SlidesView::default();
+    let store = run::run_store(root, run.id());
+    let url = store.url_of(keys::TEST_PREDICTIONS);
+    let rows = match store.get_opt(keys::TEST_PREDICTIONS).await {
+        Ok(Some(bytes)) => match crate::predictions::parse_jsonl(&bytes) {
+            Ok(rows) => rows,
+            Err(e) => {
+                view.notes.push(format!(
+                    "{url} is not readable: {e}: slide maps are not shown"
+                ));
+                return Some(view);
+            }
+        },
+        Ok(None) => {
+            view.notes.push(format!(
+                "this run has no {} (it was made before runs kept their test predictions): submit its experiment again to get slide maps",
+                keys::TEST_PREDICTIONS
+            ));
+            return Some(view);
+        }
+        Err(e) => {
+            view.notes.push(format!("{e}: slide maps are not shown"));
+            return Some(view);
+        }
+    };
+    let threshold = run
+        .report
+        .test_at_val_threshold
+        .as_ref()
+        .map_or(0.5, |m| m.threshold);
+    // The shards holding the chosen patients' patches.
+    let chosen = slides::patients(&rows, max);
+    let mut shards: BTreeMap<&str, ShardReader<bytes::Bytes>> = BTreeMap::new();
+    let tissue = match (&ds.manifest, Store::open(&ds.url)) {
+        (Some(m), Ok(store)) if m.id == run.report.dataset_id && m.image.shape() == Shape::IDC => {
+            Some((m, store))
+        }
+        _ => None,
+    };
+    if let Some((manifest, store)) = &tissue {
+        let keys: std::collections::BTreeSet<&str> = chosen
+            .iter()
+            .flat_map(|(_, idx)| idx.iter())
+            .filter_map(|&i| crate::predictions::parse_record_ref(&rows[i].file).map(|r| r.0))
+            .collect();
+        for key in keys {
+            match open_shard(store, manifest, key).await {
+                Ok(shard) => {
+                    shards.insert(key, shard);
+                }
+                Err(e) => view
+                    .notes
+                    .push(format!("{e}: its patches are drawn grey on the slide maps")),
+            }
+        }
+    } else {
+        view.notes.push(
+            "the tissue is not shown on the slide maps (the staged dataset is not readable, see Dataset)"
+                .into(),
+        );
+    }
+    let mismatched = std::cell::Cell::new(0u64);
+    let pixels = |i: usize| {
+        let r = &rows[i];
+        let (key, record) = crate::predictions::parse_record_ref(&r.file)?;
+        let shard = shards.get(key)?;
+        let ok = record < shard.len() && {
+            let m = shard.record(record).meta;
+            (m.patient, m.x, m.y) == (r.patient, r.x, r.y) && r.label.is_none_or(|l| l == m.label)
+        };
+        if !ok {
+            mismatched.set(mismatched.get() + 1);
+            return None;
+        }
+        Some(shard.record(record).pixels.to_vec())
+    };
+    view.slides = slides::build(&rows, &pixels, threshold, max);
+    if mismatched.get() > 0 {
+        view.notes.push(format!(
+            "{} rows of {url} name shard records of another patch (patient, position or label): those patches are drawn grey",
+            mismatched.get()
+        ));
+    }
+    Some(view)
 }
 
 #[cfg(test)]
