@@ -83,6 +83,41 @@ idc_tensorboard_venv() {
   fi
 }
 
+# A real MLflow tracking server (mlflow-skinny and what its server needs, about a minute to
+# install once per machine) on a free loopback port, with a sqlite store and proxied artifacts,
+# for tests/mlflow.rs: exports IDC_TEST_MLFLOW_URI. Stopped on exit. Under CI the test must find it.
+IDC_MLFLOW_VERSION=3.17.2
+idc_mlflow_server() {
+  idc_cached_venv "mlflow-$IDC_MLFLOW_VERSION" "mlflow-skinny==$IDC_MLFLOW_VERSION" flask flask-cors \
+    sqlalchemy alembic graphene cryptography huey aiohttp numpy pandas
+  local venv=$IDC_CACHE/mlflow-$IDC_MLFLOW_VERSION
+  local port dir
+  port=$("$venv/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  dir=$(mktemp -d)
+  MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false "$venv/bin/mlflow" server --workers 1 \
+    --host 127.0.0.1 --port "$port" --backend-store-uri "sqlite:///$dir/mlflow.db" \
+    --artifacts-destination "$dir/artifacts" >"$dir/server.log" 2>&1 &
+  IDC_MLFLOW_PID=$!
+  trap 'kill ${IDC_S3_PID:-} $IDC_MLFLOW_PID 2>/dev/null || true' EXIT
+  "$venv/bin/python" - "$port" <<'PY'
+import sys, time, urllib.request
+url = f"http://127.0.0.1:{sys.argv[1]}/health"
+for _ in range(600):
+    try:
+        urllib.request.urlopen(url, timeout=1)
+        break
+    except OSError:
+        time.sleep(0.1)
+else:
+    sys.exit(f"the MLflow server at {url} did not start")
+PY
+  export IDC_TEST_MLFLOW_URI=http://127.0.0.1:$port
+  if [ "${CI:-}" = true ]; then
+    export IDC_TEST_REQUIRE_MLFLOW=1
+  fi
+  echo "MLflow server on 127.0.0.1:$port" >&2
+}
+
 # Headless Chromium for the report pages' browser test (tests/report_html.rs). Installed when
 # missing and we are root on Debian/Ubuntu; otherwise says what to install (the test then skips
 # its browser part). Under CI (CI=true) the test must find it: IDC_TEST_REQUIRE_BROWSER=1.

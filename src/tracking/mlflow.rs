@@ -322,6 +322,29 @@ impl Client {
             .await
     }
 
+    /// The artifacts of `run` under `path` (`""`: its root): (path, is a folder).
+    pub async fn list_artifacts(
+        &self,
+        run: &str,
+        path: &str,
+    ) -> Result<Vec<(String, bool)>, TrackingError> {
+        let v = self
+            .call(
+                reqwest::Method::GET,
+                "artifacts/list",
+                &[("run_id", run), ("path", path)],
+                None,
+            )
+            .await?
+            .unwrap_or(Value::Null);
+        Ok(v["files"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|f| (str_of(&f["path"]), f["is_dir"].as_bool().unwrap_or(false)))
+            .collect())
+    }
+
     async fn log_batch(
         &self,
         run: &str,
