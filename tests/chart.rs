@@ -340,6 +340,9 @@ const VALUES_OF_DEFAULTS: &[(&str, &str)] = &[
     ("priorityClass", "worker.priorityClass"),
     ("tolerateGpuTaint", "worker.tolerateGpuTaint"),
     ("queue", "kueue.queue"),
+    ("mlflow", "mlflow"),
+    ("mlflow.uri", "mlflow.uri"),
+    ("mlflow.tokenSecret", "mlflow.tokenSecret"),
 ];
 
 #[test]

@@ -81,7 +81,7 @@ fn expected(r: &Run) -> BTreeMap<String, Vec<(i64, f64)>> {
         }
     }
     for v in out.values_mut() {
-        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v.sort_by_key(|p| p.0);
     }
     out
 }

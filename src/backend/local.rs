@@ -251,10 +251,10 @@ async fn mirror_end(run: &Store, run_id: &str) {
     let Some(root) = run.url().strip_suffix(&suffix) else {
         return;
     };
-    if let (true, Ok(root)) = (tracked, Store::open(root)) {
-        if let Err(e) = crate::track::sync(&root, run_id, &Default::default()).await {
-            tracing::warn!("MLflow not updated for run {run_id}: {e}");
-        }
+    if let (true, Ok(root)) = (tracked, Store::open(root))
+        && let Err(e) = crate::track::sync(&root, run_id, &Default::default()).await
+    {
+        tracing::warn!("MLflow not updated for run {run_id}: {e}");
     }
 }
 

@@ -181,21 +181,21 @@ pub async fn predict(args: PredictArgs) -> anyhow::Result<ExitCode> {
     predict::write_output(out, bytes).await?;
     let r = &e.result;
     eprintln!(
-        "{} {} images with run {} (epoch {} checkpoint) on {}{}{}: {out}",
+        "{} {} images{} with run {} (epoch {} checkpoint) on {}{}: {out}",
         if e.ran {
             "predicted"
         } else {
             "reused the predictions of"
         },
         r.images,
-        p.spec.run_id,
-        p.report.best_epoch,
-        r.device,
         if r.tta {
-            ", 8 flips/rotations averaged"
+            " (8 flips/rotations averaged)"
         } else {
             ""
         },
+        p.spec.run_id,
+        p.report.best_epoch,
+        r.device,
         if e.ran {
             format!(" in {:.1}s ({:.0} images/s)", r.seconds, r.images_per_s)
         } else {

@@ -312,7 +312,7 @@ impl Client {
                 )
             })
             .collect();
-        points.sort_by(|a, b| a.0.cmp(&b.0));
+        points.sort_by_key(|p| p.0);
         Ok(points)
     }
 

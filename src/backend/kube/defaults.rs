@@ -38,6 +38,18 @@ pub struct ClusterDefaults {
     pub tolerate_gpu_taint: bool,
     /// Kueue LocalQueue of runs when the manifest names none (`resources.queue: ""` opts out).
     pub queue: Option<String>,
+    /// MLflow tracking of the namespace's runs.
+    pub mlflow: MlflowDefaults,
+}
+
+/// The MLflow server worker pods mirror runs to (a manifest's `tracking.mlflow.uri` wins).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct MlflowDefaults {
+    /// Tracking server URL, passed to pods as `MLFLOW_TRACKING_URI`.
+    pub uri: Option<String>,
+    /// Secret with the key `MLFLOW_TRACKING_TOKEN` (a bearer token), passed by reference.
+    pub token_secret: Option<String>,
 }
 
 /// How worker pods reach the bucket. Credentials come only from the Secret.
@@ -80,6 +92,7 @@ impl Default for ClusterDefaults {
             priority_class: None,
             tolerate_gpu_taint: true,
             queue: None,
+            mlflow: MlflowDefaults::default(),
         }
     }
 }

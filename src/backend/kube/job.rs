@@ -393,5 +393,23 @@ fn env(defaults: &ClusterDefaults, run_id: &str, extra: &[(&str, &str)]) -> Vec<
     }
     env.push(secret("AWS_ACCESS_KEY_ID"));
     env.push(secret("AWS_SECRET_ACCESS_KEY"));
+    let mlflow = &defaults.mlflow;
+    if let Some(uri) = &mlflow.uri {
+        env.push(plain(crate::tracking::mlflow::URI_ENV, uri));
+    }
+    if let Some(name) = &mlflow.token_secret {
+        env.push(EnvVar {
+            name: crate::tracking::mlflow::TOKEN_ENV.into(),
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: name.clone(),
+                    key: crate::tracking::mlflow::TOKEN_ENV.into(),
+                    optional: Some(false),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
     env
 }
