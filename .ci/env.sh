@@ -41,6 +41,27 @@ idc_build() {
   export PATH="${CARGO_TARGET_DIR:-$IDC_ROOT/target}/release:$PATH"
 }
 
+# A free loopback port, found with the python of venv $1.
+idc_free_port() {
+  "$1/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# Waits (up to a minute) until URL $2 answers, with the python of venv $1; fails naming it.
+idc_wait_http() {
+  "$1/bin/python" - "$2" <<'PY'
+import sys, time, urllib.request
+url = sys.argv[1]
+for _ in range(600):
+    try:
+        urllib.request.urlopen(url, timeout=1)
+        break
+    except OSError:
+        time.sleep(0.1)
+else:
+    sys.exit(f"the server at {url} did not start")
+PY
+}
+
 # Starts a real S3 server (moto's server mode) on a free loopback port for the tests, creates the
 # bucket `idc-test`, and exports what object_store and the tests read. Stopped on exit.
 IDC_MOTO_VERSION=5.2.5
@@ -48,24 +69,13 @@ idc_s3_server() {
   idc_cached_venv "moto-$IDC_MOTO_VERSION" "moto[server]==$IDC_MOTO_VERSION"
   local venv=$IDC_CACHE/moto-$IDC_MOTO_VERSION
   local port
-  port=$("$venv/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  port=$(idc_free_port "$venv")
   IDC_S3_LOG=${TMPDIR:-/tmp}/idc-moto-$port.log
   "$venv/bin/moto_server" -H 127.0.0.1 -p "$port" >"$IDC_S3_LOG" 2>&1 &
   IDC_S3_PID=$!
   trap 'kill $IDC_S3_PID 2>/dev/null || true' EXIT
-  "$venv/bin/python" - "$port" <<'PY'
-import sys, time, urllib.request
-url = f"http://127.0.0.1:{sys.argv[1]}"
-for _ in range(300):
-    try:
-        urllib.request.urlopen(url, timeout=1)
-        break
-    except OSError:
-        time.sleep(0.1)
-else:
-    sys.exit(f"the S3 server at {url} did not start")
-urllib.request.urlopen(urllib.request.Request(f"{url}/idc-test", method="PUT"), timeout=5)
-PY
+  idc_wait_http "$venv" "http://127.0.0.1:$port"
+  "$venv/bin/python" -c 'import sys, urllib.request; urllib.request.urlopen(urllib.request.Request(sys.argv[1], method="PUT"), timeout=5)' "http://127.0.0.1:$port/idc-test"
   export AWS_ENDPOINT=http://127.0.0.1:$port AWS_ALLOW_HTTP=true AWS_REGION=us-east-1
   export AWS_ACCESS_KEY_ID=idc-test AWS_SECRET_ACCESS_KEY=idc-test-secret
   export IDC_TEST_S3_URL=s3://idc-test IDC_TEST_REQUIRE_S3=1
@@ -92,25 +102,14 @@ idc_mlflow_server() {
     sqlalchemy alembic graphene cryptography huey aiohttp numpy pandas
   local venv=$IDC_CACHE/mlflow-$IDC_MLFLOW_VERSION
   local port dir
-  port=$("$venv/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  port=$(idc_free_port "$venv")
   dir=$(mktemp -d)
   MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false "$venv/bin/mlflow" server --workers 1 \
     --host 127.0.0.1 --port "$port" --backend-store-uri "sqlite:///$dir/mlflow.db" \
     --artifacts-destination "$dir/artifacts" >"$dir/server.log" 2>&1 &
   IDC_MLFLOW_PID=$!
   trap 'kill ${IDC_S3_PID:-} $IDC_MLFLOW_PID 2>/dev/null || true' EXIT
-  "$venv/bin/python" - "$port" <<'PY'
-import sys, time, urllib.request
-url = f"http://127.0.0.1:{sys.argv[1]}/health"
-for _ in range(600):
-    try:
-        urllib.request.urlopen(url, timeout=1)
-        break
-    except OSError:
-        time.sleep(0.1)
-else:
-    sys.exit(f"the MLflow server at {url} did not start")
-PY
+  idc_wait_http "$venv" "http://127.0.0.1:$port/health"
   export IDC_TEST_MLFLOW_URI=http://127.0.0.1:$port
   if [ "${CI:-}" = true ]; then
     export IDC_TEST_REQUIRE_MLFLOW=1

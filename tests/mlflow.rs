@@ -86,6 +86,20 @@ fn expected(r: &Run) -> BTreeMap<String, Vec<(i64, f64)>> {
     out
 }
 
+/// MLflow's `[{key, value}]` as a map.
+fn key_values(v: &serde_json::Value) -> BTreeMap<String, String> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["key"].as_str().unwrap().into(),
+                t["value"].as_str().unwrap().into(),
+            )
+        })
+        .collect()
+}
+
 /// Checks that MLflow's run of `r` holds exactly what the bucket says; returns its id.
 async fn check_mirror(c: &Client, experiment: &str, r: &Run) -> String {
     let exp = c.experiment_id(experiment).await.unwrap();
@@ -96,32 +110,12 @@ async fn check_mirror(c: &Client, experiment: &str, r: &Run) -> String {
         .unwrap_or_else(|| panic!("no MLflow run tagged {}", r.run));
     let got = c.get_run(&id).await.unwrap().unwrap();
     assert_eq!(got["run"]["info"]["status"], "FINISHED");
-    let tags: BTreeMap<String, String> = got["run"]["data"]["tags"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| {
-            (
-                t["key"].as_str().unwrap().into(),
-                t["value"].as_str().unwrap().into(),
-            )
-        })
-        .collect();
+    let tags = key_values(&got["run"]["data"]["tags"]);
     assert_eq!(tags["idc.run_id"], r.run);
     assert_eq!(tags["idc.model"], "logreg");
     assert_eq!(tags["idc.backend"], "local");
     assert!(tags.contains_key("idc.dataset_id") && tags.contains_key("idc.attempt"));
-    let params: BTreeMap<String, String> = got["run"]["data"]["params"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| {
-            (
-                t["key"].as_str().unwrap().into(),
-                t["value"].as_str().unwrap().into(),
-            )
-        })
-        .collect();
+    let params = key_values(&got["run"]["data"]["params"]);
     assert_eq!(params["train.epochs"], "3");
     assert_eq!(params["train.model.kind"], "logreg");
     let want = expected(r);

@@ -254,28 +254,11 @@ impl Client {
 
     /// Steps already recorded of metric `key`.
     async fn history(&self, run: &str, key: &str) -> Result<BTreeSet<i64>, TrackingError> {
-        let v = self
-            .call(
-                reqwest::Method::GET,
-                "metrics/get-history",
-                &[
-                    ("run_id", run),
-                    ("metric_key", key),
-                    ("max_results", "25000"),
-                ],
-                None,
-            )
+        Ok(self
+            .metric_history(run, key)
             .await?
-            .unwrap_or(Value::Null);
-        Ok(v["metrics"]
-            .as_array()
             .into_iter()
-            .flatten()
-            .filter_map(|m| {
-                m["step"]
-                    .as_i64()
-                    .or_else(|| m["step"].as_str()?.parse().ok())
-            })
+            .map(|(step, _)| step)
             .collect())
     }
 
