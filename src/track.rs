@@ -60,10 +60,12 @@ pub async fn target_of(run: &Store, o: &TargetOverride) -> Result<Option<Target>
             },
             |t| t.experiment.clone(),
         );
+        let sweep = target.as_ref().and_then(|t| t.sweep.clone());
         target = Some(Target {
             uri: uri.trim_end_matches('/').to_string(),
             experiment: name,
             token: std::env::var(mlflow::TOKEN_ENV).ok(),
+            sweep,
         });
     }
     if let (Some(t), Some(e)) = (target.as_mut(), &o.experiment) {
@@ -81,6 +83,18 @@ pub async fn sync(root: &Store, run_id: &str, o: &TargetOverride) -> Result<Sync
             run: run_id.to_string(),
             storage: root.url().to_string(),
         })?;
+    sync_as(root, &status, o).await
+}
+
+/// [`sync`] with the run's record as `status` says (the local supervisor syncs the end before
+/// it records it, so that whoever waits for the end finds MLflow up to date).
+pub async fn sync_as(
+    root: &Store,
+    status: &crate::run::RunStatus,
+    o: &TargetOverride,
+) -> Result<Synced, TrackError> {
+    let run_id = status.run_id.as_str();
+    let run = run::run_store(root, run_id);
     let target = target_of(&run, o)
         .await?
         .ok_or_else(|| TrackError::NoTarget(run_id.to_string()))?;

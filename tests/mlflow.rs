@@ -61,6 +61,7 @@ fn client(uri: &str, experiment: &str) -> Client {
             uri: uri.into(),
             experiment: experiment.into(),
             token: None,
+            sweep: None,
         },
         Duration::from_secs(30),
     )
@@ -215,4 +216,61 @@ fn a_server_that_is_down_costs_a_warning_and_sync_catches_up() {
         text(&out.stderr)
     );
     rt.block_on(check_mirror(&c, &experiment, &r));
+}
+
+#[test]
+fn a_sweep_is_a_parent_run_of_its_trials() {
+    let Some(uri) = mlflow_uri() else {
+        eprintln!("IDC_TEST_MLFLOW_URI not set: MLflow is not tested here (run .ci/test for it)");
+        return;
+    };
+    require_worker();
+    let dir = tempfile::tempdir().unwrap();
+    let (storage, dataset) = staged_synth_bucket(dir.path(), 6, 80);
+    let experiment = unique("idc-sweep");
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sweep-synth.yaml");
+    let sweep = std::fs::read_to_string(fixture)
+        .unwrap()
+        .replace("DATASET", &dataset)
+        .replace("STORAGE", &storage)
+        .replace("max_trials: 6", "max_trials: 2")
+        .replace(
+            "  storage: '",
+            &format!(
+                "  tracking: {{mlflow: {{uri: '{uri}', experiment: {experiment}}}}}\n  storage: '"
+            ),
+        );
+    let manifest = dir.path().join("sweep.yaml");
+    std::fs::write(&manifest, sweep).unwrap();
+    let out = idcctl(&["sweep", "run", manifest.to_str().unwrap(), "--poll", "0.5"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let c = client(&uri, &experiment);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let exp = rt.block_on(c.experiment_id(&experiment)).unwrap();
+    let parent = rt.block_on(c.sweep_run(&exp, "synth-sweep")).unwrap();
+    let got = rt.block_on(c.get_run(&parent)).unwrap().unwrap();
+    assert_eq!(got["run"]["info"]["status"], "FINISHED");
+    let best = rt
+        .block_on(c.metric_history(&parent, "sweep/best"))
+        .unwrap();
+    assert_eq!(
+        best.iter().map(|p| p.0).collect::<Vec<_>>(),
+        [1, 2],
+        "{best:?}"
+    );
+    assert!(
+        best[1].1 >= best[0].1,
+        "the best ROC-AUC so far never falls: {best:?}"
+    );
+    for trial in ["synth-sweep-t001", "synth-sweep-t002"] {
+        let (id, _) = rt
+            .block_on(c.find_run(&exp, trial))
+            .unwrap()
+            .unwrap_or_else(|| panic!("no MLflow run of {trial}"));
+        let run = rt.block_on(c.get_run(&id)).unwrap().unwrap();
+        let tags = key_values(&run["run"]["data"]["tags"]);
+        assert_eq!(tags["mlflow.parentRunId"], parent, "{trial}");
+        assert_eq!(tags["idc.sweep"], "synth-sweep", "{trial}");
+    }
 }

@@ -233,14 +233,16 @@ async fn finish(
     s.reason = Some(reason);
     s.finished_at = Some(now_rfc3339());
     s.worker = None;
+    // Before the end is recorded: whoever waits for it then finds the MLflow mirror complete.
+    mirror_end(run, s).await;
     write_status(run, s).await?;
-    mirror_end(run, &s.run_id).await;
     Ok(phase)
 }
 
 /// Brings the run's MLflow mirror (if its manifest has one) up to date now that it ended, the
 /// HTML report included. Best effort: `idcctl track sync` catches up whatever this misses.
-async fn mirror_end(run: &Store, run_id: &str) {
+async fn mirror_end(run: &Store, s: &RunStatus) {
+    let run_id = s.run_id.as_str();
     let tracked = crate::track::target_of(run, &Default::default())
         .await
         .ok()
@@ -252,7 +254,7 @@ async fn mirror_end(run: &Store, run_id: &str) {
         return;
     };
     if let (true, Ok(root)) = (tracked, Store::open(root))
-        && let Err(e) = crate::track::sync(&root, run_id, &Default::default()).await
+        && let Err(e) = crate::track::sync_as(&root, s, &Default::default()).await
     {
         tracing::warn!("MLflow not updated for run {run_id}: {e}");
     }

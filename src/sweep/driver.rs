@@ -376,6 +376,7 @@ impl Loop<'_> {
                     self.st.finished_at = Some(now_rfc3339());
                 }
                 self.save().await?;
+                self.mirror_end(failing.is_none()).await;
                 if let Some(e) = failing {
                     return Err(e);
                 }
@@ -392,6 +393,41 @@ impl Loop<'_> {
             while Instant::now() < until && !stop.load(Ordering::SeqCst) {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
+        }
+    }
+
+    /// Ends the sweep's MLflow run (the parent of its trials'), when it is tracked: the best
+    /// objective after each trial, and its status. Best effort: a warning when it fails.
+    async fn mirror_end(&mut self, finished: bool) {
+        use crate::tracking::mlflow::{self, Client, End, Target};
+        let spec = self
+            .sweep
+            .base_experiment
+            .tracking
+            .as_ref()
+            .and_then(|t| t.mlflow.as_ref());
+        let Some(target) = Target::resolve(spec, &self.sweep.name) else {
+            return;
+        };
+        let maximize = self.sweep.objective.direction() == super::manifest::Direction::Maximize;
+        let mut trials: Vec<&Trial> = self.st.trials.iter().collect();
+        trials.sort_by_key(|t| t.number);
+        let mut best: Option<f64> = None;
+        let mut points = vec![];
+        for t in trials {
+            if let Some(v) = t.value.filter(|v| v.is_finite()) {
+                best = Some(best.map_or(v, |b| if maximize { b.max(v) } else { b.min(v) }));
+            }
+            if let Some(b) = best {
+                points.push((t.number as i64, b));
+            }
+        }
+        let end = if finished { End::Finished } else { End::Failed };
+        let client = Client::new(target, Duration::from_secs(30));
+        if let Err(e) = mlflow::finish_sweep(&client, &self.sweep.name, &points, end).await {
+            self.say(format!(
+                "warning: the sweep's MLflow run was not updated: {e}"
+            ));
         }
     }
 

@@ -130,10 +130,17 @@ impl Sweep {
             space::set_path(&mut doc, path, v)?;
         }
         let text = serde_yaml::to_string(&doc).expect("YAML serializes");
-        experiment::parse(&text, "trial").map_err(|e| match e.hint {
+        let mut exp = experiment::parse(&text, "trial").map_err(|e| match e.hint {
             Some(h) => format!("{} ({h})", e.message),
             None => e.message,
-        })
+        })?;
+        // A trial's MLflow run (when it is tracked at all) is a child of the sweep's.
+        exp.tracking
+            .get_or_insert_with(Default::default)
+            .mlflow
+            .get_or_insert_with(Default::default)
+            .sweep = Some(self.name.clone());
+        Ok(exp)
     }
 
     /// The experiment of the point `point` (one coordinate per parameter).

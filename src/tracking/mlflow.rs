@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 /// Where a run is tracked.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MlflowSpec {
     /// The tracking server, `http(s)://host:port` (default: `MLFLOW_TRACKING_URI`).
@@ -21,6 +21,9 @@ pub struct MlflowSpec {
     /// The MLflow experiment (default: the idc experiment's name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub experiment: Option<String>,
+    /// Set by the sweep driver on its trials: the sweep whose MLflow run is their parent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sweep: Option<String>,
 }
 
 /// The environment variable naming the tracking server, as MLflow's own clients read it.
@@ -34,6 +37,8 @@ pub struct Target {
     pub uri: String,
     pub experiment: String,
     pub token: Option<String>,
+    /// A sweep's trial: the sweep's MLflow run is its parent.
+    pub sweep: Option<String>,
 }
 
 impl Target {
@@ -50,6 +55,7 @@ impl Target {
                 .and_then(|s| s.experiment.clone())
                 .unwrap_or_else(|| default_experiment.to_string()),
             token: std::env::var(TOKEN_ENV).ok().filter(|t| !t.is_empty()),
+            sweep: spec.and_then(|s| s.sweep.clone()),
         })
     }
 }
@@ -131,6 +137,10 @@ pub struct Client {
 
 /// The tag that finds an idc run's MLflow run.
 pub const RUN_TAG: &str = "idc.run_id";
+/// The tag of a sweep's trials (its name).
+pub const SWEEP_TAG: &str = "idc.sweep";
+/// The tag that finds a sweep's own (parent) MLflow run.
+pub const SWEEP_PARENT_TAG: &str = "idc.sweep_parent";
 /// MLflow's tag for a child run's parent.
 const PARENT_TAG: &str = "mlflow.parentRunId";
 
@@ -250,6 +260,36 @@ impl Client {
                 str_of(&r["info"]["artifact_uri"]),
             )
         }))
+    }
+
+    /// The MLflow run of sweep `sweep` (the parent of its trials' runs), made when missing.
+    pub async fn sweep_run(
+        &self,
+        experiment_id: &str,
+        sweep: &str,
+    ) -> Result<String, TrackingError> {
+        let filter = format!("tags.`{SWEEP_PARENT_TAG}` = '{}'", sweep.replace('\'', ""));
+        let v = self
+            .post(
+                "runs/search",
+                json!({"experiment_ids": [experiment_id], "filter": filter, "max_results": 1}),
+            )
+            .await?;
+        if let Some(r) = v["runs"].as_array().and_then(|r| r.first()) {
+            return Ok(str_of(&r["info"]["run_id"]));
+        }
+        let v = self
+            .post(
+                "runs/create",
+                json!({
+                    "experiment_id": experiment_id,
+                    "run_name": sweep,
+                    "start_time": now_ms(),
+                    "tags": [{"key": SWEEP_PARENT_TAG, "value": sweep}],
+                }),
+            )
+            .await?;
+        Ok(str_of(&v["run"]["info"]["run_id"]))
     }
 
     /// Steps already recorded of metric `key`.
@@ -456,8 +496,16 @@ fn flatten(prefix: &str, v: &Value, out: &mut BTreeMap<String, String>) {
 pub async fn sync(client: &Client, u: &Update) -> Result<Synced, TrackingError> {
     let experiment_id = client.experiment_id(&client.target.experiment).await?;
     let mut tags: Vec<(String, String)> = vec![(RUN_TAG.into(), u.run_id.clone())];
-    if let Some(p) = &u.parent {
-        tags.push((PARENT_TAG.into(), p.clone()));
+    let parent = match (&u.parent, &client.target.sweep) {
+        (Some(p), _) => Some(p.clone()),
+        (None, Some(sweep)) => {
+            tags.push((SWEEP_TAG.into(), sweep.clone()));
+            Some(client.sweep_run(&experiment_id, sweep).await?)
+        }
+        (None, None) => None,
+    };
+    if let Some(p) = parent {
+        tags.push((PARENT_TAG.into(), p));
     }
     tags.extend(u.tags.iter().cloned());
     let tag_values: Vec<Value> = tags
@@ -549,6 +597,38 @@ pub async fn sync(client: &Client, u: &Update) -> Result<Synced, TrackingError> 
     })
 }
 
+/// Ends sweep `sweep`'s MLflow run: `sweep/best` (the best objective after each trial, at the
+/// trial's number) and its status.
+pub async fn finish_sweep(
+    client: &Client,
+    sweep: &str,
+    best_so_far: &[(i64, f64)],
+    end: End,
+) -> Result<String, TrackingError> {
+    let experiment_id = client.experiment_id(&client.target.experiment).await?;
+    let run = client.sweep_run(&experiment_id, sweep).await?;
+    let have = client.history(&run, "sweep/best").await?;
+    let metrics: Vec<Value> = best_so_far
+        .iter()
+        .filter(|(n, v)| v.is_finite() && !have.contains(n))
+        .map(|(n, v)| json!({"key": "sweep/best", "value": v, "timestamp": now_ms(), "step": n}))
+        .collect();
+    client.log_batch(&run, &metrics, &[], &[]).await?;
+    client
+        .post(
+            "runs/update",
+            json!({"run_id": run, "status": end.status(), "end_time": now_ms()}),
+        )
+        .await?;
+    Ok(run)
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -585,6 +665,7 @@ mod tests {
         let spec = MlflowSpec {
             uri: Some("http://mlflow:5000/".into()),
             experiment: None,
+            sweep: None,
         };
         let t = Target::resolve(Some(&spec), "cnn").unwrap();
         assert_eq!(
