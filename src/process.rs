@@ -4,6 +4,10 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Environment variable holding the name of the pod a process runs in (set from the downward
+/// API in the pods idcctl makes).
+pub const POD_NAME_ENV: &str = "IDC_POD_NAME";
+
 /// A process as a record names it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcessRef {

@@ -319,6 +319,7 @@ fn key_paths(v: &Value, prefix: &str) -> BTreeSet<String> {
 /// Where each ClusterDefaults field comes from in charts/idc/values.yaml.
 const VALUES_OF_DEFAULTS: &[(&str, &str)] = &[
     ("image", "worker.image.repository"),
+    ("controllerImage", "controller.image.repository"),
     ("imagePullPolicy", "worker.image.pullPolicy"),
     ("imagePullSecrets", "worker.imagePullSecrets"),
     ("storage", "storage"),

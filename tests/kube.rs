@@ -275,6 +275,7 @@ fn opts() -> SubmitOptions {
 fn defaults_cm() -> Value {
     let d = ClusterDefaults {
         image: "registry.example.com/idc-worker:0.1.0".into(),
+        controller_image: "registry.example.com/idcctl:0.1.0".into(),
         ..Default::default()
     };
     json!({"apiVersion": "v1", "kind": "ConfigMap",
@@ -1595,4 +1596,340 @@ async fn predict_dry_run_job_matches_its_golden_file() {
         )
     });
     assert_eq!(yaml, want, "the Job differs from {}", file.display());
+}
+
+const SWEEP: &str = "cnn-sweep-gpu";
+const DRIVER: &str = "sweep-cnn-sweep-gpu";
+
+fn cm_ex() -> Exchange {
+    ex(
+        "GET",
+        format!("/api/v1/namespaces/{NS}/configmaps/idc-defaults"),
+        200,
+        defaults_cm(),
+    )
+}
+
+fn cluster_sweep() -> (idc::sweep::Sweep, String) {
+    idc::sweep::manifest::load(&manifests_dir().join("sweep-cluster.yaml")).unwrap()
+}
+
+/// The driver Job as the API server receives it, checked field by field.
+fn driver_create_ex(storage: String) -> Exchange {
+    Exchange {
+        check: Some(Box::new(move |body: &Value| {
+            let job: Job = serde_json::from_value(body.clone()).unwrap();
+            assert_eq!(job.metadata.name.as_deref(), Some(DRIVER));
+            assert_eq!(
+                kube::names::job_violations(&job),
+                Vec::<String>::new(),
+                "{body}"
+            );
+            let pod = &body["spec"]["template"]["spec"];
+            // It creates the trials' Jobs: the chart's service account, with its token.
+            assert_eq!(pod["serviceAccountName"], "idc");
+            assert_eq!(pod["automountServiceAccountToken"], true);
+            assert_eq!(pod["restartPolicy"], "Never");
+            assert_eq!(body["spec"]["backoffLimit"], 4);
+            let c = &pod["containers"][0];
+            assert_eq!(c["name"], "driver");
+            assert_eq!(c["image"], "registry.example.com/idcctl:0.1.0");
+            assert_eq!(
+                c["args"],
+                json!([
+                    "internal",
+                    "drive-sweep",
+                    "--sweep",
+                    format!("{storage}/sweeps/{SWEEP}")
+                ])
+            );
+            let env = c["env"].as_array().unwrap();
+            let names: Vec<&str> = env.iter().map(|e| e["name"].as_str().unwrap()).collect();
+            assert_eq!(
+                names,
+                [
+                    "RUST_LOG",
+                    "IDC_POD_NAME",
+                    "AWS_REGION",
+                    "AWS_ACCESS_KEY_ID",
+                    "AWS_SECRET_ACCESS_KEY"
+                ]
+            );
+            assert_eq!(
+                env[1]["valueFrom"]["fieldRef"]["fieldPath"],
+                "metadata.name"
+            );
+            for secret in &env[3..] {
+                assert!(secret.get("value").is_none(), "{secret}");
+                assert_eq!(secret["valueFrom"]["secretKeyRef"]["name"], "idc-s3");
+            }
+            // No GPU: the driver only waits on the bucket and the API server.
+            assert_eq!(c["resources"]["limits"], json!({"memory": "512Mi"}));
+            for labels in [
+                &body["metadata"]["labels"],
+                &body["spec"]["template"]["metadata"]["labels"],
+            ] {
+                assert_eq!(labels["app.kubernetes.io/component"], "sweep-driver");
+                assert_eq!(labels["idc.dev/sweep"], SWEEP);
+                // pods_of(DRIVER) finds its pod.
+                assert_eq!(labels["idc.dev/run"], DRIVER);
+            }
+        })),
+        ..ex(
+            "POST",
+            format!("/apis/batch/v1/namespaces/{NS}/jobs?"),
+            201,
+            json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": DRIVER}}),
+        )
+    }
+}
+
+#[tokio::test]
+async fn sweep_run_in_cluster_stores_the_manifest_then_creates_the_driver_job() {
+    use idc::sweep::in_cluster;
+    let dir = tempfile::tempdir().unwrap();
+    let storage = format!("file://{}/bucket", dir.path().display());
+    let (sweep, text) = cluster_sweep();
+    let (cluster, task) = mock_cluster(vec![
+        cm_ex(),
+        ex(
+            "GET",
+            job_path(DRIVER),
+            404,
+            status_err(404, "NotFound", "not found"),
+        ),
+        driver_create_ex(storage.clone()),
+    ]);
+    let d = in_cluster::submit_on(&sweep, &text, Some(&storage), &cluster, &mut |_| {})
+        .await
+        .unwrap();
+    finish(cluster, task).await;
+    assert!(d.created);
+    assert_eq!((d.name.as_str(), d.namespace.as_str()), (DRIVER, NS));
+    let folder = Store::open(&d.sweep_url).unwrap();
+    let stored = folder.get(idc::layout::sweep::MANIFEST).await.unwrap();
+    assert_eq!(stored.as_ref(), text.as_bytes());
+
+    // Again with the same manifest: the Job is there, nothing is created.
+    let sha = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(text.as_bytes()))
+    };
+    let there = |sha: &str| {
+        json!({"apiVersion": "batch/v1", "kind": "Job",
+               "metadata": {"name": DRIVER, "annotations": {"idc.dev/spec-sha256": sha}}})
+    };
+    let (cluster, task) =
+        mock_cluster(vec![cm_ex(), ex("GET", job_path(DRIVER), 200, there(&sha))]);
+    let d = in_cluster::submit_on(&sweep, &text, Some(&storage), &cluster, &mut |_| {})
+        .await
+        .unwrap();
+    finish(cluster, task).await;
+    assert!(!d.created);
+
+    // A driver Job of another manifest of the sweep is refused.
+    let (cluster, task) = mock_cluster(vec![
+        cm_ex(),
+        ex("GET", job_path(DRIVER), 200, there("other")),
+    ]);
+    let e = in_cluster::submit_on(&sweep, &text, Some(&storage), &cluster, &mut |_| {})
+        .await
+        .unwrap_err();
+    finish(cluster, task).await;
+    assert!(
+        e.to_string()
+            .contains("already has a driver Job sweep-cnn-sweep-gpu for another manifest"),
+        "{e}"
+    );
+
+    // A sweep whose lease a live driver holds elsewhere (here a pod) is refused before any Job.
+    let lease = idc::sweep::state::Driver {
+        process: idc::process::ProcessRef {
+            pid: 1,
+            start_ticks: 1,
+            host: "sweep-cnn-sweep-gpu-x7k2p".into(),
+            boot_id: "b".into(),
+        },
+        heartbeat: idc::sweep::state::now_s(),
+        pod: Some("sweep-cnn-sweep-gpu-x7k2p".into()),
+    };
+    idc::sweep::state::write_driver(&folder, &lease)
+        .await
+        .unwrap();
+    let (cluster, task) = mock_cluster(vec![
+        cm_ex(),
+        ex(
+            "GET",
+            job_path(DRIVER),
+            404,
+            status_err(404, "NotFound", "not found"),
+        ),
+    ]);
+    let e = in_cluster::submit_on(&sweep, &text, Some(&storage), &cluster, &mut |_| {})
+        .await
+        .unwrap_err();
+    finish(cluster, task).await;
+    assert!(
+        e.to_string().contains(
+            "sweep cnn-sweep-gpu is being driven by another idcctl (pod sweep-cnn-sweep-gpu-x7k2p"
+        ),
+        "{e}"
+    );
+}
+
+#[test]
+fn sweep_run_in_cluster_refuses_a_bucket_pods_cannot_reach_and_local_trials() {
+    let out = idcctl(&[
+        "sweep",
+        "run",
+        "manifests/sweep-cluster.yaml",
+        "--in-cluster",
+        "--dry-run",
+        "--storage",
+        "file:///tmp/bucket",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("needs an s3:// bucket its pod can reach"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = idcctl(&[
+        "sweep",
+        "run",
+        "manifests/sweep.yaml",
+        "--in-cluster",
+        "--dry-run",
+        "--storage",
+        "s3://idc",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("runs its trials on the local backend"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// The driver Job `sweep run --in-cluster --dry-run` prints, pinned; `IDC_UPDATE_GOLDEN=1`
+/// rewrites.
+#[test]
+fn sweep_driver_dry_run_job_matches_its_golden_file() {
+    let out = idcctl(&[
+        "sweep",
+        "run",
+        "manifests/sweep-cluster.yaml",
+        "--in-cluster",
+        "--dry-run",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let yaml = String::from_utf8(out.stdout).unwrap();
+    let job: Job = serde_yaml::from_str(&yaml).unwrap();
+    assert_eq!(kube::names::job_violations(&job), Vec::<String>::new());
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/jobs/sweep-cluster.yaml");
+    if std::env::var("IDC_UPDATE_GOLDEN").as_deref() == Ok("1") {
+        std::fs::write(&file, &yaml).unwrap();
+    }
+    let want = std::fs::read_to_string(&file).unwrap_or_else(|_| {
+        panic!(
+            "{} is missing: run IDC_UPDATE_GOLDEN=1 cargo test --test kube",
+            file.display()
+        )
+    });
+    assert_eq!(yaml, want, "the driver Job differs from {}", file.display());
+}
+
+fn driver_pod(phase: &str, state: Value) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "sweep-cnn-sweep-gpu-x7k2p", "namespace": NS,
+                     "creationTimestamp": "2026-11-26T10:00:00Z",
+                     "labels": {"idc.dev/run": DRIVER}},
+        "spec": {"containers": [{"name": "driver", "image": "reg/idcctl:0.1.0"}]},
+        "status": {"phase": phase, "containerStatuses": [{"name": "driver",
+            "image": "reg/idcctl:0.1.0", "imageID": "", "ready": true, "restartCount": 0,
+            "state": state}]}
+    })
+}
+
+#[tokio::test]
+async fn sweep_logs_follow_the_driver_pod_until_its_job_ends() {
+    let pods = format!("/api/v1/namespaces/{NS}/pods?&labelSelector=idc.dev%2Frun%3D{DRIVER}");
+    let running = driver_pod(
+        "Running",
+        json!({"running": {"startedAt": "2026-11-26T10:00:00Z"}}),
+    );
+    let done = driver_pod("Succeeded", json!({"terminated": {"exitCode": 0}}));
+    let active = json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": DRIVER},
+                        "status": {}});
+    let complete = json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": DRIVER},
+                          "status": {"conditions": [{"type": "Complete", "status": "True"}]}});
+    let (cluster, task) = mock_cluster(vec![
+        ex("GET", job_path(DRIVER), 200, active),
+        ex("GET", pods.clone(), 200, list("PodList", vec![running])),
+        log_ex(
+            format!(
+                "/api/v1/namespaces/{NS}/pods/sweep-cnn-sweep-gpu-x7k2p/log?&container=driver&follow=true&timestamps=true"
+            ),
+            &["t001 started: lr=0.001", "sweep cnn-sweep-gpu finished"],
+        ),
+        ex("GET", job_path(DRIVER), 200, complete),
+        ex("GET", pods.clone(), 200, list("PodList", vec![done])),
+    ]);
+    let mut lines = vec![];
+    idc::sweep::in_cluster::driver_log(
+        &cluster,
+        SWEEP,
+        true,
+        &mut |l| lines.push(l.to_string()),
+        &mut |_| {},
+    )
+    .await
+    .unwrap();
+    finish(cluster, task).await;
+    assert_eq!(
+        lines,
+        ["t001 started: lr=0.001", "sweep cnn-sweep-gpu finished"]
+    );
+
+    // No driver Job and no pod: the sweep is not driven from this namespace.
+    let (cluster, task) = mock_cluster(vec![
+        ex(
+            "GET",
+            job_path(DRIVER),
+            404,
+            status_err(404, "NotFound", "not found"),
+        ),
+        ex("GET", pods, 200, list("PodList", vec![])),
+    ]);
+    let e = idc::sweep::in_cluster::driver_log(&cluster, SWEEP, true, &mut |_| {}, &mut |_| {})
+        .await
+        .unwrap_err();
+    finish(cluster, task).await;
+    assert!(
+        e.to_string()
+            .starts_with("no driver Job sweep-cnn-sweep-gpu in namespace ml"),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn sweep_cancel_deletes_the_driver_job() {
+    let (cluster, task) = mock_cluster(vec![Exchange {
+        check: Some(Box::new(|body: &Value| {
+            assert_eq!(body["propagationPolicy"], "Background", "{body}");
+        })),
+        ..ex(
+            "DELETE",
+            format!("{}?", job_path(DRIVER)),
+            200,
+            json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": DRIVER}}),
+        )
+    }]);
+    assert!(
+        idc::sweep::in_cluster::cancel(&cluster, SWEEP)
+            .await
+            .unwrap()
+    );
+    finish(cluster, task).await;
 }

@@ -457,5 +457,5 @@ fn shipped_sweep_manifests_are_valid() {
         names.push(s.name);
     }
     names.sort();
-    assert_eq!(names, ["cnn-sweep", "quickstart-sweep"]);
+    assert_eq!(names, ["cnn-sweep", "cnn-sweep-gpu", "quickstart-sweep"]);
 }

@@ -397,6 +397,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Sweep(cmd) => sweep::command(cmd).await,
         Command::Weights(cmd) => weights::command(cmd).await,
         Command::Internal(runs::InternalCommand::Supervise { run }) => runs::supervise(&run).await,
+        Command::Internal(runs::InternalCommand::DriveSweep { sweep }) => {
+            sweep::drive_stored(&sweep).await
+        }
         Command::Manifest(ManifestCommand::Schema) => {
             println!(
                 "{}",

@@ -96,6 +96,12 @@ pub enum InternalCommand {
         #[arg(long)]
         run: String,
     },
+    /// Drive a stored sweep from a pod (the Job `sweep run --in-cluster` creates).
+    DriveSweep {
+        /// The sweep's folder, `s3://bucket/prefix/sweeps/<name>`.
+        #[arg(long)]
+        sweep: String,
+    },
 }
 
 pub async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {

@@ -1,16 +1,21 @@
-//! Sweep commands: `idcctl sweep run FILE` drives a hyperparameter sweep in the foreground,
-//! `idcctl sweep status NAME` shows its trials and the best one, `idcctl sweep validate FILE`
-//! checks a sweep manifest.
+//! Sweep commands: `idcctl sweep run FILE` drives a hyperparameter sweep in the foreground (or,
+//! with `--in-cluster`, creates a Job that drives it), `idcctl sweep status NAME` shows its
+//! trials and the best one, `sweep logs`/`sweep cancel` follow and stop an in-cluster driver,
+//! `idcctl sweep validate FILE` checks a sweep manifest; `idcctl internal drive-sweep` is what
+//! that Job runs.
 
 use super::{UserError, runs};
 use clap::{Args, Subcommand};
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+use idc::backend::Target;
+use idc::backend::kube::ClusterDefaults;
 use idc::exit::ExitCode;
 use idc::layout;
 use idc::output::{self, OutputFormat};
 use idc::store::Store;
 use idc::sweep::driver::{self, DriveOptions, Ending};
-use idc::sweep::state::{self, Driver, SweepState, TrialState};
+use idc::sweep::in_cluster;
+use idc::sweep::state::{self, DRIVER_TIMEOUT_S, Driver, SweepState, TrialState};
 use idc::sweep::{Sweep, fmt_num, fmt_value, manifest, short_names};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -36,6 +41,25 @@ pub enum SweepCommand {
         /// The sweep manifest (YAML).
         file: PathBuf,
     },
+    /// Print the log of a sweep's in-cluster driver (`sweep run --in-cluster`). Ctrl-C only
+    /// stops following; the sweep goes on.
+    Logs {
+        /// The sweep's name.
+        name: String,
+        /// Follow the log until the driver's Job has finished.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        #[command(flatten)]
+        cluster: runs::ClusterArgs,
+    },
+    /// Stop a sweep's in-cluster driver by deleting its Job. Running trials keep running; rerun
+    /// `sweep run` (with or without --in-cluster) to go on.
+    Cancel {
+        /// The sweep's name.
+        name: String,
+        #[command(flatten)]
+        cluster: runs::ClusterArgs,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -47,11 +71,18 @@ pub struct RunArgs {
     storage: Option<String>,
     /// On Ctrl-C, cancel the running trials (they checkpoint); the next `sweep run` resumes
     /// them. Without it they keep running on the backend and the next `sweep run` re-attaches.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "in_cluster")]
     cancel_on_exit: bool,
     /// Seconds between two looks at the running trials.
     #[arg(long, default_value_t = 5.0)]
     poll: f64,
+    /// Drive the sweep from a Job in the cluster (the idcctl image, the chart's service
+    /// account) instead of this terminal; needs `backend: kubernetes` and an s3:// bucket.
+    #[arg(long)]
+    in_cluster: bool,
+    /// With --in-cluster: print the driver's Job instead of creating it (no cluster needed).
+    #[arg(long, requires = "in_cluster")]
+    dry_run: bool,
     /// Output format of the final summary.
     #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Table)]
     output: OutputFormat,
@@ -68,6 +99,12 @@ pub async fn command(cmd: SweepCommand) -> anyhow::Result<ExitCode> {
             output,
         } => status(storage, name, output).await,
         SweepCommand::Validate { file } => validate(&file),
+        SweepCommand::Logs {
+            name,
+            follow,
+            cluster,
+        } => logs(&name, follow, cluster.target()).await,
+        SweepCommand::Cancel { name, cluster } => cancel(&name, cluster.target()).await,
     }
 }
 
@@ -98,6 +135,9 @@ fn validate(file: &Path) -> anyhow::Result<ExitCode> {
 
 async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let (sweep, text) = manifest::load(&args.file)?;
+    if args.in_cluster {
+        return run_in_cluster(&args, &sweep, &text).await;
+    }
     if !(args.poll > 0.0 && args.poll.is_finite()) {
         return Err(UserError("--poll must be a positive number of seconds".into()).into());
     }
@@ -125,27 +165,151 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         target: args.cluster.target(),
         poll: Duration::from_secs_f64(args.poll),
         cancel_on_exit: args.cancel_on_exit,
+        lease_wait: Duration::ZERO,
     };
+    let rerun = format!("idcctl sweep run {}", args.file.display());
+    drive(&sweep, &text, &opts, &stop, args.output, &rerun).await
+}
+
+/// Drives the sweep until it ends or `stop` is set, then prints the summary and what to do.
+async fn drive(
+    sweep: &Sweep,
+    text: &str,
+    opts: &DriveOptions,
+    stop: &AtomicBool,
+    format: OutputFormat,
+    rerun: &str,
+) -> anyhow::Result<ExitCode> {
     let mut notice = |line: String| eprintln!("{line}");
-    let (st, ending) = driver::drive(&sweep, &text, &opts, &stop, &mut notice).await?;
-    print!("{}", render(&sweep, &st, None, args.output));
+    let (st, ending) = driver::drive(sweep, text, opts, stop, &mut notice).await?;
+    print!("{}", render(sweep, &st, None, format));
     match ending {
         Ending::Finished => Ok(ExitCode::Success),
         Ending::Stopped { running, cancelled } => {
-            let file = args.file.display();
             if running == 0 {
-                eprintln!("stopped; rerun `idcctl sweep run {file}` to go on");
+                eprintln!("stopped; rerun `{rerun}` to go on");
             } else if cancelled {
                 eprintln!(
-                    "stopped; {running} running trial(s) were cancelled after a checkpoint: rerun `idcctl sweep run {file}` to resume them and go on"
+                    "stopped; {running} running trial(s) were cancelled after a checkpoint: rerun `{rerun}` to resume them and go on"
                 );
             } else {
                 eprintln!(
-                    "stopped; {running} trial(s) keep running on the backend: rerun `idcctl sweep run {file}` to re-attach and go on (or idcctl cancel <run>)"
+                    "stopped; {running} trial(s) keep running on the backend: rerun `{rerun}` to re-attach and go on (or idcctl cancel <run>)"
                 );
             }
             Ok(ExitCode::Interrupted)
         }
+    }
+}
+
+/// `sweep run --in-cluster`: stores the manifest and creates the driver's Job.
+async fn run_in_cluster(args: &RunArgs, sweep: &Sweep, text: &str) -> anyhow::Result<ExitCode> {
+    let storage = args.storage.as_deref();
+    if args.dry_run {
+        let job = in_cluster::driver_job(sweep, text, storage, &ClusterDefaults::default())?;
+        match args.output {
+            OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&job)?),
+            _ => print!("{}", serde_yaml::to_string(&job)?),
+        }
+        return Ok(ExitCode::Success);
+    }
+    let cluster = args.cluster.target().connect().await?;
+    let mut notice = |line: String| eprintln!("{line}");
+    let d = in_cluster::submit(sweep, text, storage, &cluster, &mut notice).await?;
+    let name = &sweep.name;
+    let ns = &d.namespace;
+    if d.created {
+        eprintln!(
+            "sweep {name}: created driver Job {} in namespace {ns}",
+            d.name
+        );
+    } else {
+        eprintln!(
+            "sweep {name}: driver Job {} is already in namespace {ns} (same manifest); nothing new was created",
+            d.name
+        );
+    }
+    let root = in_cluster::root_of(&d.sweep_url, name).unwrap_or_default();
+    eprintln!(
+        "follow it with: idcctl sweep logs {name} -f -n {ns}  (Ctrl-C stops following, not the sweep)\n\
+         trials: idcctl sweep status {name} --storage {root}\n\
+         stop it: idcctl sweep cancel {name} -n {ns}  (running trials keep running)"
+    );
+    Ok(ExitCode::Success)
+}
+
+/// `idcctl internal drive-sweep --sweep URL`: the in-cluster driver, on the stored manifest.
+pub async fn drive_stored(url: &str) -> anyhow::Result<ExitCode> {
+    let dir = Store::open(url)?;
+    let key = layout::sweep::MANIFEST;
+    let Some(bytes) = dir.get_opt(key).await? else {
+        return Err(UserError(format!(
+            "no sweep manifest at {}; `idcctl sweep run FILE --in-cluster` stores it before it creates this Job",
+            dir.url_of(key)
+        ))
+        .into());
+    };
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    let sweep = manifest::parse(&text, &dir.url_of(key))?;
+    let root = in_cluster::root_of(dir.url(), &sweep.name).ok_or_else(|| {
+        UserError(format!(
+            "{url} is not the folder of sweep {} (…/{})",
+            sweep.name,
+            layout::sweep_prefix(&sweep.name)
+        ))
+    })?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    // Deleting the Job (sweep cancel) sends SIGTERM: stop the loop and give up the lease.
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            term.recv().await;
+            eprintln!("SIGTERM: stopping the sweep loop; running trials keep running");
+            flag.store(true, Ordering::SeqCst);
+        }
+    });
+    let opts = DriveOptions {
+        storage: Some(root),
+        // The pod's service account and namespace.
+        target: Target::default(),
+        poll: Duration::from_secs(5),
+        cancel_on_exit: false,
+        // A restarted driver's predecessor may have died holding the lease.
+        lease_wait: Duration::from_secs(DRIVER_TIMEOUT_S as u64 + 10),
+    };
+    let rerun = format!("idcctl sweep run <manifest of {}> --in-cluster", sweep.name);
+    drive(&sweep, &text, &opts, &stop, OutputFormat::Table, &rerun).await
+}
+
+async fn logs(name: &str, follow: bool, target: Target) -> anyhow::Result<ExitCode> {
+    let cluster = target.connect().await?;
+    in_cluster::driver_log(
+        &cluster,
+        name,
+        follow,
+        &mut |line| println!("{line}"),
+        &mut |n| eprintln!("{n}"),
+    )
+    .await?;
+    Ok(ExitCode::Success)
+}
+
+async fn cancel(name: &str, target: Target) -> anyhow::Result<ExitCode> {
+    let cluster = target.connect().await?;
+    let job = idc::backend::kube::job::sweep_driver_job_name(name);
+    if in_cluster::cancel(&cluster, name).await? {
+        eprintln!(
+            "deleted driver Job {job} in namespace {}: the driver stops, running trials keep running; rerun `idcctl sweep run` to go on",
+            cluster.namespace
+        );
+        Ok(ExitCode::Success)
+    } else {
+        Err(UserError(format!(
+            "no driver Job {job} in namespace {}: sweep {name} is not driven from there",
+            cluster.namespace
+        ))
+        .into())
     }
 }
 
@@ -221,8 +385,14 @@ fn render(
             (_, Some(at)) => out += &format!("finished at {at}\n"),
             (Some(Some(d)), None) => {
                 out += &format!(
-                    "driven by idcctl pid {} on {} (state as of {})\n",
-                    d.process.pid, d.process.host, st.updated_at
+                    "driven by idcctl ({}; state as of {}){}\n",
+                    d.place(),
+                    st.updated_at,
+                    if d.pod.is_some() {
+                        format!("; its log: idcctl sweep logs {} -f", sweep.name)
+                    } else {
+                        String::new()
+                    }
                 )
             }
             (Some(None), None) => {

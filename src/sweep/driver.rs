@@ -72,6 +72,9 @@ pub struct DriveOptions {
     /// On stop, cancel the running trials (their runs checkpoint); the next `sweep run`
     /// resumes them. Otherwise they keep running.
     pub cancel_on_exit: bool,
+    /// How long to wait for another driver's lease to lapse before refusing. Zero from a
+    /// terminal; an in-cluster driver restarted after a crash waits out its predecessor's.
+    pub lease_wait: Duration,
 }
 
 /// How the loop ended.
@@ -159,14 +162,19 @@ pub async fn drive(
     let root = Store::open(&storage)?;
     let dir = state::sweep_store(&root, &sweep.name);
     let me = Driver::me();
-    if let Some(d) = state::read_driver(&dir).await?
+    let give_up = Instant::now() + opts.lease_wait;
+    while let Some(d) = state::read_driver(&dir).await?
         && d.alive()
         && d.process != me.process
     {
-        return Err(SweepError::Invalid(format!(
-            "sweep {} is being driven by another idcctl (pid {} on {}); stop it first, or wait for it",
-            sweep.name, d.process.pid, d.process.host
-        )));
+        if Instant::now() >= give_up {
+            return Err(SweepError::Invalid(held_by(&sweep.name, &d)));
+        }
+        notice(format!(
+            "{}; waiting for its lease to lapse",
+            held_by(&sweep.name, &d)
+        ));
+        tokio::time::sleep(HEARTBEAT).await;
     }
     adopt_manifest(sweep, text, &dir, notice).await?;
     state::write_driver(&dir, &me).await?;
@@ -193,8 +201,17 @@ pub async fn drive(
     Ok((l.st, ending))
 }
 
+/// Why a sweep cannot be driven from here: another driver holds its lease.
+pub fn held_by(sweep: &str, d: &Driver) -> String {
+    format!(
+        "sweep {sweep} is being driven by another idcctl ({}, heartbeat {}s ago); stop it first (Ctrl-C it, or `idcctl sweep cancel {sweep}` for one in the cluster), or wait for it",
+        d.place(),
+        state::now_s() - d.heartbeat
+    )
+}
+
 /// Stores the manifest on first use; later, accepts it only if it runs the same trials.
-async fn adopt_manifest(
+pub async fn adopt_manifest(
     sweep: &Sweep,
     text: &str,
     dir: &Store,

@@ -3,9 +3,10 @@
 //! TPE) proposes trials, each an ordinary run `<sweep>-t001`, …; a pruner ([`pruner`]: median,
 //! ASHA) stops the clearly worse ones from their per-epoch validation metrics; the loop
 //! ([`driver`]) keeps the sweep's record in `sweeps/<name>/` ([`state`]) so a stopped sweep
-//! picks up where it was.
+//! picks up where it was, from a terminal or from a Job in the cluster ([`in_cluster`]).
 
 pub mod driver;
+pub mod in_cluster;
 pub mod manifest;
 pub mod pruner;
 pub mod sampler;

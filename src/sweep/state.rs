@@ -205,6 +205,9 @@ pub struct Driver {
     pub process: ProcessRef,
     /// Unix seconds of the driver's last sign of life.
     pub heartbeat: i64,
+    /// The pod it runs in, for an in-cluster driver (`sweep run --in-cluster`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
 }
 
 /// Seconds after which a driver on another machine that has not written is taken for gone.
@@ -215,6 +218,15 @@ impl Driver {
         Self {
             process: ProcessRef::current(),
             heartbeat: now_s(),
+            pod: std::env::var(crate::process::POD_NAME_ENV).ok(),
+        }
+    }
+
+    /// Where it runs, in words: `pod sweep-x-abcde` or `pid 42 on laptop`.
+    pub fn place(&self) -> String {
+        match &self.pod {
+            Some(pod) => format!("pod {pod}"),
+            None => format!("pid {} on {}", self.process.pid, self.process.host),
         }
     }
 

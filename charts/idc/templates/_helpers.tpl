@@ -47,6 +47,11 @@ app.kubernetes.io/part-of: idc
 {{- printf "%s:%s" .Values.worker.image.repository (default .Chart.AppVersion .Values.worker.image.tag) }}
 {{- end }}
 
+{{/* The idcctl image of in-cluster sweep drivers, tagged like the worker's. */}}
+{{- define "idc.controllerImage" -}}
+{{- printf "%s:%s" .Values.controller.image.repository (default .Chart.AppVersion .Values.controller.image.tag) }}
+{{- end }}
+
 {{/*
 The S3 credentials Secret's name, after checking that the values say one consistent thing (see
 values.yaml, s3). Every template that needs the name includes this, so a contradiction fails the

@@ -369,11 +369,24 @@ impl Cluster {
         pod: &str,
         follow: bool,
         since: Option<&str>,
+        line: impl FnMut(&str, &str),
+    ) -> Result<(), KubeError> {
+        self.stream_container_log(pod, super::job::CONTAINER, follow, since, line)
+            .await
+    }
+
+    /// [`Cluster::stream_log`] of another container (a sweep driver's).
+    pub async fn stream_container_log(
+        &self,
+        pod: &str,
+        container: &str,
+        follow: bool,
+        since: Option<&str>,
         mut line: impl FnMut(&str, &str),
     ) -> Result<(), KubeError> {
         use futures::AsyncBufReadExt;
         let lp = LogParams {
-            container: Some(super::job::CONTAINER.into()),
+            container: Some(container.into()),
             follow,
             timestamps: true,
             since_time: since.and_then(|s| s.parse().ok()),

@@ -16,6 +16,8 @@ pub const CONFIG_MAP_KEY: &str = "defaults.yaml";
 pub struct ClusterDefaults {
     /// Worker image.
     pub image: String,
+    /// The idcctl image, run by in-cluster sweep drivers (`sweep run --in-cluster`).
+    pub controller_image: String,
     /// `Always`, `IfNotPresent` or `Never`.
     pub image_pull_policy: String,
     /// Secrets for pulling the worker image.
@@ -80,6 +82,7 @@ impl Default for ClusterDefaults {
                 "ghcr.io/idc-project/idc-worker:{}",
                 env!("CARGO_PKG_VERSION")
             ),
+            controller_image: format!("ghcr.io/idc-project/idcctl:{}", env!("CARGO_PKG_VERSION")),
             image_pull_policy: "IfNotPresent".into(),
             image_pull_secrets: vec![],
             storage: None,

@@ -1,8 +1,9 @@
 //! The batch/v1 Jobs idcctl creates: a run's (the worker trains) and a prediction's (the worker
 //! applies a run's checkpoint, `idcctl predict`), alike in image, S3 credentials from a Secret,
 //! GPU and memory resources, scheduling, failure handling and labels (Kueue's queue and priority
-//! among them). Pure: the same inputs give the same Job, which `--dry-run` prints and the golden
-//! tests pin.
+//! among them); and a sweep driver's (`idcctl sweep run --in-cluster`: idcctl itself, no GPU,
+//! with the service account's token). Pure: the same inputs give the same Job, which
+//! `--dry-run` prints and the golden tests pin.
 
 use super::defaults::ClusterDefaults;
 use super::kueue;
@@ -38,6 +39,17 @@ pub const RUN_URL_ANNOTATION: &str = "idc.dev/run-url";
 pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
 /// User and group the worker runs as (the image's non-root user).
 pub const WORKER_UID: i64 = 1000;
+/// Name of a sweep driver's container.
+pub const DRIVER_CONTAINER: &str = "driver";
+/// Label of a sweep driver's Job and pod: the sweep's name.
+pub const SWEEP_LABEL: &str = "idc.dev/sweep";
+/// Annotation holding a sweep driver's sweep folder in the bucket.
+pub const SWEEP_URL_ANNOTATION: &str = "idc.dev/sweep-url";
+/// User and group idcctl runs as (the distroless image's `nonroot`, src/Dockerfile).
+pub const CONTROLLER_UID: i64 = 65532;
+/// Pod failures after which a sweep driver's Job gives up: a restarted driver takes the lease
+/// over and re-attaches to the running trials, so a few restarts are safe.
+pub const DRIVER_BACKOFF_LIMIT: i32 = 4;
 
 /// What a run's Job is made from.
 #[derive(Debug, Clone)]
@@ -53,16 +65,22 @@ pub struct JobInputs<'a> {
 
 /// Labels on the Job and its pods; `list` and `logs` select pods by [`RUN_LABEL`].
 pub fn labels(exp: &Experiment, run_id: &str) -> BTreeMap<String, String> {
+    let mut l = common_labels("worker", run_id);
+    l.insert("idc.dev/experiment".into(), exp.name.clone());
+    l.insert("idc.dev/model".into(), exp.train.model.name().into());
+    l
+}
+
+/// The labels of every Job idcctl makes, and of its pods: `name` is the Job's.
+fn common_labels(component: &str, name: &str) -> BTreeMap<String, String> {
     [
         ("app.kubernetes.io/name", "idc"),
-        ("app.kubernetes.io/component", "worker"),
-        ("app.kubernetes.io/instance", run_id),
+        ("app.kubernetes.io/component", component),
+        ("app.kubernetes.io/instance", name),
         ("app.kubernetes.io/managed-by", "idcctl"),
         ("app.kubernetes.io/part-of", "idc"),
         ("app.kubernetes.io/version", env!("CARGO_PKG_VERSION")),
-        (RUN_LABEL, run_id),
-        ("idc.dev/experiment", &exp.name),
-        ("idc.dev/model", exp.train.model.name()),
+        (RUN_LABEL, name),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -224,21 +242,9 @@ fn job(p: &Parts) -> Job {
                 mount_path: "/dev/shm".into(),
                 ..Default::default()
             },
-            VolumeMount {
-                name: "tmp".into(),
-                mount_path: "/tmp".into(),
-                ..Default::default()
-            },
+            tmp_mount(),
         ]),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            read_only_root_filesystem: Some(true),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
+        security_context: Some(container_security()),
         termination_message_policy: Some("FallbackToLogsOnError".into()),
         ..Default::default()
     };
@@ -249,27 +255,12 @@ fn job(p: &Parts) -> Job {
         service_account_name: Some(d.service_account.clone()),
         // The worker talks to the bucket only, never to the API server.
         automount_service_account_token: Some(false),
-        security_context: Some(PodSecurityContext {
-            run_as_non_root: Some(true),
-            run_as_user: Some(WORKER_UID),
-            run_as_group: Some(WORKER_UID),
-            fs_group: Some(WORKER_UID),
-            seccomp_profile: Some(SeccompProfile {
-                type_: "RuntimeDefault".into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
+        security_context: Some(pod_security(WORKER_UID)),
         termination_grace_period_seconds: Some(d.termination_grace_period_seconds),
         node_selector: (!res.node_selector.is_empty()).then(|| res.node_selector.clone()),
         tolerations: (!tolerations.is_empty()).then_some(tolerations),
         priority_class_name: res.priority_class.clone().or(d.priority_class.clone()),
-        image_pull_secrets: (!d.image_pull_secrets.is_empty()).then(|| {
-            d.image_pull_secrets
-                .iter()
-                .map(|n| LocalObjectReference { name: n.clone() })
-                .collect()
-        }),
+        image_pull_secrets: pull_secrets(d),
         volumes: Some(vec![
             Volume {
                 // Data loader workers and NCCL use /dev/shm; the container default is 64 MiB.
@@ -280,15 +271,8 @@ fn job(p: &Parts) -> Job {
                 }),
                 ..Default::default()
             },
-            Volume {
-                // The root file system is read-only; pretrained weights are fetched to /tmp.
-                name: "tmp".into(),
-                empty_dir: Some(EmptyDirVolumeSource {
-                    medium: None,
-                    size_limit: Some(q("10Gi")),
-                }),
-                ..Default::default()
-            },
+            // The root file system is read-only; pretrained weights are fetched to /tmp.
+            tmp_volume("10Gi"),
         ]),
         ..Default::default()
     };
@@ -305,7 +289,7 @@ fn job(p: &Parts) -> Job {
             backoff_limit: Some(exp.retries as i32),
             active_deadline_seconds: p.deadline_s,
             ttl_seconds_after_finished: Some(d.ttl_seconds_after_finished),
-            pod_failure_policy: Some(failure_policy()),
+            pod_failure_policy: Some(failure_policy_of(CONTAINER)),
             // A replacement pod starts only once the old one has stopped (and checkpointed):
             // two workers never write the same run.
             pod_replacement_policy: Some("Failed".into()),
@@ -323,15 +307,169 @@ fn job(p: &Parts) -> Job {
     }
 }
 
-/// Bad input (worker exit code 2) fails the Job at once; a disruption (preemption, eviction,
-/// node drain) does not count against `backoffLimit`, so the run resumes from its checkpoint.
-pub fn failure_policy() -> PodFailurePolicy {
+/// Non-root, no privilege escalation, no capabilities, a read-only root file system.
+fn container_security() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn pod_security(uid: i64) -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(uid),
+        run_as_group: Some(uid),
+        fs_group: Some(uid),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn pull_secrets(d: &ClusterDefaults) -> Option<Vec<LocalObjectReference>> {
+    (!d.image_pull_secrets.is_empty()).then(|| {
+        d.image_pull_secrets
+            .iter()
+            .map(|n| LocalObjectReference { name: n.clone() })
+            .collect()
+    })
+}
+
+fn tmp_volume(size: &str) -> Volume {
+    Volume {
+        name: "tmp".into(),
+        empty_dir: Some(EmptyDirVolumeSource {
+            medium: None,
+            size_limit: Some(Quantity(size.into())),
+        }),
+        ..Default::default()
+    }
+}
+
+fn tmp_mount() -> VolumeMount {
+    VolumeMount {
+        name: "tmp".into(),
+        mount_path: "/tmp".into(),
+        ..Default::default()
+    }
+}
+
+/// What a sweep driver's Job is made from.
+#[derive(Debug, Clone)]
+pub struct SweepDriverInputs<'a> {
+    pub sweep: &'a str,
+    /// The sweep's folder, `s3://bucket/prefix/sweeps/<name>`, holding its manifest.
+    pub sweep_url: &'a str,
+    /// SHA-256 (hex) of the stored manifest: the same sweep resubmitted creates nothing.
+    pub manifest_sha256: &'a str,
+    pub defaults: &'a ClusterDefaults,
+}
+
+/// The name of a sweep driver's Job: `sweep-<name>`, cut to a 63-character name.
+pub fn sweep_driver_job_name(sweep: &str) -> String {
+    let name = format!("sweep-{sweep}");
+    name[..name.len().min(63)].trim_end_matches('-').to_string()
+}
+
+/// The Job that drives a sweep from inside the cluster: `idcctl internal drive-sweep` in the
+/// namespace's idcctl image, as the chart's service account with its token (it creates the
+/// trials' Jobs), the bucket's credentials from the Secret, small requests and no GPU.
+pub fn build_sweep_driver(i: &SweepDriverInputs) -> Job {
+    let d = i.defaults;
+    let name = sweep_driver_job_name(i.sweep);
+    let mut labels = common_labels("sweep-driver", &name);
+    labels.insert(SWEEP_LABEL.into(), i.sweep.into());
+    let annotations = BTreeMap::from([
+        (SWEEP_URL_ANNOTATION.to_string(), i.sweep_url.to_string()),
+        (SPEC_ANNOTATION.to_string(), i.manifest_sha256.to_string()),
+    ]);
+    let q = |s: &str| Quantity(s.to_string());
+    let mut env = vec![plain_env("RUST_LOG", "info"), pod_name_env()];
+    env.extend(s3_env(d));
+    let container = Container {
+        name: DRIVER_CONTAINER.into(),
+        image: Some(d.controller_image.clone()),
+        image_pull_policy: Some(d.image_pull_policy.clone()),
+        args: Some(vec![
+            "internal".into(),
+            "drive-sweep".into(),
+            "--sweep".into(),
+            i.sweep_url.into(),
+        ]),
+        env: Some(env),
+        // The driver mostly waits on the bucket and the API server.
+        resources: Some(ResourceRequirements {
+            requests: Some(BTreeMap::from([
+                ("cpu".to_string(), q("100m")),
+                ("memory".to_string(), q("256Mi")),
+            ])),
+            limits: Some(BTreeMap::from([("memory".to_string(), q("512Mi"))])),
+            ..Default::default()
+        }),
+        volume_mounts: Some(vec![tmp_mount()]),
+        security_context: Some(container_security()),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        ..Default::default()
+    };
+    let pod = PodSpec {
+        containers: vec![container],
+        restart_policy: Some("Never".into()),
+        service_account_name: Some(d.service_account.clone()),
+        // Unlike a worker, the driver talks to the API server: it creates the trials' Jobs.
+        automount_service_account_token: Some(true),
+        security_context: Some(pod_security(CONTROLLER_UID)),
+        image_pull_secrets: pull_secrets(d),
+        // The image's HOME and working directory (src/Dockerfile).
+        volumes: Some(vec![tmp_volume("1Gi")]),
+        ..Default::default()
+    };
+    Job {
+        metadata: ObjectMeta {
+            name: Some(name),
+            labels: Some(labels.clone()),
+            annotations: Some(annotations.clone()),
+            ..Default::default()
+        },
+        spec: Some(JobSpec {
+            completions: Some(1),
+            parallelism: Some(1),
+            backoff_limit: Some(DRIVER_BACKOFF_LIMIT),
+            ttl_seconds_after_finished: Some(d.ttl_seconds_after_finished),
+            pod_failure_policy: Some(failure_policy_of(DRIVER_CONTAINER)),
+            // One driver at a time: a replacement starts once the old pod has stopped.
+            pod_replacement_policy: Some("Failed".into()),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels),
+                    annotations: Some(annotations),
+                    ..Default::default()
+                }),
+                spec: Some(pod),
+            },
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+/// Bad input (exit code 2 of `container`) fails the Job at once; a disruption (preemption,
+/// eviction, node drain) does not count against `backoffLimit`, so the run resumes from its
+/// checkpoint (a sweep driver, from the sweep's state).
+pub fn failure_policy_of(container: &str) -> PodFailurePolicy {
     PodFailurePolicy {
         rules: vec![
             PodFailurePolicyRule {
                 action: "FailJob".into(),
                 on_exit_codes: Some(PodFailurePolicyOnExitCodesRequirement {
-                    container_name: Some(CONTAINER.into()),
+                    container_name: Some(container.into()),
                     operator: "In".into(),
                     values: vec![crate::exit::ExitCode::UserError as i32],
                 }),
@@ -349,13 +487,33 @@ pub fn failure_policy() -> PodFailurePolicy {
     }
 }
 
-fn env(defaults: &ClusterDefaults, run_id: &str, extra: &[(&str, &str)]) -> Vec<EnvVar> {
-    let s3 = &defaults.s3;
-    let plain = |name: &str, value: &str| EnvVar {
+fn plain_env(name: &str, value: &str) -> EnvVar {
+    EnvVar {
         name: name.into(),
         value: Some(value.into()),
         ..Default::default()
-    };
+    }
+}
+
+/// The pod's own name, from the downward API (records name the pod a process ran in).
+fn pod_name_env() -> EnvVar {
+    EnvVar {
+        name: crate::process::POD_NAME_ENV.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: "metadata.name".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// How a pod reaches the bucket: region, endpoint, and the credentials by reference to the
+/// namespace's Secret, never inlined.
+fn s3_env(defaults: &ClusterDefaults) -> Vec<EnvVar> {
+    let s3 = &defaults.s3;
     let secret = |name: &str| EnvVar {
         name: name.into(),
         value_from: Some(EnvVarSource {
@@ -368,34 +526,29 @@ fn env(defaults: &ClusterDefaults, run_id: &str, extra: &[(&str, &str)]) -> Vec<
         }),
         ..Default::default()
     };
-    let mut env = vec![
-        plain("RUST_LOG", "info"),
-        plain("IDC_RUN_ID", run_id),
-        EnvVar {
-            name: "IDC_POD_NAME".into(),
-            value_from: Some(EnvVarSource {
-                field_ref: Some(ObjectFieldSelector {
-                    field_path: "metadata.name".into(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        },
-    ];
-    env.extend(extra.iter().map(|(k, v)| plain(k, v)));
-    env.push(plain("AWS_REGION", &s3.region));
+    let mut env = vec![plain_env("AWS_REGION", &s3.region)];
     if let Some(e) = &s3.endpoint {
-        env.push(plain("AWS_ENDPOINT", e));
+        env.push(plain_env("AWS_ENDPOINT", e));
     }
     if s3.allow_http {
-        env.push(plain("AWS_ALLOW_HTTP", "true"));
+        env.push(plain_env("AWS_ALLOW_HTTP", "true"));
     }
     env.push(secret("AWS_ACCESS_KEY_ID"));
     env.push(secret("AWS_SECRET_ACCESS_KEY"));
+    env
+}
+
+fn env(defaults: &ClusterDefaults, run_id: &str, extra: &[(&str, &str)]) -> Vec<EnvVar> {
+    let mut env = vec![
+        plain_env("RUST_LOG", "info"),
+        plain_env("IDC_RUN_ID", run_id),
+        pod_name_env(),
+    ];
+    env.extend(extra.iter().map(|(k, v)| plain_env(k, v)));
+    env.extend(s3_env(defaults));
     let mlflow = &defaults.mlflow;
     if let Some(uri) = &mlflow.uri {
-        env.push(plain(crate::tracking::mlflow::URI_ENV, uri));
+        env.push(plain_env(crate::tracking::mlflow::URI_ENV, uri));
     }
     if let Some(name) = &mlflow.token_secret {
         env.push(EnvVar {
@@ -412,4 +565,48 @@ fn env(defaults: &ClusterDefaults, run_id: &str, extra: &[(&str, &str)]) -> Vec<
         });
     }
     env
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn driver() -> Job {
+        build_sweep_driver(&SweepDriverInputs {
+            sweep: "lr",
+            sweep_url: "s3://idc/sweeps/lr",
+            manifest_sha256: "abc",
+            defaults: &ClusterDefaults::default(),
+        })
+    }
+
+    #[test]
+    fn a_sweep_driver_is_idcctl_with_the_token_and_no_gpu() {
+        let job = driver();
+        assert_eq!(
+            super::super::names::job_violations(&job),
+            Vec::<String>::new()
+        );
+        let pod = job.spec.unwrap().template.spec.unwrap();
+        assert_eq!(pod.automount_service_account_token, Some(true));
+        assert_eq!(pod.service_account_name.as_deref(), Some("idc"));
+        let c = &pod.containers[0];
+        assert_eq!(c.image, Some(ClusterDefaults::default().controller_image));
+        assert_eq!(
+            c.args.as_deref().unwrap(),
+            ["internal", "drive-sweep", "--sweep", "s3://idc/sweeps/lr"]
+        );
+        let limits = c.resources.as_ref().unwrap().limits.as_ref().unwrap();
+        assert!(!limits.contains_key(GPU_RESOURCE));
+        assert!(pod.tolerations.is_none());
+    }
+
+    #[test]
+    fn driver_job_names_are_dns_labels() {
+        assert_eq!(sweep_driver_job_name("lr"), "sweep-lr");
+        let long = format!("{}-b", "a".repeat(56));
+        let name = sweep_driver_job_name(&long);
+        assert_eq!(name.len(), 62, "{name}");
+        assert!(!name.ends_with('-'));
+    }
 }

@@ -52,16 +52,7 @@ pub async fn follow(
     loop {
         let job = cluster.job(run_id).await?;
         let pods = cluster.pods_of(run_id).await?;
-        let finished = job.as_ref().is_none_or(|j| {
-            j.status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|c| {
-                    c.iter().any(|c| {
-                        matches!(c.type_.as_str(), "Complete" | "Failed") && c.status == "True"
-                    })
-                })
-        });
+        let finished = job_finished(job.as_ref());
         if let Some(pod) = pods.get((attempt - earlier) as usize - 1) {
             let name = pod.metadata.name.clone().unwrap_or_default();
             if started(pod) {
@@ -112,14 +103,33 @@ pub async fn follow(
     }
 }
 
+/// Whether a Job has finished (complete or failed); a Job that is gone (`None`) has.
+pub fn job_finished(job: Option<&k8s_openapi::api::batch::v1::Job>) -> bool {
+    job.is_none_or(|j| {
+        j.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| {
+                c.iter().any(|c| {
+                    matches!(c.type_.as_str(), "Complete" | "Failed") && c.status == "True"
+                })
+            })
+    })
+}
+
 /// Whether the pod's worker container has started (so it has a log).
 pub fn started(pod: &k8s_openapi::api::core::v1::Pod) -> bool {
+    container_started(pod, job::CONTAINER)
+}
+
+/// Whether the pod's container `container` has started (so it has a log).
+pub fn container_started(pod: &k8s_openapi::api::core::v1::Pod, container: &str) -> bool {
     pod.status
         .as_ref()
         .and_then(|s| s.container_statuses.as_ref())
         .into_iter()
         .flatten()
-        .filter(|c| c.name == job::CONTAINER)
+        .filter(|c| c.name == container)
         .any(|c| {
             c.state
                 .as_ref()
