@@ -276,30 +276,61 @@ fn job(p: &Parts) -> Job {
         ]),
         ..Default::default()
     };
+    // A replacement pod starts only once the old one has stopped (and checkpointed): two
+    // workers never write the same run.
+    envelope(Envelope {
+        name: p.name.to_string(),
+        job_labels,
+        labels,
+        annotations,
+        backoff_limit: exp.retries as i32,
+        deadline_s: p.deadline_s,
+        ttl_s: d.ttl_seconds_after_finished,
+        container: CONTAINER,
+        pod,
+    })
+}
+
+/// What a Job of idcctl's is made of around its pod.
+struct Envelope {
+    name: String,
+    /// The Job's own labels (they may hold more than the pod's: Kueue's).
+    job_labels: BTreeMap<String, String>,
+    labels: BTreeMap<String, String>,
+    annotations: BTreeMap<String, String>,
+    backoff_limit: i32,
+    deadline_s: Option<i64>,
+    ttl_s: i32,
+    /// The container the pod failure policy watches.
+    container: &'static str,
+    pod: PodSpec,
+}
+
+/// One pod at a time, the pod failure policy, and a replacement only once the old pod has
+/// stopped: what every Job of idcctl's shares.
+fn envelope(e: Envelope) -> Job {
     Job {
         metadata: ObjectMeta {
-            name: Some(p.name.to_string()),
-            labels: Some(job_labels),
-            annotations: Some(annotations.clone()),
+            name: Some(e.name),
+            labels: Some(e.job_labels),
+            annotations: Some(e.annotations.clone()),
             ..Default::default()
         },
         spec: Some(JobSpec {
             completions: Some(1),
             parallelism: Some(1),
-            backoff_limit: Some(exp.retries as i32),
-            active_deadline_seconds: p.deadline_s,
-            ttl_seconds_after_finished: Some(d.ttl_seconds_after_finished),
-            pod_failure_policy: Some(failure_policy_of(CONTAINER)),
-            // A replacement pod starts only once the old one has stopped (and checkpointed):
-            // two workers never write the same run.
+            backoff_limit: Some(e.backoff_limit),
+            active_deadline_seconds: e.deadline_s,
+            ttl_seconds_after_finished: Some(e.ttl_s),
+            pod_failure_policy: Some(failure_policy_of(e.container)),
             pod_replacement_policy: Some("Failed".into()),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
-                    labels: Some(labels),
-                    annotations: Some(annotations),
+                    labels: Some(e.labels),
+                    annotations: Some(e.annotations),
                     ..Default::default()
                 }),
-                spec: Some(pod),
+                spec: Some(e.pod),
             },
             ..Default::default()
         }),
@@ -431,33 +462,18 @@ pub fn build_sweep_driver(i: &SweepDriverInputs) -> Job {
         volumes: Some(vec![tmp_volume("1Gi")]),
         ..Default::default()
     };
-    Job {
-        metadata: ObjectMeta {
-            name: Some(name),
-            labels: Some(labels.clone()),
-            annotations: Some(annotations.clone()),
-            ..Default::default()
-        },
-        spec: Some(JobSpec {
-            completions: Some(1),
-            parallelism: Some(1),
-            backoff_limit: Some(DRIVER_BACKOFF_LIMIT),
-            ttl_seconds_after_finished: Some(d.ttl_seconds_after_finished),
-            pod_failure_policy: Some(failure_policy_of(DRIVER_CONTAINER)),
-            // One driver at a time: a replacement starts once the old pod has stopped.
-            pod_replacement_policy: Some("Failed".into()),
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(labels),
-                    annotations: Some(annotations),
-                    ..Default::default()
-                }),
-                spec: Some(pod),
-            },
-            ..Default::default()
-        }),
-        status: None,
-    }
+    // One driver at a time: a replacement starts once the old pod has stopped.
+    envelope(Envelope {
+        name,
+        job_labels: labels.clone(),
+        labels,
+        annotations,
+        backoff_limit: DRIVER_BACKOFF_LIMIT,
+        deadline_s: None,
+        ttl_s: d.ttl_seconds_after_finished,
+        container: DRIVER_CONTAINER,
+        pod,
+    })
 }
 
 /// Bad input (exit code 2 of `container`) fails the Job at once; a disruption (preemption,
