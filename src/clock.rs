@@ -9,6 +9,13 @@ pub fn now_rfc3339() -> String {
         .expect("fixed format")
 }
 
+/// Now, in Unix seconds (fractional).
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
 fn parse(t: &str) -> Option<time::OffsetDateTime> {
     time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
 }

@@ -799,24 +799,8 @@ pub async fn write_output(target: &str, bytes: Vec<u8>) -> Result<(), PredictErr
         return Ok(Store::open(dir)?.put(name, Bytes::from(bytes)).await?);
     }
     let path = PathBuf::from(target);
-    let err = |source| PredictError::Output {
-        path: path.clone(),
-        source,
-    };
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&dir).map_err(err)?;
-    let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(err)?;
-    std::io::Write::write_all(&mut tmp, &bytes).map_err(err)?;
-    // A temporary file is private; the output gets a plain file's permissions.
-    use std::os::unix::fs::PermissionsExt;
-    tmp.as_file()
-        .set_permissions(std::fs::Permissions::from_mode(0o644))
-        .map_err(err)?;
-    tmp.persist(&path).map_err(|e| err(e.error))?;
-    Ok(())
+    crate::output::write_file_whole(&path, &bytes)
+        .map_err(|source| PredictError::Output { path, source })
 }
 
 /// The metrics over the rows whose label is known (two classes: at `threshold`); None when no

@@ -4,6 +4,7 @@
 
 use super::UserError;
 use super::runs::StorageArg;
+use anyhow::Context;
 use idc::exit::ExitCode;
 use idc::report::tensorboard::{self, Origin};
 use idc::store::Store;
@@ -22,18 +23,12 @@ pub async fn tensorboard(
             eprintln!("{run}: nothing logged yet, skipped");
             continue;
         };
-        let dir = logdir.join(run);
-        std::fs::create_dir_all(&dir).map_err(|e| UserError(format!("{}: {e}", dir.display())))?;
         let name = Path::new(idc::layout::run::TENSORBOARD)
             .file_name()
             .expect("a file name");
-        let mut tmp = tempfile::NamedTempFile::new_in(&dir)?;
-        std::io::Write::write_all(&mut tmp, &bytes)?;
-        // A temporary file is private; the log folder is for TensorBoard and its users.
-        use std::os::unix::fs::PermissionsExt;
-        tmp.as_file()
-            .set_permissions(std::fs::Permissions::from_mode(0o644))?;
-        tmp.persist(dir.join(name))?;
+        let path = logdir.join(run).join(name);
+        idc::output::write_file_whole(&path, &bytes)
+            .with_context(|| format!("cannot write {}", path.display()))?;
         eprintln!(
             "{run}: {} bytes of events{}",
             bytes.len(),

@@ -623,10 +623,9 @@ pub async fn finish_sweep(
     Ok(run)
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+/// Now, in Unix milliseconds (MLflow's timestamps).
+pub fn now_ms() -> i64 {
+    (crate::clock::unix_now() * 1000.0) as i64
 }
 
 #[cfg(test)]

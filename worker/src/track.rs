@@ -106,7 +106,7 @@ impl Tracker {
         self.report_failure(log);
         let mut u = self.update(scalars);
         u.artifacts = vec![("report.json".into(), report_json)];
-        u.end = Some((End::Finished, idc_now_ms() as i64));
+        u.end = Some((End::Finished, mlflow::now_ms()));
         let result = rt.block_on(async {
             // A background sync still going would race this one on the same points.
             for _ in 0..100 {
@@ -133,10 +133,4 @@ impl Tracker {
             )),
         }
     }
-}
-
-fn idc_now_ms() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis())
 }

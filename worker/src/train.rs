@@ -119,7 +119,7 @@ impl<'a> Trainer<'a> {
         let mut s = self.setup()?;
         self.resume(&mut s)?;
         if s.p.started_unix == 0.0 {
-            s.p.started_unix = unix_now();
+            s.p.started_unix = idc::clock::unix_now();
         }
         let backend = if std::env::var_os("IDC_POD_NAME").is_some() {
             "kubernetes"
@@ -705,12 +705,6 @@ impl<'a> Trainer<'a> {
             eprintln!("warning: could not write the log to the bucket: {e}");
         }
     }
-}
-
-fn unix_now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// The device `spec` asks for (`what` names the setting in errors).
