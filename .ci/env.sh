@@ -93,6 +93,14 @@ idc_tensorboard_venv() {
   fi
 }
 
+# Optuna, for the sweep benchmark (tests/benches/sweep.rs) that runs its TPESampler side by side
+# with idc's samplers on the same problems; exports IDC_OPTUNA_PYTHON.
+IDC_OPTUNA_VERSION=5.0.0
+idc_optuna_venv() {
+  idc_cached_venv "optuna-$IDC_OPTUNA_VERSION" "optuna==$IDC_OPTUNA_VERSION"
+  export IDC_OPTUNA_PYTHON=$IDC_CACHE/optuna-$IDC_OPTUNA_VERSION/bin/python
+}
+
 # A real MLflow tracking server (mlflow-skinny and what its server needs, about a minute to
 # install once per machine) on a free loopback port, with a sqlite store and proxied artifacts,
 # for tests/mlflow.rs: exports IDC_TEST_MLFLOW_URI. Stopped on exit. Under CI the test must find it.

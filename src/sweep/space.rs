@@ -3,7 +3,7 @@
 //! experiment.
 //!
 //! Samplers work on a point: one `f64` per parameter, in manifest order: the value itself for
-//! `uniform`, `log_uniform` and `int`, the index of the choice for `categorical`.
+//! `uniform`, `log_uniform` and `int` (log-scale or not), the index of the choice for `categorical`.
 
 use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
@@ -17,12 +17,15 @@ pub enum Distribution {
     Uniform { low: f64, high: f64 },
     /// A positive float whose logarithm is uniform in `[ln low, ln high]`.
     LogUniform { low: f64, high: f64 },
-    /// An integer in `low, low + step, …, ≤ high`.
+    /// An integer in `low, low + step, …, ≤ high`; with `log: true` (step 1, low ≥ 1) its
+    /// logarithm is what is searched, as for `log_uniform`.
     Int {
         low: i64,
         high: i64,
         #[serde(default = "one")]
         step: i64,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        log: bool,
     },
     /// One of the values listed (any YAML value: a number, a name, a mapping).
     Categorical { choices: Vec<serde_yaml::Value> },
@@ -57,7 +60,18 @@ impl Distribution {
                     return Err(format!("log_uniform needs low > 0, not {low}"));
                 }
             }
-            Distribution::Int { low, high, step } => {
+            Distribution::Int {
+                low,
+                high,
+                step,
+                log,
+            } => {
+                if *log && *low < 1 {
+                    return Err(format!("a log-scale int needs low ≥ 1, not {low}"));
+                }
+                if *log && *step != 1 {
+                    return Err(format!("a log-scale int needs step 1, not {step}"));
+                }
                 if low >= high {
                     return Err(format!("low ({low}) must be below high ({high})"));
                 }
@@ -90,7 +104,9 @@ impl Distribution {
     /// The number of values an `int` or `categorical` can take.
     pub fn count(&self) -> Option<usize> {
         match self {
-            Distribution::Int { low, high, step } => Some(((high - low) / step + 1) as usize),
+            Distribution::Int {
+                low, high, step, ..
+            } => Some(((high - low) / step + 1) as usize),
             Distribution::Categorical { choices } => Some(choices.len()),
             _ => None,
         }
@@ -133,7 +149,9 @@ impl Distribution {
         match self {
             Distribution::Uniform { low, high } => vec![*low, (low + high) / 2.0, *high],
             Distribution::LogUniform { low, high } => vec![*low, (low * high).sqrt(), *high],
-            Distribution::Int { low, high, step } => {
+            Distribution::Int {
+                low, high, step, ..
+            } => {
                 vec![*low as f64, (low + (high - low) / step * step) as f64]
             }
             Distribution::Categorical { choices } => (0..choices.len()).map(|i| i as f64).collect(),
@@ -282,6 +300,7 @@ mod tests {
             low: 32,
             high: 256,
             step: 32,
+            log: false,
         };
         assert_eq!(i.count(), Some(8));
         assert_eq!(i.to_json(64.0), serde_json::json!(64));
@@ -294,6 +313,15 @@ mod tests {
             .check()
             .is_err()
         );
+        let log_int = |low, step| Distribution::Int {
+            low,
+            high: 512,
+            step,
+            log: true,
+        };
+        assert!(log_int(8, 1).check().is_ok());
+        assert!(log_int(0, 1).check().unwrap_err().contains("low ≥ 1"));
+        assert!(log_int(8, 8).check().unwrap_err().contains("step 1"));
         assert!(bad_path("train.optimizer.lr").is_none());
         assert!(bad_path("train..lr").is_some() && bad_path("Train").is_some());
     }

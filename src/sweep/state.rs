@@ -100,7 +100,7 @@ impl SweepState {
             .map(|(t, _)| t)
     }
 
-    /// Completed and pruned trials as the sampler sees them (lower is better).
+    /// Completed, pruned and running trials as the sampler sees them (lower is better).
     pub fn observations(&self, sweep: &Sweep) -> Vec<Observation> {
         let sign = sweep.objective.sign();
         self.trials
@@ -112,7 +112,8 @@ impl SweepState {
                         epochs: t.intermediate.len() as u32,
                         last: sign * *t.intermediate.last()?,
                     },
-                    _ => return None,
+                    TrialState::Running => Outcome::Running,
+                    TrialState::Failed => return None,
                 };
                 let point = sweep
                     .space

@@ -1,15 +1,26 @@
-//! The Tree-structured Parzen Estimator (Bergstra et al. 2011), as Optuna's default
-//! `TPESampler` does it (independent per parameter): completed trials are split into the best
-//! `gamma(n) = min(ceil(0.1 n), 25)` ("below", l) and the rest ("above", g); per parameter a
-//! Parzen estimator is fitted to each side (truncated Gaussians, in log space for
-//! `log_uniform`, discretized for `int`; smoothed frequencies for `categorical`; each with a
-//! prior component), `n_ei_candidates` values are drawn from l, and the one with the largest
-//! l(x)/g(x) is taken. Pruned trials count as worse than every completed one, ranked by how
-//! far they got and their last value, as in Optuna.
+//! The Tree-structured Parzen Estimator (Bergstra et al. 2011), as Optuna 5's `TPESampler`
+//! does it. Finished trials are split into the best `gamma(n) = min(ceil(0.1 n), 25)`
+//! ("below", l) and the rest ("above", g); a Parzen estimator is fitted to each side, candidates
+//! are drawn from l, and the one with the largest l(x)/g(x) is taken.
+//!
+//! - **Multivariate** (the default, as in Optuna 5): one joint estimator over all parameters, a
+//!   mixture with one component per trial (the product of a kernel per parameter) plus the
+//!   prior, so values that did well *together* are proposed together. **Independent**: one
+//!   estimator per parameter.
+//! - Kernels: truncated Gaussians (in log space for `log_uniform` and log-scale `int`; the mass
+//!   of `[x - step/2, x + step/2]` for integers), each with the larger gap to its neighbours as
+//!   bandwidth, clipped to `[width / min(100, n + 2), width]`; smoothed frequencies for
+//!   `categorical`. Older trials weigh less once there are more than 25.
+//! - Candidates: Optuna's 24, then 72 more with the winner's categorical values kept (see
+//!   [`suggest`]); scored together, each integer or choice worked out once.
+//! - Pruned trials count as worse than every completed one, ranked by how far they got and
+//!   their last value; with the **constant liar**, trials still running count as worse than all
+//!   of them (they sit in g), so parallel trials are not proposed on top of each other.
 
 use super::space::Distribution;
 use crate::rng;
 use rand_chacha::ChaCha8Rng;
+use std::collections::HashMap;
 
 /// Optuna's `prior_weight`.
 const PRIOR_WEIGHT: f64 = 1.0;
@@ -39,189 +50,258 @@ pub fn default_weights(n: usize) -> Vec<f64> {
     w
 }
 
-/// A mixture over one parameter: one component per observation plus the prior.
-pub enum Parzen {
-    /// Truncated Gaussians on `[low, high]` (log space for log_uniform); with `step`, the
-    /// mass of `[x - step/2, x + step/2]` (integers).
+/// One parameter's kernels: one per observation, then the prior's.
+enum Kernels {
+    /// Truncated Gaussians on `[lo, hi]` (the estimator's space: log space for log scales,
+    /// widened by half a step for integers).
     Numeric {
-        weights: Vec<f64>,
         mus: Vec<f64>,
         sigmas: Vec<f64>,
-        low: f64,
-        high: f64,
-        step: Option<f64>,
+        /// log of each Gaussian's mass inside `[lo, hi]`.
+        log_norms: Vec<f64>,
+        /// `1 / sigma`, and the log density's constant `-ln sigma - ln sqrt(2 pi) - log_norm`.
+        inv_sigmas: Vec<f64>,
+        consts: Vec<f64>,
+        lo: f64,
+        hi: f64,
+        /// Integers: the step, and the value range the draws are rounded into.
+        step: Option<(f64, f64, f64)>,
         log: bool,
     },
-    /// Per component, a distribution over the choices.
-    Categorical {
-        weights: Vec<f64>,
-        /// `rows[k][c]`: probability of choice `c` under component `k`.
-        rows: Vec<Vec<f64>>,
-    },
+    /// `log_rows[k][c]`: log probability of choice `c` under kernel `k`.
+    Categorical { rows: Vec<Vec<f64>>, log_rows: Vec<Vec<f64>> },
 }
 
-impl Parzen {
-    /// Fits the estimator of `dist` to observed point coordinates (oldest trial first).
-    pub fn fit(dist: &Distribution, observed: &[f64]) -> Parzen {
-        let mut weights = default_weights(observed.len());
-        weights.push(PRIOR_WEIGHT);
-        let total: f64 = weights.iter().sum();
-        weights.iter_mut().for_each(|w| *w /= total);
-        match dist {
-            Distribution::Categorical { choices } => {
-                let n = choices.len();
-                let kernels = observed.len() + 1;
-                let mut rows = vec![vec![PRIOR_WEIGHT / kernels as f64; n]; kernels];
-                for (row, &c) in rows.iter_mut().zip(observed) {
-                    row[c as usize] += 1.0;
-                }
-                for row in &mut rows {
-                    let s: f64 = row.iter().sum();
-                    row.iter_mut().for_each(|p| *p /= s);
-                }
-                Parzen::Categorical { weights, rows }
+/// A Parzen estimator over some parameters: a mixture whose components are products of one
+/// kernel per parameter.
+pub struct Parzen {
+    weights: Vec<f64>,
+    log_weights: Vec<f64>,
+    dims: Vec<Kernels>,
+}
+
+/// The estimator's bounds of a numeric parameter, its integer step and value range, and
+/// whether it is searched in log space.
+fn numeric_bounds(dist: &Distribution) -> (f64, f64, Option<(f64, f64, f64)>, bool) {
+    match *dist {
+        Distribution::Uniform { low, high } => (low, high, None, false),
+        Distribution::LogUniform { low, high } => (low.ln(), high.ln(), None, true),
+        Distribution::Int {
+            low,
+            high,
+            step,
+            log,
+        } => {
+            let top = (low + (high - low) / step * step) as f64;
+            let (low, step) = (low as f64, step as f64);
+            let (lo, hi) = (low - step / 2.0, top + step / 2.0);
+            let (lo, hi) = if log { (lo.ln(), hi.ln()) } else { (lo, hi) };
+            (lo, hi, Some((step, low, top)), log)
+        }
+        Distribution::Categorical { .. } => unreachable!("categorical has no bounds"),
+    }
+}
+
+impl Kernels {
+    fn fit(dist: &Distribution, observed: &[f64]) -> Kernels {
+        let kernels = observed.len() + 1;
+        if let Distribution::Categorical { choices } = dist {
+            let n = choices.len();
+            let mut rows = vec![vec![PRIOR_WEIGHT / kernels as f64; n]; kernels];
+            for (row, &c) in rows.iter_mut().zip(observed) {
+                row[c as usize] += 1.0;
             }
-            _ => {
-                let (low, high, step, log) = numeric_bounds(dist);
-                let step0 = step.unwrap_or(0.0);
-                let mus: Vec<f64> = observed
-                    .iter()
-                    .map(|&x| if log { x.ln() } else { x })
-                    .collect();
-                let prior_mu = 0.5 * (low + high);
-                // Each kernel's bandwidth is the larger gap to its neighbours (the prior's
-                // centre among them; the bounds at the ends), except at the ends.
-                let mut with_prior = mus.clone();
-                with_prior.push(prior_mu);
-                let mut order: Vec<usize> = (0..with_prior.len()).collect();
-                order.sort_by(|&a, &b| with_prior[a].total_cmp(&with_prior[b]));
-                let mut ends = vec![low - step0 / 2.0];
-                ends.extend(order.iter().map(|&i| with_prior[i]));
-                ends.push(high + step0 / 2.0);
-                let m = with_prior.len();
-                let mut sorted_sigmas: Vec<f64> = (1..=m)
-                    .map(|i| (ends[i] - ends[i - 1]).max(ends[i + 1] - ends[i]))
-                    .collect();
-                if ends.len() >= 4 {
-                    sorted_sigmas[0] = ends[2] - ends[1];
-                    sorted_sigmas[m - 1] = ends[m] - ends[m - 1];
-                }
-                let mut sigmas = vec![0.0; m];
-                for (rank, &i) in order.iter().enumerate() {
-                    sigmas[i] = sorted_sigmas[rank];
-                }
-                sigmas.truncate(mus.len());
-                let width = high - low + step0;
-                let kernels = mus.len() + 1;
-                let min_sigma = width / (100f64).min(1.0 + kernels as f64);
-                sigmas
-                    .iter_mut()
-                    .for_each(|s| *s = s.clamp(min_sigma, width));
-                let mut mus = mus;
-                mus.push(prior_mu);
-                sigmas.push(width);
-                Parzen::Numeric {
-                    weights,
-                    mus,
-                    sigmas,
-                    low,
-                    high,
-                    step,
-                    log,
-                }
+            for row in &mut rows {
+                let s: f64 = row.iter().sum();
+                row.iter_mut().for_each(|p| *p /= s);
             }
+            let log_rows = rows
+                .iter()
+                .map(|r| r.iter().map(|p| p.ln()).collect())
+                .collect();
+            return Kernels::Categorical { rows, log_rows };
+        }
+        let (lo, hi, step, log) = numeric_bounds(dist);
+        let mut mus: Vec<f64> = observed
+            .iter()
+            .map(|&x| if log { x.ln() } else { x })
+            .collect();
+        // Each kernel's bandwidth is the larger gap to its neighbours (the bounds at the
+        // ends), except that the outermost ones take their inner gap.
+        let mut order: Vec<usize> = (0..mus.len()).collect();
+        order.sort_by(|&a, &b| mus[a].total_cmp(&mus[b]));
+        let mut ends = vec![lo];
+        ends.extend(order.iter().map(|&i| mus[i]));
+        ends.push(hi);
+        let m = mus.len();
+        let mut sorted_sigmas: Vec<f64> = (1..=m)
+            .map(|i| (ends[i] - ends[i - 1]).max(ends[i + 1] - ends[i]))
+            .collect();
+        if ends.len() >= 4 {
+            sorted_sigmas[0] = ends[2] - ends[1];
+            sorted_sigmas[m - 1] = ends[m] - ends[m - 1];
+        }
+        let mut sigmas = vec![0.0; m];
+        for (rank, &i) in order.iter().enumerate() {
+            sigmas[i] = sorted_sigmas[rank];
+        }
+        let width = hi - lo;
+        let min_sigma = width / (100f64).min(1.0 + kernels as f64);
+        sigmas
+            .iter_mut()
+            .for_each(|s| *s = s.clamp(min_sigma, width));
+        mus.push(0.5 * (lo + hi));
+        sigmas.push(width);
+        let log_norms: Vec<f64> = mus
+            .iter()
+            .zip(&sigmas)
+            .map(|(&mu, &s)| log_gauss_mass((lo - mu) / s, (hi - mu) / s))
+            .collect();
+        let half_ln_2pi = 0.5 * (2.0 * std::f64::consts::PI).ln();
+        let consts = sigmas
+            .iter()
+            .zip(&log_norms)
+            .map(|(s, n)| -s.ln() - half_ln_2pi - n)
+            .collect();
+        Kernels::Numeric {
+            inv_sigmas: sigmas.iter().map(|s| 1.0 / s).collect(),
+            consts,
+            mus,
+            sigmas,
+            log_norms,
+            lo,
+            hi,
+            step,
+            log,
         }
     }
 
-    fn weights(&self) -> &[f64] {
+    /// A draw from kernel `k`.
+    fn sample(&self, k: usize, rng: &mut ChaCha8Rng) -> f64 {
         match self {
-            Parzen::Numeric { weights, .. } | Parzen::Categorical { weights, .. } => weights,
-        }
-    }
-
-    /// Draws a point coordinate.
-    pub fn sample(&self, rng: &mut ChaCha8Rng) -> f64 {
-        let k = pick(self.weights(), rng::unit(rng));
-        match self {
-            Parzen::Categorical { rows, .. } => pick(&rows[k], rng::unit(rng)) as f64,
-            Parzen::Numeric {
+            Kernels::Categorical { rows, .. } => pick(&rows[k], rng::unit(rng)) as f64,
+            Kernels::Numeric {
                 mus,
                 sigmas,
-                low,
-                high,
+                lo,
+                hi,
                 step,
                 log,
                 ..
             } => {
-                let half = step.unwrap_or(0.0) / 2.0;
-                let x = truncated_normal(rng, mus[k], sigmas[k], low - half, high + half);
-                let x = match step {
-                    Some(s) => (low + ((x - low) / s).round() * s).clamp(*low, *high),
+                let x = truncated_normal(rng, mus[k], sigmas[k], *lo, *hi);
+                let x = if *log { x.exp() } else { x };
+                match *step {
+                    Some((s, low, top)) => (low + ((x - low) / s).round() * s).clamp(low, top),
+                    None if *log => x.clamp(lo.exp(), hi.exp()),
                     None => x,
-                };
-                if *log {
-                    x.exp().clamp(low.exp(), high.exp())
-                } else {
-                    x
                 }
             }
         }
     }
 
-    /// The log density (log mass for integers and choices) of a point coordinate.
-    pub fn log_pdf(&self, x: f64) -> f64 {
-        let terms: Vec<f64> = match self {
-            Parzen::Categorical { weights, rows } => weights
-                .iter()
-                .zip(rows)
-                .map(|(w, row)| w.ln() + row[x as usize].ln())
-                .collect(),
-            Parzen::Numeric {
-                weights,
+    /// Adds each kernel's log density (log mass for integers and choices) at `x` to `acc`.
+    fn add_log_pdf(&self, x: f64, acc: &mut [f64]) {
+        match self {
+            Kernels::Categorical { log_rows, .. } => {
+                for (a, row) in acc.iter_mut().zip(log_rows) {
+                    *a += row[x as usize];
+                }
+            }
+            Kernels::Numeric {
                 mus,
-                sigmas,
-                low,
-                high,
+                inv_sigmas,
+                consts,
+                log_norms,
                 step,
                 log,
+                ..
             } => {
-                let x = if *log { x.ln() } else { x };
-                let half = step.unwrap_or(0.0) / 2.0;
-                let (lo, hi) = (low - half, high + half);
-                weights
-                    .iter()
-                    .zip(mus.iter().zip(sigmas))
-                    .map(|(w, (&mu, &s))| {
-                        let norm = log_gauss_mass((lo - mu) / s, (hi - mu) / s);
-                        let p = match step {
-                            Some(_) => log_gauss_mass(
-                                ((x - half).max(lo) - mu) / s,
-                                ((x + half).min(hi) - mu) / s,
-                            ),
-                            None => {
-                                let z = (x - mu) / s;
-                                -0.5 * z * z - s.ln() - 0.5 * (2.0 * std::f64::consts::PI).ln()
-                            }
-                        };
-                        w.ln() + p - norm
-                    })
-                    .collect()
+                let t = |v: f64| if *log { v.ln() } else { v };
+                match step {
+                    Some((s, ..)) => {
+                        let (left, right) = (t(x - s / 2.0), t(x + s / 2.0));
+                        for (k, a) in acc.iter_mut().enumerate() {
+                            let (mu, inv) = (mus[k], inv_sigmas[k]);
+                            *a += log_gauss_mass((left - mu) * inv, (right - mu) * inv)
+                                - log_norms[k];
+                        }
+                    }
+                    None => {
+                        let x = t(x);
+                        for (k, a) in acc.iter_mut().enumerate() {
+                            let z = (x - mus[k]) * inv_sigmas[k];
+                            *a += consts[k] - 0.5 * z * z;
+                        }
+                    }
+                }
             }
-        };
-        log_sum_exp(&terms)
+        }
     }
 }
 
-/// `[low, high]` in the estimator's space, the integer step, and whether it is log space.
-fn numeric_bounds(dist: &Distribution) -> (f64, f64, Option<f64>, bool) {
-    match *dist {
-        Distribution::Uniform { low, high } => (low, high, None, false),
-        Distribution::LogUniform { low, high } => (low.ln(), high.ln(), None, true),
-        Distribution::Int { low, high, step } => {
-            let top = low + (high - low) / step * step;
-            (low as f64, top as f64, Some(step as f64), false)
+impl Parzen {
+    /// Fits the estimator of the parameters `dists` to observed points (oldest trial first;
+    /// coordinate `i` of each is parameter `i`'s).
+    pub fn fit(dists: &[&Distribution], observed: &[&[f64]]) -> Parzen {
+        let mut weights = default_weights(observed.len());
+        weights.push(PRIOR_WEIGHT);
+        let total: f64 = weights.iter().sum();
+        weights.iter_mut().for_each(|w| *w /= total);
+        let log_weights = weights.iter().map(|w| w.ln()).collect();
+        let dims = dists
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                let column: Vec<f64> = observed.iter().map(|p| p[i]).collect();
+                Kernels::fit(d, &column)
+            })
+            .collect();
+        Parzen {
+            weights,
+            log_weights,
+            dims,
         }
-        Distribution::Categorical { .. } => unreachable!("categorical has no bounds"),
+    }
+
+    /// Draws a point: a component, then each coordinate from its kernel in that component.
+    pub fn sample(&self, rng: &mut ChaCha8Rng) -> Vec<f64> {
+        let k = pick(&self.weights, rng::unit(rng));
+        self.dims.iter().map(|d| d.sample(k, rng)).collect()
+    }
+
+    /// The log density of a point (log mass along integers and choices).
+    pub fn log_pdf(&self, x: &[f64]) -> f64 {
+        self.log_pdf_many(std::slice::from_ref(&x.to_vec()))[0]
+    }
+
+    /// [`Parzen::log_pdf`] of many points. An integer or choice shared by several points is
+    /// worked out once (its masses cost two erfc per kernel).
+    pub fn log_pdf_many(&self, xs: &[Vec<f64>]) -> Vec<f64> {
+        let k = self.log_weights.len();
+        let mut acc: Vec<f64> = Vec::with_capacity(xs.len() * k);
+        for _ in xs {
+            acc.extend_from_slice(&self.log_weights);
+        }
+        for (i, d) in self.dims.iter().enumerate() {
+            let discrete = !matches!(d, Kernels::Numeric { step: None, .. });
+            if !discrete {
+                for (x, row) in xs.iter().zip(acc.chunks_mut(k)) {
+                    d.add_log_pdf(x[i], row);
+                }
+                continue;
+            }
+            let mut seen: HashMap<u64, Vec<f64>> = HashMap::new();
+            for (x, row) in xs.iter().zip(acc.chunks_mut(k)) {
+                let terms = seen.entry(x[i].to_bits()).or_insert_with(|| {
+                    let mut t = vec![0.0; k];
+                    d.add_log_pdf(x[i], &mut t);
+                    t
+                });
+                row.iter_mut().zip(terms.iter()).for_each(|(a, t)| *a += t);
+            }
+        }
+        acc.chunks(k).map(log_sum_exp).collect()
     }
 }
 
@@ -243,7 +323,13 @@ fn log_sum_exp(v: &[f64]) -> f64 {
     if m == f64::NEG_INFINITY {
         return m;
     }
-    m + v.iter().map(|x| (x - m).exp()).sum::<f64>().ln()
+    // Terms below e^-50 of the largest change the sum by less than a rounding error.
+    m + v
+        .iter()
+        .filter(|&&x| x - m > -50.0)
+        .map(|x| (x - m).exp())
+        .sum::<f64>()
+        .ln()
 }
 
 /// A standard normal draw (Box-Muller).
@@ -266,27 +352,13 @@ fn truncated_normal(rng: &mut ChaCha8Rng, mu: f64, sigma: f64, lo: f64, hi: f64)
     mu.clamp(lo, hi)
 }
 
-/// erfc(x), to about 1e-14 relative: a series of positive terms below 2.5, a continued fraction
-/// above.
+/// erfc(x) (musl's, accurate to about an ulp).
 pub fn erfc(x: f64) -> f64 {
-    if x < 0.0 {
-        return 2.0 - erfc(-x);
-    }
-    if x < 2.5 {
-        // erf(x) = 2/sqrt(pi) exp(-x^2) sum_n (2x^2)^n x / (1·3·…·(2n+1))
-        let (mut term, mut sum) = (x, x);
-        let mut n = 0.0;
-        while term > sum * 1e-17 {
-            n += 1.0;
-            term *= 2.0 * x * x / (2.0 * n + 1.0);
-            sum += term;
-        }
-        return 1.0 - 2.0 / std::f64::consts::PI.sqrt() * (-x * x).exp() * sum;
-    }
-    (-x * x).exp() / std::f64::consts::PI.sqrt() * erfc_fraction(x)
+    libm::erfc(x)
 }
 
-/// The continued fraction K(x) with erfc(x) = exp(-x^2)/sqrt(pi) · K(x), for x ≥ 2.5.
+/// The continued fraction K(x) with erfc(x) = exp(-x^2)/sqrt(pi) · K(x), for large x (where
+/// erfc itself underflows).
 fn erfc_fraction(x: f64) -> f64 {
     let mut t = x;
     for n in (1..=80).rev() {
@@ -302,7 +374,8 @@ pub fn ndtr(z: f64) -> f64 {
 
 /// log of the standard normal CDF, accurate far into the lower tail.
 pub fn log_ndtr(z: f64) -> f64 {
-    if z > -5.0 {
+    // Φ(-37) ≈ 6e-300 is still a normal float; further out, the asymptotic fraction.
+    if z > -37.0 {
         return ndtr(z).ln();
     }
     let t = -z / std::f64::consts::SQRT_2;
@@ -315,6 +388,13 @@ pub fn log_gauss_mass(a: f64, b: f64) -> f64 {
         return f64::NEG_INFINITY;
     }
     if b <= 0.0 {
+        // Both in the lower tail, where Φ itself is accurate: subtract directly unless that
+        // cancels (a narrow interval) or underflows, then in log space.
+        let (pa, pb) = (ndtr(a), ndtr(b));
+        let d = pb - pa;
+        if d >= 1e-3 * pb && pa > 1e-290 {
+            return d.ln();
+        }
         let (la, lb) = (log_ndtr(a), log_ndtr(b));
         lb + (-(la - lb).exp()).ln_1p()
     } else if a >= 0.0 {
@@ -324,18 +404,26 @@ pub fn log_gauss_mass(a: f64, b: f64) -> f64 {
     }
 }
 
-/// A completed or pruned trial, as TPE sees it: lower `score` is better.
+/// A finished (or, for the constant liar, running) trial, as TPE sees it.
 pub struct Scored<'a> {
     pub number: u32,
     pub point: &'a [f64],
-    /// Completed: `(0, value)`; pruned: `(1, -epochs reached, last value)` so that pruned
-    /// trials rank after every completed one, further ones first.
+    /// Lower ranks better. Completed: `(0, 0, value)`; pruned: `(1, -epochs reached, last
+    /// value)` so that pruned trials rank after every completed one, further ones first;
+    /// running: `(2, 0, 0)`, after all of them.
     pub rank: (u8, i64, f64),
 }
 
-/// The good (`below`) and bad (`above`) trials, each in trial order.
+impl Scored<'_> {
+    pub fn running(&self) -> bool {
+        self.rank.0 == 2
+    }
+}
+
+/// The good (`below`) and bad (`above`) trials, each in trial order. The good side's size
+/// counts finished trials only, so running ones always land in `above`.
 pub fn split<'a, 'b>(trials: &'b [Scored<'a>]) -> (Vec<&'b Scored<'a>>, Vec<&'b Scored<'a>>) {
-    let n_below = gamma(trials.len());
+    let n_below = gamma(trials.iter().filter(|t| !t.running()).count());
     let mut order: Vec<&Scored> = trials.iter().collect();
     order.sort_by(|a, b| {
         (a.rank.0, a.rank.1)
@@ -351,25 +439,60 @@ pub fn split<'a, 'b>(trials: &'b [Scored<'a>]) -> (Vec<&'b Scored<'a>>, Vec<&'b 
     (below, above)
 }
 
-/// One coordinate of the next point: `candidates` draws from l, the best by l(x)/g(x).
-pub fn suggest_one(
-    dist: &Distribution,
-    below: &[f64],
-    above: &[f64],
+/// The next point over the parameters `dists`: `candidates` draws from l, the best by
+/// l(x)/g(x); then `refine` more draws with the winner's choices kept (its categorical values),
+/// and the best of all. `below` and `above` hold the two sides' points (coordinate `i` for
+/// `dists[i]`).
+///
+/// Why two rounds: more candidates find better numeric values, but a categorical value that
+/// leads l/g early would then win nearly every trial and the others would never be tried again;
+/// the first round picks the choices as Optuna's 24 candidates do.
+pub fn suggest(
+    dists: &[&Distribution],
+    below: &[&[f64]],
+    above: &[&[f64]],
     candidates: u32,
+    refine: u32,
     rng: &mut ChaCha8Rng,
-) -> f64 {
-    let l = Parzen::fit(dist, below);
-    let g = Parzen::fit(dist, above);
-    let mut best = (f64::NEG_INFINITY, None);
-    for _ in 0..candidates.max(1) {
-        let x = l.sample(rng);
-        let score = l.log_pdf(x) - g.log_pdf(x);
-        if best.1.is_none() || score > best.0 {
-            best = (score, Some(x));
+) -> Vec<f64> {
+    let l = Parzen::fit(dists, below);
+    let g = Parzen::fit(dists, above);
+    let mut xs: Vec<Vec<f64>> = (0..candidates.max(1)).map(|_| l.sample(rng)).collect();
+    let best_of = |xs: &[Vec<f64>]| -> (usize, f64) {
+        let (ls, gs) = (l.log_pdf_many(xs), g.log_pdf_many(xs));
+        let mut best = (0, ls[0] - gs[0]);
+        for i in 1..xs.len() {
+            if ls[i] - gs[i] > best.1 {
+                best = (i, ls[i] - gs[i]);
+            }
         }
+        best
+    };
+    let (i, score) = best_of(&xs);
+    let winner = xs.swap_remove(i);
+    let numeric = dists
+        .iter()
+        .any(|d| !matches!(d, Distribution::Categorical { .. }));
+    if refine == 0 || !numeric {
+        return winner;
     }
-    best.1.expect("at least one candidate")
+    let more: Vec<Vec<f64>> = (0..refine)
+        .map(|_| {
+            let mut x = l.sample(rng);
+            for (j, d) in dists.iter().enumerate() {
+                if matches!(d, Distribution::Categorical { .. }) {
+                    x[j] = winner[j];
+                }
+            }
+            x
+        })
+        .collect();
+    let (j, refined) = best_of(&more);
+    if refined > score {
+        more.into_iter().nth(j).expect("a refined candidate")
+    } else {
+        winner
+    }
 }
 
 #[cfg(test)]
@@ -413,13 +536,30 @@ mod tests {
         assert!((w[0] - 1.0 / 30.0).abs() < 1e-12 && w[4] == 1.0 && w[29] == 1.0);
     }
 
+    /// The estimator of one parameter, with scalar points.
+    struct Parzen1(Parzen);
+
+    impl Parzen1 {
+        fn fit(d: &Distribution, observed: &[f64]) -> Self {
+            let rows: Vec<[f64; 1]> = observed.iter().map(|&x| [x]).collect();
+            let refs: Vec<&[f64]> = rows.iter().map(|r| &r[..]).collect();
+            Parzen1(Parzen::fit(&[d], &refs))
+        }
+        fn log_pdf(&self, x: f64) -> f64 {
+            self.0.log_pdf(&[x])
+        }
+        fn sample(&self, rng: &mut ChaCha8Rng) -> f64 {
+            self.0.sample(rng)[0]
+        }
+    }
+
     #[test]
     fn the_estimator_is_a_density_and_peaks_at_the_data() {
         let d = Distribution::LogUniform {
             low: 1e-5,
             high: 1.0,
         };
-        let p = Parzen::fit(&d, &[1e-3, 2e-3]);
+        let p = Parzen1::fit(&d, &[1e-3, 2e-3]);
         // Integrates to 1 over log space.
         let (a, b) = (1e-5f64.ln(), 0.0);
         let n = 20_000;
@@ -439,8 +579,9 @@ mod tests {
             low: 1,
             high: 9,
             step: 2,
+            log: false,
         };
-        let p = Parzen::fit(&i, &[3.0]);
+        let p = Parzen1::fit(&i, &[3.0]);
         let total: f64 = [1.0, 3.0, 5.0, 7.0, 9.0]
             .iter()
             .map(|&x| p.log_pdf(x).exp())
@@ -454,7 +595,7 @@ mod tests {
         let c = Distribution::Categorical {
             choices: vec!["a".into(), "b".into(), "c".into()],
         };
-        let p = Parzen::fit(&c, &[1.0, 1.0]);
+        let p = Parzen1::fit(&c, &[1.0, 1.0]);
         let probs: Vec<f64> = (0..3).map(|x| p.log_pdf(x as f64).exp()).collect();
         // Two kernels (1/3 smoothing each, +1 on "b", normalized) and the uniform prior,
         // equally weighted: b gets (2/3 + 2/3 + 1/3) / 3.
