@@ -253,4 +253,12 @@ fn validate_and_schema_commands() {
     let schema: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(schema["title"], "Experiment");
     assert!(schema["properties"]["apiVersion"].is_object());
+    let out = idcctl(&["manifest", "schema", "--kind", "sweep"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let schema: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(schema, idc::sweep::manifest::json_schema());
+    assert_eq!(schema["title"], "Sweep");
+    assert!(schema["properties"]["search"].is_object());
+    let out = idcctl(&["manifest", "schema", "--kind", "run"]);
+    assert_eq!(out.status.code(), Some(2));
 }

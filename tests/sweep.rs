@@ -354,6 +354,72 @@ fn sweep_manifest_mistakes_exit_2_with_the_line() {
 }
 
 #[test]
+fn a_base_file_is_read_beside_the_sweep_and_its_errors_located_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sweep-synth.yaml"),
+    )
+    .unwrap()
+    .replace("DATASET", "file:///nowhere")
+    .replace("STORAGE", "file:///nowhere");
+    // The fixture's inline base as an experiment manifest of its own, one folder down.
+    let (head, rest) = fixture.split_once("base:\n").unwrap();
+    let (block, tail) = rest.split_once("search:").unwrap();
+    let fields: String = block.lines().map(|l| format!("{}\n", &l[2..])).collect();
+    let experiment = format!("apiVersion: idc/v1\nkind: Experiment\nname: synth\n{fields}");
+    std::fs::create_dir(dir.path().join("exp")).unwrap();
+    let exp = dir.path().join("exp/synth.yaml");
+    std::fs::write(&exp, &experiment).unwrap();
+    let sweep = dir.path().join("sweep.yaml");
+    let base_line = head.lines().count() + 1;
+    std::fs::write(&sweep, format!("{head}base: exp/synth.yaml\nsearch:{tail}")).unwrap();
+    let sweep_arg = sweep.to_str().unwrap();
+    for args in [
+        vec!["sweep", "validate", sweep_arg],
+        vec!["validate", sweep_arg],
+    ] {
+        let out = idcctl(&args);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert!(
+            text(&out.stdout).starts_with(&format!(
+                "{sweep_arg}: valid: sweep synth-sweep, 3 parameters"
+            )),
+            "{}",
+            text(&out.stdout)
+        );
+    }
+    // A mistake in the experiment file is reported in it.
+    std::fs::write(&exp, experiment.replace("  epochs: 3", "  epochz: 3")).unwrap();
+    for args in [
+        vec!["sweep", "validate", sweep_arg],
+        vec!["validate", sweep_arg],
+    ] {
+        let out = idcctl(&args);
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+        assert!(
+            text(&out.stderr).contains(&format!(
+                "{}:7:3: train: unknown field `epochz` (did you mean `epochs`?)",
+                exp.display()
+            )),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+    // A missing one at the sweep's base: line, naming the file.
+    std::fs::remove_file(&exp).unwrap();
+    let out = idcctl(&["sweep", "validate", sweep_arg]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains(&format!(
+            "{sweep_arg}:{base_line}:1: base: cannot read the experiment manifest {}",
+            exp.display()
+        )),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
 fn ctrl_c_with_cancel_on_exit_checkpoints_the_trials_and_a_rerun_resumes_them() {
     // Longer trials, none pruned: the interrupt lands while they train.
     let b = setup(|m| {

@@ -1,7 +1,7 @@
 //! Command-line interface of `idcctl`: argument parsing, progress display and exit codes.
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use idc::dataset::decode::Undersized;
 use idc::dataset::split::{SplitMethod, SplitOptions, SplitSize};
 use idc::dataset::synth::{self, SynthOptions};
@@ -37,12 +37,12 @@ enum Command {
     /// Make and inspect datasets.
     #[command(subcommand)]
     Dataset(DatasetCommand),
-    /// Check an experiment manifest without running it.
+    /// Check an experiment or sweep manifest without running it.
     Validate {
         /// The manifest (YAML).
         file: PathBuf,
     },
-    /// Experiment manifest tools.
+    /// Experiment and sweep manifest tools.
     #[command(subcommand)]
     Manifest(ManifestCommand),
     /// Submit an experiment manifest as a run (stages its dataset first when needed).
@@ -176,8 +176,21 @@ enum TrackCommand {
 
 #[derive(Subcommand, Debug)]
 enum ManifestCommand {
-    /// Print the JSON Schema of experiment manifests (for editors' YAML support).
-    Schema,
+    /// Print the JSON Schema of experiment or sweep manifests (for editors' YAML support).
+    Schema {
+        /// Which manifests the schema describes.
+        #[arg(long, value_enum, default_value_t = SchemaKind::Experiment)]
+        kind: SchemaKind,
+    },
+}
+
+/// The manifests `idcctl manifest schema` describes.
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum SchemaKind {
+    /// `kind: Experiment` (idcctl submit).
+    Experiment,
+    /// `kind: Sweep` (idcctl sweep run).
+    Sweep,
 }
 
 #[derive(Args, Debug)]
@@ -400,11 +413,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Internal(runs::InternalCommand::DriveSweep { sweep }) => {
             sweep::drive_stored(&sweep).await
         }
-        Command::Manifest(ManifestCommand::Schema) => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&idc::experiment::json_schema())?
-            );
+        Command::Manifest(ManifestCommand::Schema { kind }) => {
+            let schema = match kind {
+                SchemaKind::Experiment => idc::experiment::json_schema(),
+                SchemaKind::Sweep => idc::sweep::manifest::json_schema(),
+            };
+            println!("{}", serde_json::to_string_pretty(&schema)?);
             Ok(ExitCode::Success)
         }
         Command::Dataset(DatasetCommand::Show { url, output }) => {

@@ -1,15 +1,18 @@
-//! The sweep manifest (`apiVersion: idc/v1`, `kind: Sweep`): a `base` experiment written
-//! inline, a `search` space over its fields by dotted path, the `objective`, the budget
-//! (`max_trials`, `parallelism`), the `sampler` and the `pruner`. Parsing is as strict as the
-//! experiment manifest's, with errors located in the file; the base and every searched value
-//! are checked by building the experiments they make.
+//! The sweep manifest (`apiVersion: idc/v1`, `kind: Sweep`): a `base` experiment, written
+//! inline or named by file (`base: cnn.yaml`), a `search` space over its fields by dotted path,
+//! the `objective`, the budget (`max_trials`, `parallelism`), the `sampler` and the `pruner`;
+//! and its JSON Schema. Parsing is as strict as the experiment manifest's, with errors located
+//! in the file at fault; the base and every searched value are checked by building the
+//! experiments they make.
 
 use super::pruner::PrunerSpec;
 use super::sampler::SamplerSpec;
-use super::space::{self, Space};
+use super::space::{self, Distribution, Space};
 use crate::experiment::{self, API_VERSION, Experiment, ManifestError};
 use crate::metrics::MetricName;
+use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::path::Path;
 
 pub const KIND: &str = "Sweep";
@@ -17,9 +20,11 @@ pub const KIND: &str = "Sweep";
 pub const MAX_TRIALS: u32 = 9999;
 /// Experiment fields a search may not vary: set by the sweep, or shared by all its trials.
 const FIXED: [&str; 5] = ["apiVersion", "kind", "name", "storage", "backend"];
+/// Experiment fields a base leaves out: every trial is an experiment named after the sweep.
+const SET_BY_SWEEP: [&str; 3] = ["apiVersion", "kind", "name"];
 
 /// Whether larger or smaller objective values are better.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
     Maximize,
@@ -27,9 +32,10 @@ pub enum Direction {
 }
 
 /// What the sweep optimizes: a validation metric, its best over a trial's epochs.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Objective {
+    /// The validation metric, e.g. `roc_auc`.
     pub metric: MetricName,
     /// Default: maximize, minimize for `loss`.
     #[serde(default)]
@@ -63,26 +69,49 @@ impl Objective {
     }
 }
 
-/// The document as written.
-#[derive(Deserialize)]
+/// A sweep manifest (`kind: Sweep`): trials of a base experiment with searched values written
+/// in. Also the schema of the document as written (`idcctl manifest schema --kind sweep`).
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Sweep")]
 struct Doc {
+    /// Always `idc/v1`.
     #[serde(rename = "apiVersion")]
+    #[schemars(extend("const" = API_VERSION))]
     #[allow(dead_code)]
     api_version: String,
+    /// Always `Sweep`.
+    #[schemars(extend("const" = KIND))]
     #[allow(dead_code)]
     kind: String,
+    /// Lowercase letters, digits and '-', starting with a letter; at most 40 characters. Trials
+    /// run as `<name>-t001`, `<name>-t002`, …
+    #[schemars(length(min = 1, max = experiment::MAX_NAME_LEN), regex(pattern = r"^[a-z]([a-z0-9-]*[a-z0-9])?$"))]
     name: String,
+    /// What the sweep searches, in a line.
     #[serde(default)]
     description: Option<String>,
+    /// The experiment every trial starts from: its fields (dataset, train, resources, …)
+    /// without apiVersion, kind and name, or the path of an experiment manifest (relative to
+    /// this file) whose apiVersion, kind and name are dropped.
+    #[schemars(with = "BaseSchema")]
     base: serde_yaml::Value,
+    /// The searched fields: dotted paths into the experiment (`train.optimizer.lr`), each
+    /// with its distribution.
+    #[schemars(with = "SearchSchema")]
     search: Space,
     objective: Objective,
+    /// Trials to run in all.
+    #[schemars(range(min = 1, max = MAX_TRIALS))]
     max_trials: u32,
+    /// Trials running at once.
     #[serde(default = "one")]
+    #[schemars(range(min = 1))]
     parallelism: u32,
+    /// How trials are proposed (default: TPE).
     #[serde(default)]
     sampler: SamplerSpec,
+    /// Which trials are stopped early (default: none).
     #[serde(default)]
     pruner: PrunerSpec,
 }
@@ -161,11 +190,27 @@ impl Sweep {
     }
 }
 
-/// Reads and checks the sweep manifest at `path`.
+/// Reads and checks the sweep manifest at `path`, a `base: FILE` read beside it: the sweep, and
+/// the text to store for it (see [`parse_in`]).
 pub fn load(path: &Path) -> Result<(Sweep, String), ManifestError> {
-    let (text, file) = crate::experiment::read(path)?;
-    let sweep = parse(&text, &file)?;
-    Ok((sweep, text))
+    let (text, file) = experiment::read(path)?;
+    parse_in(&text, &file, path.parent().unwrap_or(Path::new("")))
+}
+
+/// Parses and checks sweep manifest `text` (`file` names it in errors), a `base: FILE` read
+/// relative to `dir`. Returns the sweep and the text to store for it: `text` itself, or the
+/// manifest with the base file's fields written in, so that the stored sweep reads without
+/// the file (`sweep status`, the driver in the cluster) and a resume after the file has
+/// changed is a different search.
+pub fn parse_in(text: &str, file: &str, dir: &Path) -> Result<(Sweep, String), ManifestError> {
+    let (sweep, resolved) = check(text, file, Some(dir))?;
+    Ok((sweep, resolved.unwrap_or_else(|| text.to_string())))
+}
+
+/// Parses and checks sweep manifest `text` with its base written in, as stored; `file` names
+/// it in errors. A `base: FILE` is refused: there is no directory to read it from.
+pub fn parse(text: &str, file: &str) -> Result<Sweep, ManifestError> {
+    check(text, file, None).map(|(sweep, _)| sweep)
 }
 
 /// Whether `text` is a sweep manifest (its `kind` is `Sweep`), whatever else is in it.
@@ -176,8 +221,13 @@ pub fn is_sweep(text: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// Parses and checks sweep manifest `text`; `file` names it in errors.
-pub fn parse(text: &str, file: &str) -> Result<Sweep, ManifestError> {
+/// The sweep of manifest `text`, and, when its base names a file (read relative to `dir`), the
+/// manifest with that base written in.
+fn check(
+    text: &str,
+    file: &str,
+    dir: Option<&Path>,
+) -> Result<(Sweep, Option<String>), ManifestError> {
     let text = crate::experiment::without_bom(text);
     let err = |at, message: String, hint: Option<String>| ManifestError {
         file: file.to_string(),
@@ -220,23 +270,34 @@ pub fn parse(text: &str, file: &str) -> Result<Sweep, ManifestError> {
             Some("e.g. cnn-lr; trials run as <name>-t001, …".into()),
         ));
     }
-    let serde_yaml::Value::Mapping(base) = doc.base else {
-        return Err(err(
-            locate(&["base"]),
-            "base must be a mapping of experiment fields (dataset, train, resources, …)".into(),
-            None,
-        ));
-    };
-    for key in ["apiVersion", "kind", "name"] {
-        if base.contains_key(key) {
+    let (base, base_experiment, base_file) = match doc.base {
+        serde_yaml::Value::Mapping(base) => {
+            for key in SET_BY_SWEEP {
+                if base.contains_key(key) {
+                    return Err(err(
+                        locate(&["base", key]),
+                        format!("base.{key} is set by the sweep"),
+                        Some(
+                            "remove it: every trial is an experiment named after the sweep".into(),
+                        ),
+                    ));
+                }
+            }
+            let exp = check_base(text, file, &doc.name, &base)?;
+            (base, exp, None)
+        }
+        serde_yaml::Value::String(path) => {
+            let (base, exp) = read_base(text, file, &doc.name, &path, dir)?;
+            (base, exp, Some(path))
+        }
+        _ => {
             return Err(err(
-                locate(&["base", key]),
-                format!("base.{key} is set by the sweep"),
-                Some("remove it: every trial is an experiment named after the sweep".into()),
+                locate(&["base"]),
+                "base must be a mapping of experiment fields (dataset, train, resources, …) or the path of an experiment manifest".into(),
+                None,
             ));
         }
-    }
-    let base_experiment = check_base(text, file, &doc.name, &base)?;
+    };
 
     let params = &doc.search.params;
     if params.is_empty() {
@@ -342,7 +403,80 @@ pub fn parse(text: &str, file: &str) -> Result<Sweep, ManifestError> {
             }
         }
     }
-    Ok(sweep)
+    let resolved = base_file.map(|path| {
+        let mut doc = match raw {
+            serde_yaml::Value::Mapping(m) => m,
+            _ => Default::default(),
+        };
+        doc.insert("base".into(), serde_yaml::Value::Mapping(sweep.base.clone()));
+        // Only what the manifest says, not where it was read from: the same manifest stores
+        // the same text (a resume, the driver Job's spec hash).
+        format!(
+            "# Sweep {}, its `base: {path}` written in: that experiment manifest's fields but\n# apiVersion, kind and name.\n{}",
+            sweep.name,
+            serde_yaml::to_string(&doc).expect("YAML serializes")
+        )
+    });
+    Ok((sweep, resolved))
+}
+
+/// The base named by `base: FILE` (`rel`, relative to `dir`): that experiment manifest's
+/// fields but apiVersion, kind and name, and the base as an experiment. Errors in the file are
+/// located there; a file that cannot be read or is not an experiment manifest, at `base:`.
+fn read_base(
+    text: &str,
+    file: &str,
+    name: &str,
+    rel: &str,
+    dir: Option<&Path>,
+) -> Result<(serde_yaml::Mapping, Experiment), ManifestError> {
+    let at_base = |message: String, hint: Option<String>| ManifestError {
+        file: file.to_string(),
+        at: experiment::locate(text, &["base"]),
+        message,
+        hint,
+    };
+    let Some(dir) = dir else {
+        return Err(at_base(
+            format!("base names the file '{rel}', which is read only for a manifest on disk"),
+            Some("write the experiment fields in base, or give the manifest's file".into()),
+        ));
+    };
+    let path = dir.join(rel);
+    let efile = path.display().to_string();
+    let etext = std::fs::read_to_string(&path).map_err(|e| {
+        at_base(
+            format!("base: cannot read the experiment manifest {efile}: {e}"),
+            Some("base: FILE is relative to the sweep manifest's directory".into()),
+        )
+    })?;
+    let etext = experiment::without_bom(&etext);
+    let raw: serde_yaml::Value =
+        serde_yaml::from_str(etext).map_err(|e| experiment::yaml_error(&efile, e))?;
+    let mut base = match raw {
+        serde_yaml::Value::Mapping(m) => m,
+        _ => Default::default(),
+    };
+    match base.get("kind").and_then(|k| k.as_str()) {
+        Some(experiment::KIND) => {}
+        kind => {
+            let what = kind.map_or("it has no kind".into(), |k| format!("its kind is '{k}'"));
+            return Err(at_base(
+                format!("base: {efile} is not an experiment manifest ({what})"),
+                Some(format!(
+                    "base: FILE names a manifest of kind: {}",
+                    experiment::KIND
+                )),
+            ));
+        }
+    }
+    // Checked as the file it is, so that its errors point into it.
+    experiment::parse(etext, &efile)?;
+    for key in SET_BY_SWEEP {
+        base.remove(key);
+    }
+    let exp = check_base(text, file, name, &base)?;
+    Ok((base, exp))
 }
 
 /// Checks the base as an experiment; an error is located in the file where the base is a
@@ -422,6 +556,78 @@ fn base_block(text: &str) -> Option<(usize, usize, String)> {
         })
         .collect();
     Some((i + 1, indent, block.join("\n") + "\n"))
+}
+
+/// A dotted parameter path: field names (lowercase letters, digits and '_') joined by '.'.
+const PATH_PATTERN: &str = r"^[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)*$";
+
+/// The JSON Schema of the sweep manifest, for editors (`idcctl manifest schema --kind sweep`).
+pub fn json_schema() -> serde_json::Value {
+    serde_json::to_value(schemars::schema_for!(Doc)).expect("a schema serializes")
+}
+
+/// The schema of `base`: the experiment manifest's fields but apiVersion, kind and name (its
+/// definitions shared), or the path of an experiment manifest.
+struct BaseSchema;
+
+impl JsonSchema for BaseSchema {
+    fn schema_name() -> Cow<'static, str> {
+        "SweepBase".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        let mut fields = Experiment::json_schema(generator);
+        if let Some(o) = fields.as_object_mut() {
+            if let Some(serde_json::Value::Object(p)) = o.get_mut("properties") {
+                for key in SET_BY_SWEEP {
+                    p.remove(key);
+                }
+            }
+            if let Some(serde_json::Value::Array(r)) = o.get_mut("required") {
+                r.retain(|k| !k.as_str().is_some_and(|k| SET_BY_SWEEP.contains(&k)));
+            }
+            o.insert(
+                "description".into(),
+                "The experiment's fields, as in an experiment manifest without apiVersion, kind and name.".into(),
+            );
+        }
+        schemars::json_schema!({
+            "anyOf": [
+                fields,
+                {
+                    "type": "string",
+                    "minLength": 1,
+                    "description": "The path of an experiment manifest (kind: Experiment), relative to the sweep manifest's directory or absolute; its apiVersion, kind and name are dropped."
+                }
+            ]
+        })
+    }
+}
+
+/// The schema of `search`: dotted paths to distributions.
+struct SearchSchema;
+
+impl JsonSchema for SearchSchema {
+    fn schema_name() -> Cow<'static, str> {
+        "SweepSearch".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        schemars::json_schema!({
+            "type": "object",
+            "minProperties": 1,
+            "propertyNames": {"pattern": PATH_PATTERN},
+            "additionalProperties": generator.subschema_for::<Distribution>(),
+        })
+    }
 }
 
 #[cfg(test)]
@@ -545,5 +751,354 @@ pruner: {kind: asha, min_epochs: 1, reduction_factor: 3}
         );
         let e = fails(&GOOD.replace("dataset: {url: 'file:///tmp/ds'}", "resources: {}"));
         assert!(e.contains("base: missing field `dataset`"), "{e}");
+    }
+
+    /// GOOD's base as an experiment manifest of its own.
+    fn experiment_file() -> String {
+        let block = GOOD
+            .split("base:\n")
+            .nth(1)
+            .unwrap()
+            .split("search:")
+            .next()
+            .unwrap();
+        let fields: String = block.lines().map(|l| format!("{}\n", &l[2..])).collect();
+        format!("apiVersion: idc/v1\nkind: Experiment\nname: cnn\n{fields}")
+    }
+
+    /// GOOD with `base: FILE` instead of the inline base.
+    fn with_base_file(file: &str) -> String {
+        let (head, rest) = GOOD.split_once("base:\n").unwrap();
+        let tail = rest.split_once("search:").unwrap().1;
+        format!("{head}base: {file}\nsearch:{tail}")
+    }
+
+    #[test]
+    fn base_may_name_an_experiment_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("exp.yaml"), experiment_file()).unwrap();
+        let sweep_file = dir.path().join("s.yaml");
+        std::fs::write(&sweep_file, with_base_file("exp.yaml")).unwrap();
+        let (s, stored) = load(&sweep_file).unwrap();
+        assert_eq!(
+            s,
+            parse(GOOD, "s.yaml").unwrap(),
+            "the same sweep as inline"
+        );
+        // What is stored reads on its own, as the same sweep, and says where the base was.
+        assert!(stored.starts_with("# Sweep lr-sweep, its `base: exp.yaml` written in"));
+        assert_eq!(parse(&stored, "sweep.yaml").unwrap(), s);
+        assert_eq!(load(&sweep_file).unwrap().1, stored, "deterministic");
+        // An absolute path too; an inline base is stored as written.
+        let abs = with_base_file(&dir.path().join("exp.yaml").display().to_string());
+        assert_eq!(parse_in(&abs, "s.yaml", Path::new("/")).unwrap().0, s);
+        assert_eq!(parse_in(GOOD, "s.yaml", dir.path()).unwrap().1, GOOD);
+        // Editing the experiment makes another search: a resume refuses it.
+        std::fs::write(
+            dir.path().join("exp.yaml"),
+            experiment_file().replace("epochs: 3", "epochs: 4"),
+        )
+        .unwrap();
+        let (edited, _) = load(&sweep_file).unwrap();
+        assert!(!edited.same_search(&s));
+
+        // Text alone has no directory to read the file from.
+        let e = fails(&with_base_file("exp.yaml"));
+        assert!(
+            e.starts_with("s.yaml:4:1: base names the file 'exp.yaml'"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn base_file_errors_are_located_in_the_file_at_fault() {
+        let dir = tempfile::tempdir().unwrap();
+        let exp = dir.path().join("exp.yaml");
+        let sweep_file = dir.path().join("s.yaml");
+        std::fs::write(&sweep_file, with_base_file("exp.yaml")).unwrap();
+        let fails = || load(&sweep_file).unwrap_err().to_string();
+
+        std::fs::write(
+            &exp,
+            experiment_file().replace("  epochs: 3", "  epochz: 3"),
+        )
+        .unwrap();
+        let e = fails();
+        assert!(
+            e.starts_with(&format!(
+                "{}:8:3: train: unknown field `epochz`",
+                exp.display()
+            )) && e.contains("did you mean `epochs`?"),
+            "{e}"
+        );
+        std::fs::write(&exp, experiment_file().replace("name: cnn", "name: CNN")).unwrap();
+        assert!(fails().starts_with(&format!("{}:3:1: name 'CNN'", exp.display())));
+
+        std::fs::write(
+            &exp,
+            experiment_file().replace("kind: Experiment", "kind: Sweep"),
+        )
+        .unwrap();
+        let e = fails();
+        assert!(
+            e.starts_with(&format!(
+                "{}:4:1: base: {} is not an experiment manifest (its kind is 'Sweep')",
+                sweep_file.display(),
+                exp.display()
+            )),
+            "{e}"
+        );
+
+        std::fs::remove_file(&exp).unwrap();
+        let e = fails();
+        assert!(
+            e.starts_with(&format!(
+                "{}:4:1: base: cannot read the experiment manifest {}: ",
+                sweep_file.display(),
+                exp.display()
+            )),
+            "{e}"
+        );
+        // A searched value is still checked against the base, located in the sweep.
+        std::fs::write(&exp, experiment_file()).unwrap();
+        std::fs::write(
+            &sweep_file,
+            with_base_file("exp.yaml").replace("choices: [32, 64]", "choices: [0, 64]"),
+        )
+        .unwrap();
+        assert!(fails().contains("s.yaml:7:3: search.train.batch_size = 0"));
+
+        let e = super::parse(&with_base_file("3"), "s.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("s.yaml:4:1: base must be a mapping of experiment fields"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn schema_names_the_fields() {
+        let schema = json_schema();
+        let s = schema.to_string();
+        for field in [
+            "apiVersion",
+            "search",
+            "log_uniform",
+            "categorical",
+            "choices",
+            "n_startup_trials",
+            "grid_points",
+            "asha",
+            "reduction_factor",
+            "roc_auc",
+            "maximize",
+            "max_trials",
+            "parallelism",
+            "batch_size",
+        ] {
+            assert!(s.contains(field), "schema lacks {field}");
+        }
+        assert_eq!(schema["title"], "Sweep");
+        let p = &schema["properties"];
+        assert_eq!(p["kind"]["const"], "Sweep");
+        assert_eq!(p["max_trials"]["maximum"], MAX_TRIALS);
+        let base = p["base"]["anyOf"].as_array().unwrap();
+        assert!(base[0]["properties"]["dataset"].is_object());
+        assert!(base[0]["properties"].get("name").is_none());
+        assert_eq!(base[0]["required"], serde_json::json!(["dataset"]));
+        assert_eq!(base[1]["type"], "string");
+        let mut kinds: Vec<String> =
+            defined(&schema, &p["search"]["additionalProperties"])["oneOf"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| {
+                    v["properties"]["kind"]["const"]
+                        .as_str()
+                        .unwrap()
+                        .to_string()
+                })
+                .collect();
+        kinds.sort();
+        assert_eq!(kinds, ["categorical", "int", "log_uniform", "uniform"]);
+    }
+
+    #[test]
+    fn shipped_sweep_manifests_match_the_schema() {
+        let schema = json_schema();
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests");
+        let mut checked = 0;
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let path = e.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            if !is_sweep(&text) {
+                continue;
+            }
+            let doc: serde_json::Value = serde_yaml::from_str(&text).unwrap();
+            if let Err(e) = conforms(&schema, &schema, &doc, "") {
+                panic!("{}: {e}", path.display());
+            }
+            checked += 1;
+        }
+        assert!(checked >= 3, "{checked} sweep manifests");
+        let good: serde_json::Value = serde_yaml::from_str(GOOD).unwrap();
+        conforms(&schema, &schema, &good, "").unwrap();
+        let file: serde_json::Value = serde_yaml::from_str(&with_base_file("cnn.yaml")).unwrap();
+        conforms(&schema, &schema, &file, "").unwrap();
+        // The mistakes parse refuses, the schema refuses too (what an editor can flag).
+        for (from, to, at) in [
+            (
+                "kind: log_uniform",
+                "kind: loguniform",
+                "/search/train.optimizer.lr",
+            ),
+            ("max_trials: 20", "max_trials: 0", "/max_trials"),
+            ("max_trials: 20", "max_trails: 20", ""),
+            ("objective: {metric: roc_auc}", "", ""),
+            ("{metric: roc_auc}", "{metric: auc}", "/objective/metric"),
+            ("kind: tpe", "kind: tpe2", "/sampler"),
+            ("reduction_factor: 3", "reduction: 3", "/pruner"),
+            ("    epochs: 3", "    epochz: 3", "/base"),
+            ("kind: Sweep", "kind: Experiment", "/kind"),
+        ] {
+            let text = GOOD.replace(from, to);
+            let doc: serde_json::Value = serde_yaml::from_str(&text).unwrap();
+            let e = conforms(&schema, &schema, &doc, "").expect_err(to);
+            assert!(e.starts_with(&format!("{at}:")), "{to}: {e}");
+        }
+    }
+
+    /// `schema`, or what its `$ref` names in `root`.
+    fn defined<'a>(
+        root: &'a serde_json::Value,
+        schema: &'a serde_json::Value,
+    ) -> &'a serde_json::Value {
+        match schema["$ref"].as_str() {
+            Some(r) => root
+                .pointer(r.trim_start_matches('#'))
+                .expect("a defined $ref"),
+            None => schema,
+        }
+    }
+
+    /// Whether `v` (at JSON pointer `at`) is valid against `schema`, `$ref`s resolved in `root`:
+    /// the keywords these schemas use (others pass). The error names where `v` fails.
+    fn conforms(
+        root: &serde_json::Value,
+        schema: &serde_json::Value,
+        v: &serde_json::Value,
+        at: &str,
+    ) -> Result<(), String> {
+        use serde_json::Value;
+        let schema = defined(root, schema);
+        let Some(s) = schema.as_object() else {
+            return match schema {
+                Value::Bool(false) => Err(format!("{at}: not allowed")),
+                _ => Ok(()),
+            };
+        };
+        if let Some(t) = s.get("type") {
+            let is = |t: &Value| match t.as_str().unwrap_or("") {
+                "object" => v.is_object(),
+                "array" => v.is_array(),
+                "string" => v.is_string(),
+                "boolean" => v.is_boolean(),
+                "null" => v.is_null(),
+                "number" => v.is_number(),
+                "integer" => v.as_f64().is_some_and(|x| x.fract() == 0.0),
+                _ => true,
+            };
+            let ok = match t {
+                Value::Array(ts) => ts.iter().any(is),
+                t => is(t),
+            };
+            if !ok {
+                return Err(format!("{at}: {v} is not of type {t}"));
+            }
+        }
+        if let Some(c) = s.get("const")
+            && c != v
+        {
+            return Err(format!("{at}: {v} is not {c}"));
+        }
+        if let Some(Value::Array(e)) = s.get("enum")
+            && !e.contains(v)
+        {
+            return Err(format!("{at}: {v} is not one of {e:?}"));
+        }
+        if let Some(x) = v.as_f64() {
+            if s.get("minimum")
+                .and_then(Value::as_f64)
+                .is_some_and(|m| x < m)
+            {
+                return Err(format!("{at}: {x} is below the minimum"));
+            }
+            if s.get("maximum")
+                .and_then(Value::as_f64)
+                .is_some_and(|m| x > m)
+            {
+                return Err(format!("{at}: {x} is above the maximum"));
+            }
+        }
+        for sub in s
+            .get("allOf")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            conforms(root, sub, v, at)?;
+        }
+        for (keyword, exactly_one) in [("anyOf", false), ("oneOf", true)] {
+            let Some(Value::Array(subs)) = s.get(keyword) else {
+                continue;
+            };
+            let results: Vec<_> = subs.iter().map(|sub| conforms(root, sub, v, at)).collect();
+            let passed = results.iter().filter(|r| r.is_ok()).count();
+            if passed == 0 || (exactly_one && passed > 1) {
+                let why: Vec<String> = results.into_iter().filter_map(Result::err).collect();
+                return Err(format!(
+                    "{at}: matches {passed} of {keyword} ({})",
+                    why.join("; ")
+                ));
+            }
+        }
+        if let Some(o) = v.as_object() {
+            for key in s
+                .get("required")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                if !o.contains_key(key.as_str().unwrap_or("")) {
+                    return Err(format!("{at}: {key} is required"));
+                }
+            }
+            if let Some(n) = s.get("minProperties").and_then(Value::as_u64)
+                && (o.len() as u64) < n
+            {
+                return Err(format!("{at}: fewer than {n} properties"));
+            }
+            let props = s.get("properties").and_then(Value::as_object);
+            for (key, value) in o {
+                let here = format!("{at}/{key}");
+                match props.and_then(|p| p.get(key)) {
+                    Some(sub) => conforms(root, sub, value, &here)?,
+                    None => match s.get("additionalProperties") {
+                        Some(Value::Bool(false)) => {
+                            return Err(format!("{at}: unknown property {key}"));
+                        }
+                        Some(sub) => conforms(root, sub, value, &here)?,
+                        None => {}
+                    },
+                }
+            }
+        }
+        if let (Some(a), Some(items)) = (v.as_array(), s.get("items")) {
+            for (i, x) in a.iter().enumerate() {
+                conforms(root, items, x, &format!("{at}/{i}"))?;
+            }
+        }
+        Ok(())
     }
 }

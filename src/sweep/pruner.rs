@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 /// The pruner of a sweep manifest (`pruner: {kind: asha, min_epochs: 1, reduction_factor: 3}`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum PrunerSpec {
     /// Every trial runs all its epochs.

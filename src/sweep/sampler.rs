@@ -15,7 +15,7 @@ use rand_chacha::rand_core::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 /// The sampler of a sweep manifest (`sampler: {kind: tpe, seed: 0}`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum SamplerSpec {
     /// Every parameter uniformly (log-uniformly for log_uniform), independently.

@@ -10,7 +10,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use std::fmt;
 
 /// How a parameter is drawn.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Distribution {
     /// A float, uniform in `[low, high]`.
@@ -28,7 +28,10 @@ pub enum Distribution {
         log: bool,
     },
     /// One of the values listed (any YAML value: a number, a name, a mapping).
-    Categorical { choices: Vec<serde_yaml::Value> },
+    Categorical {
+        #[schemars(with = "Vec<serde_json::Value>")]
+        choices: Vec<serde_yaml::Value>,
+    },
 }
 
 fn one() -> i64 {
