@@ -62,6 +62,7 @@ fn own_code(e: &(dyn std::error::Error + 'static)) -> Option<ExitCode> {
             crate::report::ReportError,
             crate::stage::StageError,
             crate::sweep::driver::SweepError,
+            crate::sweep::state::OpenError,
             crate::track::TrackError,
             crate::tracking::mlflow::TrackingError,
             crate::weights::WeightsError

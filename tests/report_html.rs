@@ -10,6 +10,7 @@
 
 mod common;
 
+use common::browser::*;
 use common::*;
 use idc::metrics::{ErrorKind, Report};
 use idc::predictions::Prediction;
@@ -17,9 +18,8 @@ use idc::report::slides::{BACKGROUND, colour_scale};
 use idc::shard::ShardReader;
 use idc::store::Store;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Instant;
 
 /// Plots on each page: loss, validation metrics, ROC, PR and two confusion matrices; the
 /// comparison overlays validation loss, validation F1, ROC and PR.
@@ -78,102 +78,6 @@ fn read_report(r: &Runs, run: &str) -> Report {
         .join(run)
         .join("report.json");
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
-}
-
-/// Chromium, if installed: `IDC_CHROMIUM`, `chromium` or `chromium-browser` on the PATH, or
-/// /usr/bin/chromium.
-fn chromium() -> Option<PathBuf> {
-    if let Ok(p) = std::env::var("IDC_CHROMIUM") {
-        return Some(PathBuf::from(p));
-    }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .flat_map(|d| [d.join("chromium"), d.join("chromium-browser")])
-        .chain([PathBuf::from("/usr/bin/chromium")])
-        .find(|p| p.is_file())
-}
-
-/// The DOM of `page` after load, as headless Chromium serializes it.
-fn dump_dom(browser: &Path, page: &Path) -> String {
-    let profile = tempfile::tempdir().unwrap();
-    let mut child = Command::new(browser)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--disable-dev-shm-usage",
-            "--virtual-time-budget=10000",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg("--dump-dom")
-        .arg(format!("file://{}", page.canonicalize().unwrap().display()))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("starting {}: {e}", browser.display()));
-    // Drain the pipes while waiting, so that a large DOM cannot block the browser.
-    let mut stdout = child.stdout.take().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let out = std::thread::spawn(move || {
-        let mut s = String::new();
-        std::io::Read::read_to_string(&mut stdout, &mut s).unwrap();
-        s
-    });
-    let err = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
-        s
-    });
-    let until = Instant::now() + Duration::from_secs(90);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() > until {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "{} did not finish loading {} in 90s",
-                browser.display(),
-                page.display()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let (dom, log) = (out.join().unwrap(), err.join().unwrap());
-    assert!(
-        status.success() && dom.contains("<body"),
-        "{} failed on {} ({status}):\n{log}",
-        browser.display(),
-        page.display()
-    );
-    dom
-}
-
-/// The value of attribute `name` of the `<body>` tag in `dom`.
-fn body_attr(dom: &str, name: &str) -> Option<String> {
-    let start = dom.find("<body")?;
-    let tag = &dom[start..start + dom[start..].find('>')?];
-    let key = format!(" {name}=\"");
-    let at = tag.find(&key)? + key.len();
-    Some(tag[at..at + tag[at..].find('"')?].to_string())
-}
-
-/// The DOM of `page` once its check script ran.
-fn checked_dom(browser: &Path, page: &Path) -> String {
-    let dom = dump_dom(browser, page);
-    assert_eq!(
-        body_attr(&dom, "data-checked").as_deref(),
-        Some("true"),
-        "the page's check did not run: {}",
-        &dom[dom.find("<body").unwrap_or(0)..][..200.min(dom.len())]
-    );
-    dom
 }
 
 /// What the page's check script found: plots rendered, plots failed, patches decoded,

@@ -2,9 +2,13 @@
 //! killed once a trial has finished, then run again: the finished trials are kept as they
 //! were, the running ones re-attached (not run again), no run is submitted twice, and every
 //! trial ends. Needs the worker binary beside idcctl (`cargo test --workspace` builds it).
+//! `sweep status` and `sweep report --html` are checked on the finished sweep and on a
+//! recorded one (trials written as the driver writes them, two still running), the page loaded
+//! in headless Chromium, which must render every plot.
 
 mod common;
 
+use common::browser::*;
 use common::*;
 use serde_json::Value;
 use std::collections::BTreeSet;
@@ -307,6 +311,25 @@ fn a_killed_sweep_resumes_with_its_finished_trials_kept() {
             && table.contains("batch_size"),
         "{table}"
     );
+    // The best trial's curve, as values and as a sparkline; nothing runs any more.
+    let curve: Vec<f64> = best["intermediate"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap_or(f64::NAN))
+        .collect();
+    assert!(
+        table.contains(&format!(
+            "best {} curve (roc_auc by epoch): ",
+            best["id"].as_str().unwrap()
+        )) && table.contains(&idc::sweep::live::sparkline(&curve)),
+        "{table}"
+    );
+    assert!(!table.contains("running now:"), "{table}");
+    assert_eq!(s["best_curve"], best["intermediate"]);
+    assert_eq!(s["running"], serde_json::json!([]));
+    // Its page: every plot rendered, one line per completed trial.
+    check_page(&b.storage, NAME, b.dir.path(), &after);
     // Running the finished sweep again does nothing new.
     let out = idcctl(&["sweep", "run", b.manifest.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -524,4 +547,281 @@ fn shipped_sweep_manifests_are_valid() {
     }
     names.sort();
     assert_eq!(names, ["cnn-sweep", "cnn-sweep-gpu", "quickstart-sweep"]);
+}
+
+/// The searched paths of the fixture sweep.
+const PARAMS: [&str; 3] = ["train.optimizer.lr", "train.batch_size", "train.sampling"];
+
+/// Renders `sweep report NAME --html` of the sweep recorded as `state` and checks the page:
+/// in the file, one polyline per completed trial, one axis per parameter and the objective,
+/// one importance bar per parameter; in Chromium, every plot rendered. Returns the page.
+fn check_page(storage: &str, name: &str, dir: &Path, state: &Value) -> String {
+    let out_dir = dir.join("sweep-report");
+    let out = idcctl_env(
+        &[
+            "sweep",
+            "report",
+            name,
+            "--html",
+            "--out",
+            out_dir.to_str().unwrap(),
+        ],
+        &[("IDC_STORAGE", storage)],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("wrote "),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        text(&out.stdout).contains(&format!("sweep {name}: maximize roc_auc")),
+        "{}",
+        text(&out.stdout)
+    );
+    let page = out_dir.join("index.html");
+    let html = std::fs::read_to_string(&page).unwrap();
+    for external in ["src=\"http", "href=\"http", "<link", "@import", "url(http"] {
+        assert!(!html.contains(external), "the page fetches {external}");
+    }
+    let completed = trials_in(state, "completed")
+        .iter()
+        .filter(|t| t["value"].is_f64())
+        .count();
+    // Objective per trial and the best curve; importance and parallel coordinates from two
+    // completed trials on.
+    let plots = if completed >= 2 { 4 } else { 2 };
+    assert_eq!(html.matches("<svg data-plot").count(), plots);
+    if completed >= 2 {
+        assert_eq!(
+            html.matches("<polyline class=\"trial").count(),
+            completed,
+            "one line per completed trial"
+        );
+        assert_eq!(html.matches("<polyline class=\"trial best\"").count(), 1);
+        assert_eq!(
+            html.matches("<g class=\"axis\"").count(),
+            PARAMS.len() + 1,
+            "an axis per parameter and the objective"
+        );
+        assert!(html.contains("data-axis=\"objective\""));
+        for p in PARAMS {
+            assert!(html.contains(&format!("<g class=\"axis\" data-axis=\"{p}\"")));
+            assert!(
+                html.contains(&format!("<g class=\"bar\" data-param=\"{p}\">")),
+                "no importance bar for {p}"
+            );
+        }
+        assert!(html.contains(">lr (log)</text>") && html.contains(">weighted</text>"));
+    } else {
+        assert!(html.contains("needs at least two completed trials"));
+    }
+    let Some(browser) = browser_or_skip() else {
+        return html;
+    };
+    let dom = checked_dom(&browser, &page);
+    assert_eq!(
+        (
+            body_attr(&dom, "data-plots-ok")
+                .unwrap()
+                .parse::<usize>()
+                .unwrap(),
+            body_attr(&dom, "data-plots-failed").unwrap()
+        ),
+        (plots, String::new()),
+        "(plots rendered, failed)"
+    );
+    if completed >= 2 {
+        assert_eq!(dom.matches("<polyline class=\"trial").count(), completed);
+        assert_eq!(dom.matches("<g class=\"axis\"").count(), PARAMS.len() + 1);
+        for p in PARAMS {
+            assert!(dom.contains(&format!("<g class=\"bar\" data-param=\"{p}\">")));
+        }
+    }
+    html
+}
+
+/// An epoch line of `metrics.jsonl` with validation ROC-AUC `auc`.
+fn epoch_line(epoch: u32, auc: f64) -> String {
+    use idc::metrics::{BinaryMetrics, Metrics, MetricsRecord};
+    let r = MetricsRecord::Epoch {
+        epoch,
+        train_loss: 0.4,
+        lr: 0.01,
+        val: Metrics::Binary(BinaryMetrics {
+            roc_auc: auc,
+            ..Default::default()
+        }),
+        duration_s: 1.0,
+        images_per_s: 100.0,
+        best: false,
+    };
+    serde_json::to_string(&r).unwrap() + "\n"
+}
+
+#[test]
+fn a_recorded_sweep_shows_its_running_trials_and_renders_its_page() {
+    use idc::sweep::state::{SweepState, Trial, TrialState};
+    let dir = tempfile::tempdir().unwrap();
+    let bucket = dir.path().join("bucket");
+    let storage = format!("file://{}", bucket.display());
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sweep-synth.yaml");
+    let manifest = std::fs::read_to_string(fixture)
+        .unwrap()
+        .replace("DATASET", &format!("{storage}/datasets/synth"))
+        .replace("STORAGE", &storage)
+        .replace("max_trials: 6", "max_trials: 8");
+    let sweep_dir = bucket.join("sweeps").join(NAME);
+    std::fs::create_dir_all(&sweep_dir).unwrap();
+    std::fs::write(sweep_dir.join("sweep.yaml"), &manifest).unwrap();
+    // Six trials have ended (four completed, one pruned, one failed); t007 trains, t008's
+    // supervisor is gone.
+    use TrialState::*;
+    let ended = [
+        (Completed, 1e-3, 16, "weighted", vec![0.70, 0.78, 0.80]),
+        (Pruned, 1e-4, 32, "shuffle", vec![0.55]),
+        (Completed, 3e-3, 32, "weighted", vec![0.72, 0.82, 0.84]),
+        (Failed, 5e-2, 16, "shuffle", vec![]),
+        (Completed, 2e-2, 16, "shuffle", vec![0.60, 0.66, 0.69]),
+        (Completed, 4e-4, 32, "shuffle", vec![0.65, 0.71, 0.74]),
+        (Running, 1e-2, 32, "weighted", vec![0.75]),
+        (Running, 6e-3, 16, "weighted", vec![]),
+    ];
+    let mut st = SweepState::new(NAME);
+    for (i, (state, lr, batch, sampling, curve)) in ended.into_iter().enumerate() {
+        let number = i as u32 + 1;
+        let best = curve
+            .iter()
+            .enumerate()
+            .fold(None, |b: Option<(u32, f64)>, (e, &v)| match b {
+                Some((_, bv)) if bv >= v => b,
+                _ => Some((e as u32 + 1, v)),
+            });
+        let ended = !matches!(state, Running | Failed);
+        st.trials.push(Trial {
+            id: Trial::id_of(number),
+            number,
+            run_id: format!("{NAME}-t{number:03}"),
+            params: [
+                (PARAMS[0].to_string(), serde_json::json!(lr)),
+                (PARAMS[1].to_string(), serde_json::json!(batch)),
+                (PARAMS[2].to_string(), serde_json::json!(sampling)),
+            ]
+            .into(),
+            state,
+            value: best.filter(|_| ended).map(|b| b.1),
+            best_epoch: best.filter(|_| ended).map(|b| b.0),
+            intermediate: curve,
+            reason: (state == Failed).then(|| "its worker exited with code 1".into()),
+            started_at: "2026-01-01T00:00:00Z".into(),
+            finished_at: None,
+            interrupted: false,
+        });
+    }
+    let state_bytes = serde_json::to_vec_pretty(&st).unwrap();
+    std::fs::write(sweep_dir.join("state.json"), &state_bytes).unwrap();
+    let run_record = |n: u32, supervisor: Value, metrics: String| {
+        let id = format!("{NAME}-t{n:03}");
+        let run = bucket.join("runs").join(&id);
+        std::fs::create_dir_all(&run).unwrap();
+        let status = serde_json::json!({
+            "run_id": id, "experiment": NAME, "model": "logreg", "backend": "local",
+            "phase": "running", "attempts": 1, "max_attempts": 1,
+            "created_at": "2026-01-01T00:00:00Z", "started_at": null, "finished_at": null,
+            "exit_codes": [], "reason": null, "supervisor": supervisor, "worker": null,
+            "deadline_s": null,
+        });
+        std::fs::write(run.join("status.json"), status.to_string()).unwrap();
+        std::fs::write(run.join("metrics.jsonl"), metrics).unwrap();
+    };
+    // This test stands in for t007's supervisor: it is alive while idcctl looks.
+    let me = serde_json::to_value(idc::process::ProcessRef::current()).unwrap();
+    run_record(7, me, epoch_line(1, 0.70) + &epoch_line(2, 0.75));
+    run_record(8, Value::Null, String::new());
+    let env = [("IDC_STORAGE", storage.as_str())];
+
+    let out = idcctl_env(&["sweep", "status", NAME], &env);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let table = text(&out.stdout);
+    for want in [
+        "8 of 8 trials: 2 running, 4 completed, 1 pruned, 1 failed",
+        "running now:",
+        &format!("t007 (run {NAME}-t007): running, epoch 2/3, roc_auc 0.75"),
+        &format!("t008 (run {NAME}-t008): lost, epoch 0/3"),
+        "best: t003",
+        &format!(
+            "best t003 curve (roc_auc by epoch): 0.72 0.82 0.84  {}",
+            idc::sweep::live::sparkline(&[0.72, 0.82, 0.84])
+        ),
+    ] {
+        assert!(table.contains(want), "{want}:\n{table}");
+    }
+    let out = idcctl_env(&["sweep", "status", NAME, "-o", "json"], &env);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let s: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["best_curve"], serde_json::json!([0.72, 0.82, 0.84]));
+    let running = s["running"].as_array().unwrap();
+    assert_eq!(running.len(), 2, "{s:#}");
+    assert_eq!(
+        (
+            &running[0]["trial"],
+            &running[0]["phase"],
+            &running[0]["epoch"]
+        ),
+        (
+            &serde_json::json!("t007"),
+            &serde_json::json!("running"),
+            &serde_json::json!(2)
+        )
+    );
+    assert_eq!(running[0]["epochs"], 3);
+    assert_eq!(running[0]["latest"], 0.75);
+    assert_eq!(running[1]["phase"], "lost");
+    // The sweep's record is the driver's: status only read it.
+    assert_eq!(
+        std::fs::read(sweep_dir.join("state.json")).unwrap(),
+        state_bytes
+    );
+
+    // The summary without a page: every parameter's importance.
+    let out = idcctl_env(&["sweep", "report", NAME], &env);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let summary = text(&out.stdout);
+    assert!(
+        summary.contains("parameter importance (share of the roc_auc variance"),
+        "{summary}"
+    );
+    for n in ["lr", "batch_size", "sampling"] {
+        assert!(summary.contains(&format!("\n  {n} ")), "{n}:\n{summary}");
+    }
+    let out = idcctl_env(&["sweep", "report", NAME, "-o", "json"], &env);
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let shares: f64 = r["importance"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["share"].as_f64().unwrap())
+        .sum();
+    assert!((shares - 1.0).abs() < 1e-9, "{r:#}");
+    assert_eq!(r["best"]["trial"], "t003");
+
+    let html = check_page(
+        &storage,
+        NAME,
+        dir.path(),
+        &serde_json::to_value(&st).unwrap(),
+    );
+    assert!(html.contains("its worker exited with code 1"));
+    assert!(html.contains("data-trial=\"t007\" data-state=\"running\""));
+
+    // Mistakes are the user's.
+    let out = idcctl_env(&["sweep", "report", "nope"], &env);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("no sweep nope in"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = idcctl_env(&["sweep", "report", NAME, "--out", "x"], &env);
+    assert_eq!(out.status.code(), Some(2), "--out needs --html");
 }

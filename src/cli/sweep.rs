@@ -1,8 +1,9 @@
 //! Sweep commands: `idcctl sweep run FILE` drives a hyperparameter sweep in the foreground (or,
 //! with `--in-cluster`, creates a Job that drives it), `idcctl sweep status NAME` shows its
-//! trials and the best one, `sweep logs`/`sweep cancel` follow and stop an in-cluster driver,
-//! `idcctl sweep validate FILE` checks a sweep manifest; `idcctl internal drive-sweep` is what
-//! that Job runs.
+//! trials, the running ones as their runs are now, and the best one with its curve, `sweep
+//! report NAME` summarizes it (and `--html` writes its page), `sweep logs`/`sweep cancel`
+//! follow and stop an in-cluster driver, `idcctl sweep validate FILE` checks a sweep manifest;
+//! `idcctl internal drive-sweep` is what that Job runs.
 
 use super::{UserError, runs};
 use clap::{Args, Subcommand};
@@ -12,9 +13,11 @@ use idc::backend::kube::ClusterDefaults;
 use idc::exit::ExitCode;
 use idc::layout;
 use idc::output::{self, OutputFormat};
+use idc::report::sweep as sweep_report;
 use idc::store::Store;
 use idc::sweep::driver::{self, DriveOptions, Ending};
 use idc::sweep::in_cluster;
+use idc::sweep::live::{self, RunningTrial};
 use idc::sweep::state::{self, DRIVER_TIMEOUT_S, Driver, SweepState, TrialState};
 use idc::sweep::{Sweep, fmt_num, fmt_value, manifest, short_names};
 use std::path::{Path, PathBuf};
@@ -27,10 +30,30 @@ pub enum SweepCommand {
     /// Run a sweep manifest in the foreground until all its trials have ended. Rerun the same
     /// file after a stop or crash: finished trials are kept, running ones re-attached.
     Run(RunArgs),
-    /// Show a sweep's trials (parameters, state, objective, epochs) and its best trial.
+    /// Show a sweep's trials (parameters, state, objective, epochs), the running ones as their
+    /// runs are now (phase, epochs so far, latest objective), and its best trial with its curve.
     Status {
         /// The sweep's name.
         name: String,
+        #[command(flatten)]
+        storage: runs::StorageArg,
+        #[command(flatten)]
+        cluster: runs::ClusterArgs,
+        #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
+    /// Summarize a sweep: its best trial with its curve, and the share of the objective's
+    /// variance each parameter explains. With --html, also write its page: objective per trial,
+    /// parameter importance, parallel coordinates, the best trial's curve, the trials.
+    Report {
+        /// The sweep's name.
+        name: String,
+        /// Write the HTML page (one self-contained index.html) to --out.
+        #[arg(long)]
+        html: bool,
+        /// The page's folder [default: ./<NAME>-report].
+        #[arg(long, value_name = "DIR", requires = "html")]
+        out: Option<PathBuf>,
         #[command(flatten)]
         storage: runs::StorageArg,
         #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Table)]
@@ -96,8 +119,19 @@ pub async fn command(cmd: SweepCommand) -> anyhow::Result<ExitCode> {
         SweepCommand::Status {
             name,
             storage,
+            cluster,
             output,
-        } => status(storage, name, output).await,
+        } => status(storage, cluster, name, output).await,
+        SweepCommand::Report {
+            name,
+            html,
+            out,
+            storage,
+            output,
+        } => {
+            let dir = html.then(|| out.unwrap_or_else(|| PathBuf::from(format!("{name}-report"))));
+            report(storage, &name, dir.as_deref(), output).await
+        }
         SweepCommand::Validate { file } => validate(&file),
         SweepCommand::Logs {
             name,
@@ -182,7 +216,7 @@ async fn drive(
 ) -> anyhow::Result<ExitCode> {
     let mut notice = |line: String| eprintln!("{line}");
     let (st, ending) = driver::drive(sweep, text, opts, stop, &mut notice).await?;
-    print!("{}", render(sweep, &st, None, format));
+    print!("{}", render(sweep, &st, None, None, format));
     match ending {
         Ending::Finished => Ok(ExitCode::Success),
         Ending::Stopped { running, cancelled } => {
@@ -315,40 +349,60 @@ async fn cancel(name: &str, target: Target) -> anyhow::Result<ExitCode> {
 
 async fn status(
     storage: runs::StorageArg,
+    cluster: runs::ClusterArgs,
     name: String,
     format: OutputFormat,
 ) -> anyhow::Result<ExitCode> {
     let root = Store::open(&storage.storage)?;
+    let (sweep, st) = state::open(&root, &name).await?;
     let dir = state::sweep_store(&root, &name);
-    let key = layout::sweep::MANIFEST;
-    let Some(text) = dir.get_opt(key).await? else {
-        return Err(UserError(format!(
-            "no sweep {name} in {} (no {})",
-            root.url(),
-            dir.url_of(key)
-        ))
-        .into());
-    };
-    let sweep = manifest::parse(&String::from_utf8_lossy(&text), &dir.url_of(key))?;
-    let st = state::read_state(&dir)
-        .await?
-        .unwrap_or_else(|| SweepState::new(&name));
     let driver = state::read_driver(&dir).await?.filter(Driver::alive);
-    print!("{}", render(&sweep, &st, Some(driver), format));
+    // The runs are asked, as `idcctl list` does; the sweep's record is the driver's to write.
+    let running = live::running_trials(&root, &sweep, &st, &cluster.target(), &mut |w| {
+        eprintln!("{w}")
+    })
+    .await?;
+    print!(
+        "{}",
+        render(&sweep, &st, Some(driver), Some(&running), format)
+    );
     Ok(ExitCode::Success)
 }
 
-/// The sweep's trials as a table (with the best trial), or its record as JSON/YAML.
-/// `driver`: for `status`, who drives the sweep now (`Some(None)`: nobody).
+/// `idcctl sweep report NAME [--html --out DIR]`: the summary, and the page when asked.
+async fn report(
+    storage: runs::StorageArg,
+    name: &str,
+    html: Option<&Path>,
+    format: OutputFormat,
+) -> anyhow::Result<ExitCode> {
+    let root = Store::open(storage.url())?;
+    let (sweep, st) = state::open(&root, name).await?;
+    if let Some(dir) = html {
+        let w = sweep_report::write_sweep_report(dir, &sweep, &st)?;
+        for n in &w.notes {
+            eprintln!("note: {n}");
+        }
+        eprintln!("wrote {} with {} plots", w.page.display(), w.plots);
+    }
+    let s = sweep_report::summary(&sweep, &st);
+    print!("{}", output::render(&s, format, sweep_report::summary_text));
+    Ok(ExitCode::Success)
+}
+
+/// The sweep's trials as a table (with the best trial and its curve), or its record as
+/// JSON/YAML. `driver`: for `status`, who drives the sweep now (`Some(None)`: nobody);
+/// `running`: for `status`, the running trials' runs as they are now.
 fn render(
     sweep: &Sweep,
     st: &SweepState,
     driver: Option<Option<Driver>>,
+    running: Option<&[RunningTrial]>,
     format: OutputFormat,
 ) -> String {
     let best = st.best(sweep);
     let count = |s: TrialState| st.trials.iter().filter(|t| t.state == s).count();
-    let value = serde_json::json!({
+    let mut value = serde_json::json!({
         "name": sweep.name,
         "objective": {
             "metric": sweep.objective.metric_name(),
@@ -363,8 +417,13 @@ fn render(
         "finished_at": st.finished_at,
         "driver": driver.clone().flatten(),
         "best": best,
+        // The best trial's objective after each epoch (null where it was NaN).
+        "best_curve": best.map(|b| b.intermediate.clone()),
         "trials": st.trials,
     });
+    if let Some(r) = running {
+        value["running"] = serde_json::json!(r);
+    }
     output::render(&value, format, |_| {
         let metric = sweep.objective.metric_name();
         let mut out = format!(
@@ -438,6 +497,12 @@ fn render(
                 tr.reason.clone().unwrap_or_default()
             );
         }
+        if let Some(r) = running.filter(|r| !r.is_empty()) {
+            out += "running now:\n";
+            for t in r {
+                out += &format!("  {}\n", running_line(t, &metric));
+            }
+        }
         match best {
             Some(b) => {
                 let params: Vec<String> = sweep
@@ -460,9 +525,33 @@ fn render(
                     b.best_epoch.unwrap_or(0),
                     params.join("\n  ")
                 );
+                out += &format!(
+                    "best {} curve ({metric} by epoch): {}\n",
+                    b.id,
+                    sweep_report::curve_line(&b.intermediate)
+                );
             }
             None => out += "best: no trial has completed yet\n",
         }
         out
     })
+}
+
+/// A running trial in a line: `t005 (run x-t005): running, epoch 2/3, roc_auc 0.81`.
+fn running_line(t: &RunningTrial, metric: &str) -> String {
+    let epochs = t
+        .epochs
+        .map(|e| e.to_string())
+        .unwrap_or_else(|| "?".into());
+    let mut line = format!(
+        "{} (run {}): {}, epoch {}/{epochs}",
+        t.trial, t.run_id, t.phase, t.epoch
+    );
+    if let Some(v) = t.latest {
+        line += &format!(", {metric} {}", fmt_num(v));
+    }
+    if t.phase == "lost" {
+        line += "; the driver resumes it at its next look (idcctl sweep run)";
+    }
+    line
 }

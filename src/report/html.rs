@@ -304,7 +304,7 @@ fn metric_rows() -> Vec<(&'static str, ShowMetric)> {
     rows
 }
 
-fn kv_table(rows: &[(&str, String)]) -> String {
+pub(super) fn kv_table(rows: &[(&str, String)]) -> String {
     let mut s = String::from("<table class=\"kv left\">\n");
     for (k, v) in rows {
         let _ = writeln!(s, "<tr><td>{}</td><td>{}</td></tr>", escape(k), escape(v));

@@ -2,12 +2,14 @@
 //! and runs side by side (`idcctl compare`). Everything is read from the bucket: the run's
 //! `report.json`, `metrics.jsonl`, `spec.yaml`, `status.json` and `test-predictions.jsonl`,
 //! and the staged dataset it trained on (its manifest, and the pixels of the misclassified test
-//! patches and of the slide maps' test patients).
+//! patches and of the slide maps' test patients). A sweep's page (`idcctl sweep report
+//! --html`, [`sweep`]) is drawn from its record, `sweeps/<name>/`.
 
 pub mod compare;
 pub mod html;
 pub mod plot;
 pub mod slides;
+pub mod sweep;
 pub mod tensorboard;
 
 use crate::dataset::manifest::DatasetManifest;

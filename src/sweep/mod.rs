@@ -4,9 +4,13 @@
 //! ASHA) stops the clearly worse ones from their per-epoch validation metrics; the loop
 //! ([`driver`]) keeps the sweep's record in `sweeps/<name>/` ([`state`]) so a stopped sweep
 //! picks up where it was, from a terminal or from a Job in the cluster ([`in_cluster`]).
+//! `sweep status` adds the running trials' runs as they are now ([`live`]); `sweep report`
+//! estimates each parameter's importance ([`importance`]).
 
 pub mod driver;
+pub mod importance;
 pub mod in_cluster;
+pub mod live;
 pub mod manifest;
 pub mod pruner;
 pub mod sampler;

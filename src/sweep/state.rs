@@ -200,6 +200,54 @@ pub enum ReadError {
     Bad(#[from] BadState),
 }
 
+/// Why a sweep could not be opened for reading.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("no sweep {name} in {storage} (no {url})")]
+    NoSweep {
+        name: String,
+        storage: String,
+        url: String,
+    },
+    #[error(transparent)]
+    Manifest(#[from] crate::experiment::ManifestError),
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl OpenError {
+    /// A sweep that is not there, or whose stored manifest does not parse, is the user's to
+    /// fix (exit code 2).
+    pub fn exit_code(&self) -> crate::exit::ExitCode {
+        match self {
+            OpenError::NoSweep { .. } | OpenError::Manifest(_) => crate::exit::ExitCode::UserError,
+            OpenError::Read(ReadError::Store(e)) | OpenError::Store(e) => e.exit_code(),
+            OpenError::Read(ReadError::Bad(_)) => crate::exit::ExitCode::Failure,
+        }
+    }
+}
+
+/// Sweep `name` under bucket root `root` as recorded: its stored manifest and its state (a new,
+/// empty one when no driver has written it yet). Reads only.
+pub async fn open(root: &Store, name: &str) -> Result<(Sweep, SweepState), OpenError> {
+    let dir = sweep_store(root, name);
+    let key = layout::sweep::MANIFEST;
+    let Some(text) = dir.get_opt(key).await? else {
+        return Err(OpenError::NoSweep {
+            name: name.to_string(),
+            storage: root.url().to_string(),
+            url: dir.url_of(key),
+        });
+    };
+    let sweep = super::manifest::parse(&String::from_utf8_lossy(&text), &dir.url_of(key))?;
+    let st = read_state(&dir)
+        .await?
+        .unwrap_or_else(|| SweepState::new(name));
+    Ok((sweep, st))
+}
+
 /// Which `idcctl sweep run` drives a sweep.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Driver {

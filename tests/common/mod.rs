@@ -2,6 +2,8 @@
 //! under test, and running `idcctl`.
 #![allow(dead_code)]
 
+pub mod browser;
+
 use idc::dataset::manifest::DatasetManifest;
 use idc::dataset::synth::{self, SynthOptions};
 use idc::shard::ShardReader;
