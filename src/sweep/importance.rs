@@ -34,11 +34,7 @@ pub struct Importance {
 pub fn log_scale(dist: &Distribution) -> bool {
     match dist {
         Distribution::LogUniform { .. } => true,
-        // Read through serde, which names every flag of the distribution as written.
-        Distribution::Int { .. } => serde_json::to_value(dist)
-            .ok()
-            .and_then(|v| v.get("log").and_then(serde_json::Value::as_bool))
-            .unwrap_or(false),
+        Distribution::Int { log, .. } => *log,
         _ => false,
     }
 }

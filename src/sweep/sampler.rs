@@ -195,7 +195,14 @@ impl SamplerSpec {
                 if multivariate {
                     let b: Vec<&[f64]> = below.iter().map(|s| s.point).collect();
                     let a: Vec<&[f64]> = above.iter().map(|s| s.point).collect();
-                    return Some(tpe::suggest(&dists, &b, &a, n_ei_candidates, refine_candidates, &mut rng));
+                    return Some(tpe::suggest(
+                        &dists,
+                        &b,
+                        &a,
+                        n_ei_candidates,
+                        refine_candidates,
+                        &mut rng,
+                    ));
                 }
                 Some(
                     (0..dists.len())
@@ -206,7 +213,14 @@ impl SamplerSpec {
                             let (b, a) = (col(&below), col(&above));
                             let b: Vec<&[f64]> = b.iter().map(|x| &x[..]).collect();
                             let a: Vec<&[f64]> = a.iter().map(|x| &x[..]).collect();
-                            tpe::suggest(&[dists[i]], &b, &a, n_ei_candidates, refine_candidates, &mut rng)[0]
+                            tpe::suggest(
+                                &[dists[i]],
+                                &b,
+                                &a,
+                                n_ei_candidates,
+                                refine_candidates,
+                                &mut rng,
+                            )[0]
                         })
                         .collect(),
                 )
@@ -496,10 +510,7 @@ mod tests {
         let (mut tpe_sum, mut random_sum) = (0.0, 0.0);
         for seed in seeds.clone() {
             let r = best_found(&SamplerSpec::Random { seed }, budget);
-            let t = best_found(
-                &SamplerSpec::tpe(seed),
-                budget,
-            );
+            let t = best_found(&SamplerSpec::tpe(seed), budget);
             wins += usize::from(t < r);
             tpe_sum += t;
             random_sum += r;
@@ -515,17 +526,8 @@ mod tests {
         );
         assert!(wins >= 10, "tpe better on only {wins} of {n} seeds");
         // Deterministic: the same seed finds the same.
-        let again = best_found(
-            &SamplerSpec::tpe(0),
-            budget,
-        );
-        assert_eq!(
-            again,
-            best_found(
-                &SamplerSpec::tpe(0),
-                budget,
-            )
-        );
+        let again = best_found(&SamplerSpec::tpe(0), budget);
+        assert_eq!(again, best_found(&SamplerSpec::tpe(0), budget,));
     }
 
     fn observation(number: u32, point: Vec<f64>, outcome: Outcome) -> Observation {
@@ -667,8 +669,14 @@ mod tests {
             }],
         };
         let r = SamplerSpec::Random { seed: 2 };
-        let draws: Vec<f64> = (1..=2000).map(|n| r.suggest(&space, &[], n).unwrap()[0]).collect();
-        assert!(draws.iter().all(|&w| w.fract() == 0.0 && (8.0..=512.0).contains(&w)));
+        let draws: Vec<f64> = (1..=2000)
+            .map(|n| r.suggest(&space, &[], n).unwrap()[0])
+            .collect();
+        assert!(
+            draws
+                .iter()
+                .all(|&w| w.fract() == 0.0 && (8.0..=512.0).contains(&w))
+        );
         // Log-uniform: as many below the geometric midpoint (64) as above it.
         let below = draws.iter().filter(|&&w| w < 64.0).count();
         assert!((850..1150).contains(&below), "{below} of 2000 below 64");
@@ -676,7 +684,7 @@ mod tests {
         let history: Vec<Observation> = (1..=30)
             .map(|n| {
                 let w = [12.0, 16.0, 20.0, 200.0, 300.0, 400.0][n as usize % 6];
-                observation(n, vec![w], Outcome::Completed((w as f64 / 16.0).ln().abs()))
+                observation(n, vec![w], Outcome::Completed((w / 16.0).ln().abs()))
             })
             .collect();
         let t = SamplerSpec::tpe(3);

@@ -69,7 +69,10 @@ enum Kernels {
         log: bool,
     },
     /// `log_rows[k][c]`: log probability of choice `c` under kernel `k`.
-    Categorical { rows: Vec<Vec<f64>>, log_rows: Vec<Vec<f64>> },
+    Categorical {
+        rows: Vec<Vec<f64>>,
+        log_rows: Vec<Vec<f64>>,
+    },
 }
 
 /// A Parzen estimator over some parameters: a mixture whose components are products of one
@@ -240,6 +243,56 @@ impl Kernels {
     }
 }
 
+impl Kernels {
+    /// [`Kernels::add_log_pdf`] for an integer, with the Gaussian tails at the interval's edges
+    /// taken from (and added to) `edges`.
+    fn add_log_mass(&self, x: f64, edges: &mut HashMap<u64, Vec<f64>>, acc: &mut [f64]) {
+        let Kernels::Numeric {
+            mus,
+            inv_sigmas,
+            log_norms,
+            step: Some((s, ..)),
+            log,
+            ..
+        } = self
+        else {
+            return self.add_log_pdf(x, acc);
+        };
+        let t = |v: f64| if *log { v.ln() } else { v };
+        let (a, b) = (t(x - s / 2.0), t(x + s / 2.0));
+        // Per kernel, Φ(z) where z ≤ 0 and Φ(-z) where z > 0: the tail that is accurate.
+        let tails = |e: f64| -> Vec<f64> {
+            mus.iter()
+                .zip(inv_sigmas)
+                .map(|(mu, inv)| {
+                    let z = (e - mu) * inv;
+                    ndtr(-z.abs())
+                })
+                .collect()
+        };
+        edges.entry(a.to_bits()).or_insert_with(|| tails(a));
+        edges.entry(b.to_bits()).or_insert_with(|| tails(b));
+        let (ta, tb) = (&edges[&a.to_bits()], &edges[&b.to_bits()]);
+        for (k, out) in acc.iter_mut().enumerate() {
+            let (za, zb) = ((a - mus[k]) * inv_sigmas[k], (b - mus[k]) * inv_sigmas[k]);
+            let (d, scale) = if zb <= 0.0 {
+                (tb[k] - ta[k], tb[k])
+            } else if za > 0.0 {
+                (ta[k] - tb[k], ta[k])
+            } else {
+                (1.0 - ta[k] - tb[k], 1.0)
+            };
+            // Where subtracting cancels (far out, narrow) or underflows: in log space.
+            let mass = if d >= 1e-3 * scale && d > 1e-290 {
+                d.ln()
+            } else {
+                log_gauss_mass(za, zb)
+            };
+            *out += mass - log_norms[k];
+        }
+    }
+}
+
 impl Parzen {
     /// Fits the estimator of the parameters `dists` to observed points (oldest trial first;
     /// coordinate `i` of each is parameter `i`'s).
@@ -292,10 +345,15 @@ impl Parzen {
                 continue;
             }
             let mut seen: HashMap<u64, Vec<f64>> = HashMap::new();
+            // Neighbouring integers share an edge: each edge's tails are worked out once.
+            let mut edges: HashMap<u64, Vec<f64>> = HashMap::new();
             for (x, row) in xs.iter().zip(acc.chunks_mut(k)) {
                 let terms = seen.entry(x[i].to_bits()).or_insert_with(|| {
                     let mut t = vec![0.0; k];
-                    d.add_log_pdf(x[i], &mut t);
+                    match d {
+                        Kernels::Numeric { .. } => d.add_log_mass(x[i], &mut edges, &mut t),
+                        Kernels::Categorical { .. } => d.add_log_pdf(x[i], &mut t),
+                    }
                     t
                 });
                 row.iter_mut().zip(terms.iter()).for_each(|(a, t)| *a += t);
@@ -357,16 +415,6 @@ pub fn erfc(x: f64) -> f64 {
     libm::erfc(x)
 }
 
-/// The continued fraction K(x) with erfc(x) = exp(-x^2)/sqrt(pi) · K(x), for large x (where
-/// erfc itself underflows).
-fn erfc_fraction(x: f64) -> f64 {
-    let mut t = x;
-    for n in (1..=80).rev() {
-        t = x + (n as f64 / 2.0) / t;
-    }
-    1.0 / t
-}
-
 /// The standard normal CDF.
 pub fn ndtr(z: f64) -> f64 {
     0.5 * erfc(-z / std::f64::consts::SQRT_2)
@@ -374,12 +422,15 @@ pub fn ndtr(z: f64) -> f64 {
 
 /// log of the standard normal CDF, accurate far into the lower tail.
 pub fn log_ndtr(z: f64) -> f64 {
-    // Φ(-37) ≈ 6e-300 is still a normal float; further out, the asymptotic fraction.
+    // Φ(-37) ≈ 6e-300 is still a normal float; further out, the asymptotic series
+    // Φ(z) = φ(z)/(-z) · (1 - 1/z² + 3/z⁴ - 15/z⁶ + 105/z⁸ - …), whose next term is below
+    // 1e-12 there.
     if z > -37.0 {
         return ndtr(z).ln();
     }
-    let t = -z / std::f64::consts::SQRT_2;
-    0.5f64.ln() - t * t - 0.5 * std::f64::consts::PI.ln() + erfc_fraction(t).ln()
+    let w = 1.0 / (z * z);
+    let series = 1.0 - w * (1.0 - w * (3.0 - w * (15.0 - w * 105.0)));
+    -0.5 * z * z - (-z).ln() - 0.5 * (2.0 * std::f64::consts::PI).ln() + series.ln()
 }
 
 /// log(Φ(b) − Φ(a)) for a ≤ b, without cancellation in either tail.

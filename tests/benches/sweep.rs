@@ -287,7 +287,8 @@ struct Optuna {
 
 impl Optuna {
     fn start(python: &PathBuf) -> Optuna {
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/benches/optuna_sampler.py");
+        let script =
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/benches/optuna_sampler.py");
         let mut child = Command::new(python)
             .arg(&script)
             .stdin(Stdio::piped())
@@ -306,8 +307,11 @@ impl Optuna {
     fn call(&mut self, msg: serde_json::Value) -> serde_json::Value {
         writeln!(self.stdin, "{msg}").expect("optuna_sampler.py reads");
         let mut line = String::new();
-        self.stdout.read_line(&mut line).expect("optuna_sampler.py answers");
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("optuna_sampler.py said {line:?}: {e}"))
+        self.stdout
+            .read_line(&mut line)
+            .expect("optuna_sampler.py answers");
+        serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("optuna_sampler.py said {line:?}: {e}"))
     }
 
     fn study(&mut self, space: &Space, seed: u64, multivariate: bool) {
@@ -604,9 +608,8 @@ fn main() {
                     .zip(&optuna)
                     .filter(|(a, b)| a.best[last] <= b.best[last])
                     .count();
-                let median = |v: &[&Study]| {
-                    quartiles(&v.iter().map(|s| s.best[last]).collect::<Vec<_>>()).1
-                };
+                let median =
+                    |v: &[&Study]| quartiles(&v.iter().map(|s| s.best[last]).collect::<Vec<_>>()).1;
                 let (mi, mo, mr) = (median(&idc), median(&optuna), median(&random));
                 let time = |v: &[&Study]| v.iter().map(|s| s.secs).sum::<f64>();
                 let speed = time(&optuna) / time(&idc).max(1e-12);
