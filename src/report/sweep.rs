@@ -665,7 +665,7 @@ pub fn sweep_page(sweep: &Sweep, st: &SweepState) -> Page {
                 sweep.max_trials, sweep.parallelism
             ),
         ),
-        ("sampler", sum.sampler.clone()),
+        ("sampler", sweep.sampler.describe()),
         ("pruner", sum.pruner.clone()),
         ("created", st.created_at.clone()),
         ("updated", st.updated_at.clone()),

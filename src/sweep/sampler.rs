@@ -118,6 +118,32 @@ impl SamplerSpec {
         }
     }
 
+    /// The sampler and its settings in words: `tpe (multivariate, constant liar, 10 random
+    /// trials first)`.
+    pub fn describe(&self) -> String {
+        match *self {
+            SamplerSpec::Random { seed } => format!("random (seed {seed})"),
+            SamplerSpec::Grid { seed, grid_points } => {
+                format!("grid ({grid_points} points per float range, seed {seed})")
+            }
+            SamplerSpec::Tpe {
+                seed,
+                n_startup_trials,
+                multivariate,
+                constant_liar,
+                ..
+            } => format!(
+                "tpe ({}{}, {n_startup_trials} random trials first, seed {seed})",
+                if multivariate {
+                    "multivariate"
+                } else {
+                    "independent"
+                },
+                if constant_liar { ", constant liar" } else { "" },
+            ),
+        }
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             SamplerSpec::Random { .. } => "random",
