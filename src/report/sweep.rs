@@ -7,7 +7,7 @@
 use super::ReportError;
 use super::html::{create_dir, kv_table, page};
 use super::plot::{self, LinePlot, Series, escape, nice_axis};
-use crate::sweep::importance::{self, Importance, log_scale};
+use crate::sweep::importance::{self, Importance};
 use crate::sweep::live::sparkline;
 use crate::sweep::manifest::{Direction, Sweep};
 use crate::sweep::space::{Distribution, Param};
@@ -436,7 +436,7 @@ fn param_axis(p: &Param, name: &str) -> ParAxis {
         };
     }
     let (lo, hi) = bounds.expect("a numeric distribution has bounds");
-    if log_scale(&p.dist) && lo > 0.0 && hi > lo {
+    if p.dist.log_scale() && lo > 0.0 && hi > lo {
         let (l, h) = (lo.ln(), hi.ln());
         let at = move |v: f64| (v.max(f64::MIN_POSITIVE).ln() - l) / (h - l);
         return ParAxis {
@@ -593,7 +593,7 @@ pub fn parallel_svg(sweep: &Sweep, st: &SweepState) -> String {
 
 /// How a parameter is searched, in words: `log_uniform 0.0001 to 0.1`, `categorical: a, b`.
 fn describe(d: &Distribution) -> String {
-    let scale = if log_scale(d) { ", log scale" } else { "" };
+    let scale = if d.log_scale() { ", log scale" } else { "" };
     match d {
         Distribution::Uniform { low, high } | Distribution::LogUniform { low, high } => {
             format!(

@@ -30,15 +30,6 @@ pub struct Importance {
     pub bins: usize,
 }
 
-/// Whether a parameter is searched on a log scale: `log_uniform`, or an `int` with `log: true`.
-pub fn log_scale(dist: &Distribution) -> bool {
-    match dist {
-        Distribution::LogUniform { .. } => true,
-        Distribution::Int { log, .. } => *log,
-        _ => false,
-    }
-}
-
 /// How many bins `n` trials of a numeric parameter are cut into: about √n, 2 to [`MAX_BINS`].
 pub fn bin_count(n: usize) -> usize {
     ((n as f64).sqrt().round() as usize).clamp(2, MAX_BINS)
@@ -103,7 +94,7 @@ fn bins_of(dist: &Distribution, values: &[Option<f64>]) -> Vec<Option<usize>> {
         Distribution::Categorical { .. } => known.iter().map(|&x| x as usize).collect(),
         // Quantiles follow ranks, so taking logs first gives the same bins; it is done for
         // clarity and in case the binning ever becomes equal-width.
-        _ if log_scale(dist) => quantile_bins(
+        _ if dist.log_scale() => quantile_bins(
             &known
                 .iter()
                 .map(|x| x.max(f64::MIN_POSITIVE).ln())
@@ -305,9 +296,9 @@ mod tests {
     #[test]
     fn log_scale_parameters() {
         let s = space();
-        assert!(log_scale(&s.params[0].dist));
-        assert!(!log_scale(&s.params[1].dist) && !log_scale(&s.params[2].dist));
+        assert!(s.params[0].dist.log_scale());
+        assert!(!s.params[1].dist.log_scale() && !s.params[2].dist.log_scale());
         let int: Distribution = serde_yaml::from_str("{kind: int, low: 1, high: 64}").unwrap();
-        assert!(!log_scale(&int));
+        assert!(!int.log_scale());
     }
 }

@@ -119,7 +119,7 @@ pub async fn submit(
 ) -> Result<DriverJob, SweepError> {
     let defaults = cluster.defaults().await.map_err(kube)?;
     check_reachable(&storage_of(sweep, storage, &defaults))?;
-    submit_on(sweep, text, storage, cluster, notice).await
+    submit_with(sweep, text, storage, cluster, &defaults, notice).await
 }
 
 /// [`submit`] without checking that the driver's pod can reach the bucket.
@@ -131,12 +131,19 @@ pub async fn submit_on(
     notice: &mut (dyn FnMut(String) + Send),
 ) -> Result<DriverJob, SweepError> {
     let defaults = cluster.defaults().await.map_err(kube)?;
-    let job = build(
-        sweep,
-        text,
-        &storage_of(sweep, storage, &defaults),
-        &defaults,
-    )?;
+    submit_with(sweep, text, storage, cluster, &defaults, notice).await
+}
+
+/// [`submit_on`] with the namespace's defaults already read.
+async fn submit_with(
+    sweep: &Sweep,
+    text: &str,
+    storage: Option<&str>,
+    cluster: &Cluster,
+    defaults: &ClusterDefaults,
+    notice: &mut (dyn FnMut(String) + Send),
+) -> Result<DriverJob, SweepError> {
+    let job = build(sweep, text, &storage_of(sweep, storage, defaults), defaults)?;
     let name = job.metadata.name.clone().expect("named");
     let url = annotation(&job, job::SWEEP_URL_ANNOTATION)
         .expect("annotated")

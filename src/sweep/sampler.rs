@@ -591,25 +591,10 @@ mod tests {
                 .count()
         };
         let liar = SamplerSpec::tpe(0);
-        let SamplerSpec::Tpe {
-            seed,
-            n_startup_trials,
-            n_ei_candidates,
-            refine_candidates,
-            multivariate,
-            ..
-        } = liar
-        else {
-            unreachable!()
-        };
-        let honest = SamplerSpec::Tpe {
-            seed,
-            n_startup_trials,
-            n_ei_candidates,
-            refine_candidates,
-            multivariate,
-            constant_liar: false,
-        };
+        let mut honest = liar.clone();
+        if let SamplerSpec::Tpe { constant_liar, .. } = &mut honest {
+            *constant_liar = false;
+        }
         let (with, without) = (near(&liar), near(&honest));
         assert!(
             with * 2 < without,
@@ -655,25 +640,10 @@ mod tests {
                 .count()
         };
         let joint = SamplerSpec::tpe(1);
-        let SamplerSpec::Tpe {
-            seed,
-            n_startup_trials,
-            n_ei_candidates,
-            refine_candidates,
-            constant_liar,
-            ..
-        } = joint
-        else {
-            unreachable!()
-        };
-        let apart = SamplerSpec::Tpe {
-            seed,
-            n_startup_trials,
-            n_ei_candidates,
-            refine_candidates,
-            multivariate: false,
-            constant_liar,
-        };
+        let mut apart = joint.clone();
+        if let SamplerSpec::Tpe { multivariate, .. } = &mut apart {
+            *multivariate = false;
+        }
         let (j, a) = (mismatched(&joint), mismatched(&apart));
         assert!(
             j * 3 < a,

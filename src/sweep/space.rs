@@ -49,6 +49,14 @@ impl Distribution {
         }
     }
 
+    /// Whether it is searched on a log scale: `log_uniform`, or an `int` with `log: true`.
+    pub fn log_scale(&self) -> bool {
+        matches!(
+            self,
+            Distribution::LogUniform { .. } | Distribution::Int { log: true, .. }
+        )
+    }
+
     /// Checks bounds and choices; the message says what is wrong.
     pub fn check(&self) -> Result<(), String> {
         match self {

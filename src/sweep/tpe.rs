@@ -204,12 +204,15 @@ impl Kernels {
     }
 
     /// Adds each kernel's log density (log mass for integers and choices) at `x` to `acc`.
-    fn add_log_pdf(&self, x: f64, acc: &mut [f64]) {
-        match self {
+    /// For integers, the Gaussian tails at the interval's edges are taken from (and added to)
+    /// `edges`: neighbouring integers share an edge.
+    fn add_log_pdf(&self, x: f64, edges: &mut HashMap<u64, Vec<f64>>, acc: &mut [f64]) {
+        let (mus, inv_sigmas, consts, log_norms, step, log) = match self {
             Kernels::Categorical { log_rows, .. } => {
                 for (a, row) in acc.iter_mut().zip(log_rows) {
                     *a += row[x as usize];
                 }
+                return;
             }
             Kernels::Numeric {
                 mus,
@@ -219,55 +222,23 @@ impl Kernels {
                 step,
                 log,
                 ..
-            } => {
-                let t = |v: f64| if *log { v.ln() } else { v };
-                match step {
-                    Some((s, ..)) => {
-                        let (left, right) = (t(x - s / 2.0), t(x + s / 2.0));
-                        for (k, a) in acc.iter_mut().enumerate() {
-                            let (mu, inv) = (mus[k], inv_sigmas[k]);
-                            *a += log_gauss_mass((left - mu) * inv, (right - mu) * inv)
-                                - log_norms[k];
-                        }
-                    }
-                    None => {
-                        let x = t(x);
-                        for (k, a) in acc.iter_mut().enumerate() {
-                            let z = (x - mus[k]) * inv_sigmas[k];
-                            *a += consts[k] - 0.5 * z * z;
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
-impl Kernels {
-    /// [`Kernels::add_log_pdf`] for an integer, with the Gaussian tails at the interval's edges
-    /// taken from (and added to) `edges`.
-    fn add_log_mass(&self, x: f64, edges: &mut HashMap<u64, Vec<f64>>, acc: &mut [f64]) {
-        let Kernels::Numeric {
-            mus,
-            inv_sigmas,
-            log_norms,
-            step: Some((s, ..)),
-            log,
-            ..
-        } = self
-        else {
-            return self.add_log_pdf(x, acc);
+            } => (mus, inv_sigmas, consts, log_norms, step, *log),
         };
-        let t = |v: f64| if *log { v.ln() } else { v };
+        let t = |v: f64| if log { v.ln() } else { v };
+        let Some((s, ..)) = step else {
+            let x = t(x);
+            for (k, a) in acc.iter_mut().enumerate() {
+                let z = (x - mus[k]) * inv_sigmas[k];
+                *a += consts[k] - 0.5 * z * z;
+            }
+            return;
+        };
         let (a, b) = (t(x - s / 2.0), t(x + s / 2.0));
         // Per kernel, Φ(z) where z ≤ 0 and Φ(-z) where z > 0: the tail that is accurate.
         let tails = |e: f64| -> Vec<f64> {
             mus.iter()
                 .zip(inv_sigmas)
-                .map(|(mu, inv)| {
-                    let z = (e - mu) * inv;
-                    ndtr(-z.abs())
-                })
+                .map(|(mu, inv)| ndtr(-((e - mu) * inv).abs()))
                 .collect()
         };
         edges.entry(a.to_bits()).or_insert_with(|| tails(a));
@@ -337,23 +308,18 @@ impl Parzen {
             acc.extend_from_slice(&self.log_weights);
         }
         for (i, d) in self.dims.iter().enumerate() {
-            let discrete = !matches!(d, Kernels::Numeric { step: None, .. });
-            if !discrete {
+            let mut edges: HashMap<u64, Vec<f64>> = HashMap::new();
+            if matches!(d, Kernels::Numeric { step: None, .. }) {
                 for (x, row) in xs.iter().zip(acc.chunks_mut(k)) {
-                    d.add_log_pdf(x[i], row);
+                    d.add_log_pdf(x[i], &mut edges, row);
                 }
                 continue;
             }
             let mut seen: HashMap<u64, Vec<f64>> = HashMap::new();
-            // Neighbouring integers share an edge: each edge's tails are worked out once.
-            let mut edges: HashMap<u64, Vec<f64>> = HashMap::new();
             for (x, row) in xs.iter().zip(acc.chunks_mut(k)) {
                 let terms = seen.entry(x[i].to_bits()).or_insert_with(|| {
                     let mut t = vec![0.0; k];
-                    match d {
-                        Kernels::Numeric { .. } => d.add_log_mass(x[i], &mut edges, &mut t),
-                        Kernels::Categorical { .. } => d.add_log_pdf(x[i], &mut t),
-                    }
+                    d.add_log_pdf(x[i], &mut edges, &mut t);
                     t
                 });
                 row.iter_mut().zip(terms.iter()).for_each(|(a, t)| *a += t);

@@ -15,6 +15,7 @@
 //! as good as Optuna's default after the full budget, and each sampler's time per trial (the
 //! `suggest` call; for Optuna, `study.ask`, timed inside Python).
 
+use idc::sweep::fmt_num as num;
 use idc::sweep::sampler::{Observation, Outcome, SamplerSpec};
 use idc::sweep::space::{Distribution, Param, Space};
 use std::collections::VecDeque;
@@ -430,10 +431,6 @@ fn quartiles(v: &[f64]) -> (f64, f64, f64) {
     (at(0.25), at(0.5), at(0.75))
 }
 
-fn num(x: f64) -> String {
-    idc::sweep::fmt_num(x)
-}
-
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // `cargo test --benches` probes for tests
@@ -498,24 +495,13 @@ fn main() {
                     } else {
                         let sampler = match s {
                             Sampler::Random => SamplerSpec::Random { seed },
-                            Sampler::IdcTpeIndependent => match SamplerSpec::tpe(seed) {
-                                SamplerSpec::Tpe {
-                                    seed,
-                                    n_startup_trials,
-                                    n_ei_candidates,
-                                    refine_candidates,
-                                    constant_liar,
-                                    ..
-                                } => SamplerSpec::Tpe {
-                                    seed,
-                                    n_startup_trials,
-                                    n_ei_candidates,
-                                    refine_candidates,
-                                    multivariate: false,
-                                    constant_liar,
-                                },
-                                other => other,
-                            },
+                            Sampler::IdcTpeIndependent => {
+                                let mut s = SamplerSpec::tpe(seed);
+                                if let SamplerSpec::Tpe { multivariate, .. } = &mut s {
+                                    *multivariate = false;
+                                }
+                                s
+                            }
                             _ => SamplerSpec::tpe(seed),
                         };
                         let mut idc = Idc {
