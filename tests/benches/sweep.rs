@@ -306,11 +306,14 @@ impl Optuna {
     }
 
     fn call(&mut self, msg: serde_json::Value) -> serde_json::Value {
-        writeln!(self.stdin, "{msg}").expect("optuna_sampler.py reads");
         let mut line = String::new();
-        self.stdout
-            .read_line(&mut line)
-            .expect("optuna_sampler.py answers");
+        let answered = writeln!(self.stdin, "{msg}").is_ok()
+            && self.stdout.read_line(&mut line).is_ok_and(|n| n > 0);
+        // Its traceback is on stderr, which it shares with this process.
+        assert!(
+            answered,
+            "optuna_sampler.py stopped answering (its error is printed above) after {msg}"
+        );
         serde_json::from_str(&line)
             .unwrap_or_else(|e| panic!("optuna_sampler.py said {line:?}: {e}"))
     }
