@@ -60,6 +60,8 @@ pub mod run {
     pub const CANCEL: &str = "cancel";
     /// Folder of worker logs, one object per attempt.
     pub const LOGS: &str = "logs";
+    /// Folder of attempt records (`idc::attempt::AttemptRecord`), one object per attempt.
+    pub const ATTEMPTS: &str = "attempts";
     /// Every test image's prediction by the evaluated checkpoint, one JSON object per line
     /// (`idc::predictions::Prediction`, in test-split order): what slide maps are drawn from.
     pub const TEST_PREDICTIONS: &str = "test-predictions.jsonl";
@@ -101,6 +103,11 @@ pub mod run {
     /// Key of a checkpoint written mid-epoch (on SIGTERM) after `step` steps of `epoch`.
     pub fn checkpoint_mid_epoch(epoch: u32, step: u64) -> String {
         format!("{CHECKPOINTS}/epoch-{epoch:04}-step-{step:07}.ckpt")
+    }
+
+    /// Key of the record of attempt `attempt` (1-based).
+    pub fn attempt_record(attempt: u32) -> String {
+        format!("{ATTEMPTS}/{attempt}.json")
     }
 
     /// Key of the worker log of attempt `attempt` (1-based).

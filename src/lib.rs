@@ -9,6 +9,7 @@
 //! backends, `predict`, sweeps, reports and the import of pretrained weights (`weights`). The
 //! worker builds without it, on the shared formats alone.
 
+pub mod attempt;
 pub mod clock;
 pub mod dataset;
 pub mod exit;

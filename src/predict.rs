@@ -634,7 +634,13 @@ pub async fn run_on(
             })?;
         let pods = cluster.pods_of(&name).await?;
         let workload = cluster.workload_of(&job, &pods).await;
-        let o = observe::observe(&job, &pods, &[], workload.as_ref(), max_attempts);
+        let o = observe::observe(
+            &job,
+            &observe::attempts_of_pods(&pods),
+            &[],
+            workload.as_ref(),
+            max_attempts,
+        );
         match o.phase {
             Phase::Succeeded => return Ok(()),
             Phase::Failed | Phase::Cancelled | Phase::Lost => {

@@ -623,8 +623,8 @@ async fn status_preempted_then_retried() {
     assert_eq!(s.attempts, 2);
     assert_eq!(s.exit_codes, vec![3]);
     assert!(
-        reason(&s).starts_with("attempt 2 of 4 running")
-            && reason(&s).contains("attempt 1 was preempted (PreemptionByScheduler"),
+        reason(&s).starts_with("attempt 1 was preempted (PreemptionByScheduler")
+            && reason(&s).contains("; attempt 2 of 4 running"),
         "{}",
         reason(&s)
     );
@@ -993,19 +993,36 @@ async fn logs_follow_two_attempts_then_read_the_bucket() {
 async fn cancel_deletes_the_job_in_the_background() {
     let b = bucket().await;
     let sub = submit_script(&b, vec![create_ex()]).await;
-    let (cluster, task) = mock_cluster(vec![Exchange {
-        check: Some(Box::new(|body: &Value| {
-            assert_eq!(body["propagationPolicy"], "Background", "{body}");
-        })),
-        ..ex(
-            "DELETE",
-            format!("{}?", job_path(RUN)),
+    let running_pod = pod(
+        "resnet34-t1-abcde",
+        "2026-11-26T10:00:00Z",
+        "Running",
+        running(),
+    );
+    let (cluster, task) = mock_cluster(vec![
+        // Read first: a run that has already ended is not cancelled.
+        ex("GET", job_path(RUN), 200, job_json(json!([]), "x")),
+        ex(
+            "GET",
+            pods_list_uri(),
             200,
-            job_json(json!([]), "x"),
-        )
-    }]);
+            list("PodList", vec![running_pod]),
+        ),
+        Exchange {
+            check: Some(Box::new(|body: &Value| {
+                assert_eq!(body["propagationPolicy"], "Background", "{body}");
+            })),
+            ..ex(
+                "DELETE",
+                format!("{}?", job_path(RUN)),
+                200,
+                job_json(json!([]), "x"),
+            )
+        },
+    ]);
     let s = run::read_status(&sub.run).await.unwrap().unwrap();
-    backend::cancel_on(&sub.run, s, &cluster).await.unwrap();
+    let out = backend::cancel_on(&sub.run, s, &cluster).await.unwrap();
+    assert_eq!(out, backend::CancelOutcome::Requested { signalled: true });
     finish(cluster, task).await;
     let s = run::read_status(&sub.run).await.unwrap().unwrap();
     assert_eq!(s.phase, Phase::Cancelled);
@@ -1029,6 +1046,8 @@ async fn resume_replaces_the_job_and_keeps_earlier_attempts() {
             404,
             status_err(404, "NotFound", "not found"),
         ),
+        // No pod of the earlier Job is left.
+        ex("GET", pods_list_uri(), 200, list("PodList", vec![])),
         ex(
             "GET",
             format!("/api/v1/namespaces/{NS}/configmaps/idc-defaults"),
@@ -1932,4 +1951,459 @@ async fn sweep_cancel_deletes_the_driver_job() {
             .unwrap()
     );
     finish(cluster, task).await;
+}
+
+// Defects a real API server showed (issue 21): each sequence replays what the server did.
+
+/// Attempt `n`'s record as its worker writes it: ended with `exit`, if given.
+async fn record(run: &Store, n: u32, pod: &str, exit: Option<i32>) {
+    let r = idc::attempt::AttemptRecord::starting(n, Some(pod.into()));
+    let r = match exit {
+        Some(c) => r.ended_with(c, idc::attempt::describe_exit(c)),
+        None => r,
+    };
+    idc::attempt::write(run, &r).await.unwrap();
+}
+
+/// A pod that an eviction is stopping: DisruptionTarget set by the Eviction API.
+fn evicted_pod(name: &str, phase: &str, state: Value) -> Value {
+    let mut status = state;
+    status["conditions"] = json!([{"type": "DisruptionTarget", "status": "True",
+        "reason": "EvictionByEvictionAPI", "message": "Eviction API: evicting"}]);
+    let mut p = pod(name, "2026-11-26T10:00:00Z", phase, status);
+    p["metadata"]["deletionTimestamp"] = json!("2026-11-26T10:03:00Z");
+    p
+}
+
+#[tokio::test]
+async fn logs_follow_goes_on_with_the_attempt_after_an_eviction_deleted_the_pod() {
+    let b = bucket().await;
+    let sub = submit_script(&b, vec![create_ex()]).await;
+    let (p1, p2) = ("resnet34-t1-aaaaa", "resnet34-t1-bbbbb");
+    // The evicted worker wrote its record, and its end (SIGTERM: checkpoint, exit code 3).
+    record(&sub.run, 1, p1, Some(3)).await;
+    let p2_running = pod(p2, "2026-11-26T10:04:00Z", "Running", running());
+    let p2_done = pod(
+        p2,
+        "2026-11-26T10:04:00Z",
+        "Succeeded",
+        terminated(0, "Completed"),
+    );
+    let active = job_json(json!([]), "x");
+    let complete = job_json(json!([{"type": "Complete", "status": "True"}]), "x");
+    let (cluster, task) = mock_cluster(vec![
+        ex("GET", job_path(RUN), 200, active.clone()),
+        ex(
+            "GET",
+            pods_list_uri(),
+            200,
+            list(
+                "PodList",
+                vec![pod(p1, "2026-11-26T10:00:00Z", "Running", running())],
+            ),
+        ),
+        log_ex(
+            log_uri(p1, true),
+            &[
+                "epoch 2 done",
+                "stop requested: checkpoint written; exiting",
+            ],
+        ),
+        // Still there while it stops, with the eviction's condition.
+        ex(
+            "GET",
+            format!("/api/v1/namespaces/{NS}/pods/{p1}"),
+            200,
+            evicted_pod(p1, "Failed", terminated(3, "Error")),
+        ),
+        // Deleted; the replacement is not made yet.
+        ex("GET", job_path(RUN), 200, active.clone()),
+        ex("GET", pods_list_uri(), 200, list("PodList", vec![])),
+        ex("GET", job_path(RUN), 200, active),
+        ex(
+            "GET",
+            pods_list_uri(),
+            200,
+            list("PodList", vec![p2_running]),
+        ),
+        log_ex(log_uri(p2, true), &["resumed from epoch 2", "done"]),
+        ex(
+            "GET",
+            format!("/api/v1/namespaces/{NS}/pods/{p2}"),
+            200,
+            p2_done.clone(),
+        ),
+        ex("GET", job_path(RUN), 200, complete),
+        ex("GET", pods_list_uri(), 200, list("PodList", vec![p2_done])),
+    ]);
+    let mut lines = vec![];
+    let mut notices = vec![];
+    kube::follow(
+        &cluster,
+        &sub.run,
+        RUN,
+        0,
+        None,
+        &mut |l: LogLine| lines.push((l.attempt, l.text)),
+        &mut |n| notices.push(n),
+    )
+    .await
+    .unwrap();
+    finish(cluster, task).await;
+    let got: Vec<(u32, &str)> = lines.iter().map(|(a, t)| (*a, t.as_str())).collect();
+    assert_eq!(
+        got,
+        vec![
+            (1, "epoch 2 done"),
+            (1, "stop requested: checkpoint written; exiting"),
+            (2, "resumed from epoch 2"),
+            (2, "done")
+        ]
+    );
+    assert!(
+        notices[0].starts_with("attempt 1 was evicted (EvictionByEvictionAPI"),
+        "{notices:?}"
+    );
+    assert!(
+        notices
+            .iter()
+            .any(|n| n.contains("attempt 2 starts: waiting for the Job controller")),
+        "{notices:?}"
+    );
+    assert_eq!(notices.last().unwrap(), "attempt 2 succeeded");
+}
+
+#[tokio::test]
+async fn status_after_an_eviction_counts_the_attempt_whose_pod_is_gone() {
+    let b = bucket().await;
+    let sub = submit_script(&b, vec![create_ex()]).await;
+    record(&sub.run, 1, "resnet34-t1-aaaaa", Some(3)).await;
+    let (cluster, task) = mock_cluster(vec![
+        ex("GET", job_path(RUN), 200, job_json(json!([]), "x")),
+        ex("GET", pods_list_uri(), 200, list("PodList", vec![])),
+        events_ex(list("EventList", vec![])),
+    ]);
+    let s = run::read_status(&sub.run).await.unwrap().unwrap();
+    let s = backend::refresh_on(&sub.run, s, &cluster).await.unwrap();
+    finish(cluster, task).await;
+    assert_eq!(
+        (s.phase, s.attempts, s.exit_codes.clone()),
+        (Phase::Pending, 1, vec![3])
+    );
+    assert_eq!(
+        reason(&s),
+        "attempt 1 stopped on SIGTERM after writing a checkpoint (exit code 3); its pod was deleted (evicted, preempted or cancelled); attempt 2 starts: waiting for the Job controller to create the pod"
+    );
+
+    // While it stops, the pod says it was evicted, and the record keeps that after it is gone.
+    let b = bucket().await;
+    let sub = submit_script(&b, vec![create_ex()]).await;
+    record(&sub.run, 1, "resnet34-t1-aaaaa", None).await;
+    let stopping = evicted_pod("resnet34-t1-aaaaa", "Running", running());
+    let s = observed_in(&sub.run, job_json(json!([]), "x"), vec![stopping], vec![]).await;
+    assert_eq!((s.phase, s.attempts), (Phase::Running, 1));
+    assert!(
+        reason(&s).starts_with("attempt 1 was evicted (EvictionByEvictionAPI"),
+        "{}",
+        reason(&s)
+    );
+    let kept = idc::attempt::read_all(&sub.run).await.unwrap();
+    assert!(
+        kept[0].ended.as_deref().unwrap().starts_with("was evicted"),
+        "{kept:?}"
+    );
+}
+
+/// Refreshes the run in `run` against the scripted Job and pods.
+async fn observed_in(
+    run: &Store,
+    job: Value,
+    pods: Vec<Value>,
+    after_pods: Vec<Exchange>,
+) -> RunStatus {
+    let mut script = vec![
+        ex("GET", job_path(RUN), 200, job),
+        ex("GET", pods_list_uri(), 200, list("PodList", pods)),
+    ];
+    script.extend(after_pods);
+    let (cluster, task) = mock_cluster(script);
+    let s = run::read_status(run).await.unwrap().unwrap();
+    let s = backend::refresh_on(run, s, &cluster).await.unwrap();
+    finish(cluster, task).await;
+    s
+}
+
+#[tokio::test]
+async fn a_job_deadline_counts_the_attempt_the_job_controller_deleted() {
+    let b = bucket().await;
+    let sub = submit_script(&b, vec![create_ex()]).await;
+    record(&sub.run, 1, "resnet34-t1-aaaaa", Some(3)).await;
+    let mut job = job_json(
+        json!([{"type": "Failed", "status": "True", "reason": "DeadlineExceeded",
+                "message": "Job was active longer than specified deadline",
+                "lastTransitionTime": "2026-11-26T10:07:12Z"}]),
+        "x",
+    );
+    job["status"]["startTime"] = json!("2026-11-26T10:00:00Z");
+    job["status"]["failed"] = json!(1);
+    let s = observed_in(
+        &sub.run,
+        job,
+        vec![],
+        vec![events_ex(list("EventList", vec![]))],
+    )
+    .await;
+    assert_eq!(
+        (s.phase, s.attempts, s.exit_codes.clone()),
+        (Phase::Failed, 1, vec![3])
+    );
+    assert!(
+        reason(&s).starts_with("deadline exceeded")
+            && reason(&s).contains("attempt 1 stopped on SIGTERM"),
+        "{}",
+        reason(&s)
+    );
+    // The Job's own times, not the moment idcctl looked.
+    assert_eq!(s.started_at.as_deref(), Some("2026-11-26T10:00:00Z"));
+    assert_eq!(s.finished_at.as_deref(), Some("2026-11-26T10:07:12Z"));
+}
+
+#[tokio::test]
+async fn start_and_finish_come_from_the_job() {
+    let b = bucket().await;
+    let sub = submit_script(&b, vec![create_ex()]).await;
+    let mut job = job_json(json!([{"type": "Complete", "status": "True"}]), "x");
+    job["status"]["startTime"] = json!("2026-11-26T10:00:00Z");
+    job["status"]["completionTime"] = json!("2026-11-26T10:00:37Z");
+    let done = pod(
+        "resnet34-t1-abcde",
+        "2026-11-26T10:00:00Z",
+        "Succeeded",
+        terminated(0, "Completed"),
+    );
+    let s = observed_in(&sub.run, job, vec![done], vec![]).await;
+    assert_eq!(s.phase, Phase::Succeeded);
+    assert_eq!(s.started_at.as_deref(), Some("2026-11-26T10:00:00Z"));
+    assert_eq!(s.finished_at.as_deref(), Some("2026-11-26T10:00:37Z"));
+    let row = run::Summary::of(&s, &[]);
+    assert_eq!(row.duration_s, Some(37));
+}
+
+#[tokio::test]
+async fn after_its_jobs_ttl_a_run_reads_its_outcome_from_the_attempt_records() {
+    let gone = || {
+        vec![ex(
+            "GET",
+            job_path(RUN),
+            404,
+            status_err(404, "NotFound", "jobs \"resnet34-t1\" not found"),
+        )]
+    };
+    // Bad input: exit code 2 in attempt 1, no report.
+    let b = bucket().await;
+    let sub = submit_script(&b, vec![create_ex()]).await;
+    record(&sub.run, 1, "resnet34-t1-aaaaa", Some(2)).await;
+    let (cluster, task) = mock_cluster(gone());
+    let s = run::read_status(&sub.run).await.unwrap().unwrap();
+    let s = backend::refresh_on(&sub.run, s, &cluster).await.unwrap();
+    finish(cluster, task).await;
+    assert_eq!(
+        (s.phase, s.attempts, s.exit_codes.clone()),
+        (Phase::Failed, 1, vec![2])
+    );
+    assert!(
+        reason(&s).contains("bad input in attempt 1"),
+        "{}",
+        reason(&s)
+    );
+
+    // Succeeded in attempt 2, after an eviction.
+    let b = bucket().await;
+    let sub = submit_script(&b, vec![create_ex()]).await;
+    record(&sub.run, 1, "resnet34-t1-aaaaa", Some(3)).await;
+    record(&sub.run, 2, "resnet34-t1-bbbbb", Some(0)).await;
+    sub.run
+        .put(keys::REPORT, bytes::Bytes::from_static(b"{}"))
+        .await
+        .unwrap();
+    let (cluster, task) = mock_cluster(gone());
+    let s = run::read_status(&sub.run).await.unwrap().unwrap();
+    let s = backend::refresh_on(&sub.run, s, &cluster).await.unwrap();
+    finish(cluster, task).await;
+    assert_eq!(
+        (s.phase, s.attempts, s.exit_codes.clone()),
+        (Phase::Succeeded, 2, vec![3, 0])
+    );
+    assert_eq!(
+        reason(&s),
+        "completed in attempt 2; its Job has since been deleted"
+    );
+}
+
+#[tokio::test]
+async fn cancel_of_a_run_whose_job_completed_leaves_it_succeeded() {
+    let b = bucket().await;
+    let sub = submit_script(&b, vec![create_ex()]).await;
+    record(&sub.run, 1, "resnet34-t1-abcde", Some(0)).await;
+    let done = pod(
+        "resnet34-t1-abcde",
+        "2026-11-26T10:00:00Z",
+        "Succeeded",
+        terminated(0, "Completed"),
+    );
+    // Read, and nothing deleted: the script has no DELETE.
+    let (cluster, task) = mock_cluster(vec![
+        ex(
+            "GET",
+            job_path(RUN),
+            200,
+            job_json(json!([{"type": "Complete", "status": "True"}]), "x"),
+        ),
+        ex("GET", pods_list_uri(), 200, list("PodList", vec![done])),
+    ]);
+    let s = run::read_status(&sub.run).await.unwrap().unwrap();
+    let out = backend::cancel_on(&sub.run, s, &cluster).await.unwrap();
+    finish(cluster, task).await;
+    let backend::CancelOutcome::AlreadyEnded(s) = out else {
+        panic!("a completed run was cancelled: {out:?}");
+    };
+    assert_eq!(s.phase, Phase::Succeeded);
+    assert!(sub.run.get_opt(keys::CANCEL).await.unwrap().is_none());
+    assert_eq!(
+        run::read_status(&sub.run).await.unwrap().unwrap().phase,
+        Phase::Succeeded
+    );
+}
+
+#[tokio::test]
+async fn a_follower_refreshing_after_a_cancel_keeps_it_cancelled() {
+    // `logs -f` read the record while the run ran; `cancel` then deleted the Job and recorded
+    // the cancel. The follower's last refresh must not turn it into a failure.
+    let gone = || {
+        vec![ex(
+            "GET",
+            job_path(RUN),
+            404,
+            status_err(404, "NotFound", "jobs \"resnet34-t1\" not found"),
+        )]
+    };
+    let b = bucket().await;
+    let sub = submit_script(&b, vec![create_ex()]).await;
+    let mut stale = run::read_status(&sub.run).await.unwrap().unwrap();
+    stale.phase = Phase::Running;
+    let mut cancelled = stale.clone();
+    cancelled.phase = Phase::Cancelled;
+    cancelled.reason =
+        Some("cancelled: the Job was deleted; its worker checkpoints on SIGTERM".into());
+    sub.run
+        .put(keys::CANCEL, bytes::Bytes::from_static(b"cancelled\n"))
+        .await
+        .unwrap();
+    run::write_status(&sub.run, &cancelled).await.unwrap();
+    let (cluster, task) = mock_cluster(gone());
+    let s = backend::refresh_on(&sub.run, stale.clone(), &cluster)
+        .await
+        .unwrap();
+    finish(cluster, task).await;
+    assert_eq!(s.phase, Phase::Cancelled);
+    assert_eq!(
+        run::read_status(&sub.run).await.unwrap().unwrap().phase,
+        Phase::Cancelled
+    );
+
+    // The marker is there but the record not yet: still cancelled, never "deleted outside".
+    run::write_status(&sub.run, &stale).await.unwrap();
+    record(&sub.run, 1, "resnet34-t1-abcde", Some(3)).await;
+    let (cluster, task) = mock_cluster(gone());
+    let s = backend::refresh_on(&sub.run, stale, &cluster)
+        .await
+        .unwrap();
+    finish(cluster, task).await;
+    assert_eq!(s.phase, Phase::Cancelled, "{}", reason(&s));
+    assert_eq!(s.exit_codes, vec![3]);
+}
+
+#[tokio::test]
+async fn resume_waits_until_the_old_pod_has_stopped() {
+    let b = bucket().await;
+    let sub = submit_script(&b, vec![create_ex()]).await;
+    let mut s = run::read_status(&sub.run).await.unwrap().unwrap();
+    s.phase = Phase::Cancelled;
+    s.attempts = 1;
+    run::write_status(&sub.run, &s).await.unwrap();
+    let mut stopping = pod(
+        "resnet34-t1-aaaaa",
+        "2026-11-26T10:00:00Z",
+        "Running",
+        running(),
+    );
+    stopping["metadata"]["deletionTimestamp"] = json!("2026-11-26T10:03:00Z");
+    stopping["spec"]["terminationGracePeriodSeconds"] = json!(30);
+    let (cluster, task) = mock_cluster(vec![
+        // cancel deleted the Job already; its pod still stops.
+        ex(
+            "DELETE",
+            format!("{}?", job_path(RUN)),
+            404,
+            status_err(404, "NotFound", "not found"),
+        ),
+        ex(
+            "GET",
+            pods_list_uri(),
+            200,
+            list("PodList", vec![stopping.clone()]),
+        ),
+        ex("GET", pods_list_uri(), 200, list("PodList", vec![stopping])),
+        ex("GET", pods_list_uri(), 200, list("PodList", vec![])),
+        ex(
+            "GET",
+            format!("/api/v1/namespaces/{NS}/configmaps/idc-defaults"),
+            200,
+            defaults_cm(),
+        ),
+        create_ex(),
+    ]);
+    backend::resume_on(&sub.run, s, &cluster).await.unwrap();
+    finish(cluster, task).await;
+}
+
+#[tokio::test]
+async fn after_a_resume_attempts_are_counted_across_jobs() {
+    let b = bucket().await;
+    let sub = submit_script(&b, vec![create_ex()]).await;
+    // Attempt 1 was cancelled (its worker recorded exit code 3); the resumed Job's pod ran
+    // attempt 2 and finished.
+    record(&sub.run, 1, "resnet34-t1-aaaaa", Some(3)).await;
+    record(&sub.run, 2, "resnet34-t1-bbbbb", None).await;
+    let mut s = run::read_status(&sub.run).await.unwrap().unwrap();
+    s.attempts = 1;
+    s.exit_codes = vec![3];
+    s.cluster.as_mut().unwrap().earlier_attempts = 1;
+    s.cluster.as_mut().unwrap().earlier_exit_codes = vec![3];
+    run::write_status(&sub.run, &s).await.unwrap();
+    let done = pod(
+        "resnet34-t1-bbbbb",
+        "2026-11-26T11:00:00Z",
+        "Succeeded",
+        terminated(0, "Completed"),
+    );
+    let s = observed_in(
+        &sub.run,
+        job_json(json!([{"type": "Complete", "status": "True"}]), "x"),
+        vec![done],
+        vec![],
+    )
+    .await;
+    assert_eq!(
+        (s.phase, s.attempts, s.exit_codes.clone()),
+        (Phase::Succeeded, 2, vec![3, 0])
+    );
+    assert!(
+        reason(&s).ends_with("completed in attempt 2"),
+        "{}",
+        reason(&s)
+    );
+    // The pod's exit code is kept in attempt 2's record, for after the pod is gone.
+    let kept = idc::attempt::read_all(&sub.run).await.unwrap();
+    assert_eq!(kept[1].exit_code, Some(0));
 }

@@ -29,7 +29,11 @@ pub async fn follow(
     only: Option<u32>,
     out: Sink<'_>,
 ) -> Result<RunStatus, BackendError> {
-    check_attempt(&s, only)?;
+    let known = crate::attempt::read_all(run)
+        .await?
+        .last()
+        .map_or(0, |r| r.attempt);
+    check_attempt(&s, only, known)?;
     if s.backend != Backend::Kubernetes {
         return follow_bucket(run, target, only, out).await;
     }
@@ -107,18 +111,22 @@ pub async fn read(
     target: &Target,
     attempt: Option<u32>,
 ) -> Result<Option<String>, BackendError> {
-    check_attempt(s, attempt)?;
-    let n = attempt.unwrap_or(s.attempts.max(1));
+    // Attempt records outlive pods: they say which attempts there were, and which pod ran each.
+    let records = crate::attempt::read_all(run).await?;
+    let known = records.last().map_or(0, |r| r.attempt);
+    check_attempt(s, attempt, known)?;
+    let n = attempt.unwrap_or(s.attempts.max(known).max(1));
     if s.backend == Backend::Kubernetes
         && let Ok(cluster) = target.for_run(s.cluster.as_ref()).connect().await
     {
-        // Attempts before a resume ran under earlier Jobs; the current Job's pods follow, in
-        // creation order. The pod's log is the freshest while the pod exists.
         let earlier = s.cluster.as_ref().map_or(0, |c| c.earlier_attempts);
         let pods = cluster.pods_of(&s.run_id).await?;
-        if let Some(pod) = n
-            .checked_sub(earlier + 1)
-            .and_then(|i| pods.get(i as usize))
+        let attempts = kube::observe::number_attempts(&records, &pods, earlier);
+        // The pod's log is the freshest while the pod exists.
+        if let Some(pod) = attempts
+            .iter()
+            .find(|a| a.number == n)
+            .and_then(|a| a.pod.as_ref())
         {
             let name = pod.metadata.name.clone().unwrap_or_default();
             let mut text = String::new();
@@ -139,12 +147,14 @@ pub async fn read(
         .map(|b| String::from_utf8_lossy(&b).into_owned()))
 }
 
-/// An attempt the run has made (or is making: its first before it starts).
-fn check_attempt(s: &RunStatus, attempt: Option<u32>) -> Result<(), BackendError> {
+/// An attempt the run has made (or is making: its first before it starts); `known`: the
+/// newest attempt the run's attempt records name, which the record may not count yet.
+fn check_attempt(s: &RunStatus, attempt: Option<u32>, known: u32) -> Result<(), BackendError> {
+    let made = s.attempts.max(known);
     match attempt {
-        Some(a) if a == 0 || a > s.attempts.max(1) => Err(BackendError::Invalid(format!(
-            "--attempt {a}: run {} has {} attempt(s), numbered from 1",
-            s.run_id, s.attempts
+        Some(a) if a == 0 || a > made.max(1) => Err(BackendError::Invalid(format!(
+            "--attempt {a}: run {} has {made} attempt(s), numbered from 1",
+            s.run_id
         ))),
         _ => Ok(()),
     }

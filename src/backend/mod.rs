@@ -436,42 +436,65 @@ pub async fn refresh(
     refresh_on(run, status, &cluster).await
 }
 
-/// [`refresh`] of a Kubernetes run against a connected cluster.
+/// [`refresh`] of a Kubernetes run against a connected cluster. Attempts come from the run's
+/// attempt records in the bucket matched with the pods that still exist, so an evicted or
+/// TTL-deleted pod keeps its attempt; a cancel recorded meanwhile (by another idcctl) wins.
 pub async fn refresh_on(
     run: &Store,
     status: RunStatus,
     cluster: &Cluster,
 ) -> Result<RunStatus, BackendError> {
+    // Read before the pods, so that every record's pod that still exists is listed.
+    let records = crate::attempt::read_all(run).await?;
+    let earlier = status.cluster.as_ref().map_or(0, |c| c.earlier_attempts);
+    let observed = cluster
+        .observe(&status.run_id, status.max_attempts, &records, earlier)
+        .await?;
+    // Another command may have changed the record since `status` was read (a cancel while
+    // `logs -f` follows): that one is the truth to update.
+    let status = match run::read_status(run).await? {
+        Some(now) if now.phase.is_terminal() => return Ok(now),
+        Some(now) => now,
+        None => status,
+    };
+    let cancelled = run.get_opt(keys::CANCEL).await?.is_some();
     let mut s = status.clone();
-    match cluster.observe(&s.run_id, s.max_attempts).await? {
-        Some(o) => {
-            let (earlier, mut codes) = s
-                .cluster
-                .as_ref()
-                .map(|c| (c.earlier_attempts, c.earlier_exit_codes.clone()))
-                .unwrap_or_default();
+    match observed {
+        Some((o, attempts)) => {
+            for done in attempts.iter().filter_map(|a| a.record_to_complete()) {
+                crate::attempt::write(run, &done).await?;
+            }
+            // A run from before attempt records keeps its earlier Jobs' codes in the record.
+            let mut codes = match (&s.cluster, records.is_empty()) {
+                (Some(c), true) => c.earlier_exit_codes.clone(),
+                _ => vec![],
+            };
             codes.extend(o.exit_codes);
             s.phase = o.phase;
             s.reason = Some(o.reason);
-            s.attempts = earlier + o.attempts;
+            s.attempts = o.attempts.max(earlier);
             s.exit_codes = codes;
+            s.started_at = s.started_at.or(o.started_at);
+            s.finished_at = o.finished_at.filter(|_| s.phase.is_terminal());
+        }
+        None if cancelled => {
+            s.phase = Phase::Cancelled;
+            s.reason = Some(format!(
+                "cancelled{}",
+                ended_in(&records)
+                    .map(|e| format!("; {e}"))
+                    .unwrap_or_default()
+            ));
+            apply_records(&mut s, &records);
         }
         None => {
-            // The Job is gone: cleaned up after it finished, or deleted behind idcctl's back.
+            // The Job is gone: deleted after its TTL, or behind idcctl's back. The attempt
+            // records (and the report) in the bucket still say how the run ended.
             let report = run.get_opt(keys::REPORT).await?.is_some();
-            s.phase = if report {
-                Phase::Succeeded
-            } else {
-                Phase::Failed
-            };
-            s.reason = Some(if report {
-                "finished; its Job has since been deleted".into()
-            } else {
-                format!(
-                    "its Job is gone from namespace {} and it left no report (deleted outside idcctl?); see idcctl logs",
-                    cluster.namespace
-                )
-            });
+            let (phase, reason) = outcome_without_job(report, &records, &cluster.namespace);
+            s.phase = phase;
+            s.reason = Some(reason);
+            apply_records(&mut s, &records);
         }
     }
     if s.phase != Phase::Pending && s.started_at.is_none() {
@@ -486,32 +509,133 @@ pub async fn refresh_on(
     Ok(s)
 }
 
-/// Stops a run: the worker gets SIGTERM and checkpoints; the record says cancelled. Returns
-/// whether a process was signalled (a Job deleted, on Kubernetes).
-pub async fn cancel(run: &Store, status: RunStatus, target: &Target) -> Result<bool, BackendError> {
+/// Attempts, exit codes and times of a run whose Job is gone, from its attempt records.
+fn apply_records(s: &mut RunStatus, records: &[crate::attempt::AttemptRecord]) {
+    if records.is_empty() {
+        return;
+    }
+    s.attempts = s
+        .attempts
+        .max(records.iter().map(|r| r.attempt).max().unwrap_or(0));
+    s.exit_codes = records.iter().filter_map(|r| r.exit_code).collect();
+    s.started_at = s.started_at.take().or(Some(records[0].started_at.clone()));
+    s.finished_at = records
+        .iter()
+        .rev()
+        .find_map(|r| r.finished_at.clone())
+        .or(s.finished_at.take());
+}
+
+/// "attempt N …", how the last recorded attempt ended.
+fn ended_in(records: &[crate::attempt::AttemptRecord]) -> Option<String> {
+    let last = records.last()?;
+    Some(format!(
+        "attempt {} {}",
+        last.attempt,
+        last.ended
+            .clone()
+            .or(last.exit_code.map(crate::attempt::describe_exit))
+            .unwrap_or_else(|| "recorded no end".into())
+    ))
+}
+
+/// How a run ended whose Job is gone, from its report and attempt records.
+fn outcome_without_job(
+    report: bool,
+    records: &[crate::attempt::AttemptRecord],
+    namespace: &str,
+) -> (Phase, String) {
+    let last = records.last();
+    let gone = "its Job has since been deleted";
+    match last.and_then(|r| r.exit_code) {
+        _ if report => (
+            Phase::Succeeded,
+            match last {
+                Some(r) => format!("completed in attempt {}; {gone}", r.attempt),
+                None => format!("finished; {gone}"),
+            },
+        ),
+        Some(2) => (
+            Phase::Failed,
+            format!(
+                "the worker found bad input in attempt {} (exit code 2); {gone}; see idcctl logs",
+                last.map_or(0, |r| r.attempt)
+            ),
+        ),
+        Some(_) => (
+            Phase::Failed,
+            format!(
+                "{} and left no report; {gone}; see idcctl logs",
+                ended_in(records).unwrap_or_default()
+            ),
+        ),
+        None => (
+            Phase::Failed,
+            format!(
+                "its Job is gone from namespace {namespace} and it left no report{} (deleted outside idcctl?); see idcctl logs",
+                ended_in(records)
+                    .map(|e| format!("; {e}"))
+                    .unwrap_or_default()
+            ),
+        ),
+    }
+}
+
+/// What `cancel` did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CancelOutcome {
+    /// The run had already ended (as the backend shows it now): nothing was stopped or deleted.
+    AlreadyEnded(RunStatus),
+    /// The cancel is recorded; `signalled`: a worker was sent SIGTERM (its Job deleted, on
+    /// Kubernetes).
+    Requested { signalled: bool },
+}
+
+/// Stops a run: the worker gets SIGTERM and checkpoints; the record says cancelled. The run is
+/// read from its backend first: one that has already ended is left as it is.
+pub async fn cancel(
+    run: &Store,
+    status: RunStatus,
+    target: &Target,
+) -> Result<CancelOutcome, BackendError> {
     // Each backend writes the cancel marker itself.
     match status.backend {
         Backend::Local => {
-            Ok(local::cancel(run, Duration::from_secs(30)).await? == local::Cancelled::Signalled)
+            let s = local::refresh(run, status).await?;
+            if s.phase.is_terminal() && s.phase != Phase::Lost {
+                return Ok(CancelOutcome::AlreadyEnded(s));
+            }
+            let signalled =
+                local::cancel(run, Duration::from_secs(30)).await? == local::Cancelled::Signalled;
+            Ok(CancelOutcome::Requested { signalled })
         }
         Backend::Kubernetes => {
             let cluster = target.for_run(status.cluster.as_ref()).connect().await?;
-            cancel_on(run, status, &cluster).await?;
-            Ok(true)
+            cancel_on(run, status, &cluster).await
         }
     }
 }
 
-/// Cancels a Kubernetes run on a connected cluster: deletes its Job (the pods get SIGTERM).
+/// Cancels a Kubernetes run on a connected cluster: reads the Job first (a run that already
+/// succeeded or failed keeps its Job, its pods' logs and its outcome), then deletes it (the
+/// pods get SIGTERM and the worker checkpoints).
 pub async fn cancel_on(
     run: &Store,
     status: RunStatus,
     cluster: &Cluster,
-) -> Result<(), BackendError> {
+) -> Result<CancelOutcome, BackendError> {
+    let s = if status.phase.is_terminal() {
+        status
+    } else {
+        refresh_on(run, status, cluster).await?
+    };
+    if s.phase.is_terminal() && s.phase != Phase::Lost {
+        return Ok(CancelOutcome::AlreadyEnded(s));
+    }
     run.put(keys::CANCEL, Bytes::from_static(b"cancelled\n"))
         .await?;
-    let deleted = cluster.delete_job(&status.run_id).await?;
-    let mut s = status;
+    let deleted = cluster.delete_job(&s.run_id).await?;
+    let mut s = s;
     s.phase = Phase::Cancelled;
     s.reason = Some(if deleted {
         "cancelled: the Job was deleted; its worker checkpoints on SIGTERM".into()
@@ -520,7 +644,7 @@ pub async fn cancel_on(
     });
     s.finished_at = Some(crate::clock::now_rfc3339());
     run::write_status(run, &s).await?;
-    Ok(())
+    Ok(CancelOutcome::Requested { signalled: deleted })
 }
 
 /// Starts a stopped run again (cancelled, failed or lost); the worker resumes from its latest
@@ -561,8 +685,41 @@ pub async fn resume(run: &Store, status: RunStatus, target: &Target) -> Result<(
     Ok(())
 }
 
-/// [`resume`] of a Kubernetes run on a connected cluster: replaces its Job with a new one built
-/// from the run's experiment and the namespace's current defaults.
+/// Waits until no pod of the run's earlier Jobs is left (each gets its grace period, plus a
+/// margin); refuses to go on while one still stops.
+async fn wait_for_pods_gone(cluster: &Cluster, run_id: &str) -> Result<(), BackendError> {
+    let start = std::time::Instant::now();
+    let mut said = false;
+    loop {
+        let pods = cluster.pods_of(run_id).await?;
+        let Some(pod) = pods.first() else {
+            return Ok(());
+        };
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let grace = pods
+            .iter()
+            .filter_map(|p| p.spec.as_ref()?.termination_grace_period_seconds)
+            .max()
+            .unwrap_or(30)
+            .max(0) as u64;
+        if start.elapsed() > Duration::from_secs(grace + 60) {
+            return Err(BackendError::Invalid(format!(
+                "pod {name} of run {run_id}'s earlier Job is still stopping after {}s (its grace period is {grace}s); a new worker beside it would write into the same run, so nothing was started: try idcctl resume again once it is gone",
+                start.elapsed().as_secs()
+            )));
+        }
+        if !said {
+            tracing::info!(
+                "waiting for pod {name} of the earlier Job to stop (its worker checkpoints on SIGTERM; up to {grace}s)"
+            );
+            said = true;
+        }
+        tokio::time::sleep(cluster.poll.max(Duration::from_millis(50))).await;
+    }
+}
+
+/// [`resume`] of a Kubernetes run on a connected cluster: once the earlier Job and its pods are
+/// gone, creates a new Job built from the run's experiment and the namespace's current defaults.
 pub async fn resume_on(
     run: &Store,
     status: RunStatus,
@@ -584,9 +741,12 @@ pub async fn resume_on(
             if cluster.job(&s.run_id).await?.is_none() {
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            tokio::time::sleep(cluster.poll.min(Duration::from_millis(500))).await;
         }
     }
+    // The old Job's pods stop in the background (a cancel deletes the Job at once): a worker
+    // still checkpointing would write into the run beside the new one, holding a second GPU.
+    wait_for_pods_gone(cluster, &s.run_id).await?;
     let defaults = cluster.defaults().await?;
     let job = kube::job::build(&kube::job::JobInputs {
         experiment: &exp,

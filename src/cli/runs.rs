@@ -5,7 +5,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use idc::backend::kube::ClusterDefaults;
-use idc::backend::{self, SubmitOptions, Target, follow, local};
+use idc::backend::{self, CancelOutcome, SubmitOptions, Target, follow, local};
 use idc::exit::ExitCode;
 use idc::experiment::{self, Backend};
 use idc::layout::{self, run as keys};
@@ -429,18 +429,18 @@ pub async fn cancel(
     run_id: String,
 ) -> anyhow::Result<ExitCode> {
     let (run, s) = open_run(&storage, &run_id).await?;
-    let target = cluster.target();
-    let s = if s.backend == Backend::Local {
-        backend::refresh(&run, s, &target).await?
-    } else {
-        s
-    };
-    if s.phase.is_terminal() && s.phase != Phase::Lost {
-        eprintln!("run {run_id} already {}", phase_name(s.phase));
-        return Ok(ExitCode::Success);
-    }
     let backend_kind = s.backend;
-    let signalled = backend::cancel(&run, s, &target).await?;
+    let signalled = match backend::cancel(&run, s, &cluster.target()).await? {
+        CancelOutcome::AlreadyEnded(s) => {
+            eprintln!(
+                "run {run_id} already {}: {}; nothing was cancelled",
+                phase_name(s.phase),
+                s.reason.unwrap_or_default()
+            );
+            return Ok(ExitCode::Success);
+        }
+        CancelOutcome::Requested { signalled } => signalled,
+    };
     if backend_kind == Backend::Kubernetes {
         eprintln!("cancelled {run_id}: its Job was deleted; the worker checkpoints on SIGTERM");
         return Ok(ExitCode::Success);

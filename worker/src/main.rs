@@ -16,6 +16,7 @@ mod train;
 
 use clap::{Parser, Subcommand};
 use error::WorkerError;
+use idc::attempt::AttemptRecord;
 use idc::exit::ExitCode;
 use idc::spec::RunSpec;
 use idc::store::Store;
@@ -139,14 +140,21 @@ fn run_cmd(
     }
     let log = runlog::RunLog::new(attempt);
     // On Kubernetes the Job passes the pod's name: it ties this attempt's log to its pod.
-    let host = std::env::var("IDC_POD_NAME")
+    let pod = std::env::var("IDC_POD_NAME").ok();
+    let host = pod
+        .as_ref()
         .map(|p| format!("pod {p}"))
-        .unwrap_or_else(|_| format!("process {}", std::process::id()));
+        .unwrap_or_else(|| format!("process {}", std::process::id()));
     log.line(&format!("attempt {attempt} of run {}, {host}", spec.run_id));
-    // Written before any work, so that an attempt killed while loading keeps its number.
+    // Written before any work, so that an attempt killed while loading keeps its number; the
+    // record outlives the pod (an eviction or a Job's TTL deletes it), so idcctl numbers and
+    // explains attempts from it.
     rt.block_on(log.flush(&out))?;
+    let record = AttemptRecord::starting(attempt, pod);
+    rt.block_on(idc::attempt::write(&out, &record))?;
+    let out_for_record = out.clone();
     let mut trainer = train::Trainer::new(spec, out, &rt, log, stop, attempt);
-    match trainer.run() {
+    let result = match trainer.run() {
         Ok(train::Outcome::Finished) => Ok(ExitCode::Success),
         Ok(train::Outcome::Preempted) => Ok(ExitCode::Preempted),
         Err(e) => {
@@ -154,7 +162,18 @@ fn run_cmd(
             trainer.log_failure(&e);
             Err(e)
         }
+    };
+    let (code, how) = match &result {
+        Ok(c) => (*c as i32, idc::attempt::describe_exit(*c as i32)),
+        Err(e) => (e.exit_code() as i32, format!("failed: {e}")),
+    };
+    if let Err(e) = rt.block_on(idc::attempt::write(
+        &out_for_record,
+        &record.ended_with(code, how),
+    )) {
+        eprintln!("warning: could not record the attempt's end in the bucket: {e}");
     }
+    result
 }
 
 fn parse_spec(text: &str, origin: &str) -> Result<RunSpec, WorkerError> {

@@ -5,7 +5,8 @@
 use super::defaults::{CONFIG_MAP, CONFIG_MAP_KEY, ClusterDefaults};
 use super::job::{RUN_LABEL, SPEC_ANNOTATION};
 use super::kueue::{self, Workload, WorkloadLookup};
-use super::observe::{self, Observation};
+use super::observe::{self, Attempt, Observation};
+use crate::attempt::AttemptRecord;
 use ::kube::api::{Api, DeleteParams, ListParams, LogParams, PostParams, PropagationPolicy};
 use ::kube::config::{KubeConfigOptions, Kubeconfig};
 use ::kube::{Client, Config};
@@ -324,12 +325,16 @@ impl Cluster {
         })
     }
 
-    /// Where the run stands; `None` when its Job is gone (cancelled, or deleted after its TTL).
+    /// Where the run stands, and its attempts; `None` when its Job is gone (cancelled, or
+    /// deleted after its TTL). `records` are the run's attempt records, read before this call
+    /// so that every record's pod, if it still exists, is among the pods listed here.
     pub async fn observe(
         &self,
         run_id: &str,
         max_attempts: u32,
-    ) -> Result<Option<Observation>, KubeError> {
+        records: &[AttemptRecord],
+        earlier: u32,
+    ) -> Result<Option<(Observation, Vec<Attempt>)>, KubeError> {
         let Some(job) = self.job(run_id).await? else {
             return Ok(None);
         };
@@ -340,13 +345,9 @@ impl Cluster {
             vec![]
         };
         let workload = self.workload_of(&job, &pods).await;
-        Ok(Some(observe::observe(
-            &job,
-            &pods,
-            &events,
-            workload.as_ref(),
-            max_attempts,
-        )))
+        let attempts = observe::number_attempts(records, &pods, earlier);
+        let o = observe::observe(&job, &attempts, &events, workload.as_ref(), max_attempts);
+        Ok(Some((o, attempts)))
     }
 
     /// Deletes the run's Job; its pods get SIGTERM and the worker checkpoints. False if gone.

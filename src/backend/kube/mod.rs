@@ -23,11 +23,13 @@ pub enum FollowError {
 }
 
 /// Prints a run's worker log through `sink`, attempt by attempt: from each attempt's pod while
-/// it exists (following the running one), going on with the next pod when one is replaced (a
-/// retry or a preemption), and from the bucket (`logs/attempt-N.log`) for attempts whose pods
-/// are gone. `earlier` attempts ran under Jobs before a resume (their pods are gone); `only`
-/// limits it to one attempt. Returns when the Job has finished (or is gone) and every attempt's
-/// log was printed. `notice` gets one-line updates (waiting for a pod, and so on).
+/// it exists (following the running one), going on with the next attempt when one ends (a
+/// retry, an eviction or a preemption), and from the bucket (`logs/attempt-N.log`) for attempts
+/// whose pods are gone. Attempts are numbered by their records in the bucket, which outlive
+/// pods (see [`observe::number_attempts`]); `earlier` counts attempts of earlier Jobs from before
+/// those records. `only` limits it to one attempt. Returns when the Job has finished (or is gone)
+/// and every attempt's log was printed. `notice` gets one-line updates: how an attempt ended,
+/// what the next one waits for.
 pub async fn follow(
     cluster: &Cluster,
     run: &Store,
@@ -37,70 +39,126 @@ pub async fn follow(
     sink: &mut (dyn FnMut(LogLine) + Send),
     notice: &mut (dyn FnMut(String) + Send),
 ) -> Result<(), FollowError> {
+    // Attempts of earlier Jobs from before attempt records: their pods are gone, their logs
+    // are in the bucket.
+    let recorded = crate::attempt::read_all(run).await?;
+    let unrecorded = |n: u32| n <= earlier && !recorded.iter().any(|r| r.attempt == n);
     if let Some(n) = only
-        && n <= earlier
+        && unrecorded(n)
     {
-        return Ok(from_bucket(run, n, Some(n), sink).await?);
+        return Ok(from_bucket(run, n, Some(n), None, sink).await?);
     }
-    if only.is_none() && earlier > 0 {
-        from_bucket(run, 1, Some(earlier), sink).await?;
+    let mut next = only.unwrap_or(1);
+    while only.is_none() && unrecorded(next) {
+        from_bucket(run, next, Some(next), None, sink).await?;
+        next += 1;
     }
-    // The pod of attempt `attempt` is the (attempt - earlier)-th of the current Job.
-    let mut attempt = only.unwrap_or(earlier + 1);
     let mut last_notice = String::new();
-    let mut printed_any = false;
+    let mut say = |n: String| {
+        if n != last_notice {
+            notice(n.clone());
+            last_notice = n;
+        }
+    };
     loop {
+        // Records before pods: a record's pod that still exists is then among those listed.
+        let records = crate::attempt::read_all(run).await?;
         let job = cluster.job(run_id).await?;
         let pods = cluster.pods_of(run_id).await?;
+        let attempts = observe::number_attempts(&records, &pods, earlier);
         let finished = job_finished(job.as_ref());
-        if let Some(pod) = pods.get((attempt - earlier) as usize - 1) {
-            let name = pod.metadata.name.clone().unwrap_or_default();
-            if started(pod) {
-                match follow_pod(cluster, &name, attempt, sink).await {
-                    // Deleted between the listing and the log request (cancel, TTL): the
-                    // worker's own copy of this attempt's log is in the bucket.
-                    Err(e) if e.is_not_found() => {
-                        from_bucket(run, attempt, Some(attempt), sink).await?
+        let this = attempts.iter().find(|a| a.number == next);
+        let newest = attempts.last().map_or(earlier, |a| a.number);
+        match this {
+            // An attempt of an earlier Job from before attempt records (its pod is gone), or a
+            // number no record claims: whatever log the bucket has.
+            None if next <= earlier || next < newest => {
+                from_bucket(run, next, Some(next), None, sink).await?;
+            }
+            Some(a) if a.pod.as_ref().is_some_and(started) => {
+                let name = a
+                    .pod
+                    .as_ref()
+                    .and_then(|p| p.metadata.name.clone())
+                    .unwrap_or_default();
+                let last_seen = match follow_pod(cluster, &name, next, sink).await {
+                    // Deleted while (or before) its log was read (an eviction, a cancel, the
+                    // Job's TTL): the worker keeps its own copy of the log in the bucket.
+                    Err(FollowPodError { error, last }) if error.is_not_found() => {
+                        from_bucket(run, next, Some(next), last.as_deref(), sink).await?;
+                        None
                     }
-                    r => r?,
+                    Err(FollowPodError { error, .. }) => return Err(error.into()),
+                    Ok(pod) => pod,
+                };
+                say(format!(
+                    "attempt {next} {}",
+                    ended_how(run, next, last_seen).await?
+                ));
+            }
+            Some(a) if a.pod.is_none() => {
+                from_bucket(run, next, Some(next), None, sink).await?;
+                if let Some(how) = a.ended_how() {
+                    say(format!("attempt {next} {how}"));
                 }
-                printed_any = true;
-                if only.is_some() {
+            }
+            // Not started yet (its pod waits), or not made yet.
+            _ => {
+                if finished {
+                    if next < newest {
+                        // A pod that never started, of a finished Job: nothing to print for it.
+                        next += 1;
+                        continue;
+                    }
+                    if job.is_none() && next == 1 && records.is_empty() {
+                        // The pods are gone and no record says which attempts ran: the bucket
+                        // keeps the logs of the attempts that wrote any.
+                        from_bucket(run, 1, None, None, sink).await?;
+                    }
                     return Ok(());
                 }
-                attempt += 1;
-                continue;
-            }
-            if !finished {
-                let obs = observe::observe(
-                    job.as_ref().expect("not finished, so there"),
-                    &pods,
-                    &[],
-                    None,
-                    pods.len() as u32,
-                );
-                if obs.reason != last_notice {
-                    notice(obs.reason.clone());
-                    last_notice = obs.reason;
+                if let Some(job) = &job {
+                    let obs = observe::observe(job, &attempts, &[], None, newest.max(next));
+                    say(obs.reason);
                 }
                 tokio::time::sleep(cluster.poll).await;
                 continue;
             }
-            // A pod that never started, of a finished Job: nothing to print for it.
-            attempt += 1;
-            continue;
         }
-        if !finished {
-            tokio::time::sleep(cluster.poll).await;
-            continue;
+        if only.is_some() {
+            return Ok(());
         }
-        if pods.is_empty() && !printed_any {
-            // The pods are gone (the Job finished and was cleaned up, or was cancelled): the
-            // worker kept its own log in the bucket.
-            from_bucket(run, attempt, only, sink).await?;
-        }
-        return Ok(());
+        next += 1;
     }
+}
+
+/// How attempt `n` ended: from its pod as last seen, if it was still there (it knows about
+/// evictions), else from the attempt's record.
+async fn ended_how(
+    run: &Store,
+    n: u32,
+    pod: Option<k8s_openapi::api::core::v1::Pod>,
+) -> Result<String, FollowError> {
+    let seen = observe::Attempt {
+        number: n,
+        record: None,
+        pod,
+    };
+    if seen.pod.is_some()
+        && let Some(how) = seen.ended_how()
+    {
+        return Ok(how);
+    }
+    let record = crate::attempt::read_all(run)
+        .await?
+        .into_iter()
+        .find(|r| r.attempt == n);
+    let recorded = observe::Attempt {
+        number: n,
+        record,
+        pod: None,
+    };
+    Ok(recorded.ended_how().unwrap_or_else(|| "ended".into()))
 }
 
 /// Whether a Job has finished (complete or failed); a Job that is gone (`None`) has.
@@ -137,19 +195,30 @@ pub fn container_started(pod: &k8s_openapi::api::core::v1::Pod, container: &str)
         })
 }
 
+/// Why following a pod's log stopped, with the last line printed before (so that the rest can
+/// be taken from the bucket's copy without repeating lines).
+struct FollowPodError {
+    error: KubeError,
+    last: Option<String>,
+}
+
 /// Follows one pod's log to its end, reconnecting from the last line seen if the stream drops
-/// while the pod still runs.
+/// while the pod still runs; returns the pod as last read (`None`: gone).
 async fn follow_pod(
     cluster: &Cluster,
     pod: &str,
     attempt: u32,
     sink: &mut (dyn FnMut(LogLine) + Send),
-) -> Result<(), KubeError> {
+) -> Result<Option<k8s_openapi::api::core::v1::Pod>, FollowPodError> {
     let mut last: Option<(String, String)> = None;
+    let fail = |error, last: &Option<(String, String)>| FollowPodError {
+        error,
+        last: last.as_ref().map(|(_, t)| t.clone()),
+    };
     loop {
         let since = last.as_ref().map(|(ts, _)| ts.clone());
         let mut skipping = since.is_some();
-        cluster
+        let streamed = cluster
             .stream_log(pod, true, since.as_deref(), |ts, text| {
                 // sinceTime is inclusive: skip what was printed before the reconnect.
                 if skipping {
@@ -166,24 +235,27 @@ async fn follow_pod(
                 });
                 last = Some((ts.to_string(), text.to_string()));
             })
-            .await?;
-        let still_running = cluster
-            .pod(pod)
-            .await?
-            .is_some_and(|p| p.status.and_then(|s| s.phase).as_deref() == Some("Running"));
+            .await;
+        streamed.map_err(|e| fail(e, &last))?;
+        let now = cluster.pod(pod).await.map_err(|e| fail(e, &last))?;
+        let still_running = now
+            .as_ref()
+            .is_some_and(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"));
         if !still_running {
-            return Ok(());
+            return Ok(now);
         }
         tokio::time::sleep(cluster.poll).await;
     }
 }
 
 /// Prints the bucket's copies of the logs of attempts `from..=to`; with no `to`, up to the
-/// first attempt that left no log.
+/// first attempt that left no log. `after`: the last line already printed (from the pod) of
+/// attempt `from`, whose copy is printed from the line after it.
 async fn from_bucket(
     run: &Store,
     from: u32,
     to: Option<u32>,
+    after: Option<&str>,
     sink: &mut (dyn FnMut(LogLine) + Send),
 ) -> Result<(), StoreError> {
     for attempt in from..=to.unwrap_or(u32::MAX) {
@@ -193,7 +265,13 @@ async fn from_bucket(
             }
             continue;
         };
-        for l in String::from_utf8_lossy(&b).lines() {
+        let text = String::from_utf8_lossy(&b);
+        let lines: Vec<&str> = text.lines().collect();
+        let skip = match after.filter(|_| attempt == from) {
+            Some(last) => lines.iter().rposition(|l| *l == last).map_or(0, |i| i + 1),
+            None => 0,
+        };
+        for l in &lines[skip..] {
             sink(LogLine {
                 attempt,
                 text: l.to_string(),

@@ -1,9 +1,11 @@
-//! Where a run on Kubernetes stands, read from its Job's conditions, its pods (one per attempt),
-//! the Job's events and, for a Job waiting in a Kueue queue, its Workload, with a one-line reason
-//! naming what users get stuck on.
+//! Where a run on Kubernetes stands, read from its Job's conditions and times, its attempts
+//! (the attempt records in the bucket, which outlive pods, matched with the pods that still
+//! exist), the Job's events and, for a Job waiting in a Kueue queue, its Workload, with a
+//! one-line reason naming what users get stuck on.
 
 use super::job::CONTAINER;
 use super::kueue::{self, WorkloadLookup};
+use crate::attempt::{AttemptRecord, describe_exit};
 use crate::run::Phase;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Event, Pod};
@@ -13,10 +15,14 @@ use k8s_openapi::api::core::v1::{Event, Pod};
 pub struct Observation {
     pub phase: Phase,
     pub reason: String,
-    /// Pods created so far: one per attempt, preempted ones included.
+    /// Attempts started so far (the newest attempt's number), those whose pods are gone included.
     pub attempts: u32,
     /// Exit code of each finished attempt's worker (negative: killed by that signal).
     pub exit_codes: Vec<i32>,
+    /// When the Job started (its `startTime`).
+    pub started_at: Option<String>,
+    /// When the Job finished (`completionTime`, or when its Failed condition was set).
+    pub finished_at: Option<String>,
 }
 
 /// Pods in attempt order (oldest first).
@@ -28,17 +34,137 @@ pub fn by_attempt(mut pods: Vec<Pod>) -> Vec<Pod> {
     pods
 }
 
-/// Reads the Job (with `max_attempts` = 1 + retries), its pods in attempt order, its events and
-/// what is known of its Kueue Workload (`None`: not looked up, see [`kueue::waiting_queue`]).
+/// One attempt of a run: its record in the bucket (from the worker, once it started) and its
+/// pod, while the pod exists.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Attempt {
+    pub number: u32,
+    pub record: Option<AttemptRecord>,
+    pub pod: Option<Pod>,
+}
+
+/// Numbers a run's attempts: every attempt record (read from the bucket before the pods were
+/// listed), each matched with its pod by name, then the pods whose worker has not written a
+/// record yet, in creation order, after the highest number known (`earlier` counts attempts of
+/// a run from before attempt records, whose pods are gone).
+pub fn number_attempts(records: &[AttemptRecord], pods: &[Pod], earlier: u32) -> Vec<Attempt> {
+    let name = |p: &Pod| p.metadata.name.clone().unwrap_or_default();
+    let mut out: Vec<Attempt> = records
+        .iter()
+        .map(|r| Attempt {
+            number: r.attempt,
+            record: Some(r.clone()),
+            pod: pods
+                .iter()
+                .find(|p| r.pod.as_deref() == Some(name(p).as_str()))
+                .cloned(),
+        })
+        .collect();
+    let mut next = out.iter().map(|a| a.number).max().unwrap_or(0).max(earlier);
+    for p in pods {
+        if !out
+            .iter()
+            .any(|a| a.pod.as_ref().is_some_and(|q| name(q) == name(p)))
+        {
+            next += 1;
+            out.push(Attempt {
+                number: next,
+                record: None,
+                pod: Some(p.clone()),
+            });
+        }
+    }
+    out
+}
+
+impl Attempt {
+    /// The worker's exit code: from its pod while the pod exists, else from its record.
+    pub fn exit_code(&self) -> Option<i32> {
+        self.pod
+            .as_ref()
+            .and_then(exit_code)
+            .or(self.record.as_ref().and_then(|r| r.exit_code))
+    }
+
+    /// Whether the attempt's pod still exists and has not ended.
+    pub fn is_live(&self) -> bool {
+        self.pod.as_ref().is_some_and(|p| {
+            !matches!(
+                p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                Some("Succeeded" | "Failed")
+            )
+        })
+    }
+
+    /// How the attempt ended, e.g. "was evicted (…)", from its pod while it exists (the pod
+    /// knows about disruptions), else from its record; `None` while it runs.
+    pub fn ended_how(&self) -> Option<String> {
+        if let Some(pod) = &self.pod {
+            if disruption(pod).is_some() || exit_code(pod).is_some() || !self.is_live() {
+                return Some(ended_how(pod));
+            }
+            return None;
+        }
+        let r = self.record.as_ref()?;
+        Some(match (&r.ended, r.exit_code) {
+            (Some(how), Some(3)) if !how.starts_with("was ") => {
+                format!("{how}; its pod was deleted (evicted, preempted or cancelled)")
+            }
+            (Some(how), _) => how.clone(),
+            (None, Some(c)) => describe_exit(c),
+            (None, None) => "ended without recording its end: its pod was deleted (killed, evicted, or its node was lost)".into(),
+        })
+    }
+
+    /// The record to write when the pod shows an end that the record lacks (a killed worker
+    /// cannot write its own), so the end survives the pod.
+    pub fn record_to_complete(&self) -> Option<AttemptRecord> {
+        let r = self.record.as_ref()?;
+        let pod = self.pod.as_ref()?;
+        let mut done = r.clone();
+        // An eviction or preemption is known only while the pod is there: keep it.
+        if let Some(d) = disruption(pod)
+            && !r.ended.as_deref().is_some_and(|e| e.starts_with("was "))
+        {
+            done.ended = Some(match &r.ended {
+                Some(how) => format!("{d}; {how}"),
+                None => d,
+            });
+        }
+        if r.exit_code.is_none()
+            && let Some(code) = exit_code(pod)
+        {
+            let t = worker_status(pod)?.state.as_ref()?.terminated.as_ref()?;
+            done.exit_code = Some(code);
+            done.finished_at = t.finished_at.as_ref().map(rfc3339);
+            if disruption(pod).is_none() {
+                done.ended = Some(ended_how(pod));
+            }
+        }
+        (done != *r).then_some(done)
+    }
+}
+
+/// The attempts of a Job whose worker writes no attempt records (a prediction Job): its pods.
+pub fn attempts_of_pods(pods: &[Pod]) -> Vec<Attempt> {
+    number_attempts(&[], pods, 0)
+}
+
+/// An API server time as the run records write times (RFC 3339, UTC, whole seconds).
+pub fn rfc3339(t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time) -> String {
+    t.0.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+/// Reads the Job (with `max_attempts` = 1 + retries), the run's attempts (see
+/// [`number_attempts`]), its events and what is known of its Kueue Workload (`None`: not
+/// looked up, see [`kueue::waiting_queue`]).
 pub fn observe(
     job: &Job,
-    pods: &[Pod],
+    attempts: &[Attempt],
     events: &[Event],
     workload: Option<&WorkloadLookup>,
     max_attempts: u32,
 ) -> Observation {
-    let attempts = pods.len() as u32;
-    let history = history(pods);
     let status = job.status.as_ref();
     let cond = |t: &str| {
         status
@@ -47,36 +173,56 @@ pub fn observe(
             .flatten()
             .find(|c| c.type_ == t && c.status == "True")
     };
+    // The newest attempt whose pod is still there; attempts before it are history.
+    let current = attempts.last().filter(|a| a.pod.is_some());
+    let history = history(attempts, current.is_none());
+    let count = attempts.last().map_or(0, |a| a.number);
     let with_history = |s: String| match &history {
-        Some(h) => format!("{s}; {h}"),
+        Some(h) => format!("{h}; {s}"),
         None => s,
     };
+    let finished_at = status
+        .and_then(|s| s.completion_time.as_ref())
+        .or_else(|| {
+            cond("Failed")
+                .or(cond("FailureTarget"))
+                .and_then(|c| c.last_transition_time.as_ref())
+        })
+        .map(rfc3339);
     let done = |phase, reason| Observation {
         phase,
         reason,
-        attempts,
-        exit_codes: pods.iter().filter_map(exit_code).collect(),
+        attempts: count,
+        exit_codes: attempts.iter().filter_map(Attempt::exit_code).collect(),
+        started_at: status.and_then(|s| s.start_time.as_ref()).map(rfc3339),
+        finished_at: if phase == Phase::Succeeded || phase == Phase::Failed {
+            finished_at.clone()
+        } else {
+            None
+        },
     };
     if cond("Complete").is_some() {
         return done(
             Phase::Succeeded,
-            with_history(format!("completed in attempt {attempts}")),
+            with_history(format!("completed in attempt {count}")),
         );
     }
     // FailureTarget comes first, while the Job controller still stops the remaining pods.
     if let Some(c) = cond("Failed").or(cond("FailureTarget")) {
-        let last = pods.last().map(ended_how);
+        let last = attempts.last().and_then(Attempt::ended_how);
         let message = c.message.clone().unwrap_or_default();
         let reason = match c.reason.as_deref() {
             Some("DeadlineExceeded") => format!(
-                "deadline exceeded: the Job ran past activeDeadlineSeconds={} (the manifest's deadline)",
+                "deadline exceeded: the Job ran past activeDeadlineSeconds={} (the manifest's deadline){}",
                 job.spec
                     .as_ref()
                     .and_then(|s| s.active_deadline_seconds)
+                    .unwrap_or_default(),
+                last.map(|l| format!("; attempt {count} {l}"))
                     .unwrap_or_default()
             ),
             Some("BackoffLimitExceeded") => format!(
-                "failed after {attempts} attempt(s); the last {}",
+                "failed after {count} attempt(s); the last {}",
                 last.unwrap_or_else(|| "left no pod".into())
             ),
             Some("PodFailurePolicy") => format!(
@@ -97,7 +243,7 @@ pub fn observe(
     }) {
         return done(Phase::Pending, "the Job is suspended".into());
     }
-    let Some(pod) = pods.last() else {
+    let Some((n, pod)) = current.and_then(|a| Some((a.number, a.pod.as_ref()?))) else {
         let why = events
             .iter()
             .filter(|e| e.type_.as_deref() == Some("Warning"))
@@ -109,17 +255,30 @@ pub fn observe(
                     e.message.as_deref().unwrap_or("")
                 )
             });
-        return done(
-            Phase::Pending,
-            why.unwrap_or_else(|| "waiting for the Job controller to create the pod".into()),
-        );
+        let waiting =
+            why.unwrap_or_else(|| "waiting for the Job controller to create the pod".into());
+        // An attempt whose pod is gone (evicted, preempted) is followed by the next one.
+        let text = if count > 0 {
+            format!("attempt {} starts: {waiting}", count + 1)
+        } else {
+            waiting
+        };
+        return done(Phase::Pending, with_history(text));
     };
-    let n = attempts;
     let pod_phase = pod
         .status
         .as_ref()
         .and_then(|s| s.phase.as_deref())
         .unwrap_or("Pending");
+    if let Some(d) = disruption(pod).filter(|_| pod_phase == "Running") {
+        // Evicted or preempted and still stopping: its worker checkpoints on SIGTERM.
+        return done(
+            Phase::Running,
+            with_history(format!(
+                "attempt {n} {d}; it is stopping and a new attempt will follow"
+            )),
+        );
+    }
     match pod_phase {
         "Running" => {
             let node = pod
@@ -138,10 +297,10 @@ pub fn observe(
         _ => done(
             // The pod ended but the Job has not decided yet: a retry is on its way.
             Phase::Running,
-            format!(
+            with_history(format!(
                 "attempt {n} {}; waiting for the Job controller's next step",
                 ended_how(pod)
-            ),
+            )),
         ),
     }
 }
@@ -239,9 +398,15 @@ fn disruption(pod: &Pod) -> Option<String> {
         .flatten()
         .find(|c| c.type_ == "DisruptionTarget" && c.status == "True")
     {
+        let reason = c.reason.as_deref().unwrap_or("DisruptionTarget");
+        let what = match reason {
+            "EvictionByEvictionAPI" | "TerminationByKubelet" => "was evicted",
+            "DeletionByTaintManager" => "was deleted for a node taint",
+            "DeletionByPodGC" => "was deleted with its lost node",
+            _ => "was preempted",
+        };
         return Some(format!(
-            "was preempted ({}: {})",
-            c.reason.as_deref().unwrap_or("DisruptionTarget"),
+            "{what} ({reason}: {})",
             c.message.as_deref().unwrap_or("")
         ));
     }
@@ -298,13 +463,87 @@ fn last_line(s: &str) -> &str {
     s.trim_end().lines().last().unwrap_or("")
 }
 
-/// What happened to earlier attempts, e.g. "attempt 1 was preempted (…)".
-fn history(pods: &[Pod]) -> Option<String> {
-    let earlier: Vec<String> = pods
+/// What happened to earlier attempts, e.g. "attempt 1 was evicted (…)": every attempt but the
+/// current one, or all of them when none is current (its pod is gone).
+fn history(attempts: &[Attempt], all: bool) -> Option<String> {
+    let n = if all {
+        attempts.len()
+    } else {
+        attempts.len().saturating_sub(1)
+    };
+    let earlier: Vec<String> = attempts[..n]
         .iter()
-        .enumerate()
-        .take(pods.len().saturating_sub(1))
-        .map(|(i, p)| format!("attempt {} {}", i + 1, ended_how(p)))
+        .map(|a| {
+            format!(
+                "attempt {} {}",
+                a.number,
+                a.ended_how().unwrap_or_else(|| "is still stopping".into())
+            )
+        })
         .collect();
     (!earlier.is_empty()).then(|| earlier.join("; "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    fn pod(name: &str) -> Pod {
+        Pod {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    fn rec(n: u32, pod: &str, exit: Option<i32>) -> AttemptRecord {
+        let r = AttemptRecord::starting(n, Some(pod.into()));
+        match exit {
+            Some(c) => r.ended_with(c, describe_exit(c)),
+            None => r,
+        }
+    }
+
+    #[test]
+    fn attempts_are_numbered_by_their_records_then_by_pods_without_one() {
+        // Attempt 1's pod was evicted and deleted; attempt 2's runs; a third pod has not
+        // started its worker yet.
+        let records = [rec(1, "a", Some(3)), rec(2, "b", None)];
+        let got = number_attempts(&records, &[pod("b"), pod("c")], 0);
+        let seen: Vec<(u32, Option<String>)> = got
+            .iter()
+            .map(|a| {
+                (
+                    a.number,
+                    a.pod.as_ref().and_then(|p| p.metadata.name.clone()),
+                )
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            [(1, None), (2, Some("b".into())), (3, Some("c".into()))]
+        );
+        assert_eq!(got[0].exit_code(), Some(3));
+        assert!(got[0].ended_how().unwrap().contains("its pod was deleted"));
+        // Before attempt records, attempts of earlier Jobs come first.
+        let legacy = number_attempts(&[], &[pod("x")], 2);
+        assert_eq!(legacy[0].number, 3);
+    }
+
+    #[test]
+    fn an_attempt_that_recorded_no_end_and_lost_its_pod_says_so() {
+        let got = number_attempts(&[rec(1, "a", None)], &[], 0);
+        assert!(
+            got[0]
+                .ended_how()
+                .unwrap()
+                .starts_with("ended without recording its end"),
+            "{:?}",
+            got[0].ended_how()
+        );
+        assert_eq!(got[0].exit_code(), None);
+    }
 }
