@@ -2092,7 +2092,7 @@ async fn status_after_an_eviction_counts_the_attempt_whose_pod_is_gone() {
     );
     assert_eq!(
         reason(&s),
-        "attempt 1 stopped on SIGTERM after writing a checkpoint (exit code 3); its pod was deleted (evicted, preempted or cancelled); attempt 2 starts: waiting for the Job controller to create the pod"
+        "attempt 1 stopped on SIGTERM after writing a checkpoint (exit code 3); its pod was then deleted (evicted, preempted, cancelled or past the deadline); attempt 2 starts: waiting for the Job controller to create the pod"
     );
 
     // While it stops, the pod says it was evicted, and the record keeps that after it is gone.
@@ -2406,4 +2406,127 @@ async fn after_a_resume_attempts_are_counted_across_jobs() {
     // The pod's exit code is kept in attempt 2's record, for after the pod is gone.
     let kept = idc::attempt::read_all(&sub.run).await.unwrap();
     assert_eq!(kept[1].exit_code, Some(0));
+}
+
+/// The lifecycle against a real API server: set `IDC_TEST_KUBECONFIG` to a kubeconfig whose
+/// current context reaches a namespace where charts/idc is installed (`IDC_TEST_NAMESPACE`,
+/// default `idc`), `IDC_TEST_STORAGE` to its bucket (default `s3://idc`) and `AWS_*` to reach it
+/// from here. Skipped, and said so, without it. Submit, follow to success, cancel of the finished
+/// run (nothing deleted), then a second run cancelled while running and resumed at once: one
+/// worker at a time, attempts numbered across both Jobs.
+#[tokio::test]
+async fn lifecycle_on_a_real_cluster() {
+    let Some(kubeconfig) = std::env::var_os("IDC_TEST_KUBECONFIG") else {
+        eprintln!(
+            "skipped: set IDC_TEST_KUBECONFIG (and IDC_TEST_NAMESPACE, IDC_TEST_STORAGE, AWS_*) to run the lifecycle against a real API server"
+        );
+        return;
+    };
+    let ns = std::env::var("IDC_TEST_NAMESPACE").unwrap_or_else(|_| "idc".into());
+    let storage = std::env::var("IDC_TEST_STORAGE").unwrap_or_else(|_| "s3://idc".into());
+    let mut cluster = Cluster::connect_with_kubeconfig(Path::new(&kubeconfig), Some(&ns))
+        .await
+        .unwrap();
+    cluster.poll = std::time::Duration::from_millis(500);
+    let tag = idc::run::new_run_id("it");
+    let dir = tempfile::tempdir().unwrap();
+    synth(dir.path(), 6, 80, 0);
+    let ds = format!("{storage}/datasets/{tag}");
+    idc::stage::stage(
+        dir.path(),
+        &Store::open(&ds).unwrap(),
+        &Default::default(),
+        &Default::default(),
+    )
+    .await
+    .unwrap();
+    let exp = experiment::parse(
+        &format!(
+            "apiVersion: idc/v1\nkind: Experiment\nname: it\ndataset: {{url: {ds}}}\n\
+             train: {{model: {{kind: simple_cnn, width: 8}}, epochs: 3, batch_size: 64, device: cpu, checkpoint_every: 2s}}\n\
+             resources: {{gpus: 0, cpu: '1', memory: 2Gi}}\nbackend: kubernetes\nstorage: {storage}\nretries: 2\n"
+        ),
+        "it.yaml",
+    )
+    .unwrap();
+    let submit = |id: String| {
+        let (exp, cluster) = (exp.clone(), cluster.clone());
+        async move {
+            let opts = SubmitOptions {
+                run_id: Some(id),
+                ..Default::default()
+            };
+            backend::submit_on(&exp, &opts, Some(cluster))
+                .await
+                .unwrap()
+        }
+    };
+    let follow_to_end = |run: Store, id: String| {
+        let cluster = cluster.clone();
+        async move {
+            let mut attempts = std::collections::BTreeSet::new();
+            kube::follow(
+                &cluster,
+                &run,
+                &id,
+                0,
+                None,
+                &mut |l: LogLine| {
+                    attempts.insert(l.attempt);
+                },
+                &mut |n| eprintln!("{id}: {n}"),
+            )
+            .await
+            .unwrap();
+            let s = run::read_status(&run).await.unwrap().unwrap();
+            (
+                backend::refresh_on(&run, s, &cluster).await.unwrap(),
+                attempts,
+            )
+        }
+    };
+
+    // Submit and follow to the end; a cancel then leaves it as it is.
+    let id = format!("{tag}-a");
+    let sub = submit(id.clone()).await;
+    let (s, seen) = follow_to_end(sub.run.clone(), id.clone()).await;
+    assert_eq!(s.phase, Phase::Succeeded, "{s:?}");
+    assert_eq!((s.attempts, seen.len()), (1, 1));
+    let s = run::read_status(&sub.run).await.unwrap().unwrap();
+    let out = backend::cancel_on(&sub.run, s, &cluster).await.unwrap();
+    assert!(
+        matches!(out, backend::CancelOutcome::AlreadyEnded(_)),
+        "{out:?}"
+    );
+    assert!(
+        cluster.job(&id).await.unwrap().is_some(),
+        "a finished run's Job was deleted"
+    );
+
+    // Cancel while it trains, resume at once: the new worker starts after the old one ended.
+    let id = format!("{tag}-b");
+    let sub = submit(id.clone()).await;
+    for _ in 0..240 {
+        if sub.run.get_opt(&keys::log(1)).await.unwrap().is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    let s = run::read_status(&sub.run).await.unwrap().unwrap();
+    let out = backend::cancel_on(&sub.run, s, &cluster).await.unwrap();
+    assert_eq!(out, backend::CancelOutcome::Requested { signalled: true });
+    let s = run::read_status(&sub.run).await.unwrap().unwrap();
+    backend::resume_on(&sub.run, s, &cluster).await.unwrap();
+    let (s, _) = follow_to_end(sub.run.clone(), id.clone()).await;
+    assert_eq!((s.phase, s.attempts), (Phase::Succeeded, 2), "{s:?}");
+    let records = idc::attempt::read_all(&sub.run).await.unwrap();
+    assert_eq!(records.len(), 2, "{records:?}");
+    let ended = records[0]
+        .finished_at
+        .clone()
+        .expect("the cancelled worker recorded its end");
+    assert!(
+        ended <= records[1].started_at,
+        "two workers overlapped: {records:?}"
+    );
 }

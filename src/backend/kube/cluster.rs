@@ -135,6 +135,32 @@ impl Cluster {
                 source: Box::new(e),
             })?
         };
+        Self::from_config(config, named, namespace)
+    }
+
+    /// Connects with the kubeconfig file `path` (its current context), whatever KUBECONFIG
+    /// says: what the lifecycle tests use against a real cluster.
+    pub async fn connect_with_kubeconfig(
+        path: &std::path::Path,
+        namespace: Option<&str>,
+    ) -> Result<Self, KubeError> {
+        let fail = |e: Box<dyn std::error::Error + Send + Sync>| KubeError::Config {
+            context: None,
+            source: e,
+        };
+        let kubeconfig = Kubeconfig::read_from(path).map_err(|e| fail(Box::new(e)))?;
+        let named = kubeconfig.current_context.clone();
+        let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+            .await
+            .map_err(|e| fail(Box::new(e)))?;
+        Self::from_config(config, named, namespace)
+    }
+
+    fn from_config(
+        config: Config,
+        named: Option<String>,
+        namespace: Option<&str>,
+    ) -> Result<Self, KubeError> {
         let server = config.cluster_url.to_string();
         // Two TLS crypto providers are linked in (kube's ring, object_store's aws-lc-rs):
         // rustls needs to be told which to use. A second install is a harmless no-op.

@@ -119,7 +119,7 @@ pub async fn follow(
                 }
                 if let Some(job) = &job {
                     let obs = observe::observe(job, &attempts, &[], None, newest.max(next));
-                    say(obs.reason);
+                    say(obs.current);
                 }
                 tokio::time::sleep(cluster.poll).await;
                 continue;
@@ -133,26 +133,30 @@ pub async fn follow(
 }
 
 /// How attempt `n` ended: from its pod as last seen, if it was still there (it knows about
-/// evictions), else from the attempt's record.
+/// evictions, and a killed worker's exit code, which its record then keeps), else from the
+/// attempt's record.
 async fn ended_how(
     run: &Store,
     n: u32,
     pod: Option<k8s_openapi::api::core::v1::Pod>,
 ) -> Result<String, FollowError> {
+    let record = crate::attempt::read_all(run)
+        .await?
+        .into_iter()
+        .find(|r| r.attempt == n);
     let seen = observe::Attempt {
         number: n,
-        record: None,
+        record: record.clone(),
         pod,
     };
+    if let Some(done) = seen.record_to_complete() {
+        crate::attempt::write(run, &done).await?;
+    }
     if seen.pod.is_some()
         && let Some(how) = seen.ended_how()
     {
         return Ok(how);
     }
-    let record = crate::attempt::read_all(run)
-        .await?
-        .into_iter()
-        .find(|r| r.attempt == n);
     let recorded = observe::Attempt {
         number: n,
         record,

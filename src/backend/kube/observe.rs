@@ -23,6 +23,9 @@ pub struct Observation {
     pub started_at: Option<String>,
     /// When the Job finished (`completionTime`, or when its Failed condition was set).
     pub finished_at: Option<String>,
+    /// The reason without the earlier attempts' history (what a follower, who has seen them
+    /// end, is told).
+    pub current: String,
 }
 
 /// Pods in attempt order (oldest first).
@@ -108,7 +111,7 @@ impl Attempt {
         let r = self.record.as_ref()?;
         Some(match (&r.ended, r.exit_code) {
             (Some(how), Some(3)) if !how.starts_with("was ") => {
-                format!("{how}; its pod was deleted (evicted, preempted or cancelled)")
+                format!("{how}; its pod was then deleted (evicted, preempted, cancelled or past the deadline)")
             }
             (Some(how), _) => how.clone(),
             (None, Some(c)) => describe_exit(c),
@@ -189,8 +192,15 @@ pub fn observe(
                 .and_then(|c| c.last_transition_time.as_ref())
         })
         .map(rfc3339);
-    let done = |phase, reason| Observation {
+    let done = |phase, reason: String| Observation {
         phase,
+        current: match &history {
+            Some(h) => reason
+                .strip_prefix(&format!("{h}; "))
+                .unwrap_or(&reason)
+                .to_string(),
+            None => reason.clone(),
+        },
         reason,
         attempts: count,
         exit_codes: attempts.iter().filter_map(Attempt::exit_code).collect(),
@@ -441,6 +451,20 @@ fn ended_how(pod: &Pod) -> String {
             "stopped on SIGTERM after writing a checkpoint (exit code 3)".into()
         }
         Some(t) if t.exit_code == 0 => "succeeded".into(),
+        // 128 + N: the container's process was killed by signal N (SIGKILL: 137); its last log
+        // line says nothing about why.
+        Some(t) if t.signal.is_some_and(|s| s > 0) || (129..=192).contains(&t.exit_code) => {
+            let signal = t.signal.filter(|s| *s > 0).unwrap_or(t.exit_code - 128);
+            format!(
+                "was killed by signal {signal}{} (exit code {})",
+                match signal {
+                    9 => " (SIGKILL)",
+                    15 => " (SIGTERM)",
+                    _ => "",
+                },
+                t.exit_code
+            )
+        }
         Some(t) => format!(
             "exited with code {}{}",
             t.exit_code,
