@@ -70,10 +70,16 @@ def resource_list(group_version, kinds):
     }
 
 
+# The minor version of the oldest Kubernetes 1.x the chart supports (Chart.yaml's kubeVersion): the
+# fake API server says it runs that one.
+OLDEST_MINOR = "29"
+
+
 class FakeApi(BaseHTTPRequestHandler):
     """An API server with no objects, which accepts every create and records it."""
 
     created = []
+    minor = OLDEST_MINOR
 
     def log_message(self, *args):
         pass
@@ -91,7 +97,12 @@ class FakeApi(BaseHTTPRequestHandler):
         groups = [g for g in KINDS if "/" in g]
         # Legacy discovery: client-go asks for the aggregated form, and takes plain JSON too.
         answers = {
-            "/version": {"major": "1", "minor": "33", "gitVersion": "v1.33.0", "platform": "linux/amd64"},
+            "/version": {
+                "major": "1",
+                "minor": FakeApi.minor,
+                "gitVersion": f"v1.{FakeApi.minor}.0",
+                "platform": "linux/amd64",
+            },
             "/api": {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []},
             "/apis": {
                 "kind": "APIGroupList",
@@ -208,6 +219,21 @@ def main():
             print(f"  render {name}: differs from {path.relative_to(ROOT)} (.ci/helm --update rewrites it)")
             sys.stdout.writelines(diff)
             ok = False
+
+    # The oldest Kubernetes the chart supports renders (above); the release before it is refused,
+    # with the reason in Chart.yaml's comment on kubeVersion.
+    FakeApi.minor = str(int(FakeApi.minor) - 1)
+    try:
+        render(helm, port, None)
+        print(f"  Kubernetes 1.{FakeApi.minor}: rendered, but the chart's kubeVersion must refuse it")
+        ok = False
+    except helm.HelmError as e:
+        if "incompatible with Kubernetes" in str(e):
+            print(f"  Kubernetes 1.{FakeApi.minor}: refused as it should")
+        else:
+            print(f"  Kubernetes 1.{FakeApi.minor}: fails, but not on kubeVersion:\n{e}")
+            ok = False
+    FakeApi.minor = OLDEST_MINOR
 
     for values, expected in FAILURES:
         try:

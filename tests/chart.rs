@@ -392,6 +392,20 @@ fn chart_app_version_is_the_crate_version() {
     assert_eq!(str_at(&chart, "appVersion"), env!("CARGO_PKG_VERSION"));
 }
 
+#[test]
+fn chart_kube_version_is_the_oldest_idcctl_accepts() {
+    // What `idcctl submit` checks against the API server's /version, the chart refuses too.
+    let chart: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(root().join("charts/idc/Chart.yaml")).unwrap(),
+    )
+    .unwrap();
+    let (major, minor) = idc::backend::kube::defaults::MIN_KUBERNETES;
+    assert_eq!(
+        str_at(&chart, "kubeVersion"),
+        format!(">={major}.{minor}.0-0")
+    );
+}
+
 /// RFC 1123 label: at most 63 of [a-z0-9-], starting and ending alphanumeric.
 fn is_dns_label(s: &str) -> bool {
     !s.is_empty()

@@ -17,6 +17,8 @@ use idc::run::{self, Phase, RunStatus};
 use idc::store::Store;
 use k8s_openapi::api::batch::v1::Job;
 use serde_json::{Value, json};
+use std::cell::RefCell;
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::pin::pin;
 use tower_test::mock;
@@ -105,6 +107,28 @@ fn assert_rbac_allows(method: &str, uri: &str) {
     );
 }
 
+/// The one non-resource URL idcctl reads (at submit): every user may, through the
+/// `system:public-info-viewer` ClusterRole, so no Role of the chart's grants it.
+const VERSION_URI: &str = "/version";
+
+/// `/version` of a Kubernetes 1.`minor` API server.
+fn version_ex(minor: &str) -> Exchange {
+    ex(
+        "GET",
+        VERSION_URI,
+        200,
+        json!({"major": "1", "minor": minor, "gitVersion": format!("v1.{minor}.5"),
+               "gitCommit": "", "gitTreeState": "clean", "buildDate": "2025-06-01T00:00:00Z",
+               "goVersion": "go1.23.9", "compiler": "gc", "platform": "linux/amd64"}),
+    )
+}
+
+thread_local! {
+    /// The (group, resource, verb) of each request the mock API servers of this thread's tests
+    /// answered: a `#[tokio::test]` runs its mock task on the thread that calls it.
+    static REQUESTED: RefCell<BTreeSet<(String, String, String)>> = RefCell::default();
+}
+
 /// A cluster whose API server answers `script` in order, and the task checking it.
 fn mock_cluster(script: Vec<Exchange>) -> (Cluster, tokio::task::JoinHandle<()>) {
     let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
@@ -121,7 +145,10 @@ fn mock_cluster(script: Vec<Exchange>) -> (Cluster, tokio::task::JoinHandle<()>)
                 (e.method, e.uri.as_str()),
                 "request {i}"
             );
-            assert_rbac_allows(e.method, &uri);
+            if uri != VERSION_URI {
+                assert_rbac_allows(e.method, &uri);
+                REQUESTED.with(|r| r.borrow_mut().insert(rbac_of(e.method, &uri)));
+            }
             let body = req.into_body().collect_bytes().await.unwrap();
             if let Some(check) = &e.check {
                 check(&serde_json::from_slice(&body).expect("a JSON request body"));
@@ -284,12 +311,15 @@ fn defaults_cm() -> Value {
 }
 
 async fn submit_script(b: &Bucket, script_after_cm: Vec<Exchange>) -> backend::Submitted {
-    let mut script = vec![ex(
-        "GET",
-        format!("/api/v1/namespaces/{NS}/configmaps/idc-defaults"),
-        200,
-        defaults_cm(),
-    )];
+    let mut script = vec![
+        version_ex("32"),
+        ex(
+            "GET",
+            format!("/api/v1/namespaces/{NS}/configmaps/idc-defaults"),
+            200,
+            defaults_cm(),
+        ),
+    ];
     script.extend(script_after_cm);
     let (cluster, task) = mock_cluster(script);
     let sub = backend::submit_on(&b.exp, &opts(), Some(cluster.clone()))
@@ -381,12 +411,15 @@ async fn resubmitting_the_same_run_creates_nothing() {
     .await;
     assert!(!again.created);
     // A different run under the same name is refused.
-    let mut script = vec![ex(
-        "GET",
-        format!("/api/v1/namespaces/{NS}/configmaps/idc-defaults"),
-        404,
-        status_err(404, "NotFound", "configmaps \"idc-defaults\" not found"),
-    )];
+    let mut script = vec![
+        version_ex("32"),
+        ex(
+            "GET",
+            format!("/api/v1/namespaces/{NS}/configmaps/idc-defaults"),
+            404,
+            status_err(404, "NotFound", "configmaps \"idc-defaults\" not found"),
+        ),
+    ];
     script.push(ex(
         "POST",
         format!("/apis/batch/v1/namespaces/{NS}/jobs?"),
@@ -1298,13 +1331,16 @@ fn an_unreachable_cluster_is_named() {
         "apiVersion: v1\nkind: Config\ncurrent-context: lab\nclusters:\n- name: lab\n  cluster: {server: 'https://127.0.0.1:9'}\ncontexts:\n- name: lab\n  context: {cluster: lab, user: me, namespace: ml}\nusers:\n- name: me\n  user: {token: t0ken}\n",
     )
     .unwrap();
-    let out = idcctl_env(
-        &[
+    // As a user runs it: no RUST_LOG.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_idcctl"))
+        .args([
             "submit",
             manifests_dir().join("resnet34.yaml").to_str().unwrap(),
-        ],
-        &[("KUBECONFIG", kubeconfig.to_str().unwrap())],
-    );
+        ])
+        .env("KUBECONFIG", &kubeconfig)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
@@ -1313,6 +1349,13 @@ fn an_unreachable_cluster_is_named() {
         "{err}"
     );
     assert!(!err.contains("t0ken"));
+    // The cause once, and no log line of kube-rs's own about it.
+    assert!(err.contains("Connection refused"), "{err}");
+    assert_eq!(err.matches("client error (Connect)").count(), 1, "{err}");
+    assert_eq!(err.matches("Connection refused").count(), 1, "{err}");
+    assert!(!err.contains("ServiceError"), "{err}");
+    assert!(!err.contains("ERROR"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
 }
 
 #[test]
@@ -1332,6 +1375,308 @@ fn a_run_id_that_is_no_kubernetes_name_is_refused() {
             text(&out.stderr)
         );
     }
+}
+
+// What a real API server (Kubernetes 1.32) did, replayed: issue 21's defects 7, 8, 11, 12, 13.
+
+/// The API server's answer to a user whose RBAC does not let them create Jobs.
+fn forbidden_create() -> Exchange {
+    ex(
+        "POST",
+        format!("/apis/batch/v1/namespaces/{NS}/jobs?"),
+        403,
+        status_err(
+            403,
+            "Forbidden",
+            "jobs.batch is forbidden: User \"system:serviceaccount:ml:bob\" cannot create resource \"jobs\" in API group \"batch\" in the namespace \"ml\"",
+        ),
+    )
+}
+
+#[tokio::test]
+async fn a_submit_refused_at_job_creation_ends_failed_and_can_be_submitted_again() {
+    let b = bucket().await;
+    let (cluster, task) = mock_cluster(vec![version_ex("32"), cm_ex(), forbidden_create()]);
+    let e = backend::submit_on(&b.exp, &opts(), Some(cluster.clone()))
+        .await
+        .unwrap_err();
+    finish(cluster, task).await;
+    assert!(
+        e.to_string()
+            .contains("refused to create jobs/resnet34-t1 in namespace ml"),
+        "{e}"
+    );
+    let run = run::run_store(&Store::open(&b.exp.storage).unwrap(), RUN);
+    let refused = run::read_status(&run).await.unwrap().unwrap();
+    // Not pending for ever: failed, with the server's reason and what to do.
+    assert_eq!(refused.phase, Phase::Failed, "{refused:?}");
+    let why = reason(&refused);
+    assert!(why.contains("cannot create resource \"jobs\""), "{why}");
+    assert!(
+        why.contains("install charts/idc in that namespace"),
+        "{why}"
+    );
+    assert!(
+        why.contains("submit it again with --run-id resnet34-t1"),
+        "{why}"
+    );
+    assert!(refused.finished_at.is_some());
+    // Nothing the user wrote is lost.
+    assert!(run.get_opt(keys::SPEC).await.unwrap().is_some());
+    assert!(run.get_opt(keys::EXPERIMENT).await.unwrap().is_some());
+
+    // RBAC fixed: the same run id creates the Job, and the run is pending again.
+    let sub = submit_script(&b, vec![create_ex()]).await;
+    assert!(sub.created);
+    let again = run::read_status(&sub.run).await.unwrap().unwrap();
+    assert_eq!(again.phase, Phase::Pending);
+    assert_eq!(reason(&again), "the Job was created; waiting for its pod");
+    assert_eq!(again.finished_at, None);
+    assert_eq!(again.created_at, refused.created_at);
+    assert_eq!(again.cluster.as_ref().unwrap().namespace, NS);
+}
+
+#[tokio::test]
+async fn submit_refuses_a_kubernetes_release_older_than_its_jobs_need() {
+    let b = bucket().await;
+    let (cluster, task) = mock_cluster(vec![version_ex("28")]);
+    let e = backend::submit_on(&b.exp, &opts(), Some(cluster.clone()))
+        .await
+        .unwrap_err();
+    finish(cluster, task).await;
+    let msg = e.to_string();
+    assert!(
+        msg.contains("idc needs Kubernetes 1.29 or newer, and this API server is v1.28.5"),
+        "{msg}"
+    );
+    assert!(msg.contains("Job podReplacementPolicy: Failed"), "{msg}");
+    assert_eq!(e.exit_code(), idc::exit::ExitCode::UserError);
+    // Refused before anything was written.
+    let run = run::run_store(&Store::open(&b.exp.storage).unwrap(), RUN);
+    assert!(run.get_opt(keys::SPEC).await.unwrap().is_none());
+
+    // So is a sweep's driver Job.
+    let dir = tempfile::tempdir().unwrap();
+    let storage = format!("file://{}/bucket", dir.path().display());
+    let (sweep, text) = cluster_sweep();
+    let (cluster, task) = mock_cluster(vec![version_ex("28")]);
+    let e = idc::sweep::in_cluster::submit_on(&sweep, &text, Some(&storage), &cluster, &mut |_| {})
+        .await
+        .unwrap_err();
+    finish(cluster, task).await;
+    assert!(e.to_string().contains("needs Kubernetes 1.29"), "{e}");
+
+    // The oldest release supported is accepted.
+    let (cluster, task) = mock_cluster(vec![version_ex("29"), cm_ex(), create_ex()]);
+    let sub = backend::submit_on(&b.exp, &opts(), Some(cluster.clone()))
+        .await
+        .unwrap();
+    finish(cluster, task).await;
+    assert!(sub.created);
+}
+
+/// `submit` as `idcctl submit` runs it (pods must reach the bucket, so on S3): the version,
+/// the namespace's defaults once, the Job.
+#[tokio::test]
+async fn submit_reads_the_namespace_defaults_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(storage) = backends(dir.path())
+        .into_iter()
+        .find(|b| b.starts_with("s3://"))
+    else {
+        return;
+    };
+    let ds = format!("{storage}/datasets/real");
+    idc::stage::stage(
+        &real_sample(),
+        &Store::open(&ds).unwrap(),
+        &idc::stage::StageOptions {
+            split: idc::dataset::split::SplitOptions {
+                method: idc::dataset::split::SplitMethod::Random,
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+        &idc::stage::StageHooks::default(),
+    )
+    .await
+    .unwrap();
+    let mut b = bucket().await;
+    b.exp.dataset.url = Some(ds);
+    b.exp.storage = storage;
+    let (cluster, task) = mock_cluster(vec![version_ex("32"), cm_ex(), create_ex()]);
+    let sub = backend::submit_to(&b.exp, &opts(), cluster.clone())
+        .await
+        .unwrap();
+    finish(cluster, task).await;
+    assert!(sub.created);
+}
+
+/// The driver's pod as the scheduler left it on a cluster whose only node is tainted.
+fn unschedulable_driver_pod() -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "sweep-cnn-sweep-gpu-x7k2p", "namespace": NS,
+                     "creationTimestamp": "2026-11-26T10:00:00Z",
+                     "labels": {"idc.dev/run": DRIVER}},
+        "spec": {"containers": [{"name": "driver", "image": "reg/idcctl:0.1.0"}]},
+        "status": {"phase": "Pending", "qosClass": "Burstable",
+            "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                "message": "0/1 nodes are available: 1 node(s) had untolerated taint {dedicated: gpu}. preemption: 0/1 nodes are available: 1 Preemption is not helpful for scheduling."}]}
+    })
+}
+
+fn driver_pods_uri() -> String {
+    format!("/api/v1/namespaces/{NS}/pods?&labelSelector=idc.dev%2Frun%3D{DRIVER}")
+}
+
+fn active_driver_job() -> Value {
+    json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": DRIVER},
+           "status": {"active": 1, "ready": 0, "terminating": 0}})
+}
+
+#[tokio::test]
+async fn sweep_logs_say_why_the_driver_pod_waits() {
+    let (cluster, task) = mock_cluster(vec![
+        ex("GET", job_path(DRIVER), 200, active_driver_job()),
+        ex(
+            "GET",
+            driver_pods_uri(),
+            200,
+            list("PodList", vec![unschedulable_driver_pod()]),
+        ),
+        ex("GET", job_path(DRIVER), 200, active_driver_job()),
+        ex(
+            "GET",
+            driver_pods_uri(),
+            200,
+            list("PodList", vec![unschedulable_driver_pod()]),
+        ),
+        // Deleted (sweep cancel) while its pod still goes away.
+        ex(
+            "GET",
+            job_path(DRIVER),
+            404,
+            status_err(404, "NotFound", "not found"),
+        ),
+        ex(
+            "GET",
+            driver_pods_uri(),
+            200,
+            list("PodList", vec![unschedulable_driver_pod()]),
+        ),
+    ]);
+    let mut notices = vec![];
+    idc::sweep::in_cluster::driver_log(&cluster, SWEEP, true, &mut |_| {}, &mut |n| {
+        notices.push(n)
+    })
+    .await
+    .unwrap();
+    finish(cluster, task).await;
+    // Once, for as long as the reason holds.
+    assert_eq!(notices.len(), 1, "{notices:?}");
+    let n = &notices[0];
+    assert!(
+        n.starts_with(
+            "driver Job sweep-cnn-sweep-gpu: its pod sweep-cnn-sweep-gpu-x7k2p cannot be scheduled: the nodes carry a taint the pod does not tolerate"
+        ),
+        "{n}"
+    );
+    assert!(n.contains("untolerated taint {dedicated: gpu}"), "{n}");
+    // The driver's remedy, not a worker's (its Job takes no tolerations from the manifest).
+    assert!(n.contains("the driver tolerates no taint"), "{n}");
+    assert!(!n.contains("resources.tolerations"), "{n}");
+}
+
+#[tokio::test]
+async fn sweep_status_names_the_driver_job_and_why_its_pod_waits() {
+    use idc::sweep::in_cluster::{Driving, driving_job};
+    let (cluster, task) = mock_cluster(vec![
+        ex("GET", job_path(DRIVER), 200, active_driver_job()),
+        ex(
+            "GET",
+            driver_pods_uri(),
+            200,
+            list("PodList", vec![unschedulable_driver_pod()]),
+        ),
+    ]);
+    let d = driving_job(&cluster, SWEEP).await;
+    finish(cluster, task).await;
+    let Driving::Job(job) = &d else {
+        panic!("{d:?}")
+    };
+    assert_eq!(
+        (
+            job.name.as_str(),
+            job.namespace.as_str(),
+            job.phase.as_str()
+        ),
+        (DRIVER, NS, "pending")
+    );
+    let line = d.line(SWEEP, "2026-11-26T10:00:00Z");
+    assert!(
+        line.starts_with(
+            "driver Job sweep-cnn-sweep-gpu in namespace ml is pending (state as of 2026-11-26T10:00:00Z): its pod sweep-cnn-sweep-gpu-x7k2p cannot be scheduled"
+        ),
+        "{line}"
+    );
+    assert!(line.contains("untolerated taint"), "{line}");
+    // Not the advice that would start a second driver.
+    assert!(!line.contains("not being driven"), "{line}");
+    assert!(!line.contains("sweep run <its manifest>"), "{line}");
+
+    // No driver Job: then, and only then, nothing drives it.
+    let (cluster, task) = mock_cluster(vec![ex(
+        "GET",
+        job_path(DRIVER),
+        404,
+        status_err(404, "NotFound", "not found"),
+    )]);
+    let d = driving_job(&cluster, SWEEP).await;
+    finish(cluster, task).await;
+    assert_eq!(d, Driving::Nobody);
+    assert!(
+        d.line(SWEEP, "t")
+            .contains("run `idcctl sweep run <its manifest>` to go on")
+    );
+}
+
+/// The chart's Role, derived from the requests the backend makes: the scenarios that cover
+/// every backend operation (submit and resubmit, status with pods, without and of a queued Job,
+/// logs, cancel, resume, a prediction's Job, a sweep driver's Job, its log, status and cancel)
+/// ask for exactly `RBAC_RULES` and `KUEUE_RBAC_RULES`: no rule unused, none missing.
+#[test]
+fn the_role_is_exactly_what_the_backend_requests() {
+    REQUESTED.with(|r| r.borrow_mut().clear());
+    submit_creates_the_job_and_records_the_run();
+    resubmitting_the_same_run_creates_nothing();
+    status_pending_unschedulable_names_the_missing_gpu();
+    status_without_pods_reads_the_jobs_events();
+    status_of_a_queued_job_says_why_kueue_has_not_admitted_it();
+    logs_follow_two_attempts_then_read_the_bucket();
+    cancel_deletes_the_job_in_the_background();
+    resume_replaces_the_job_and_keeps_earlier_attempts();
+    a_failed_prediction_job_says_why();
+    sweep_run_in_cluster_stores_the_manifest_then_creates_the_driver_job();
+    sweep_logs_follow_the_driver_pod_until_its_job_ends();
+    sweep_status_names_the_driver_job_and_why_its_pod_waits();
+    sweep_cancel_deletes_the_driver_job();
+    let requested = REQUESTED.with(|r| r.borrow().clone());
+    let granted: BTreeSet<(String, String, String)> = RBAC_RULES
+        .iter()
+        .chain(KUEUE_RBAC_RULES)
+        .flat_map(|(g, r, verbs)| {
+            verbs
+                .iter()
+                .map(move |v| (g.to_string(), r.to_string(), v.to_string()))
+        })
+        .collect();
+    let unused: Vec<_> = granted.difference(&requested).collect();
+    let missing: Vec<_> = requested.difference(&granted).collect();
+    assert!(
+        unused.is_empty() && missing.is_empty(),
+        "granted but never requested (group, resource, verb): {unused:?}; requested but not granted: {missing:?}"
+    );
 }
 
 /// A finished run on the (mock) cluster: submitted with `submit_on`, then trained by running
@@ -1710,6 +2055,7 @@ async fn sweep_run_in_cluster_stores_the_manifest_then_creates_the_driver_job() 
     let storage = format!("file://{}/bucket", dir.path().display());
     let (sweep, text) = cluster_sweep();
     let (cluster, task) = mock_cluster(vec![
+        version_ex("32"),
         cm_ex(),
         ex(
             "GET",
@@ -1738,8 +2084,11 @@ async fn sweep_run_in_cluster_stores_the_manifest_then_creates_the_driver_job() 
         json!({"apiVersion": "batch/v1", "kind": "Job",
                "metadata": {"name": DRIVER, "annotations": {"idc.dev/spec-sha256": sha}}})
     };
-    let (cluster, task) =
-        mock_cluster(vec![cm_ex(), ex("GET", job_path(DRIVER), 200, there(&sha))]);
+    let (cluster, task) = mock_cluster(vec![
+        version_ex("32"),
+        cm_ex(),
+        ex("GET", job_path(DRIVER), 200, there(&sha)),
+    ]);
     let d = in_cluster::submit_on(&sweep, &text, Some(&storage), &cluster, &mut |_| {})
         .await
         .unwrap();
@@ -1748,6 +2097,7 @@ async fn sweep_run_in_cluster_stores_the_manifest_then_creates_the_driver_job() 
 
     // A driver Job of another manifest of the sweep is refused.
     let (cluster, task) = mock_cluster(vec![
+        version_ex("32"),
         cm_ex(),
         ex("GET", job_path(DRIVER), 200, there("other")),
     ]);
@@ -1776,6 +2126,7 @@ async fn sweep_run_in_cluster_stores_the_manifest_then_creates_the_driver_job() 
         .await
         .unwrap();
     let (cluster, task) = mock_cluster(vec![
+        version_ex("32"),
         cm_ex(),
         ex(
             "GET",

@@ -271,14 +271,21 @@ async fn ensure_dataset(
 /// spec and record to the bucket, then starts the supervisor or creates the Job.
 pub async fn submit(exp: &Experiment, opts: &SubmitOptions) -> Result<Submitted, BackendError> {
     match exp.backend {
-        Backend::Local => submit_on(exp, opts, None).await,
+        Backend::Local => submit_local(exp, opts).await,
         Backend::Kubernetes => {
             let cluster = opts.target.connect().await?;
-            let defaults = cluster.defaults().await?;
-            check_reachable(&plan(exp, opts, defaults.storage.as_deref())?)?;
-            submit_on(exp, opts, Some(cluster)).await
+            submit_to(exp, opts, cluster).await
         }
     }
+}
+
+/// [`submit`] of a Kubernetes run on a connected cluster.
+pub async fn submit_to(
+    exp: &Experiment,
+    opts: &SubmitOptions,
+    cluster: Cluster,
+) -> Result<Submitted, BackendError> {
+    submit_kube(exp, opts, cluster, true).await
 }
 
 /// [`submit`] on a connected cluster (`None`: the local backend), without checking that its
@@ -288,15 +295,15 @@ pub async fn submit_on(
     opts: &SubmitOptions,
     cluster: Option<Cluster>,
 ) -> Result<Submitted, BackendError> {
-    let defaults = match &cluster {
-        Some(c) => Some(c.defaults().await?),
-        None => None,
-    };
-    let plan = plan(
-        exp,
-        opts,
-        defaults.as_ref().and_then(|d| d.storage.as_deref()),
-    )?;
+    match cluster {
+        Some(cluster) => submit_kube(exp, opts, cluster, false).await,
+        None => submit_local(exp, opts).await,
+    }
+}
+
+/// Stages the dataset if needed, refuses a spec that cannot train on it, and writes the run's
+/// spec and experiment; returns the run's folder and its record when it was submitted before.
+async fn record(exp: &Experiment, plan: &Plan) -> Result<(Store, Option<RunStatus>), BackendError> {
     let root = Store::open(&plan.experiment.storage)?;
     let dataset = ensure_dataset(exp, &root).await?;
     // Before anything is written: a spec that cannot train on this dataset is refused here,
@@ -322,8 +329,13 @@ pub async fn submit_on(
         Bytes::from(serde_yaml::to_string(&plan.experiment).expect("serializes")),
     )
     .await?;
-    let existing_status = run::read_status(&run).await?;
-    let mut status = existing_status.clone().unwrap_or_else(|| RunStatus {
+    let existing = run::read_status(&run).await?;
+    Ok((run, existing))
+}
+
+/// A new run's record: pending, no attempt yet.
+fn new_status(exp: &Experiment, plan: &Plan) -> RunStatus {
+    RunStatus {
         run_id: plan.run_id.clone(),
         experiment: exp.name.clone(),
         model: exp.train.model.name().to_string(),
@@ -344,56 +356,111 @@ pub async fn submit_on(
             .as_deref()
             .and_then(crate::clock::parse_duration),
         cluster: None,
-    });
-    match (cluster, defaults) {
-        (Some(cluster), Some(defaults)) => {
-            let job = plan.job(&defaults);
-            status.cluster = Some(ClusterRef {
+    }
+}
+
+/// [`submit`] on the local backend: writes the record and starts the supervisor.
+async fn submit_local(exp: &Experiment, opts: &SubmitOptions) -> Result<Submitted, BackendError> {
+    let plan = plan(exp, opts, None)?;
+    let (run, existing) = record(exp, &plan).await?;
+    let place = "the local backend".to_string();
+    if let Some(s) = existing {
+        // The same run again: it is already supervised (or finished).
+        return Ok(Submitted {
+            run_id: s.run_id,
+            run,
+            created: false,
+            place,
+        });
+    }
+    let mut status = new_status(exp, &plan);
+    status.reason = Some("waiting for the supervisor to start".into());
+    status.heartbeat_at = Some(crate::clock::now_rfc3339());
+    run::write_status(&run, &status).await?;
+    local::launch(run.url())?;
+    Ok(Submitted {
+        run_id: plan.run_id,
+        run,
+        created: true,
+        place,
+    })
+}
+
+/// Whether a Kubernetes run's record is that of a submission the API server refused: it
+/// failed without ever having had a Job, so submitting it again starts it afresh.
+fn refused_at_submit(s: &RunStatus) -> bool {
+    s.backend == Backend::Kubernetes && s.phase == Phase::Failed && s.cluster.is_none()
+}
+
+/// [`submit`] on a cluster: checks its version, reads the namespace's defaults once, writes the
+/// run's record, then creates the Job. A record of a finished run is left as it is (nothing is
+/// created; `resume` starts a stopped run again); one of a refused submission starts afresh.
+/// When the API server refuses the Job, the record says so and what to do, and the run ends
+/// failed.
+async fn submit_kube(
+    exp: &Experiment,
+    opts: &SubmitOptions,
+    cluster: Cluster,
+    check_reach: bool,
+) -> Result<Submitted, BackendError> {
+    cluster.check_version().await?;
+    let defaults = cluster.defaults().await?;
+    let plan = plan(exp, opts, defaults.storage.as_deref())?;
+    if check_reach {
+        check_reachable(&plan)?;
+    }
+    let (run, existing) = record(exp, &plan).await?;
+    let done = |created| Submitted {
+        run_id: plan.run_id.clone(),
+        run: run.clone(),
+        created,
+        place: format!(
+            "namespace {} on {}",
+            cluster.namespace,
+            cluster.context.as_deref().unwrap_or(&cluster.server)
+        ),
+    };
+    // Written by this call, so this call's to record a refusal in.
+    let ours = existing.as_ref().is_none_or(refused_at_submit);
+    let mut status = match existing {
+        Some(s) if !ours && s.phase.is_terminal() => return Ok(done(false)),
+        Some(s) if !ours => s,
+        before => {
+            let mut s = new_status(exp, &plan);
+            if let Some(b) = before {
+                s.created_at = b.created_at;
+            }
+            s.cluster = Some(ClusterRef {
                 context: cluster.context.clone(),
                 namespace: cluster.namespace.clone(),
                 earlier_attempts: 0,
                 earlier_exit_codes: vec![],
             });
-            if existing_status.is_none() {
-                status.reason = Some("the Job is being created".into());
-                run::write_status(&run, &status).await?;
-            }
-            let created = cluster.create_job(&job).await? == Created::New;
-            if created {
-                status.reason = Some("the Job was created; waiting for its pod".into());
-                run::write_status(&run, &status).await?;
-            }
-            Ok(Submitted {
-                run_id: plan.run_id,
-                run,
-                created,
-                place: format!(
-                    "namespace {} on {}",
-                    cluster.namespace,
-                    cluster.context.as_deref().unwrap_or(&cluster.server)
-                ),
-            })
+            s.reason = Some("the Job is being created".into());
+            run::write_status(&run, &s).await?;
+            s
         }
-        _ => {
-            if let Some(s) = existing_status {
-                // The same run again: it is already supervised (or finished).
-                return Ok(Submitted {
-                    run_id: s.run_id,
-                    run,
-                    created: false,
-                    place: "the local backend".into(),
-                });
-            }
-            status.reason = Some("waiting for the supervisor to start".into());
-            status.heartbeat_at = Some(crate::clock::now_rfc3339());
+    };
+    match cluster.create_job(&plan.job(&defaults)).await {
+        Ok(Created::New) => {
+            status.reason = Some("the Job was created; waiting for its pod".into());
             run::write_status(&run, &status).await?;
-            local::launch(run.url())?;
-            Ok(Submitted {
-                run_id: plan.run_id,
-                run,
-                created: true,
-                place: "the local backend".into(),
-            })
+            Ok(done(true))
+        }
+        Ok(Created::AlreadyThere) => Ok(done(false)),
+        Err(e) => {
+            if ours && e.is_refusal() {
+                // Not left pending for ever: nothing runs until it is submitted again.
+                status.phase = Phase::Failed;
+                status.cluster = None;
+                status.finished_at = Some(crate::clock::now_rfc3339());
+                status.reason = Some(format!(
+                    "not started, the Job was refused: {e}; then submit it again with --run-id {} (its spec is kept)",
+                    plan.run_id
+                ));
+                run::write_status(&run, &status).await?;
+            }
+            Err(e.into())
         }
     }
 }

@@ -290,7 +290,9 @@ pub fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new("warn,idc=info,idcctl=info")
+                // kube-rs logs each failed request as an ERROR of its own, beside the error
+                // idcctl reports: shown only when RUST_LOG asks for it.
+                tracing_subscriber::EnvFilter::new("warn,idc=info,idcctl=info,kube_client=off")
             }),
         )
         .with_writer(std::io::stderr)
@@ -301,7 +303,7 @@ pub fn main() -> std::process::ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(code) => code.into(),
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", idc::exit::message_of(e.as_ref()));
             exit_code_of(&e).into()
         }
     }

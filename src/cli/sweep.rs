@@ -18,7 +18,7 @@ use idc::store::Store;
 use idc::sweep::driver::{self, DriveOptions, Ending};
 use idc::sweep::in_cluster;
 use idc::sweep::live::{self, RunningTrial};
-use idc::sweep::state::{self, DRIVER_TIMEOUT_S, Driver, SweepState, TrialState};
+use idc::sweep::state::{self, DRIVER_TIMEOUT_S, SweepState, TrialState};
 use idc::sweep::{Sweep, fmt_num, fmt_value, manifest, short_names};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -356,15 +356,18 @@ async fn status(
     let root = Store::open(&storage.storage)?;
     let (sweep, st) = state::open(&root, &name).await?;
     let dir = state::sweep_store(&root, &name);
-    let driver = state::read_driver(&dir).await?.filter(Driver::alive);
+    let target = cluster.target();
+    let driving = if st.finished_at.is_none() {
+        Some(in_cluster::driving(&dir, &sweep, &target).await?)
+    } else {
+        None
+    };
     // The runs are asked, as `idcctl list` does; the sweep's record is the driver's to write.
-    let running = live::running_trials(&root, &sweep, &st, &cluster.target(), &mut |w| {
-        eprintln!("{w}")
-    })
-    .await?;
+    let running =
+        live::running_trials(&root, &sweep, &st, &target, &mut |w| eprintln!("{w}")).await?;
     print!(
         "{}",
-        render(&sweep, &st, Some(driver), Some(&running), format)
+        render(&sweep, &st, driving.as_ref(), Some(&running), format)
     );
     Ok(ExitCode::Success)
 }
@@ -391,12 +394,12 @@ async fn report(
 }
 
 /// The sweep's trials as a table (with the best trial and its curve), or its record as
-/// JSON/YAML. `driver`: for `status`, who drives the sweep now (`Some(None)`: nobody);
-/// `running`: for `status`, the running trials' runs as they are now.
+/// JSON/YAML. `driving`: for `status` of an unfinished sweep, who drives it now; `running`:
+/// for `status`, the running trials' runs as they are now.
 fn render(
     sweep: &Sweep,
     st: &SweepState,
-    driver: Option<Option<Driver>>,
+    driving: Option<&in_cluster::Driving>,
     running: Option<&[RunningTrial]>,
     format: OutputFormat,
 ) -> String {
@@ -415,7 +418,10 @@ fn render(
         "created_at": st.created_at,
         "updated_at": st.updated_at,
         "finished_at": st.finished_at,
-        "driver": driver.clone().flatten(),
+        "driver": match driving {
+            Some(in_cluster::Driving::Lease(d)) => Some(d),
+            _ => None,
+        },
         "best": best,
         // The best trial's objective after each epoch (null where it was NaN).
         "best_curve": best.map(|b| b.intermediate.clone()),
@@ -423,6 +429,9 @@ fn render(
     });
     if let Some(r) = running {
         value["running"] = serde_json::json!(r);
+    }
+    if let Some(d) = driving {
+        value["driving"] = serde_json::json!(d);
     }
     output::render(&value, format, |_| {
         let metric = sweep.objective.metric_name();
@@ -440,26 +449,9 @@ fn render(
             count(TrialState::Pruned),
             count(TrialState::Failed),
         );
-        match (&driver, &st.finished_at) {
+        match (driving, &st.finished_at) {
             (_, Some(at)) => out += &format!("finished at {at}\n"),
-            (Some(Some(d)), None) => {
-                out += &format!(
-                    "driven by idcctl ({}; state as of {}){}\n",
-                    d.place(),
-                    st.updated_at,
-                    if d.pod.is_some() {
-                        format!("; its log: idcctl sweep logs {} -f", sweep.name)
-                    } else {
-                        String::new()
-                    }
-                )
-            }
-            (Some(None), None) => {
-                out += &format!(
-                    "not being driven (state as of {}): run `idcctl sweep run <its manifest>` to go on\n",
-                    st.updated_at
-                )
-            }
+            (Some(d), None) => out += &format!("{}\n", d.line(&sweep.name, &st.updated_at)),
             (None, None) => {}
         }
         let names = short_names(&sweep.space);

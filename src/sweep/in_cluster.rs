@@ -1,21 +1,26 @@
 //! A sweep driven from inside the cluster (`idcctl sweep run --in-cluster`): the manifest is
 //! stored in the bucket, then a Job runs `idcctl internal drive-sweep` on it, so the sweep no
-//! longer depends on a terminal; plus that Job's log (`sweep logs`) and its deletion
-//! (`sweep cancel`). The driver's lease (`driver.json`) keeps one driver per sweep wherever
+//! longer depends on a terminal; plus that Job's log (`sweep logs`), its deletion
+//! (`sweep cancel`) and who drives a sweep (`sweep status`: the lease, else the driver Job and
+//! why its pod waits). The driver's lease (`driver.json`) keeps one driver per sweep wherever
 //! it runs.
 
 use super::driver::{self, SweepError};
 use super::manifest::Sweep;
 use super::state;
+use super::state::Driver;
 use crate::backend::kube::cluster::{Cluster, Created, KubeError};
 use crate::backend::kube::job::{
     self, DRIVER_CONTAINER, SPEC_ANNOTATION, SweepDriverInputs, sweep_driver_job_name,
 };
+use crate::backend::kube::observe::{Remedies, why_pending};
 use crate::backend::kube::{self as kb, ClusterDefaults, names};
-use crate::backend::{self, BackendError};
+use crate::backend::{self, BackendError, Target};
 use crate::experiment::Backend;
 use crate::store::Store;
 use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
+use serde::Serialize;
 use sha2::Digest;
 use std::collections::HashSet;
 
@@ -117,7 +122,7 @@ pub async fn submit(
     cluster: &Cluster,
     notice: &mut (dyn FnMut(String) + Send),
 ) -> Result<DriverJob, SweepError> {
-    let defaults = cluster.defaults().await.map_err(kube)?;
+    let defaults = version_and_defaults(cluster).await?;
     check_reachable(&storage_of(sweep, storage, &defaults))?;
     submit_with(sweep, text, storage, cluster, &defaults, notice).await
 }
@@ -130,8 +135,15 @@ pub async fn submit_on(
     cluster: &Cluster,
     notice: &mut (dyn FnMut(String) + Send),
 ) -> Result<DriverJob, SweepError> {
-    let defaults = cluster.defaults().await.map_err(kube)?;
+    let defaults = version_and_defaults(cluster).await?;
     submit_with(sweep, text, storage, cluster, &defaults, notice).await
+}
+
+/// Refuses a Kubernetes release older than the driver Job's fields need, then reads the
+/// namespace's defaults.
+async fn version_and_defaults(cluster: &Cluster) -> Result<ClusterDefaults, SweepError> {
+    cluster.check_version().await.map_err(kube)?;
+    cluster.defaults().await.map_err(kube)
 }
 
 /// [`submit_on`] with the namespace's defaults already read.
@@ -182,7 +194,8 @@ async fn submit_with(
 }
 
 /// Prints the log of the sweep's driver through `sink`, pod after pod (a restarted driver has
-/// a new one); with `follow`, until the driver Job has finished.
+/// a new one); with `follow`, until the driver Job has finished. While its pod waits, `notice`
+/// says why (each new reason once).
 pub async fn driver_log(
     cluster: &Cluster,
     sweep: &str,
@@ -192,7 +205,7 @@ pub async fn driver_log(
 ) -> Result<(), SweepError> {
     let name = sweep_driver_job_name(sweep);
     let mut printed: HashSet<String> = HashSet::new();
-    let mut waiting = false;
+    let mut last_notice = String::new();
     loop {
         let job = cluster.job(&name).await.map_err(kube)?;
         let pods = cluster.pods_of(&name).await.map_err(kube)?;
@@ -221,11 +234,172 @@ pub async fn driver_log(
         if !follow || kb::job_finished(job.as_ref()) {
             return Ok(());
         }
-        if !waiting {
-            notice(format!("waiting for the pod of driver Job {name}"));
-            waiting = true;
+        let waiting = match pods.last() {
+            Some(pod) => format!("driver Job {name}: {}", pod_waits(pod, sweep)),
+            None => {
+                format!("waiting for the Job controller to create the pod of driver Job {name}")
+            }
+        };
+        if waiting != last_notice {
+            notice(waiting.clone());
+            last_notice = waiting;
         }
         tokio::time::sleep(cluster.poll).await;
+    }
+}
+
+/// What the driver's pod can be told to do, unlike a worker's: its Job has no tolerations or
+/// node selector of the manifest's, and its image is the namespace's.
+const DRIVER_REMEDIES: Remedies = Remedies {
+    gpu: "it starts when one frees up",
+    taint: "the driver tolerates no taint: ask the cluster's admin for a node without one it may use, or drive the sweep from a terminal instead (idcctl sweep cancel, then idcctl sweep run without --in-cluster)",
+    node_selector: "its node selector",
+    image: "check the chart's controller.image (controllerImage in the idc-defaults ConfigMap), the registry and imagePullSecrets",
+};
+
+/// Why a driver pod that has not started waits, or how a started one stands.
+fn pod_waits(pod: &Pod, sweep: &str) -> String {
+    let name = pod.metadata.name.as_deref().unwrap_or("?");
+    let phase = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .unwrap_or("Pending");
+    match phase {
+        "Pending" => why_pending(pod, &format!("its pod {name}"), &DRIVER_REMEDIES),
+        "Running" => format!(
+            "its pod {name} runs but holds no lease on the sweep yet (it is starting, or waits for a stale lease to expire); its log: idcctl sweep logs {sweep} -f"
+        ),
+        other => format!("its pod {name} ended ({other}); the Job controller starts another"),
+    }
+}
+
+/// The sweep's driver Job as `sweep status` tells it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DriverJobState {
+    pub name: String,
+    pub namespace: String,
+    /// `pending`, `running`, `succeeded` or `failed`.
+    pub phase: String,
+    /// Why, in a line.
+    pub reason: String,
+}
+
+/// The sweep's driver Job in the cluster's namespace, `None` when there is none.
+pub async fn driver_job_state(
+    cluster: &Cluster,
+    sweep: &str,
+) -> Result<Option<DriverJobState>, KubeError> {
+    let name = sweep_driver_job_name(sweep);
+    let Some(job) = cluster.job(&name).await? else {
+        return Ok(None);
+    };
+    let pods = cluster.pods_of(&name).await?;
+    let condition = |t: &str| {
+        job.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .into_iter()
+            .flatten()
+            .find(|c| c.type_ == t && c.status == "True")
+    };
+    let (phase, reason) = if condition("Complete").is_some() {
+        ("succeeded", "the driver finished".to_string())
+    } else if let Some(c) = condition("Failed").or(condition("FailureTarget")) {
+        (
+            "failed",
+            format!(
+                "{}: {}; see idcctl sweep logs {sweep}, then delete it (idcctl sweep cancel {sweep}) and run the sweep again",
+                c.reason.as_deref().unwrap_or("Failed"),
+                c.message.as_deref().unwrap_or("")
+            ),
+        )
+    } else {
+        match pods.last() {
+            None => (
+                "pending",
+                "waiting for the Job controller to create its pod".to_string(),
+            ),
+            Some(p) if p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running") => {
+                ("running", pod_waits(p, sweep))
+            }
+            Some(p) => ("pending", pod_waits(p, sweep)),
+        }
+    };
+    Ok(Some(DriverJobState {
+        name,
+        namespace: cluster.namespace.clone(),
+        phase: phase.into(),
+        reason,
+    }))
+}
+
+/// Who drives a sweep now, as `sweep status` says it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "by", rename_all = "snake_case")]
+pub enum Driving {
+    /// An idcctl holds the lease: a terminal's, or a driver Job's pod.
+    Lease(Driver),
+    /// No lease, but the sweep's driver Job is in the cluster: its pod waits, starts or ended.
+    Job(DriverJobState),
+    /// No lease and no driver Job.
+    Nobody,
+    /// No lease; whether a driver Job exists could not be asked.
+    Unknown { why: String },
+}
+
+/// Who drives the sweep (folder `dir`): its lease, else, for trials on Kubernetes, its driver
+/// Job in `target`'s namespace. A cluster that cannot be asked is part of the answer.
+pub async fn driving(dir: &Store, sweep: &Sweep, target: &Target) -> Result<Driving, SweepError> {
+    if let Some(d) = state::read_driver(dir).await?.filter(Driver::alive) {
+        return Ok(Driving::Lease(d));
+    }
+    if sweep.base_experiment.backend != Backend::Kubernetes {
+        return Ok(Driving::Nobody);
+    }
+    Ok(match target.connect().await {
+        Ok(cluster) => driving_job(&cluster, &sweep.name).await,
+        Err(e) => Driving::Unknown {
+            why: crate::exit::message_of(&e),
+        },
+    })
+}
+
+/// Who drives `sweep`, whose lease no idcctl holds: its driver Job in the cluster's namespace,
+/// if there is one.
+pub async fn driving_job(cluster: &Cluster, sweep: &str) -> Driving {
+    match driver_job_state(cluster, sweep).await {
+        Ok(Some(job)) => Driving::Job(job),
+        Ok(None) => Driving::Nobody,
+        Err(e) => Driving::Unknown {
+            why: crate::exit::message_of(&e),
+        },
+    }
+}
+
+impl Driving {
+    /// One line for `sweep status` of `sweep`, whose record was written at `as_of`.
+    pub fn line(&self, sweep: &str, as_of: &str) -> String {
+        let rerun = "run `idcctl sweep run <its manifest>` to go on";
+        match self {
+            Driving::Lease(d) => format!(
+                "driven by idcctl ({}; state as of {as_of}){}",
+                d.place(),
+                if d.pod.is_some() {
+                    format!("; its log: idcctl sweep logs {sweep} -f")
+                } else {
+                    String::new()
+                }
+            ),
+            Driving::Job(j) => format!(
+                "driver Job {} in namespace {} is {} (state as of {as_of}): {}",
+                j.name, j.namespace, j.phase, j.reason
+            ),
+            Driving::Nobody => format!("not being driven (state as of {as_of}): {rerun}"),
+            Driving::Unknown { why } => format!(
+                "no idcctl holds the sweep's lease (state as of {as_of}), and whether a driver Job is in the cluster is unknown ({why}); if it was run with --in-cluster: idcctl sweep logs {sweep} -f, else {rerun}"
+            ),
+        }
     }
 }
 

@@ -1,8 +1,9 @@
 //! The connection to a cluster (kubeconfig context or in-cluster config, namespace) and every
 //! API call the backend makes: create, read and delete a run's Job, list its pods and events,
-//! find a queued Job's Kueue Workload, read the namespace's defaults and stream pod logs.
+//! find a queued Job's Kueue Workload, read the namespace's defaults and the server's version,
+//! and stream pod logs.
 
-use super::defaults::{CONFIG_MAP, CONFIG_MAP_KEY, ClusterDefaults};
+use super::defaults::{CONFIG_MAP, CONFIG_MAP_KEY, ClusterDefaults, check_kubernetes};
 use super::job::{RUN_LABEL, SPEC_ANNOTATION};
 use super::kueue::{self, Workload, WorkloadLookup};
 use super::observe::{self, Attempt, Observation};
@@ -26,8 +27,9 @@ pub enum KubeError {
         source: Box<dyn std::error::Error + Send + Sync>,
     },
     #[error(
-        "cannot reach the Kubernetes API server {server}{}: {source}; is the cluster up and the context right?",
-        ctx(.context)
+        "cannot reach the Kubernetes API server {server}{}: {}; is the cluster up and the context right?",
+        ctx(.context),
+        transport_cause(.source)
     )]
     Unreachable {
         server: String,
@@ -40,6 +42,12 @@ pub enum KubeError {
     Forbidden {
         action: String,
         namespace: String,
+        message: String,
+    },
+    #[error("the Kubernetes API server {server}{}: {message}", ctx(.context))]
+    TooOld {
+        server: String,
+        context: Option<String>,
         message: String,
     },
     #[error(
@@ -58,6 +66,17 @@ pub enum KubeError {
     },
 }
 
+/// What went wrong on the way to the API server, without kube-rs's label of it
+/// ("ServiceError: "): the transport's own error and its causes, each once.
+fn transport_cause(e: &::kube::Error) -> String {
+    match e {
+        ::kube::Error::HyperError(_) | ::kube::Error::Service(_) => std::error::Error::source(e)
+            .map(crate::exit::message_of)
+            .unwrap_or_else(|| e.to_string()),
+        e => crate::exit::message_of(e),
+    }
+}
+
 fn ctx(c: &Option<String>) -> String {
     c.as_ref()
         .map(|c| format!(" (context {c})"))
@@ -70,11 +89,26 @@ impl KubeError {
         matches!(self, KubeError::Api { source: ::kube::Error::Api(s), .. } if s.code == 404)
     }
 
+    /// Whether the API server refused the request for good (forbidden, invalid, a different
+    /// object of that name, no such namespace): nothing was done, and retrying as is will not
+    /// help.
+    pub fn is_refusal(&self) -> bool {
+        match self {
+            KubeError::Forbidden { .. } | KubeError::Conflict { .. } => true,
+            KubeError::Api {
+                source: ::kube::Error::Api(s),
+                ..
+            } => (400..500).contains(&s.code) && s.code != 429,
+            _ => false,
+        }
+    }
+
     /// Whether the user can fix it (exit code 2) rather than a failure.
     /// A kubeconfig, a conflicting Job or bad namespace defaults are the user's to fix (2).
     pub fn exit_code(&self) -> crate::exit::ExitCode {
         match self {
             KubeError::Config { .. }
+            | KubeError::TooOld { .. }
             | KubeError::Conflict { .. }
             | KubeError::BadDefaults { .. } => crate::exit::ExitCode::UserError,
             _ => crate::exit::ExitCode::Failure,
@@ -221,6 +255,41 @@ impl Cluster {
                 namespace: self.namespace.clone(),
                 source: e,
             },
+        }
+    }
+
+    /// Refuses an API server older than idc's Jobs need ([`super::defaults::KUBERNETES_NEEDS`]):
+    /// it would drop the fields it does not know and run the Job without them. A server that
+    /// does not tell its version is not refused; a warning says so.
+    pub async fn check_version(&self) -> Result<(), KubeError> {
+        let info = match self.client.apiserver_version().await {
+            Ok(info) => info,
+            Err(::kube::Error::Api(s)) => {
+                tracing::warn!(
+                    "cannot read the Kubernetes version of {} ({} {}): not checked",
+                    self.server,
+                    s.code,
+                    s.message
+                );
+                return Ok(());
+            }
+            Err(e) => return Err(self.err("get /version", e)),
+        };
+        match check_kubernetes(&info.git_version, &info.major, &info.minor) {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                tracing::warn!(
+                    "the API server {} names no Kubernetes version ({:?}): not checked",
+                    self.server,
+                    info.git_version
+                );
+                Ok(())
+            }
+            Err(message) => Err(KubeError::TooOld {
+                server: self.server.clone(),
+                context: self.context.clone(),
+                message,
+            }),
         }
     }
 

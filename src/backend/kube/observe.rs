@@ -315,8 +315,34 @@ pub fn observe(
     }
 }
 
+/// What the owner of a pod can change when it cannot start, in the words of what made it.
+#[derive(Debug, Clone, Copy)]
+pub struct Remedies {
+    /// When no node has a free GPU.
+    pub gpu: &'static str,
+    /// When every node carries a taint the pod does not tolerate.
+    pub taint: &'static str,
+    /// What selects the pod's nodes.
+    pub node_selector: &'static str,
+    /// When its image cannot be pulled.
+    pub image: &'static str,
+}
+
+/// A worker's: its experiment manifest.
+pub const WORKER_REMEDIES: Remedies = Remedies {
+    gpu: "it starts when one frees up, or lower resources.gpus",
+    taint: "add it under resources.tolerations",
+    node_selector: "resources.node_selector",
+    image: "check resources.image, the registry and imagePullSecrets",
+};
+
 /// Why attempt `n`'s pod has not started.
 fn pending_why(pod: &Pod, n: u32) -> String {
+    why_pending(pod, &format!("attempt {n}"), &WORKER_REMEDIES)
+}
+
+/// Why `pod` (called `who`: "attempt 2") has not started, and what to do about it.
+pub fn why_pending(pod: &Pod, who: &str, fix: &Remedies) -> String {
     let status = pod.status.as_ref();
     let unschedulable = status
         .and_then(|s| s.conditions.as_ref())
@@ -327,19 +353,22 @@ fn pending_why(pod: &Pod, n: u32) -> String {
         let msg = c.message.clone().unwrap_or_default();
         return if msg.contains("Insufficient nvidia.com/gpu") {
             format!(
-                "attempt {n} is waiting for a GPU: no node has a free nvidia.com/gpu ({msg}); it starts when one frees up, or lower resources.gpus"
+                "{who} is waiting for a GPU: no node has a free nvidia.com/gpu ({msg}); {}",
+                fix.gpu
             )
         } else if msg.contains("untolerated taint") {
             format!(
-                "attempt {n} cannot be scheduled: the nodes carry a taint the pod does not tolerate ({msg}); add it under resources.tolerations"
+                "{who} cannot be scheduled: the nodes carry a taint the pod does not tolerate ({msg}); {}",
+                fix.taint
             )
         } else if msg.contains("node affinity/selector") || msg.contains("didn't match Pod's node")
         {
             format!(
-                "attempt {n} cannot be scheduled: no node matches resources.node_selector ({msg})"
+                "{who} cannot be scheduled: no node matches {} ({msg})",
+                fix.node_selector
             )
         } else {
-            format!("attempt {n} cannot be scheduled: {msg}")
+            format!("{who} cannot be scheduled: {msg}")
         };
     }
     let waiting = worker_status(pod).and_then(|c| c.state.as_ref()?.waiting.as_ref());
@@ -357,7 +386,8 @@ fn pending_why(pod: &Pod, n: u32) -> String {
                 .and_then(|c| c.image.as_deref())
                 .unwrap_or("?");
             return format!(
-                "attempt {n} cannot pull image {image} ({reason}: {msg}); check resources.image, the registry and imagePullSecrets"
+                "{who} cannot pull image {image} ({reason}: {msg}); {}",
+                fix.image
             );
         }
         if matches!(
@@ -365,20 +395,20 @@ fn pending_why(pod: &Pod, n: u32) -> String {
             "CreateContainerConfigError" | "CreateContainerError"
         ) {
             return format!(
-                "attempt {n} cannot start its container ({reason}: {msg}); is the S3 credentials Secret there?"
+                "{who} cannot start its container ({reason}: {msg}); is the S3 credentials Secret there?"
             );
         }
         if !reason.is_empty() {
-            return format!("attempt {n} is starting ({reason})");
+            return format!("{who} is starting ({reason})");
         }
     }
     if status.and_then(|s| s.conditions.as_ref()).is_some_and(|c| {
         c.iter()
             .any(|c| c.type_ == "PodScheduled" && c.status == "True")
     }) {
-        return format!("attempt {n} is starting its container");
+        return format!("{who} is starting its container");
     }
-    format!("attempt {n} is waiting to be scheduled")
+    format!("{who} is waiting to be scheduled")
 }
 
 fn worker_status(pod: &Pod) -> Option<&k8s_openapi::api::core::v1::ContainerStatus> {
