@@ -210,7 +210,7 @@ pub fn parse(text: &str, file: &str) -> Result<Experiment, ManifestError> {
         message,
         hint,
     };
-    let exp: Experiment = serde_yaml::from_str(text).map_err(|e| yaml_error(file, e))?;
+    let exp: Experiment = from_yaml(text, file)?;
     let locate = |path: &[&str]| locate(text, path);
     if exp.api_version != API_VERSION {
         return Err(err(
@@ -328,16 +328,21 @@ pub fn parse(text: &str, file: &str) -> Result<Experiment, ManifestError> {
     // What Kubernetes would reject, said now whatever the backend: the manifest names it.
     use crate::backend::kube::names::{is_label_value, is_labelled_name, is_qualified_name};
     for (key, value) in &r.node_selector {
+        // A key the search cannot find as written (escapes in quotes): at node_selector.
+        let at = || {
+            locate(&["resources", "node_selector", key])
+                .or_else(|| locate(&["resources", "node_selector"]))
+        };
         if !is_qualified_name(key) {
             return Err(err(
-                locate(&["resources", "node_selector", key]),
+                at(),
                 format!("resources.node_selector: '{key}' is not a valid Kubernetes label key"),
                 Some("e.g. nvidia.com/gpu.product: at most 63 letters, digits, '-', '_' or '.', a letter or digit at each end, after an optional DNS prefix and '/'".into()),
             ));
         }
         if !is_label_value(value) {
             return Err(err(
-                locate(&["resources", "node_selector", key]),
+                at(),
                 format!(
                     "resources.node_selector.{key}: '{value}' is not a valid Kubernetes label value"
                 ),
@@ -422,6 +427,237 @@ pub fn parse(text: &str, file: &str) -> Result<Experiment, ManifestError> {
         ));
     }
     Ok(exp)
+}
+
+/// Deepest nesting of mappings and sequences a manifest may have. Manifests need about six
+/// levels; the YAML parser's time grows with the square of the depth (seconds at a few
+/// thousand levels), so deeper text is refused before it is parsed.
+pub const MAX_DEPTH: usize = 64;
+
+/// Parses YAML `text` of manifest `file` into `T`, refusing text nested deeper than
+/// [`MAX_DEPTH`] first: every manifest idcctl reads from a user goes through here.
+pub fn from_yaml<T: serde::de::DeserializeOwned>(
+    text: &str,
+    file: &str,
+) -> Result<T, ManifestError> {
+    check_depth(text).map_err(|(line, column)| ManifestError {
+        file: file.to_string(),
+        at: Some((line, column)),
+        message: format!("mappings and sequences nest deeper than {MAX_DEPTH} levels here"),
+        hint: Some("a manifest needs a few levels: is this file generated or damaged?".into()),
+    })?;
+    serde_yaml::from_str(text).map_err(|e| {
+        let mut err = yaml_error(file, e);
+        // serde reads a `kind`-tagged mapping (a model, an optimizer, a sampler, a pruner) from
+        // a copy without positions: its errors come at the document's start and name no field.
+        // Find the entry.
+        if (err.at.is_none() || err.at == document_start(text))
+            && let Some(path) = tagged_culprit(text, &err.message)
+        {
+            let keys: Vec<&str> = path.iter().map(String::as_str).collect();
+            err.at = locate(text, &keys).or(err.at);
+            err.message = format!("{}: {}", path.join("."), err.message);
+        }
+        err
+    })
+}
+
+/// Where the YAML parser places the start of `text`'s document: its first line that is not
+/// blank, a comment, a directive or `---`.
+fn document_start(text: &str) -> Option<(usize, usize)> {
+    text.lines().enumerate().find_map(|(i, l)| {
+        let t = l.trim_start();
+        let skip = t.is_empty() || t.starts_with('#') || t.starts_with('%') || t == "---";
+        (!skip).then(|| (i + 1, l.len() - t.len() + 1))
+    })
+}
+
+/// The path of the entry of a `kind`-tagged mapping in `text` that serde's `message` is about:
+/// the first (in document order) whose key is the unknown field it names, or whose value is
+/// the invalid value or type it quotes.
+fn tagged_culprit(text: &str, message: &str) -> Option<Vec<String>> {
+    let quoted = |s: &str, open: char, close: char| {
+        let (_, rest) = s.split_once(open)?;
+        rest.split_once(close).map(|(v, _)| v.to_string())
+    };
+    let (key, value) = if let Some(rest) = message.strip_prefix("unknown field ") {
+        (quoted(rest, '`', '`'), None)
+    } else {
+        let rest = message
+            .strip_prefix("invalid value: ")
+            .or_else(|| message.strip_prefix("invalid type: "))?;
+        let what = rest.split(", expected").next()?;
+        let v = if what.starts_with("string ") {
+            quoted(what, '"', '"')
+        } else {
+            quoted(what, '`', '`')
+        };
+        (None, v)
+    };
+    if key.is_none() && value.is_none() {
+        return None;
+    }
+    let raw: serde_yaml::Value = serde_yaml::from_str(text).ok()?;
+    // Below the document's own mapping (whose `kind` is the manifest's).
+    let serde_yaml::Value::Mapping(top) = raw else {
+        return None;
+    };
+    top.iter().find_map(|(k, v)| {
+        let mut path = vec![k.as_str()?.to_string()];
+        find_tagged(v, key.as_deref(), value.as_deref(), &mut path).then_some(path)
+    })
+}
+
+/// Depth-first search for [`tagged_culprit`]; `path` holds the keys down to the match.
+fn find_tagged(
+    v: &serde_yaml::Value,
+    key: Option<&str>,
+    value: Option<&str>,
+    path: &mut Vec<String>,
+) -> bool {
+    use serde_yaml::Value;
+    let scalar = |v: &Value| match v {
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        Value::String(s) => Some(s.clone()),
+        _ => None,
+    };
+    match v {
+        Value::Mapping(m) => {
+            let tagged = m.contains_key("kind");
+            for (k, child) in m {
+                let Some(name) = scalar(k) else { continue };
+                path.push(name.clone());
+                let hit = tagged
+                    && name != "kind"
+                    && (key == Some(name.as_str())
+                        || (value.is_some() && scalar(child).as_deref() == value));
+                if hit || find_tagged(child, key, value, path) {
+                    return true;
+                }
+                path.pop();
+            }
+            false
+        }
+        Value::Sequence(items) => items.iter().any(|i| find_tagged(i, key, value, path)),
+        Value::Tagged(t) => find_tagged(&t.value, key, value, path),
+        _ => false,
+    }
+}
+
+/// The 1-based line and column where `text`'s nesting first goes deeper than [`MAX_DEPTH`], if
+/// it does. One pass over the text: block levels by indentation (and `- - x` on one line),
+/// flow levels by brackets outside quotes, comments and block scalars. An estimate: a
+/// multi-line plain scalar's continuation counts as a level, a block sequence written at its
+/// key's indentation as one level where YAML sees two; deep nesting is refused all the same.
+pub fn check_depth(text: &str) -> Result<(), (usize, usize)> {
+    let mut scan = DepthScan::default();
+    for (i, line) in text.lines().enumerate() {
+        scan.line(line).map_err(|byte| {
+            let column = line.get(..byte).map_or(byte, |s| s.chars().count());
+            (i + 1, column + 1)
+        })?;
+    }
+    Ok(())
+}
+
+/// The state of [`check_depth`]'s pass, carried from line to line.
+#[derive(Default)]
+struct DepthScan {
+    /// Indentation of the enclosing block nodes, outermost first.
+    indents: Vec<usize>,
+    /// Open flow collections (`[` and `{`).
+    flow: usize,
+    /// The quote of a quoted scalar still open at the end of a line.
+    quote: Option<char>,
+    /// The indentation of the line that opened a block scalar (`|`, `>`) whose lines follow.
+    block_scalar: Option<usize>,
+}
+
+impl DepthScan {
+    /// Scans one line; `Err(byte)` where it goes too deep.
+    fn line(&mut self, line: &str) -> Result<(), usize> {
+        let indent = line.len() - line.trim_start_matches(' ').len();
+        let body = &line[indent..];
+        if let Some(parent) = self.block_scalar {
+            if body.trim().is_empty() || indent > parent {
+                return Ok(());
+            }
+            self.block_scalar = None;
+        }
+        if self.quote.is_none() && self.flow == 0 {
+            if body.is_empty() || body.starts_with('#') {
+                return Ok(());
+            }
+            while self.indents.last().is_some_and(|&i| i >= indent) {
+                self.indents.pop();
+            }
+            self.indents.push(indent);
+        }
+        let too_deep = |levels: usize| levels > MAX_DEPTH;
+        // Levels opened on this line by sequence entries (`- x`, `- - x`).
+        let mut entries = 0;
+        if too_deep(self.indents.len() + self.flow) {
+            return Err(indent);
+        }
+        // Whether a node may start here (a quote or a bracket opens one only there).
+        let mut at_start = true;
+        let bytes = body.as_bytes();
+        let mut k = 0;
+        while k < bytes.len() {
+            let c = bytes[k];
+            let next = bytes.get(k + 1).copied();
+            let blank_after = next.is_none_or(|n| n == b' ' || n == b'\t');
+            match (self.quote, c) {
+                (Some('\''), b'\'') if next == Some(b'\'') => k += 1,
+                (Some('\''), b'\'') | (Some('"'), b'"') => {
+                    self.quote = None;
+                    at_start = false;
+                }
+                (Some('"'), b'\\') => k += 1,
+                (Some(_), _) | (None, b' ' | b'\t') => {}
+                (None, b'#') if k == 0 || bytes[k - 1] == b' ' || bytes[k - 1] == b'\t' => break,
+                (None, b'\'' | b'"') if at_start => self.quote = Some(c as char),
+                (None, b'[' | b'{') if at_start || self.flow > 0 => {
+                    self.flow += 1;
+                    at_start = true;
+                    if too_deep(self.indents.len() + entries + self.flow) {
+                        return Err(indent + k);
+                    }
+                }
+                (None, b']' | b'}') if self.flow > 0 => {
+                    self.flow -= 1;
+                    at_start = false;
+                }
+                (None, b',') if self.flow > 0 => at_start = true,
+                (None, b':')
+                    if blank_after
+                        || (self.flow > 0 && b",[]{}".contains(&next.unwrap_or(b' '))) =>
+                {
+                    at_start = true
+                }
+                (None, b'-' | b'?') if at_start && blank_after => {
+                    entries += usize::from(c == b'-');
+                    if too_deep(self.indents.len() + entries + self.flow) {
+                        return Err(indent + k);
+                    }
+                }
+                (None, b'|' | b'>') if at_start && self.flow == 0 => {
+                    self.block_scalar = Some(indent);
+                    break;
+                }
+                // An anchor or a tag comes before the node it names.
+                (None, b'&' | b'!') if at_start => {
+                    while k + 1 < bytes.len() && bytes[k + 1] != b' ' {
+                        k += 1;
+                    }
+                }
+                (None, _) => at_start = false,
+            }
+            k += 1;
+        }
+        Ok(())
+    }
 }
 
 /// A YAML or schema error of manifest `file`, located, with a did-you-mean where one helps.
@@ -522,15 +758,25 @@ pub fn locate(text: &str, path: &[&str]) -> Option<(usize, usize)> {
     let lines: Vec<&str> = text.lines().collect();
     let (mut line, mut col) = (0usize, 0usize);
     for (depth, key) in path.iter().enumerate() {
-        let pattern = format!("{key}:");
+        // Written plain or quoted (`"bad key": x`).
+        let patterns = [
+            format!("{key}:"),
+            format!("\"{key}\":"),
+            format!("'{key}':"),
+        ];
         let mut found = None;
         for (i, l) in lines.iter().enumerate().skip(line) {
             let start = if i == line && depth > 0 { col + 1 } else { 0 };
             let Some(hay) = l.get(start..) else { continue };
-            let hit = hay.match_indices(&pattern).find(|(at, _)| {
-                let before = hay[..*at].chars().last();
-                before.is_none_or(|c| c == ' ' || c == '{' || c == '-' || c == ',')
-            });
+            let hit = patterns
+                .iter()
+                .filter_map(|pattern| {
+                    hay.match_indices(pattern.as_str()).find(|(at, _)| {
+                        let before = hay[..*at].chars().last();
+                        before.is_none_or(|c| c == ' ' || c == '{' || c == '-' || c == ',')
+                    })
+                })
+                .min();
             if let Some((at, _)) = hit {
                 found = Some((i, start + at));
                 break;
@@ -564,6 +810,44 @@ mod tests {
         assert_eq!(parse_duration("1w"), None);
         assert_eq!(bad_name("cnn-weighted-2"), None);
         assert!(bad_name("CNN").is_some() && bad_name("-a").is_some() && bad_name("9a").is_some());
+    }
+
+    #[test]
+    fn depth_is_measured_outside_scalars_and_comments() {
+        let brackets = "[{".repeat(100);
+        for text in [
+            format!("description: |\n  {brackets}\n  more\nname: x\n"),
+            format!("description: >-\n    {brackets}\n\n    {brackets}\nname: x\n"),
+            format!("description: '{brackets} it''s'\nname: x\n"),
+            format!("description: \"{brackets} \\\" {brackets}\"\nname: x\n"),
+            format!("description: \"multi\n  line {brackets}\"\nname: x\n"),
+            format!("description: see {brackets}\nname: x # {brackets}\n"),
+            format!("description: don't {brackets}\n# {brackets}\n"),
+            format!("tags: [a, \"{brackets}\", '{brackets}', b]\n"),
+            "a:\n  - b:\n      - c: {d: [1, {e: [2]}]}\n  - &x !t {f: [1]}\n  - *x\n".to_string(),
+        ] {
+            assert_eq!(check_depth(&text), Ok(()), "{text}");
+            // YAML reads it too: what is skipped is no structure.
+            serde_yaml::from_str::<serde_yaml::Value>(&text).expect(&text);
+        }
+        let n = 5000;
+        for (text, at) in [
+            (format!("a: {}1{}\n", "[".repeat(n), "]".repeat(n)), (1, 67)),
+            (format!("a: {}1\n", "{a: ".repeat(n)), (1, 4 + 4 * 63)),
+            (format!("a: {}1\n", "- ".repeat(n)), (1, 4 + 2 * 63)),
+            (
+                (0..n).map(|i| format!("{}a:\n", " ".repeat(i))).collect(),
+                (65, 65),
+            ),
+            (
+                (0..n)
+                    .map(|i| format!("{}- \n", " ".repeat(2 * i)))
+                    .collect(),
+                (64, 127),
+            ),
+        ] {
+            assert_eq!(check_depth(&text), Err(at), "{}", &text[..80]);
+        }
     }
 
     #[test]

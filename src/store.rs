@@ -29,6 +29,17 @@ pub enum StoreError {
         message: String,
         hint: &'static str,
     },
+    /// No credentials in the environment, and the instance metadata service (the last place
+    /// object_store looks) did not give any.
+    #[error(
+        "cannot {op} {url}: no AWS credentials found. idc looked for AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_WEB_IDENTITY_TOKEN_FILE with AWS_ROLE_ARN, AWS_CONTAINER_CREDENTIALS_RELATIVE_URI, AWS_CONTAINER_CREDENTIALS_FULL_URI with AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE, then asked the EC2 instance metadata service at {endpoint}, which failed ({message}). Set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (with AWS_ENDPOINT for MinIO or Garage), or give the machine an instance role"
+    )]
+    NoCredentials {
+        op: &'static str,
+        url: String,
+        endpoint: String,
+        message: String,
+    },
     #[error("{url} does not exist")]
     NotFound { url: String },
     /// The object is there but is not what it should be; it is left as it is.
@@ -62,6 +73,26 @@ impl StoreError {
         }
     }
 
+    /// The error of `op` on `url`; `metadata` is the instance metadata endpoint when the
+    /// store's credentials come from there (none were in the environment).
+    fn of(op: &'static str, url: String, metadata: Option<&str>, e: object_store::Error) -> Self {
+        match metadata {
+            // The credential request names the endpoint; the store's own requests do not.
+            Some(endpoint)
+                if !matches!(e, object_store::Error::NotFound { .. })
+                    && e.to_string().contains(endpoint.trim_end_matches('/')) =>
+            {
+                StoreError::NoCredentials {
+                    op,
+                    url,
+                    endpoint: endpoint.to_string(),
+                    message: e.to_string(),
+                }
+            }
+            _ => Self::op(op, url, e),
+        }
+    }
+
     fn op(op: &'static str, url: String, e: object_store::Error) -> Self {
         use object_store::Error as E;
         if matches!(e, E::NotFound { .. }) {
@@ -90,7 +121,24 @@ pub struct Store {
     prefix: ObjPath,
     /// The URL of `prefix`, for messages.
     url: String,
+    /// The instance metadata endpoint an S3 store takes its credentials from, when the
+    /// environment gives none: its failure is told as "no credentials found".
+    metadata: Option<Arc<str>>,
 }
+
+/// Retries of an S3 request (and of the credential requests before it).
+const RETRY: RetryConfig = RetryConfig {
+    backoff: BackoffConfig {
+        init_backoff: Duration::from_millis(100),
+        max_backoff: Duration::from_secs(15),
+        base: 2.,
+    },
+    max_retries: 5,
+    retry_timeout: Duration::from_secs(60),
+};
+
+/// object_store's instance metadata endpoint when AWS_METADATA_ENDPOINT is not set.
+const DEFAULT_METADATA_ENDPOINT: &str = "http://169.254.169.254";
 
 impl Store {
     /// Opens `file:///abs`, `file://./rel`, a plain path, or `s3://bucket/prefix` (configured by
@@ -102,41 +150,7 @@ impl Store {
             reason: reason.to_string(),
         };
         if let Some(rest) = url.strip_prefix("s3://") {
-            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-            if bucket.is_empty() {
-                return Err(bad("no bucket name (expected s3://bucket/prefix)"));
-            }
-            if bucket.contains('@') || bucket.contains(':') {
-                return Err(bad(
-                    "credentials and ports do not belong in the URL; set AWS_* variables",
-                ));
-            }
-            let retry = RetryConfig {
-                backoff: BackoffConfig::default(),
-                max_retries: 5,
-                retry_timeout: Duration::from_secs(60),
-            };
-            let s3 = AmazonS3Builder::from_env()
-                .with_bucket_name(bucket)
-                .with_retry(retry)
-                // Not with_client_options(): that would replace the options from_env() read
-                // (AWS_ALLOW_HTTP among them).
-                .with_config(
-                    AmazonS3ConfigKey::Client(ClientConfigKey::ConnectTimeout),
-                    "5s",
-                )
-                .with_config(AmazonS3ConfigKey::Client(ClientConfigKey::Timeout), "300s")
-                .build()
-                .map_err(|e| bad(&e.to_string()))?;
-            let prefix = prefix.trim_matches('/');
-            return Ok(Self {
-                inner: Arc::new(s3),
-                prefix: ObjPath::from(prefix),
-                url: format!(
-                    "s3://{bucket}{}{prefix}",
-                    if prefix.is_empty() { "" } else { "/" }
-                ),
-            });
+            return Self::s3(rest, AmazonS3Builder::from_env(), RETRY).map_err(|r| bad(&r));
         }
         let path = match url.split_once("://") {
             Some(("file", p)) => p,
@@ -153,6 +167,70 @@ impl Store {
         Self::local(Path::new(path)).map_err(|reason| bad(&reason))
     }
 
+    /// The store of `rest` (`bucket/prefix`, after `s3://`), configured by `builder` (the
+    /// environment's AWS_* variables).
+    fn s3(rest: &str, builder: AmazonS3Builder, retry: RetryConfig) -> Result<Self, String> {
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err("no bucket name (expected s3://bucket/prefix)".into());
+        }
+        if bucket.contains('@') || bucket.contains(':') {
+            return Err(
+                "credentials and ports do not belong in the URL; set AWS_* variables".into(),
+            );
+        }
+        let metadata = metadata_fallback(&builder);
+        let s3 = builder
+            .with_bucket_name(bucket)
+            .with_retry(retry)
+            // Not with_client_options(): that would replace the options from_env() read
+            // (AWS_ALLOW_HTTP among them).
+            .with_config(
+                AmazonS3ConfigKey::Client(ClientConfigKey::ConnectTimeout),
+                "5s",
+            )
+            .with_config(AmazonS3ConfigKey::Client(ClientConfigKey::Timeout), "300s")
+            .build()
+            .map_err(|e| e.to_string())?;
+        let prefix = prefix.trim_matches('/');
+        Ok(Self {
+            inner: Arc::new(s3),
+            prefix: ObjPath::from(prefix),
+            url: format!(
+                "s3://{bucket}{}{prefix}",
+                if prefix.is_empty() { "" } else { "/" }
+            ),
+            metadata: metadata.map(Arc::from),
+        })
+    }
+
+    /// Opens the folder of the object at `url` (`s3://bucket/dir/NAME`, `file:///dir/NAME`,
+    /// a path): that folder's store and the object's name in it. An object at the root of its
+    /// URL (`file:///NAME`, `file://NAME`, `s3://bucket/NAME`) is in the root's store.
+    pub fn open_object(url: &str) -> Result<(Self, String), StoreError> {
+        let bad = |reason: &str| StoreError::BadUrl {
+            url: redact(url),
+            reason: reason.to_string(),
+        };
+        let (scheme, path) = match url.split_once("://") {
+            Some((scheme, path)) => (Some(scheme), path),
+            None => (None, url),
+        };
+        let (dir, name) = match (scheme, path.rsplit_once('/')) {
+            (Some("s3"), None) => return Err(bad("names a bucket, not an object in it")),
+            (_, Some((dir, name))) => (if dir.is_empty() { "/" } else { dir }, name),
+            (_, None) => (".", path),
+        };
+        if name.is_empty() || name == "." || name == ".." {
+            return Err(bad("names a folder, not an object"));
+        }
+        let dir = match scheme {
+            Some(scheme) => format!("{scheme}://{dir}"),
+            None => dir.to_string(),
+        };
+        Ok((Self::open(&dir)?, name.to_string()))
+    }
+
     fn local(path: &Path) -> Result<Self, String> {
         let abs: PathBuf = if path.is_absolute() {
             path.to_path_buf()
@@ -167,6 +245,7 @@ impl Store {
             inner: Arc::new(LocalFileSystem::new()),
             prefix,
             url: format!("file://{}", abs.display()),
+            metadata: None,
         })
     }
 
@@ -177,7 +256,12 @@ impl Store {
 
     /// The URL of `key`.
     pub fn url_of(&self, key: &str) -> String {
-        format!("{}/{}", self.url.trim_end_matches('/'), key)
+        // The root folder's URL (`file:///`) already ends in its separator.
+        if self.url.ends_with(":///") {
+            format!("{}{key}", self.url)
+        } else {
+            format!("{}/{}", self.url.trim_end_matches('/'), key)
+        }
     }
 
     /// A store rooted at `sub` inside this one.
@@ -186,7 +270,13 @@ impl Store {
             inner: self.inner.clone(),
             prefix: self.path(sub),
             url: self.url_of(sub.trim_matches('/')),
+            metadata: self.metadata.clone(),
         }
+    }
+
+    /// The error of `op` on `key`.
+    fn error(&self, op: &'static str, key: &str, e: object_store::Error) -> StoreError {
+        StoreError::of(op, self.url_of(key), self.metadata.as_deref(), e)
     }
 
     fn path(&self, key: &str) -> ObjPath {
@@ -201,7 +291,7 @@ impl Store {
         match run.await {
             Ok(b) => Ok(Some(b)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(StoreError::op("read", self.url_of(key), e)),
+            Err(e) => Err(self.error("read", key, e)),
         }
     }
 
@@ -219,7 +309,7 @@ impl Store {
         match self.inner.head(&self.path(key)).await {
             Ok(m) => Ok(Some(m.size)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(StoreError::op("read", self.url_of(key), e)),
+            Err(e) => Err(self.error("read", key, e)),
         }
     }
 
@@ -232,11 +322,11 @@ impl Store {
             .put(&self.path(key), PutPayload::from(bytes))
             .await
             .map(|_| ())
-            .map_err(|e| StoreError::op("write", self.url_of(key), e))
+            .map_err(|e| self.error("write", key, e))
     }
 
     async fn put_multipart(&self, key: &str, bytes: Bytes) -> Result<(), StoreError> {
-        let err = |e| StoreError::op("write", self.url_of(key), e);
+        let err = |e| self.error("write", key, e);
         let upload = self
             .inner
             .put_multipart(&self.path(key))
@@ -255,7 +345,7 @@ impl Store {
     pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
         match self.inner.delete(&self.path(key)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(StoreError::op("delete", self.url_of(key), e)),
+            Err(e) => Err(self.error("delete", key, e)),
         }
     }
 
@@ -265,7 +355,7 @@ impl Store {
         let listed: Vec<_> = match self.inner.list(Some(&root)).try_collect().await {
             Ok(v) => v,
             Err(object_store::Error::NotFound { .. }) => vec![],
-            Err(e) => return Err(StoreError::op("list", self.url_of(prefix), e)),
+            Err(e) => return Err(self.error("list", prefix, e)),
         };
         let skip = self.prefix.parts().count();
         let mut out: Vec<(String, u64)> = listed
@@ -291,6 +381,27 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// The instance metadata endpoint object_store will take credentials from with `builder`'s
+/// settings: when no static keys, web identity, or container credentials are set and requests
+/// are signed (its order in `AmazonS3Builder::build`).
+fn metadata_fallback(builder: &AmazonS3Builder) -> Option<String> {
+    use AmazonS3ConfigKey as K;
+    let set = |k: K| builder.get_config_value(&k).is_some();
+    let skip_signature = builder
+        .get_config_value(&K::SkipSignature)
+        .is_some_and(|v| v == "true");
+    let from_env = set(K::AccessKeyId)
+        || set(K::SecretAccessKey)
+        || (set(K::WebIdentityTokenFile) && set(K::RoleArn))
+        || set(K::ContainerCredentialsRelativeUri)
+        || (set(K::ContainerCredentialsFullUri) && set(K::ContainerAuthorizationTokenFile));
+    (!from_env && !skip_signature).then(|| {
+        builder
+            .get_config_value(&K::MetadataEndpoint)
+            .unwrap_or_else(|| DEFAULT_METADATA_ENDPOINT.into())
+    })
 }
 
 /// `url` with any `user:password@` part masked, for messages.
@@ -393,6 +504,162 @@ mod tests {
             store.get("a/b.json").await,
             Err(StoreError::NotFound { .. })
         ));
+    }
+
+    /// A builder configured as `AmazonS3Builder::from_env` would be by `env` alone.
+    fn builder(env: &[(&str, &str)]) -> AmazonS3Builder {
+        env.iter().fold(AmazonS3Builder::new(), |b, (k, v)| {
+            b.with_config(k.to_ascii_lowercase().parse().unwrap(), *v)
+        })
+    }
+
+    /// A loopback port nothing listens on.
+    fn closed_port() -> u16 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    }
+
+    const NO_RETRY: RetryConfig = RetryConfig {
+        backoff: RETRY.backoff,
+        max_retries: 0,
+        retry_timeout: Duration::from_secs(5),
+    };
+
+    #[tokio::test]
+    async fn without_credentials_the_error_says_where_idc_looked() {
+        let (s3, metadata) = (closed_port(), closed_port());
+        let (s3, metadata) = (
+            format!("http://127.0.0.1:{s3}"),
+            format!("http://127.0.0.1:{metadata}"),
+        );
+        let env = [
+            ("AWS_ENDPOINT", s3.as_str()),
+            ("AWS_ALLOW_HTTP", "true"),
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_METADATA_ENDPOINT", metadata.as_str()),
+        ];
+        let store = Store::s3("b/p", builder(&env), NO_RETRY).unwrap();
+        let e = store.get_opt("k").await.unwrap_err();
+        assert!(matches!(e, StoreError::NoCredentials { .. }), "{e:?}");
+        let e = e.to_string();
+        assert!(
+            e.starts_with(&format!(
+                "cannot read s3://b/p/k: no AWS credentials found. idc looked for AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_WEB_IDENTITY_TOKEN_FILE with AWS_ROLE_ARN, AWS_CONTAINER_CREDENTIALS_RELATIVE_URI, AWS_CONTAINER_CREDENTIALS_FULL_URI with AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE, then asked the EC2 instance metadata service at {metadata}, which failed ("
+            )) && e.ends_with("Set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (with AWS_ENDPOINT for MinIO or Garage), or give the machine an instance role"),
+            "{e}"
+        );
+        // Credentials in the environment: the server's failure is told as it is.
+        let keys = [("AWS_ACCESS_KEY_ID", "a"), ("AWS_SECRET_ACCESS_KEY", "s")];
+        let store = Store::s3("b", builder(&[&env[..], &keys].concat()), NO_RETRY).unwrap();
+        let e = store.get_opt("k").await.unwrap_err().to_string();
+        assert!(e.contains("is the storage server reachable?"), "{e}");
+        // Where object_store takes credentials from, as idc reads it.
+        let from = |extra: &[(&str, &str)]| metadata_fallback(&builder(extra));
+        assert_eq!(from(&[]).as_deref(), Some(DEFAULT_METADATA_ENDPOINT));
+        for set in [
+            &[("AWS_ACCESS_KEY_ID", "a")][..],
+            &[("AWS_WEB_IDENTITY_TOKEN_FILE", "/t"), ("AWS_ROLE_ARN", "r")],
+            &[("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "/c")],
+            &[
+                ("AWS_CONTAINER_CREDENTIALS_FULL_URI", "http://x"),
+                ("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", "/t"),
+            ],
+            &[("AWS_SKIP_SIGNATURE", "true")],
+        ] {
+            assert_eq!(from(set), None, "{set:?}");
+        }
+        assert!(
+            from(&[("AWS_ROLE_ARN", "r")]).is_some(),
+            "a role alone is not used"
+        );
+    }
+
+    /// An instance metadata service on loopback that hands out credentials to `requests`
+    /// requests, as EC2's does (IMDSv2: a token, the role's name, its credentials).
+    fn fake_metadata_service(requests: usize) -> String {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            for conn in listener.incoming().take(requests) {
+                let mut conn = conn.unwrap();
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut request = String::new();
+                reader.read_line(&mut request).unwrap();
+                let mut header = String::new();
+                while reader.read_line(&mut header).unwrap() > 2 {
+                    header.clear();
+                }
+                let body = if request.starts_with("PUT /latest/api/token") {
+                    "token"
+                } else if request.contains("/security-credentials/ ") {
+                    "idc-role"
+                } else {
+                    r#"{"AccessKeyId":"AKIA","SecretAccessKey":"s","Token":"t","Expiration":"2099-01-01T00:00:00Z"}"#
+                };
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                conn.write_all(reply.as_bytes()).unwrap();
+            }
+        });
+        url
+    }
+
+    #[tokio::test]
+    async fn on_ec2_credentials_still_come_from_the_metadata_service() {
+        let s3 = format!("http://127.0.0.1:{}", closed_port());
+        let metadata = fake_metadata_service(3);
+        let env = [
+            ("AWS_ENDPOINT", s3.as_str()),
+            ("AWS_ALLOW_HTTP", "true"),
+            ("AWS_METADATA_ENDPOINT", metadata.as_str()),
+        ];
+        let store = Store::s3("b", builder(&env), NO_RETRY).unwrap();
+        // Credentials were had: the request went on to the (absent) server.
+        let e = store.get_opt("k").await.unwrap_err().to_string();
+        assert!(e.contains("is the storage server reachable?"), "{e}");
+        assert!(!e.contains("no AWS credentials"), "{e}");
+    }
+
+    #[test]
+    fn an_object_at_the_root_of_its_url_opens() {
+        for (url, store, key) in [
+            ("file:///r.bin", "file:///", "r.bin"),
+            ("file:///a/b/r.bin", "file:///a/b", "r.bin"),
+            ("/r.bin", "file:///", "r.bin"),
+            ("s3://b/r.bin", "s3://b", "r.bin"),
+            ("s3://b/d/r.bin", "s3://b/d", "r.bin"),
+        ] {
+            let (s, k) = Store::open_object(url).unwrap();
+            assert_eq!((s.url(), k.as_str()), (store, key), "{url}");
+            let full = match url.contains("://") {
+                true => url.to_string(),
+                false => format!("file://{url}"),
+            };
+            assert_eq!(s.url_of(&k), full, "{url}");
+        }
+        for (url, want) in [
+            ("s3://b", "names a bucket"),
+            ("s3://b/", "names a folder"),
+            ("file:///tmp/", "names a folder"),
+        ] {
+            let e = Store::open_object(url).unwrap_err().to_string();
+            assert!(e.contains(want), "{url}: {e}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_object_at_the_root_of_a_relative_file_url_reads() {
+        // `file://NAME` is NAME in the working folder: the root of that URL's folder.
+        let (s, k) = Store::open_object("file://Cargo.toml").unwrap();
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(s.url(), format!("file://{}", cwd.display()));
+        assert_eq!(
+            s.get(&k).await.unwrap(),
+            std::fs::read("Cargo.toml").unwrap()
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! C-contiguous views (any storage offset) are read, little-endian only.
 
 use crate::dataset::archive::pickle::{self, Pickle, Value};
+use crate::store::{Store, StoreError};
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -195,6 +196,9 @@ pub enum WeightsError {
     /// Not a (readable) torch checkpoint: truncated, corrupt, legacy format, big-endian, ...
     #[error("{0}")]
     Format(String),
+    /// Where the weights were to be written is no `.safetensors` object a run can open.
+    #[error("cannot write the weights to {url}: {reason}")]
+    Target { url: String, reason: String },
     /// The checkpoint holds something other than a state dict.
     #[error("not a state dict: the checkpoint holds {0}")]
     NotStateDict(String),
@@ -520,6 +524,31 @@ pub fn import_file(path: &Path, model: ImportModel) -> Result<Imported, WeightsE
         })
 }
 
+/// Where `idcctl weights import` writes the object at `url`: its folder's store and its name,
+/// opened as a run opens a `train.model.pretrained` URL ([`Store::open_object`]), so that
+/// what is written there loads. The name must end in `.safetensors`: the worker picks its
+/// loader by it.
+pub fn import_target(url: &str) -> Result<(Store, String), WeightsError> {
+    let target = |reason: String| WeightsError::Target {
+        url: crate::store::redact(url),
+        reason,
+    };
+    let (store, name) = Store::open_object(url).map_err(|e| {
+        target(match e {
+            StoreError::BadUrl { reason, .. } => format!(
+                "{reason} (name the object, e.g. s3://bucket/weights/resnet34-imagenet.safetensors)"
+            ),
+            e => e.to_string(),
+        })
+    })?;
+    if !name.ends_with(".safetensors") || name == ".safetensors" {
+        return Err(target(
+            "the object's name must end in .safetensors (the worker picks the loader by it)".into(),
+        ));
+    }
+    Ok((store, name))
+}
+
 /// The tensors as a `.safetensors` file: an 8-byte little-endian header length, the JSON
 /// header (`{name: {dtype, shape, data_offsets}}`, names sorted, padded with spaces to a
 /// multiple of 8 bytes), then the data in header order.
@@ -599,6 +628,49 @@ pub fn read_safetensors(bytes: &[u8]) -> Result<Vec<(String, TensorData)>, Weigh
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn import_targets_open_where_a_run_reads_them() {
+        for (url, store, name) in [
+            (
+                "s3://idc/weights/r.safetensors",
+                "s3://idc/weights",
+                "r.safetensors",
+            ),
+            ("s3://idc/r.safetensors", "s3://idc", "r.safetensors"),
+            (
+                "file:///tmp/w/r.safetensors",
+                "file:///tmp/w",
+                "r.safetensors",
+            ),
+            // At the root of its URL: written there, and read from there by a run.
+            ("file:///r.safetensors", "file:///", "r.safetensors"),
+        ] {
+            let (s, n) = import_target(url).unwrap();
+            assert_eq!((s.url(), n.as_str()), (store, name), "{url}");
+            assert_eq!(s.url_of(&n), url);
+        }
+        let cwd = std::env::current_dir().unwrap();
+        for url in [
+            "r.safetensors",
+            "file://r.safetensors",
+            "file://./r.safetensors",
+        ] {
+            let (s, n) = import_target(url).unwrap();
+            assert_eq!(s.url(), format!("file://{}", cwd.display()), "{url}");
+            assert_eq!(n, "r.safetensors");
+        }
+        for (url, want) in [
+            ("s3://idc/weights/r.pth", "must end in .safetensors"),
+            ("s3://r.safetensors", "names a bucket, not an object"),
+            ("s3://idc/weights/", "names a folder"),
+            ("gs://idc/r.safetensors", "unsupported scheme 'gs'"),
+        ] {
+            let e = import_target(url).unwrap_err();
+            assert!(e.to_string().contains(want), "{url}: {e}");
+            assert_eq!(e.exit_code(), crate::exit::ExitCode::UserError, "{url}");
+        }
+    }
 
     fn f32s(shape: &[usize], seed: f32) -> TensorData {
         let n: usize = shape.iter().product();

@@ -180,12 +180,61 @@ fn malformed_manifests_get_exact_errors() {
         BASE.replace("memory: 16Gi}", "memory: 16Gi, workload_priority: \"\"}"),
         "exp.yaml:11:46: resources.workload_priority '' is not a valid Kueue WorkloadPriorityClass name (the name of a Kueue WorkloadPriorityClass: at most 63 lowercase letters, digits, '-' or '.', a letter or digit at each end)",
     ));
+    // A node_selector key written quoted, or empty: at the key.
+    cases.push((
+        BASE.replace("memory: 16Gi}", "memory: 16Gi, node_selector: {\"bad key\": x}}"),
+        "exp.yaml:11:62: resources.node_selector: 'bad key' is not a valid Kubernetes label key (e.g. nvidia.com/gpu.product: at most 63 letters, digits, '-', '_' or '.', a letter or digit at each end, after an optional DNS prefix and '/')",
+    ));
+    cases.push((
+        BASE.replace("memory: 16Gi}", "memory: 16Gi, node_selector: {'': x}}"),
+        "exp.yaml:11:62: resources.node_selector: '' is not a valid Kubernetes label key (e.g. nvidia.com/gpu.product: at most 63 letters, digits, '-', '_' or '.', a letter or digit at each end, after an optional DNS prefix and '/')",
+    ));
+    cases.push((
+        BASE.replace(
+            "resources: {gpus: 1, cpu: \"4\", memory: 16Gi}",
+            "resources:\n  node_selector:\n    kubernetes.io/arch: amd64\n    'gpu product': a100",
+        ),
+        "exp.yaml:14:5: resources.node_selector: 'gpu product' is not a valid Kubernetes label key (e.g. nvidia.com/gpu.product: at most 63 letters, digits, '-', '_' or '.', a letter or digit at each end, after an optional DNS prefix and '/')",
+    ));
     assert!(cases.len() >= 15);
     for (text, want) in &cases {
         let got = experiment::parse(text, "exp.yaml")
             .expect_err(want)
             .to_string();
         assert_eq!(&got, want, "\n{text}");
+    }
+}
+
+#[test]
+fn deep_nesting_is_refused_at_once() {
+    // A few thousand levels took the YAML parser seconds (its time grows with the square of
+    // the depth); refused before it runs, at the level too deep.
+    let n = 20_000;
+    for (text, want) in [
+        (
+            BASE.replace("width: 32}", &format!("width: {}1}}", "[{a: ".repeat(n))),
+            "exp.yaml:7:187: mappings and sequences nest deeper than 64 levels here",
+        ),
+        (
+            format!(
+                "{BASE}x:\n{}",
+                (1..n)
+                    .map(|i| format!("{}a:\n", " ".repeat(i)))
+                    .collect::<String>()
+            ),
+            "exp.yaml:79:65: mappings and sequences nest deeper than 64 levels here",
+        ),
+    ] {
+        let started = std::time::Instant::now();
+        let e = experiment::parse(&text, "exp.yaml")
+            .unwrap_err()
+            .to_string();
+        let took = started.elapsed();
+        assert!(e.starts_with(want), "{e}");
+        assert!(
+            took < std::time::Duration::from_millis(500),
+            "took {took:?}"
+        );
     }
 }
 

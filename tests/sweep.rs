@@ -377,6 +377,58 @@ fn sweep_manifest_mistakes_exit_2_with_the_line() {
 }
 
 #[test]
+fn sweeps_that_cannot_work_as_written_are_refused_at_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sweep-synth.yaml");
+    let good = std::fs::read_to_string(fixture)
+        .unwrap()
+        .replace("DATASET", "file:///nowhere")
+        .replace("STORAGE", "file:///nowhere");
+    let deep = format!("{}1{}", "[".repeat(20_000), "]".repeat(20_000));
+    for (from, to, want) in [
+        (
+            "min_epochs: 1,",
+            "min_epochs: 50,",
+            "bad.yaml:25:22: pruner.min_epochs: 50 never prunes: ASHA's first rung is epoch 50, and the trials run 3 epoch(s) (base train.epochs)",
+        ),
+        (
+            "parallelism: 2",
+            "parallelism: 100000",
+            "bad.yaml:23:1: parallelism 100000 is more than 256 trials at once",
+        ),
+        (
+            "seed: 1,",
+            "seed: -1,",
+            "bad.yaml:24:22: sampler.seed: invalid value: integer `-1`, expected u64",
+        ),
+        (
+            "max_trials: 6",
+            &format!("max_trials: 6\nx: {deep}"),
+            "bad.yaml:23:67: mappings and sequences nest deeper than 64 levels here",
+        ),
+    ] {
+        assert!(good.contains(from), "{from}");
+        let f = dir.path().join("bad.yaml");
+        std::fs::write(&f, good.replace(from, to)).unwrap();
+        for args in [
+            vec!["sweep", "run", f.to_str().unwrap()],
+            vec!["validate", f.to_str().unwrap()],
+        ] {
+            let started = Instant::now();
+            let out = idcctl(&args);
+            let err = text(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+            assert!(err.contains(want), "{args:?}: {err}");
+            assert!(
+                started.elapsed() < Duration::from_secs(2),
+                "{args:?}: {:?}",
+                started.elapsed()
+            );
+        }
+    }
+}
+
+#[test]
 fn a_base_file_is_read_beside_the_sweep_and_its_errors_located_there() {
     let dir = tempfile::tempdir().unwrap();
     let fixture = std::fs::read_to_string(

@@ -243,6 +243,23 @@ fn weights_import_torchvision_checkpoints() {
         assert_imported(dir, &python, file, &stdout, &object);
     }
 
+    // At the root of its URL: `file://NAME` is NAME in the working folder, as `file:///NAME`
+    // is at the root of the file system. Written where a run opens it (Store::open_object).
+    let out = Command::new(env!("CARGO_BIN_EXE_idcctl"))
+        .args(["weights", "import", "resnet34.pth", "--model", "resnet34"])
+        .args(["--to", "file://root.safetensors"])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    let object = dir.join("root.safetensors");
+    assert!(
+        stdout.contains(&format!("to file://{}", object.display())),
+        "{stdout}"
+    );
+    assert_imported(dir, &python, "resnet34.pth", &stdout, &object);
+
     // Files that must fail: exit 2, the file and the tensors named.
     let to = format!("file://{}/weights/bad.safetensors", bucket.display());
     for (file, wants) in [

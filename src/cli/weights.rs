@@ -1,10 +1,8 @@
 //! `idcctl weights`: pretrained weights for the models.
 
-use super::UserError;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use idc::exit::ExitCode;
-use idc::store::Store;
 use idc::weights::{self, ImportModel};
 use std::path::PathBuf;
 
@@ -36,32 +34,8 @@ pub async fn command(cmd: WeightsCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Splits the URL of an object into its folder's URL and its name, as the worker's fetch does.
-fn split_url(url: &str) -> Result<(&str, &str), UserError> {
-    let (dir, name) = match url.rsplit_once('/') {
-        Some(("file://", name)) => ("/", name),
-        Some((dir, name)) if !dir.is_empty() && !dir.ends_with(':') && !dir.ends_with(":/") => {
-            (dir, name)
-        }
-        Some(("", name)) => ("/", name),
-        Some(_) => {
-            return Err(UserError(format!(
-                "--to {url}: name the object to write, e.g. s3://bucket/weights/resnet34-imagenet.safetensors"
-            )));
-        }
-        None => (".", url),
-    };
-    if !name.ends_with(".safetensors") || name == ".safetensors" {
-        return Err(UserError(format!(
-            "--to {url}: the object's name must end in .safetensors (the worker picks the loader by it)"
-        )));
-    }
-    Ok((dir, name))
-}
-
 async fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
-    let (dir, name) = split_url(&args.to)?;
-    let store = Store::open(dir)?;
+    let (store, name) = weights::import_target(&args.to)?;
     let file = args.file.clone();
     let model = args.model;
     let imported = tokio::task::spawn_blocking(move || weights::import_file(&file, model))
@@ -70,9 +44,9 @@ async fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
     let bytes = weights::write_safetensors(&imported.tensors);
     let size = bytes.len();
     store
-        .put(name, bytes.into())
+        .put(&name, bytes.into())
         .await
-        .with_context(|| format!("writing {}", store.url_of(name)))?;
+        .with_context(|| format!("writing {}", store.url_of(&name)))?;
     println!(
         "imported {} tensors ({} parameters + {} BatchNorm statistics, {} bytes) from {} to {} ({size} bytes)",
         imported.tensors.len(),
@@ -80,7 +54,7 @@ async fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
         imported.statistics(),
         imported.bytes(),
         args.file.display(),
-        store.url_of(name),
+        store.url_of(&name),
     );
     if imported.stripped_module_prefix {
         println!("stripped DataParallel's 'module.' prefix from the keys");
@@ -118,29 +92,4 @@ async fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::Success)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn weights_split_url() {
-        assert_eq!(
-            split_url("s3://idc/weights/r.safetensors").unwrap(),
-            ("s3://idc/weights", "r.safetensors")
-        );
-        assert_eq!(
-            split_url("s3://idc/r.safetensors").unwrap(),
-            ("s3://idc", "r.safetensors")
-        );
-        assert_eq!(
-            split_url("file:///tmp/w/r.safetensors").unwrap(),
-            ("file:///tmp/w", "r.safetensors")
-        );
-        assert_eq!(split_url("r.safetensors").unwrap(), (".", "r.safetensors"));
-        assert!(split_url("s3://idc/weights/r.pth").is_err());
-        assert!(split_url("s3://r.safetensors").is_err());
-        assert!(split_url("file:///r.safetensors").is_ok());
-    }
 }

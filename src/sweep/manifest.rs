@@ -18,6 +18,9 @@ use std::path::Path;
 pub const KIND: &str = "Sweep";
 /// Most trials a sweep may run (trial ids stay `t0001`…`t9999`).
 pub const MAX_TRIALS: u32 = 9999;
+/// Most trials running at once: each holds its GPUs (a Kubernetes Job) or is a worker process
+/// on this machine, and the driver reads every running trial's status at each look.
+pub const MAX_PARALLELISM: u32 = 256;
 /// Experiment fields a search may not vary: set by the sweep, or shared by all its trials.
 const FIXED: [&str; 5] = ["apiVersion", "kind", "name", "storage", "backend"];
 /// Experiment fields a base leaves out: every trial is an experiment named after the sweep.
@@ -106,7 +109,7 @@ struct Doc {
     max_trials: u32,
     /// Trials running at once.
     #[serde(default = "one")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = MAX_PARALLELISM))]
     parallelism: u32,
     /// How trials are proposed (default: TPE).
     #[serde(default)]
@@ -215,10 +218,12 @@ pub fn parse(text: &str, file: &str) -> Result<Sweep, ManifestError> {
 
 /// Whether `text` is a sweep manifest (its `kind` is `Sweep`), whatever else is in it.
 pub fn is_sweep(text: &str) -> bool {
-    serde_yaml::from_str::<serde_yaml::Value>(crate::experiment::without_bom(text))
-        .ok()
-        .and_then(|v| v.get("kind").and_then(|k| k.as_str()).map(|k| k == KIND))
-        .unwrap_or(false)
+    let text = crate::experiment::without_bom(text);
+    experiment::check_depth(text).is_ok()
+        && serde_yaml::from_str::<serde_yaml::Value>(text)
+            .ok()
+            .and_then(|v| v.get("kind").and_then(|k| k.as_str()).map(|k| k == KIND))
+            .unwrap_or(false)
 }
 
 /// The sweep of manifest `text`, and, when its base names a file (read relative to `dir`), the
@@ -236,33 +241,9 @@ fn check(
         hint,
     };
     let locate = |path: &[&str]| experiment::locate(text, path);
-    let raw: serde_yaml::Value =
-        serde_yaml::from_str(text).map_err(|e| experiment::yaml_error(file, e))?;
-    let field = |k: &str| raw.get(k).and_then(|v| v.as_str()).map(str::to_string);
-    match field("apiVersion") {
-        Some(v) if v == API_VERSION => {}
-        Some(v) => {
-            return Err(err(
-                locate(&["apiVersion"]),
-                format!("apiVersion is '{v}'"),
-                Some(format!("this idcctl reads apiVersion: {API_VERSION}")),
-            ));
-        }
-        None => {}
-    }
-    match field("kind") {
-        Some(k) if k == KIND => {}
-        Some(k) => {
-            let hint = if k == experiment::KIND {
-                "an experiment runs with idcctl submit; a sweep needs kind: Sweep".to_string()
-            } else {
-                format!("expected kind: {KIND}")
-            };
-            return Err(err(locate(&["kind"]), format!("kind is '{k}'"), Some(hint)));
-        }
-        None => {}
-    }
-    let doc: Doc = serde_yaml::from_str(text).map_err(|e| experiment::yaml_error(file, e))?;
+    let raw: serde_yaml::Value = experiment::from_yaml(text, file)?;
+    check_header(&raw, text, file)?;
+    let doc: Doc = experiment::from_yaml(text, file)?;
     if let Some(why) = experiment::bad_name(&doc.name) {
         return Err(err(
             locate(&["name"]),
@@ -299,7 +280,138 @@ fn check(
         }
     };
 
-    let params = &doc.search.params;
+    check_search(&doc.search, text, file)?;
+    check_objective(&doc.objective, text, file)?;
+    check_budget(doc.max_trials, doc.parallelism, text, file)?;
+    let space = doc.search.clone();
+    if let Err(m) = doc.sampler.check(&space) {
+        return Err(err(locate(&["sampler"]), m, None));
+    }
+    if let Err(m) = doc.pruner.check() {
+        return Err(err(locate(&["pruner"]), m, None));
+    }
+    let sweep = Sweep {
+        name: doc.name,
+        description: doc.description,
+        base,
+        base_experiment,
+        space,
+        objective: doc.objective,
+        max_trials: doc.max_trials,
+        parallelism: doc.parallelism,
+        sampler: doc.sampler,
+        pruner: doc.pruner,
+    };
+    // Each searched value must make a valid experiment of the base (combinations are checked
+    // as trials are made: an invalid one fails its trial).
+    for p in &sweep.space.params {
+        for x in p.dist.probes() {
+            if let Err(m) = sweep.experiment_with(&[(p.path.clone(), p.dist.to_json(x))]) {
+                return Err(err(
+                    locate(&["search", &p.path]),
+                    format!("search.{} = {}: {m}", p.path, p.dist.to_json(x)),
+                    None,
+                ));
+            }
+        }
+    }
+    check_pruner_reaches(&sweep, text, file)?;
+    let resolved = base_file.map(|path| with_base_written_in(raw, &sweep, &path));
+    Ok((sweep, resolved))
+}
+
+/// The manifest `raw` whose `base: FILE` (`path`) is replaced by that file's fields.
+fn with_base_written_in(raw: serde_yaml::Value, sweep: &Sweep, path: &str) -> String {
+    let mut doc = match raw {
+        serde_yaml::Value::Mapping(m) => m,
+        _ => Default::default(),
+    };
+    doc.insert(
+        "base".into(),
+        serde_yaml::Value::Mapping(sweep.base.clone()),
+    );
+    // Only what the manifest says, not where it was read from: the same manifest stores the
+    // same text (a resume, the driver Job's spec hash).
+    format!(
+        "# Sweep {}, its `base: {path}` written in: that experiment manifest's fields but\n# apiVersion, kind and name.\n{}",
+        sweep.name,
+        serde_yaml::to_string(&doc).expect("YAML serializes")
+    )
+}
+
+/// Checks `apiVersion` and `kind` (when given) before the rest, so that another kind of
+/// manifest is told as such.
+fn check_header(raw: &serde_yaml::Value, text: &str, file: &str) -> Result<(), ManifestError> {
+    let err = |at, message: String, hint: Option<String>| ManifestError {
+        file: file.to_string(),
+        at,
+        message,
+        hint,
+    };
+    let locate = |path: &[&str]| experiment::locate(text, path);
+    let field = |k: &str| raw.get(k).and_then(|v| v.as_str()).map(str::to_string);
+    match field("apiVersion") {
+        Some(v) if v == API_VERSION => {}
+        Some(v) => {
+            return Err(err(
+                locate(&["apiVersion"]),
+                format!("apiVersion is '{v}'"),
+                Some(format!("this idcctl reads apiVersion: {API_VERSION}")),
+            ));
+        }
+        None => {}
+    }
+    match field("kind") {
+        Some(k) if k == KIND => {}
+        Some(k) => {
+            let hint = if k == experiment::KIND {
+                "an experiment runs with idcctl submit; a sweep needs kind: Sweep".to_string()
+            } else {
+                format!("expected kind: {KIND}")
+            };
+            return Err(err(locate(&["kind"]), format!("kind is '{k}'"), Some(hint)));
+        }
+        None => {}
+    }
+    Ok(())
+}
+
+/// Refuses a direction against the metric's.
+fn check_objective(objective: &Objective, text: &str, file: &str) -> Result<(), ManifestError> {
+    let Some(d) = objective.direction else {
+        return Ok(());
+    };
+    let natural = Objective {
+        direction: None,
+        ..*objective
+    }
+    .direction();
+    if d == natural {
+        return Ok(());
+    }
+    Err(ManifestError {
+        file: file.to_string(),
+        at: experiment::locate(text, &["objective", "direction"]),
+        message: format!(
+            "objective: {} is to {}, not to {}",
+            objective.metric_name(),
+            crate::output::name_of(&natural),
+            crate::output::name_of(&d)
+        ),
+        hint: Some("leave direction out: it follows the metric".into()),
+    })
+}
+
+/// Checks the searched parameters on their own: paths, overlaps, distributions.
+fn check_search(search: &Space, text: &str, file: &str) -> Result<(), ManifestError> {
+    let err = |at, message: String, hint: Option<String>| ManifestError {
+        file: file.to_string(),
+        at,
+        message,
+        hint,
+    };
+    let locate = |path: &[&str]| experiment::locate(text, path);
+    let params = &search.params;
     if params.is_empty() {
         return Err(err(
             locate(&["search"]),
@@ -338,86 +450,115 @@ fn check(
             return Err(err(at, format!("search.{}: {why}", p.path), None));
         }
     }
-    if let Some(d) = doc.objective.direction {
-        let natural = Objective {
-            direction: None,
-            ..doc.objective
-        }
-        .direction();
-        if d != natural {
-            return Err(err(
-                locate(&["objective", "direction"]),
-                format!(
-                    "objective: {} is to {}, not to {}",
-                    doc.objective.metric_name(),
-                    crate::output::name_of(&natural),
-                    crate::output::name_of(&d)
-                ),
-                Some("leave direction out: it follows the metric".into()),
-            ));
-        }
-    }
-    if doc.max_trials == 0 || doc.max_trials > MAX_TRIALS {
+    Ok(())
+}
+
+/// Checks the budget: `max_trials` in all, `parallelism` at once.
+fn check_budget(
+    max_trials: u32,
+    parallelism: u32,
+    text: &str,
+    file: &str,
+) -> Result<(), ManifestError> {
+    let err = |field: &str, message: String, hint: Option<String>| ManifestError {
+        file: file.to_string(),
+        at: experiment::locate(text, &[field]),
+        message,
+        hint,
+    };
+    if max_trials == 0 || max_trials > MAX_TRIALS {
         return Err(err(
-            locate(&["max_trials"]),
-            format!("max_trials {} is not in 1..={MAX_TRIALS}", doc.max_trials),
+            "max_trials",
+            format!("max_trials {} is not in 1..={MAX_TRIALS}", max_trials),
             None,
         ));
     }
-    if doc.parallelism == 0 {
+    if parallelism == 0 {
         return Err(err(
-            locate(&["parallelism"]),
+            "parallelism",
             "parallelism must be at least 1".into(),
             None,
         ));
     }
-    let space = doc.search.clone();
-    if let Err(m) = doc.sampler.check(&space) {
-        return Err(err(locate(&["sampler"]), m, None));
+    if parallelism > MAX_PARALLELISM {
+        return Err(err(
+            "parallelism",
+            format!(
+                "parallelism {} is more than {MAX_PARALLELISM} trials at once",
+                parallelism
+            ),
+            Some(format!(
+                "each running trial holds its GPUs as a Kubernetes Job, or is a worker process on this machine, and the driver reads every one's status at each look; {MAX_PARALLELISM} is the most a sweep runs"
+            )),
+        ));
     }
-    if let Err(m) = doc.pruner.check() {
-        return Err(err(locate(&["pruner"]), m, None));
-    }
-    let sweep = Sweep {
-        name: doc.name,
-        description: doc.description,
-        base,
-        base_experiment,
-        space,
-        objective: doc.objective,
-        max_trials: doc.max_trials,
-        parallelism: doc.parallelism,
-        sampler: doc.sampler,
-        pruner: doc.pruner,
+    Ok(())
+}
+
+/// Refuses a pruner that can stop no trial: one whose first chance (ASHA's first rung, the
+/// median pruner's first epoch after warm-up) comes at or after the last epoch of every trial,
+/// where the driver lets a trial finish. The trials' epochs are the base's, or the most the
+/// search writes.
+fn check_pruner_reaches(sweep: &Sweep, text: &str, file: &str) -> Result<(), ManifestError> {
+    let (field, value, first) = match sweep.pruner {
+        PrunerSpec::None => return Ok(()),
+        PrunerSpec::Asha { min_epochs, .. } => ("min_epochs", min_epochs, min_epochs),
+        PrunerSpec::Median { warmup_epochs, .. } => (
+            "warmup_epochs",
+            warmup_epochs,
+            warmup_epochs.saturating_add(1),
+        ),
     };
-    // Each searched value must make a valid experiment of the base (combinations are checked
-    // as trials are made: an invalid one fails its trial).
+    let (epochs, searched) = max_epochs(sweep);
+    if first < epochs {
+        return Ok(());
+    }
+    let trials = match searched {
+        Some(path) => format!("the search ({path}) runs trials of at most {epochs} epoch(s)"),
+        None => format!("the trials run {epochs} epoch(s) (base train.epochs)"),
+    };
+    let why = match sweep.pruner {
+        PrunerSpec::Asha { .. } => format!("ASHA's first rung is epoch {first}"),
+        _ => format!("the median pruner looks first at epoch {first}"),
+    };
+    Err(ManifestError {
+        file: file.to_string(),
+        at: experiment::locate(text, &["pruner", field])
+            .or_else(|| experiment::locate(text, &["pruner"])),
+        message: format!(
+            "pruner.{field}: {value} never prunes: {why}, and {trials}; a trial at its last epoch is let finish"
+        ),
+        hint: Some(if epochs < 2 {
+            "a trial of one epoch is never stopped early: pruner: {kind: none}".into()
+        } else {
+            let below = epochs - u32::from(field == "warmup_epochs");
+            format!("set pruner.{field} below {below}, or more train.epochs")
+        }),
+    })
+}
+
+/// The most epochs a trial of `sweep` runs, and the searched parameter that sets them, if one
+/// does (`train.epochs`, or `train` as a whole).
+fn max_epochs(sweep: &Sweep) -> (u32, Option<String>) {
+    let base = sweep.base_experiment.train.epochs;
     for p in &sweep.space.params {
-        for x in p.dist.probes() {
-            if let Err(m) = sweep.experiment_with(&[(p.path.clone(), p.dist.to_json(x))]) {
-                return Err(err(
-                    locate(&["search", &p.path]),
-                    format!("search.{} = {}: {m}", p.path, p.dist.to_json(x)),
-                    None,
-                ));
-            }
+        if p.path == "train.epochs" || p.path == "train" {
+            // The probes include the largest value; each made a valid experiment (checked above).
+            let most = p
+                .dist
+                .probes()
+                .into_iter()
+                .filter_map(|x| {
+                    let values = [(p.path.clone(), p.dist.to_json(x))];
+                    sweep.experiment_with(&values).ok()
+                })
+                .map(|e| e.train.epochs)
+                .max()
+                .unwrap_or(base);
+            return (most, Some(p.path.clone()));
         }
     }
-    let resolved = base_file.map(|path| {
-        let mut doc = match raw {
-            serde_yaml::Value::Mapping(m) => m,
-            _ => Default::default(),
-        };
-        doc.insert("base".into(), serde_yaml::Value::Mapping(sweep.base.clone()));
-        // Only what the manifest says, not where it was read from: the same manifest stores
-        // the same text (a resume, the driver Job's spec hash).
-        format!(
-            "# Sweep {}, its `base: {path}` written in: that experiment manifest's fields but\n# apiVersion, kind and name.\n{}",
-            sweep.name,
-            serde_yaml::to_string(&doc).expect("YAML serializes")
-        )
-    });
-    Ok((sweep, resolved))
+    (base, None)
 }
 
 /// The base named by `base: FILE` (`rel`, relative to `dir`): that experiment manifest's
@@ -451,8 +592,7 @@ fn read_base(
         )
     })?;
     let etext = experiment::without_bom(&etext);
-    let raw: serde_yaml::Value =
-        serde_yaml::from_str(etext).map_err(|e| experiment::yaml_error(&efile, e))?;
+    let raw: serde_yaml::Value = experiment::from_yaml(etext, &efile)?;
     let mut base = match raw {
         serde_yaml::Value::Mapping(m) => m,
         _ => Default::default(),
@@ -751,6 +891,120 @@ pruner: {kind: asha, min_epochs: 1, reduction_factor: 3}
         );
         let e = fails(&GOOD.replace("dataset: {url: 'file:///tmp/ds'}", "resources: {}"));
         assert!(e.contains("base: missing field `dataset`"), "{e}");
+    }
+
+    #[test]
+    fn a_pruner_that_cannot_stop_a_trial_is_refused() {
+        let asha = |min: &str, extra: &str| {
+            GOOD.replace("min_epochs: 1,", &format!("min_epochs: {min},"))
+                .replace("search:\n", &format!("search:\n{extra}"))
+        };
+        let e = fails(&asha("50", ""));
+        assert_eq!(
+            e,
+            "s.yaml:20:22: pruner.min_epochs: 50 never prunes: ASHA's first rung is epoch 50, and the trials run 3 epoch(s) (base train.epochs); a trial at its last epoch is let finish (set pruner.min_epochs below 3, or more train.epochs)"
+        );
+        // The last epoch is no rung either: the trial ends there anyway.
+        assert!(
+            fails(&asha("3", "")).starts_with("s.yaml:20:22: pruner.min_epochs: 3 never prunes")
+        );
+        assert!(parse(&asha("2", ""), "s.yaml").is_ok());
+        // Epochs the search varies count at their most.
+        let searched = "  train.epochs: {kind: int, low: 2, high: 6, step: 2}\n";
+        assert!(parse(&asha("5", searched), "s.yaml").is_ok());
+        let e = fails(&asha("6", searched));
+        assert!(
+            e.starts_with("s.yaml:21:22: pruner.min_epochs: 6 never prunes: ASHA's first rung is epoch 6, and the search (train.epochs) runs trials of at most 6 epoch(s)"),
+            "{e}"
+        );
+        let choices = "  train.epochs: {kind: categorical, choices: [1, 8]}\n";
+        assert!(parse(&asha("7", choices), "s.yaml").is_ok());
+        // The median pruner looks first after its warm-up.
+        let median = |warmup: u32| {
+            GOOD.replace(
+                "{kind: asha, min_epochs: 1, reduction_factor: 3}",
+                &format!("{{kind: median, warmup_epochs: {warmup}}}"),
+            )
+        };
+        assert!(parse(&median(1), "s.yaml").is_ok());
+        let e = fails(&median(2));
+        assert!(
+            e.starts_with("s.yaml:20:24: pruner.warmup_epochs: 2 never prunes: the median pruner looks first at epoch 3")
+                && e.ends_with("(set pruner.warmup_epochs below 2, or more train.epochs)"),
+            "{e}"
+        );
+        // One epoch: nothing to stop, whatever the settings (min_epochs defaulted: at pruner).
+        let e = fails(
+            &GOOD
+                .replace("epochs: 3", "epochs: 1")
+                .replace("min_epochs: 1, ", ""),
+        );
+        assert!(
+            e.starts_with("s.yaml:20:1: pruner.min_epochs: 1 never prunes")
+                && e.ends_with(
+                    "(a trial of one epoch is never stopped early: pruner: {kind: none})"
+                ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn parallelism_is_bounded_and_sampler_errors_are_located() {
+        let e = fails(&GOOD.replace("parallelism: 2", "parallelism: 100000"));
+        assert!(
+            e.starts_with(&format!(
+                "s.yaml:18:1: parallelism 100000 is more than {MAX_PARALLELISM} trials at once (each running trial holds its GPUs"
+            )),
+            "{e}"
+        );
+        assert!(
+            parse(
+                &GOOD.replace("parallelism: 2", "parallelism: 256"),
+                "s.yaml"
+            )
+            .is_ok()
+        );
+        // Fields of the tagged sampler and pruner: at their line, named.
+        let e = fails(&GOOD.replace("seed: 3", "seed: -3"));
+        assert_eq!(
+            e,
+            "s.yaml:19:22: sampler.seed: invalid value: integer `-3`, expected u64"
+        );
+        let e = fails(&GOOD.replace("reduction_factor: 3", "reduction_fator: 3"));
+        assert!(
+            e.starts_with("s.yaml:20:37: pruner.reduction_fator: unknown field `reduction_fator`")
+                && e.ends_with("(did you mean `reduction_factor`?)"),
+            "{e}"
+        );
+        let block = GOOD.replace(
+            "sampler: {kind: tpe, seed: 3}",
+            "sampler:\n  kind: random\n  seed: -3",
+        );
+        assert!(fails(&block).starts_with("s.yaml:21:3: sampler.seed: invalid value"));
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_before_parsing() {
+        let deep = GOOD.replace(
+            "objective: {metric: roc_auc}",
+            &format!(
+                "objective: {{metric: roc_auc, x: {}1{}}}",
+                "[".repeat(20000),
+                "]".repeat(20000)
+            ),
+        );
+        let started = std::time::Instant::now();
+        let e = fails(&deep);
+        assert!(
+            started.elapsed() < std::time::Duration::from_millis(500),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(
+            e.starts_with("s.yaml:16:95: mappings and sequences nest deeper than 64 levels here"),
+            "{e}"
+        );
+        assert!(!is_sweep(&deep));
     }
 
     /// GOOD's base as an experiment manifest of its own.

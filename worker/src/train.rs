@@ -75,9 +75,6 @@ pub struct Trainer<'a> {
     rt: &'a tokio::runtime::Runtime,
     log: RunLog,
     stop: Arc<AtomicBool>,
-    /// When the log was last written to the bucket (it is rewritten every few seconds, so
-    /// `idcctl logs -f` follows a run live).
-    last_flush: std::cell::Cell<Instant>,
     /// This attempt's number (1-based).
     attempt: u32,
     /// The run's mirror in MLflow, when its experiment names a server.
@@ -105,7 +102,6 @@ impl<'a> Trainer<'a> {
             rt,
             log,
             stop,
-            last_flush: std::cell::Cell::new(Instant::now()),
             attempt,
             tracker: None,
         }
@@ -115,7 +111,20 @@ impl<'a> Trainer<'a> {
         Ok(self.rt.block_on(self.out.put(key, Bytes::from(bytes)))?)
     }
 
+    /// Trains (or resumes) the run to its end or to a stop request, its log written to the
+    /// bucket as it goes: at once when set-up starts, then every few seconds with new lines.
     pub fn run(&mut self) -> Result<Outcome, WorkerError> {
+        let timer = self
+            .log
+            .flush_every(self.rt, &self.out, crate::runlog::FLUSH_EVERY);
+        let outcome = self.train();
+        // Stopped before the caller's last flush (of the outcome or the error), which must
+        // land last.
+        self.rt.block_on(timer.stop());
+        outcome
+    }
+
+    fn train(&mut self) -> Result<Outcome, WorkerError> {
         let mut s = self.setup()?;
         self.resume(&mut s)?;
         if s.p.started_unix == 0.0 {
@@ -179,6 +188,8 @@ impl<'a> Trainer<'a> {
             },
             self.spec.dataset
         ));
+        // Loading the dataset (and pretrained weights) may take minutes: say so now.
+        self.flush_log();
 
         let ds_store = Store::open(&self.spec.dataset)?;
         let started = Instant::now();
@@ -353,9 +364,6 @@ impl<'a> Trainer<'a> {
                     p.step_in_epoch
                 ));
                 window_clock = (Instant::now(), 0);
-                if self.last_flush.get().elapsed() > std::time::Duration::from_secs(2) {
-                    self.flush_log();
-                }
             }
             let stop = self.stop.load(Ordering::SeqCst);
             let due = checkpoint_every.is_some_and(|every| last_checkpoint.elapsed() >= every);
@@ -673,9 +681,9 @@ impl<'a> Trainer<'a> {
     /// A local file for weights given as a path or a bucket URL.
     fn fetch(&self, src: &str) -> Result<tempfile::NamedTempFile, WorkerError> {
         let bytes = if src.contains("://") {
-            let (dir, name) = src.rsplit_once('/').unwrap_or(("", src));
-            let store = Store::open(dir)?;
-            self.rt.block_on(store.get(name))?.to_vec()
+            // The object's folder as `idcctl weights import` wrote it (the root of a URL too).
+            let (store, name) = Store::open_object(src)?;
+            self.rt.block_on(store.get(&name))?.to_vec()
         } else {
             std::fs::read(src)
                 .map_err(|e| WorkerError::BadInput(format!("pretrained weights {src}: {e}")))?
@@ -700,7 +708,6 @@ impl<'a> Trainer<'a> {
     }
 
     fn flush_log(&self) {
-        self.last_flush.set(Instant::now());
         if let Err(e) = self.rt.block_on(self.log.flush(&self.out)) {
             eprintln!("warning: could not write the log to the bucket: {e}");
         }

@@ -324,6 +324,58 @@ fn an_attempt_killed_while_loading_keeps_its_number() {
 }
 
 #[test]
+fn the_log_reaches_the_bucket_while_the_dataset_loads() {
+    // An object store that accepts connections and never answers: a dataset that loads for
+    // minutes.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let held: Vec<_> = listener.incoming().take(16).collect();
+        std::thread::sleep(std::time::Duration::from_secs(600));
+        drop(held);
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("spec.yaml");
+    std::fs::write(
+        &spec,
+        format!("run_id: slow\ndataset: s3://ds/synth\ntrain:\n{COMMON}  epochs: 1\n  model: {{kind: logreg}}\n"),
+    )
+    .unwrap();
+    let out = format!("file://{}/run", dir.path().display());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_idc-worker"))
+        .args(["run", "--spec", spec.to_str().unwrap(), "--out", &out])
+        .env("AWS_ENDPOINT", &endpoint)
+        .env("AWS_ALLOW_HTTP", "true")
+        .env("AWS_ACCESS_KEY_ID", "a")
+        .env("AWS_SECRET_ACCESS_KEY", "s")
+        .env("AWS_REGION", "us-east-1")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let log = dir.path().join("run/logs/attempt-1.log");
+    let started = std::time::Instant::now();
+    let mut text = String::new();
+    while started.elapsed() < std::time::Duration::from_secs(60) {
+        text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("dataset s3://ds/synth") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let still_loading = child.try_wait().unwrap().is_none();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(still_loading, "the worker was to be loading still:\n{text}");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(lines[0].contains("attempt 1 of run slow"), "{text}");
+    assert!(
+        lines[1].contains("run slow: logreg on Cpu, dataset s3://ds/synth"),
+        "{text}"
+    );
+}
+
+#[test]
 fn corrupt_shard_and_bad_spec_are_bad_input() {
     let dir = tempfile::tempdir().unwrap();
     // A copy of the dataset with one flipped byte in a shard.
@@ -413,6 +465,35 @@ fn resnet34_loads_pretrained_backbone_from_the_bucket_and_lists_bad_tensors() {
     );
     assert!(log.contains("loaded pretrained backbone"), "{log}");
     assert!(run.join("report.json").exists() && run.join("checkpoints/latest").exists());
+
+    // Weights at the root of their URL (as `idcctl weights import --to file:///NAME` writes
+    // them): `file://NAME`, NAME in the working folder, has the same shape.
+    let run0 = dir.path().join("bucket/runs/r0");
+    std::fs::create_dir_all(&run0).unwrap();
+    let at_root = train.replace(
+        &format!("file://{}", weights.display()),
+        "file://resnet34.safetensors",
+    );
+    std::fs::write(
+        run0.join("spec.yaml"),
+        format!("run_id: r0\ndataset: {}\ntrain:\n{at_root}", dataset()),
+    )
+    .unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_idc-worker"))
+        .args(["run", "--run", &format!("file://{}", run0.display())])
+        .current_dir(weights.parent().unwrap())
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{log}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        log.contains("loaded pretrained backbone from file://resnet34.safetensors"),
+        "{log}"
+    );
 
     // Drop one backbone tensor and reshape another: both are named in the error.
     let bad: Vec<(String, tch::Tensor)> = named
