@@ -793,6 +793,11 @@ pub async fn resume_on(
     cluster: &Cluster,
 ) -> Result<(), BackendError> {
     let mut s = status;
+    // Reopened here too (as `resume` does), so that a caller holding the cancelled record
+    // cannot leave the run reading cancelled while its new Job trains.
+    run.delete(keys::CANCEL).await?;
+    s.phase = Phase::Pending;
+    s.finished_at = None;
     let exp: Experiment =
         serde_yaml::from_slice(&run.get(keys::EXPERIMENT).await?).map_err(|e| {
             BackendError::Invalid(format!(
