@@ -652,7 +652,7 @@ fn outcome_without_job(
 #[derive(Debug, Clone, PartialEq)]
 pub enum CancelOutcome {
     /// The run had already ended (as the backend shows it now): nothing was stopped or deleted.
-    AlreadyEnded(RunStatus),
+    AlreadyEnded(Box<RunStatus>),
     /// The cancel is recorded; `signalled`: a worker was sent SIGTERM (its Job deleted, on
     /// Kubernetes).
     Requested { signalled: bool },
@@ -670,7 +670,7 @@ pub async fn cancel(
         Backend::Local => {
             let s = local::refresh(run, status).await?;
             if s.phase.is_terminal() && s.phase != Phase::Lost {
-                return Ok(CancelOutcome::AlreadyEnded(s));
+                return Ok(CancelOutcome::AlreadyEnded(Box::new(s)));
             }
             let signalled =
                 local::cancel(run, Duration::from_secs(30)).await? == local::Cancelled::Signalled;
@@ -697,7 +697,7 @@ pub async fn cancel_on(
         refresh_on(run, status, cluster).await?
     };
     if s.phase.is_terminal() && s.phase != Phase::Lost {
-        return Ok(CancelOutcome::AlreadyEnded(s));
+        return Ok(CancelOutcome::AlreadyEnded(Box::new(s)));
     }
     run.put(keys::CANCEL, Bytes::from_static(b"cancelled\n"))
         .await?;
