@@ -284,6 +284,26 @@ impl Store {
         Ok(out)
     }
 
+    /// The names of the folders right under `prefix`, sorted: one request per 1,000 folders on
+    /// S3, however many objects each holds.
+    pub async fn list_folders(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let listed = match self
+            .inner
+            .list_with_delimiter(Some(&self.path(prefix)))
+            .await
+        {
+            Ok(l) => l.common_prefixes,
+            Err(object_store::Error::NotFound { .. }) => vec![],
+            Err(e) => return Err(StoreError::op("list", self.url_of(prefix), e)),
+        };
+        let mut out: Vec<String> = listed
+            .iter()
+            .filter_map(|p| p.filename().map(str::to_string))
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
     /// Deletes every object under `prefix`.
     pub async fn delete_prefix(&self, prefix: &str) -> Result<(), StoreError> {
         for (key, _) in self.list(prefix).await? {
@@ -386,7 +406,14 @@ mod tests {
             .map(|k| k.0)
             .collect();
         assert_eq!(keys, ["a/b.json", "a/big.bin"]);
-        assert_eq!(store.child("a").list("").await.unwrap().len(), 2);
+        store
+            .put("a/c/d/e.json", Bytes::from_static(b"{}"))
+            .await
+            .unwrap();
+        assert_eq!(store.list_folders("a").await.unwrap(), ["c"]);
+        assert_eq!(store.list_folders("").await.unwrap(), ["a"]);
+        assert!(store.list_folders("nowhere").await.unwrap().is_empty());
+        assert_eq!(store.child("a").list("").await.unwrap().len(), 3);
         store.delete_prefix("a").await.unwrap();
         assert!(store.list("").await.unwrap().is_empty());
         assert!(matches!(

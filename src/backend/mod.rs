@@ -323,6 +323,9 @@ pub async fn submit_on(
     )
     .await?;
     let existing_status = run::read_status(&run).await?;
+    if existing_status.is_none() {
+        run::index_new_run(&root, &plan.run_id).await?;
+    }
     let mut status = existing_status.clone().unwrap_or_else(|| RunStatus {
         run_id: plan.run_id.clone(),
         experiment: exp.name.clone(),
@@ -344,6 +347,7 @@ pub async fn submit_on(
             .as_deref()
             .and_then(crate::clock::parse_duration),
         cluster: None,
+        summary: None,
     });
     match (cluster, defaults) {
         (Some(cluster), Some(defaults)) => {
@@ -479,6 +483,9 @@ pub async fn refresh_on(
     }
     if s.phase.is_terminal() && s.finished_at.is_none() {
         s.finished_at = Some(crate::clock::now_rfc3339());
+    }
+    if s.phase.is_terminal() && !status.phase.is_terminal() {
+        run::summarize_end(run, &mut s).await?;
     }
     if s != status {
         run::write_status(run, &s).await?;
