@@ -15,6 +15,11 @@ pub const SWEEPS: &str = "sweeps";
 /// listing (in key order) gives the newest runs first ([`run_index_key`]).
 pub const RUN_INDEX: &str = "index/runs";
 
+/// Written by `list` when it found every run folder in the index (the time, RFC 3339): while
+/// recent, `list` reads the index alone. Runs are made only by `submit`, which indexes them;
+/// the check finds runs made by an idcctl from before the index.
+pub const RUN_INDEX_CHECKED: &str = "index/runs-checked";
+
 /// Digits of the inverted creation time in a run index key (milliseconds, up to year 2286).
 const INDEX_TIME_DIGITS: usize = 13;
 /// The largest creation time in milliseconds a run index key holds.

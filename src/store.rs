@@ -90,6 +90,8 @@ pub struct Store {
     prefix: ObjPath,
     /// The URL of `prefix`, for messages.
     url: String,
+    /// Whether listings come in key order (S3's do; a local folder's do not).
+    ordered: bool,
 }
 
 impl Store {
@@ -136,6 +138,7 @@ impl Store {
                     "s3://{bucket}{}{prefix}",
                     if prefix.is_empty() { "" } else { "/" }
                 ),
+                ordered: true,
             });
         }
         let path = match url.split_once("://") {
@@ -167,6 +170,7 @@ impl Store {
             inner: Arc::new(LocalFileSystem::new()),
             prefix,
             url: format!("file://{}", abs.display()),
+            ordered: false,
         })
     }
 
@@ -186,6 +190,7 @@ impl Store {
             inner: self.inner.clone(),
             prefix: self.path(sub),
             url: self.url_of(sub.trim_matches('/')),
+            ordered: self.ordered,
         }
     }
 
@@ -282,6 +287,37 @@ impl Store {
             .collect();
         out.sort();
         Ok(out)
+    }
+
+    /// The first `n` keys under `prefix` in key order (relative to this store), and whether
+    /// that is all of them. S3 lists in key order, 1,000 keys a request, so only the requests
+    /// needed are made; a local folder is listed whole.
+    pub async fn list_first(
+        &self,
+        prefix: &str,
+        n: usize,
+    ) -> Result<(Vec<String>, bool), StoreError> {
+        if !self.ordered {
+            let mut keys: Vec<String> = self.list(prefix).await?.into_iter().map(|k| k.0).collect();
+            let all = keys.len() <= n;
+            keys.truncate(n);
+            return Ok((keys, all));
+        }
+        let skip = self.prefix.parts().count();
+        let mut listed = self.inner.list(Some(&self.path(prefix)));
+        let mut keys = vec![];
+        // Asking for one more than `n` would cost a request when `n` ends a page.
+        while keys.len() < n {
+            match listed.try_next().await {
+                Ok(Some(m)) => {
+                    let key: Vec<_> = m.location.parts().skip(skip).collect();
+                    keys.push(key.iter().map(|p| p.as_ref()).collect::<Vec<_>>().join("/"));
+                }
+                Ok(None) | Err(object_store::Error::NotFound { .. }) => return Ok((keys, true)),
+                Err(e) => return Err(StoreError::op("list", self.url_of(prefix), e)),
+            }
+        }
+        Ok((keys, false))
     }
 
     /// The names of the folders right under `prefix`, sorted: one request per 1,000 folders on
@@ -411,6 +447,11 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(store.list_folders("a").await.unwrap(), ["c"]);
+        assert_eq!(
+            store.list_first("a", 2).await.unwrap(),
+            (vec!["a/b.json".to_string(), "a/big.bin".into()], false)
+        );
+        assert!(store.list_first("a", 3).await.unwrap().1);
         assert_eq!(store.list_folders("").await.unwrap(), ["a"]);
         assert!(store.list_folders("nowhere").await.unwrap().is_empty());
         assert_eq!(store.child("a").list("").await.unwrap().len(), 3);

@@ -358,11 +358,10 @@ pub async fn list(
     for w in &found.warnings {
         eprintln!("warning: {w}");
     }
-    if found.unread > 0 {
+    if found.more {
         eprintln!(
-            "showing the newest {} of {} runs; --all or --limit N for more",
-            found.rows.len(),
-            found.runs
+            "showing the newest {} run(s); --all or --limit N for more",
+            found.rows.len()
         );
     }
     print!(

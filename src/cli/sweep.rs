@@ -354,9 +354,10 @@ async fn status(
     format: OutputFormat,
 ) -> anyhow::Result<ExitCode> {
     let root = Store::open(&storage.storage)?;
-    let (sweep, st) = state::open(&root, &name).await?;
     let dir = state::sweep_store(&root, &name);
-    let driver = state::read_driver(&dir).await?.filter(Driver::alive);
+    let (opened, driver) = tokio::join!(state::open(&root, &name), state::read_driver(&dir));
+    let (sweep, st) = opened?;
+    let driver = driver?.filter(Driver::alive);
     // The runs are asked, as `idcctl list` does; the sweep's record is the driver's to write.
     let running = live::running_trials(&root, &sweep, &st, &cluster.target(), &mut |w| {
         eprintln!("{w}")

@@ -131,7 +131,7 @@ enum Seen {
     /// the record: a run recorded as ended has its whole curve).
     Run {
         run: Store,
-        status: RunStatus,
+        status: Box<RunStatus>,
         curve: Vec<f64>,
     },
     /// Its run does not exist (yet).
@@ -160,7 +160,11 @@ async fn look(root: &Store, run_id: &str, metric: MetricName, clusters: &Cluster
         }
     };
     match read_curve(&run, metric).await {
-        Ok(curve) => Seen::Run { run, status, curve },
+        Ok(curve) => Seen::Run {
+            run,
+            status: Box::new(status),
+            curve,
+        },
         Err(e) => Seen::Unknown(Some(format!("cannot read its metrics: {e}"))),
     }
 }
@@ -629,7 +633,7 @@ impl Loop<'_> {
             self.st.trials[i].run_id.clone(),
         );
         let (run, status, curve) = match seen {
-            Seen::Run { run, status, curve } => (run, status, curve),
+            Seen::Run { run, status, curve } => (run, *status, curve),
             Seen::Nothing => {
                 // Recorded, but its run was never created (the driver stopped in between, or
                 // submitting failed): submit it now.
