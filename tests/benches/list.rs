@@ -12,8 +12,9 @@
 //! (no index entry, no summary). The proxy adds `IDC_BENCH_LATENCY_MS` (default 30) to every
 //! client-to-server chunk, so each request pays one round trip, and counts requests (their
 //! HTTP request lines). The old algorithm runs in this process, stopped after
-//! `IDC_BENCH_OLD_TIMEOUT_S` (default 60); `list` runs as the `idcctl` binary. With
-//! `IDC_BENCH_S3_PID` (the server's pid) the server's CPU time per command is shown too.
+//! `IDC_BENCH_OLD_TIMEOUT_S` (default 60); `list` runs as the `idcctl` binary, whose CPU time
+//! is shown. With `IDC_BENCH_S3_PID` (the server's pid) the server's CPU time per command is
+//! shown too.
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -302,6 +303,7 @@ struct Measured {
     wall_s: f64,
     requests: u64,
     rows: Option<usize>,
+    client_cpu_s: Option<f64>,
     server_cpu_s: Option<f64>,
 }
 
@@ -314,7 +316,7 @@ fn cpu_of(pid: Option<u32>) -> Option<f64> {
     Some(ticks / 100.0)
 }
 
-async fn measure<F: std::future::Future<Output = Option<usize>>>(
+async fn measure<F: std::future::Future<Output = (Option<usize>, Option<f64>)>>(
     proxy: &Proxy,
     server: Option<u32>,
     what: F,
@@ -322,33 +324,52 @@ async fn measure<F: std::future::Future<Output = Option<usize>>>(
     proxy.requests.store(0, Ordering::SeqCst);
     let cpu = cpu_of(server);
     let started = Instant::now();
-    let rows = what.await;
+    let (rows, client_cpu_s) = what.await;
     let wall_s = started.elapsed().as_secs_f64();
     Measured {
         wall_s,
         requests: proxy.requests.load(Ordering::SeqCst),
         rows,
+        client_cpu_s,
         server_cpu_s: cpu.zip(cpu_of(server)).map(|(a, b)| b - a),
     }
 }
 
-/// `idcctl list ARGS -o json` on `storage` through the proxy; the rows it printed.
-async fn idcctl_list(storage: &str, proxy: SocketAddr, args: &[&str]) -> Option<usize> {
+/// CPU seconds of this process's children that have been waited for.
+fn children_cpu() -> f64 {
+    // SAFETY: `usage` is a valid out-pointer.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
+}
+
+/// `idcctl list ARGS -o json` on `storage` through the proxy; the rows it printed and its CPU
+/// seconds.
+async fn idcctl_list(
+    storage: &str,
+    proxy: SocketAddr,
+    args: &[&str],
+) -> (Option<usize>, Option<f64>) {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_idcctl"));
     cmd.args(["list", "--storage", storage, "-o", "json"])
         .args(args)
         .env("AWS_ENDPOINT", format!("http://{proxy}"))
         .env("RUST_LOG", "warn");
-    let out = tokio::task::spawn_blocking(move || cmd.output().expect("idcctl runs"))
-        .await
-        .unwrap();
+    let (out, cpu) = tokio::task::spawn_blocking(move || {
+        let before = children_cpu();
+        let out = cmd.output().expect("idcctl runs");
+        (out, children_cpu() - before)
+    })
+    .await
+    .unwrap();
     assert!(
         out.status.success(),
         "idcctl list {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON rows");
-    Some(rows.as_array().expect("an array").len())
+    (Some(rows.as_array().expect("an array").len()), Some(cpu))
 }
 
 fn main() {
@@ -402,18 +423,20 @@ async fn bench(base: String, upstream: SocketAddr, listener: std::net::TcpListen
 
     let mut table = vec![];
     let mut row = |runs: usize, bucket: &str, what: &str, m: Measured| {
+        let secs = |s: Option<f64>| s.map_or("-".into(), |c| format!("{c:.2}"));
         table.push(format!(
-            "| {runs} | {bucket} | {what} | {} | {} | {} | {} |",
-            format_args!("{:.2}", m.wall_s),
+            "| {runs} | {bucket} | {what} | {:.2} | {} | {} | {} | {} |",
+            m.wall_s,
             m.requests,
             m.rows.map_or("nothing (stopped)".into(), |r| r.to_string()),
-            m.server_cpu_s.map_or("-".into(), |c| format!("{c:.2}")),
+            secs(m.client_cpu_s),
+            secs(m.server_cpu_s),
         ));
     };
     let old_alg = |root: Store| async move {
         match tokio::time::timeout(old_timeout, old_list(&root)).await {
-            Ok(rows) => Some(rows.expect("old list")),
-            Err(_) => None,
+            Ok(rows) => (Some(rows.expect("old list")), None),
+            Err(_) => (None, None),
         }
     };
     let p = proxy.addr;
@@ -472,8 +495,10 @@ async fn bench(base: String, upstream: SocketAddr, listener: std::net::TcpListen
         "\n`idcctl list` through a proxy adding {latency} ms to every request; the old algorithm stopped after {} s\n",
         old_timeout.as_secs()
     );
-    println!("| runs | bucket | command | wall (s) | requests | rows | S3 server CPU (s) |");
-    println!("|---:|---|---|---:|---:|---:|---:|");
+    println!(
+        "| runs | bucket | command | wall (s) | requests | rows | idcctl CPU (s) | S3 server CPU (s) |"
+    );
+    println!("|---:|---|---|---:|---:|---:|---:|---:|");
     for line in &table {
         println!("{line}");
     }
