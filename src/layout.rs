@@ -11,6 +11,19 @@ pub const DATASETS: &str = "datasets";
 pub const RUNS: &str = "runs";
 /// Folder of hyperparameter sweeps under a bucket root: `sweeps/<name>/`.
 pub const SWEEPS: &str = "sweeps";
+/// Folder of the run index under a bucket root: one empty object per run, named so that a
+/// listing (in key order) gives the newest runs first ([`run_index_key`]).
+pub const RUN_INDEX: &str = "index/runs";
+
+/// Written by `list` when it found every run folder in the index (the time, RFC 3339): while
+/// recent, `list` reads the index alone. Runs are made only by `submit`, which indexes them;
+/// the check finds runs made by an idcctl from before the index.
+pub const RUN_INDEX_CHECKED: &str = "index/runs-checked";
+
+/// Digits of the inverted creation time in a run index key (milliseconds, up to year 2286).
+const INDEX_TIME_DIGITS: usize = 13;
+/// The largest creation time in milliseconds a run index key holds.
+const INDEX_TIME_MAX: u64 = 10u64.pow(INDEX_TIME_DIGITS as u32) - 1;
 
 /// Keys inside one staged dataset, relative to the dataset's URL.
 pub mod dataset {
@@ -141,6 +154,28 @@ pub fn sweep_prefix(name: &str) -> String {
     format!("{SWEEPS}/{name}")
 }
 
+/// Key of the run index entry of `run_id`, created at `created_ms` (Unix milliseconds):
+/// `index/runs/<inverted time, 13 digits>-<run id>`, so that key order is newest first.
+pub fn run_index_key(created_ms: u64, run_id: &str) -> String {
+    let inverted = INDEX_TIME_MAX - created_ms.min(INDEX_TIME_MAX);
+    format!(
+        "{RUN_INDEX}/{inverted:0width$}-{run_id}",
+        width = INDEX_TIME_DIGITS
+    )
+}
+
+/// The creation time (Unix milliseconds) and run id of a run index key (relative to the
+/// bucket root); `None` for a key that is not one.
+pub fn parse_run_index_key(key: &str) -> Option<(u64, &str)> {
+    let name = key.strip_prefix(RUN_INDEX)?.strip_prefix('/')?;
+    let (time, run_id) = name.split_at_checked(INDEX_TIME_DIGITS)?;
+    let run_id = run_id.strip_prefix('-')?;
+    if !time.bytes().all(|b| b.is_ascii_digit()) || run_id.is_empty() || run_id.contains('/') {
+        return None;
+    }
+    Some((INDEX_TIME_MAX - time.parse::<u64>().ok()?, run_id))
+}
+
 /// Run id of trial `number` of the sweep `name`: `<name>-t007` (four digits from 1000 on).
 pub fn trial_run_id(name: &str, number: u32) -> String {
     format!("{name}-t{number:03}")
@@ -166,5 +201,30 @@ mod tests {
         assert_eq!(sweep_prefix("lr"), "sweeps/lr");
         assert_eq!(trial_run_id("lr", 7), "lr-t007");
         assert_eq!(trial_run_id("lr", 1234), "lr-t1234");
+        assert_eq!(
+            run_index_key(1_764_000_000_123, "cnn-1"),
+            "index/runs/8235999999876-cnn-1"
+        );
+    }
+
+    #[test]
+    fn run_index_keys_sort_newest_first_and_read_back() {
+        let older = run_index_key(1_000, "b-run");
+        let newer = run_index_key(2_000, "a-run");
+        assert!(newer < older, "{newer} sorts before {older}");
+        assert_eq!(parse_run_index_key(&older), Some((1_000, "b-run")));
+        assert_eq!(
+            parse_run_index_key(&run_index_key(0, "x-t001")),
+            Some((0, "x-t001"))
+        );
+        for bad in [
+            "index/runs/123-x",
+            "index/runs/82359999998x6-cnn-1",
+            "index/runs/8235999999876cnn-1",
+            "index/runs/8235999999876-",
+            "runs/8235999999876-cnn-1",
+        ] {
+            assert_eq!(parse_run_index_key(bad), None, "{bad}");
+        }
     }
 }

@@ -28,6 +28,8 @@ pub mod backend;
 #[cfg(feature = "controller")]
 pub mod experiment;
 #[cfg(feature = "controller")]
+pub mod listing;
+#[cfg(feature = "controller")]
 pub mod output;
 #[cfg(feature = "controller")]
 pub mod predict;

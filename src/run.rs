@@ -61,6 +61,71 @@ pub struct RunStatus {
     /// Kubernetes backend: where the run's Job lives.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterRef>,
+    /// What its metrics came to, written when its end is recorded, so that listing a finished
+    /// run reads no metrics file (records written before it existed lack it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<MetricsSummary>,
+}
+
+impl RunStatus {
+    /// The summary of the run's recorded end; none while it is active, or when the summary is
+    /// of an earlier end (a resumed run) or missing.
+    pub fn summary_of_end(&self) -> Option<&MetricsSummary> {
+        self.summary
+            .as_ref()
+            .filter(|m| self.phase.is_terminal() && m.ended_at == self.finished_at)
+    }
+}
+
+/// What a run's `metrics.jsonl` came to, as `list` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct MetricsSummary {
+    /// The `finished_at` of the end it summarises.
+    pub ended_at: Option<String>,
+    /// Epochs finished.
+    pub epochs: u32,
+    /// The best validation F1 (macro F1 for K classes), none before the first epoch.
+    pub best_val_f1: Option<BestF1>,
+}
+
+/// A best validation F1 and the (1-based) epoch it came from.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct BestF1 {
+    #[serde(with = "crate::json_float")]
+    pub f1: f64,
+    pub epoch: u32,
+}
+
+impl MetricsSummary {
+    pub fn of(metrics: &[MetricsRecord]) -> Self {
+        let mut out = MetricsSummary::default();
+        for m in metrics {
+            // Macro F1 for K classes.
+            let MetricsRecord::Epoch { epoch, val, .. } = m else {
+                continue;
+            };
+            out.epochs = out.epochs.max(*epoch);
+            let f1 = MetricName::F1.of(val);
+            // The first epoch of the highest value; NaN only when every epoch was NaN.
+            let better = match out.best_val_f1 {
+                None => true,
+                Some(b) => f1 > b.f1 || (b.f1.is_nan() && !f1.is_nan()),
+            };
+            if better {
+                out.best_val_f1 = Some(BestF1 { f1, epoch: *epoch });
+            }
+        }
+        out
+    }
+}
+
+/// Records in `s` (not yet written) the summary of the run's metrics at its end, which `s`
+/// has just recorded (`finished_at` set).
+pub async fn summarize_end(run: &Store, s: &mut RunStatus) -> Result<(), StoreError> {
+    let mut summary = MetricsSummary::of(&read_metrics(run).await?);
+    summary.ended_at = s.finished_at.clone();
+    s.summary = Some(summary);
+    Ok(())
 }
 
 /// The cluster and namespace of a run's Job (its name is the run id).
@@ -89,6 +154,14 @@ pub fn new_run_id(name: &str) -> String {
         now.format(&f).expect("fixed format"),
         x & 0xffff
     )
+}
+
+/// Adds a new run to the bucket's run index (`layout::run_index_key`), created now: written
+/// before its first record, so that `list` finds it newest first without listing every run.
+pub async fn index_new_run(root: &Store, run_id: &str) -> Result<(), StoreError> {
+    let created_ms = (crate::clock::unix_now() * 1000.0) as u64;
+    root.put(&layout::run_index_key(created_ms, run_id), Bytes::new())
+        .await
 }
 
 /// The run folder `runs/<id>` under a bucket root.
@@ -187,26 +260,22 @@ impl Progress {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Summary {
     pub run_id: String,
+    pub experiment: String,
     pub phase: Phase,
     pub model: String,
     pub backend: crate::experiment::Backend,
     /// The best validation F1 of its epochs (macro F1 for K classes).
     pub best_val_f1: Option<f64>,
+    /// The epoch of that F1.
+    pub best_epoch: Option<u32>,
     /// From start to end (or now, while it runs).
     pub duration_s: Option<i64>,
     pub created_at: String,
 }
 
 impl Summary {
-    pub fn of(s: &RunStatus, metrics: &[MetricsRecord]) -> Self {
-        let best_val_f1 = metrics
-            .iter()
-            .filter_map(|m| match m {
-                // Macro F1 for K classes.
-                MetricsRecord::Epoch { val, .. } => Some(MetricName::F1.of(val)),
-                _ => None,
-            })
-            .fold(None, |a: Option<f64>, f| Some(a.map_or(f, |a| a.max(f))));
+    /// The row of the run `s` whose metrics came to `m`.
+    pub fn of(s: &RunStatus, m: &MetricsSummary) -> Self {
         let duration_s = s.started_at.as_deref().and_then(|start| {
             let end = s
                 .finished_at
@@ -216,10 +285,12 @@ impl Summary {
         });
         Self {
             run_id: s.run_id.clone(),
+            experiment: s.experiment.clone(),
             phase: s.phase,
             model: s.model.clone(),
             backend: s.backend,
-            best_val_f1,
+            best_val_f1: m.best_val_f1.map(|b| b.f1),
+            best_epoch: m.best_val_f1.map(|b| b.epoch),
             duration_s,
             created_at: s.created_at.clone(),
         }
@@ -241,5 +312,78 @@ mod tests {
         );
         let longest = new_run_id(&"a".repeat(crate::experiment::MAX_NAME_LEN));
         assert!(longest.len() <= 63, "{longest}");
+    }
+
+    fn epoch(epoch: u32, f1: f64) -> MetricsRecord {
+        MetricsRecord::Epoch {
+            epoch,
+            train_loss: 0.5,
+            lr: 0.01,
+            val: Metrics::Binary(crate::metrics::BinaryMetrics {
+                f1,
+                ..Default::default()
+            }),
+            duration_s: 1.0,
+            images_per_s: 100.0,
+            best: false,
+        }
+    }
+
+    #[test]
+    fn the_summary_keeps_the_first_epoch_of_the_best_f1() {
+        let step = MetricsRecord::Step {
+            epoch: 1,
+            step: 5,
+            loss: 0.4,
+            lr: 0.1,
+            images_per_s: 10.0,
+        };
+        let m = MetricsSummary::of(&[
+            step,
+            epoch(1, f64::NAN),
+            epoch(2, 0.7),
+            epoch(3, 0.8),
+            epoch(4, 0.8),
+            epoch(5, 0.6),
+        ]);
+        assert_eq!(m.epochs, 5);
+        assert_eq!(m.best_val_f1, Some(BestF1 { f1: 0.8, epoch: 3 }));
+        assert_eq!(MetricsSummary::of(&[]).best_val_f1, None);
+        let nan = MetricsSummary::of(&[epoch(1, f64::NAN)])
+            .best_val_f1
+            .unwrap();
+        assert!(nan.f1.is_nan() && nan.epoch == 1);
+        // NaN goes through the record and back.
+        let back: BestF1 = serde_json::from_str(&serde_json::to_string(&nan).unwrap()).unwrap();
+        assert!(back.f1.is_nan());
+    }
+
+    #[test]
+    fn a_summary_counts_only_for_the_end_it_was_written_at() {
+        let mut s: RunStatus = serde_json::from_str(
+            r#"{"run_id": "r", "experiment": "e", "model": "logreg", "backend": "local",
+                "phase": "succeeded", "attempts": 1, "max_attempts": 1,
+                "created_at": "2026-01-01T00:00:00Z", "started_at": "2026-01-01T00:00:01Z",
+                "finished_at": "2026-01-01T00:01:00Z", "exit_codes": [0], "reason": null,
+                "deadline_s": null}"#,
+        )
+        .expect("a record written before summaries reads");
+        assert_eq!(s.summary_of_end(), None);
+        s.summary = Some(MetricsSummary {
+            ended_at: s.finished_at.clone(),
+            ..Default::default()
+        });
+        assert!(s.summary_of_end().is_some());
+        // Resumed, then cancelled: the summary is of the earlier end.
+        s.phase = Phase::Cancelled;
+        s.finished_at = Some("2026-01-02T00:00:00Z".into());
+        assert_eq!(s.summary_of_end(), None);
+        s.phase = Phase::Running;
+        s.finished_at = s.summary.as_ref().unwrap().ended_at.clone();
+        assert_eq!(
+            s.summary_of_end(),
+            None,
+            "an active run's summary is not used"
+        );
     }
 }

@@ -124,6 +124,8 @@ pub struct Store {
     /// The instance metadata endpoint an S3 store takes its credentials from, when the
     /// environment gives none: its failure is told as "no credentials found".
     metadata: Option<Arc<str>>,
+    /// Whether listings come in key order (S3's do; a local folder's do not).
+    ordered: bool,
 }
 
 /// Retries of an S3 request (and of the credential requests before it).
@@ -201,6 +203,7 @@ impl Store {
                 if prefix.is_empty() { "" } else { "/" }
             ),
             metadata: metadata.map(Arc::from),
+            ordered: true,
         })
     }
 
@@ -246,6 +249,7 @@ impl Store {
             prefix,
             url: format!("file://{}", abs.display()),
             metadata: None,
+            ordered: false,
         })
     }
 
@@ -271,6 +275,7 @@ impl Store {
             prefix: self.path(sub),
             url: self.url_of(sub.trim_matches('/')),
             metadata: self.metadata.clone(),
+            ordered: self.ordered,
         }
     }
 
@@ -369,6 +374,57 @@ impl Store {
                     .collect();
                 (key.join("/"), m.size)
             })
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// The first `n` keys under `prefix` in key order (relative to this store), and whether
+    /// that is all of them. S3 lists in key order, 1,000 keys a request, so only the requests
+    /// needed are made; a local folder is listed whole.
+    pub async fn list_first(
+        &self,
+        prefix: &str,
+        n: usize,
+    ) -> Result<(Vec<String>, bool), StoreError> {
+        if !self.ordered {
+            let mut keys: Vec<String> = self.list(prefix).await?.into_iter().map(|k| k.0).collect();
+            let all = keys.len() <= n;
+            keys.truncate(n);
+            return Ok((keys, all));
+        }
+        let skip = self.prefix.parts().count();
+        let mut listed = self.inner.list(Some(&self.path(prefix)));
+        let mut keys = vec![];
+        // Asking for one more than `n` would cost a request when `n` ends a page.
+        while keys.len() < n {
+            match listed.try_next().await {
+                Ok(Some(m)) => {
+                    let key: Vec<_> = m.location.parts().skip(skip).collect();
+                    keys.push(key.iter().map(|p| p.as_ref()).collect::<Vec<_>>().join("/"));
+                }
+                Ok(None) | Err(object_store::Error::NotFound { .. }) => return Ok((keys, true)),
+                Err(e) => return Err(StoreError::op("list", self.url_of(prefix), e)),
+            }
+        }
+        Ok((keys, false))
+    }
+
+    /// The names of the folders right under `prefix`, sorted: one request per 1,000 folders on
+    /// S3, however many objects each holds.
+    pub async fn list_folders(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let listed = match self
+            .inner
+            .list_with_delimiter(Some(&self.path(prefix)))
+            .await
+        {
+            Ok(l) => l.common_prefixes,
+            Err(object_store::Error::NotFound { .. }) => vec![],
+            Err(e) => return Err(StoreError::op("list", self.url_of(prefix), e)),
+        };
+        let mut out: Vec<String> = listed
+            .iter()
+            .filter_map(|p| p.filename().map(str::to_string))
             .collect();
         out.sort();
         Ok(out)
@@ -497,7 +553,19 @@ mod tests {
             .map(|k| k.0)
             .collect();
         assert_eq!(keys, ["a/b.json", "a/big.bin"]);
-        assert_eq!(store.child("a").list("").await.unwrap().len(), 2);
+        store
+            .put("a/c/d/e.json", Bytes::from_static(b"{}"))
+            .await
+            .unwrap();
+        assert_eq!(store.list_folders("a").await.unwrap(), ["c"]);
+        assert_eq!(
+            store.list_first("a", 2).await.unwrap(),
+            (vec!["a/b.json".to_string(), "a/big.bin".into()], false)
+        );
+        assert!(store.list_first("a", 3).await.unwrap().1);
+        assert_eq!(store.list_folders("").await.unwrap(), ["a"]);
+        assert!(store.list_folders("nowhere").await.unwrap().is_empty());
+        assert_eq!(store.child("a").list("").await.unwrap().len(), 3);
         store.delete_prefix("a").await.unwrap();
         assert!(store.list("").await.unwrap().is_empty());
         assert!(matches!(

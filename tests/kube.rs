@@ -380,6 +380,77 @@ async fn submit_creates_the_job_and_records_the_run() {
     assert_eq!(s.max_attempts, 4);
     assert!(sub.run.get_opt(keys::SPEC).await.unwrap().is_some());
     assert!(sub.run.get_opt(keys::EXPERIMENT).await.unwrap().is_some());
+    // Indexed for `list`, newest first.
+    let index = Store::open(&b.exp.storage)
+        .unwrap()
+        .list(idc::layout::RUN_INDEX)
+        .await
+        .unwrap();
+    assert_eq!(index.len(), 1, "{index:?}");
+    assert_eq!(
+        idc::layout::parse_run_index_key(&index[0].0).map(|k| k.1),
+        Some(RUN)
+    );
+}
+
+/// `list` with two runs on two clusters, the newer on a context that cannot be loaded: the
+/// other is still brought up to date (it used to show pending after it had succeeded), and
+/// the failing context is named once.
+#[tokio::test]
+async fn a_run_whose_context_cannot_be_loaded_holds_up_no_other_run() {
+    use idc::backend::Target;
+    use idc::listing::{self, Clusters, ListOptions};
+    let b = bucket().await;
+    let sub = submit_script(&b, vec![create_ex()]).await;
+    let root = Store::open(&b.exp.storage).unwrap();
+    let mut elsewhere = run::read_status(&sub.run).await.unwrap().unwrap();
+    elsewhere.run_id = "elsewhere-1".into();
+    elsewhere.created_at = "2099-01-01T00:00:00Z".into();
+    elsewhere.cluster.as_mut().unwrap().context = Some("idc-test-no-such-context".into());
+    run::write_status(&run::run_store(&root, "elsewhere-1"), &elsewhere)
+        .await
+        .unwrap();
+    let done = pod(
+        "resnet34-t1-abcde",
+        "2026-11-26T10:00:00Z",
+        "Succeeded",
+        terminated(0, "Completed"),
+    );
+    let complete = json!([{"type": "Complete", "status": "True"}]);
+    let (cluster, task) = mock_cluster(vec![
+        ex("GET", job_path(RUN), 200, job_json(complete, "x")),
+        ex("GET", pods_list_uri(), 200, list("PodList", vec![done])),
+    ]);
+    let clusters = Clusters::new(Target::default());
+    let here = Target {
+        context: None,
+        namespace: Some(NS.into()),
+    };
+    clusters.insert(&here, cluster.clone());
+    let l = listing::list(&root, &ListOptions::default(), &clusters)
+        .await
+        .unwrap();
+    drop(clusters);
+    finish(cluster, task).await;
+    let rows: Vec<_> = l
+        .rows
+        .iter()
+        .map(|r| (r.run_id.as_str(), r.phase))
+        .collect();
+    assert_eq!(
+        rows,
+        [("elsewhere-1", Phase::Pending), (RUN, Phase::Succeeded)]
+    );
+    assert_eq!(l.warnings.len(), 1, "{:?}", l.warnings);
+    assert!(
+        l.warnings[0].contains("context idc-test-no-such-context, namespace ml"),
+        "{}",
+        l.warnings[0]
+    );
+    // The end was recorded, with its summary: the next `list` reads no metrics for it.
+    let s = run::read_status(&sub.run).await.unwrap().unwrap();
+    assert_eq!(s.phase, Phase::Succeeded);
+    assert!(s.summary_of_end().is_some(), "{s:?}");
 }
 
 #[tokio::test]

@@ -94,6 +94,12 @@ fn submit_follow_status_list_report() {
     assert_eq!(list[0]["run_id"], run.as_str());
     assert!(list[0]["best_val_f1"].as_f64().unwrap() > 0.0);
     assert!(list[0]["duration_s"].as_i64().unwrap() >= 1);
+    // The supervisor recorded the summary `list` shows, for the end it recorded.
+    let summary = &s["status"]["summary"];
+    assert_eq!(summary["ended_at"], s["status"]["finished_at"], "{s:#}");
+    assert_eq!(summary["epochs"], 2);
+    assert_eq!(summary["best_val_f1"]["f1"], list[0]["best_val_f1"]);
+    assert_eq!(summary["best_val_f1"]["epoch"], list[0]["best_epoch"]);
     for follow in [false, true] {
         let mut args = vec!["logs", run.as_str(), "--attempt", "5"];
         if follow {

@@ -233,6 +233,10 @@ async fn finish(
     s.reason = Some(reason);
     s.finished_at = Some(now_rfc3339());
     s.worker = None;
+    // Best effort: a run without a summary is listed from its metrics file instead.
+    if let Err(e) = crate::run::summarize_end(run, s).await {
+        tracing::warn!("run {}: no metrics summary recorded: {e}", s.run_id);
+    }
     // Before the end is recorded: whoever waits for it then finds the MLflow mirror complete.
     mirror_end(run, s).await;
     write_status(run, s).await?;
@@ -331,6 +335,7 @@ pub async fn refresh(run: &Store, s: RunStatus) -> Result<RunStatus, LocalError>
     }
     s.finished_at = Some(now_rfc3339());
     s.worker = None;
+    crate::run::summarize_end(run, &mut s).await?;
     write_status(run, &s).await?;
     Ok(s)
 }

@@ -330,6 +330,9 @@ async fn record(exp: &Experiment, plan: &Plan) -> Result<(Store, Option<RunStatu
     )
     .await?;
     let existing = run::read_status(&run).await?;
+    if existing.is_none() {
+        run::index_new_run(&root, &plan.run_id).await?;
+    }
     Ok((run, existing))
 }
 
@@ -356,6 +359,7 @@ fn new_status(exp: &Experiment, plan: &Plan) -> RunStatus {
             .as_deref()
             .and_then(crate::clock::parse_duration),
         cluster: None,
+        summary: None,
     }
 }
 
@@ -569,6 +573,9 @@ pub async fn refresh_on(
     }
     if s.phase.is_terminal() && s.finished_at.is_none() {
         s.finished_at = Some(crate::clock::now_rfc3339());
+    }
+    if s.phase.is_terminal() && !status.phase.is_terminal() {
+        run::summarize_end(run, &mut s).await?;
     }
     if s != status {
         run::write_status(run, &s).await?;

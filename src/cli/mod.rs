@@ -70,8 +70,10 @@ enum Command {
         #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Table)]
         output: OutputFormat,
     },
-    /// List runs.
+    /// List runs, newest first: the latest 50 unless told otherwise.
     List {
+        #[command(flatten)]
+        which: runs::ListArgs,
         #[command(flatten)]
         storage: runs::StorageArg,
         #[command(flatten)]
@@ -356,10 +358,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             output,
         } => runs::status(storage, cluster, run, output).await,
         Command::List {
+            which,
             storage,
             cluster,
             output,
-        } => runs::list(storage, cluster, output).await,
+        } => runs::list(storage, cluster, which, output).await,
         Command::Report {
             run,
             out,

@@ -8,11 +8,11 @@ use idc::backend::kube::ClusterDefaults;
 use idc::backend::{self, CancelOutcome, SubmitOptions, Target, follow, local};
 use idc::exit::ExitCode;
 use idc::experiment::{self, Backend};
-use idc::layout::{self, run as keys};
+use idc::layout::run as keys;
+use idc::listing::{self, Clusters, ListOptions};
 use idc::metrics::AnyReport as Report;
 use idc::output::{self, OutputFormat};
 use idc::run::{self, Phase, RunStatus};
-use idc::spec::RunSpec;
 use idc::store::Store;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -255,19 +255,20 @@ pub async fn status(
     run_id: String,
     format: OutputFormat,
 ) -> anyhow::Result<ExitCode> {
-    let (run, s) = open_run(&storage, &run_id).await?;
-    let s = match backend::refresh(&run, s.clone(), &cluster.target()).await {
-        Ok(fresh) => fresh,
-        Err(e) => {
-            // The bucket still knows the last recorded phase and the metrics.
-            eprintln!("warning: showing the recorded phase: {e}");
-            s
-        }
+    let root = Store::open(&storage.storage)?;
+    let run = run::run_store(&root, &run_id);
+    let clusters = Clusters::new(cluster.target());
+    let Some((p, warning)) = listing::progress(&run, &clusters).await? else {
+        return Err(UserError(format!(
+            "no run {run_id} in {} (see idcctl list)",
+            root.url()
+        ))
+        .into());
     };
-    let epochs = serde_yaml::from_slice::<RunSpec>(&run.get(keys::SPEC).await?)
-        .map(|r| r.train.epochs)
-        .unwrap_or(0);
-    let p = run::Progress::of(s, epochs, &run::read_metrics(&run).await?);
+    // The bucket still knows the last recorded phase and the metrics.
+    if let Some(w) = warning {
+        eprintln!("warning: {w}");
+    }
     print!(
         "{}",
         output::render(&p, format, |p| {
@@ -301,51 +302,71 @@ pub async fn status(
     Ok(ExitCode::Success)
 }
 
+/// Which runs `list` shows.
+#[derive(Args, Debug)]
+pub struct ListArgs {
+    /// Show every run (default: the newest --limit).
+    #[arg(long, conflicts_with = "limit")]
+    all: bool,
+    /// Show at most this many runs, newest first.
+    #[arg(long, default_value_t = listing::DEFAULT_LIMIT)]
+    limit: usize,
+    /// Only runs in these phases (as they are now), e.g. --phase running,pending.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    phase: Vec<PhaseArg>,
+    /// Only runs of this experiment (the manifest's name).
+    #[arg(short = 'e', long)]
+    experiment: Option<String>,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy)]
+pub enum PhaseArg {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+    Lost,
+}
+
+impl From<PhaseArg> for Phase {
+    fn from(p: PhaseArg) -> Self {
+        match p {
+            PhaseArg::Pending => Phase::Pending,
+            PhaseArg::Running => Phase::Running,
+            PhaseArg::Succeeded => Phase::Succeeded,
+            PhaseArg::Failed => Phase::Failed,
+            PhaseArg::Cancelled => Phase::Cancelled,
+            PhaseArg::Lost => Phase::Lost,
+        }
+    }
+}
+
 pub async fn list(
     storage: StorageArg,
     cluster: ClusterArgs,
+    which: ListArgs,
     format: OutputFormat,
 ) -> anyhow::Result<ExitCode> {
     let root = Store::open(&storage.storage)?;
-    let target = cluster.target();
-    let mut unreachable = false;
-    let mut rows = vec![];
-    for (key, _) in root.list(layout::RUNS).await? {
-        let Some(id) = key
-            .strip_prefix("runs/")
-            .and_then(|k| k.strip_suffix("/status.json"))
-        else {
-            continue;
-        };
-        let run = run::run_store(&root, id);
-        let mut s = match run::read_status(&run).await {
-            Ok(Some(s)) => s,
-            Ok(None) => continue,
-            Err(e @ idc::store::StoreError::Corrupt { .. }) => {
-                // Named, never silently skipped; the other runs are still listed.
-                eprintln!("warning: run {id}: {e}");
-                continue;
-            }
-            Err(e) => return Err(e.into()),
-        };
-        if s.backend == Backend::Local && !s.phase.is_terminal() {
-            // A local run whose supervisor is gone is lost, not running.
-            s = backend::refresh(&run, s, &target).await?;
-        } else if s.backend == Backend::Kubernetes && !s.phase.is_terminal() && !unreachable {
-            // Unfinished runs on a cluster: ask it, but keep listing if it cannot be reached.
-            match backend::refresh(&run, s.clone(), &target).await {
-                Ok(fresh) => s = fresh,
-                Err(e) => {
-                    eprintln!("warning: showing recorded phases of Kubernetes runs: {e}");
-                    unreachable = true;
-                }
-            }
-        }
-        rows.push(run::Summary::of(&s, &run::read_metrics(&run).await?));
+    let opts = ListOptions {
+        limit: (!which.all).then_some(which.limit),
+        phases: which.phase.into_iter().map(Phase::from).collect(),
+        experiment: which.experiment,
+    };
+    let found = listing::list(&root, &opts, &Clusters::new(cluster.target())).await?;
+    for w in &found.warnings {
+        eprintln!("warning: {w}");
+    }
+    if found.more {
+        eprintln!(
+            "showing the newest {} run(s); --all or --limit N for more",
+            found.rows.len()
+        );
     }
     print!(
         "{}",
-        output::render(&rows, format, |rows| {
+        output::render(&found.rows, format, |rows| {
             let mut t = Table::new();
             t.load_preset(UTF8_FULL_CONDENSED);
             t.set_header([

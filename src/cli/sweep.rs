@@ -354,8 +354,8 @@ async fn status(
     format: OutputFormat,
 ) -> anyhow::Result<ExitCode> {
     let root = Store::open(&storage.storage)?;
-    let (sweep, st) = state::open(&root, &name).await?;
     let dir = state::sweep_store(&root, &name);
+    let (sweep, st) = state::open(&root, &name).await?;
     let target = cluster.target();
     let driving = if st.finished_at.is_none() {
         Some(in_cluster::driving(&dir, &sweep, &target).await?)

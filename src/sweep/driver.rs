@@ -1,6 +1,6 @@
 //! The sweep loop (`idcctl sweep run`): keeps `parallelism` trials running until `max_trials`
 //! have been started and all have ended. Each poll reads every running trial's record
-//! (brought up to date by the backend) and `metrics.jsonl`, hands each new epoch's value to the
+//! (brought up to date by the backend) and `metrics.jsonl`, the trials side by side, hands each new epoch's value to the
 //! pruner (cancelling the trial through the backend when it says so), and starts new trials
 //! where the sampler puts them. The state is written to the bucket after every change, a trial
 //! before its run is submitted, so a driver killed at any point leaves nothing unrecorded: a
@@ -13,10 +13,12 @@ use super::{fmt_num, fmt_value, short_names};
 use crate::backend::{self, BackendError, SubmitOptions, Target};
 use crate::clock::now_rfc3339;
 use crate::layout;
+use crate::listing::{self, Clusters};
 use crate::metrics::{MetricName, MetricsRecord};
-use crate::run::{self, Phase};
+use crate::run::{self, Phase, RunStatus};
 use crate::store::{Store, StoreError};
 use bytes::Bytes;
+use futures::StreamExt;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -121,6 +123,50 @@ pub async fn read_curve(run: &Store, metric: MetricName) -> Result<Vec<f64>, Sto
         .take_while(|(i, (e, _))| *e as usize == i + 1)
         .map(|(_, (_, v))| v)
         .collect())
+}
+
+/// What one look at a running trial's run found.
+enum Seen {
+    /// The run, its record brought up to date, and its objective after each epoch (read after
+    /// the record: a run recorded as ended has its whole curve).
+    Run {
+        run: Store,
+        status: Box<RunStatus>,
+        curve: Vec<f64>,
+    },
+    /// Its run does not exist (yet).
+    Nothing,
+    /// It could not be read or brought up to date; why, unless already said this round (one
+    /// cluster that cannot be reached is named once).
+    Unknown(Option<String>),
+}
+
+/// Looks at the run `run_id`: its record, brought up to date, then its curve.
+async fn look(root: &Store, run_id: &str, metric: MetricName, clusters: &Clusters) -> Seen {
+    let run = run::run_store(root, run_id);
+    let status = match run::read_status(&run).await {
+        Ok(Some(s)) => s,
+        Ok(None) => return Seen::Nothing,
+        Err(e) => return Seen::Unknown(Some(format!("cannot read its run record: {e}"))),
+    };
+    let status = match clusters.refresh(&run, status).await {
+        Ok(s) => s,
+        Err(stale) => {
+            return Seen::Unknown(
+                stale
+                    .warning
+                    .map(|w| format!("cannot bring its run up to date: {w}")),
+            );
+        }
+    };
+    match read_curve(&run, metric).await {
+        Ok(curve) => Seen::Run {
+            run,
+            status: Box::new(status),
+            curve,
+        },
+        Err(e) => Seen::Unknown(Some(format!("cannot read its metrics: {e}"))),
+    }
 }
 
 /// The best value of a curve and its (1-based) epoch.
@@ -376,8 +422,8 @@ impl Loop<'_> {
             let running: Vec<usize> = (0..self.st.trials.len())
                 .filter(|&i| self.st.trials[i].state == TrialState::Running)
                 .collect();
-            for i in running {
-                changed |= self.poll(i).await?;
+            for (i, seen) in self.look_at(&running).await {
+                changed |= self.poll(i, seen).await?;
             }
             let failing = self.failing();
             while failing.is_none()
@@ -566,16 +612,29 @@ impl Loop<'_> {
         }
     }
 
-    /// Brings running trial `i` up to date; whether anything changed.
-    async fn poll(&mut self, i: usize) -> Result<bool, SweepError> {
+    /// The runs of trials `running` as they are now, read [`listing::READS`] at a time (each
+    /// cluster connected once).
+    async fn look_at(&self, running: &[usize]) -> Vec<(usize, Seen)> {
+        let clusters = Clusters::new(self.opts.target.clone());
+        let metric = self.sweep.objective.metric;
+        let seen: Vec<Seen> = futures::stream::iter(running)
+            .map(|&i| look(&self.root, &self.st.trials[i].run_id, metric, &clusters))
+            .buffered(listing::READS)
+            .collect()
+            .await;
+        running.iter().copied().zip(seen).collect()
+    }
+
+    /// Brings running trial `i` up to date from what was `seen` of its run; whether anything
+    /// changed.
+    async fn poll(&mut self, i: usize, seen: Seen) -> Result<bool, SweepError> {
         let (id, run_id) = (
             self.st.trials[i].id.clone(),
             self.st.trials[i].run_id.clone(),
         );
-        let run = run::run_store(&self.root, &run_id);
-        let status = match run::read_status(&run).await {
-            Ok(Some(s)) => s,
-            Ok(None) => {
+        let (run, status, curve) = match seen {
+            Seen::Run { run, status, curve } => (run, *status, curve),
+            Seen::Nothing => {
                 // Recorded, but its run was never created (the driver stopped in between, or
                 // submitting failed): submit it now.
                 let values = self.values_of(&self.st.trials[i]);
@@ -590,24 +649,10 @@ impl Loop<'_> {
                 }
                 return Ok(true);
             }
-            Err(e) => {
-                self.say(format!("warning: {id}: cannot read its run record: {e}"));
-                return Ok(false);
-            }
-        };
-        let status = match backend::refresh(&run, status, &self.opts.target).await {
-            Ok(s) => s,
-            Err(e) => {
-                self.say(format!(
-                    "warning: {id}: cannot bring its run up to date: {e}"
-                ));
-                return Ok(false);
-            }
-        };
-        let curve = match read_curve(&run, self.sweep.objective.metric).await {
-            Ok(c) => c,
-            Err(e) => {
-                self.say(format!("warning: {id}: cannot read its metrics: {e}"));
+            Seen::Unknown(why) => {
+                if let Some(why) = why {
+                    self.say(format!("warning: {id}: {why}"));
+                }
                 return Ok(false);
             }
         };

@@ -5,13 +5,14 @@
 
 use super::driver::read_curve;
 use super::manifest::Sweep;
-use super::state::{SweepState, TrialState};
-use crate::backend::{self, Target};
-use crate::experiment::Backend;
+use super::state::{SweepState, Trial, TrialState};
+use crate::backend::Target;
 use crate::layout::run as keys;
+use crate::listing::{self, Clusters};
 use crate::run;
 use crate::spec::RunSpec;
 use crate::store::{Store, StoreError};
+use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
 /// A running trial's run, now.
@@ -35,7 +36,9 @@ pub struct RunningTrial {
 
 /// The runs of the trials `st` has as running, in trial order. Run records are brought up to
 /// date as `idcctl list` does (a local run whose supervisor is gone becomes lost); a cluster
-/// that cannot be reached leaves the recorded phases, with one line to `warn`.
+/// that cannot be reached leaves the recorded phases of its runs, with one line to `warn`.
+/// Trials are read [`listing::READS`] at a time, each one's record, spec and metrics side by
+/// side.
 pub async fn running_trials(
     root: &Store,
     sweep: &Sweep,
@@ -43,61 +46,70 @@ pub async fn running_trials(
     target: &Target,
     warn: &mut dyn FnMut(String),
 ) -> Result<Vec<RunningTrial>, StoreError> {
+    let clusters = Clusters::new(target.clone());
+    let running = st.trials.iter().filter(|t| t.state == TrialState::Running);
+    let shown: Vec<(RunningTrial, Option<String>)> = futures::stream::iter(running)
+        .map(|t| running_trial(root, sweep, t, &clusters))
+        .buffered(listing::READS)
+        .try_collect()
+        .await?;
     let mut out = vec![];
-    let mut unreachable = false;
-    for t in st.trials.iter().filter(|t| t.state == TrialState::Running) {
-        let run = run::run_store(root, &t.run_id);
-        let mut shown = RunningTrial {
-            trial: t.id.clone(),
-            run_id: t.run_id.clone(),
-            phase: "not submitted".into(),
-            epoch: 0,
-            epochs: None,
-            latest: None,
-            reason: None,
-        };
-        let values: Vec<(String, serde_json::Value)> = sweep
-            .space
-            .params
-            .iter()
-            .filter_map(|p| Some((p.path.clone(), t.params.get(&p.path)?.clone())))
-            .collect();
-        let planned = sweep.experiment_with(&values).ok().map(|e| e.train.epochs);
-        let Some(mut s) = run::read_status(&run).await? else {
-            shown.epochs = planned;
-            out.push(shown);
-            continue;
-        };
-        let ask = !s.phase.is_terminal() && (s.backend == Backend::Local || !unreachable);
-        if ask {
-            match backend::refresh(&run, s.clone(), target).await {
-                Ok(fresh) => s = fresh,
-                Err(e) => {
-                    warn(format!(
-                        "warning: {}: showing the recorded phase of run {}: {e}",
-                        t.id, t.run_id
-                    ));
-                    // One unreachable cluster is not asked again for every trial.
-                    unreachable |= s.backend == Backend::Kubernetes;
-                }
-            }
-        }
-        shown.phase = crate::output::name_of(&s.phase);
-        shown.reason = s.reason.clone();
-        // What the run was given to train, else what the manifest makes of the trial.
-        shown.epochs = match run.get_opt(keys::SPEC).await? {
-            Some(b) => serde_yaml::from_slice::<RunSpec>(&b)
-                .ok()
-                .map(|r| r.train.epochs)
-                .or(planned),
-            None => planned,
-        };
-        let curve = read_curve(&run, sweep.objective.metric).await?;
-        shown.epoch = curve.len() as u32;
-        shown.latest = curve.last().copied().filter(|v| v.is_finite());
-        out.push(shown);
+    for (t, warning) in shown {
+        warning.into_iter().for_each(&mut *warn);
+        out.push(t);
     }
     Ok(out)
+}
+
+/// One running trial's run as it is now, and a warning when its phase is the recorded one.
+async fn running_trial(
+    root: &Store,
+    sweep: &Sweep,
+    t: &Trial,
+    clusters: &Clusters,
+) -> Result<(RunningTrial, Option<String>), StoreError> {
+    let run = run::run_store(root, &t.run_id);
+    let values: Vec<(String, serde_json::Value)> = sweep
+        .space
+        .params
+        .iter()
+        .filter_map(|p| Some((p.path.clone(), t.params.get(&p.path)?.clone())))
+        .collect();
+    let planned = sweep.experiment_with(&values).ok().map(|e| e.train.epochs);
+    let mut shown = RunningTrial {
+        trial: t.id.clone(),
+        run_id: t.run_id.clone(),
+        phase: "not submitted".into(),
+        epoch: 0,
+        epochs: planned,
+        latest: None,
+        reason: None,
+    };
+    let (status, spec, curve) = tokio::join!(
+        run::read_status(&run),
+        run.get_opt(keys::SPEC),
+        read_curve(&run, sweep.objective.metric)
+    );
+    let Some(s) = status? else {
+        return Ok((shown, None));
+    };
+    let (s, warning) = match clusters.refresh(&run, s).await {
+        Ok(s) => (s, None),
+        Err(stale) => (
+            stale.status,
+            stale.warning.map(|w| format!("warning: {}: {w}", t.id)),
+        ),
+    };
+    shown.phase = crate::output::name_of(&s.phase);
+    shown.reason = s.reason.clone();
+    // What the run was given to train, else what the manifest makes of the trial.
+    if let Some(epochs) = spec?.and_then(|b| serde_yaml::from_slice::<RunSpec>(&b).ok()) {
+        shown.epochs = Some(epochs.train.epochs);
+    }
+    let curve = curve?;
+    shown.epoch = curve.len() as u32;
+    shown.latest = curve.last().copied().filter(|v| v.is_finite());
+    Ok((shown, warning))
 }
 
 /// A curve as a line of block characters, lowest value `▁`, highest `█`; a blank where a value
@@ -125,9 +137,9 @@ pub fn sparkline(values: &[f64]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::experiment::Backend;
     use crate::metrics::{BinaryMetrics, Metrics, MetricsRecord};
     use crate::process::ProcessRef;
-    use crate::sweep::state::Trial;
 
     const SWEEP: &str = "apiVersion: idc/v1\nkind: Sweep\nname: live\nbase:\n  dataset: {url: 'file:///nowhere/ds'}\n  train:\n    model: {kind: logreg}\n    epochs: 3\n  storage: 'file:///nowhere'\nsearch:\n  train.optimizer.lr: {kind: log_uniform, low: 1.0e-4, high: 1.0e-1}\nobjective: {metric: roc_auc}\nmax_trials: 4\n";
 
@@ -167,6 +179,7 @@ mod tests {
             heartbeat_at: None,
             deadline_s: None,
             cluster: None,
+            summary: None,
         }
     }
 
