@@ -2607,7 +2607,7 @@ async fn start_and_finish_come_from_the_job() {
     assert_eq!(s.phase, Phase::Succeeded);
     assert_eq!(s.started_at.as_deref(), Some("2026-11-26T10:00:00Z"));
     assert_eq!(s.finished_at.as_deref(), Some("2026-11-26T10:00:37Z"));
-    let row = run::Summary::of(&s, &[]);
+    let row = run::Summary::of(&s, &run::MetricsSummary::default());
     assert_eq!(row.duration_s, Some(37));
 }
 
