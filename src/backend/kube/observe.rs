@@ -581,7 +581,12 @@ mod tests {
             [(1, None), (2, Some("b".into())), (3, Some("c".into()))]
         );
         assert_eq!(got[0].exit_code(), Some(3));
-        assert!(got[0].ended_how().unwrap().contains("its pod was deleted"));
+        assert!(
+            got[0]
+                .ended_how()
+                .unwrap()
+                .contains("its pod was then deleted")
+        );
         // Before attempt records, attempts of earlier Jobs come first.
         let legacy = number_attempts(&[], &[pod("x")], 2);
         assert_eq!(legacy[0].number, 3);
