@@ -22,6 +22,19 @@ pub enum Phase {
     Lost,
 }
 
+impl std::str::FromStr for Phase {
+    type Err = String;
+
+    /// A phase as records write it (`running`, `succeeded`, ...): what `list --phase` takes.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        serde_json::from_value(serde_json::Value::String(s.to_string())).map_err(|_| {
+            format!(
+                "'{s}' is no phase; one of pending, running, succeeded, failed, cancelled, lost"
+            )
+        })
+    }
+}
+
 impl Phase {
     /// Nothing will change the run by itself any more.
     pub fn is_terminal(self) -> bool {
@@ -300,6 +313,14 @@ impl Summary {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn phases_parse_as_records_write_them() {
+        assert_eq!("running".parse::<Phase>(), Ok(Phase::Running));
+        assert_eq!("lost".parse::<Phase>(), Ok(Phase::Lost));
+        let e = "done".parse::<Phase>().unwrap_err();
+        assert!(e.contains("'done' is no phase"), "{e}");
+    }
 
     #[test]
     fn run_ids_are_kubernetes_names() {

@@ -312,34 +312,11 @@ pub struct ListArgs {
     #[arg(long, default_value_t = listing::DEFAULT_LIMIT)]
     limit: usize,
     /// Only runs in these phases (as they are now), e.g. --phase running,pending.
-    #[arg(long, value_enum, value_delimiter = ',')]
-    phase: Vec<PhaseArg>,
+    #[arg(long, value_delimiter = ',')]
+    phase: Vec<Phase>,
     /// Only runs of this experiment (the manifest's name).
     #[arg(short = 'e', long)]
     experiment: Option<String>,
-}
-
-#[derive(clap::ValueEnum, Debug, Clone, Copy)]
-pub enum PhaseArg {
-    Pending,
-    Running,
-    Succeeded,
-    Failed,
-    Cancelled,
-    Lost,
-}
-
-impl From<PhaseArg> for Phase {
-    fn from(p: PhaseArg) -> Self {
-        match p {
-            PhaseArg::Pending => Phase::Pending,
-            PhaseArg::Running => Phase::Running,
-            PhaseArg::Succeeded => Phase::Succeeded,
-            PhaseArg::Failed => Phase::Failed,
-            PhaseArg::Cancelled => Phase::Cancelled,
-            PhaseArg::Lost => Phase::Lost,
-        }
-    }
 }
 
 pub async fn list(
@@ -351,7 +328,7 @@ pub async fn list(
     let root = Store::open(&storage.storage)?;
     let opts = ListOptions {
         limit: (!which.all).then_some(which.limit),
-        phases: which.phase.into_iter().map(Phase::from).collect(),
+        phases: which.phase,
         experiment: which.experiment,
     };
     let found = listing::list(&root, &opts, &Clusters::new(cluster.target())).await?;
