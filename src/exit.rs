@@ -1,6 +1,6 @@
-//! Process exit codes shared by `idcctl` and `idc-worker`: part of their interface. And
-//! [`of_error`], the one place that finds the exit code of a library error, and [`message_of`],
-//! what a failed command says.
+//! Process exit codes shared by `idcctl` and `idc-worker` (part of their interface), the
+//! [`ProcessExitCode`] trait each library error implements, and [`message_of`], what a failed
+//! command says.
 
 /// Exit codes. A caller (a script, a Kubernetes Job's pod failure policy) can tell a mistake in
 /// the input, which retrying cannot fix, from a failure that may pass on retry.
@@ -26,18 +26,12 @@ impl From<ExitCode> for std::process::ExitCode {
     }
 }
 
-/// The exit code a command ends with for error `e`: that of the first error in its chain (from
-/// the outermost) whose type knows one; [`ExitCode::Failure`] when none does. This is the one
-/// place that maps the library's error types to exit codes; each type decides its own.
-pub fn of_error(e: &(dyn std::error::Error + 'static)) -> ExitCode {
-    let mut cause = Some(e);
-    while let Some(c) = cause {
-        if let Some(code) = own_code(c) {
-            return code;
-        }
-        cause = c.source();
-    }
-    ExitCode::Failure
+/// An error that knows the exit code a command ends with when it is the cause (nextest's
+/// `process_exit_code`). Each library error implements it beside its definition; the binaries
+/// walk an error's chain and ask each cause they know ([`ExitCode::Failure`] when none does).
+pub trait ProcessExitCode: std::error::Error {
+    /// The exit code for this error.
+    fn process_exit_code(&self) -> ExitCode;
 }
 
 /// What `e` says, with each cause in its chain said once: a cause whose text its wrapper
@@ -59,38 +53,6 @@ pub fn message_of(e: &(dyn std::error::Error + 'static)) -> String {
         cause = c.source();
     }
     out
-}
-
-fn own_code(e: &(dyn std::error::Error + 'static)) -> Option<ExitCode> {
-    if let Some(e) = e.downcast_ref::<crate::store::StoreError>() {
-        return Some(e.exit_code());
-    }
-    #[cfg(feature = "controller")]
-    {
-        macro_rules! try_types {
-            ($($t:ty),*) => {$(
-                if let Some(e) = e.downcast_ref::<$t>() {
-                    return Some(e.exit_code());
-                }
-            )*};
-        }
-        try_types!(
-            crate::backend::BackendError,
-            crate::backend::kube::cluster::KubeError,
-            crate::backend::local::LocalError,
-            crate::dataset::archive::ArchiveError,
-            crate::experiment::ManifestError,
-            crate::predict::PredictError,
-            crate::report::ReportError,
-            crate::stage::StageError,
-            crate::sweep::driver::SweepError,
-            crate::sweep::state::OpenError,
-            crate::track::TrackError,
-            crate::tracking::mlflow::TrackingError,
-            crate::weights::WeightsError
-        );
-    }
-    None
 }
 
 #[cfg(test)]

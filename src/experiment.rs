@@ -59,8 +59,28 @@ pub struct Tracking {
     /// An MLflow tracking server: `{uri, experiment}` (uri default: `MLFLOW_TRACKING_URI`;
     /// experiment default: this manifest's name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mlflow: Option<crate::tracking::mlflow::MlflowSpec>,
+    pub mlflow: Option<MlflowSpec>,
 }
+
+/// Where a run is tracked.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MlflowSpec {
+    /// The tracking server, `http(s)://host:port` (default: `MLFLOW_TRACKING_URI`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uri: Option<String>,
+    /// The MLflow experiment (default: the idc experiment's name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub experiment: Option<String>,
+    /// Set by the sweep driver on its trials: the sweep whose MLflow run is their parent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sweep: Option<String>,
+}
+
+/// The environment variable naming the tracking server, as MLflow's own clients read it.
+pub const URI_ENV: &str = "MLFLOW_TRACKING_URI";
+/// The bearer token, as MLflow's own clients read it (on Kubernetes: from a Secret).
+pub const TOKEN_ENV: &str = "MLFLOW_TRACKING_TOKEN";
 
 /// The laptop default bucket, `file://./.idc/bucket`.
 pub fn default_storage() -> String {
@@ -158,9 +178,9 @@ pub struct ManifestError {
     pub hint: Option<String>,
 }
 
-impl ManifestError {
+impl crate::exit::ProcessExitCode for ManifestError {
     /// A manifest is the user's to fix.
-    pub fn exit_code(&self) -> crate::exit::ExitCode {
+    fn process_exit_code(&self) -> crate::exit::ExitCode {
         crate::exit::ExitCode::UserError
     }
 }
@@ -326,7 +346,7 @@ pub fn parse(text: &str, file: &str) -> Result<Experiment, ManifestError> {
         }
     }
     // What Kubernetes would reject, said now whatever the backend: the manifest names it.
-    use crate::backend::kube::names::{is_label_value, is_labelled_name, is_qualified_name};
+    use crate::kube_syntax::{is_label_value, is_labelled_name, is_qualified_name, is_quantity};
     for (key, value) in &r.node_selector {
         // A key the search cannot find as written (escapes in quotes): at node_selector.
         let at = || {
@@ -734,24 +754,6 @@ pub fn name_rule_violation(name: &str, max: usize) -> Option<String> {
     None
 }
 
-/// Whether `q` is a Kubernetes resource quantity (`4`, `0.5`, `500m`, `16Gi`, `1e3`).
-pub fn is_quantity(q: &str) -> bool {
-    const SUFFIXES: [&str; 13] = [
-        "Ki", "Mi", "Gi", "Ti", "Pi", "Ei", "m", "k", "M", "G", "T", "P", "E",
-    ];
-    let number = SUFFIXES.iter().find_map(|s| q.strip_suffix(s)).unwrap_or(q);
-    let (mantissa, exp) = match number.split_once(['e', 'E']) {
-        Some((m, e)) => (m, Some(e)),
-        None => (number, None),
-    };
-    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    let mantissa_ok = match mantissa.split_once('.') {
-        Some((a, b)) => (digits(a) || a.is_empty()) && digits(b),
-        None => digits(mantissa),
-    };
-    mantissa_ok && exp.is_none_or(|e| digits(e.trim_start_matches(['+', '-'])))
-}
-
 /// The 1-based line and column of the key at `path`, each key searched from its parent's line
 /// on (the same line too, for flow mappings such as `optimizer: {kind: sgd, lr: 0.1}`).
 pub fn locate(text: &str, path: &[&str]) -> Option<(usize, usize)> {
@@ -797,13 +799,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn quantities_durations_names() {
-        for q in ["4", "500m", "16Gi", "0.5", "1e3", "2k"] {
-            assert!(is_quantity(q), "{q}");
-        }
-        for q in ["", "4 cores", "16GB", "-1", "1.2.3", "Gi"] {
-            assert!(!is_quantity(q), "{q}");
-        }
+    fn durations_and_names() {
         assert_eq!(parse_duration("1h30m"), Some(5400));
         assert_eq!(parse_duration("90s"), Some(90));
         assert_eq!(parse_duration("6"), None);

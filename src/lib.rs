@@ -28,6 +28,8 @@ pub mod backend;
 #[cfg(feature = "controller")]
 pub mod experiment;
 #[cfg(feature = "controller")]
+pub mod kube_syntax;
+#[cfg(feature = "controller")]
 pub mod listing;
 #[cfg(feature = "controller")]
 pub mod output;
@@ -54,3 +56,11 @@ pub const PATCH_SIZE: usize = 50;
 pub const CHANNELS: usize = 3;
 /// Bytes of one staged patch: 50 x 50 x 3, HWC, uint8.
 pub const PATCH_BYTES: usize = PATCH_SIZE * PATCH_SIZE * CHANNELS;
+
+/// The names of the two IDC classes, index = label.
+pub const IDC_CLASSES: [&str; 2] = ["no IDC", "IDC"];
+
+/// [`IDC_CLASSES`] as owned names: what a dataset or report without class names means.
+pub fn idc_classes() -> Vec<String> {
+    IDC_CLASSES.map(String::from).to_vec()
+}

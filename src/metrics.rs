@@ -630,7 +630,7 @@ pub struct Report<M = BinaryMetrics> {
     pub best_epoch: u32,
     pub epochs_run: u32,
     /// Class names, index = label (reports written before this field: the two IDC classes).
-    #[serde(default = "crate::dataset::manifest::idc_classes")]
+    #[serde(default = "crate::idc_classes")]
     pub classes: Vec<String>,
     /// Test metrics (two classes: at 0.5).
     pub test: M,
@@ -982,7 +982,7 @@ mod tests {
             device: "Cpu".into(),
             best_epoch: 1,
             epochs_run: 1,
-            classes: crate::dataset::manifest::idc_classes(),
+            classes: crate::idc_classes(),
             test: val.clone().into(),
             test_at_val_threshold: Some(val.clone()),
             val: val.into(),

@@ -86,8 +86,8 @@ pub enum PredictError {
     },
 }
 
-impl PredictError {
-    pub fn exit_code(&self) -> crate::exit::ExitCode {
+impl crate::exit::ProcessExitCode for PredictError {
+    fn process_exit_code(&self) -> crate::exit::ExitCode {
         use crate::exit::ExitCode;
         match self {
             PredictError::Invalid(_) => ExitCode::UserError,
@@ -96,9 +96,9 @@ impl PredictError {
                 ..
             } => ExitCode::Failure,
             PredictError::Source { .. } => ExitCode::UserError,
-            PredictError::Store(e) => e.exit_code(),
-            PredictError::Kube(e) => e.exit_code(),
-            PredictError::Local(e) => e.exit_code(),
+            PredictError::Store(e) => e.process_exit_code(),
+            PredictError::Kube(e) => e.process_exit_code(),
+            PredictError::Local(e) => e.process_exit_code(),
             PredictError::Worker { code, .. } if *code == ExitCode::UserError as i32 => {
                 ExitCode::UserError
             }
@@ -866,7 +866,7 @@ mod tests {
 
     #[test]
     fn csv_and_jsonl_columns() {
-        let classes = crate::dataset::manifest::idc_classes();
+        let classes = crate::idc_classes();
         let rows = vec![
             row("a/8863_idx5_x51_y1_class1.png", vec![0.25, 0.75], Some(1)),
             row("b,c/8863_idx5_x51_y1.png", vec![0.875, 0.125], None),

@@ -158,19 +158,19 @@ pub enum StageError {
     BadOption(String),
 }
 
-impl StageError {
+impl crate::exit::ProcessExitCode for StageError {
     /// Whether the input (source, options, destination) is at fault rather than the system.
-    pub fn exit_code(&self) -> crate::exit::ExitCode {
+    fn process_exit_code(&self) -> crate::exit::ExitCode {
         use crate::exit::ExitCode;
         match self {
             StageError::Source(SourceError::Io { .. }) => ExitCode::Failure,
-            StageError::Archive(e) => e.exit_code(),
+            StageError::Archive(e) => e.process_exit_code(),
             StageError::Source(_)
             | StageError::Split(_)
             | StageError::Conflict { .. }
             | StageError::Strict { .. }
             | StageError::BadOption(_) => ExitCode::UserError,
-            StageError::Store(e) => e.exit_code(),
+            StageError::Store(e) => e.process_exit_code(),
             StageError::Interrupted { .. } => ExitCode::Interrupted,
         }
     }
@@ -267,7 +267,7 @@ impl Input {
 
     fn classes(&self) -> Vec<String> {
         match self {
-            Input::Patches(_) => crate::dataset::manifest::idc_classes(),
+            Input::Patches(_) => crate::idc_classes(),
             Input::Archive(a) => a.classes.clone(),
         }
     }

@@ -63,16 +63,6 @@ fn could_not_connect(e: &object_store::Error) -> bool {
 }
 
 impl StoreError {
-    /// A bad URL or a damaged record is the user's to fix (2); the rest may pass on retry (1).
-    pub fn exit_code(&self) -> crate::exit::ExitCode {
-        match self {
-            StoreError::BadUrl { .. } | StoreError::Corrupt { .. } => {
-                crate::exit::ExitCode::UserError
-            }
-            _ => crate::exit::ExitCode::Failure,
-        }
-    }
-
     /// The error of `op` on `url`; `metadata` is the instance metadata endpoint when the
     /// store's credentials come from there (none were in the environment).
     fn of(op: &'static str, url: String, metadata: Option<&str>, e: object_store::Error) -> Self {
@@ -110,6 +100,18 @@ impl StoreError {
             url,
             message: e.to_string(),
             hint,
+        }
+    }
+}
+
+impl crate::exit::ProcessExitCode for StoreError {
+    /// A bad URL or a damaged record is the user's to fix (2); the rest may pass on retry (1).
+    fn process_exit_code(&self) -> crate::exit::ExitCode {
+        match self {
+            StoreError::BadUrl { .. } | StoreError::Corrupt { .. } => {
+                crate::exit::ExitCode::UserError
+            }
+            _ => crate::exit::ExitCode::Failure,
         }
     }
 }

@@ -28,13 +28,13 @@ pub enum TrackError {
     Report(#[from] crate::report::ReportError),
 }
 
-impl TrackError {
-    pub fn exit_code(&self) -> crate::exit::ExitCode {
+impl crate::exit::ProcessExitCode for TrackError {
+    fn process_exit_code(&self) -> crate::exit::ExitCode {
         match self {
             TrackError::NoRun { .. } | TrackError::NoTarget(_) => crate::exit::ExitCode::UserError,
-            TrackError::Store(e) => e.exit_code(),
-            TrackError::Mlflow(e) => e.exit_code(),
-            TrackError::Report(e) => e.exit_code(),
+            TrackError::Store(e) => e.process_exit_code(),
+            TrackError::Mlflow(e) => e.process_exit_code(),
+            TrackError::Report(e) => e.process_exit_code(),
         }
     }
 }
@@ -64,7 +64,7 @@ pub async fn target_of(run: &Store, o: &TargetOverride) -> Result<Option<Target>
         target = Some(Target {
             uri: uri.trim_end_matches('/').to_string(),
             experiment: name,
-            token: std::env::var(mlflow::TOKEN_ENV).ok(),
+            token: std::env::var(crate::experiment::TOKEN_ENV).ok(),
             sweep,
         });
     }
@@ -201,4 +201,30 @@ async fn html_artifacts(root: &Store, run_id: &str) -> Result<Vec<(String, Vec<u
         }
     }
     Ok(out)
+}
+
+/// The local supervisor's end hook: brings the run's MLflow mirror (if its manifest has one) up
+/// to date now that it ended, the HTML report included. Best effort: `idcctl track sync`
+/// catches up whatever this misses.
+pub struct MirrorEnd;
+
+impl crate::backend::local::EndHook for MirrorEnd {
+    async fn run_ended(&self, run: &Store, s: &run::RunStatus) {
+        let run_id = s.run_id.as_str();
+        let tracked = target_of(run, &Default::default())
+            .await
+            .ok()
+            .flatten()
+            .is_some();
+        // The run's folder is `<bucket>/runs/<id>` (the layout's), so the bucket is its prefix.
+        let suffix = format!("/{}", crate::layout::run_prefix(run_id));
+        let Some(root) = run.url().strip_suffix(&suffix) else {
+            return;
+        };
+        if let (true, Ok(root)) = (tracked, Store::open(root))
+            && let Err(e) = sync_as(&root, s, &Default::default()).await
+        {
+            tracing::warn!("MLflow not updated for run {run_id}: {e}");
+        }
+    }
 }

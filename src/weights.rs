@@ -228,17 +228,17 @@ fn mismatch(missing: &[String], misshaped: &[String], wrong_dtype: &[String]) ->
     .join("; ")
 }
 
-impl WeightsError {
+impl crate::exit::ProcessExitCode for WeightsError {
     /// [`ExitCode::Failure`](crate::exit::ExitCode::Failure) when the file cannot be read (other
     /// than a missing file); [`ExitCode::UserError`](crate::exit::ExitCode::UserError) for a
     /// missing or bad file.
-    pub fn exit_code(&self) -> crate::exit::ExitCode {
+    fn process_exit_code(&self) -> crate::exit::ExitCode {
         use crate::exit::ExitCode;
         match self {
             WeightsError::Io { error, .. } if error.kind() != std::io::ErrorKind::NotFound => {
                 ExitCode::Failure
             }
-            WeightsError::File { error, .. } => error.exit_code(),
+            WeightsError::File { error, .. } => error.process_exit_code(),
             _ => ExitCode::UserError,
         }
     }
@@ -628,6 +628,7 @@ pub fn read_safetensors(bytes: &[u8]) -> Result<Vec<(String, TensorData)>, Weigh
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::exit::ProcessExitCode;
 
     #[test]
     fn import_targets_open_where_a_run_reads_them() {
@@ -668,7 +669,11 @@ mod tests {
         ] {
             let e = import_target(url).unwrap_err();
             assert!(e.to_string().contains(want), "{url}: {e}");
-            assert_eq!(e.exit_code(), crate::exit::ExitCode::UserError, "{url}");
+            assert_eq!(
+                e.process_exit_code(),
+                crate::exit::ExitCode::UserError,
+                "{url}"
+            );
         }
     }
 
@@ -757,7 +762,7 @@ mod tests {
         c[1].1.dtype = Dtype::F64;
         c.push(("extra.thing".into(), f32s(&[1], 0.0)));
         let e = import(&c, ImportModel::Resnet34).unwrap_err();
-        assert_eq!(e.exit_code(), crate::exit::ExitCode::UserError);
+        assert_eq!(e.process_exit_code(), crate::exit::ExitCode::UserError);
         assert_eq!(
             e.to_string(),
             "does not fit resnet34: 2 missing [layer1.0.conv1.weight, layer4.2.bn2.weight]; \
@@ -799,7 +804,7 @@ mod tests {
         assert!(e.to_string().contains("not a torch checkpoint"), "{e}");
         let e = read_torch_checkpoint(b"PK\x03\x04truncated").unwrap_err();
         assert!(e.to_string().contains("truncated or corrupt zip"), "{e}");
-        assert_eq!(e.exit_code(), crate::exit::ExitCode::UserError);
+        assert_eq!(e.process_exit_code(), crate::exit::ExitCode::UserError);
     }
 
     /// tests/fixtures/weights/tiny.pth (written by make.py there with torch 2.11): views into one

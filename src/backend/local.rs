@@ -41,10 +41,10 @@ pub enum LocalError {
     NoRun(String),
 }
 
-impl LocalError {
-    pub fn exit_code(&self) -> crate::exit::ExitCode {
+impl crate::exit::ProcessExitCode for LocalError {
+    fn process_exit_code(&self) -> crate::exit::ExitCode {
         match self {
-            LocalError::Store(e) => e.exit_code(),
+            LocalError::Store(e) => e.process_exit_code(),
             LocalError::NoRun(_) => crate::exit::ExitCode::UserError,
             _ => crate::exit::ExitCode::Failure,
         }
@@ -96,9 +96,26 @@ pub fn launch(run_url: &str) -> Result<u32, LocalError> {
     Ok(child.id())
 }
 
+/// What the supervisor does once a run has ended, before it records the end (whoever waits
+/// for the record then finds it done): mirroring the run to its experiment tracker. The layers
+/// above the backends provide it (`idc::track::MirrorEnd`); `()` does nothing.
+pub trait EndHook {
+    /// Called with the run's final record, not yet written.
+    fn run_ended(&self, run: &Store, s: &RunStatus) -> impl Future<Output = ()>;
+}
+
+impl EndHook for () {
+    async fn run_ended(&self, _: &Store, _: &RunStatus) {}
+}
+
 /// Runs attempts of the worker until one succeeds, the input is bad, retries run out, the
-/// deadline passes or the run is cancelled. Records everything in `status.json`.
-pub async fn supervise(run: &Store, run_url: &str) -> Result<Phase, LocalError> {
+/// deadline passes or the run is cancelled. Records everything in `status.json`; `on_end` runs
+/// before the end is recorded.
+pub async fn supervise(
+    run: &Store,
+    run_url: &str,
+    on_end: &impl EndHook,
+) -> Result<Phase, LocalError> {
     let mut s = read_status(run)
         .await?
         .ok_or_else(|| LocalError::NoRun(run.url().to_string()))?;
@@ -106,121 +123,163 @@ pub async fn supervise(run: &Store, run_url: &str) -> Result<Phase, LocalError> 
     s.heartbeat_at = Some(now_rfc3339());
     let worker = match worker_binary() {
         Ok(w) => w,
-        Err(e) => return finish(run, &mut s, Phase::Failed, e.to_string()).await,
+        Err(e) => return finish(run, &mut s, Phase::Failed, e.to_string(), on_end).await,
     };
     let started = Instant::now();
     s.started_at.get_or_insert_with(now_rfc3339);
     loop {
         if cancelled(run).await? {
-            return finish(
-                run,
-                &mut s,
-                Phase::Cancelled,
-                "cancelled before the attempt started".into(),
-            )
-            .await;
+            let reason = "cancelled before the attempt started".into();
+            return finish(run, &mut s, Phase::Cancelled, reason, on_end).await;
         }
-        s.attempts += 1;
-        s.phase = Phase::Running;
-        s.reason = Some(format!(
-            "attempt {} of {} running",
-            s.attempts, s.max_attempts
-        ));
-        let mut child = Command::new(&worker)
-            .args(["run", "--run", run_url])
-            .env(crate::spec::ATTEMPT_ENV, s.attempts.to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| LocalError::Spawn {
-                what: worker.display().to_string(),
-                source: e,
-            })?;
-        s.worker = ProcessRef::of(child.id());
-        s.heartbeat_at = Some(now_rfc3339());
-        write_status(run, &s).await?;
-        let stderr = child.stderr.take().expect("piped");
-        let tail = std::thread::spawn(move || {
-            let lines: Vec<String> = BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-                .collect();
-            lines
-                .into_iter()
-                .rev()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or_default()
-        });
-        let mut killed_for_deadline = false;
-        let mut beat = Instant::now();
-        let status = loop {
-            if let Some(st) = child.try_wait().map_err(|e| LocalError::Spawn {
-                what: "wait".into(),
-                source: e,
-            })? {
-                break st;
-            }
-            if let Some(d) = s.deadline_s
-                && !killed_for_deadline
-                && started.elapsed() > Duration::from_secs(d)
-            {
-                killed_for_deadline = true;
-                // SAFETY: signals our own child.
-                unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-            }
-            if beat.elapsed() >= HEARTBEAT {
-                // While its supervisor lives, nobody else writes the record of an active run
-                // (cancel, refresh and resume write it only once the supervisor is gone).
-                beat = Instant::now();
-                s.heartbeat_at = Some(now_rfc3339());
-                write_status(run, &s).await?;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        };
-        let last_err = tail.join().unwrap_or_default();
-        let code = status
-            .code()
-            .unwrap_or_else(|| -status.signal().unwrap_or(0));
-        s.exit_codes.push(code);
-        s.worker = None;
-        let what = match status.signal() {
-            Some(sig) => format!("worker killed by signal {sig}"),
-            None => format!("worker exited with code {code}"),
-        };
-        let detail = if last_err.is_empty() {
-            what.clone()
-        } else {
-            format!("{what}: {last_err}")
-        };
-        if code == 0 {
-            return finish(run, &mut s, Phase::Succeeded, "finished".into()).await;
-        }
-        if cancelled(run).await? {
-            return finish(run, &mut s, Phase::Cancelled, format!("cancelled ({what})")).await;
-        }
-        if killed_for_deadline {
-            let reason = format!("deadline of {}s exceeded", s.deadline_s.unwrap_or(0));
-            return finish(run, &mut s, Phase::Failed, reason).await;
-        }
-        if code == BAD_INPUT {
-            return finish(
-                run,
-                &mut s,
-                Phase::Failed,
-                format!("bad input, not retried: {detail}"),
-            )
-            .await;
-        }
-        if s.attempts >= s.max_attempts {
-            return finish(run, &mut s, Phase::Failed, detail).await;
+        let ended = run_attempt(run, run_url, &worker, &mut s, started).await?;
+        if let Some((phase, reason)) = end_after(run, &s, &ended).await? {
+            return finish(run, &mut s, phase, reason, on_end).await;
         }
         s.reason = Some(format!(
-            "attempt {} failed ({detail}); retrying",
-            s.attempts
+            "attempt {} failed ({}); retrying",
+            s.attempts, ended.detail
         ));
         write_status(run, &s).await?;
     }
+}
+
+/// How one attempt of the worker ended.
+struct AttemptEnd {
+    /// Its exit code, or minus the signal that killed it.
+    code: i32,
+    /// "worker exited with code N" or "worker killed by signal N".
+    what: String,
+    /// `what`, with the worker's last line on stderr.
+    detail: String,
+    /// The supervisor stopped it because the run's deadline passed.
+    killed_for_deadline: bool,
+}
+
+/// Starts the next attempt of the worker and waits until it exits, beating the heartbeat and
+/// enforcing the deadline meanwhile; records the exit code.
+async fn run_attempt(
+    run: &Store,
+    run_url: &str,
+    worker: &std::path::Path,
+    s: &mut RunStatus,
+    started: Instant,
+) -> Result<AttemptEnd, LocalError> {
+    s.attempts += 1;
+    s.phase = Phase::Running;
+    s.reason = Some(format!(
+        "attempt {} of {} running",
+        s.attempts, s.max_attempts
+    ));
+    let mut child = Command::new(worker)
+        .args(["run", "--run", run_url])
+        .env(crate::spec::ATTEMPT_ENV, s.attempts.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| LocalError::Spawn {
+            what: worker.display().to_string(),
+            source: e,
+        })?;
+    s.worker = ProcessRef::of(child.id());
+    s.heartbeat_at = Some(now_rfc3339());
+    write_status(run, s).await?;
+    let stderr = child.stderr.take().expect("piped");
+    let tail = std::thread::spawn(move || {
+        let lines: Vec<String> = BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .collect();
+        lines
+            .into_iter()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or_default()
+    });
+    let (status, killed_for_deadline) = wait_for_worker(run, &mut child, s, started).await?;
+    let last_err = tail.join().unwrap_or_default();
+    let code = status
+        .code()
+        .unwrap_or_else(|| -status.signal().unwrap_or(0));
+    s.exit_codes.push(code);
+    s.worker = None;
+    let what = match status.signal() {
+        Some(sig) => format!("worker killed by signal {sig}"),
+        None => format!("worker exited with code {code}"),
+    };
+    let detail = if last_err.is_empty() {
+        what.clone()
+    } else {
+        format!("{what}: {last_err}")
+    };
+    Ok(AttemptEnd {
+        code,
+        what,
+        detail,
+        killed_for_deadline,
+    })
+}
+
+/// Waits for the worker to exit; sends it SIGTERM once the run's deadline has passed. Returns
+/// how it exited and whether the deadline stopped it.
+async fn wait_for_worker(
+    run: &Store,
+    child: &mut std::process::Child,
+    s: &mut RunStatus,
+    started: Instant,
+) -> Result<(std::process::ExitStatus, bool), LocalError> {
+    let mut killed_for_deadline = false;
+    let mut beat = Instant::now();
+    loop {
+        if let Some(st) = child.try_wait().map_err(|e| LocalError::Spawn {
+            what: "wait".into(),
+            source: e,
+        })? {
+            return Ok((st, killed_for_deadline));
+        }
+        if let Some(d) = s.deadline_s
+            && !killed_for_deadline
+            && started.elapsed() > Duration::from_secs(d)
+        {
+            killed_for_deadline = true;
+            // SAFETY: signals our own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        }
+        if beat.elapsed() >= HEARTBEAT {
+            // While its supervisor lives, nobody else writes the record of an active run
+            // (cancel, refresh and resume write it only once the supervisor is gone).
+            beat = Instant::now();
+            s.heartbeat_at = Some(now_rfc3339());
+            write_status(run, s).await?;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// How the run ends after attempt `e`, with the reason; `None` when it is retried.
+async fn end_after(
+    run: &Store,
+    s: &RunStatus,
+    e: &AttemptEnd,
+) -> Result<Option<(Phase, String)>, LocalError> {
+    Ok(Some(if e.code == 0 {
+        (Phase::Succeeded, "finished".into())
+    } else if cancelled(run).await? {
+        (Phase::Cancelled, format!("cancelled ({})", e.what))
+    } else if e.killed_for_deadline {
+        let reason = format!("deadline of {}s exceeded", s.deadline_s.unwrap_or(0));
+        (Phase::Failed, reason)
+    } else if e.code == BAD_INPUT {
+        (
+            Phase::Failed,
+            format!("bad input, not retried: {}", e.detail),
+        )
+    } else if s.attempts >= s.max_attempts {
+        (Phase::Failed, e.detail.clone())
+    } else {
+        return Ok(None);
+    }))
 }
 
 async fn finish(
@@ -228,6 +287,7 @@ async fn finish(
     s: &mut RunStatus,
     phase: Phase,
     reason: String,
+    on_end: &impl EndHook,
 ) -> Result<Phase, LocalError> {
     s.phase = phase;
     s.reason = Some(reason);
@@ -238,30 +298,9 @@ async fn finish(
         tracing::warn!("run {}: no metrics summary recorded: {e}", s.run_id);
     }
     // Before the end is recorded: whoever waits for it then finds the MLflow mirror complete.
-    mirror_end(run, s).await;
+    on_end.run_ended(run, s).await;
     write_status(run, s).await?;
     Ok(phase)
-}
-
-/// Brings the run's MLflow mirror (if its manifest has one) up to date now that it ended, the
-/// HTML report included. Best effort: `idcctl track sync` catches up whatever this misses.
-async fn mirror_end(run: &Store, s: &RunStatus) {
-    let run_id = s.run_id.as_str();
-    let tracked = crate::track::target_of(run, &Default::default())
-        .await
-        .ok()
-        .flatten()
-        .is_some();
-    // The run's folder is `<bucket>/runs/<id>` (the layout's), so the bucket is its prefix.
-    let suffix = format!("/{}", crate::layout::run_prefix(run_id));
-    let Some(root) = run.url().strip_suffix(&suffix) else {
-        return;
-    };
-    if let (true, Ok(root)) = (tracked, Store::open(root))
-        && let Err(e) = crate::track::sync_as(&root, s, &Default::default()).await
-    {
-        tracing::warn!("MLflow not updated for run {run_id}: {e}");
-    }
 }
 
 async fn cancelled(run: &Store) -> Result<bool, StoreError> {

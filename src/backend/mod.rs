@@ -38,14 +38,14 @@ pub enum BackendError {
     },
 }
 
-impl BackendError {
-    pub fn exit_code(&self) -> crate::exit::ExitCode {
+impl crate::exit::ProcessExitCode for BackendError {
+    fn process_exit_code(&self) -> crate::exit::ExitCode {
         match self {
             BackendError::Invalid(_) => crate::exit::ExitCode::UserError,
-            BackendError::Kube(e) => e.exit_code(),
-            BackendError::Stage { error, .. } => error.exit_code(),
-            BackendError::Store(e) => e.exit_code(),
-            BackendError::Local(e) => e.exit_code(),
+            BackendError::Kube(e) => e.process_exit_code(),
+            BackendError::Stage { error, .. } => error.process_exit_code(),
+            BackendError::Store(e) => e.process_exit_code(),
+            BackendError::Local(e) => e.process_exit_code(),
         }
     }
 }

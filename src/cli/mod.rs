@@ -5,7 +5,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use idc::dataset::decode::Undersized;
 use idc::dataset::split::{SplitMethod, SplitOptions, SplitSize};
 use idc::dataset::synth::{self, SynthOptions};
-use idc::exit::ExitCode;
+use idc::exit::{ExitCode, ProcessExitCode};
 use idc::output::{self, OutputFormat};
 use idc::stage::{self, StageHooks, StageOptions, StageStatus};
 use idc::store::Store;
@@ -13,6 +13,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 
+mod exit;
 mod predict;
 mod reports;
 mod runs;
@@ -306,23 +307,21 @@ pub fn main() -> std::process::ExitCode {
         Ok(code) => code.into(),
         Err(e) => {
             eprintln!("error: {}", idc::exit::message_of(e.as_ref()));
-            exit_code_of(&e).into()
+            exit::of_error(&e).into()
         }
     }
-}
-
-/// The exit code for `e`: 2 for a command-line mistake, else what the library's error says.
-fn exit_code_of(e: &anyhow::Error) -> ExitCode {
-    if e.chain().any(|c| c.downcast_ref::<UserError>().is_some()) {
-        return ExitCode::UserError;
-    }
-    idc::exit::of_error(e.as_ref())
 }
 
 /// A mistake in the command's input, reported with exit code 2.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct UserError(pub String);
+
+impl ProcessExitCode for UserError {
+    fn process_exit_code(&self) -> ExitCode {
+        ExitCode::UserError
+    }
+}
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {

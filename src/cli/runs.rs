@@ -199,7 +199,7 @@ async fn follow_any(
 
 pub async fn supervise(run_url: &str) -> anyhow::Result<ExitCode> {
     let run = Store::open(run_url)?;
-    match local::supervise(&run, run_url).await {
+    match local::supervise(&run, run_url, &idc::track::MirrorEnd).await {
         Ok(Phase::Succeeded) => Ok(ExitCode::Success),
         Ok(_) => Ok(ExitCode::Failure),
         Err(e) => {

@@ -153,11 +153,11 @@ fn in_member(member: &Option<String>) -> String {
         .unwrap_or_default()
 }
 
-impl ArchiveError {
+impl crate::exit::ProcessExitCode for ArchiveError {
     /// [`ExitCode::Failure`](crate::exit::ExitCode::Failure) for I/O errors other than a
     /// missing file (retrying may help); [`ExitCode::UserError`](crate::exit::ExitCode::UserError)
     /// for everything else: the download is missing, incomplete or not what the format says.
-    pub fn exit_code(&self) -> crate::exit::ExitCode {
+    fn process_exit_code(&self) -> crate::exit::ExitCode {
         use crate::exit::ExitCode;
         match self {
             ArchiveError::Io { source, .. } if source.kind() != io::ErrorKind::NotFound => {
@@ -276,7 +276,7 @@ pub mod fixtures;
 mod tests {
     use super::fixtures::{self, Generated};
     use super::*;
-    use crate::exit::ExitCode;
+    use crate::exit::{ExitCode, ProcessExitCode};
     use flate2::read::GzDecoder;
     use std::fs::File;
     use std::io::Write;
@@ -698,7 +698,7 @@ mod tests {
             std::fs::write(&cut, &full[..at]).unwrap();
             let e = cifar_error(&cut);
             let msg = e.to_string();
-            assert_eq!(e.exit_code(), ExitCode::UserError, "{msg}");
+            assert_eq!(e.process_exit_code(), ExitCode::UserError, "{msg}");
             let ArchiveError::Corrupt { at: where_, .. } = &e else {
                 panic!("cut at {at}: {msg}")
             };
@@ -1021,14 +1021,13 @@ mod tests {
             e.to_string(),
             format!("{} does not exist", missing.display())
         );
-        assert_eq!(e.exit_code(), ExitCode::UserError);
-        assert_eq!(crate::exit::of_error(&e), ExitCode::UserError);
+        assert_eq!(e.process_exit_code(), ExitCode::UserError);
         assert!(matches!(cifar_error(dir.path()), ArchiveError::IsDir(_)));
         let file = dir.path().join("f");
         std::fs::write(&file, b"").unwrap();
         let e = open(&file, ArchiveFormat::Idx, None).unwrap_err();
         assert!(matches!(e, ArchiveError::NotDir(_)));
-        assert_eq!(e.exit_code(), ExitCode::UserError);
+        assert_eq!(e.process_exit_code(), ExitCode::UserError);
 
         let io = |kind| ArchiveError::Io {
             path: file.clone(),
@@ -1036,15 +1035,17 @@ mod tests {
             source: io::Error::from(kind),
         };
         let e = io(io::ErrorKind::PermissionDenied);
-        assert_eq!(e.exit_code(), ExitCode::Failure);
+        assert_eq!(e.process_exit_code(), ExitCode::Failure);
         assert!(
             e.to_string()
                 .contains(&format!("(member {PY}/data_batch_1)")),
             "{e}"
         );
         assert!(std::error::Error::source(&e).is_some());
-        assert_eq!(crate::exit::of_error(&e), ExitCode::Failure);
-        assert_eq!(io(io::ErrorKind::NotFound).exit_code(), ExitCode::UserError);
+        assert_eq!(
+            io(io::ErrorKind::NotFound).process_exit_code(),
+            ExitCode::UserError
+        );
     }
 
     #[test]

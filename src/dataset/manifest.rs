@@ -74,7 +74,7 @@ pub struct DatasetManifest {
     pub options: StageOptionsRecord,
     pub image: ImageInfo,
     /// Class names, index = label (datasets staged before this field: the two IDC classes).
-    #[serde(default = "idc_classes")]
+    #[serde(default = "crate::idc_classes")]
     pub classes: Vec<String>,
     pub splits: BTreeMap<Split, SplitSummary>,
     /// Per-class loss/sampling weights from the train split: `n / (K * n_class)`, index = class.
@@ -160,14 +160,6 @@ impl ImageInfo {
             ..Self::default()
         }
     }
-}
-
-/// The names of the two IDC classes, index = label.
-pub const IDC_CLASSES: [&str; 2] = ["no IDC", "IDC"];
-
-/// [`IDC_CLASSES`] as owned names: what a dataset or report without class names means.
-pub fn idc_classes() -> Vec<String> {
-    IDC_CLASSES.map(String::from).to_vec()
 }
 
 /// Counts of one split.

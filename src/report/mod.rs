@@ -7,6 +7,7 @@
 
 pub mod compare;
 pub mod html;
+pub mod page;
 pub mod plot;
 pub mod slides;
 pub mod sweep;
@@ -44,14 +45,14 @@ pub enum ReportError {
     },
 }
 
-impl ReportError {
+impl crate::exit::ProcessExitCode for ReportError {
     /// Whether the mistake is in the command's input (exit code 2).
-    pub fn exit_code(&self) -> crate::exit::ExitCode {
+    fn process_exit_code(&self) -> crate::exit::ExitCode {
         match self {
             ReportError::NoRun { .. } | ReportError::NoReport { .. } => {
                 crate::exit::ExitCode::UserError
             }
-            ReportError::Store(e) => e.exit_code(),
+            ReportError::Store(e) => e.process_exit_code(),
             _ => crate::exit::ExitCode::Failure,
         }
     }

@@ -13,7 +13,7 @@
 //! p = 1, so a patch's hue alone says its p(IDC).
 
 use super::ReportError;
-use super::html::{create_dir, notes, page, write_file};
+use super::page::{create_dir, notes, page, write_file};
 use super::plot::escape;
 use crate::PATCH_SIZE;
 use crate::metrics;

@@ -5,7 +5,7 @@
 //! counts like the run report's plots.
 
 use super::ReportError;
-use super::html::{create_dir, kv_table, page};
+use super::page::{create_dir, kv_table, page};
 use super::plot::{self, LinePlot, Series, escape, nice_axis};
 use crate::sweep::importance::{self, Importance};
 use crate::sweep::live::sparkline;

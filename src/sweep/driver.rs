@@ -52,12 +52,12 @@ pub enum SweepError {
     State(#[from] ReadError),
 }
 
-impl SweepError {
-    pub fn exit_code(&self) -> crate::exit::ExitCode {
+impl crate::exit::ProcessExitCode for SweepError {
+    fn process_exit_code(&self) -> crate::exit::ExitCode {
         match self {
             SweepError::Invalid(_) => crate::exit::ExitCode::UserError,
-            SweepError::Backend(e) => e.exit_code(),
-            SweepError::Store(e) => e.exit_code(),
+            SweepError::Backend(e) => e.process_exit_code(),
+            SweepError::Store(e) => e.process_exit_code(),
             _ => crate::exit::ExitCode::Failure,
         }
     }
@@ -595,7 +595,9 @@ impl Loop<'_> {
                     .entry(self.st.trials[i].number)
                     .or_insert(0);
                 *n += 1;
-                if e.exit_code() == crate::exit::ExitCode::UserError || *n >= SUBMIT_TRIES {
+                let user_error = crate::exit::ProcessExitCode::process_exit_code(&e)
+                    == crate::exit::ExitCode::UserError;
+                if user_error || *n >= SUBMIT_TRIES {
                     let t = &mut self.st.trials[i];
                     t.state = TrialState::Failed;
                     t.reason = Some(format!("could not be submitted: {e}"));

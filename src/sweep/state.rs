@@ -217,13 +217,13 @@ pub enum OpenError {
     Store(#[from] StoreError),
 }
 
-impl OpenError {
+impl crate::exit::ProcessExitCode for OpenError {
     /// A sweep that is not there, or whose stored manifest does not parse, is the user's to
     /// fix (exit code 2).
-    pub fn exit_code(&self) -> crate::exit::ExitCode {
+    fn process_exit_code(&self) -> crate::exit::ExitCode {
         match self {
             OpenError::NoSweep { .. } | OpenError::Manifest(_) => crate::exit::ExitCode::UserError,
-            OpenError::Read(ReadError::Store(e)) | OpenError::Store(e) => e.exit_code(),
+            OpenError::Read(ReadError::Store(e)) | OpenError::Store(e) => e.process_exit_code(),
             OpenError::Read(ReadError::Bad(_)) => crate::exit::ExitCode::Failure,
         }
     }

@@ -5,31 +5,11 @@
 //! (MLflow accepts the same value again), artifacts overwritten, the status set at the end.
 
 use super::Scalar;
+use crate::experiment::{MlflowSpec, TOKEN_ENV, URI_ENV};
 use crate::spec::RunSpec;
-use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
-
-/// Where a run is tracked.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct MlflowSpec {
-    /// The tracking server, `http(s)://host:port` (default: `MLFLOW_TRACKING_URI`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub uri: Option<String>,
-    /// The MLflow experiment (default: the idc experiment's name).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub experiment: Option<String>,
-    /// Set by the sweep driver on its trials: the sweep whose MLflow run is their parent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sweep: Option<String>,
-}
-
-/// The environment variable naming the tracking server, as MLflow's own clients read it.
-pub const URI_ENV: &str = "MLFLOW_TRACKING_URI";
-/// The bearer token, as MLflow's own clients read it (on Kubernetes: from a Secret).
-pub const TOKEN_ENV: &str = "MLFLOW_TRACKING_TOKEN";
 
 /// A resolved tracking target.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,8 +54,8 @@ pub enum TrackingError {
     },
 }
 
-impl TrackingError {
-    pub fn exit_code(&self) -> crate::exit::ExitCode {
+impl crate::exit::ProcessExitCode for TrackingError {
+    fn process_exit_code(&self) -> crate::exit::ExitCode {
         crate::exit::ExitCode::Failure
     }
 }

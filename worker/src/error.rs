@@ -32,11 +32,13 @@ impl WorkerError {
     pub fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> WorkerError {
         move |source| WorkerError::Io { what, source }
     }
+}
 
-    pub fn exit_code(&self) -> ExitCode {
+impl idc::exit::ProcessExitCode for WorkerError {
+    fn process_exit_code(&self) -> ExitCode {
         match self {
             WorkerError::BadInput(_) | WorkerError::MissingOp { .. } => ExitCode::UserError,
-            WorkerError::Store(e) => e.exit_code(),
+            WorkerError::Store(e) => e.process_exit_code(),
             _ => ExitCode::Failure,
         }
     }

@@ -82,7 +82,7 @@ fn main() -> std::process::ExitCode {
         Ok(code) => code.into(),
         Err(e) => {
             eprintln!("error: {e}");
-            e.exit_code().into()
+            e.process_exit_code().into()
         }
     }
 }
@@ -165,7 +165,7 @@ fn run_cmd(
     };
     let (code, how) = match &result {
         Ok(c) => (*c as i32, idc::attempt::describe_exit(*c as i32)),
-        Err(e) => (e.exit_code() as i32, format!("failed: {e}")),
+        Err(e) => (e.process_exit_code() as i32, format!("failed: {e}")),
     };
     if let Err(e) = rt.block_on(idc::attempt::write(
         &out_for_record,

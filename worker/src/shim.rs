@@ -247,7 +247,7 @@ mod tests {
             msg.contains("aten::_no_such_op_") && msg.contains(LIBTORCH_BUILT),
             "{msg}"
         );
-        assert_eq!(e.exit_code(), idc::exit::ExitCode::UserError);
+        assert_eq!(e.process_exit_code(), idc::exit::ExitCode::UserError);
     }
 
     #[test]

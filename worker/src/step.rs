@@ -317,7 +317,7 @@ mod tests {
             );
         }
         let e = w.drain().unwrap_err();
-        assert_eq!(e.exit_code(), idc::exit::ExitCode::UserError);
+        assert_eq!(e.process_exit_code(), idc::exit::ExitCode::UserError);
         assert_eq!(
             e.to_string(),
             "training diverged: loss is NaN at epoch 2, step 11; lower train.optimizer.lr"

@@ -102,10 +102,12 @@ impl KubeError {
             _ => false,
         }
     }
+}
 
+impl crate::exit::ProcessExitCode for KubeError {
     /// Whether the user can fix it (exit code 2) rather than a failure.
     /// A kubeconfig, a conflicting Job or bad namespace defaults are the user's to fix (2).
-    pub fn exit_code(&self) -> crate::exit::ExitCode {
+    fn process_exit_code(&self) -> crate::exit::ExitCode {
         match self {
             KubeError::Config { .. }
             | KubeError::TooOld { .. }

@@ -1,52 +1,11 @@
-//! Kubernetes' validation rules for what idcctl generates: object names (DNS-1123), label keys
-//! and values, annotation keys and resource quantities, and a check of a whole Job against them.
+//! A check of a whole Job idcctl generates against Kubernetes' validation rules
+//! ([`crate::kube_syntax`]), so a bad name is said before the API server is asked.
 
+use crate::kube_syntax::{
+    is_dns1123_label, is_dns1123_subdomain, is_label_value, is_qualified_name, is_quantity,
+};
 use k8s_openapi::api::batch::v1::Job;
 use std::collections::BTreeMap;
-
-/// A DNS-1123 label: at most 63 lowercase alphanumerics or '-', alphanumeric at both ends
-/// (Service names, container names, volume names).
-pub fn is_dns1123_label(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= 63
-        && b.iter()
-            .all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
-        && b[0] != b'-'
-        && b[b.len() - 1] != b'-'
-}
-
-/// A DNS-1123 subdomain: at most 253 characters, dot-separated DNS-1123 labels (most object names).
-pub fn is_dns1123_subdomain(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns1123_label)
-}
-
-/// The name of an object that labels refer to (a Kueue LocalQueue or WorkloadPriorityClass): a
-/// DNS-1123 subdomain that is also a label value, so at most 63 characters.
-pub fn is_labelled_name(s: &str) -> bool {
-    s.len() <= 63 && is_dns1123_subdomain(s)
-}
-
-/// A label value: empty, or at most 63 alphanumerics, '-', '_' or '.', alphanumeric at both ends.
-pub fn is_label_value(s: &str) -> bool {
-    let b = s.as_bytes();
-    b.is_empty()
-        || (b.len() <= 63
-            && b.iter()
-                .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
-            && b[0].is_ascii_alphanumeric()
-            && b[b.len() - 1].is_ascii_alphanumeric())
-}
-
-/// A label or annotation key: an optional DNS-1123 subdomain prefix and '/', then a name of at
-/// most 63 alphanumerics, '-', '_' or '.', alphanumeric at both ends.
-pub fn is_qualified_name(s: &str) -> bool {
-    let (prefix, name) = match s.split_once('/') {
-        Some((p, n)) => (Some(p), n),
-        None => (None, s),
-    };
-    prefix.is_none_or(is_dns1123_subdomain) && !name.is_empty() && is_label_value(name)
-}
 
 /// Every rule the Job breaks, one line each, naming the field; empty when the Job is valid.
 pub fn job_violations(job: &Job) -> Vec<String> {
@@ -111,7 +70,7 @@ pub fn job_violations(job: &Job) -> Vec<String> {
             out.push(format!("volume name '{}' is not a DNS-1123 label", v.name));
         }
         if let Some(q) = v.empty_dir.as_ref().and_then(|e| e.size_limit.as_ref())
-            && !crate::experiment::is_quantity(&q.0)
+            && !is_quantity(&q.0)
         {
             out.push(format!(
                 "volume {} sizeLimit '{}' is not a quantity",
@@ -138,7 +97,7 @@ pub fn job_violations(job: &Job) -> Vec<String> {
                         c.name
                     ));
                 }
-                if !crate::experiment::is_quantity(&q.0) {
+                if !is_quantity(&q.0) {
                     out.push(format!(
                         "container {} resources.{what}.{k} '{}' is not a quantity",
                         c.name, q.0
@@ -181,51 +140,6 @@ fn check_keys(field: &str, map: Option<&BTreeMap<String, String>>, out: &mut Vec
     for k in map.into_iter().flatten().map(|(k, _)| k) {
         if !is_qualified_name(k) {
             out.push(format!("{field} key '{k}' is not a qualified name"));
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dns1123() {
-        for ok in ["a", "cnn-20261126-101010-ab12", "0abc", &"a".repeat(63)] {
-            assert!(is_dns1123_label(ok), "{ok}");
-        }
-        for bad in ["", "-a", "a-", "A", "a_b", "a.b", &"a".repeat(64)] {
-            assert!(!is_dns1123_label(bad), "{bad}");
-        }
-        assert!(is_dns1123_subdomain("system-cluster-critical.example.com"));
-        assert!(!is_dns1123_subdomain("a..b"));
-        assert!(!is_dns1123_subdomain(&"a.".repeat(127)));
-        for ok in ["gpu-queue", "team-a.gpu", &"q".repeat(63)] {
-            assert!(is_labelled_name(ok), "{ok}");
-        }
-        for bad in ["", "GPU", "gpu_queue", "-q", "q.", &"q".repeat(64)] {
-            assert!(!is_labelled_name(bad), "{bad}");
-        }
-    }
-
-    #[test]
-    fn labels() {
-        for ok in ["", "simple_cnn", "v1.2.3", "A-b_c.D", &"x".repeat(63)] {
-            assert!(is_label_value(ok), "{ok}");
-        }
-        for bad in ["_a", "a.", "a b", "a/b", &"x".repeat(64)] {
-            assert!(!is_label_value(bad), "{bad}");
-        }
-        for ok in [
-            "app.kubernetes.io/name",
-            "idc.dev/run",
-            "nvidia.com/gpu",
-            "run",
-        ] {
-            assert!(is_qualified_name(ok), "{ok}");
-        }
-        for bad in ["", "/a", "a/", "Example.com/a", "a/b/c", "a b"] {
-            assert!(!is_qualified_name(bad), "{bad}");
         }
     }
 }
