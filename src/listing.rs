@@ -5,8 +5,9 @@
 //! carries its metrics summary; reads go [`READS`] at a time), and [`Clusters`], which connects
 //! to each cluster once and keeps a failing one from holding up the runs of the others.
 
+use crate::backend::kube::Kubernetes;
 use crate::backend::kube::cluster::Cluster;
-use crate::backend::{self, BackendError, Target, local};
+use crate::backend::{BackendError, RunBackend, Target, local};
 use crate::experiment::Backend;
 use crate::layout::{self, run as keys};
 use crate::run::{self, MetricsSummary, Phase, Progress, RunStatus, Summary};
@@ -357,7 +358,7 @@ pub struct Stale {
 type TargetKey = (Option<String>, Option<String>);
 
 /// A cluster connected once, or why it could not be.
-type Connection = Arc<tokio::sync::OnceCell<Result<Cluster, String>>>;
+type Connection = Arc<tokio::sync::OnceCell<Result<Kubernetes, String>>>;
 
 /// The clusters of the runs being read: each (context, namespace) is connected once, and one
 /// that fails (its context cannot be loaded, its API server cannot be reached) is not asked
@@ -381,7 +382,7 @@ impl Clusters {
     /// Uses `cluster` for the runs whose Job lives at `target` (a cluster reached otherwise,
     /// such as a mock API server).
     pub fn insert(&self, target: &Target, cluster: Cluster) {
-        let cell = tokio::sync::OnceCell::new_with(Some(Ok(cluster)));
+        let cell = tokio::sync::OnceCell::new_with(Some(Ok(Kubernetes::on(cluster))));
         self.connected
             .lock()
             .expect("not poisoned")
@@ -399,7 +400,7 @@ impl Clusters {
             status: s,
         };
         if s.backend == Backend::Local {
-            return match local::refresh(run, s.clone()).await {
+            return match local::Local.refresh(run, s.clone()).await {
                 Ok(s) => Ok(s),
                 Err(e) => Err(per_run(s, &e)),
             };
@@ -420,13 +421,16 @@ impl Clusters {
             .or_default()
             .clone();
         let connected = cell
-            .get_or_init(|| async { target.connect().await.map_err(|e| e.to_string()) })
+            .get_or_init(|| async {
+                let cluster = target.connect().await.map_err(|e| e.to_string())?;
+                Ok(Kubernetes::on(cluster))
+            })
             .await;
         let cluster = match connected {
             Ok(c) => c,
             Err(e) => return Err(self.failed(key, s, e)),
         };
-        match backend::refresh_on(run, s.clone(), cluster).await {
+        match cluster.refresh(run, s.clone()).await {
             Ok(fresh) => Ok(fresh),
             Err(BackendError::Kube(e)) => Err(self.failed(key, s, &e.to_string())),
             Err(e) => Err(per_run(s, &e)),

@@ -6,19 +6,19 @@
 //! Kubernetes Job like the run's). [`write_output`] writes the rows as CSV or JSON Lines, whole
 //! and atomically; [`labelled_metrics`] scores them where labels are known.
 
-use crate::backend::Target;
-use crate::backend::kube::cluster::{Cluster, KubeError};
-use crate::backend::kube::{self, ClusterDefaults, observe};
-use crate::backend::local::{self, LocalError};
+use crate::backend::kube::cluster::KubeError;
+use crate::backend::kube::{self, ClusterDefaults};
+use crate::backend::local::LocalError;
+use crate::backend::{BackendError, Backends, RunBackend, Target, Task, TaskProgress};
 use crate::dataset::decode::{Undersized, decode_png};
 use crate::dataset::manifest::{DatasetManifest, Rejected};
 use crate::dataset::source::{Names, Source, SourceError};
 use crate::dataset::split::Split;
-use crate::experiment::{Backend, Experiment};
+use crate::experiment::Experiment;
 use crate::layout::run::{self as keys, prediction as job_keys};
 use crate::metrics::{self, AnyReport, Metrics};
 use crate::predictions::{self, InputShard, PredictInput, PredictResult, PredictSpec, Prediction};
-use crate::run::{self, Phase, RunStatus};
+use crate::run::{self, RunStatus};
 use crate::shard::{FLAG_PADDED, FLAG_UNLABELED, Layout, RecordMeta, ShardReader, ShardWriter};
 use crate::spec::{DeviceSpec, RunSpec};
 use crate::store::{Store, StoreError};
@@ -26,9 +26,7 @@ use bytes::Bytes;
 use k8s_openapi::api::batch::v1::Job;
 use rayon::prelude::*;
 use sha2::Digest;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 /// Images per shard of a packed folder or zip.
 pub const INPUT_SHARD_RECORDS: usize = crate::stage::DEFAULT_SHARD_RECORDS;
@@ -72,6 +70,8 @@ pub enum PredictError {
     Kube(#[from] KubeError),
     #[error(transparent)]
     Local(#[from] LocalError),
+    #[error(transparent)]
+    Backend(BackendError),
     /// The worker (child process or pod) failed; `code` is its exit code (2: bad input).
     #[error("the prediction failed ({what}): {detail}")]
     Worker {
@@ -99,10 +99,26 @@ impl crate::exit::ProcessExitCode for PredictError {
             PredictError::Store(e) => e.process_exit_code(),
             PredictError::Kube(e) => e.process_exit_code(),
             PredictError::Local(e) => e.process_exit_code(),
+            PredictError::Backend(e) => e.process_exit_code(),
             PredictError::Worker { code, .. } if *code == ExitCode::UserError as i32 => {
                 ExitCode::UserError
             }
             PredictError::Worker { .. } | PredictError::Output { .. } => ExitCode::Failure,
+        }
+    }
+}
+
+impl From<BackendError> for PredictError {
+    /// A failed worker task is the prediction's failure; the rest keep their kind.
+    fn from(e: BackendError) -> Self {
+        match e {
+            BackendError::Task { code, what, detail } => {
+                PredictError::Worker { code, what, detail }
+            }
+            BackendError::Store(e) => PredictError::Store(e),
+            BackendError::Kube(e) => PredictError::Kube(e),
+            BackendError::Local(e) => PredictError::Local(e),
+            e => PredictError::Backend(e),
         }
     }
 }
@@ -477,20 +493,53 @@ pub async fn execute(
 ) -> Result<Executed, PredictError> {
     let mut ran = false;
     if p.job.size(job_keys::RESULT).await?.is_none() {
-        match p.status.backend {
-            Backend::Local => {
-                write_job(p).await?;
-                run_local(p, progress)?;
-            }
-            Backend::Kubernetes => {
-                let cluster = target.for_run(p.status.cluster.as_ref()).connect().await?;
-                run_on(&cluster, p, progress).await?;
-            }
-        }
+        let backend = Backends::of_run(&p.status, target).await?;
+        run_with(&backend, p, progress).await?;
         ran = true;
     }
     let (result, rows) = read_outcome(p).await?;
     Ok(Executed { result, rows, ran })
+}
+
+/// Writes the prediction's input and spec to the bucket, then runs the worker on `backend`
+/// (a child process, or a Job shaped like the run's) until it ends.
+pub async fn run_with(
+    backend: &impl RunBackend,
+    p: &Prepared,
+    progress: &mut dyn Progress,
+) -> Result<(), PredictError> {
+    write_job(p).await?;
+    let experiment = experiment_of(p).await?;
+    let job = |defaults: &ClusterDefaults| job_of(p, &experiment, defaults);
+    let task = Task {
+        worker_args: vec!["predict".into(), "--job".into(), p.job.url().to_string()],
+        job: &job,
+        max_attempts: experiment.retries + 1,
+        log: (&p.job, job_keys::LOG),
+    };
+    backend
+        .run_task(&task, &mut ProgressLines(progress))
+        .await
+        .map_err(PredictError::from)
+}
+
+/// The worker's lines as prediction progress.
+struct ProgressLines<'a>(&'a mut dyn Progress);
+
+impl TaskProgress for ProgressLines<'_> {
+    fn line(&mut self, text: &str) -> bool {
+        match predictions::parse_progress(text) {
+            Some((done, total)) => {
+                self.0.images(done, total);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn notice(&mut self, line: &str) {
+        self.0.notice(line);
+    }
 }
 
 /// Writes the packed input, then the spec, to the prediction's folder.
@@ -522,48 +571,6 @@ pub async fn read_outcome(p: &Prepared) -> Result<(PredictResult, Vec<Prediction
         .into());
     }
     Ok((result, rows))
-}
-
-/// The local backend: `idc-worker predict` as a child process, its progress read from stderr.
-fn run_local(p: &Prepared, progress: &mut dyn Progress) -> Result<(), PredictError> {
-    let worker = local::worker_binary()?;
-    let mut child = Command::new(&worker)
-        .args(["predict", "--job", p.job.url()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| LocalError::Spawn {
-            what: worker.display().to_string(),
-            source: e,
-        })?;
-    let stderr = child.stderr.take().expect("piped");
-    let mut last = String::new();
-    for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-        match predictions::parse_progress(&line) {
-            Some((done, total)) => progress.images(done, total),
-            None if !line.trim().is_empty() => last = line,
-            None => {}
-        }
-    }
-    let status = child.wait().map_err(|e| LocalError::Spawn {
-        what: "wait".into(),
-        source: e,
-    })?;
-    if status.success() {
-        return Ok(());
-    }
-    use std::os::unix::process::ExitStatusExt;
-    let (code, what) = match (status.code(), status.signal()) {
-        (Some(c), _) => (c, format!("worker exited with code {c}")),
-        (None, Some(s)) => (-s, format!("worker killed by signal {s}")),
-        _ => (-1, "worker ended".into()),
-    };
-    Err(PredictError::Worker {
-        code,
-        what,
-        detail: last.trim_start_matches("error: ").to_string(),
-    })
 }
 
 /// The prediction's Kubernetes Job, with the namespace's `defaults`.
@@ -602,89 +609,6 @@ pub async fn render_job(p: &Prepared, defaults: &ClusterDefaults) -> Result<Job,
         )));
     }
     Ok(job)
-}
-
-/// Runs the prediction as a Job on a connected cluster and waits for it, following its pod's
-/// log for progress; a failed Job is an error with the cluster's reason and the worker's.
-pub async fn run_on(
-    cluster: &Cluster,
-    p: &Prepared,
-    progress: &mut dyn Progress,
-) -> Result<(), PredictError> {
-    write_job(p).await?;
-    let defaults = cluster.defaults().await?;
-    let experiment = experiment_of(p).await?;
-    let job = job_of(p, &experiment, &defaults);
-    let name = job.metadata.name.clone().expect("named");
-    cluster.create_job(&job).await?;
-    let max_attempts = experiment.retries + 1;
-    let mut followed = std::collections::BTreeSet::new();
-    let mut last_notice = String::new();
-    loop {
-        let job = cluster
-            .job(&name)
-            .await?
-            .ok_or_else(|| PredictError::Worker {
-                code: 1,
-                what: format!(
-                    "its Job {name} is gone from namespace {}",
-                    cluster.namespace
-                ),
-                detail: "deleted before it finished".into(),
-            })?;
-        let pods = cluster.pods_of(&name).await?;
-        let workload = cluster.workload_of(&job, &pods).await;
-        let o = observe::observe(
-            &job,
-            &observe::attempts_of_pods(&pods),
-            &[],
-            workload.as_ref(),
-            max_attempts,
-        );
-        match o.phase {
-            Phase::Succeeded => return Ok(()),
-            Phase::Failed | Phase::Cancelled | Phase::Lost => {
-                let log = p.job.get_opt(job_keys::LOG).await?;
-                let detail = log
-                    .as_deref()
-                    .map(String::from_utf8_lossy)
-                    .and_then(|l| {
-                        l.lines()
-                            .rev()
-                            .find(|l| l.contains("error:"))
-                            .map(str::to_string)
-                    })
-                    .unwrap_or_else(|| o.reason.clone());
-                return Err(PredictError::Worker {
-                    code: o.exit_codes.last().copied().unwrap_or(1),
-                    what: format!("Job {name}: {}", o.reason),
-                    detail,
-                });
-            }
-            Phase::Pending | Phase::Running => {}
-        }
-        if o.reason != last_notice {
-            progress.notice(&o.reason);
-            last_notice = o.reason.clone();
-        }
-        let running = pods.iter().rev().find(|pod| {
-            kube::started(pod)
-                && !followed.contains(pod.metadata.name.as_deref().unwrap_or_default())
-        });
-        if let Some(pod) = running {
-            let pod = pod.metadata.name.clone().unwrap_or_default();
-            cluster
-                .stream_log(&pod, true, None, |_, text| {
-                    if let Some((done, total)) = predictions::parse_progress(text) {
-                        progress.images(done, total);
-                    }
-                })
-                .await?;
-            followed.insert(pod);
-            continue;
-        }
-        tokio::time::sleep(cluster.poll).await;
-    }
 }
 
 /// How `write_output` writes the rows.

@@ -3,7 +3,13 @@
 //! enforces the deadline, records every attempt's exit code and reason in the run record and
 //! beats a heartbeat there; a run whose supervisor is gone is found lost, never left running.
 
+use super::follow::{Output, Sink};
+use super::{
+    BackendError, CancelOutcome, RunBackend, SubmitOptions, Submitted, Task, TaskProgress,
+};
+use crate::attempt::AttemptRecord;
 use crate::clock::now_rfc3339;
+use crate::experiment::Experiment;
 use crate::layout::run as keys;
 use crate::process::{Liveness, ProcessRef};
 use crate::run::{Phase, RunStatus, read_status, write_status};
@@ -431,4 +437,133 @@ pub async fn cancel(run: &Store, grace: Duration) -> Result<Cancelled, LocalErro
     } else {
         Cancelled::NothingRan
     })
+}
+
+/// The local backend: runs on this machine, under a detached supervisor.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Local;
+
+impl RunBackend for Local {
+    async fn submit(
+        &self,
+        exp: &Experiment,
+        opts: &SubmitOptions,
+    ) -> Result<Submitted, BackendError> {
+        super::submit_local(exp, opts).await
+    }
+
+    async fn refresh(&self, run: &Store, s: RunStatus) -> Result<RunStatus, BackendError> {
+        Ok(refresh(run, s).await?)
+    }
+
+    /// The worker's log objects grow in the bucket, one per attempt.
+    async fn follow(
+        &self,
+        run: &Store,
+        _: RunStatus,
+        only: Option<u32>,
+        out: Sink<'_>,
+    ) -> Result<RunStatus, BackendError> {
+        let mut attempt = only.unwrap_or(1);
+        let mut printed = 0usize;
+        loop {
+            let status = read_status(run)
+                .await?
+                .ok_or_else(|| LocalError::NoRun(run.url().to_string()))?;
+            // A supervisor that is gone ends the following too (the run is lost).
+            let status = refresh(run, status).await?;
+            // Read after the record, so that an attempt the record shows ended is all there.
+            if let Some(b) = run.get_opt(&keys::log(attempt)).await?
+                && b.len() > printed
+            {
+                out(Output::Text(
+                    String::from_utf8_lossy(&b[printed..]).into_owned(),
+                ));
+                printed = b.len();
+            }
+            if only.is_none() && status.attempts > attempt && status.phase != Phase::Pending {
+                // What is left of this attempt's log is out; go on with the next one.
+                attempt += 1;
+                printed = 0;
+                out(Output::Text(format!("--- attempt {attempt} ---\n")));
+                continue;
+            }
+            if status.phase.is_terminal() {
+                return Ok(status);
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    async fn read_log(
+        &self,
+        run: &Store,
+        _: &RunStatus,
+        n: u32,
+        _: &[AttemptRecord],
+    ) -> Result<Option<String>, BackendError> {
+        Ok(super::follow::bucket_log(run, n).await?)
+    }
+
+    async fn cancel(&self, run: &Store, s: RunStatus) -> Result<CancelOutcome, BackendError> {
+        let s = refresh(run, s).await?;
+        if s.phase.is_terminal() && s.phase != Phase::Lost {
+            return Ok(CancelOutcome::AlreadyEnded(Box::new(s)));
+        }
+        let signalled = cancel(run, Duration::from_secs(30)).await? == Cancelled::Signalled;
+        Ok(CancelOutcome::Requested { signalled })
+    }
+
+    async fn restart(&self, run: &Store, mut s: RunStatus) -> Result<(), BackendError> {
+        s.reason = Some("resumed; waiting for the supervisor to start".into());
+        s.supervisor = None;
+        s.worker = None;
+        s.heartbeat_at = Some(now_rfc3339());
+        write_status(run, &s).await?;
+        launch(run.url())?;
+        Ok(())
+    }
+
+    /// `idc-worker ARGS` as a child process, its progress read from its standard error.
+    async fn run_task(
+        &self,
+        task: &Task<'_>,
+        progress: &mut dyn TaskProgress,
+    ) -> Result<(), BackendError> {
+        let worker = worker_binary()?;
+        let mut child = Command::new(&worker)
+            .args(&task.worker_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| LocalError::Spawn {
+                what: worker.display().to_string(),
+                source: e,
+            })?;
+        let stderr = child.stderr.take().expect("piped");
+        let mut last = String::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if !progress.line(&line) && !line.trim().is_empty() {
+                last = line;
+            }
+        }
+        let status = child.wait().map_err(|e| LocalError::Spawn {
+            what: "wait".into(),
+            source: e,
+        })?;
+        if status.success() {
+            return Ok(());
+        }
+        let (code, what) = match (status.code(), status.signal()) {
+            (Some(c), _) => (c, format!("worker exited with code {c}")),
+            (None, Some(s)) => (-s, format!("worker killed by signal {s}")),
+            _ => (-1, "worker ended".into()),
+        };
+        Err(BackendError::Task {
+            code,
+            what,
+            detail: last.trim_start_matches("error: ").to_string(),
+        })
+    }
 }

@@ -1,11 +1,14 @@
 //! Backends run a submitted run's worker: `local` (a child process on this machine) and `kube`
-//! (a Kubernetes GPU Job). This module is what commands (and sweeps) call: submit a run, bring
-//! its record up to date, cancel and resume it, whichever backend it is on.
+//! (a Kubernetes GPU Job). [`RunBackend`] is what every backend does with a run, and
+//! [`Backends`] picks a run's (the one place that looks at which backend it is on). The free
+//! functions here are what commands, sweeps and predict call: submit a run, bring its record up
+//! to date, follow, cancel and resume it, run a worker task beside it.
 
 pub mod follow;
 pub mod kube;
 pub mod local;
 
+use crate::attempt::AttemptRecord;
 use crate::dataset::decode::Undersized;
 use crate::experiment::{self, Backend, Experiment};
 use crate::layout::{self, run as keys};
@@ -36,6 +39,13 @@ pub enum BackendError {
         source_path: String,
         error: StageError,
     },
+    /// A worker task (a prediction) failed; `code` is the worker's exit code (2: bad input).
+    #[error("{what}: {detail}")]
+    Task {
+        code: i32,
+        what: String,
+        detail: String,
+    },
 }
 
 impl crate::exit::ProcessExitCode for BackendError {
@@ -46,6 +56,10 @@ impl crate::exit::ProcessExitCode for BackendError {
             BackendError::Stage { error, .. } => error.process_exit_code(),
             BackendError::Store(e) => e.process_exit_code(),
             BackendError::Local(e) => e.process_exit_code(),
+            BackendError::Task { code, .. } if *code == crate::exit::ExitCode::UserError as i32 => {
+                crate::exit::ExitCode::UserError
+            }
+            BackendError::Task { .. } => crate::exit::ExitCode::Failure,
         }
     }
 }
@@ -68,6 +82,152 @@ impl Target {
 
     pub async fn connect(&self) -> Result<Cluster, KubeError> {
         Cluster::connect(self.context.as_deref(), self.namespace.as_deref()).await
+    }
+}
+
+/// What every backend does with a run. Each operation reads the run's record in the bucket and
+/// writes what changed there; the lifecycle conformance suite (`tests/it/conformance.rs`) holds
+/// every implementation to the same outcomes.
+// The futures are awaited where they are made (commands, the sweep driver's loop), never sent
+// to another thread, so the traits' auto-trait bounds need not be spelled out.
+#[allow(async_fn_in_trait)]
+pub trait RunBackend {
+    /// Submits the experiment: stages the dataset if needed, writes the run's spec and record,
+    /// then starts the worker. The same run id and spec again creates nothing new.
+    async fn submit(
+        &self,
+        exp: &Experiment,
+        opts: &SubmitOptions,
+    ) -> Result<Submitted, BackendError>;
+    /// Brings an active run's record `s` up to date from what runs it (saved when it changed).
+    async fn refresh(&self, run: &Store, s: RunStatus) -> Result<RunStatus, BackendError>;
+    /// Follows the run's log (only attempt `only`, if given) until the run ends; returns its
+    /// record as it ended.
+    async fn follow(
+        &self,
+        run: &Store,
+        s: RunStatus,
+        only: Option<u32>,
+        out: follow::Sink<'_>,
+    ) -> Result<RunStatus, BackendError>;
+    /// Attempt `n`'s log as it is now (`records`: the run's attempt records); None when it has
+    /// none yet.
+    async fn read_log(
+        &self,
+        run: &Store,
+        s: &RunStatus,
+        n: u32,
+        records: &[AttemptRecord],
+    ) -> Result<Option<String>, BackendError>;
+    /// Stops the run (its worker checkpoints on SIGTERM) unless it has already ended.
+    async fn cancel(&self, run: &Store, s: RunStatus) -> Result<CancelOutcome, BackendError>;
+    /// Starts a stopped run again from its latest checkpoint; `s` is its reopened record.
+    async fn restart(&self, run: &Store, s: RunStatus) -> Result<(), BackendError>;
+    /// Runs a worker task beside a run (a prediction) until it ends.
+    async fn run_task(
+        &self,
+        task: &Task<'_>,
+        progress: &mut dyn TaskProgress,
+    ) -> Result<(), BackendError>;
+}
+
+/// A one-off worker task beside a run (a prediction): `idc-worker ARGS` as a child process on
+/// the local backend, a Job on Kubernetes.
+pub struct Task<'a> {
+    /// The worker's arguments (`predict --job URL`).
+    pub worker_args: Vec<String>,
+    /// Its Job, given the namespace's defaults.
+    pub job: &'a (dyn Fn(&kube::ClusterDefaults) -> k8s_openapi::api::batch::v1::Job + Sync),
+    /// Attempts its Job may make.
+    pub max_attempts: u32,
+    /// The bucket folder and key of the worker's log, where a failed Job's error is read.
+    pub log: (&'a Store, &'a str),
+}
+
+/// What a running task reports.
+pub trait TaskProgress: Send {
+    /// A line the worker wrote; true when it was progress (else the last such line is the
+    /// error a failed task reports).
+    fn line(&mut self, text: &str) -> bool;
+    /// A one-line update about the task itself (waiting for a pod, and so on).
+    fn notice(&mut self, line: &str);
+}
+
+/// The backend a run is on: the one place that dispatches on [`Backend`].
+pub enum Backends {
+    Local(local::Local),
+    Kubernetes(Box<kube::Kubernetes>),
+}
+
+impl Backends {
+    /// The backend `kind`, connected to `target`'s cluster when it is Kubernetes.
+    pub async fn connect(kind: Backend, target: &Target) -> Result<Self, BackendError> {
+        Ok(match kind {
+            Backend::Local => Backends::Local(local::Local),
+            Backend::Kubernetes => {
+                let cluster = target.connect().await?;
+                Backends::Kubernetes(Box::new(kube::Kubernetes::on(cluster)))
+            }
+        })
+    }
+
+    /// The backend run `s` is on (its own cluster, unless `target` names another).
+    pub async fn of_run(s: &RunStatus, target: &Target) -> Result<Self, BackendError> {
+        Self::connect(s.backend, &target.for_run(s.cluster.as_ref())).await
+    }
+}
+
+/// Calls the same method on whichever backend `self` holds.
+macro_rules! dispatch {
+    ($self:ident, $b:ident => $call:expr) => {
+        match $self {
+            Backends::Local($b) => $call.await,
+            Backends::Kubernetes($b) => $call.await,
+        }
+    };
+}
+
+impl RunBackend for Backends {
+    async fn submit(
+        &self,
+        exp: &Experiment,
+        opts: &SubmitOptions,
+    ) -> Result<Submitted, BackendError> {
+        dispatch!(self, b => b.submit(exp, opts))
+    }
+    async fn refresh(&self, run: &Store, s: RunStatus) -> Result<RunStatus, BackendError> {
+        dispatch!(self, b => b.refresh(run, s))
+    }
+    async fn follow(
+        &self,
+        run: &Store,
+        s: RunStatus,
+        only: Option<u32>,
+        out: follow::Sink<'_>,
+    ) -> Result<RunStatus, BackendError> {
+        dispatch!(self, b => b.follow(run, s, only, out))
+    }
+    async fn read_log(
+        &self,
+        run: &Store,
+        s: &RunStatus,
+        n: u32,
+        records: &[AttemptRecord],
+    ) -> Result<Option<String>, BackendError> {
+        dispatch!(self, b => b.read_log(run, s, n, records))
+    }
+    async fn cancel(&self, run: &Store, s: RunStatus) -> Result<CancelOutcome, BackendError> {
+        dispatch!(self, b => b.cancel(run, s))
+    }
+    async fn restart(&self, run: &Store, s: RunStatus) -> Result<(), BackendError> {
+        dispatch!(self, b => b.restart(run, s))
+    }
+    async fn run_task(
+        &self,
+        task: &Task<'_>,
+        progress: &mut dyn TaskProgress,
+    ) -> Result<(), BackendError> {
+        dispatch!(self, b => b.run_task(task, progress))
     }
 }
 
@@ -270,35 +430,10 @@ async fn ensure_dataset(
 /// Submits the experiment on its backend: stages the dataset if needed, writes the run's
 /// spec and record to the bucket, then starts the supervisor or creates the Job.
 pub async fn submit(exp: &Experiment, opts: &SubmitOptions) -> Result<Submitted, BackendError> {
-    match exp.backend {
-        Backend::Local => submit_local(exp, opts).await,
-        Backend::Kubernetes => {
-            let cluster = opts.target.connect().await?;
-            submit_to(exp, opts, cluster).await
-        }
-    }
-}
-
-/// [`submit`] of a Kubernetes run on a connected cluster.
-pub async fn submit_to(
-    exp: &Experiment,
-    opts: &SubmitOptions,
-    cluster: Cluster,
-) -> Result<Submitted, BackendError> {
-    submit_kube(exp, opts, cluster, true).await
-}
-
-/// [`submit`] on a connected cluster (`None`: the local backend), without checking that its
-/// pods can reach the bucket.
-pub async fn submit_on(
-    exp: &Experiment,
-    opts: &SubmitOptions,
-    cluster: Option<Cluster>,
-) -> Result<Submitted, BackendError> {
-    match cluster {
-        Some(cluster) => submit_kube(exp, opts, cluster, false).await,
-        None => submit_local(exp, opts).await,
-    }
+    Backends::connect(exp.backend, &opts.target)
+        .await?
+        .submit(exp, opts)
+        .await
 }
 
 /// Stages the dataset if needed, refuses a spec that cannot train on it, and writes the run's
@@ -404,7 +539,7 @@ fn refused_at_submit(s: &RunStatus) -> bool {
 async fn submit_kube(
     exp: &Experiment,
     opts: &SubmitOptions,
-    cluster: Cluster,
+    cluster: &Cluster,
     check_reach: bool,
 ) -> Result<Submitted, BackendError> {
     cluster.check_version().await?;
@@ -500,17 +635,16 @@ pub async fn refresh(
     if status.phase.is_terminal() {
         return Ok(status);
     }
-    if status.backend == Backend::Local {
-        return Ok(local::refresh(run, status).await?);
-    }
-    let cluster = target.for_run(status.cluster.as_ref()).connect().await?;
-    refresh_on(run, status, &cluster).await
+    Backends::of_run(&status, target)
+        .await?
+        .refresh(run, status)
+        .await
 }
 
-/// [`refresh`] of a Kubernetes run against a connected cluster. Attempts come from the run's
+/// The Kubernetes backend's refresh, against a connected cluster. Attempts come from the run's
 /// attempt records in the bucket matched with the pods that still exist, so an evicted or
 /// TTL-deleted pod keeps its attempt; a cancel recorded meanwhile (by another idcctl) wins.
-pub async fn refresh_on(
+async fn refresh_on(
     run: &Store,
     status: RunStatus,
     cluster: &Cluster,
@@ -672,28 +806,16 @@ pub async fn cancel(
     status: RunStatus,
     target: &Target,
 ) -> Result<CancelOutcome, BackendError> {
-    // Each backend writes the cancel marker itself.
-    match status.backend {
-        Backend::Local => {
-            let s = local::refresh(run, status).await?;
-            if s.phase.is_terminal() && s.phase != Phase::Lost {
-                return Ok(CancelOutcome::AlreadyEnded(Box::new(s)));
-            }
-            let signalled =
-                local::cancel(run, Duration::from_secs(30)).await? == local::Cancelled::Signalled;
-            Ok(CancelOutcome::Requested { signalled })
-        }
-        Backend::Kubernetes => {
-            let cluster = target.for_run(status.cluster.as_ref()).connect().await?;
-            cancel_on(run, status, &cluster).await
-        }
-    }
+    Backends::of_run(&status, target)
+        .await?
+        .cancel(run, status)
+        .await
 }
 
-/// Cancels a Kubernetes run on a connected cluster: reads the Job first (a run that already
+/// The Kubernetes backend's cancel, on a connected cluster: reads the Job first (a run that already
 /// succeeded or failed keeps its Job, its pods' logs and its outcome), then deletes it (the
 /// pods get SIGTERM and the worker checkpoints).
-pub async fn cancel_on(
+async fn cancel_on(
     run: &Store,
     status: RunStatus,
     cluster: &Cluster,
@@ -724,7 +846,35 @@ pub async fn cancel_on(
 /// Starts a stopped run again (cancelled, failed or lost); the worker resumes from its latest
 /// checkpoint. The record is brought up to date first: a run still going or done is refused.
 pub async fn resume(run: &Store, status: RunStatus, target: &Target) -> Result<(), BackendError> {
-    let mut s = refresh(run, status, target).await?;
+    // A finished run is refused before any cluster is asked.
+    if status.phase.is_terminal() {
+        check_resumable(&status)?;
+    }
+    let backend = Backends::of_run(&status, target).await?;
+    resume_on(&backend, run, status).await
+}
+
+/// [`resume`] on a backend at hand.
+pub async fn resume_on(
+    backend: &impl RunBackend,
+    run: &Store,
+    status: RunStatus,
+) -> Result<(), BackendError> {
+    let mut s = if status.phase.is_terminal() {
+        status
+    } else {
+        backend.refresh(run, status).await?
+    };
+    check_resumable(&s)?;
+    run.delete(keys::CANCEL).await?;
+    s.phase = Phase::Pending;
+    s.max_attempts = s.attempts + s.max_attempts.saturating_sub(s.attempts).max(1);
+    s.finished_at = None;
+    backend.restart(run, s).await
+}
+
+/// A run can be resumed once it has stopped, unless it succeeded.
+fn check_resumable(s: &RunStatus) -> Result<(), BackendError> {
     if !s.phase.is_terminal() {
         return Err(BackendError::Invalid(format!(
             "run {} is {}; only a stopped run can be resumed",
@@ -737,24 +887,6 @@ pub async fn resume(run: &Store, status: RunStatus, target: &Target) -> Result<(
             "run {} already succeeded",
             s.run_id
         )));
-    }
-    run.delete(keys::CANCEL).await?;
-    s.phase = Phase::Pending;
-    s.max_attempts = s.attempts + s.max_attempts.saturating_sub(s.attempts).max(1);
-    s.finished_at = None;
-    match s.backend {
-        Backend::Local => {
-            s.reason = Some("resumed; waiting for the supervisor to start".into());
-            s.supervisor = None;
-            s.worker = None;
-            s.heartbeat_at = Some(crate::clock::now_rfc3339());
-            run::write_status(run, &s).await?;
-            local::launch(run.url())?;
-        }
-        Backend::Kubernetes => {
-            let cluster = target.for_run(s.cluster.as_ref()).connect().await?;
-            resume_on(run, s, &cluster).await?;
-        }
     }
     Ok(())
 }
@@ -792,19 +924,10 @@ async fn wait_for_pods_gone(cluster: &Cluster, run_id: &str) -> Result<(), Backe
     }
 }
 
-/// [`resume`] of a Kubernetes run on a connected cluster: once the earlier Job and its pods are
-/// gone, creates a new Job built from the run's experiment and the namespace's current defaults.
-pub async fn resume_on(
-    run: &Store,
-    status: RunStatus,
-    cluster: &Cluster,
-) -> Result<(), BackendError> {
+/// The Kubernetes backend's restart: once the earlier Job and its pods are gone, creates a new
+/// Job built from the run's experiment and the namespace's current defaults.
+async fn restart_on(run: &Store, status: RunStatus, cluster: &Cluster) -> Result<(), BackendError> {
     let mut s = status;
-    // Reopened here too (as `resume` does), so that a caller holding the cancelled record
-    // cannot leave the run reading cancelled while its new Job trains.
-    run.delete(keys::CANCEL).await?;
-    s.phase = Phase::Pending;
-    s.finished_at = None;
     let exp: Experiment =
         serde_yaml::from_slice(&run.get(keys::EXPERIMENT).await?).map_err(|e| {
             BackendError::Invalid(format!(

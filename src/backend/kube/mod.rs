@@ -9,9 +9,216 @@ pub mod kueue;
 pub mod names;
 pub mod observe;
 
+use super::follow::{Output, Sink};
+use super::{
+    BackendError, CancelOutcome, RunBackend, SubmitOptions, Submitted, Task, TaskProgress,
+};
+use crate::attempt::AttemptRecord;
+use crate::experiment::Experiment;
 use crate::layout::run as keys;
+use crate::run::{Phase, RunStatus};
 use crate::store::{Store, StoreError};
 use cluster::{Cluster, KubeError, LogLine};
+
+/// The Kubernetes backend on a connected cluster: each run a Job of the worker.
+#[derive(Clone)]
+pub struct Kubernetes {
+    pub cluster: Cluster,
+    /// Refuse a bucket the cluster's pods cannot reach (a `file://` one) at submit.
+    check_reach: bool,
+}
+
+impl Kubernetes {
+    /// The backend on `cluster`.
+    pub fn on(cluster: Cluster) -> Self {
+        Kubernetes {
+            cluster,
+            check_reach: true,
+        }
+    }
+
+    /// Lets runs use a bucket only this machine reaches: for a cluster whose pods run here (a
+    /// test's mock API server with a `file://` bucket).
+    pub fn sharing_this_machine(mut self) -> Self {
+        self.check_reach = false;
+        self
+    }
+}
+
+impl RunBackend for Kubernetes {
+    async fn submit(
+        &self,
+        exp: &Experiment,
+        opts: &SubmitOptions,
+    ) -> Result<Submitted, BackendError> {
+        super::submit_kube(exp, opts, &self.cluster, self.check_reach).await
+    }
+
+    async fn refresh(&self, run: &Store, s: RunStatus) -> Result<RunStatus, BackendError> {
+        super::refresh_on(run, s, &self.cluster).await
+    }
+
+    /// The log comes from the attempts' pods (see [`follow`]).
+    async fn follow(
+        &self,
+        run: &Store,
+        s: RunStatus,
+        only: Option<u32>,
+        out: Sink<'_>,
+    ) -> Result<RunStatus, BackendError> {
+        let earlier = s.cluster.as_ref().map_or(0, |c| c.earlier_attempts);
+        // Lines and notices go out as they come, through the one sink.
+        let out = std::sync::Mutex::new(out);
+        let send = |o: Output| (out.lock().unwrap_or_else(|e| e.into_inner()))(o);
+        let mut text = |l: LogLine| {
+            send(Output::Text(format!(
+                "[attempt {}] {}\n",
+                l.attempt, l.text
+            )))
+        };
+        let mut notice = |n: String| send(Output::Notice(n));
+        follow(
+            &self.cluster,
+            run,
+            &s.run_id,
+            earlier,
+            only,
+            &mut text,
+            &mut notice,
+        )
+        .await
+        .map_err(|e| match e {
+            FollowError::Kube(e) => BackendError::Kube(e),
+            FollowError::Store(e) => BackendError::Store(e),
+        })?;
+        if s.phase.is_terminal() {
+            return Ok(s);
+        }
+        self.refresh(run, s).await
+    }
+
+    /// From the attempt's pod while it exists (the freshest), else from the bucket.
+    async fn read_log(
+        &self,
+        run: &Store,
+        s: &RunStatus,
+        n: u32,
+        records: &[AttemptRecord],
+    ) -> Result<Option<String>, BackendError> {
+        let earlier = s.cluster.as_ref().map_or(0, |c| c.earlier_attempts);
+        let pods = self.cluster.pods_of(&s.run_id).await?;
+        let attempts = observe::number_attempts(records, &pods, earlier);
+        if let Some(pod) = attempts
+            .iter()
+            .find(|a| a.number == n)
+            .and_then(|a| a.pod.as_ref())
+        {
+            let name = pod.metadata.name.clone().unwrap_or_default();
+            let mut text = String::new();
+            let streamed = self
+                .cluster
+                .stream_log(&name, false, None, |_, line| {
+                    text.push_str(line);
+                    text.push('\n');
+                })
+                .await;
+            if streamed.is_ok() {
+                return Ok(Some(text));
+            }
+        }
+        Ok(super::follow::bucket_log(run, n).await?)
+    }
+
+    async fn cancel(&self, run: &Store, s: RunStatus) -> Result<CancelOutcome, BackendError> {
+        super::cancel_on(run, s, &self.cluster).await
+    }
+
+    async fn restart(&self, run: &Store, s: RunStatus) -> Result<(), BackendError> {
+        super::restart_on(run, s, &self.cluster).await
+    }
+
+    /// The task as a Job; waits for it, following its pod's log for progress. A failed Job is
+    /// an error with the cluster's reason and the worker's last error line.
+    async fn run_task(
+        &self,
+        task: &Task<'_>,
+        progress: &mut dyn TaskProgress,
+    ) -> Result<(), BackendError> {
+        let cluster = &self.cluster;
+        let job = (task.job)(&cluster.defaults().await?);
+        let name = job.metadata.name.clone().expect("named");
+        cluster.create_job(&job).await?;
+        let mut followed = std::collections::BTreeSet::new();
+        let mut last_notice = String::new();
+        loop {
+            let job = cluster
+                .job(&name)
+                .await?
+                .ok_or_else(|| BackendError::Task {
+                    code: 1,
+                    what: format!(
+                        "its Job {name} is gone from namespace {}",
+                        cluster.namespace
+                    ),
+                    detail: "deleted before it finished".into(),
+                })?;
+            let pods = cluster.pods_of(&name).await?;
+            let workload = cluster.workload_of(&job, &pods).await;
+            let attempts = observe::attempts_of_pods(&pods);
+            let o = observe::observe(&job, &attempts, &[], workload.as_ref(), task.max_attempts);
+            match o.phase {
+                Phase::Succeeded => return Ok(()),
+                Phase::Failed | Phase::Cancelled | Phase::Lost => {
+                    return Err(task_failed(task, &name, &o).await);
+                }
+                Phase::Pending | Phase::Running => {}
+            }
+            if o.reason != last_notice {
+                progress.notice(&o.reason);
+                last_notice = o.reason.clone();
+            }
+            let running = pods.iter().rev().find(|pod| {
+                started(pod) && !followed.contains(pod.metadata.name.as_deref().unwrap_or_default())
+            });
+            if let Some(pod) = running {
+                let pod = pod.metadata.name.clone().unwrap_or_default();
+                cluster
+                    .stream_log(&pod, true, None, |_, text| {
+                        progress.line(text);
+                    })
+                    .await?;
+                followed.insert(pod);
+                continue;
+            }
+            tokio::time::sleep(cluster.poll).await;
+        }
+    }
+}
+
+/// Why task Job `name` failed: the cluster's reason, and the last error line of the worker's
+/// log in the bucket (else the reason again).
+async fn task_failed(task: &Task<'_>, name: &str, o: &observe::Observation) -> BackendError {
+    let (dir, key) = task.log;
+    let log = match dir.get_opt(key).await {
+        Ok(log) => log,
+        Err(e) => return e.into(),
+    };
+    let detail = log
+        .as_deref()
+        .map(String::from_utf8_lossy)
+        .and_then(|l| {
+            l.lines()
+                .rev()
+                .find(|l| l.contains("error:"))
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| o.reason.clone());
+    BackendError::Task {
+        code: o.exit_codes.last().copied().unwrap_or(1),
+        what: format!("Job {name}: {}", o.reason),
+        detail,
+    }
+}
 
 /// Why following a log stopped early.
 #[derive(Debug, thiserror::Error)]
