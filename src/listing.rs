@@ -400,7 +400,7 @@ impl Clusters {
             status: s,
         };
         if s.backend == Backend::Local {
-            return match local::Local.refresh(run, s.clone()).await {
+            return match local::Local::default().refresh(run, s.clone()).await {
                 Ok(s) => Ok(s),
                 Err(e) => Err(per_run(s, &e)),
             };

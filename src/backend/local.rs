@@ -76,12 +76,16 @@ pub fn worker_binary() -> Result<PathBuf, LocalError> {
         .ok_or_else(|| LocalError::NoWorker(beside.display().to_string()))
 }
 
-/// Starts the supervisor of the run at `run_url`, detached from this terminal; returns its pid.
-pub fn launch(run_url: &str) -> Result<u32, LocalError> {
-    let exe = std::env::current_exe().map_err(|e| LocalError::Spawn {
-        what: "idcctl".into(),
-        source: e,
-    })?;
+/// Starts the supervisor of the run at `run_url` (`idcctl`: `idcctl`, else this executable),
+/// detached from this terminal; returns its pid.
+pub fn launch(run_url: &str, idcctl: Option<&std::path::Path>) -> Result<u32, LocalError> {
+    let exe = match idcctl {
+        Some(p) => p.to_path_buf(),
+        None => std::env::current_exe().map_err(|e| LocalError::Spawn {
+            what: "idcctl".into(),
+            source: e,
+        })?,
+    };
     let mut cmd = Command::new(exe);
     cmd.args(["internal", "supervise", "--run", run_url])
         .stdin(Stdio::null())
@@ -440,8 +444,11 @@ pub async fn cancel(run: &Store, grace: Duration) -> Result<Cancelled, LocalErro
 }
 
 /// The local backend: runs on this machine, under a detached supervisor.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Local;
+#[derive(Debug, Clone, Default)]
+pub struct Local {
+    /// The `idcctl` whose `internal supervise` runs the supervisor; None: this executable.
+    pub idcctl: Option<PathBuf>,
+}
 
 impl RunBackend for Local {
     async fn submit(
@@ -449,7 +456,7 @@ impl RunBackend for Local {
         exp: &Experiment,
         opts: &SubmitOptions,
     ) -> Result<Submitted, BackendError> {
-        super::submit_local(exp, opts).await
+        super::submit_local(exp, opts, self.idcctl.as_deref()).await
     }
 
     async fn refresh(&self, run: &Store, s: RunStatus) -> Result<RunStatus, BackendError> {
@@ -520,7 +527,7 @@ impl RunBackend for Local {
         s.worker = None;
         s.heartbeat_at = Some(now_rfc3339());
         write_status(run, &s).await?;
-        launch(run.url())?;
+        launch(run.url(), self.idcctl.as_deref())?;
         Ok(())
     }
 

@@ -163,7 +163,7 @@ impl Backends {
     /// The backend `kind`, connected to `target`'s cluster when it is Kubernetes.
     pub async fn connect(kind: Backend, target: &Target) -> Result<Self, BackendError> {
         Ok(match kind {
-            Backend::Local => Backends::Local(local::Local),
+            Backend::Local => Backends::Local(local::Local::default()),
             Backend::Kubernetes => {
                 let cluster = target.connect().await?;
                 Backends::Kubernetes(Box::new(kube::Kubernetes::on(cluster)))
@@ -499,7 +499,11 @@ fn new_status(exp: &Experiment, plan: &Plan) -> RunStatus {
 }
 
 /// [`submit`] on the local backend: writes the record and starts the supervisor.
-async fn submit_local(exp: &Experiment, opts: &SubmitOptions) -> Result<Submitted, BackendError> {
+async fn submit_local(
+    exp: &Experiment,
+    opts: &SubmitOptions,
+    idcctl: Option<&std::path::Path>,
+) -> Result<Submitted, BackendError> {
     let plan = plan(exp, opts, None)?;
     let (run, existing) = record(exp, &plan).await?;
     let place = "the local backend".to_string();
@@ -516,7 +520,7 @@ async fn submit_local(exp: &Experiment, opts: &SubmitOptions) -> Result<Submitte
     status.reason = Some("waiting for the supervisor to start".into());
     status.heartbeat_at = Some(crate::clock::now_rfc3339());
     run::write_status(&run, &status).await?;
-    local::launch(run.url())?;
+    local::launch(run.url(), idcctl)?;
     Ok(Submitted {
         run_id: plan.run_id,
         run,
