@@ -54,3 +54,6 @@ pub const PATCH_SIZE: usize = 50;
 pub const CHANNELS: usize = 3;
 /// Bytes of one staged patch: 50 x 50 x 3, HWC, uint8.
 pub const PATCH_BYTES: usize = PATCH_SIZE * PATCH_SIZE * CHANNELS;
+
+#[cfg(test)]
+mod fuzz;
