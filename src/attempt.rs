@@ -60,7 +60,8 @@ pub fn describe_exit(code: i32) -> String {
         c if c == ExitCode::Preempted as i32 => {
             "stopped on SIGTERM after writing a checkpoint (exit code 3)".into()
         }
-        c if c < 0 => format!("was killed by signal {}", -c),
+        // unsigned_abs: a stored code of i32::MIN has no negation.
+        c if c < 0 => format!("was killed by signal {}", c.unsigned_abs()),
         c => format!("exited with code {c}"),
     }
 }
@@ -72,6 +73,15 @@ pub async fn write(run: &Store, r: &AttemptRecord) -> Result<(), StoreError> {
         .await
 }
 
+/// The attempt record stored at `url`: one that does not parse is [`StoreError::Corrupt`],
+/// naming it.
+pub fn parse(url: &str, bytes: &[u8]) -> Result<AttemptRecord, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        url: url.to_string(),
+        reason: e.to_string(),
+    })
+}
+
 /// Every attempt record of the run, in attempt order. A record that does not parse is an error
 /// naming it: attempts must not be silently renumbered.
 pub async fn read_all(run: &Store) -> Result<Vec<AttemptRecord>, StoreError> {
@@ -79,13 +89,7 @@ pub async fn read_all(run: &Store) -> Result<Vec<AttemptRecord>, StoreError> {
     let reads = listed.iter().filter_map(|(key, _)| {
         let name = key.strip_prefix(keys::ATTEMPTS)?.strip_prefix('/')?;
         name.strip_suffix(".json")?.parse::<u32>().ok()?;
-        Some(async move {
-            let b = run.get(key).await?;
-            serde_json::from_slice::<AttemptRecord>(&b).map_err(|e| StoreError::Corrupt {
-                url: run.url_of(key),
-                reason: e.to_string(),
-            })
-        })
+        Some(async move { parse(&run.url_of(key), &run.get(key).await?) })
     });
     let mut records: Vec<AttemptRecord> = futures::future::try_join_all(reads).await?;
     records.sort_by_key(|r| r.attempt);
@@ -128,5 +132,45 @@ mod tests {
             e.contains("attempts/1.json") && e.contains("corrupt"),
             "{e}"
         );
+    }
+
+    mod fuzz {
+        use super::*;
+        use crate::fuzz::{bytes, config, corrupted};
+        use proptest::prelude::*;
+
+        const URL: &str = "file:///b/runs/r/attempts/1.json";
+
+        fn read_or_name(bytes: &[u8]) {
+            match parse(URL, bytes) {
+                // A record read back is described without panicking.
+                Ok(r) => drop(r.exit_code.map(describe_exit)),
+                Err(e) => assert!(e.to_string().contains(URL), "{e}"),
+            }
+        }
+
+        proptest! {
+            #![proptest_config(config(256))]
+
+            #[test]
+            fn any_bytes(b in bytes(256)) {
+                read_or_name(&b);
+            }
+
+            #[test]
+            fn corrupted_records(b in corrupted(
+                serde_json::to_vec_pretty(
+                    &AttemptRecord::starting(2, Some("p".into())).ended_with(-9, "killed"),
+                )
+                .unwrap(),
+            )) {
+                read_or_name(&b);
+            }
+
+            #[test]
+            fn any_exit_code(code in any::<i32>()) {
+                drop(describe_exit(code));
+            }
+        }
     }
 }

@@ -30,26 +30,20 @@ pub fn seconds_since(t: &str) -> Option<f64> {
     Some((time::OffsetDateTime::now_utc() - parse(t)?).as_seconds_f64())
 }
 
-/// Seconds in a duration such as `90s`, `30m`, `6h`, `1h30m`, `2d`.
+/// Seconds in a duration such as `90s`, `30m`, `6h`, `1h30m`, `2d`: whole numbers of days,
+/// hours, minutes and seconds, written together, more than none. humantime reads them; its
+/// other forms (spaces, `ms`, `w`, `min`, ...) were never accepted here and stay refused, so
+/// that every manifest means what it did.
 pub fn parse_duration(s: &str) -> Option<u64> {
-    let mut total = 0u64;
-    let mut num = String::new();
-    for c in s.chars() {
-        if c.is_ascii_digit() {
-            num.push(c);
-            continue;
-        }
-        let unit = match c {
-            's' => 1,
-            'm' => 60,
-            'h' => 3600,
-            'd' => 86400,
-            _ => return None,
-        };
-        total += num.parse::<u64>().ok()? * unit;
-        num.clear();
+    if !s
+        .bytes()
+        .all(|b| b.is_ascii_digit() || b"smhd".contains(&b))
+    {
+        return None;
     }
-    (num.is_empty() && total > 0).then_some(total)
+    let d = humantime::parse_duration(s).ok()?;
+    // `ms` passes the check above, and is no whole number of seconds.
+    (d.subsec_nanos() == 0 && d.as_secs() > 0).then_some(d.as_secs())
 }
 
 #[cfg(test)]
@@ -64,5 +58,40 @@ mod tests {
         assert!((0.0..2.0).contains(&age), "{age}");
         assert_eq!(seconds_of("1970-01-01T00:01:00Z"), Some(60));
         assert_eq!(seconds_of("yesterday"), None);
+    }
+
+    #[test]
+    fn durations_are_whole_days_hours_minutes_and_seconds() {
+        for (d, secs) in [
+            ("90s", 90),
+            ("30m", 1800),
+            ("6h", 21600),
+            ("1h30m", 5400),
+            ("2d", 172_800),
+            ("1d1h1m1s", 90061),
+            ("1m1m", 120),
+        ] {
+            assert_eq!(parse_duration(d), Some(secs), "{d}");
+        }
+        for d in [
+            "",
+            "6",
+            "0s",
+            "0h0m",
+            "1w",
+            "1h 30m",
+            "500ms",
+            "2min",
+            "1.5h",
+            "-1h",
+            "m",
+            "1h30",
+            "99999999999999999999d",
+            "18446744073709551615d",
+            "1y",
+            "1M",
+        ] {
+            assert_eq!(parse_duration(d), None, "{d}");
+        }
     }
 }

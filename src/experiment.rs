@@ -894,4 +894,46 @@ mod tests {
             "{e}"
         );
     }
+
+    mod fuzz {
+        use super::*;
+        use crate::fuzz::{config, corrupted};
+        use proptest::prelude::*;
+
+        const MANIFESTS: [&str; 4] = [
+            include_str!("../manifests/cnn.yaml"),
+            include_str!("../manifests/resnet34.yaml"),
+            include_str!("../manifests/cifar10.yaml"),
+            include_str!("../manifests/logreg.yaml"),
+        ];
+
+        /// A manifest is read, or refused with an error naming its file, never a panic.
+        fn read_or_name(b: &[u8]) {
+            let text = String::from_utf8_lossy(b);
+            if let Err(e) = parse(&text, "exp.yaml") {
+                assert!(e.to_string().starts_with("exp.yaml"), "{e}");
+            }
+        }
+
+        proptest! {
+            #![proptest_config(config(64))]
+
+            #[test]
+            fn any_text(t in "\\PC{0,200}") {
+                read_or_name(t.as_bytes());
+            }
+
+            #[test]
+            fn yaml_like_text(t in "([a-z_.]{0,8}: ?[-\\[\\]{}a-z0-9:,'\"&*!|> ]{0,12}\n {0,4}){0,12}") {
+                read_or_name(t.as_bytes());
+            }
+
+            #[test]
+            fn corrupted_manifests(
+                b in (0..MANIFESTS.len()).prop_flat_map(|i| corrupted(MANIFESTS[i].as_bytes().to_vec()))
+            ) {
+                read_or_name(&b);
+            }
+        }
+    }
 }

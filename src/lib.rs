@@ -64,3 +64,6 @@ pub const IDC_CLASSES: [&str; 2] = ["no IDC", "IDC"];
 pub fn idc_classes() -> Vec<String> {
     IDC_CLASSES.map(String::from).to_vec()
 }
+
+#[cfg(test)]
+mod fuzz;

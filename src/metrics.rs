@@ -325,7 +325,9 @@ pub fn argmax_rows(probs: &[f32], k: usize) -> Vec<u8> {
 }
 
 /// All K-class metrics of `probs` (`labels.len()` rows of `k` class probabilities, row-major)
-/// against `labels`; `loss` is passed through.
+/// against `labels`; `loss` is passed through. Panics unless there are `k` probabilities per
+/// label and every label is below `k`: rows read back are checked first
+/// ([`crate::predictions::check_rows`]).
 pub fn evaluate_multiclass(probs: &[f32], labels: &[u8], k: usize, loss: f64) -> MulticlassMetrics {
     assert_eq!(probs.len(), labels.len() * k, "k probabilities per label");
     let n = labels.len();
@@ -1094,5 +1096,110 @@ mod tests {
             most_confident_confusions(&probs, &labels, 3, 8),
             vec![(5, 1, 0.6), (1, 0, 0.5), (4, 2, 0.4)]
         );
+    }
+
+    mod fuzz {
+        use super::*;
+        use crate::fuzz::{bytes, config, corrupted};
+        use proptest::prelude::*;
+
+        /// A `metrics.jsonl` and a report of both kinds, as the worker writes them.
+        fn valid() -> (Vec<u8>, Vec<u8>) {
+            let binary = evaluate(&[0.1, 0.9, 0.6], &[0, 1, 0], 0.5, 0.3);
+            let multi = evaluate_multiclass(&[0.2, 0.5, 0.3, 0.6, 0.2, 0.2], &[1, 2], 3, 0.9);
+            let records = [
+                MetricsRecord::Step {
+                    epoch: 1,
+                    step: 10,
+                    loss: 0.7,
+                    lr: 0.01,
+                    images_per_s: 900.0,
+                },
+                MetricsRecord::Epoch {
+                    epoch: 1,
+                    train_loss: 0.6,
+                    lr: 0.01,
+                    val: binary.clone().into(),
+                    duration_s: 3.0,
+                    images_per_s: 800.0,
+                    best: true,
+                },
+                MetricsRecord::Epoch {
+                    epoch: 2,
+                    train_loss: f64::NAN,
+                    lr: 0.01,
+                    val: multi.into(),
+                    duration_s: 3.0,
+                    images_per_s: 800.0,
+                    best: false,
+                },
+            ];
+            let mut jsonl = vec![];
+            for r in &records {
+                jsonl.extend(serde_json::to_vec(r).unwrap());
+                jsonl.push(b'\n');
+            }
+            let report = AnyReport {
+                run_id: "r".into(),
+                dataset_id: "d".into(),
+                model: "logreg".into(),
+                device: "Cpu".into(),
+                best_epoch: 1,
+                epochs_run: 2,
+                classes: crate::idc_classes(),
+                test: binary.clone().into(),
+                test_at_val_threshold: Some(binary.clone()),
+                val: binary.into(),
+                roc: vec![(0.0, 0.0, 1.0), (1.0, 1.0, 0.0)],
+                pr: vec![(0.0, 1.0, 1.0)],
+                train_seconds: 1.0,
+                train_images_per_s: 10.0,
+                config: serde_json::json!({"model": {"kind": "logreg"}}),
+                finished_at: "2026-12-01T00:00:00Z".into(),
+                misclassified: vec![],
+            };
+            (jsonl, serde_json::to_vec(&report).unwrap())
+        }
+
+        /// Records and a report read back are used as `status`, `list` and the TensorBoard
+        /// files use them, without panicking.
+        fn read_and_use(jsonl: &[u8], report: &[u8]) {
+            let records = parse_jsonl(jsonl);
+            let report = serde_json::from_slice::<AnyReport>(report).ok();
+            if let Some(r) = &report {
+                for m in &r.misclassified {
+                    r.class_name(m.label);
+                    r.class_name(m.predicted_class());
+                }
+                r.test.value(MetricName::F1);
+                r.test.confusion_matrix();
+            }
+            for r in &records {
+                if let MetricsRecord::Epoch { val, .. } = r {
+                    MetricName::F1.of(val);
+                    val.confusion_matrix();
+                }
+            }
+            crate::tracking::tensorboard::events_of(&records, report.as_ref(), 1.7e9);
+        }
+
+        proptest! {
+            #![proptest_config(config(256))]
+
+            #[test]
+            fn any_bytes(a in bytes(256), b in bytes(256)) {
+                read_and_use(&a, &b);
+            }
+
+            #[test]
+            fn corrupted_records(b in corrupted(valid().0)) {
+                read_and_use(&b, &valid().1);
+            }
+
+            #[test]
+            fn corrupted_reports(b in corrupted(valid().1)) {
+                read_and_use(&valid().0, &b);
+            }
+        }
     }
 }

@@ -562,6 +562,7 @@ pub async fn read_outcome(p: &Prepared) -> Result<(PredictResult, Vec<Prediction
     let result: PredictResult = serde_json::from_slice(&p.job.get(job_keys::RESULT).await?)
         .map_err(|e| corrupt(job_keys::RESULT, e.to_string()))?;
     let rows = predictions::parse_jsonl(&p.job.get(job_keys::PREDICTIONS).await?)
+        .and_then(|rows| predictions::check_rows(&rows, p.spec.classes.len()).map(|()| rows))
         .map_err(|e| corrupt(job_keys::PREDICTIONS, e))?;
     if rows.len() as u64 != p.spec.input.records() {
         return Err(corrupt(

@@ -67,6 +67,31 @@ pub fn parse_jsonl(bytes: &[u8]) -> Result<Vec<Prediction>, String> {
         .collect()
 }
 
+/// Checks rows read back against the `classes` their job predicted: one probability per class,
+/// the label and the prediction among the classes (the metrics over them index by both). An
+/// error names the row (1-based) and its image.
+pub fn check_rows(rows: &[Prediction], classes: usize) -> Result<(), String> {
+    for (i, r) in rows.iter().enumerate() {
+        let bad = |what: String| Err(format!("row {} ({}): {what}", i + 1, r.file));
+        if r.probabilities.len() != classes {
+            return bad(format!(
+                "{} probabilities for {classes} classes",
+                r.probabilities.len()
+            ));
+        }
+        if let Some(c) = r.label.filter(|&l| l as usize >= classes) {
+            return bad(format!("label {c} is not one of the {classes} classes"));
+        }
+        if r.predicted as usize >= classes {
+            return bad(format!(
+                "predicted class {} is not one of the {classes} classes",
+                r.predicted
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Writes predictions as JSON Lines.
 pub fn to_jsonl(rows: &[Prediction]) -> Vec<u8> {
     let mut out = Vec::with_capacity(rows.len() * 120);
@@ -230,5 +255,109 @@ mod tests {
         assert_eq!(predicted_class(&[0.6, 0.4], 0.5), 0);
         assert_eq!(predicted_class(&[0.1, 0.3, 0.6], 0.5), 2);
         assert_eq!(predicted_class(&[0.5, 0.5, 0.0], 0.5), 0);
+    }
+
+    #[test]
+    fn rows_that_do_not_fit_the_classes_are_named() {
+        let row = |probabilities: Vec<f32>, label, predicted| Prediction {
+            patient: 1,
+            x: 2,
+            y: 3,
+            file: "a.png".into(),
+            label,
+            probabilities,
+            predicted,
+        };
+        assert_eq!(check_rows(&[row(vec![0.5, 0.5], Some(1), 0)], 2), Ok(()));
+        for (r, want) in [
+            (
+                row(vec![0.5], None, 0),
+                "row 1 (a.png): 1 probabilities for 2 classes",
+            ),
+            (
+                row(vec![0.5, 0.5], Some(2), 0),
+                "row 1 (a.png): label 2 is not one",
+            ),
+            (
+                row(vec![0.5, 0.5], None, 9),
+                "row 1 (a.png): predicted class 9 is not one",
+            ),
+        ] {
+            let e = check_rows(&[r], 2).unwrap_err();
+            assert!(e.starts_with(want), "{e}");
+        }
+    }
+
+    mod fuzz {
+        use super::*;
+        use crate::fuzz::{bytes, config, corrupted};
+        use crate::metrics;
+        use proptest::prelude::*;
+
+        /// Rows read back and checked are scored as `idcctl predict` scores them (the labelled
+        /// ones), without panicking.
+        fn read_and_score(bytes: &[u8], classes: usize) {
+            let Ok(rows) = parse_jsonl(bytes) else { return };
+            if check_rows(&rows, classes).is_err() {
+                return;
+            }
+            let known: Vec<&Prediction> = rows.iter().filter(|r| r.label.is_some()).collect();
+            let labels: Vec<u8> = known.iter().filter_map(|r| r.label).collect();
+            if classes == 2 {
+                let p: Vec<f32> = known.iter().map(|r| r.p_positive()).collect();
+                metrics::evaluate(&p, &labels, 0.5, f64::NAN);
+                metrics::most_confident_errors(&p, &labels, 0.5, 4);
+            } else {
+                let p: Vec<f32> = known
+                    .iter()
+                    .flat_map(|r| r.probabilities.iter().copied())
+                    .collect();
+                metrics::evaluate_multiclass(&p, &labels, classes, f64::NAN);
+                metrics::most_confident_confusions(&p, &labels, classes, 4);
+            }
+            for r in &rows {
+                predicted_class(&r.probabilities, 0.5);
+                parse_record_ref(&r.file);
+            }
+        }
+
+        fn valid(classes: usize) -> Vec<u8> {
+            let rows: Vec<Prediction> = (0..4u8)
+                .map(|i| Prediction {
+                    patient: 8863,
+                    x: 51 * i as u32,
+                    y: 1,
+                    file: record_ref("shards/test-00000.idcs", i.into()),
+                    label: (i != 3).then_some(i % classes as u8),
+                    probabilities: vec![1.0 / classes as f32; classes],
+                    predicted: (i + 1) % classes as u8,
+                })
+                .collect();
+            to_jsonl(&rows)
+        }
+
+        proptest! {
+            #![proptest_config(config(256))]
+
+            #[test]
+            fn any_bytes(b in bytes(256), classes in 2usize..5) {
+                read_and_score(&b, classes);
+            }
+
+            #[test]
+            fn corrupted_binary_rows(b in corrupted(valid(2))) {
+                read_and_score(&b, 2);
+            }
+
+            #[test]
+            fn corrupted_multiclass_rows(b in corrupted(valid(3))) {
+                read_and_score(&b, 3);
+            }
+
+            #[test]
+            fn mismatched_rows_are_refused(b in corrupted(valid(3)), classes in 2usize..5) {
+                read_and_score(&b, classes);
+            }
+        }
     }
 }

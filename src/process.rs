@@ -32,9 +32,17 @@ pub enum Liveness {
 }
 
 impl ProcessRef {
-    /// This process.
+    /// This process. Where `/proc` cannot be read (not mounted, another OS) its start time is
+    /// unknown (0): no process, this one included, is then found alive from here, which is
+    /// what [`ProcessRef::liveness`] says of every process on such a machine anyway.
     pub fn current() -> Self {
-        Self::of(std::process::id()).expect("this process is in /proc")
+        let pid = std::process::id();
+        Self::of(pid).unwrap_or_else(|| Self {
+            pid,
+            start_ticks: 0,
+            host: hostname(),
+            boot_id: boot_id(),
+        })
     }
 
     /// The running process `pid` (None: there is none).
@@ -161,5 +169,22 @@ mod tests {
             ..me
         };
         assert_eq!(remote.liveness(), Liveness::Elsewhere);
+    }
+
+    mod fuzz {
+        use super::*;
+        use crate::fuzz::config;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(config(256))]
+
+            /// Whatever `/proc/<pid>/stat` holds, it is read or taken for no process.
+            #[test]
+            fn any_stat_line(t in "\\PC{0,120}", fields in "[0-9()SZ -]{0,80}") {
+                parse_stat(&t);
+                parse_stat(&format!("42 (x) {fields}"));
+            }
+        }
     }
 }

@@ -188,12 +188,15 @@ pub async fn read_status(run: &Store) -> Result<Option<RunStatus>, StoreError> {
     };
     // A record that does not parse is an error, never "no run": a caller must not resubmit
     // over it or skip it.
-    serde_json::from_slice(&b)
-        .map(Some)
-        .map_err(|e| StoreError::Corrupt {
-            url: run.url_of(layout::run::STATUS),
-            reason: e.to_string(),
-        })
+    parse_status(&run.url_of(layout::run::STATUS), &b).map(Some)
+}
+
+/// The run record stored at `url`: one that does not parse is [`StoreError::Corrupt`], naming it.
+pub fn parse_status(url: &str, bytes: &[u8]) -> Result<RunStatus, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        url: url.to_string(),
+        reason: e.to_string(),
+    })
 }
 
 pub async fn write_status(run: &Store, s: &RunStatus) -> Result<(), StoreError> {
@@ -406,5 +409,51 @@ mod tests {
             None,
             "an active run's summary is not used"
         );
+    }
+
+    mod fuzz {
+        use super::*;
+        use crate::fuzz::{bytes, config, corrupted};
+        use proptest::prelude::*;
+
+        const URL: &str = "file:///b/runs/r/status.json";
+
+        /// A full record: every optional part present, so that corruptions reach them all.
+        const FULL: &str = r#"{"run_id": "r", "experiment": "e", "model": "logreg",
+            "backend": "kubernetes", "phase": "succeeded", "attempts": 2, "max_attempts": 3,
+            "created_at": "2026-01-01T00:00:00Z", "started_at": "2026-01-01T00:00:01Z",
+            "finished_at": "2026-01-01T00:01:00Z", "exit_codes": [3, 0], "reason": "done",
+            "supervisor": {"pid": 7, "start_ticks": 9, "host": "h", "boot_id": "b"},
+            "worker": null, "heartbeat_at": "2026-01-01T00:00:30Z", "deadline_s": 3600,
+            "cluster": {"context": "c", "namespace": "n", "earlier_attempts": 1,
+                        "earlier_exit_codes": [-9]},
+            "summary": {"ended_at": "2026-01-01T00:01:00Z", "epochs": 3,
+                        "best_val_f1": {"f1": null, "epoch": 2}}}"#;
+
+        fn read_or_name(bytes: &[u8]) {
+            match parse_status(URL, bytes) {
+                Ok(s) => drop(s.summary_of_end()),
+                Err(e) => assert!(e.to_string().contains(URL), "{e}"),
+            }
+        }
+
+        #[test]
+        fn the_full_record_reads() {
+            parse_status(URL, FULL.as_bytes()).unwrap();
+        }
+
+        proptest! {
+            #![proptest_config(config(256))]
+
+            #[test]
+            fn any_bytes(b in bytes(256)) {
+                read_or_name(&b);
+            }
+
+            #[test]
+            fn corrupted_records(b in corrupted(FULL.as_bytes().to_vec())) {
+                read_or_name(&b);
+            }
+        }
     }
 }

@@ -541,4 +541,56 @@ mod tests {
             Err(ShardError::BadHeader(_))
         ));
     }
+
+    mod fuzz {
+        use super::*;
+        use crate::fuzz::{bytes, config, corrupted};
+        use proptest::prelude::*;
+
+        /// A shard read back is read whole without panicking.
+        fn read(b: &[u8]) {
+            if let Ok(r) = ShardReader::open(b) {
+                let (layout, split) = (r.layout(), r.split());
+                for rec in r.records() {
+                    assert_eq!(rec.pixels.len(), layout.shape.pixel_bytes());
+                    assert!((rec.meta.label as u16) < layout.classes, "{split:?}");
+                }
+            }
+        }
+
+        /// A valid header of `layout` with `count` records, and whatever follows it.
+        fn with_header(layout: Layout, count: u64, rest: Vec<u8>) -> Vec<u8> {
+            let mut b = header(Split::Val, layout, count).to_vec();
+            b.extend(rest);
+            b
+        }
+
+        proptest! {
+            #![proptest_config(config(256))]
+
+            #[test]
+            fn any_bytes(b in bytes(256)) {
+                read(&b);
+            }
+
+            #[test]
+            fn corrupted_shards(b in corrupted(sample().0)) {
+                read(&b);
+                let (_, sha) = sample();
+                prop_assert!(ShardReader::open_verified(&b[..], &sha).is_err() || b == sample().0);
+            }
+
+            #[test]
+            fn hostile_headers(
+                h in 0u16..8, w in 0u16..8, c in 0u16..5, classes in any::<u16>(),
+                count in prop_oneof![0u64..4, any::<u64>()], rest in bytes(600),
+            ) {
+                let layout = Layout {
+                    shape: Shape { height: h.into(), width: w.into(), channels: c.into() },
+                    classes,
+                };
+                read(&with_header(layout, count, rest));
+            }
+        }
+    }
 }

@@ -8,7 +8,7 @@
 
 use crate::dataset::archive::pickle::{self, Pickle, Value};
 use crate::store::{Store, StoreError};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -52,26 +52,6 @@ impl Dtype {
             Dtype::U8 => "uint8",
             Dtype::Bool => "bool",
         }
-    }
-
-    /// The safetensors header's name: `F32`, `I64`, ...
-    pub fn safetensors(self) -> &'static str {
-        match self {
-            Dtype::F64 => "F64",
-            Dtype::F32 => "F32",
-            Dtype::F16 => "F16",
-            Dtype::BF16 => "BF16",
-            Dtype::I64 => "I64",
-            Dtype::I32 => "I32",
-            Dtype::I16 => "I16",
-            Dtype::I8 => "I8",
-            Dtype::U8 => "U8",
-            Dtype::Bool => "BOOL",
-        }
-    }
-
-    fn from_safetensors(s: &str) -> Option<Self> {
-        ALL.into_iter().find(|d| d.safetensors() == s)
     }
 
     /// The element type of a torch storage class (`FloatStorage`, ...).
@@ -248,6 +228,9 @@ fn format_err(s: impl Into<String>) -> WeightsError {
     WeightsError::Format(s.into())
 }
 
+/// The most bytes reserved for an archive member before reading it (it grows past that as read).
+const MEMBER_RESERVE_MAX: u64 = 64 << 20;
+
 /// The tensors of a `torch.save` zip archive (torch >= 1.6), in the order pickled: a state dict
 /// (`OrderedDict` of name -> tensor), or a dict holding one under `state_dict` or `model` (a
 /// training checkpoint). Entries of the state dict that are no tensors are skipped.
@@ -276,7 +259,8 @@ pub fn read_torch_checkpoint(bytes: &[u8]) -> Result<Vec<(String, TensorData)>, 
             Err(zip::result::ZipError::FileNotFound) => return Ok(None),
             Err(e) => return Err(format_err(format!("member {name}: {e}"))),
         };
-        let mut buf = Vec::with_capacity(f.size() as usize);
+        // The size is the archive's word: a hostile one must not reserve terabytes up front.
+        let mut buf = Vec::with_capacity(f.size().min(MEMBER_RESERVE_MAX) as usize);
         f.read_to_end(&mut buf)
             .map_err(|e| format_err(format!("member {name} is truncated or corrupt: {e}")))?;
         Ok(Some(buf))
@@ -290,7 +274,8 @@ pub fn read_torch_checkpoint(bytes: &[u8]) -> Result<Vec<(String, TensorData)>, 
             )));
         }
     }
-    let data = member(&pkl)?.expect("listed");
+    let data = member(&pkl)?
+        .ok_or_else(|| format_err(format!("member {pkl} is listed but cannot be found")))?;
     let p = pickle::parse(&data).map_err(|e| format_err(format!("{pkl}: {e}")))?;
     let state = state_dict(&p)?;
     let mut storages: HashMap<String, Vec<u8>> = HashMap::new();
@@ -322,22 +307,31 @@ pub fn read_torch_checkpoint(bytes: &[u8]) -> Result<Vec<(String, TensorData)>, 
             storages.insert(t.key.clone(), s);
         }
         let storage = &storages[&t.key];
-        if storage.len() < t.storage_numel * dtype.size() {
+        // Sizes and offsets are the checkpoint's word: every product and sum is checked, so
+        // that hostile ones are errors, never overflows or slices out of bounds.
+        let storage_bytes = t
+            .storage_numel
+            .checked_mul(dtype.size())
+            .ok_or_else(|| bad(format!("its storage size {} overflows", t.storage_numel)))?;
+        if storage.len() < storage_bytes {
             return Err(bad(format!(
-                "its storage holds {} bytes, not the {} of {} {dtype} elements",
+                "its storage holds {} bytes, not the {storage_bytes} of {} {dtype} elements",
                 storage.len(),
-                t.storage_numel * dtype.size(),
                 t.storage_numel
             )));
         }
-        let numel: usize = t.shape.iter().product();
+        let numel = t
+            .shape
+            .iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(d))
+            .ok_or_else(|| bad(format!("size {:?} overflows", t.shape)))?;
         if t.shape.len() != t.stride.len() {
             return Err(bad(format!(
                 "size {:?} and stride {:?} differ in length",
                 t.shape, t.stride
             )));
         }
-        let mut expect = 1;
+        let mut expect = 1usize;
         for (d, (&n, &s)) in t.shape.iter().zip(&t.stride).enumerate().rev() {
             if n > 1 && s != expect {
                 return Err(bad(format!(
@@ -345,27 +339,36 @@ pub fn read_torch_checkpoint(bytes: &[u8]) -> Result<Vec<(String, TensorData)>, 
                     t.shape, t.stride
                 )));
             }
-            expect *= n;
+            // Saturating: with a zero size, the sizes' product fits where a suffix's may not.
+            expect = expect.saturating_mul(n);
         }
-        let (begin, end) = (t.offset * dtype.size(), (t.offset + numel) * dtype.size());
-        if numel > 0 && end > t.storage_numel * dtype.size() {
-            return Err(bad(format!(
-                "elements {}..{} lie outside its storage of {}",
-                t.offset,
-                t.offset + numel,
-                t.storage_numel
-            )));
-        }
+        let bytes = if numel == 0 {
+            Vec::new()
+        } else {
+            let elements = t.offset.checked_add(numel).and_then(|end| {
+                Some((
+                    t.offset.checked_mul(dtype.size())?,
+                    end.checked_mul(dtype.size())?,
+                ))
+            });
+            match elements {
+                Some((begin, end)) if end <= storage_bytes => storage[begin..end].to_vec(),
+                _ => {
+                    return Err(bad(format!(
+                        "elements {}..{} lie outside its storage of {}",
+                        t.offset,
+                        t.offset.saturating_add(numel),
+                        t.storage_numel
+                    )));
+                }
+            }
+        };
         out.push((
             name.clone(),
             TensorData {
                 dtype,
                 shape: t.shape.clone(),
-                bytes: if numel > 0 {
-                    storage[begin..end].to_vec()
-                } else {
-                    Vec::new()
-                },
+                bytes,
             },
         ));
     }
@@ -549,79 +552,81 @@ pub fn import_target(url: &str) -> Result<(Store, String), WeightsError> {
     Ok((store, name))
 }
 
-/// The tensors as a `.safetensors` file: an 8-byte little-endian header length, the JSON
-/// header (`{name: {dtype, shape, data_offsets}}`, names sorted, padded with spaces to a
-/// multiple of 8 bytes), then the data in header order.
-pub fn write_safetensors(tensors: &[(String, TensorData)]) -> Vec<u8> {
-    let mut sorted: Vec<&(String, TensorData)> = tensors.iter().collect();
-    sorted.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut header = serde_json::Map::new();
-    header.insert("__metadata__".into(), serde_json::json!({ "format": "pt" }));
-    let mut offset = 0;
-    for (name, t) in &sorted {
-        let end = offset + t.bytes.len();
-        header.insert(
-            name.clone(),
-            serde_json::json!({
-                "dtype": t.dtype.safetensors(),
-                "shape": t.shape,
-                "data_offsets": [offset, end],
-            }),
-        );
-        offset = end;
+impl Dtype {
+    /// The safetensors crate's element type.
+    fn to_safetensors(self) -> safetensors::Dtype {
+        use safetensors::Dtype as S;
+        match self {
+            Dtype::F64 => S::F64,
+            Dtype::F32 => S::F32,
+            Dtype::F16 => S::F16,
+            Dtype::BF16 => S::BF16,
+            Dtype::I64 => S::I64,
+            Dtype::I32 => S::I32,
+            Dtype::I16 => S::I16,
+            Dtype::I8 => S::I8,
+            Dtype::U8 => S::U8,
+            Dtype::Bool => S::BOOL,
+        }
     }
-    let mut json = serde_json::to_vec(&header).expect("a JSON map serialises");
-    while !(8 + json.len()).is_multiple_of(8) {
-        json.push(b' ');
+
+    /// The element type of a safetensors dtype (None: one torch checkpoints do not hold).
+    fn from_safetensors(d: safetensors::Dtype) -> Option<Self> {
+        ALL.into_iter().find(|t| t.to_safetensors() == d)
     }
-    let mut out = Vec::with_capacity(8 + json.len() + offset);
-    out.extend_from_slice(&(json.len() as u64).to_le_bytes());
-    out.extend_from_slice(&json);
-    for (_, t) in sorted {
-        out.extend_from_slice(&t.bytes);
-    }
-    out
 }
 
-/// The tensors of a `.safetensors` file, sorted by name.
+/// The tensors as a `.safetensors` file (`safetensors::serialize`): an 8-byte little-endian
+/// header length, the JSON header (`__metadata__` `{"format": "pt"}`, then `{name: {dtype,
+/// shape, data_offsets}}`, padded with spaces to a multiple of 8 bytes), then the data, by
+/// descending element size and then by name. A tensor whose bytes do not fit its shape is named.
+pub fn write_safetensors(tensors: &[(String, TensorData)]) -> Result<Vec<u8>, WeightsError> {
+    let views = tensors
+        .iter()
+        .map(|(name, t)| {
+            safetensors::tensor::TensorView::new(
+                t.dtype.to_safetensors(),
+                t.shape.clone(),
+                &t.bytes,
+            )
+            .map(|v| (name.as_str(), v))
+            .map_err(|e| WeightsError::Tensor {
+                name: name.clone(),
+                reason: e.to_string(),
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    // torch's own writer marks its files so.
+    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+    safetensors::serialize(views, Some(metadata))
+        .map_err(|e| format_err(format!("cannot write a safetensors file: {e}")))
+}
+
+/// The tensors of a `.safetensors` file (`SafeTensors::deserialize`), sorted by name.
 pub fn read_safetensors(bytes: &[u8]) -> Result<Vec<(String, TensorData)>, WeightsError> {
-    let bad = |s: &str| format_err(format!("not a safetensors file: {s}"));
-    let len = bytes
-        .get(..8)
-        .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize)
-        .ok_or_else(|| bad("shorter than its header length"))?;
-    let json = bytes
-        .get(8..8usize.saturating_add(len))
-        .ok_or_else(|| bad("truncated header"))?;
-    let data = &bytes[8 + len..];
-    let header: BTreeMap<String, serde_json::Value> =
-        serde_json::from_slice(json).map_err(|e| bad(&e.to_string()))?;
-    let mut out = Vec::new();
-    for (name, v) in header {
-        if name == "__metadata__" {
-            continue;
-        }
-        let dtype = v["dtype"]
-            .as_str()
-            .and_then(Dtype::from_safetensors)
-            .ok_or_else(|| bad(&format!("{name}: bad dtype")))?;
-        let shape: Vec<usize> = serde_json::from_value(v["shape"].clone())
-            .map_err(|_| bad(&format!("{name}: bad shape")))?;
-        let [begin, end]: [usize; 2] = serde_json::from_value(v["data_offsets"].clone())
-            .map_err(|_| bad(&format!("{name}: bad data_offsets")))?;
-        let numel: usize = shape.iter().product();
-        if end < begin || end - begin != numel * dtype.size() || end > data.len() {
-            return Err(bad(&format!("{name}: data_offsets do not fit")));
-        }
-        out.push((
-            name,
-            TensorData {
-                dtype,
-                shape,
-                bytes: data[begin..end].to_vec(),
-            },
-        ));
-    }
+    let file = safetensors::SafeTensors::deserialize(bytes)
+        .map_err(|e| format_err(format!("not a safetensors file: {e}")))?;
+    let mut out = file
+        .iter()
+        .map(|(name, t)| {
+            let dtype = Dtype::from_safetensors(t.dtype()).ok_or_else(|| WeightsError::Tensor {
+                name: name.to_string(),
+                reason: format!(
+                    "element type {:?} is not one torch checkpoints hold",
+                    t.dtype()
+                ),
+            })?;
+            Ok((
+                name.to_string(),
+                TensorData {
+                    dtype,
+                    shape: t.shape().to_vec(),
+                    bytes: t.data().to_vec(),
+                },
+            ))
+        })
+        .collect::<Result<Vec<_>, WeightsError>>()?;
+    out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(out)
 }
 
@@ -785,7 +790,7 @@ mod tests {
                 },
             ),
         ];
-        let bytes = write_safetensors(&t);
+        let bytes = write_safetensors(&t).unwrap();
         let len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
         assert_eq!((8 + len) % 8, 0);
         let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + len]).unwrap();
@@ -866,5 +871,104 @@ mod tests {
         let e = read_torch_checkpoint(bytes).unwrap_err();
         let msg = e.to_string();
         assert!(msg.starts_with("tensor t: not C-contiguous"), "{msg}");
+    }
+
+    mod fuzz {
+        use super::*;
+        use crate::fuzz::{bytes, config, corrupted};
+        use proptest::prelude::*;
+        use std::io::Write;
+
+        const TINY: &[u8] = include_bytes!("../tests/fixtures/weights/tiny.pth");
+
+        /// tiny.pth with its members as they are but `data.pkl` replaced by `pkl` (stored), so
+        /// that a corrupted pickle gets past the zip's checksums.
+        fn with_pickle(pkl: &[u8]) -> Vec<u8> {
+            let mut zip = zip::ZipArchive::new(std::io::Cursor::new(TINY)).unwrap();
+            let mut out = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+            let opts = zip::write::SimpleFileOptions::default()
+                .compression_method(zip::CompressionMethod::Stored);
+            for i in 0..zip.len() {
+                let mut f = zip.by_index(i).unwrap();
+                let name = f.name().to_string();
+                let mut data = vec![];
+                std::io::Read::read_to_end(&mut f, &mut data).unwrap();
+                out.start_file(name.as_str(), opts).unwrap();
+                out.write_all(if name.ends_with("data.pkl") {
+                    pkl
+                } else {
+                    &data
+                })
+                .unwrap();
+            }
+            out.finish().unwrap().into_inner()
+        }
+
+        fn tiny_pickle() -> Vec<u8> {
+            let mut zip = zip::ZipArchive::new(std::io::Cursor::new(TINY)).unwrap();
+            let name = (zip.file_names())
+                .find(|n| n.ends_with("data.pkl"))
+                .unwrap()
+                .to_string();
+            let mut out = vec![];
+            std::io::Read::read_to_end(&mut zip.by_name(&name).unwrap(), &mut out).unwrap();
+            out
+        }
+
+        /// A checkpoint is read (and imported), or refused, never a panic.
+        fn read(b: &[u8]) {
+            if let Ok(t) = read_torch_checkpoint(b) {
+                for (_, t) in &t {
+                    assert_eq!(t.bytes.len(), t.numel() * t.dtype.size());
+                }
+                drop(import_summary(&t, ImportModel::Resnet34));
+            }
+        }
+
+        #[test]
+        fn the_rezipped_fixture_reads() {
+            assert_eq!(
+                read_torch_checkpoint(&with_pickle(&tiny_pickle())).unwrap(),
+                read_torch_checkpoint(TINY).unwrap()
+            );
+        }
+
+        proptest! {
+            #![proptest_config(config(128))]
+
+            #[test]
+            fn any_bytes(b in bytes(256)) {
+                read(&b);
+                let mut zipped = b"PK\x03\x04".to_vec();
+                zipped.extend(b);
+                read(&zipped);
+            }
+
+            #[test]
+            fn corrupted_archives(b in corrupted(TINY.to_vec())) {
+                read(&b);
+            }
+
+            #[test]
+            fn corrupted_pickles(pkl in corrupted(tiny_pickle())) {
+                read(&with_pickle(&pkl));
+            }
+
+            #[test]
+            fn corrupted_safetensors(b in corrupted(
+                write_safetensors(&read_torch_checkpoint(TINY).unwrap()).unwrap()
+            )) {
+                if let Ok(t) = read_safetensors(&b) {
+                    for (_, t) in &t {
+                        assert_eq!(t.bytes.len(), t.numel() * t.dtype.size());
+                    }
+                }
+            }
+
+            #[test]
+            fn any_safetensors(b in bytes(256)) {
+                drop(read_safetensors(&b));
+            }
+        }
     }
 }

@@ -260,7 +260,10 @@ fn report_and_compare_pages_render_every_plot_in_a_browser() {
         assert_eq!(m.label, (m.error == ErrorKind::FalseNegative) as u8);
         let png = idc::report::patch_png(rec.pixels);
         assert!(
-            html.contains(&idc::report::html::base64(&png)),
+            html.contains(&base64::Engine::encode(
+                &base64::engine::general_purpose::STANDARD,
+                &png
+            )),
             "patch {m:?} is not in the page with its pixels"
         );
     }

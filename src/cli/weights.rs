@@ -41,7 +41,7 @@ async fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
     let imported = tokio::task::spawn_blocking(move || weights::import_file(&file, model))
         .await
         .context("importing weights")??;
-    let bytes = weights::write_safetensors(&imported.tensors);
+    let bytes = weights::write_safetensors(&imported.tensors)?;
     let size = bytes.len();
     store
         .put(&name, bytes.into())

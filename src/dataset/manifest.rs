@@ -204,13 +204,16 @@ pub struct ShardInfo {
 impl DatasetManifest {
     /// Total records over all splits.
     pub fn records(&self) -> u64 {
-        self.splits.values().map(|s| s.records).sum()
+        // Saturating: the counts are the stored manifest's word.
+        self.splits
+            .values()
+            .fold(0, |n, s| n.saturating_add(s.records))
     }
 
     /// Total records per class over all splits.
     pub fn class_counts(&self) -> Vec<u64> {
         (0..self.classes.len())
-            .map(|c| self.splits.values().map(|s| s.count_of(c)).sum())
+            .map(|c| (self.splits.values()).fold(0, |n: u64, s| n.saturating_add(s.count_of(c))))
             .collect()
     }
 
@@ -268,10 +271,13 @@ impl DatasetManifest {
             .chain(self.shards.iter().map(|s| s.class_counts.len()))
             .chain([self.class_weights.len()]);
         let c = self.image.channels as usize;
+        let i = &self.image;
         if !(2..=256).contains(&k)
             || per_class.into_iter().any(|n| n != k)
             || self.mean.len() != c
             || self.std.len() != c
+            // Shard headers hold 16-bit sizes.
+            || [i.height, i.width, i.channels].iter().any(|&d| d > u16::MAX.into())
             || self.image.shape().pixel_bytes() == 0
         {
             return Err(format!(
@@ -287,7 +293,7 @@ impl DatasetManifest {
 /// absent class.
 pub fn class_weights(counts: impl AsRef<[u64]>) -> Vec<f64> {
     let counts = counts.as_ref();
-    let n = counts.iter().sum::<u64>() as f64;
+    let n = counts.iter().fold(0u64, |n, &c| n.saturating_add(c)) as f64;
     let k = counts.len() as f64;
     counts
         .iter()
@@ -301,13 +307,19 @@ pub async fn read(dataset: &Store) -> Result<Option<DatasetManifest>, StoreError
     let Some(bytes) = dataset.get_opt(keys::MANIFEST).await? else {
         return Ok(None);
     };
+    parse(&dataset.url_of(keys::MANIFEST), &bytes).map(Some)
+}
+
+/// The manifest stored at `url`, checked ([`DatasetManifest::check_version`]): one that does
+/// not parse or check is [`StoreError::Corrupt`], naming it.
+pub fn parse(url: &str, bytes: &[u8]) -> Result<DatasetManifest, StoreError> {
     let corrupt = |reason: String| StoreError::Corrupt {
-        url: dataset.url_of(keys::MANIFEST),
+        url: url.to_string(),
         reason,
     };
-    let m: DatasetManifest = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+    let m: DatasetManifest = serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
     m.check_version().map_err(corrupt)?;
-    Ok(Some(m))
+    Ok(m)
 }
 
 #[cfg(test)]
@@ -326,5 +338,120 @@ mod tests {
         // Ten classes: each class weighs n / 10 in total.
         let w = class_weights([10, 20, 30, 40, 50, 60, 70, 80, 90, 100]);
         assert!((w[0] * 10.0 - 55.0).abs() < 1e-9 && (w[9] * 100.0 - 55.0).abs() < 1e-9);
+    }
+
+    mod fuzz {
+        use super::*;
+        use crate::fuzz::{bytes, config, corrupted};
+        use proptest::prelude::*;
+
+        const URL: &str = "file:///b/datasets/d/manifest.json";
+
+        fn valid() -> Vec<u8> {
+            let split = |records, class_counts: Vec<u64>| SplitSummary {
+                records,
+                class_counts,
+                patients: 3,
+            };
+            let m = DatasetManifest {
+                format_version: MANIFEST_VERSION,
+                shard_format_version: crate::shard::FORMAT_VERSION,
+                id: "ab12".into(),
+                created_at: "2026-01-01T00:00:00Z".into(),
+                staged_by: "idcctl 0.1.0".into(),
+                source: SourceInfo {
+                    path: "/data/idc".into(),
+                    kind: SourceKind::Dir,
+                    fingerprint: "f".into(),
+                    files_seen: 12,
+                    duplicates: 0,
+                    ignored: 1,
+                },
+                options: StageOptionsRecord {
+                    split: SplitOptions::default(),
+                    undersized: Undersized::Pad,
+                    shard_records: 8,
+                    class_names: None,
+                },
+                image: ImageInfo::default(),
+                classes: crate::idc_classes(),
+                splits: [
+                    (Split::Train, split(8, vec![5, 3])),
+                    (Split::Val, split(2, vec![1, 1])),
+                    (Split::Test, split(2, vec![2, 0])),
+                ]
+                .into(),
+                class_weights: class_weights([5, 3]),
+                mean: vec![0.8, 0.6, 0.7],
+                std: vec![0.1, 0.2, 0.1],
+                padded: 1,
+                skipped: vec![Rejected {
+                    path: "x.txt".into(),
+                    reason: "not a patch".into(),
+                }],
+                shards: vec![ShardInfo {
+                    key: "shards/train-00000.idcs".into(),
+                    split: Split::Train,
+                    records: 8,
+                    bytes: 60_128,
+                    sha256: "00".into(),
+                    class_counts: vec![5, 3],
+                }],
+            };
+            serde_json::to_vec_pretty(&m).unwrap()
+        }
+
+        /// A manifest read back is summarised as `dataset show` and the worker do, without
+        /// panicking; an error names it.
+        fn read_or_name(b: &[u8]) {
+            match parse(URL, b) {
+                Ok(m) => {
+                    m.records();
+                    m.class_counts();
+                    m.layout().record_len();
+                    m.archive_split_rule();
+                    class_weights(m.class_counts());
+                    for s in m.splits.values() {
+                        s.positive_fraction();
+                    }
+                }
+                Err(e) => assert!(e.to_string().contains(URL), "{e}"),
+            }
+        }
+
+        #[test]
+        fn the_valid_manifest_reads() {
+            parse(URL, &valid()).unwrap();
+        }
+
+        proptest! {
+            #![proptest_config(config(256))]
+
+            #[test]
+            fn any_bytes(b in bytes(256)) {
+                read_or_name(&b);
+            }
+
+            #[test]
+            fn corrupted_manifests(b in corrupted(valid())) {
+                read_or_name(&b);
+            }
+
+            #[test]
+            fn hostile_numbers(
+                dims in proptest::array::uniform3(any::<u32>()),
+                counts in proptest::array::uniform2(any::<u64>()),
+            ) {
+                let mut v: serde_json::Value = serde_json::from_slice(&valid()).unwrap();
+                v["image"]["height"] = dims[0].into();
+                v["image"]["width"] = dims[1].into();
+                v["image"]["channels"] = dims[2].into();
+                v["splits"]["train"]["records"] = counts[0].into();
+                v["splits"]["val"]["records"] = counts[1].into();
+                v["splits"]["train"]["class_counts"] = serde_json::json!(counts);
+                v["splits"]["test"]["class_counts"] = serde_json::json!(counts);
+                read_or_name(&serde_json::to_vec(&v).unwrap());
+            }
+        }
     }
 }

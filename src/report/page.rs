@@ -124,7 +124,6 @@ pub fn create_dir(dir: &Path) -> Result<(), ReportError> {
     })
 }
 
-/// An `<img>` of a plot file, counted by the check script.
 pub fn kv_table(rows: &[(&str, String)]) -> String {
     let mut s = String::from("<table class=\"kv left\">\n");
     for (k, v) in rows {

@@ -174,11 +174,14 @@ pub async fn read_state(sweep: &Store) -> Result<Option<SweepState>, ReadError> 
     let Some(b) = sweep.get_opt(layout::sweep::STATE).await? else {
         return Ok(None);
     };
-    serde_json::from_slice(&b).map(Some).map_err(|e| {
-        ReadError::Bad(BadState {
-            url: sweep.url_of(layout::sweep::STATE),
-            message: e.to_string(),
-        })
+    Ok(Some(parse_state(&sweep.url_of(layout::sweep::STATE), &b)?))
+}
+
+/// The sweep record stored at `url`: one that does not parse is [`BadState`], naming it.
+pub fn parse_state(url: &str, bytes: &[u8]) -> Result<SweepState, BadState> {
+    serde_json::from_slice(bytes).map_err(|e| BadState {
+        url: url.to_string(),
+        message: e.to_string(),
     })
 }
 
@@ -285,7 +288,8 @@ impl Driver {
         match self.process.liveness() {
             Liveness::Alive => self.heartbeat > 0,
             Liveness::Gone => false,
-            Liveness::Elsewhere => now_s() - self.heartbeat < DRIVER_TIMEOUT_S,
+            // Saturating: the heartbeat is the stored lease's word.
+            Liveness::Elsewhere => now_s().saturating_sub(self.heartbeat) < DRIVER_TIMEOUT_S,
         }
     }
 }
@@ -336,5 +340,91 @@ mod tests {
         let back: Trial = serde_json::from_str(&json).unwrap();
         assert_eq!(back.id, "t003");
         assert!(back.intermediate[1].is_nan());
+    }
+
+    mod fuzz {
+        use super::*;
+        use crate::fuzz::{bytes, config, corrupted};
+        use proptest::prelude::*;
+
+        const URL: &str = "file:///b/sweeps/s/state.json";
+
+        fn sweep() -> Sweep {
+            let text = include_str!("../../manifests/sweep.yaml");
+            crate::sweep::manifest::parse(text, "sweep.yaml").unwrap()
+        }
+
+        fn valid() -> Vec<u8> {
+            let trial = |number, state, value: Option<f64>, intermediate: Vec<f64>| Trial {
+                id: Trial::id_of(number),
+                number,
+                run_id: format!("s-{}", Trial::id_of(number)),
+                params: [("train.optimizer.lr".to_string(), serde_json::json!(0.01))].into(),
+                state,
+                value,
+                best_epoch: value.map(|_| 1),
+                intermediate,
+                reason: None,
+                started_at: "2026-01-01T00:00:00Z".into(),
+                finished_at: None,
+                interrupted: number == 3,
+            };
+            let mut st = SweepState::new("s");
+            st.trials = vec![
+                trial(1, TrialState::Completed, Some(0.8), vec![0.7, 0.8]),
+                trial(2, TrialState::Pruned, Some(0.5), vec![0.5, f64::NAN]),
+                trial(3, TrialState::Running, None, vec![0.6]),
+                trial(4, TrialState::Failed, None, vec![]),
+            ];
+            serde_json::to_vec_pretty(&st).unwrap()
+        }
+
+        /// A state read back is what the driver and `sweep show` go through, without
+        /// panicking; an error names it.
+        fn read_or_name(b: &[u8]) {
+            match parse_state(URL, b) {
+                Ok(st) => {
+                    st.running();
+                    let sweep = sweep();
+                    let curves = st.curves(&sweep, 0);
+                    peers(&curves);
+                    st.observations(&sweep);
+                    st.best(&sweep);
+                }
+                Err(e) => assert!(e.to_string().contains(URL), "{e}"),
+            }
+        }
+
+        #[test]
+        fn the_valid_state_reads() {
+            parse_state(URL, &valid()).unwrap();
+        }
+
+        proptest! {
+            #![proptest_config(config(128))]
+
+            #[test]
+            fn any_bytes(b in bytes(256)) {
+                read_or_name(&b);
+            }
+
+            #[test]
+            fn corrupted_states(b in corrupted(valid())) {
+                read_or_name(&b);
+            }
+
+            #[test]
+            fn any_driver_lease(b in corrupted(
+                serde_json::to_vec(&Driver { process: ProcessRef::current(), heartbeat: 1, pod: None })
+                    .unwrap()
+            ), heartbeat in any::<i64>()) {
+                if let Ok(d) = serde_json::from_slice::<Driver>(&b) {
+                    d.alive();
+                    d.place();
+                }
+                let d = Driver { process: ProcessRef { host: "elsewhere".into(), ..ProcessRef::current() }, heartbeat, pod: None };
+                d.alive();
+            }
+        }
     }
 }

@@ -912,3 +912,77 @@ fn latin1(s: &str) -> Result<Value<'_>, String> {
         .collect::<Result<Vec<u8>, String>>()?;
     Ok(Value::Bytes(Bytes::Owned(Rc::new(bytes))))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fuzz::{bytes, config, corrupted};
+    use proptest::prelude::*;
+
+    /// The pickle of tests/fixtures/weights/tiny.pth: dicts, tensors, persistent ids, globals.
+    fn torch_pickle() -> Vec<u8> {
+        let pth = include_bytes!("../../../tests/fixtures/weights/tiny.pth");
+        let mut zip = zip::ZipArchive::new(std::io::Cursor::new(&pth[..])).unwrap();
+        let name = zip
+            .file_names()
+            .find(|n| n.ends_with("data.pkl"))
+            .unwrap()
+            .to_string();
+        let mut out = vec![];
+        std::io::Read::read_to_end(&mut zip.by_name(&name).unwrap(), &mut out).unwrap();
+        out
+    }
+
+    /// A pickle is read, or refused with an error saying where; whatever it built is walked as
+    /// the readers walk it (a bounded walk: the memo may share a container within itself).
+    fn read_and_walk(b: &[u8]) {
+        let Ok(p) = parse(b) else { return };
+        let mut todo = vec![p.root.clone()];
+        let mut seen = 0;
+        while let Some(v) = todo.pop() {
+            seen += 1;
+            if seen > 2000 {
+                break;
+            }
+            p.describe(&v);
+            v.as_int();
+            v.as_text();
+            if p.is_tensor(&v) {
+                drop(p.tensor(&v));
+            }
+            drop(p.ndarray(&v));
+            let _ = p.get(&v, "state_dict");
+            todo.extend(p.list(&v).into_iter().flatten().cloned());
+            todo.extend(p.tuple(&v).into_iter().flatten().cloned());
+            for (k, v) in p.dict(&v).into_iter().flatten() {
+                todo.push(k.clone());
+                todo.push(v.clone());
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(config(256))]
+
+        #[test]
+        fn any_bytes(b in bytes(256)) {
+            read_and_walk(&b);
+        }
+
+        #[test]
+        fn opcode_soup(b in proptest::collection::vec(
+            prop_oneof![
+                proptest::sample::select(b"()tdlse.]}aubhqrjKJMIFTXUVBCNG\x80\x85\x86\x87\x88\x89\x8c\x94\x95Rc\n".to_vec()),
+                any::<u8>(),
+            ],
+            0..64,
+        )) {
+            read_and_walk(&b);
+        }
+
+        #[test]
+        fn corrupted_torch_pickles(b in corrupted(torch_pickle())) {
+            read_and_walk(&b);
+        }
+    }
+}
