@@ -872,7 +872,9 @@ pub async fn resume_on(
     check_resumable(&s)?;
     run.delete(keys::CANCEL).await?;
     s.phase = Phase::Pending;
-    s.max_attempts = s.attempts + s.max_attempts.saturating_sub(s.attempts).max(1);
+    s.max_attempts = s
+        .attempts
+        .saturating_add(s.max_attempts.saturating_sub(s.attempts).max(1));
     s.finished_at = None;
     backend.restart(run, s).await
 }
@@ -962,7 +964,7 @@ async fn restart_on(run: &Store, status: RunStatus, cluster: &Cluster) -> Result
         defaults: &defaults,
     });
     cluster.create_job(&job).await?;
-    s.max_attempts = s.attempts + exp.retries + 1;
+    s.max_attempts = s.attempts.saturating_add(exp.retries).saturating_add(1);
     s.cluster = Some(ClusterRef {
         context: cluster.context.clone(),
         namespace: cluster.namespace.clone(),
