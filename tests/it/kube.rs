@@ -3,10 +3,8 @@
 //! scripted response, and checked against the RBAC the chart grants. Plus golden Jobs rendered
 //! by `submit --dry-run` for every manifest in `manifests/`.
 
-mod common;
-
 use ::kube::client::Body;
-use common::*;
+use crate::common::*;
 use http::{Request, Response};
 use idc::backend::kube::cluster::{Cluster, LogLine};
 use idc::backend::kube::{self, ClusterDefaults, KUEUE_RBAC_RULES, RBAC_RULES};
@@ -1268,7 +1266,7 @@ fn dry_run_jobs_match_golden_files_and_pass_validation() {
         }
         let want = std::fs::read_to_string(&file).unwrap_or_else(|_| {
             panic!(
-                "{} is missing: run IDC_UPDATE_GOLDEN=1 cargo test --test kube",
+                "{} is missing: run IDC_UPDATE_GOLDEN=1 cargo test --test it kube::",
                 file.display()
             )
         });
@@ -1320,7 +1318,7 @@ fn a_queued_dry_run_job_differs_only_by_kueues_labels_on_the_job() {
     }
     let want = std::fs::read_to_string(&file).unwrap_or_else(|_| {
         panic!(
-            "{} is missing: run IDC_UPDATE_GOLDEN=1 cargo test --test kube",
+            "{} is missing: run IDC_UPDATE_GOLDEN=1 cargo test --test it kube::",
             file.display()
         )
     });
@@ -2026,7 +2024,7 @@ async fn predict_dry_run_job_matches_its_golden_file() {
     }
     let want = std::fs::read_to_string(&file).unwrap_or_else(|_| {
         panic!(
-            "{} is missing: run IDC_UPDATE_GOLDEN=1 cargo test --test kube",
+            "{} is missing: run IDC_UPDATE_GOLDEN=1 cargo test --test it kube::",
             file.display()
         )
     });
@@ -2273,7 +2271,7 @@ fn sweep_driver_dry_run_job_matches_its_golden_file() {
     }
     let want = std::fs::read_to_string(&file).unwrap_or_else(|_| {
         panic!(
-            "{} is missing: run IDC_UPDATE_GOLDEN=1 cargo test --test kube",
+            "{} is missing: run IDC_UPDATE_GOLDEN=1 cargo test --test it kube::",
             file.display()
         )
     });

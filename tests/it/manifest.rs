@@ -1,8 +1,6 @@
 //! Experiment manifests: the shipped ones are valid, and malformed ones get exact, located errors.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use idc::experiment;
 
 const BASE: &str = "apiVersion: idc/v1
@@ -28,7 +26,7 @@ fn shipped_manifests_are_valid() {
     for e in std::fs::read_dir(&dir).unwrap() {
         let path = e.unwrap().path();
         if idc::sweep::manifest::is_sweep(&std::fs::read_to_string(&path).unwrap()) {
-            continue; // tests/sweep.rs checks the sweep manifests
+            continue; // tests/it/sweep.rs checks the sweep manifests
         }
         let exp = experiment::load(&path).unwrap_or_else(|e| panic!("{e}"));
         names.push(exp.name);

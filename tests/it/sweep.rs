@@ -6,10 +6,8 @@
 //! recorded one (trials written as the driver writes them, two still running), the page loaded
 //! in headless Chromium, which must render every plot.
 
-mod common;
-
-use common::browser::*;
-use common::*;
+use crate::common::browser::*;
+use crate::common::*;
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

@@ -4,9 +4,7 @@
 //! and reports as a current one does. Real Fashion-MNIST training lives in `report_html.rs`,
 //! beside the browser check of its page.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use idc::dataset::archive::fixtures::{self, Generated};
 use idc::dataset::manifest::DatasetManifest;
 use idc::dataset::split::Split;

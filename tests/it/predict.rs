@@ -4,9 +4,7 @@
 //! augmentation. Probabilities are checked against those the worker computed in the run's own
 //! evaluation (`test-predictions.jsonl`).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use idc::predictions::Prediction;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

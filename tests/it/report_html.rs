@@ -8,10 +8,8 @@
 //! Without Chromium the browser part is skipped with a message, unless
 //! `IDC_TEST_REQUIRE_BROWSER=1` (set by `.ci/test` under CI), which makes it a failure.
 
-mod common;
-
-use common::browser::*;
-use common::*;
+use crate::common::browser::*;
+use crate::common::*;
 use idc::metrics::{ErrorKind, Report};
 use idc::predictions::Prediction;
 use idc::report::slides::{BACKGROUND, colour_scale};

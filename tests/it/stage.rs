@@ -1,8 +1,6 @@
 //! Staging end to end, against every storage backend under test (`file://`, and S3 in CI).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use idc::dataset::decode::{PAD_VALUE, Undersized};
 use idc::dataset::split::{Split, SplitMethod, SplitOptions, SplitSize};
 use idc::layout;
