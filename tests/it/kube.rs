@@ -3,8 +3,8 @@
 //! scripted response, and checked against the RBAC the chart grants. Plus golden Jobs rendered
 //! by `submit --dry-run` for every manifest in `manifests/`.
 
-use ::kube::client::Body;
 use crate::common::*;
+use ::kube::client::Body;
 use http::{Request, Response};
 use idc::backend::kube::cluster::{Cluster, LogLine};
 use idc::backend::kube::{self, ClusterDefaults, KUEUE_RBAC_RULES, RBAC_RULES};

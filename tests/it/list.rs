@@ -2,8 +2,8 @@
 //! (no worker needed): newest first by creation time whatever the ids, the default limit,
 //! `--all`, the filters, and runs from before the run index.
 
-use bytes::Bytes;
 use crate::common::*;
+use bytes::Bytes;
 use idc::experiment::Backend;
 use idc::layout::{self, run as keys};
 use idc::metrics::{BinaryMetrics, Metrics, MetricsRecord};
