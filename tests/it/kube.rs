@@ -976,6 +976,25 @@ fn log_uri(pod: &str, follow: bool) -> String {
 async fn logs_follow_two_attempts_then_read_the_bucket() {
     let b = bucket().await;
     let sub = submit_script(&b, vec![create_ex()]).await;
+    let script = two_attempts_logs_script();
+    let (cluster, task) = mock_cluster(script);
+    let lines = followed(cluster, task, &sub.run, 0).await;
+    let got: Vec<(u32, &str)> = lines.iter().map(|(a, t)| (*a, t.as_str())).collect();
+    assert_eq!(
+        got,
+        vec![
+            (1, "epoch 1 started"),
+            (1, "SIGTERM: checkpoint written"),
+            (2, "resumed from epoch 1"),
+            (2, "done")
+        ]
+    );
+    a_deleted_pods_log_comes_from_the_bucket(&sub.run).await;
+    logs_outlive_the_job_in_the_bucket(&sub.run).await;
+}
+
+/// `logs -f` over a Job's two attempts: the first pod fails, the second resumes and succeeds.
+fn two_attempts_logs_script() -> Vec<Exchange> {
     let p1 = "resnet34-t1-aaaaa";
     let p2 = "resnet34-t1-bbbbb";
     let pod1 = pod(p1, "2026-11-26T10:00:00Z", "Failed", terminated(3, "Error"));
@@ -988,7 +1007,7 @@ async fn logs_follow_two_attempts_then_read_the_bucket() {
     );
     let active = job_json(json!([]), "x");
     let complete = job_json(json!([{"type": "Complete", "status": "True"}]), "x");
-    let script = vec![
+    vec![
         ex("GET", job_path(RUN), 200, active.clone()),
         ex(
             "GET",
@@ -1027,23 +1046,13 @@ async fn logs_follow_two_attempts_then_read_the_bucket() {
             200,
             list("PodList", vec![pod1, pod2_done]),
         ),
-    ];
-    let (cluster, task) = mock_cluster(script);
-    let lines = followed(cluster, task, &sub.run, 0).await;
-    let got: Vec<(u32, &str)> = lines.iter().map(|(a, t)| (*a, t.as_str())).collect();
-    assert_eq!(
-        got,
-        vec![
-            (1, "epoch 1 started"),
-            (1, "SIGTERM: checkpoint written"),
-            (2, "resumed from epoch 1"),
-            (2, "done")
-        ]
-    );
+    ]
+}
 
-    // A pod deleted between the listing and the log request: its log comes from the bucket.
-    sub.run
-        .put(&keys::log(1), bytes::Bytes::from("from the bucket\n"))
+/// A pod deleted between the listing and the log request: its log comes from the bucket.
+async fn a_deleted_pods_log_comes_from_the_bucket(run: &Store) {
+    let p1 = "resnet34-t1-aaaaa";
+    run.put(&keys::log(1), bytes::Bytes::from("from the bucket\n"))
         .await
         .unwrap();
     let gone = pod(p1, "2026-11-26T10:00:00Z", "Running", running());
@@ -1065,16 +1074,16 @@ async fn logs_follow_two_attempts_then_read_the_bucket() {
         ex("GET", job_path(RUN), 200, complete),
         ex("GET", pods_list_uri(), 200, list("PodList", vec![gone])),
     ]);
-    let lines = followed(cluster, task, &sub.run, 0).await;
+    let lines = followed(cluster, task, run, 0).await;
     assert_eq!(lines, vec![(1, "from the bucket".to_string())]);
+}
 
-    // Later the Job and its pods are gone: the worker's own copies in the bucket remain.
-    sub.run
-        .put(&keys::log(1), bytes::Bytes::from("a1\na2\n"))
+/// Later the Job and its pods are gone: the worker's own copies in the bucket remain.
+async fn logs_outlive_the_job_in_the_bucket(run: &Store) {
+    run.put(&keys::log(1), bytes::Bytes::from("a1\na2\n"))
         .await
         .unwrap();
-    sub.run
-        .put(&keys::log(2), bytes::Bytes::from("b1\n"))
+    run.put(&keys::log(2), bytes::Bytes::from("b1\n"))
         .await
         .unwrap();
     let (cluster, task) = mock_cluster(vec![
@@ -1086,7 +1095,7 @@ async fn logs_follow_two_attempts_then_read_the_bucket() {
         ),
         ex("GET", pods_list_uri(), 200, list("PodList", vec![])),
     ]);
-    let lines = followed(cluster, task, &sub.run, 0).await;
+    let lines = followed(cluster, task, run, 0).await;
     let got: Vec<(u32, &str)> = lines.iter().map(|(a, t)| (*a, t.as_str())).collect();
     assert_eq!(got, vec![(1, "a1"), (1, "a2"), (2, "b1")]);
 }
