@@ -1832,8 +1832,27 @@ async fn predict_runs_as_a_job_shaped_like_the_runs() {
             ..Default::default()
         },
     );
-    let job_url = p.job.url().to_string();
-    let create = Exchange {
+    let create = create_prediction_job_ex(&name, want, p.job.url().to_string());
+    let (cluster, task) = mock_cluster(prediction_job_script(&name, create));
+    let mut seen = Seen::default();
+    idc::predict::run_on(&cluster, &p, &mut seen).await.unwrap();
+    finish(cluster, task).await;
+    assert_eq!(seen.images, [(64, 105), (105, 105)]);
+    assert!(!seen.notices.is_empty());
+    let (result, rows) = idc::predict::read_outcome(&p).await.unwrap();
+    assert_eq!(result.images, 105);
+    assert_eq!(rows.len(), 105, "every real patch, the edge patch padded");
+    assert!(
+        rows.iter()
+            .all(|r| r.label.is_some() && r.probabilities.len() == 2)
+    );
+}
+
+/// The request creating the prediction's Job `name`, which must be `want`: shaped like the
+/// run's (image, GPU, memory, scheduling, failure handling) with the predict command; its pod,
+/// the worker with the Job's arguments, is run here.
+fn create_prediction_job_ex(name: &str, want: Job, job_url: String) -> Exchange {
+    Exchange {
         check: Some(Box::new(move |body: &Value| {
             let job: Job = serde_json::from_value(body.clone()).unwrap();
             assert_eq!(job, want, "the prediction's Job");
@@ -1876,7 +1895,12 @@ async fn predict_runs_as_a_job_shaped_like_the_runs() {
             201,
             json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name}}),
         )
-    };
+    }
+}
+
+/// The API server's side of prediction Job `name`: the defaults, `create`, then the Job
+/// running (its pod logging progress) and complete.
+fn prediction_job_script(name: &str, create: Exchange) -> Vec<Exchange> {
     let pod_name = format!("{name}-x7k2p");
     let mut running_pod = pod(&pod_name, "2026-11-26T10:00:00Z", "Running", running());
     running_pod["metadata"]["labels"]["idc.dev/run"] = json!(name);
@@ -1892,7 +1916,7 @@ async fn predict_runs_as_a_job_shaped_like_the_runs() {
         j["metadata"]["name"] = json!(name);
         j
     };
-    let (cluster, task) = mock_cluster(vec![
+    vec![
         ex(
             "GET",
             format!("/api/v1/namespaces/{NS}/configmaps/idc-defaults"),
@@ -1900,10 +1924,10 @@ async fn predict_runs_as_a_job_shaped_like_the_runs() {
             defaults_cm(),
         ),
         create,
-        ex("GET", job_path(&name), 200, job_with(json!([]))),
+        ex("GET", job_path(name), 200, job_with(json!([]))),
         ex(
             "GET",
-            prediction_pods_uri(&name),
+            prediction_pods_uri(name),
             200,
             list("PodList", vec![running_pod]),
         ),
@@ -1917,29 +1941,17 @@ async fn predict_runs_as_a_job_shaped_like_the_runs() {
         ),
         ex(
             "GET",
-            job_path(&name),
+            job_path(name),
             200,
             job_with(json!([{"type": "Complete", "status": "True"}])),
         ),
         ex(
             "GET",
-            prediction_pods_uri(&name),
+            prediction_pods_uri(name),
             200,
             list("PodList", vec![done_pod]),
         ),
-    ]);
-    let mut seen = Seen::default();
-    idc::predict::run_on(&cluster, &p, &mut seen).await.unwrap();
-    finish(cluster, task).await;
-    assert_eq!(seen.images, [(64, 105), (105, 105)]);
-    assert!(!seen.notices.is_empty());
-    let (result, rows) = idc::predict::read_outcome(&p).await.unwrap();
-    assert_eq!(result.images, 105);
-    assert_eq!(rows.len(), 105, "every real patch, the edge patch padded");
-    assert!(
-        rows.iter()
-            .all(|r| r.label.is_some() && r.probabilities.len() == 2)
-    );
+    ]
 }
 
 #[tokio::test]
