@@ -2870,26 +2870,7 @@ async fn lifecycle_on_a_real_cluster() {
         .unwrap();
     cluster.poll = std::time::Duration::from_millis(500);
     let tag = idc::run::new_run_id("it");
-    let dir = tempfile::tempdir().unwrap();
-    synth(dir.path(), 6, 80, 0);
-    let ds = format!("{storage}/datasets/{tag}");
-    idc::stage::stage(
-        dir.path(),
-        &Store::open(&ds).unwrap(),
-        &Default::default(),
-        &Default::default(),
-    )
-    .await
-    .unwrap();
-    let exp = experiment::parse(
-        &format!(
-            "apiVersion: idc/v1\nkind: Experiment\nname: it\ndataset: {{url: {ds}}}\n\
-             train: {{model: {{kind: simple_cnn, width: 8}}, epochs: 3, batch_size: 64, device: cpu, checkpoint_every: 2s}}\n\
-             resources: {{gpus: 0, cpu: '1', memory: 2Gi}}\nbackend: kubernetes\nstorage: {storage}\nretries: 2\n"
-        ),
-        "it.yaml",
-    )
-    .unwrap();
+    let exp = real_cluster_experiment(&storage, &tag).await;
     let submit = |id: String| {
         let (exp, cluster) = (exp.clone(), cluster.clone());
         async move {
@@ -2970,4 +2951,29 @@ async fn lifecycle_on_a_real_cluster() {
         ended <= records[1].started_at,
         "two workers overlapped: {records:?}"
     );
+}
+
+/// The experiment of the real-cluster lifecycle, on a small synthetic dataset staged for it
+/// into `storage` under `tag`: a short CPU training that checkpoints every 2 s, two retries.
+async fn real_cluster_experiment(storage: &str, tag: &str) -> Experiment {
+    let dir = tempfile::tempdir().unwrap();
+    synth(dir.path(), 6, 80, 0);
+    let ds = format!("{storage}/datasets/{tag}");
+    idc::stage::stage(
+        dir.path(),
+        &Store::open(&ds).unwrap(),
+        &Default::default(),
+        &Default::default(),
+    )
+    .await
+    .unwrap();
+    experiment::parse(
+        &format!(
+            "apiVersion: idc/v1\nkind: Experiment\nname: it\ndataset: {{url: {ds}}}\n\
+             train: {{model: {{kind: simple_cnn, width: 8}}, epochs: 3, batch_size: 64, device: cpu, checkpoint_every: 2s}}\n\
+             resources: {{gpus: 0, cpu: '1', memory: 2Gi}}\nbackend: kubernetes\nstorage: {storage}\nretries: 2\n"
+        ),
+        "it.yaml",
+    )
+    .unwrap()
 }
