@@ -82,7 +82,7 @@ idc_s3_server() {
   echo "S3 server (moto) on 127.0.0.1:$port, bucket idc-test" >&2
 }
 
-# TensorBoard (PyPI, no TensorFlow) in a cached venv: tests/tensorboard.rs reads the run's event
+# TensorBoard (PyPI, no TensorFlow) in a cached venv: tests/it/tensorboard.rs reads the run's event
 # files with its EventAccumulator. Under CI the test must find it.
 IDC_TENSORBOARD_VERSION=2.20.0
 idc_tensorboard_venv() {
@@ -103,7 +103,7 @@ idc_optuna_venv() {
 
 # A real MLflow tracking server (mlflow-skinny and what its server needs, about a minute to
 # install once per machine) on a free loopback port, with a sqlite store and proxied artifacts,
-# for tests/mlflow.rs: exports IDC_TEST_MLFLOW_URI. Stopped on exit. Under CI the test must find it.
+# for tests/it/mlflow.rs: exports IDC_TEST_MLFLOW_URI. Stopped on exit. Under CI the test must find it.
 IDC_MLFLOW_VERSION=3.17.2
 idc_mlflow_server() {
   idc_cached_venv "mlflow-$IDC_MLFLOW_VERSION" "mlflow-skinny==$IDC_MLFLOW_VERSION" flask flask-cors \
@@ -125,7 +125,7 @@ idc_mlflow_server() {
   echo "MLflow server on 127.0.0.1:$port" >&2
 }
 
-# Headless Chromium for the report pages' browser test (tests/report_html.rs). Installed when
+# Headless Chromium for the report pages' browser test (tests/it/report_html.rs). Installed when
 # missing and we are root on Debian/Ubuntu; otherwise says what to install (the test then skips
 # its browser part). Under CI (CI=true) the test must find it: IDC_TEST_REQUIRE_BROWSER=1.
 idc_browser() {
@@ -145,7 +145,7 @@ idc_browser() {
 }
 
 # The real Fashion-MNIST IDX files (Debian's dataset-fashion-mnist, 31 MB, under
-# /usr/share/datasets/fashion-mnist) for the 10-class training test in tests/report_html.rs.
+# /usr/share/datasets/fashion-mnist) for the 10-class training test in tests/it/report_html.rs.
 # Installed when missing and we are root on Debian/Ubuntu; under CI the test must find them:
 # IDC_TEST_REQUIRE_FASHION_MNIST=1.
 idc_fashion_mnist() {

@@ -1,5 +1,5 @@
 """Lints and renders charts/idc with the real Helm library (helm-sdkpy: Helm v4 through cgo), and
-compares the renders with the golden files in tests/golden/chart/ (tests/chart.rs checks those
+compares the renders with the golden files in tests/golden/chart/ (tests/it/chart.rs checks those
 against the Rust side). Run through .ci/helm, which provides the venv; `--update` rewrites them.
 
 helm-sdkpy has no `helm template`: its only rendering path is Install. So we install into a fake
@@ -180,7 +180,7 @@ def golden_text(name, values_file, manifest, notes):
     head = (
         f"# Golden render of charts/idc ({'default values' if values_file is None else 'values ' + values_file}),\n"
         f"# release {RELEASE} in namespace {NAMESPACE}. Written by .ci/helm --update; checked by .ci/helm\n"
-        f"# and tests/chart.rs.\n"
+        f"# and tests/it/chart.rs.\n"
     )
     tail = "# NOTES.txt as rendered:\n" + "".join(f"#   {l}".rstrip() + "\n" for l in notes.strip("\n").splitlines())
     return head + manifest.rstrip("\n") + "\n\n" + tail

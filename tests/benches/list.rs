@@ -423,15 +423,7 @@ async fn bench(base: String, upstream: SocketAddr, listener: std::net::TcpListen
 
     let mut table = vec![];
     let mut row = |runs: usize, bucket: &str, what: &str, m: Measured| {
-        let secs = |s: Option<f64>| s.map_or("-".into(), |c| format!("{c:.2}"));
-        table.push(format!(
-            "| {runs} | {bucket} | {what} | {:.2} | {} | {} | {} | {} |",
-            m.wall_s,
-            m.requests,
-            m.rows.map_or("nothing (stopped)".into(), |r| r.to_string()),
-            secs(m.client_cpu_s),
-            secs(m.server_cpu_s),
-        ));
+        table.push(table_row(runs, bucket, what, m));
     };
     let old_alg = |root: Store| async move {
         match tokio::time::timeout(old_timeout, old_list(&root)).await {
@@ -491,6 +483,24 @@ async fn bench(base: String, upstream: SocketAddr, listener: std::net::TcpListen
     let m = measure(&proxy, server, idcctl_list(&new_url, p, &["--all"])).await;
     row(n, team, "after: `list --all`", m);
 
+    print_table(latency, old_timeout, &table);
+}
+
+/// One row of the table: what was listed, and what it cost.
+fn table_row(runs: usize, bucket: &str, what: &str, m: Measured) -> String {
+    let secs = |s: Option<f64>| s.map_or("-".into(), |c| format!("{c:.2}"));
+    format!(
+        "| {runs} | {bucket} | {what} | {:.2} | {} | {} | {} | {} |",
+        m.wall_s,
+        m.requests,
+        m.rows.map_or("nothing (stopped)".into(), |r| r.to_string()),
+        secs(m.client_cpu_s),
+        secs(m.server_cpu_s),
+    )
+}
+
+/// Prints the table under its title.
+fn print_table(latency: u64, old_timeout: Duration, table: &[String]) {
     println!(
         "\n`idcctl list` through a proxy adding {latency} ms to every request; the old algorithm stopped after {} s\n",
         old_timeout.as_secs()
@@ -499,7 +509,7 @@ async fn bench(base: String, upstream: SocketAddr, listener: std::net::TcpListen
         "| runs | bucket | command | wall (s) | requests | rows | idcctl CPU (s) | S3 server CPU (s) |"
     );
     println!("|---:|---|---|---:|---:|---:|---:|---:|");
-    for line in &table {
+    for line in table {
         println!("{line}");
     }
 }

@@ -88,31 +88,8 @@ fn main() {
         .map(|n| n.get())
         .unwrap_or(1);
     let tmp = tempfile::tempdir().unwrap();
-    let big = tmp.path().join("big");
-    let small = tmp.path().join("small/IDC_regular_ps50_idx5");
-
     let t = Instant::now();
-    let opts = idc::dataset::synth::SynthOptions {
-        patients: big_patients,
-        per_patient,
-        seed: 1,
-        ..Default::default()
-    };
-    idc::dataset::synth::generate(&big, &opts).unwrap();
-    // The small set is the first patients of the big one (hard links: same files).
-    std::fs::create_dir_all(&small).unwrap();
-    for i in 0..small_patients {
-        let p = idc::dataset::synth::patient_id(i).to_string();
-        for c in ["0", "1"] {
-            let from = big.join("IDC_regular_ps50_idx5").join(&p).join(c);
-            let to = small.join(&p).join(c);
-            std::fs::create_dir_all(&to).unwrap();
-            for f in std::fs::read_dir(&from).unwrap() {
-                let f = f.unwrap();
-                std::fs::hard_link(f.path(), to.join(f.file_name())).unwrap();
-            }
-        }
-    }
+    let (big, small) = synthesize(tmp.path(), big_patients, small_patients, per_patient);
     let n_small = (small_patients * per_patient) as f64;
     let n_big = (big_patients * per_patient) as f64;
     eprintln!(
@@ -137,30 +114,7 @@ fn main() {
     println!("\nstaging benchmark, {cores} cores, {n_small} patches (memory also at {n_big})\n");
     println!("| contender | patches/s (wall) | patches/s per core | peak RSS |");
     println!("|---|---:|---:|---:|");
-    let mut pillow_rate = None;
-    if let Some(py) = python() {
-        let out = Command::new(&py)
-            .args(["-c", PILLOW, small.to_str().unwrap()])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let per_core: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
-        let r = measure(Command::new(&py).args(["-c", PILLOW, small.to_str().unwrap()]));
-        pillow_rate = Some(per_core);
-        println!(
-            "| Pillow decode to uint8, 1 process (CPU time of the loop only) | {:.0} | {per_core:.0} | {:.0} MB |",
-            n_small / r.wall,
-            r.max_rss_mb
-        );
-    } else {
-        println!(
-            "| Pillow | (not found: run .ci/test once to make .venv, or set IDC_PYTHON) | | |"
-        );
-    }
+    let pillow_rate = pillow_row(&small, n_small);
     let one = stage(small.parent().unwrap(), 1, "j1");
     println!(
         "| idcctl stage -j 1 (decode, shard, sha256, write) | {:.0} | {:.0} | {:.0} MB |",
@@ -195,4 +149,67 @@ fn main() {
         all.max_rss_mb,
         large.max_rss_mb
     );
+}
+
+/// Synthesizes `big_patients` x `per_patient` patches under `tmp/big`, the first
+/// `small_patients` of them also under `tmp/small` (hard links); returns both folders.
+fn synthesize(
+    tmp: &Path,
+    big_patients: u32,
+    small_patients: u32,
+    per_patient: u32,
+) -> (PathBuf, PathBuf) {
+    let big = tmp.join("big");
+    let small = tmp.join("small/IDC_regular_ps50_idx5");
+    let opts = idc::dataset::synth::SynthOptions {
+        patients: big_patients,
+        per_patient,
+        seed: 1,
+        ..Default::default()
+    };
+    idc::dataset::synth::generate(&big, &opts).unwrap();
+    // The small set is the first patients of the big one (hard links: same files).
+    std::fs::create_dir_all(&small).unwrap();
+    for i in 0..small_patients {
+        let p = idc::dataset::synth::patient_id(i).to_string();
+        for c in ["0", "1"] {
+            let from = big.join("IDC_regular_ps50_idx5").join(&p).join(c);
+            let to = small.join(&p).join(c);
+            std::fs::create_dir_all(&to).unwrap();
+            for f in std::fs::read_dir(&from).unwrap() {
+                let f = f.unwrap();
+                std::fs::hard_link(f.path(), to.join(f.file_name())).unwrap();
+            }
+        }
+    }
+    (big, small)
+}
+
+/// Pillow's row of the table, decoding the PNGs under `small` (`n_small` of them), when the
+/// venv's python has it; returns its patches per CPU-second.
+fn pillow_row(small: &Path, n_small: f64) -> Option<f64> {
+    if let Some(py) = python() {
+        let out = Command::new(&py)
+            .args(["-c", PILLOW, small.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let per_core: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+        let r = measure(Command::new(&py).args(["-c", PILLOW, small.to_str().unwrap()]));
+        println!(
+            "| Pillow decode to uint8, 1 process (CPU time of the loop only) | {:.0} | {per_core:.0} | {:.0} MB |",
+            n_small / r.wall,
+            r.max_rss_mb
+        );
+        Some(per_core)
+    } else {
+        println!(
+            "| Pillow | (not found: run .ci/test once to make .venv, or set IDC_PYTHON) | | |"
+        );
+        None
+    }
 }

@@ -434,17 +434,34 @@ fn quartiles(v: &[f64]) -> (f64, f64, f64) {
     (at(0.25), at(0.5), at(0.75))
 }
 
+/// The budget of the benchmark, from the environment.
+struct Budget {
+    trials: usize,
+    seeds: u64,
+    first_seed: u64,
+    /// Studies run at a time.
+    jobs: usize,
+}
+
+/// One finished study: (problem index, pending trials, sampler, seed, the study).
+type Finished = (usize, usize, Sampler, u64, Study);
+
+/// The schedules: trials asked one at a time, and with 3 pending.
+const SCHEDULES: [usize; 2] = [1, 3];
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // `cargo test --benches` probes for tests
     }
-    let trials: usize = env_or("IDC_BENCH_TRIALS", 100);
-    let seeds: u64 = env_or("IDC_BENCH_SEEDS", 20);
-    let first_seed: u64 = env_or("IDC_BENCH_FIRST_SEED", 0);
-    let jobs: usize = env_or(
-        "IDC_BENCH_JOBS",
-        std::thread::available_parallelism().map_or(1, |n| n.get()),
-    );
+    let budget = Budget {
+        trials: env_or("IDC_BENCH_TRIALS", 100),
+        seeds: env_or("IDC_BENCH_SEEDS", 20),
+        first_seed: env_or("IDC_BENCH_FIRST_SEED", 0),
+        jobs: env_or(
+            "IDC_BENCH_JOBS",
+            std::thread::available_parallelism().map_or(1, |n| n.get()),
+        ),
+    };
     let python = std::env::var_os("IDC_OPTUNA_PYTHON").map(PathBuf::from);
     let only: Option<Vec<String>> = std::env::var("IDC_BENCH_PROBLEMS")
         .ok()
@@ -453,8 +470,56 @@ fn main() {
         .into_iter()
         .filter(|p| only.as_ref().is_none_or(|o| o.iter().any(|n| n == p.name)))
         .collect();
+    let samplers = chosen_samplers(python.is_some());
+    let started = Instant::now();
+    let results = run_studies(&budget, &problems, &samplers, python.as_ref());
+    let Budget {
+        trials,
+        seeds,
+        jobs,
+        ..
+    } = budget;
+    let mut out = format!(
+        "Sweep samplers, {trials} trials x {seeds} seeds per problem; best value found: median [q1, q3] of the seeds (lower is better); {jobs} studies at a time, {:.0} s in all.\n",
+        started.elapsed().as_secs_f64()
+    );
+    let mut wins_tally = vec![];
+    for (pi, p) in problems.iter().enumerate() {
+        for pending in SCHEDULES {
+            let of = |s: Sampler| -> Vec<&Study> {
+                let mut v: Vec<(u64, &Study)> = results
+                    .iter()
+                    .filter(|r| r.0 == pi && r.1 == pending && r.2 == s)
+                    .map(|r| (r.3, &r.4))
+                    .collect();
+                v.sort_by_key(|x| x.0);
+                v.into_iter().map(|x| x.1).collect()
+            };
+            out += &problem_table(p, pending, trials, &samplers, &of);
+            if [Sampler::IdcTpe, Sampler::OptunaTpe, Sampler::Random]
+                .iter()
+                .all(|s| samplers.contains(s))
+            {
+                let (line, tally) = idc_against_optuna(p, pending, trials, &of);
+                out += &line;
+                wins_tally.push(tally);
+            }
+        }
+    }
+    if !wins_tally.is_empty() {
+        out += &summary(&wins_tally);
+    }
+    print!("{out}");
+    if let Some(path) = std::env::var_os("IDC_BENCH_OUT") {
+        std::fs::write(&path, &out).expect("IDC_BENCH_OUT is writable");
+    }
+}
+
+/// The samplers compared: idc's two TPEs, Optuna's two when its Python is there, random; then
+/// only those `IDC_BENCH_SAMPLERS` names, if set.
+fn chosen_samplers(optuna: bool) -> Vec<Sampler> {
     let mut samplers = vec![Sampler::IdcTpe, Sampler::IdcTpeIndependent];
-    if python.is_some() {
+    if optuna {
         samplers.extend([Sampler::OptunaTpe, Sampler::OptunaTpeIndependent]);
     } else {
         eprintln!(
@@ -466,13 +531,22 @@ fn main() {
         let keep: Vec<&str> = keep.split(',').collect();
         samplers.retain(|s| keep.contains(&s.key()));
     }
-    let schedules = [1usize, 3];
-    // Every study to run, shared by `jobs` threads (each with its own Optuna process).
+    samplers
+}
+
+/// Runs every study (problem x schedule x sampler x seed), shared by `budget.jobs` threads
+/// (each with its own Optuna process).
+fn run_studies(
+    budget: &Budget,
+    problems: &[Problem],
+    samplers: &[Sampler],
+    python: Option<&PathBuf>,
+) -> Vec<Finished> {
     let mut work = vec![];
     for (pi, _) in problems.iter().enumerate() {
-        for &pending in &schedules {
-            for &s in &samplers {
-                for seed in first_seed..first_seed + seeds {
+        for pending in SCHEDULES {
+            for &s in samplers {
+                for seed in budget.first_seed..budget.first_seed + budget.seeds {
                     work.push((pi, pending, s, seed));
                 }
             }
@@ -483,9 +557,9 @@ fn main() {
     let results = Mutex::new(vec![]);
     let started = Instant::now();
     std::thread::scope(|scope| {
-        for _ in 0..jobs {
+        for _ in 0..budget.jobs {
             scope.spawn(|| {
-                let mut optuna = python.as_ref().map(Optuna::start);
+                let mut optuna = python.map(Optuna::start);
                 loop {
                     let Some((pi, pending, s, seed)) = queue.lock().unwrap().pop() else {
                         break;
@@ -494,25 +568,9 @@ fn main() {
                     let study = if s.optuna() {
                         let o = optuna.as_mut().expect("optuna runs");
                         o.study(&p.space, seed, s == Sampler::OptunaTpe);
-                        run(o, p.f, trials, pending)
+                        run(o, p.f, budget.trials, pending)
                     } else {
-                        let sampler = match s {
-                            Sampler::Random => SamplerSpec::Random { seed },
-                            Sampler::IdcTpeIndependent => {
-                                let mut s = SamplerSpec::tpe(seed);
-                                if let SamplerSpec::Tpe { multivariate, .. } = &mut s {
-                                    *multivariate = false;
-                                }
-                                s
-                            }
-                            _ => SamplerSpec::tpe(seed),
-                        };
-                        let mut idc = Idc {
-                            sampler,
-                            space: &p.space,
-                            trials: vec![],
-                        };
-                        run(&mut idc, p.f, trials, pending)
+                        idc_study(p, s, seed, budget.trials, pending)
                     };
                     let mut r = results.lock().unwrap();
                     r.push((pi, pending, s, seed, study));
@@ -527,121 +585,147 @@ fn main() {
             });
         }
     });
-    let results = results.into_inner().unwrap();
+    results.into_inner().unwrap()
+}
+
+/// A study of problem `p` with one of idc's samplers.
+fn idc_study(p: &Problem, s: Sampler, seed: u64, trials: usize, pending: usize) -> Study {
+    let sampler = match s {
+        Sampler::Random => SamplerSpec::Random { seed },
+        Sampler::IdcTpeIndependent => {
+            let mut s = SamplerSpec::tpe(seed);
+            if let SamplerSpec::Tpe { multivariate, .. } = &mut s {
+                *multivariate = false;
+            }
+            s
+        }
+        _ => SamplerSpec::tpe(seed),
+    };
+    let mut idc = Idc {
+        sampler,
+        space: &p.space,
+        trials: vec![],
+    };
+    run(&mut idc, p.f, trials, pending)
+}
+
+/// "sequential", or "N pending".
+fn schedule_name(pending: usize) -> String {
+    if pending == 1 {
+        "sequential".to_string()
+    } else {
+        format!("{pending} pending")
+    }
+}
+
+/// The table of problem `p` under a schedule: each sampler's best value after 25, 50 and 100
+/// trials (those within the budget), and its time per trial. `of` gives a sampler's studies.
+fn problem_table<'a>(
+    p: &Problem,
+    pending: usize,
+    trials: usize,
+    samplers: &[Sampler],
+    of: &dyn Fn(Sampler) -> Vec<&'a Study>,
+) -> String {
     let checkpoints: Vec<usize> = [25, 50, 100]
         .into_iter()
         .filter(|&c| c <= trials)
         .chain((trials < 25).then_some(trials))
         .collect();
     let mut out = format!(
-        "Sweep samplers, {trials} trials x {seeds} seeds per problem; best value found: median [q1, q3] of the seeds (lower is better); {jobs} studies at a time, {:.0} s in all.\n",
-        started.elapsed().as_secs_f64()
+        "\n### {} ({} parameters, optimum {}), {}\n\n",
+        p.name,
+        p.space.params.len(),
+        num(p.optimum),
+        schedule_name(pending)
     );
-    let mut wins_tally = vec![];
-    for (pi, p) in problems.iter().enumerate() {
-        for &pending in &schedules {
-            let schedule = if pending == 1 {
-                "sequential".to_string()
-            } else {
-                format!("{pending} pending")
-            };
-            out += &format!(
-                "\n### {} ({} parameters, optimum {}), {schedule}\n\n",
-                p.name,
-                p.space.params.len(),
-                num(p.optimum)
-            );
-            let mut header = "| sampler |".to_string();
-            let mut rule = "|---|".to_string();
-            for c in &checkpoints {
-                header += &format!(" best after {c} |");
-                rule += "---|";
-            }
-            header += " sampler ms/trial |";
-            rule += "---|";
-            out += &format!("{header}\n{rule}\n");
-            let of = |s: Sampler| -> Vec<&Study> {
-                let mut v: Vec<(u64, &Study)> = results
-                    .iter()
-                    .filter(|r| r.0 == pi && r.1 == pending && r.2 == s)
-                    .map(|r| (r.3, &r.4))
-                    .collect();
-                v.sort_by_key(|x| x.0);
-                v.into_iter().map(|x| x.1).collect()
-            };
-            for &s in &samplers {
-                let studies = of(s);
-                let mut row = format!("| {} |", s.label());
-                for &c in &checkpoints {
-                    let at: Vec<f64> = studies.iter().map(|st| st.best[c - 1]).collect();
-                    let (q1, m, q3) = quartiles(&at);
-                    row += &format!(" {} [{}, {}] |", num(m), num(q1), num(q3));
-                }
-                let ms = studies.iter().map(|st| st.secs).sum::<f64>() * 1e3
-                    / (studies.len() * trials) as f64;
-                row += &format!(" {ms:.3} |");
-                out += &format!("{row}\n");
-            }
-            if [Sampler::IdcTpe, Sampler::OptunaTpe, Sampler::Random]
-                .iter()
-                .all(|s| samplers.contains(s))
-            {
-                let (idc, optuna, random) = (
-                    of(Sampler::IdcTpe),
-                    of(Sampler::OptunaTpe),
-                    of(Sampler::Random),
-                );
-                let last = trials - 1;
-                let at_least = idc
-                    .iter()
-                    .zip(&optuna)
-                    .filter(|(a, b)| a.best[last] <= b.best[last])
-                    .count();
-                let median =
-                    |v: &[&Study]| quartiles(&v.iter().map(|s| s.best[last]).collect::<Vec<_>>()).1;
-                let (mi, mo, mr) = (median(&idc), median(&optuna), median(&random));
-                let time = |v: &[&Study]| v.iter().map(|s| s.secs).sum::<f64>();
-                let speed = time(&optuna) / time(&idc).max(1e-12);
-                out += &format!(
-                    "\nidc's default TPE is at least as good as Optuna's default on {at_least} of {} seeds after {trials} trials (median {} vs {}; random {}); its sampler is {speed:.0}x faster per trial.\n",
-                    idc.len(),
-                    num(mi),
-                    num(mo),
-                    num(mr)
-                );
-                wins_tally.push((p.name, schedule, mi <= mo, mi < mr, speed));
-            }
-        }
+    let mut header = "| sampler |".to_string();
+    let mut rule = "|---|".to_string();
+    for c in &checkpoints {
+        header += &format!(" best after {c} |");
+        rule += "---|";
     }
-    if !wins_tally.is_empty() {
-        out += "\n### Summary (median best after the full budget)\n\n| problem | schedule | idc tpe ≤ optuna tpe | idc tpe < random | sampler speed-up |\n|---|---|---|---|---|\n";
-        for (name, schedule, vs_optuna, vs_random, speed) in &wins_tally {
-            let yes = |b: &bool| if *b { "yes" } else { "no" };
-            out += &format!(
-                "| {name} | {schedule} | {} | {} | {speed:.0}x |\n",
-                yes(vs_optuna),
-                yes(vs_random)
-            );
+    header += " sampler ms/trial |";
+    rule += "---|";
+    out += &format!("{header}\n{rule}\n");
+    for &s in samplers {
+        let studies = of(s);
+        let mut row = format!("| {} |", s.label());
+        for &c in &checkpoints {
+            let at: Vec<f64> = studies.iter().map(|st| st.best[c - 1]).collect();
+            let (q1, m, q3) = quartiles(&at);
+            row += &format!(" {} [{}, {}] |", num(m), num(q1), num(q3));
         }
-        for pending in schedules {
-            let schedule = if pending == 1 {
-                "sequential".to_string()
-            } else {
-                format!("{pending} pending")
-            };
-            let rows: Vec<_> = wins_tally.iter().filter(|r| r.1 == schedule).collect();
-            out += &format!(
-                "\n{schedule}: idc's default TPE is at least as good as Optuna's default on {} of {} problems, better than random on {} of {}.",
-                rows.iter().filter(|r| r.2).count(),
-                rows.len(),
-                rows.iter().filter(|r| r.3).count(),
-                rows.len()
-            );
-        }
-        out += "\n";
+        let ms =
+            studies.iter().map(|st| st.secs).sum::<f64>() * 1e3 / (studies.len() * trials) as f64;
+        row += &format!(" {ms:.3} |");
+        out += &format!("{row}\n");
     }
-    print!("{out}");
-    if let Some(path) = std::env::var_os("IDC_BENCH_OUT") {
-        std::fs::write(&path, &out).expect("IDC_BENCH_OUT is writable");
+    out
+}
+
+/// One row of the summary: problem, schedule, idc's TPE at least as good as Optuna's, better
+/// than random, and its sampler's speed-up.
+type Tally = (&'static str, String, bool, bool, f64);
+
+/// idc's default TPE against Optuna's default and random on problem `p` under a schedule,
+/// after the full budget: the line under its table, and its row of the summary.
+fn idc_against_optuna<'a>(
+    p: &Problem,
+    pending: usize,
+    trials: usize,
+    of: &dyn Fn(Sampler) -> Vec<&'a Study>,
+) -> (String, Tally) {
+    let (idc, optuna, random) = (
+        of(Sampler::IdcTpe),
+        of(Sampler::OptunaTpe),
+        of(Sampler::Random),
+    );
+    let last = trials - 1;
+    let at_least = idc
+        .iter()
+        .zip(&optuna)
+        .filter(|(a, b)| a.best[last] <= b.best[last])
+        .count();
+    let median = |v: &[&Study]| quartiles(&v.iter().map(|s| s.best[last]).collect::<Vec<_>>()).1;
+    let (mi, mo, mr) = (median(&idc), median(&optuna), median(&random));
+    let time = |v: &[&Study]| v.iter().map(|s| s.secs).sum::<f64>();
+    let speed = time(&optuna) / time(&idc).max(1e-12);
+    let line = format!(
+        "\nidc's default TPE is at least as good as Optuna's default on {at_least} of {} seeds after {trials} trials (median {} vs {}; random {}); its sampler is {speed:.0}x faster per trial.\n",
+        idc.len(),
+        num(mi),
+        num(mo),
+        num(mr)
+    );
+    (
+        line,
+        (p.name, schedule_name(pending), mi <= mo, mi < mr, speed),
+    )
+}
+
+/// The summary table of every problem and schedule, and the count per schedule.
+fn summary(wins_tally: &[Tally]) -> String {
+    let mut out = "\n### Summary (median best after the full budget)\n\n| problem | schedule | idc tpe ≤ optuna tpe | idc tpe < random | sampler speed-up |\n|---|---|---|---|---|\n".to_string();
+    for (name, schedule, vs_optuna, vs_random, speed) in wins_tally {
+        let yes = |b: &bool| if *b { "yes" } else { "no" };
+        out += &format!(
+            "| {name} | {schedule} | {} | {} | {speed:.0}x |\n",
+            yes(vs_optuna),
+            yes(vs_random)
+        );
     }
+    for pending in SCHEDULES {
+        let schedule = schedule_name(pending);
+        let rows: Vec<_> = wins_tally.iter().filter(|r| r.1 == schedule).collect();
+        out += &format!(
+            "\n{schedule}: idc's default TPE is at least as good as Optuna's default on {} of {} problems, better than random on {} of {}.",
+            rows.iter().filter(|r| r.2).count(),
+            rows.len(),
+            rows.iter().filter(|r| r.3).count(),
+            rows.len()
+        );
+    }
+    out += "\n";
+    out
 }

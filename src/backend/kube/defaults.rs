@@ -127,8 +127,8 @@ pub type Rule = (&'static str, &'static str, &'static [&'static str]);
 /// reads the ConfigMap and creates the Job (and reads it when one of that name is there),
 /// `status` reads the Job, lists its pods and, while it has none, the events of the Job, `logs`
 /// reads pods and their logs, `cancel` and `resume` delete the Job. Nothing is watched: idcctl
-/// polls. The chart's Role must grant exactly these; tests/kube.rs derives them from the
-/// requests its scenarios make, and tests/chart.rs compares them with the rendered Role.
+/// polls. The chart's Role must grant exactly these; tests/it/kube.rs derives them from the
+/// requests its scenarios make, and tests/it/chart.rs compares them with the rendered Role.
 /// (`/version`, read at submit, is a non-resource URL every user may read through the
 /// `system:public-info-viewer` ClusterRole: no Role grants it.)
 pub const RBAC_RULES: &[Rule] = &[

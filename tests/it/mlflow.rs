@@ -6,9 +6,7 @@
 //!
 //! Without a server the test says so and stops, unless `IDC_TEST_REQUIRE_MLFLOW=1` (under CI).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use idc::tracking::mlflow::{Client, Target};
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -2,10 +2,8 @@
 //! (no worker needed): newest first by creation time whatever the ids, the default limit,
 //! `--all`, the filters, and runs from before the run index.
 
-mod common;
-
+use crate::common::*;
 use bytes::Bytes;
-use common::*;
 use idc::experiment::Backend;
 use idc::layout::{self, run as keys};
 use idc::metrics::{BinaryMetrics, Metrics, MetricsRecord};

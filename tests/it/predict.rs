@@ -4,9 +4,7 @@
 //! augmentation. Probabilities are checked against those the worker computed in the run's own
 //! evaluation (`test-predictions.jsonl`).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use idc::predictions::Prediction;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -116,9 +114,21 @@ fn predicts_folders_zips_and_splits_like_the_evaluation() {
     let t = trained();
     let test: Vec<&Prediction> = t.evaluated.values().collect();
     assert!(test.len() >= 30, "{} test patches", test.len());
-
-    // A folder: labelled patches in a tree of their own, unlabeled ones flat, corrupt ones.
     let folder = t.dir.path().join("new");
+    let (unlabeled, corrupt) = write_a_folder_of_new_patches(&t, &test, &folder);
+    let rows = a_folder_is_predicted_as_evaluated(&t, &folder, &unlabeled, &corrupt);
+    a_zip_of_the_folder_reuses_its_predictions(&t, &folder, &rows);
+    the_test_split_is_predicted_as_evaluated_with_maps(&t, &test);
+}
+
+/// A folder: labelled patches in a tree of their own, unlabeled ones flat, corrupt ones.
+/// Returns the unlabeled patches and the corrupt files.
+#[allow(clippy::type_complexity)]
+fn write_a_folder_of_new_patches(
+    t: &Trained,
+    test: &[&Prediction],
+    folder: &Path,
+) -> (Vec<(u32, u32, u32)>, [(&'static str, Vec<u8>); 3]) {
     let mut labelled = vec![];
     for p in test.iter().take(24) {
         let label = p.label.unwrap();
@@ -127,20 +137,16 @@ fn predicts_folders_zips_and_splits_like_the_evaluation() {
             p.patient, p.x, p.y
         ));
         std::fs::create_dir_all(to.parent().unwrap()).unwrap();
-        std::fs::copy(source_file(&t, (p.patient, p.x, p.y), label), &to).unwrap();
+        std::fs::copy(source_file(t, (p.patient, p.x, p.y), label), &to).unwrap();
         labelled.push((p.patient, p.x, p.y));
     }
     let mut unlabeled = vec![];
     for p in test.iter().skip(24).take(5) {
         let to = folder.join(format!("{}_idx5_x{}_y{}.png", p.patient, p.x, p.y));
-        std::fs::copy(
-            source_file(&t, (p.patient, p.x, p.y), p.label.unwrap()),
-            &to,
-        )
-        .unwrap();
+        std::fs::copy(source_file(t, (p.patient, p.x, p.y), p.label.unwrap()), &to).unwrap();
         unlabeled.push((p.patient, p.x, p.y));
     }
-    let good = std::fs::read(source_file(&t, labelled[0], test[0].label.unwrap())).unwrap();
+    let good = std::fs::read(source_file(t, labelled[0], test[0].label.unwrap())).unwrap();
     let corrupt = [
         (
             "9999_idx5_x1_y1_class1.png",
@@ -154,14 +160,25 @@ fn predicts_folders_zips_and_splits_like_the_evaluation() {
     }
     std::fs::write(folder.join("scan_0001.png"), &good).unwrap();
     std::fs::write(folder.join("README.txt"), "patches from slide a").unwrap();
+    (unlabeled, corrupt)
+}
 
+/// `predict` on the folder: every unreadable file is listed with its reason; the rest are
+/// predicted as the run's evaluation did, with their labels where the path has one. Returns
+/// the CSV's rows.
+fn a_folder_is_predicted_as_evaluated(
+    t: &Trained,
+    folder: &Path,
+    unlabeled: &[(u32, u32, u32)],
+    corrupt: &[(&str, Vec<u8>)],
+) -> Vec<Row> {
     let out = t.dir.path().join("out/predictions.csv");
     let (stdout, stderr) = ok(predict(
-        &t,
+        t,
         &[folder.to_str().unwrap(), "--out", out.to_str().unwrap()],
     ));
     // Every unreadable file is listed with its reason; the rest are predicted.
-    for (name, _) in &corrupt {
+    for (name, _) in corrupt {
         assert!(
             stderr.contains(&format!("skipped {name}: not a readable PNG")),
             "{name}:\n{stderr}"
@@ -210,16 +227,19 @@ fn predicts_folders_zips_and_splits_like_the_evaluation() {
         )),
         "{stdout}"
     );
+    rows
+}
 
-    // The same patches zipped pack to the very same input (shards and names), so the
-    // prediction is found made: the same rows, now as JSON Lines.
+/// The same patches zipped pack to the very same input (shards and names), so the
+/// prediction is found made: the same rows, now as JSON Lines.
+fn a_zip_of_the_folder_reuses_its_predictions(t: &Trained, folder: &Path, rows: &[Row]) {
     let zip_path = t.dir.path().join("new.zip");
     {
         let mut z = zip::ZipWriter::new(std::fs::File::create(&zip_path).unwrap());
-        for e in walkdir::WalkDir::new(&folder).sort_by_file_name() {
+        for e in walkdir::WalkDir::new(folder).sort_by_file_name() {
             let e = e.unwrap();
             if e.file_type().is_file() {
-                let rel = e.path().strip_prefix(&folder).unwrap().to_str().unwrap();
+                let rel = e.path().strip_prefix(folder).unwrap().to_str().unwrap();
                 z.start_file(rel, zip::write::SimpleFileOptions::default())
                     .unwrap();
                 std::io::Write::write_all(&mut z, &std::fs::read(e.path()).unwrap()).unwrap();
@@ -229,7 +249,7 @@ fn predicts_folders_zips_and_splits_like_the_evaluation() {
     }
     let jsonl = t.dir.path().join("out/predictions.jsonl");
     let (_, stderr) = ok(predict(
-        &t,
+        t,
         &[zip_path.to_str().unwrap(), "--out", jsonl.to_str().unwrap()],
     ));
     assert!(
@@ -242,7 +262,7 @@ fn predicts_folders_zips_and_splits_like_the_evaluation() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(lines.len(), 29);
-    for (l, r) in lines.iter().zip(&rows) {
+    for (l, r) in lines.iter().zip(rows) {
         assert_eq!(l["file"], r.file.as_str());
         assert_eq!(l["p_idc"].as_f64().unwrap() as f32, r.p);
         assert_eq!(
@@ -250,12 +270,15 @@ fn predicts_folders_zips_and_splits_like_the_evaluation() {
             r.label.map(u64::from)
         );
     }
+}
 
-    // The staged test split: every test patch, as the evaluation computed it, with its metrics.
+/// The staged test split: every test patch, as the evaluation computed it, with its metrics,
+/// and a map of each test patient.
+fn the_test_split_is_predicted_as_evaluated_with_maps(t: &Trained, test: &[&Prediction]) {
     let split_out = t.dir.path().join("out/test.csv");
     let maps = t.dir.path().join("maps");
     let (stdout, _) = ok(predict(
-        &t,
+        t,
         &[
             &t.dataset,
             "--split",
@@ -268,7 +291,7 @@ fn predicts_folders_zips_and_splits_like_the_evaluation() {
     ));
     // A map of each test patient, the size of its patches' bounding box.
     let mut boxes: BTreeMap<u32, (u32, u32, u32, u32)> = BTreeMap::new();
-    for p in &test {
+    for p in test {
         let b = boxes.entry(p.patient).or_insert((u32::MAX, u32::MAX, 0, 0));
         *b = (
             b.0.min(p.x),
@@ -291,11 +314,12 @@ fn predicts_folders_zips_and_splits_like_the_evaluation() {
     }
     let rows = csv_rows(&split_out);
     assert_eq!(rows.len(), test.len());
-    for (r, e) in rows.iter().zip(&test) {
+    for (r, e) in rows.iter().zip(test) {
         assert_eq!((r.patient, r.x, r.y), (e.patient, e.x, e.y));
         assert_eq!(r.file, e.file);
         assert!((r.p - e.p_positive()).abs() <= 1e-5, "{}", r.file);
     }
+    let report = report_json(&t.storage, &t.run);
     let f1 = report["test_at_val_threshold"]["f1"].as_f64().unwrap();
     assert!(
         stdout.contains(&format!("F1 {f1:.4}")),

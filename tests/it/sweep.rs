@@ -6,10 +6,8 @@
 //! recorded one (trials written as the driver writes them, two still running), the page loaded
 //! in headless Chromium, which must render every plot.
 
-mod common;
-
-use common::browser::*;
-use common::*;
+use crate::common::browser::*;
+use crate::common::*;
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -118,22 +116,46 @@ fn a_killed_sweep_resumes_with_its_finished_trials_kept() {
         "{}",
         text(&out.stdout)
     );
+    let before = first_driver_is_killed_mid_way(&b);
+    eprintln!(
+        "killed after {:.1}s: {} trials ended, {} running",
+        started.elapsed().as_secs_f64(),
+        ended(&before).len(),
+        trials_in(&before, "running").len()
+    );
+    let after = second_driver_resumes_without_running_a_trial_twice(&b, &before);
+    every_trial_run_ended_as_its_trial(&b, after["trials"].as_array().unwrap());
+    sweep_status_shows_the_best_trial_and_its_curve(&b, &after);
+    // Its page: every plot rendered, one line per completed trial.
+    check_page(&b.storage, NAME, b.dir.path(), &after);
+    // Running the finished sweep again does nothing new.
+    let out = idcctl(&["sweep", "run", b.manifest.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(state(&b).unwrap()["trials"], after["trials"]);
+    eprintln!("sweep test took {:.1}s", started.elapsed().as_secs_f64());
+}
 
-    // First driver: killed (as by a crash) once a trial has ended while another one runs.
-    let mut first = start_sweep(&b, "first", &[]);
+/// The trials of sweep state `s` that are no longer running.
+fn ended(s: &Value) -> Vec<&Value> {
+    s["trials"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["state"] != "running")
+        .collect()
+}
+
+/// First driver: killed (as by a crash) once a trial has ended while another one runs; a
+/// second driver meanwhile is refused. Returns the sweep's state when it was killed.
+fn first_driver_is_killed_mid_way(b: &Bench) -> Value {
+    let mut first = start_sweep(b, "first", &[]);
     let until = Instant::now() + Duration::from_secs(240);
-    let before = loop {
-        if let Some(s) = state(&b) {
-            let ended = s["trials"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter(|t| t["state"] != "running")
-                .count();
+    loop {
+        if let Some(s) = state(b) {
             let running_with_run = trials_in(&s, "running")
                 .iter()
-                .any(|t| run_status(&b, t["run_id"].as_str().unwrap()).is_some());
-            if ended >= 1 && running_with_run {
+                .any(|t| run_status(b, t["run_id"].as_str().unwrap()).is_some());
+            if !ended(&s).is_empty() && running_with_run {
                 // One driver at a time.
                 let out = idcctl(&["sweep", "run", b.manifest.to_str().unwrap()]);
                 assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
@@ -144,49 +166,42 @@ fn a_killed_sweep_resumes_with_its_finished_trials_kept() {
                 );
                 first.kill().unwrap();
                 first.wait().unwrap();
-                break state(&b).unwrap();
+                return state(b).unwrap();
             }
         }
         if let Some(code) = first.try_wait().unwrap() {
             panic!(
                 "the sweep ended ({code}) before it could be killed mid-way:\n{}",
-                log_of(&b, "first.err")
+                log_of(b, "first.err")
             );
         }
         assert!(
             Instant::now() < until,
             "timed out:\n{}",
-            log_of(&b, "first.err")
+            log_of(b, "first.err")
         );
         std::thread::sleep(Duration::from_millis(100));
-    };
-    let ended_before: Vec<&Value> = before["trials"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|t| t["state"] != "running")
-        .collect();
-    let running_before: Vec<&Value> = trials_in(&before, "running");
+    }
+}
+
+/// Second driver: picks up where the first stopped (state `before`), and finishes: the ended
+/// trials are kept as they were, the running ones re-attached (not run again), one run per
+/// trial. Returns the final state.
+fn second_driver_resumes_without_running_a_trial_twice(b: &Bench, before: &Value) -> Value {
+    let ended_before = ended(before);
+    let running_before: Vec<&Value> = trials_in(before, "running");
     assert!(!ended_before.is_empty() && !running_before.is_empty());
     let created_before: Vec<(String, Option<Value>)> = running_before
         .iter()
         .map(|t| {
             let run = t["run_id"].as_str().unwrap().to_string();
-            let created = run_status(&b, &run).map(|s| s["created_at"].clone());
+            let created = run_status(b, &run).map(|s| s["created_at"].clone());
             (run, created)
         })
         .collect();
-    eprintln!(
-        "killed after {:.1}s: {} trials ended, {} running",
-        started.elapsed().as_secs_f64(),
-        ended_before.len(),
-        running_before.len()
-    );
-
-    // Second driver: picks up where the first stopped, and finishes.
-    let mut second = start_sweep(&b, "second", &[]);
-    let code = wait_exit(&b, &mut second, "second.err", 300);
-    let err = log_of(&b, "second.err");
+    let mut second = start_sweep(b, "second", &[]);
+    let code = wait_exit(b, &mut second, "second.err", 300);
+    let err = log_of(b, "second.err");
     assert!(code.success(), "{err}");
     assert!(
         err.contains(&format!(
@@ -206,7 +221,7 @@ fn a_killed_sweep_resumes_with_its_finished_trials_kept() {
             "{err}"
         );
     }
-    let after = state(&b).unwrap();
+    let after = state(b).unwrap();
     let trials = after["trials"].as_array().unwrap();
     assert_eq!(trials.len(), 6, "max_trials trials: {after:#}");
     assert!(after["finished_at"].is_string());
@@ -224,7 +239,7 @@ fn a_killed_sweep_resumes_with_its_finished_trials_kept() {
     }
     // Re-attached, not run again: same run record, one attempt.
     for (run, created) in &created_before {
-        let s = run_status(&b, run).unwrap();
+        let s = run_status(b, run).unwrap();
         assert_eq!(
             &Some(s["created_at"].clone()),
             created,
@@ -246,12 +261,18 @@ fn a_killed_sweep_resumes_with_its_finished_trials_kept() {
         })
         .collect();
     assert_eq!(runs, expected);
+    after
+}
+
+/// Each trial's run ended in the phase its state says, after one attempt, with its epochs
+/// recorded; a completed trial's value is its best epoch's.
+fn every_trial_run_ended_as_its_trial(b: &Bench, trials: &[Value]) {
     for t in trials {
         let run = t["run_id"].as_str().unwrap();
         // A pruned trial's worker has stopped; its supervisor records that a moment later.
         let until = Instant::now() + Duration::from_secs(20);
         let s = loop {
-            let s = run_status(&b, run).unwrap();
+            let s = run_status(b, run).unwrap();
             if ["succeeded", "failed", "cancelled"].contains(&s["phase"].as_str().unwrap())
                 || Instant::now() > until
             {
@@ -288,8 +309,11 @@ fn a_killed_sweep_resumes_with_its_finished_trials_kept() {
             assert_eq!(v, best, "the objective is the best epoch's ROC-AUC");
         }
     }
+}
 
-    // The status command: the table and the record.
+/// The status command on the finished sweep (state `after`): the table and the record, the
+/// best trial and its curve as values and as a sparkline; nothing runs any more.
+fn sweep_status_shows_the_best_trial_and_its_curve(b: &Bench, after: &Value) {
     let out = idcctl_env(
         &["sweep", "status", NAME, "-o", "json"],
         &[("IDC_STORAGE", &b.storage)],
@@ -300,7 +324,7 @@ fn a_killed_sweep_resumes_with_its_finished_trials_kept() {
     assert_eq!(s["objective"]["metric"], "roc_auc");
     let best = s["best"].clone();
     let best_value = best["value"].as_f64().unwrap();
-    for t in trials_in(&after, "completed") {
+    for t in trials_in(after, "completed") {
         assert!(t["value"].as_f64().unwrap() <= best_value);
     }
     let out = idcctl_env(&["sweep", "status", NAME], &[("IDC_STORAGE", &b.storage)]);
@@ -328,13 +352,6 @@ fn a_killed_sweep_resumes_with_its_finished_trials_kept() {
     assert!(!table.contains("running now:"), "{table}");
     assert_eq!(s["best_curve"], best["intermediate"]);
     assert_eq!(s["running"], serde_json::json!([]));
-    // Its page: every plot rendered, one line per completed trial.
-    check_page(&b.storage, NAME, b.dir.path(), &after);
-    // Running the finished sweep again does nothing new.
-    let out = idcctl(&["sweep", "run", b.manifest.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_eq!(state(&b).unwrap()["trials"], after["trials"]);
-    eprintln!("sweep test took {:.1}s", started.elapsed().as_secs_f64());
 }
 
 #[test]
@@ -713,7 +730,6 @@ fn epoch_line(epoch: u32, auc: f64) -> String {
 
 #[test]
 fn a_recorded_sweep_shows_its_running_trials_and_renders_its_page() {
-    use idc::sweep::state::{SweepState, Trial, TrialState};
     let dir = tempfile::tempdir().unwrap();
     let bucket = dir.path().join("bucket");
     let storage = format!("file://{}", bucket.display());
@@ -726,9 +742,45 @@ fn a_recorded_sweep_shows_its_running_trials_and_renders_its_page() {
     let sweep_dir = bucket.join("sweeps").join(NAME);
     std::fs::create_dir_all(&sweep_dir).unwrap();
     std::fs::write(sweep_dir.join("sweep.yaml"), &manifest).unwrap();
-    // Six trials have ended (four completed, one pruned, one failed); t007 trains, t008's
-    // supervisor is gone.
+    let st = recorded_sweep_state();
+    let state_bytes = serde_json::to_vec_pretty(&st).unwrap();
+    std::fs::write(sweep_dir.join("state.json"), &state_bytes).unwrap();
+    write_the_running_trials_runs(&bucket);
+    let env = [("IDC_STORAGE", storage.as_str())];
+    status_shows_the_running_and_the_lost_trial(&env);
+    // The sweep's record is the driver's: status only read it.
+    assert_eq!(
+        std::fs::read(sweep_dir.join("state.json")).unwrap(),
+        state_bytes
+    );
+    report_without_a_page_shares_out_the_importance(&env);
+
+    let html = check_page(
+        &storage,
+        NAME,
+        dir.path(),
+        &serde_json::to_value(&st).unwrap(),
+    );
+    assert!(html.contains("its worker exited with code 1"));
+    assert!(html.contains("data-trial=\"t007\" data-state=\"running\""));
+
+    // Mistakes are the user's.
+    let out = idcctl_env(&["sweep", "report", "nope"], &env);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("no sweep nope in"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = idcctl_env(&["sweep", "report", NAME, "--out", "x"], &env);
+    assert_eq!(out.status.code(), Some(2), "--out needs --html");
+}
+
+/// Eight trials as the driver records them: six have ended (four completed, one pruned, one
+/// failed); t007 trains, t008's supervisor is gone.
+fn recorded_sweep_state() -> idc::sweep::state::SweepState {
     use TrialState::*;
+    use idc::sweep::state::{SweepState, Trial, TrialState};
     let ended = [
         (Completed, 1e-3, 16, "weighted", vec![0.70, 0.78, 0.80]),
         (Pruned, 1e-4, 32, "shuffle", vec![0.55]),
@@ -770,8 +822,12 @@ fn a_recorded_sweep_shows_its_running_trials_and_renders_its_page() {
             interrupted: false,
         });
     }
-    let state_bytes = serde_json::to_vec_pretty(&st).unwrap();
-    std::fs::write(sweep_dir.join("state.json"), &state_bytes).unwrap();
+    st
+}
+
+/// The runs of the two running trials in `bucket`: t007's supervisor is this test (alive
+/// while idcctl looks), t008 has none.
+fn write_the_running_trials_runs(bucket: &Path) {
     let run_record = |n: u32, supervisor: Value, metrics: String| {
         let id = format!("{NAME}-t{n:03}");
         let run = bucket.join("runs").join(&id);
@@ -790,9 +846,12 @@ fn a_recorded_sweep_shows_its_running_trials_and_renders_its_page() {
     let me = serde_json::to_value(idc::process::ProcessRef::current()).unwrap();
     run_record(7, me, epoch_line(1, 0.70) + &epoch_line(2, 0.75));
     run_record(8, Value::Null, String::new());
-    let env = [("IDC_STORAGE", storage.as_str())];
+}
 
-    let out = idcctl_env(&["sweep", "status", NAME], &env);
+/// `sweep status` of the recorded sweep, as a table and as JSON: t007 running at epoch 2,
+/// t008 lost, t003 the best with its curve.
+fn status_shows_the_running_and_the_lost_trial(env: &[(&str, &str)]) {
+    let out = idcctl_env(&["sweep", "status", NAME], env);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let table = text(&out.stdout);
     for want in [
@@ -808,7 +867,7 @@ fn a_recorded_sweep_shows_its_running_trials_and_renders_its_page() {
     ] {
         assert!(table.contains(want), "{want}:\n{table}");
     }
-    let out = idcctl_env(&["sweep", "status", NAME, "-o", "json"], &env);
+    let out = idcctl_env(&["sweep", "status", NAME, "-o", "json"], env);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let s: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(s["best_curve"], serde_json::json!([0.72, 0.82, 0.84]));
@@ -829,14 +888,11 @@ fn a_recorded_sweep_shows_its_running_trials_and_renders_its_page() {
     assert_eq!(running[0]["epochs"], 3);
     assert_eq!(running[0]["latest"], 0.75);
     assert_eq!(running[1]["phase"], "lost");
-    // The sweep's record is the driver's: status only read it.
-    assert_eq!(
-        std::fs::read(sweep_dir.join("state.json")).unwrap(),
-        state_bytes
-    );
+}
 
-    // The summary without a page: every parameter's importance.
-    let out = idcctl_env(&["sweep", "report", NAME], &env);
+/// The summary without a page: every parameter's importance, the shares adding up to 1.
+fn report_without_a_page_shares_out_the_importance(env: &[(&str, &str)]) {
+    let out = idcctl_env(&["sweep", "report", NAME], env);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let summary = text(&out.stdout);
     assert!(
@@ -846,7 +902,7 @@ fn a_recorded_sweep_shows_its_running_trials_and_renders_its_page() {
     for n in ["lr", "batch_size", "sampling"] {
         assert!(summary.contains(&format!("\n  {n} ")), "{n}:\n{summary}");
     }
-    let out = idcctl_env(&["sweep", "report", NAME, "-o", "json"], &env);
+    let out = idcctl_env(&["sweep", "report", NAME, "-o", "json"], env);
     let r: Value = serde_json::from_slice(&out.stdout).unwrap();
     let shares: f64 = r["importance"]
         .as_array()
@@ -856,24 +912,4 @@ fn a_recorded_sweep_shows_its_running_trials_and_renders_its_page() {
         .sum();
     assert!((shares - 1.0).abs() < 1e-9, "{r:#}");
     assert_eq!(r["best"]["trial"], "t003");
-
-    let html = check_page(
-        &storage,
-        NAME,
-        dir.path(),
-        &serde_json::to_value(&st).unwrap(),
-    );
-    assert!(html.contains("its worker exited with code 1"));
-    assert!(html.contains("data-trial=\"t007\" data-state=\"running\""));
-
-    // Mistakes are the user's.
-    let out = idcctl_env(&["sweep", "report", "nope"], &env);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        text(&out.stderr).contains("no sweep nope in"),
-        "{}",
-        text(&out.stderr)
-    );
-    let out = idcctl_env(&["sweep", "report", NAME, "--out", "x"], &env);
-    assert_eq!(out.status.code(), Some(2), "--out needs --html");
 }

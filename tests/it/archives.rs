@@ -4,9 +4,7 @@
 //! and reports as a current one does. Real Fashion-MNIST training lives in `report_html.rs`,
 //! beside the browser check of its page.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use idc::dataset::archive::fixtures::{self, Generated};
 use idc::dataset::manifest::DatasetManifest;
 use idc::dataset::split::Split;
@@ -357,7 +355,21 @@ fn a_short_cifar10_run_beats_chance_and_reports_ten_classes() {
         "  epochs: 3\n  batch_size: 64\n  model: {kind: simple_cnn, width: 16}\n  loss: {kind: cross_entropy}\n  sampling: shuffle\n  augmentation: {rotate90: 0, flip_lr: 0.5, flip_tb: 0, color: 0, contrast: 0, crop_padding: 2}\n  select_metric: accuracy\n",
     );
     let run = submit_wait(&manifest);
-    let r = report_json(&storage, &run);
+    let acc = the_report_has_ten_classes_and_beats_chance(&storage, &run);
+    report_page_and_comparison_show_ten_classes(tmp.path(), &storage, &run);
+    predict_gives_the_evaluations_ten_probabilities(tmp.path(), &storage, &dataset, &run, acc);
+
+    // `list` and `status` use macro F1.
+    let list = idcctl_env(&["list", "-o", "json"], &[("IDC_STORAGE", &storage)]);
+    let runs: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    let f1 = runs[0]["best_val_f1"].as_f64().unwrap();
+    assert!(f1 > 0.2 && f1 <= 1.0, "{f1}");
+}
+
+/// The report of the CIFAR-10 run `run`: test accuracy over chance (0.1), a 10x10 matrix of
+/// every test image, no threshold. Returns the test accuracy.
+fn the_report_has_ten_classes_and_beats_chance(storage: &str, run: &str) -> f64 {
+    let r = report_json(storage, run);
     let acc = r["test"]["accuracy"].as_f64().unwrap();
     // Chance is 0.1 over ten classes.
     assert!(acc > 0.3, "test accuracy {acc}");
@@ -374,7 +386,13 @@ fn a_short_cifar10_run_beats_chance_and_reports_ten_classes() {
         .map(|v| v.as_u64().unwrap())
         .sum();
     assert_eq!(total, 500, "every test image in the matrix");
-    let text_report = idcctl_env(&["report", &run], &[("IDC_STORAGE", &storage)]);
+    acc
+}
+
+/// The text report, the page and the comparison show ten classes; there are no ROC or PR
+/// curves to draw.
+fn report_page_and_comparison_show_ten_classes(tmp: &Path, storage: &str, run: &str) {
+    let text_report = idcctl_env(&["report", run], &[("IDC_STORAGE", storage)]);
     assert!(
         text_report.status.success(),
         "{}",
@@ -390,21 +408,20 @@ fn a_short_cifar10_run_beats_chance_and_reports_ten_classes() {
     ] {
         assert!(shown.contains(want), "{want} missing:\n{shown}");
     }
-    // The page and the comparison show ten classes; there are no ROC or PR curves to draw.
-    let page = tmp.path().join("page");
+    let page = tmp.join("page");
     let out = idcctl_env(
-        &["report", &run, "--html", page.to_str().unwrap()],
-        &[("IDC_STORAGE", &storage)],
+        &["report", run, "--html", page.to_str().unwrap()],
+        &[("IDC_STORAGE", storage)],
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
     let html = std::fs::read_to_string(page.join("index.html")).unwrap();
     assert_eq!(html.matches("<td data-true=").count(), 100);
     assert!(html.contains("<th>3 cat</th>") && html.contains("Per class (test)"));
     assert!(!page.join("roc.svg").exists());
-    let cmp = tmp.path().join("cmp.html");
+    let cmp = tmp.join("cmp.html");
     let out = idcctl_env(
-        &["compare", &run, &run, "--html", cmp.to_str().unwrap()],
-        &[("IDC_STORAGE", &storage)],
+        &["compare", run, run, "--html", cmp.to_str().unwrap()],
+        &[("IDC_STORAGE", storage)],
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
     let table = text(&out.stdout);
@@ -412,22 +429,31 @@ fn a_short_cifar10_run_beats_chance_and_reports_ten_classes() {
         table.contains("test: accuracy") && table.contains("top-5 accuracy"),
         "{table}"
     );
-    assert!(tmp.path().join("cmp-val-f1.svg").exists());
-    assert!(!tmp.path().join("cmp-roc.svg").exists());
-    // `predict` on the test split: ten probabilities per image, those of the evaluation, and
-    // the macro metrics; a folder of IDC patches is refused for this model.
-    let jsonl = tmp.path().join("test.jsonl");
+    assert!(tmp.join("cmp-val-f1.svg").exists());
+    assert!(!tmp.join("cmp-roc.svg").exists());
+}
+
+/// `predict` on the test split: ten probabilities per image, those of the evaluation, and
+/// the macro metrics; a folder of IDC patches is refused for this model.
+fn predict_gives_the_evaluations_ten_probabilities(
+    tmp: &Path,
+    storage: &str,
+    dataset: &str,
+    run: &str,
+    acc: f64,
+) {
+    let jsonl = tmp.join("test.jsonl");
     let out = idcctl_env(
         &[
             "predict",
-            &run,
-            &dataset,
+            run,
+            dataset,
             "--split",
             "test",
             "--out",
             jsonl.to_str().unwrap(),
         ],
-        &[("IDC_STORAGE", &storage)],
+        &[("IDC_STORAGE", storage)],
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
@@ -439,7 +465,7 @@ fn a_short_cifar10_run_beats_chance_and_reports_ten_classes() {
         &std::fs::read(
             Path::new(storage.strip_prefix("file://").unwrap())
                 .join("runs")
-                .join(&run)
+                .join(run)
                 .join(idc::layout::run::TEST_PREDICTIONS),
         )
         .unwrap(),
@@ -463,12 +489,12 @@ fn a_short_cifar10_run_beats_chance_and_reports_ten_classes() {
     let out = idcctl_env(
         &[
             "predict",
-            &run,
-            tmp.path().to_str().unwrap(),
+            run,
+            tmp.to_str().unwrap(),
             "--out",
             jsonl.to_str().unwrap(),
         ],
-        &[("IDC_STORAGE", &storage)],
+        &[("IDC_STORAGE", storage)],
     );
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     assert!(
@@ -476,12 +502,6 @@ fn a_short_cifar10_run_beats_chance_and_reports_ten_classes() {
         "{}",
         text(&out.stderr)
     );
-
-    // `list` and `status` use macro F1.
-    let list = idcctl_env(&["list", "-o", "json"], &[("IDC_STORAGE", &storage)]);
-    let runs: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
-    let f1 = runs[0]["best_val_f1"].as_f64().unwrap();
-    assert!(f1 > 0.2 && f1 <= 1.0, "{f1}");
 }
 
 /// Rewrites the IDC dataset staged at `dir` as the first idcctl wrote it (shard format v1, no

@@ -1,8 +1,6 @@
 //! Experiment manifests: the shipped ones are valid, and malformed ones get exact, located errors.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use idc::experiment;
 
 const BASE: &str = "apiVersion: idc/v1
@@ -28,7 +26,7 @@ fn shipped_manifests_are_valid() {
     for e in std::fs::read_dir(&dir).unwrap() {
         let path = e.unwrap().path();
         if idc::sweep::manifest::is_sweep(&std::fs::read_to_string(&path).unwrap()) {
-            continue; // tests/sweep.rs checks the sweep manifests
+            continue; // tests/it/sweep.rs checks the sweep manifests
         }
         let exp = experiment::load(&path).unwrap_or_else(|e| panic!("{e}"));
         names.push(exp.name);
@@ -52,7 +50,24 @@ fn shipped_manifests_are_valid() {
 
 #[test]
 fn malformed_manifests_get_exact_errors() {
-    let mut cases: Vec<(String, &str)> = vec![
+    let cases: Vec<(String, &str)> = [
+        header_and_train_mistakes(),
+        other_field_mistakes(),
+        resources_label_and_queue_mistakes(),
+    ]
+    .concat();
+    assert!(cases.len() >= 15);
+    for (text, want) in &cases {
+        let got = experiment::parse(text, "exp.yaml")
+            .expect_err(want)
+            .to_string();
+        assert_eq!(&got, want, "\n{text}");
+    }
+}
+
+/// Malformed manifests and their errors: the header and the training fields.
+fn header_and_train_mistakes() -> Vec<(String, &'static str)> {
+    vec![
         (
             BASE.replace("idc/v1", "idc/v2"),
             "exp.yaml:1:1: apiVersion is 'idc/v2' (this idcctl reads apiVersion: idc/v1)",
@@ -101,6 +116,13 @@ fn malformed_manifests_get_exact_errors() {
             BASE.replace("  optimizer:", "  checkpoint_every: soon\n  optimizer:"),
             "exp.yaml:10:3: train.checkpoint_every: 'soon' is not a duration such as 90s, 10m or 1h",
         ),
+    ]
+}
+
+/// Malformed manifests and their errors: resources, backend, storage, deadline, the dataset
+/// and the YAML itself.
+fn other_field_mistakes() -> Vec<(String, &'static str)> {
+    vec![
         (
             BASE.replace("memory: 16Gi", "memory: 16GB"),
             "exp.yaml:11:32: resources.memory '16GB' is not a Kubernetes quantity (e.g. 16Gi or 512Mi)",
@@ -159,50 +181,50 @@ fn malformed_manifests_get_exact_errors() {
             BASE.replace("resources: {gpus: 1,", "resources: {gpus: -1,"),
             "exp.yaml:11:19: resources.gpus: invalid type: integer `-1`, expected u32",
         ),
-    ];
-    cases.push((
-        BASE.replace("  batch_size: 256", "  batch_size: 0"),
-        "exp.yaml:9:3: train.batch_size: must be at least 1",
-    ));
-    cases.push((
-        BASE.replace("memory: 16Gi}", "memory: 16Gi, node_selector: {-bad: x}}"),
-        "exp.yaml:11:62: resources.node_selector: '-bad' is not a valid Kubernetes label key (e.g. nvidia.com/gpu.product: at most 63 letters, digits, '-', '_' or '.', a letter or digit at each end, after an optional DNS prefix and '/')",
-    ));
-    cases.push((
-        BASE.replace("memory: 16Gi}", "memory: 16Gi, tolerations: [{key: bad key!}]}"),
-        "exp.yaml:11:61: resources.tolerations[0]: key 'bad key!' is not a valid Kubernetes label key",
-    ));
-    cases.push((
-        BASE.replace("memory: 16Gi}", "memory: 16Gi, queue: GPU_Queue}"),
-        "exp.yaml:11:46: resources.queue 'GPU_Queue' is not a valid Kueue LocalQueue name (the name of a Kueue LocalQueue: at most 63 lowercase letters, digits, '-' or '.', a letter or digit at each end; \"\" submits without a queue)",
-    ));
-    cases.push((
-        BASE.replace("memory: 16Gi}", "memory: 16Gi, workload_priority: \"\"}"),
-        "exp.yaml:11:46: resources.workload_priority '' is not a valid Kueue WorkloadPriorityClass name (the name of a Kueue WorkloadPriorityClass: at most 63 lowercase letters, digits, '-' or '.', a letter or digit at each end)",
-    ));
-    // A node_selector key written quoted, or empty: at the key.
-    cases.push((
-        BASE.replace("memory: 16Gi}", "memory: 16Gi, node_selector: {\"bad key\": x}}"),
-        "exp.yaml:11:62: resources.node_selector: 'bad key' is not a valid Kubernetes label key (e.g. nvidia.com/gpu.product: at most 63 letters, digits, '-', '_' or '.', a letter or digit at each end, after an optional DNS prefix and '/')",
-    ));
-    cases.push((
-        BASE.replace("memory: 16Gi}", "memory: 16Gi, node_selector: {'': x}}"),
-        "exp.yaml:11:62: resources.node_selector: '' is not a valid Kubernetes label key (e.g. nvidia.com/gpu.product: at most 63 letters, digits, '-', '_' or '.', a letter or digit at each end, after an optional DNS prefix and '/')",
-    ));
-    cases.push((
-        BASE.replace(
-            "resources: {gpus: 1, cpu: \"4\", memory: 16Gi}",
-            "resources:\n  node_selector:\n    kubernetes.io/arch: amd64\n    'gpu product': a100",
+    ]
+}
+
+/// Malformed manifests and their errors: the batch size, and the Kubernetes names and label
+/// keys under resources.
+fn resources_label_and_queue_mistakes() -> Vec<(String, &'static str)> {
+    vec![
+        (
+            BASE.replace("  batch_size: 256", "  batch_size: 0"),
+            "exp.yaml:9:3: train.batch_size: must be at least 1",
         ),
-        "exp.yaml:14:5: resources.node_selector: 'gpu product' is not a valid Kubernetes label key (e.g. nvidia.com/gpu.product: at most 63 letters, digits, '-', '_' or '.', a letter or digit at each end, after an optional DNS prefix and '/')",
-    ));
-    assert!(cases.len() >= 15);
-    for (text, want) in &cases {
-        let got = experiment::parse(text, "exp.yaml")
-            .expect_err(want)
-            .to_string();
-        assert_eq!(&got, want, "\n{text}");
-    }
+        (
+            BASE.replace("memory: 16Gi}", "memory: 16Gi, node_selector: {-bad: x}}"),
+            "exp.yaml:11:62: resources.node_selector: '-bad' is not a valid Kubernetes label key (e.g. nvidia.com/gpu.product: at most 63 letters, digits, '-', '_' or '.', a letter or digit at each end, after an optional DNS prefix and '/')",
+        ),
+        (
+            BASE.replace("memory: 16Gi}", "memory: 16Gi, tolerations: [{key: bad key!}]}"),
+            "exp.yaml:11:61: resources.tolerations[0]: key 'bad key!' is not a valid Kubernetes label key",
+        ),
+        (
+            BASE.replace("memory: 16Gi}", "memory: 16Gi, queue: GPU_Queue}"),
+            "exp.yaml:11:46: resources.queue 'GPU_Queue' is not a valid Kueue LocalQueue name (the name of a Kueue LocalQueue: at most 63 lowercase letters, digits, '-' or '.', a letter or digit at each end; \"\" submits without a queue)",
+        ),
+        (
+            BASE.replace("memory: 16Gi}", "memory: 16Gi, workload_priority: \"\"}"),
+            "exp.yaml:11:46: resources.workload_priority '' is not a valid Kueue WorkloadPriorityClass name (the name of a Kueue WorkloadPriorityClass: at most 63 lowercase letters, digits, '-' or '.', a letter or digit at each end)",
+        ),
+        // A node_selector key written quoted, or empty: at the key.
+        (
+            BASE.replace("memory: 16Gi}", "memory: 16Gi, node_selector: {\"bad key\": x}}"),
+            "exp.yaml:11:62: resources.node_selector: 'bad key' is not a valid Kubernetes label key (e.g. nvidia.com/gpu.product: at most 63 letters, digits, '-', '_' or '.', a letter or digit at each end, after an optional DNS prefix and '/')",
+        ),
+        (
+            BASE.replace("memory: 16Gi}", "memory: 16Gi, node_selector: {'': x}}"),
+            "exp.yaml:11:62: resources.node_selector: '' is not a valid Kubernetes label key (e.g. nvidia.com/gpu.product: at most 63 letters, digits, '-', '_' or '.', a letter or digit at each end, after an optional DNS prefix and '/')",
+        ),
+        (
+            BASE.replace(
+                "resources: {gpus: 1, cpu: \"4\", memory: 16Gi}",
+                "resources:\n  node_selector:\n    kubernetes.io/arch: amd64\n    'gpu product': a100",
+            ),
+            "exp.yaml:14:5: resources.node_selector: 'gpu product' is not a valid Kubernetes label key (e.g. nvidia.com/gpu.product: at most 63 letters, digits, '-', '_' or '.', a letter or digit at each end, after an optional DNS prefix and '/')",
+        ),
+    ]
 }
 
 #[test]

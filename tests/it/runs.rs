@@ -2,9 +2,7 @@
 //! and a crashed worker. Needs the worker binary beside idcctl (`cargo test --workspace` or
 //! `.ci/test` builds it).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::path::Path;
 use std::time::{Duration, Instant};
 

@@ -6,9 +6,7 @@
 //! Without that venv the test says so and stops, unless `IDC_TEST_REQUIRE_TENSORBOARD=1` (set
 //! under CI), which makes it a failure.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use idc::metrics::{MetricName, MetricsRecord};
 use std::collections::BTreeMap;
 use std::path::Path;

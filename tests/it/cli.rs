@@ -1,8 +1,6 @@
 //! `idcctl` as a user runs it: messages, output formats and exit codes.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 #[test]
 fn synth_stage_show_and_restage() {

@@ -1,8 +1,6 @@
 //! Staging end to end, against every storage backend under test (`file://`, and S3 in CI).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use idc::dataset::decode::{PAD_VALUE, Undersized};
 use idc::dataset::split::{Split, SplitMethod, SplitOptions, SplitSize};
 use idc::layout;
@@ -100,31 +98,7 @@ async fn every_staged_record_equals_its_png() {
             .expect("manifest written");
         assert_eq!(m, out.manifest);
 
-        // 3 corrupt + 1 oversized skipped; 1 name rejected; notes.txt ignored (no image).
-        let skipped: BTreeMap<&str, &str> = m
-            .skipped
-            .iter()
-            .map(|s| (s.path.as_str(), s.reason.as_str()))
-            .collect();
-        assert_eq!(skipped.len(), 5, "{skipped:#?}");
-        assert_eq!(m.source.ignored, 1);
-        assert!(
-            skipped["IDC_regular_ps50_idx5/99001/0/99001_idx5_x151_y1_class0.png"]
-                .contains("64x64, larger than 50x50")
-        );
-        assert!(!skipped.contains_key("IDC_regular_ps50_idx5/99001/0/notes.txt"));
-        assert!(
-            skipped["IDC_regular_ps50_idx5/99001/1/99001_idx5_x201_y1_class0.png"]
-                .contains("folder '1'")
-        );
-        assert_eq!(
-            skipped
-                .values()
-                .filter(|r| r.starts_with("not a readable PNG"))
-                .count(),
-            3
-        );
-        assert_eq!(m.records() as usize, pngs - 4);
+        the_unreadable_files_are_skipped_with_their_reasons(&m, pngs);
 
         let mut seen = BTreeSet::new();
         let mut padded = 0;
@@ -143,27 +117,7 @@ async fn every_staged_record_equals_its_png() {
                     y = r.meta.y
                 );
                 assert!(seen.insert(name.clone()), "{name} staged twice");
-                let img = image::open(src.join(&name))
-                    .unwrap_or_else(|e| panic!("{name}: {e}"))
-                    .to_rgb8();
-                let (w, h) = img.dimensions();
-                assert_eq!(
-                    r.meta.flags & FLAG_PADDED != 0,
-                    (w, h) != (50, 50),
-                    "{name}"
-                );
-                padded += usize::from((w, h) != (50, 50));
-                for y in 0..50 {
-                    for x in 0..50 {
-                        let got = &r.pixels[(y * 50 + x) * 3..][..3];
-                        let want = if (x as u32) < w && (y as u32) < h {
-                            img.get_pixel(x as u32, y as u32).0
-                        } else {
-                            [PAD_VALUE; 3]
-                        };
-                        assert_eq!(got, want, "{name} pixel ({x},{y})");
-                    }
-                }
+                padded += usize::from(record_equals_its_png(&src, &name, &r));
             }
         }
         assert_eq!(seen.len() as u64, m.records());
@@ -191,6 +145,64 @@ async fn every_staged_record_equals_its_png() {
             "markers removed: {keys:?}"
         );
     }
+}
+
+/// Of the mixed source: 3 corrupt + 1 oversized skipped; 1 name rejected; notes.txt ignored
+/// (no image); the other `pngs - 4` images staged.
+fn the_unreadable_files_are_skipped_with_their_reasons(
+    m: &idc::dataset::manifest::DatasetManifest,
+    pngs: usize,
+) {
+    let skipped: BTreeMap<&str, &str> = m
+        .skipped
+        .iter()
+        .map(|s| (s.path.as_str(), s.reason.as_str()))
+        .collect();
+    assert_eq!(skipped.len(), 5, "{skipped:#?}");
+    assert_eq!(m.source.ignored, 1);
+    assert!(
+        skipped["IDC_regular_ps50_idx5/99001/0/99001_idx5_x151_y1_class0.png"]
+            .contains("64x64, larger than 50x50")
+    );
+    assert!(!skipped.contains_key("IDC_regular_ps50_idx5/99001/0/notes.txt"));
+    assert!(
+        skipped["IDC_regular_ps50_idx5/99001/1/99001_idx5_x201_y1_class0.png"]
+            .contains("folder '1'")
+    );
+    assert_eq!(
+        skipped
+            .values()
+            .filter(|r| r.starts_with("not a readable PNG"))
+            .count(),
+        3
+    );
+    assert_eq!(m.records() as usize, pngs - 4);
+}
+
+/// Record `r` holds the pixels of the PNG `name` under `src`, padded (and flagged so) to
+/// 50x50 when smaller. Returns whether it was padded.
+fn record_equals_its_png(src: &Path, name: &str, r: &idc::shard::Record) -> bool {
+    let img = image::open(src.join(name))
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
+        .to_rgb8();
+    let (w, h) = img.dimensions();
+    assert_eq!(
+        r.meta.flags & FLAG_PADDED != 0,
+        (w, h) != (50, 50),
+        "{name}"
+    );
+    for y in 0..50 {
+        for x in 0..50 {
+            let got = &r.pixels[(y * 50 + x) * 3..][..3];
+            let want = if (x as u32) < w && (y as u32) < h {
+                img.get_pixel(x as u32, y as u32).0
+            } else {
+                [PAD_VALUE; 3]
+            };
+            assert_eq!(got, want, "{name} pixel ({x},{y})");
+        }
+    }
+    (w, h) != (50, 50)
 }
 
 #[tokio::test]

@@ -4,9 +4,7 @@
 //! compared bit for bit, read back both by idc and by an independent reader in Python; and
 //! the files that must fail with exit code 2 and a message naming the file and the tensors.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use idc::weights::{self, Dtype};
 use std::path::{Path, PathBuf};
 use std::process::Command;

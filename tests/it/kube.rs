@@ -3,10 +3,8 @@
 //! scripted response, and checked against the RBAC the chart grants. Plus golden Jobs rendered
 //! by `submit --dry-run` for every manifest in `manifests/`.
 
-mod common;
-
+use crate::common::*;
 use ::kube::client::Body;
-use common::*;
 use http::{Request, Response};
 use idc::backend::kube::cluster::{Cluster, LogLine};
 use idc::backend::kube::{self, ClusterDefaults, KUEUE_RBAC_RULES, RBAC_RULES};
@@ -978,6 +976,25 @@ fn log_uri(pod: &str, follow: bool) -> String {
 async fn logs_follow_two_attempts_then_read_the_bucket() {
     let b = bucket().await;
     let sub = submit_script(&b, vec![create_ex()]).await;
+    let script = two_attempts_logs_script();
+    let (cluster, task) = mock_cluster(script);
+    let lines = followed(cluster, task, &sub.run, 0).await;
+    let got: Vec<(u32, &str)> = lines.iter().map(|(a, t)| (*a, t.as_str())).collect();
+    assert_eq!(
+        got,
+        vec![
+            (1, "epoch 1 started"),
+            (1, "SIGTERM: checkpoint written"),
+            (2, "resumed from epoch 1"),
+            (2, "done")
+        ]
+    );
+    a_deleted_pods_log_comes_from_the_bucket(&sub.run).await;
+    logs_outlive_the_job_in_the_bucket(&sub.run).await;
+}
+
+/// `logs -f` over a Job's two attempts: the first pod fails, the second resumes and succeeds.
+fn two_attempts_logs_script() -> Vec<Exchange> {
     let p1 = "resnet34-t1-aaaaa";
     let p2 = "resnet34-t1-bbbbb";
     let pod1 = pod(p1, "2026-11-26T10:00:00Z", "Failed", terminated(3, "Error"));
@@ -990,7 +1007,7 @@ async fn logs_follow_two_attempts_then_read_the_bucket() {
     );
     let active = job_json(json!([]), "x");
     let complete = job_json(json!([{"type": "Complete", "status": "True"}]), "x");
-    let script = vec![
+    vec![
         ex("GET", job_path(RUN), 200, active.clone()),
         ex(
             "GET",
@@ -1029,23 +1046,13 @@ async fn logs_follow_two_attempts_then_read_the_bucket() {
             200,
             list("PodList", vec![pod1, pod2_done]),
         ),
-    ];
-    let (cluster, task) = mock_cluster(script);
-    let lines = followed(cluster, task, &sub.run, 0).await;
-    let got: Vec<(u32, &str)> = lines.iter().map(|(a, t)| (*a, t.as_str())).collect();
-    assert_eq!(
-        got,
-        vec![
-            (1, "epoch 1 started"),
-            (1, "SIGTERM: checkpoint written"),
-            (2, "resumed from epoch 1"),
-            (2, "done")
-        ]
-    );
+    ]
+}
 
-    // A pod deleted between the listing and the log request: its log comes from the bucket.
-    sub.run
-        .put(&keys::log(1), bytes::Bytes::from("from the bucket\n"))
+/// A pod deleted between the listing and the log request: its log comes from the bucket.
+async fn a_deleted_pods_log_comes_from_the_bucket(run: &Store) {
+    let p1 = "resnet34-t1-aaaaa";
+    run.put(&keys::log(1), bytes::Bytes::from("from the bucket\n"))
         .await
         .unwrap();
     let gone = pod(p1, "2026-11-26T10:00:00Z", "Running", running());
@@ -1067,16 +1074,16 @@ async fn logs_follow_two_attempts_then_read_the_bucket() {
         ex("GET", job_path(RUN), 200, complete),
         ex("GET", pods_list_uri(), 200, list("PodList", vec![gone])),
     ]);
-    let lines = followed(cluster, task, &sub.run, 0).await;
+    let lines = followed(cluster, task, run, 0).await;
     assert_eq!(lines, vec![(1, "from the bucket".to_string())]);
+}
 
-    // Later the Job and its pods are gone: the worker's own copies in the bucket remain.
-    sub.run
-        .put(&keys::log(1), bytes::Bytes::from("a1\na2\n"))
+/// Later the Job and its pods are gone: the worker's own copies in the bucket remain.
+async fn logs_outlive_the_job_in_the_bucket(run: &Store) {
+    run.put(&keys::log(1), bytes::Bytes::from("a1\na2\n"))
         .await
         .unwrap();
-    sub.run
-        .put(&keys::log(2), bytes::Bytes::from("b1\n"))
+    run.put(&keys::log(2), bytes::Bytes::from("b1\n"))
         .await
         .unwrap();
     let (cluster, task) = mock_cluster(vec![
@@ -1088,7 +1095,7 @@ async fn logs_follow_two_attempts_then_read_the_bucket() {
         ),
         ex("GET", pods_list_uri(), 200, list("PodList", vec![])),
     ]);
-    let lines = followed(cluster, task, &sub.run, 0).await;
+    let lines = followed(cluster, task, run, 0).await;
     let got: Vec<(u32, &str)> = lines.iter().map(|(a, t)| (*a, t.as_str())).collect();
     assert_eq!(got, vec![(1, "a1"), (1, "a2"), (2, "b1")]);
 }
@@ -1268,7 +1275,7 @@ fn dry_run_jobs_match_golden_files_and_pass_validation() {
         }
         let want = std::fs::read_to_string(&file).unwrap_or_else(|_| {
             panic!(
-                "{} is missing: run IDC_UPDATE_GOLDEN=1 cargo test --test kube",
+                "{} is missing: run IDC_UPDATE_GOLDEN=1 cargo test --test it kube::",
                 file.display()
             )
         });
@@ -1320,7 +1327,7 @@ fn a_queued_dry_run_job_differs_only_by_kueues_labels_on_the_job() {
     }
     let want = std::fs::read_to_string(&file).unwrap_or_else(|_| {
         panic!(
-            "{} is missing: run IDC_UPDATE_GOLDEN=1 cargo test --test kube",
+            "{} is missing: run IDC_UPDATE_GOLDEN=1 cargo test --test it kube::",
             file.display()
         )
     });
@@ -1825,8 +1832,27 @@ async fn predict_runs_as_a_job_shaped_like_the_runs() {
             ..Default::default()
         },
     );
-    let job_url = p.job.url().to_string();
-    let create = Exchange {
+    let create = create_prediction_job_ex(&name, want, p.job.url().to_string());
+    let (cluster, task) = mock_cluster(prediction_job_script(&name, create));
+    let mut seen = Seen::default();
+    idc::predict::run_on(&cluster, &p, &mut seen).await.unwrap();
+    finish(cluster, task).await;
+    assert_eq!(seen.images, [(64, 105), (105, 105)]);
+    assert!(!seen.notices.is_empty());
+    let (result, rows) = idc::predict::read_outcome(&p).await.unwrap();
+    assert_eq!(result.images, 105);
+    assert_eq!(rows.len(), 105, "every real patch, the edge patch padded");
+    assert!(
+        rows.iter()
+            .all(|r| r.label.is_some() && r.probabilities.len() == 2)
+    );
+}
+
+/// The request creating the prediction's Job `name`, which must be `want`: shaped like the
+/// run's (image, GPU, memory, scheduling, failure handling) with the predict command; its pod,
+/// the worker with the Job's arguments, is run here.
+fn create_prediction_job_ex(name: &str, want: Job, job_url: String) -> Exchange {
+    Exchange {
         check: Some(Box::new(move |body: &Value| {
             let job: Job = serde_json::from_value(body.clone()).unwrap();
             assert_eq!(job, want, "the prediction's Job");
@@ -1869,7 +1895,12 @@ async fn predict_runs_as_a_job_shaped_like_the_runs() {
             201,
             json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name}}),
         )
-    };
+    }
+}
+
+/// The API server's side of prediction Job `name`: the defaults, `create`, then the Job
+/// running (its pod logging progress) and complete.
+fn prediction_job_script(name: &str, create: Exchange) -> Vec<Exchange> {
     let pod_name = format!("{name}-x7k2p");
     let mut running_pod = pod(&pod_name, "2026-11-26T10:00:00Z", "Running", running());
     running_pod["metadata"]["labels"]["idc.dev/run"] = json!(name);
@@ -1885,7 +1916,7 @@ async fn predict_runs_as_a_job_shaped_like_the_runs() {
         j["metadata"]["name"] = json!(name);
         j
     };
-    let (cluster, task) = mock_cluster(vec![
+    vec![
         ex(
             "GET",
             format!("/api/v1/namespaces/{NS}/configmaps/idc-defaults"),
@@ -1893,10 +1924,10 @@ async fn predict_runs_as_a_job_shaped_like_the_runs() {
             defaults_cm(),
         ),
         create,
-        ex("GET", job_path(&name), 200, job_with(json!([]))),
+        ex("GET", job_path(name), 200, job_with(json!([]))),
         ex(
             "GET",
-            prediction_pods_uri(&name),
+            prediction_pods_uri(name),
             200,
             list("PodList", vec![running_pod]),
         ),
@@ -1910,29 +1941,17 @@ async fn predict_runs_as_a_job_shaped_like_the_runs() {
         ),
         ex(
             "GET",
-            job_path(&name),
+            job_path(name),
             200,
             job_with(json!([{"type": "Complete", "status": "True"}])),
         ),
         ex(
             "GET",
-            prediction_pods_uri(&name),
+            prediction_pods_uri(name),
             200,
             list("PodList", vec![done_pod]),
         ),
-    ]);
-    let mut seen = Seen::default();
-    idc::predict::run_on(&cluster, &p, &mut seen).await.unwrap();
-    finish(cluster, task).await;
-    assert_eq!(seen.images, [(64, 105), (105, 105)]);
-    assert!(!seen.notices.is_empty());
-    let (result, rows) = idc::predict::read_outcome(&p).await.unwrap();
-    assert_eq!(result.images, 105);
-    assert_eq!(rows.len(), 105, "every real patch, the edge patch padded");
-    assert!(
-        rows.iter()
-            .all(|r| r.label.is_some() && r.probabilities.len() == 2)
-    );
+    ]
 }
 
 #[tokio::test]
@@ -2026,7 +2045,7 @@ async fn predict_dry_run_job_matches_its_golden_file() {
     }
     let want = std::fs::read_to_string(&file).unwrap_or_else(|_| {
         panic!(
-            "{} is missing: run IDC_UPDATE_GOLDEN=1 cargo test --test kube",
+            "{} is missing: run IDC_UPDATE_GOLDEN=1 cargo test --test it kube::",
             file.display()
         )
     });
@@ -2273,7 +2292,7 @@ fn sweep_driver_dry_run_job_matches_its_golden_file() {
     }
     let want = std::fs::read_to_string(&file).unwrap_or_else(|_| {
         panic!(
-            "{} is missing: run IDC_UPDATE_GOLDEN=1 cargo test --test kube",
+            "{} is missing: run IDC_UPDATE_GOLDEN=1 cargo test --test it kube::",
             file.display()
         )
     });
@@ -2851,26 +2870,7 @@ async fn lifecycle_on_a_real_cluster() {
         .unwrap();
     cluster.poll = std::time::Duration::from_millis(500);
     let tag = idc::run::new_run_id("it");
-    let dir = tempfile::tempdir().unwrap();
-    synth(dir.path(), 6, 80, 0);
-    let ds = format!("{storage}/datasets/{tag}");
-    idc::stage::stage(
-        dir.path(),
-        &Store::open(&ds).unwrap(),
-        &Default::default(),
-        &Default::default(),
-    )
-    .await
-    .unwrap();
-    let exp = experiment::parse(
-        &format!(
-            "apiVersion: idc/v1\nkind: Experiment\nname: it\ndataset: {{url: {ds}}}\n\
-             train: {{model: {{kind: simple_cnn, width: 8}}, epochs: 3, batch_size: 64, device: cpu, checkpoint_every: 2s}}\n\
-             resources: {{gpus: 0, cpu: '1', memory: 2Gi}}\nbackend: kubernetes\nstorage: {storage}\nretries: 2\n"
-        ),
-        "it.yaml",
-    )
-    .unwrap();
+    let exp = real_cluster_experiment(&storage, &tag).await;
     let submit = |id: String| {
         let (exp, cluster) = (exp.clone(), cluster.clone());
         async move {
@@ -2951,4 +2951,29 @@ async fn lifecycle_on_a_real_cluster() {
         ended <= records[1].started_at,
         "two workers overlapped: {records:?}"
     );
+}
+
+/// The experiment of the real-cluster lifecycle, on a small synthetic dataset staged for it
+/// into `storage` under `tag`: a short CPU training that checkpoints every 2 s, two retries.
+async fn real_cluster_experiment(storage: &str, tag: &str) -> Experiment {
+    let dir = tempfile::tempdir().unwrap();
+    synth(dir.path(), 6, 80, 0);
+    let ds = format!("{storage}/datasets/{tag}");
+    idc::stage::stage(
+        dir.path(),
+        &Store::open(&ds).unwrap(),
+        &Default::default(),
+        &Default::default(),
+    )
+    .await
+    .unwrap();
+    experiment::parse(
+        &format!(
+            "apiVersion: idc/v1\nkind: Experiment\nname: it\ndataset: {{url: {ds}}}\n\
+             train: {{model: {{kind: simple_cnn, width: 8}}, epochs: 3, batch_size: 64, device: cpu, checkpoint_every: 2s}}\n\
+             resources: {{gpus: 0, cpu: '1', memory: 2Gi}}\nbackend: kubernetes\nstorage: {storage}\nretries: 2\n"
+        ),
+        "it.yaml",
+    )
+    .unwrap()
 }
