@@ -6,9 +6,11 @@
 use crate::common::*;
 use ::kube::client::Body;
 use http::{Request, Response};
+use idc::backend::kube::Kubernetes;
 use idc::backend::kube::cluster::{Cluster, LogLine};
 use idc::backend::kube::{self, ClusterDefaults, KUEUE_RBAC_RULES, RBAC_RULES};
-use idc::backend::{self, SubmitOptions};
+use idc::backend::{self, RunBackend, SubmitOptions};
+use idc::exit::ProcessExitCode;
 use idc::experiment::{self, Experiment};
 use idc::layout::run as keys;
 use idc::run::{self, Phase, RunStatus};
@@ -320,7 +322,9 @@ async fn submit_script(b: &Bucket, script_after_cm: Vec<Exchange>) -> backend::S
     ];
     script.extend(script_after_cm);
     let (cluster, task) = mock_cluster(script);
-    let sub = backend::submit_on(&b.exp, &opts(), Some(cluster.clone()))
+    let sub = Kubernetes::on(cluster.clone())
+        .sharing_this_machine()
+        .submit(&b.exp, &opts())
         .await
         .unwrap();
     finish(cluster, task).await;
@@ -497,7 +501,9 @@ async fn resubmitting_the_same_run_creates_nothing() {
     ));
     script.push(ex("GET", job_path(RUN), 200, job_json(json!([]), "0000")));
     let (cluster, task) = mock_cluster(script);
-    let err = backend::submit_on(&b.exp, &opts(), Some(cluster.clone()))
+    let err = Kubernetes::on(cluster.clone())
+        .sharing_this_machine()
+        .submit(&b.exp, &opts())
         .await
         .unwrap_err();
     assert!(
@@ -505,7 +511,7 @@ async fn resubmitting_the_same_run_creates_nothing() {
             .contains("a different run named resnet34-t1"),
         "{err}"
     );
-    assert_eq!(err.exit_code(), idc::exit::ExitCode::UserError);
+    assert_eq!(err.process_exit_code(), idc::exit::ExitCode::UserError);
     finish(cluster, task).await;
 }
 
@@ -541,7 +547,10 @@ async fn observed_job(job: Value, pods: Vec<Value>, after_pods: Vec<Exchange>) -
     script.extend(after_pods);
     let (cluster, task) = mock_cluster(script);
     let s = run::read_status(&sub.run).await.unwrap().unwrap();
-    let s = backend::refresh_on(&sub.run, s, &cluster).await.unwrap();
+    let s = Kubernetes::on(cluster.clone())
+        .refresh(&sub.run, s)
+        .await
+        .unwrap();
     finish(cluster, task).await;
     // The record in the bucket is what `list` shows later.
     assert_eq!(run::read_status(&sub.run).await.unwrap().unwrap(), s);
@@ -1132,7 +1141,10 @@ async fn cancel_deletes_the_job_in_the_background() {
         },
     ]);
     let s = run::read_status(&sub.run).await.unwrap().unwrap();
-    let out = backend::cancel_on(&sub.run, s, &cluster).await.unwrap();
+    let out = Kubernetes::on(cluster.clone())
+        .cancel(&sub.run, s)
+        .await
+        .unwrap();
     assert_eq!(out, backend::CancelOutcome::Requested { signalled: true });
     finish(cluster, task).await;
     let s = run::read_status(&sub.run).await.unwrap().unwrap();
@@ -1167,7 +1179,9 @@ async fn resume_replaces_the_job_and_keeps_earlier_attempts() {
         ),
         create_ex(),
     ]);
-    backend::resume_on(&sub.run, s, &cluster).await.unwrap();
+    backend::resume_on(&Kubernetes::on(cluster.clone()), &sub.run, s)
+        .await
+        .unwrap();
     finish(cluster, task).await;
     let s = run::read_status(&sub.run).await.unwrap().unwrap();
     let c = s.cluster.clone().unwrap();
@@ -1475,7 +1489,9 @@ fn forbidden_create() -> Exchange {
 async fn a_submit_refused_at_job_creation_ends_failed_and_can_be_submitted_again() {
     let b = bucket().await;
     let (cluster, task) = mock_cluster(vec![version_ex("32"), cm_ex(), forbidden_create()]);
-    let e = backend::submit_on(&b.exp, &opts(), Some(cluster.clone()))
+    let e = Kubernetes::on(cluster.clone())
+        .sharing_this_machine()
+        .submit(&b.exp, &opts())
         .await
         .unwrap_err();
     finish(cluster, task).await;
@@ -1518,7 +1534,9 @@ async fn a_submit_refused_at_job_creation_ends_failed_and_can_be_submitted_again
 async fn submit_refuses_a_kubernetes_release_older_than_its_jobs_need() {
     let b = bucket().await;
     let (cluster, task) = mock_cluster(vec![version_ex("28")]);
-    let e = backend::submit_on(&b.exp, &opts(), Some(cluster.clone()))
+    let e = Kubernetes::on(cluster.clone())
+        .sharing_this_machine()
+        .submit(&b.exp, &opts())
         .await
         .unwrap_err();
     finish(cluster, task).await;
@@ -1528,7 +1546,7 @@ async fn submit_refuses_a_kubernetes_release_older_than_its_jobs_need() {
         "{msg}"
     );
     assert!(msg.contains("Job podReplacementPolicy: Failed"), "{msg}");
-    assert_eq!(e.exit_code(), idc::exit::ExitCode::UserError);
+    assert_eq!(e.process_exit_code(), idc::exit::ExitCode::UserError);
     // Refused before anything was written.
     let run = run::run_store(&Store::open(&b.exp.storage).unwrap(), RUN);
     assert!(run.get_opt(keys::SPEC).await.unwrap().is_none());
@@ -1546,7 +1564,9 @@ async fn submit_refuses_a_kubernetes_release_older_than_its_jobs_need() {
 
     // The oldest release supported is accepted.
     let (cluster, task) = mock_cluster(vec![version_ex("29"), cm_ex(), create_ex()]);
-    let sub = backend::submit_on(&b.exp, &opts(), Some(cluster.clone()))
+    let sub = Kubernetes::on(cluster.clone())
+        .sharing_this_machine()
+        .submit(&b.exp, &opts())
         .await
         .unwrap();
     finish(cluster, task).await;
@@ -1583,7 +1603,8 @@ async fn submit_reads_the_namespace_defaults_once() {
     b.exp.dataset.url = Some(ds);
     b.exp.storage = storage;
     let (cluster, task) = mock_cluster(vec![version_ex("32"), cm_ex(), create_ex()]);
-    let sub = backend::submit_to(&b.exp, &opts(), cluster.clone())
+    let sub = Kubernetes::on(cluster.clone())
+        .submit(&b.exp, &opts())
         .await
         .unwrap();
     finish(cluster, task).await;
@@ -1757,7 +1778,7 @@ fn the_role_is_exactly_what_the_backend_requests() {
     );
 }
 
-/// A finished run on the (mock) cluster: submitted with `submit_on`, then trained by running
+/// A finished run on the (mock) cluster: submitted (bucket checks off), then trained by running
 /// the worker with the Job's own arguments, as its pod would (a small CNN for one epoch, so
 /// that it takes seconds).
 async fn trained_kube_run() -> (Bucket, Store) {
@@ -1835,7 +1856,9 @@ async fn predict_runs_as_a_job_shaped_like_the_runs() {
     let create = create_prediction_job_ex(&name, want, p.job.url().to_string());
     let (cluster, task) = mock_cluster(prediction_job_script(&name, create));
     let mut seen = Seen::default();
-    idc::predict::run_on(&cluster, &p, &mut seen).await.unwrap();
+    idc::predict::run_with(&Kubernetes::on(cluster.clone()), &p, &mut seen)
+        .await
+        .unwrap();
     finish(cluster, task).await;
     assert_eq!(seen.images, [(64, 105), (105, 105)]);
     assert!(!seen.notices.is_empty());
@@ -2005,11 +2028,11 @@ async fn a_failed_prediction_job_says_why() {
             list("PodList", vec![failed_pod]),
         ),
     ]);
-    let e = idc::predict::run_on(&cluster, &p, &mut Seen::default())
+    let e = idc::predict::run_with(&Kubernetes::on(cluster.clone()), &p, &mut Seen::default())
         .await
         .unwrap_err();
     finish(cluster, task).await;
-    assert_eq!(e.exit_code(), idc::exit::ExitCode::UserError, "{e}");
+    assert_eq!(e.process_exit_code(), idc::exit::ExitCode::UserError, "{e}");
     let msg = e.to_string();
     assert!(msg.contains(&format!("Job {name}")), "{msg}");
     assert!(msg.contains("no CUDA device is usable"), "{msg}");
@@ -2525,7 +2548,10 @@ async fn status_after_an_eviction_counts_the_attempt_whose_pod_is_gone() {
         events_ex(list("EventList", vec![])),
     ]);
     let s = run::read_status(&sub.run).await.unwrap().unwrap();
-    let s = backend::refresh_on(&sub.run, s, &cluster).await.unwrap();
+    let s = Kubernetes::on(cluster.clone())
+        .refresh(&sub.run, s)
+        .await
+        .unwrap();
     finish(cluster, task).await;
     assert_eq!(
         (s.phase, s.attempts, s.exit_codes.clone()),
@@ -2569,7 +2595,10 @@ async fn observed_in(
     script.extend(after_pods);
     let (cluster, task) = mock_cluster(script);
     let s = run::read_status(run).await.unwrap().unwrap();
-    let s = backend::refresh_on(run, s, &cluster).await.unwrap();
+    let s = Kubernetes::on(cluster.clone())
+        .refresh(run, s)
+        .await
+        .unwrap();
     finish(cluster, task).await;
     s
 }
@@ -2646,7 +2675,10 @@ async fn after_its_jobs_ttl_a_run_reads_its_outcome_from_the_attempt_records() {
     record(&sub.run, 1, "resnet34-t1-aaaaa", Some(2)).await;
     let (cluster, task) = mock_cluster(gone());
     let s = run::read_status(&sub.run).await.unwrap().unwrap();
-    let s = backend::refresh_on(&sub.run, s, &cluster).await.unwrap();
+    let s = Kubernetes::on(cluster.clone())
+        .refresh(&sub.run, s)
+        .await
+        .unwrap();
     finish(cluster, task).await;
     assert_eq!(
         (s.phase, s.attempts, s.exit_codes.clone()),
@@ -2669,7 +2701,10 @@ async fn after_its_jobs_ttl_a_run_reads_its_outcome_from_the_attempt_records() {
         .unwrap();
     let (cluster, task) = mock_cluster(gone());
     let s = run::read_status(&sub.run).await.unwrap().unwrap();
-    let s = backend::refresh_on(&sub.run, s, &cluster).await.unwrap();
+    let s = Kubernetes::on(cluster.clone())
+        .refresh(&sub.run, s)
+        .await
+        .unwrap();
     finish(cluster, task).await;
     assert_eq!(
         (s.phase, s.attempts, s.exit_codes.clone()),
@@ -2703,7 +2738,10 @@ async fn cancel_of_a_run_whose_job_completed_leaves_it_succeeded() {
         ex("GET", pods_list_uri(), 200, list("PodList", vec![done])),
     ]);
     let s = run::read_status(&sub.run).await.unwrap().unwrap();
-    let out = backend::cancel_on(&sub.run, s, &cluster).await.unwrap();
+    let out = Kubernetes::on(cluster.clone())
+        .cancel(&sub.run, s)
+        .await
+        .unwrap();
     finish(cluster, task).await;
     let backend::CancelOutcome::AlreadyEnded(s) = out else {
         panic!("a completed run was cancelled: {out:?}");
@@ -2742,7 +2780,8 @@ async fn a_follower_refreshing_after_a_cancel_keeps_it_cancelled() {
         .unwrap();
     run::write_status(&sub.run, &cancelled).await.unwrap();
     let (cluster, task) = mock_cluster(gone());
-    let s = backend::refresh_on(&sub.run, stale.clone(), &cluster)
+    let s = Kubernetes::on(cluster.clone())
+        .refresh(&sub.run, stale.clone())
         .await
         .unwrap();
     finish(cluster, task).await;
@@ -2756,7 +2795,8 @@ async fn a_follower_refreshing_after_a_cancel_keeps_it_cancelled() {
     run::write_status(&sub.run, &stale).await.unwrap();
     record(&sub.run, 1, "resnet34-t1-abcde", Some(3)).await;
     let (cluster, task) = mock_cluster(gone());
-    let s = backend::refresh_on(&sub.run, stale, &cluster)
+    let s = Kubernetes::on(cluster.clone())
+        .refresh(&sub.run, stale)
         .await
         .unwrap();
     finish(cluster, task).await;
@@ -2804,7 +2844,9 @@ async fn resume_waits_until_the_old_pod_has_stopped() {
         ),
         create_ex(),
     ]);
-    backend::resume_on(&sub.run, s, &cluster).await.unwrap();
+    backend::resume_on(&Kubernetes::on(cluster.clone()), &sub.run, s)
+        .await
+        .unwrap();
     finish(cluster, task).await;
 }
 
@@ -2847,133 +2889,4 @@ async fn after_a_resume_attempts_are_counted_across_jobs() {
     // The pod's exit code is kept in attempt 2's record, for after the pod is gone.
     let kept = idc::attempt::read_all(&sub.run).await.unwrap();
     assert_eq!(kept[1].exit_code, Some(0));
-}
-
-/// The lifecycle against a real API server: set `IDC_TEST_KUBECONFIG` to a kubeconfig whose
-/// current context reaches a namespace where charts/idc is installed (`IDC_TEST_NAMESPACE`,
-/// default `idc`), `IDC_TEST_STORAGE` to its bucket (default `s3://idc`) and `AWS_*` to reach it
-/// from here. Skipped, and said so, without it. Submit, follow to success, cancel of the finished
-/// run (nothing deleted), then a second run cancelled while running and resumed at once: one
-/// worker at a time, attempts numbered across both Jobs.
-#[tokio::test]
-async fn lifecycle_on_a_real_cluster() {
-    let Some(kubeconfig) = std::env::var_os("IDC_TEST_KUBECONFIG") else {
-        eprintln!(
-            "skipped: set IDC_TEST_KUBECONFIG (and IDC_TEST_NAMESPACE, IDC_TEST_STORAGE, AWS_*) to run the lifecycle against a real API server"
-        );
-        return;
-    };
-    let ns = std::env::var("IDC_TEST_NAMESPACE").unwrap_or_else(|_| "idc".into());
-    let storage = std::env::var("IDC_TEST_STORAGE").unwrap_or_else(|_| "s3://idc".into());
-    let mut cluster = Cluster::connect_with_kubeconfig(Path::new(&kubeconfig), Some(&ns))
-        .await
-        .unwrap();
-    cluster.poll = std::time::Duration::from_millis(500);
-    let tag = idc::run::new_run_id("it");
-    let exp = real_cluster_experiment(&storage, &tag).await;
-    let submit = |id: String| {
-        let (exp, cluster) = (exp.clone(), cluster.clone());
-        async move {
-            let opts = SubmitOptions {
-                run_id: Some(id),
-                ..Default::default()
-            };
-            backend::submit_on(&exp, &opts, Some(cluster))
-                .await
-                .unwrap()
-        }
-    };
-    let follow_to_end = |run: Store, id: String| {
-        let cluster = cluster.clone();
-        async move {
-            let mut attempts = std::collections::BTreeSet::new();
-            kube::follow(
-                &cluster,
-                &run,
-                &id,
-                0,
-                None,
-                &mut |l: LogLine| {
-                    attempts.insert(l.attempt);
-                },
-                &mut |n| eprintln!("{id}: {n}"),
-            )
-            .await
-            .unwrap();
-            let s = run::read_status(&run).await.unwrap().unwrap();
-            (
-                backend::refresh_on(&run, s, &cluster).await.unwrap(),
-                attempts,
-            )
-        }
-    };
-
-    // Submit and follow to the end; a cancel then leaves it as it is.
-    let id = format!("{tag}-a");
-    let sub = submit(id.clone()).await;
-    let (s, seen) = follow_to_end(sub.run.clone(), id.clone()).await;
-    assert_eq!(s.phase, Phase::Succeeded, "{s:?}");
-    assert_eq!((s.attempts, seen.len()), (1, 1));
-    let s = run::read_status(&sub.run).await.unwrap().unwrap();
-    let out = backend::cancel_on(&sub.run, s, &cluster).await.unwrap();
-    assert!(
-        matches!(out, backend::CancelOutcome::AlreadyEnded(_)),
-        "{out:?}"
-    );
-    assert!(
-        cluster.job(&id).await.unwrap().is_some(),
-        "a finished run's Job was deleted"
-    );
-
-    // Cancel while it trains, resume at once: the new worker starts after the old one ended.
-    let id = format!("{tag}-b");
-    let sub = submit(id.clone()).await;
-    for _ in 0..240 {
-        if sub.run.get_opt(&keys::log(1)).await.unwrap().is_some() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    }
-    let s = run::read_status(&sub.run).await.unwrap().unwrap();
-    let out = backend::cancel_on(&sub.run, s, &cluster).await.unwrap();
-    assert_eq!(out, backend::CancelOutcome::Requested { signalled: true });
-    let s = run::read_status(&sub.run).await.unwrap().unwrap();
-    backend::resume_on(&sub.run, s, &cluster).await.unwrap();
-    let (s, _) = follow_to_end(sub.run.clone(), id.clone()).await;
-    assert_eq!((s.phase, s.attempts), (Phase::Succeeded, 2), "{s:?}");
-    let records = idc::attempt::read_all(&sub.run).await.unwrap();
-    assert_eq!(records.len(), 2, "{records:?}");
-    let ended = records[0]
-        .finished_at
-        .clone()
-        .expect("the cancelled worker recorded its end");
-    assert!(
-        ended <= records[1].started_at,
-        "two workers overlapped: {records:?}"
-    );
-}
-
-/// The experiment of the real-cluster lifecycle, on a small synthetic dataset staged for it
-/// into `storage` under `tag`: a short CPU training that checkpoints every 2 s, two retries.
-async fn real_cluster_experiment(storage: &str, tag: &str) -> Experiment {
-    let dir = tempfile::tempdir().unwrap();
-    synth(dir.path(), 6, 80, 0);
-    let ds = format!("{storage}/datasets/{tag}");
-    idc::stage::stage(
-        dir.path(),
-        &Store::open(&ds).unwrap(),
-        &Default::default(),
-        &Default::default(),
-    )
-    .await
-    .unwrap();
-    experiment::parse(
-        &format!(
-            "apiVersion: idc/v1\nkind: Experiment\nname: it\ndataset: {{url: {ds}}}\n\
-             train: {{model: {{kind: simple_cnn, width: 8}}, epochs: 3, batch_size: 64, device: cpu, checkpoint_every: 2s}}\n\
-             resources: {{gpus: 0, cpu: '1', memory: 2Gi}}\nbackend: kubernetes\nstorage: {storage}\nretries: 2\n"
-        ),
-        "it.yaml",
-    )
-    .unwrap()
 }

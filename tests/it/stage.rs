@@ -269,7 +269,10 @@ async fn restaging_does_nothing_and_other_options_need_force() {
             .unwrap_err();
         assert!(matches!(err, StageError::Conflict { .. }), "{err}");
         assert!(err.to_string().contains("--force"), "{err}");
-        assert_eq!(err.exit_code(), idc::exit::ExitCode::UserError);
+        assert_eq!(
+            idc::exit::ProcessExitCode::process_exit_code(&err),
+            idc::exit::ExitCode::UserError
+        );
         let replaced = stage::stage(
             &src,
             &ds,
