@@ -34,6 +34,8 @@ pub mod listing;
 #[cfg(feature = "controller")]
 pub mod output;
 #[cfg(feature = "controller")]
+pub mod pickle;
+#[cfg(feature = "controller")]
 pub mod predict;
 #[cfg(feature = "controller")]
 pub mod process;

@@ -3,10 +3,10 @@
 //! `Model::load_pretrained` loads (`idcctl weights import`).
 //!
 //! The checkpoint's pickle is read by the same stack machine as CIFAR-10's batches
-//! (`dataset::archive::pickle`): nothing in it runs. Tensors keep their element type; only
+//! (`crate::pickle`): nothing in it runs. Tensors keep their element type; only
 //! C-contiguous views (any storage offset) are read, little-endian only.
 
-use crate::dataset::archive::pickle::{self, Pickle, Value};
+use crate::pickle::{self, Pickle, Value};
 use crate::store::{Store, StoreError};
 use std::collections::HashMap;
 use std::io::Read;

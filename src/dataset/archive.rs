@@ -268,7 +268,6 @@ const RESERVE_MAX: u64 = 64 << 20;
 
 mod cifar;
 mod idx;
-pub(crate) mod pickle;
 
 pub mod fixtures;
 
@@ -276,6 +275,7 @@ pub mod fixtures;
 mod tests {
     use super::fixtures::{self, Generated};
     use super::*;
+    use crate::pickle;
     use crate::exit::{ExitCode, ProcessExitCode};
     use flate2::read::GzDecoder;
     use std::fs::File;

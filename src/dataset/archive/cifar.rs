@@ -1,8 +1,7 @@
 //! Both CIFAR-10 layouts, read in one pass over the `.tar.gz`.
 
-use super::{
-    Archive, ArchiveError, ArchiveFormat, Hashing, Images, RESERVE_MAX, open_error, pickle,
-};
+use super::{Archive, ArchiveError, ArchiveFormat, Hashing, Images, RESERVE_MAX, open_error};
+use crate::pickle;
 use flate2::read::GzDecoder;
 use sha2::{Digest, Sha256};
 use std::cell::Cell;

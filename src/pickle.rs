@@ -1,11 +1,12 @@
-//! A Python pickle reader for what CIFAR-10's batches and `torch.save` checkpoints hold: dicts
-//! (and `OrderedDict`s), lists, tuples, byte and text strings, numbers, numpy arrays and torch
-//! tensors. It is the unpickling stack machine restricted to opcodes of protocols 0-4 that such
-//! data uses, and to a handful of globals: numpy's array and dtype reconstructors, the two ways
-//! Python 3 writes bytes in protocol 2, `collections.OrderedDict`, torch's tensor rebuilders and
-//! storage classes. No code runs: an array is recorded from its reduce arguments and `BUILD`
-//! state, a tensor from its rebuild arguments, and a persistent id (`PERSID`, `BINPERSID`:
-//! how torch names a storage kept outside the pickle) is kept as the id itself.
+//! A Python pickle reader, for what CIFAR-10's batches and `torch.save` checkpoints hold (so
+//! staging and the weights import share it): dicts (and `OrderedDict`s), lists, tuples, byte and
+//! text strings, numbers, numpy arrays and torch tensors. It is the unpickling stack machine
+//! restricted to opcodes of protocols 0-4 that such data uses, and to a handful of globals: numpy's
+//! array and dtype reconstructors, the two ways Python 3 writes bytes in protocol 2,
+//! `collections.OrderedDict`, torch's tensor rebuilders and storage classes. No code runs: an array
+//! is recorded from its reduce arguments and `BUILD` state, a tensor from its rebuild arguments,
+//! and a persistent id (`PERSID`, `BINPERSID`: how torch names a storage kept outside the pickle)
+//! is kept as the id itself.
 //!
 //! Strings and bytes borrow from the input, so a batch's 30 MB of pixels are not copied.
 
@@ -921,7 +922,7 @@ mod tests {
 
     /// The pickle of tests/fixtures/weights/tiny.pth: dicts, tensors, persistent ids, globals.
     fn torch_pickle() -> Vec<u8> {
-        let pth = include_bytes!("../../../tests/fixtures/weights/tiny.pth");
+        let pth = include_bytes!("../tests/fixtures/weights/tiny.pth");
         let mut zip = zip::ZipArchive::new(std::io::Cursor::new(&pth[..])).unwrap();
         let name = zip
             .file_names()
