@@ -154,6 +154,25 @@ pub async fn supervise(
     }
 }
 
+/// Starts the worker with `args` and `env`, its standard error piped to us.
+fn spawn_worker(
+    worker: &std::path::Path,
+    args: &[impl AsRef<std::ffi::OsStr>],
+    env: &[(&str, &str)],
+) -> Result<std::process::Child, LocalError> {
+    Command::new(worker)
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| LocalError::Spawn {
+            what: worker.display().to_string(),
+            source: e,
+        })
+}
+
 /// How one attempt of the worker ended.
 struct AttemptEnd {
     /// Its exit code, or minus the signal that killed it.
@@ -181,17 +200,12 @@ async fn run_attempt(
         "attempt {} of {} running",
         s.attempts, s.max_attempts
     ));
-    let mut child = Command::new(worker)
-        .args(["run", "--run", run_url])
-        .env(crate::spec::ATTEMPT_ENV, s.attempts.to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| LocalError::Spawn {
-            what: worker.display().to_string(),
-            source: e,
-        })?;
+    let attempt = s.attempts.to_string();
+    let mut child = spawn_worker(
+        worker,
+        &["run", "--run", run_url],
+        &[(crate::spec::ATTEMPT_ENV, &attempt)],
+    )?;
     s.worker = ProcessRef::of(child.id());
     s.heartbeat_at = Some(now_rfc3339());
     write_status(run, s).await?;
@@ -537,17 +551,7 @@ impl RunBackend for Local {
         task: &Task<'_>,
         progress: &mut dyn TaskProgress,
     ) -> Result<(), BackendError> {
-        let worker = worker_binary()?;
-        let mut child = Command::new(&worker)
-            .args(&task.worker_args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| LocalError::Spawn {
-                what: worker.display().to_string(),
-                source: e,
-            })?;
+        let mut child = spawn_worker(&worker_binary()?, &task.worker_args, &[])?;
         let stderr = child.stderr.take().expect("piped");
         let mut last = String::new();
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {

@@ -275,8 +275,8 @@ pub mod fixtures;
 mod tests {
     use super::fixtures::{self, Generated};
     use super::*;
-    use crate::pickle;
     use crate::exit::{ExitCode, ProcessExitCode};
+    use crate::pickle;
     use flate2::read::GzDecoder;
     use std::fs::File;
     use std::io::Write;

@@ -25,17 +25,22 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// What the suite needs of a backend besides the backend: an experiment it can run, and the
-/// worker's part where no real worker runs.
-#[allow(async_fn_in_trait)]
-trait Harness {
-    type Backend: RunBackend;
-    fn backend(&self) -> &Self::Backend;
-    fn experiment(&self) -> &Experiment;
-    /// Waits until the run's worker has started attempt `n`.
-    async fn started(&self, run: &Store, n: u32);
-    /// Lets the run's running attempt work to a successful end (a real worker does so itself).
-    async fn let_finish(&self, run: &Store);
+/// A backend under test, the experiment it runs, and, on the mock API server, the kubelet that
+/// plays the worker's part (elsewhere a real worker does).
+struct Subject<B> {
+    backend: B,
+    exp: Experiment,
+    kubelet: Option<FakeCluster>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl<B: RunBackend> Subject<B> {
+    /// Lets the run's running attempt work to a successful end.
+    async fn let_finish(&self, run: &Store) {
+        if let Some(k) = &self.kubelet {
+            k.finish(&status(run).await.run_id).await;
+        }
+    }
 }
 
 fn opts(run_id: &str) -> SubmitOptions {
@@ -50,10 +55,10 @@ async fn status(run: &Store) -> RunStatus {
 }
 
 /// Follows the run to its end; returns its record and the log text that came.
-async fn follow_to_end(h: &impl Harness, run: &Store) -> (RunStatus, String) {
+async fn follow_to_end(h: &Subject<impl RunBackend>, run: &Store) -> (RunStatus, String) {
     let mut text = String::new();
     let s = h
-        .backend()
+        .backend
         .follow(run, status(run).await, None, &mut |o| {
             if let Output::Text(t) = o {
                 text.push_str(&t);
@@ -65,9 +70,8 @@ async fn follow_to_end(h: &impl Harness, run: &Store) -> (RunStatus, String) {
 }
 
 /// The lifecycle; `tag` makes the run ids unique in a shared bucket.
-async fn lifecycle(h: &impl Harness, tag: &str) {
-    let b = h.backend();
-    let exp = h.experiment();
+async fn lifecycle(h: &Subject<impl RunBackend>, tag: &str) {
+    let (b, exp) = (&h.backend, &h.exp);
 
     // Submitted once; the same run id and spec again creates nothing.
     let a = format!("{tag}-a");
@@ -106,13 +110,13 @@ async fn lifecycle(h: &impl Harness, tag: &str) {
     // Cancelled while it trains, resumed: the second attempt starts after the first ended.
     let id = format!("{tag}-b");
     let sub = b.submit(exp, &opts(&id)).await.unwrap();
-    h.started(&sub.run, 1).await;
+    attempt_started(&sub.run, 1).await;
     let out = b.cancel(&sub.run, status(&sub.run).await).await.unwrap();
     assert_eq!(out, CancelOutcome::Requested { signalled: true });
     let s = refreshed(h, &sub.run).await;
     assert_eq!(s.phase, Phase::Cancelled, "{s:?}");
     backend::resume_on(b, &sub.run, s).await.unwrap();
-    h.started(&sub.run, 2).await;
+    attempt_started(&sub.run, 2).await;
     h.let_finish(&sub.run).await;
     let (s, _) = follow_to_end(h, &sub.run).await;
     assert_eq!((s.phase, s.attempts), (Phase::Succeeded, 2), "{s:?}");
@@ -129,13 +133,13 @@ async fn lifecycle(h: &impl Harness, tag: &str) {
 }
 
 /// The run's record once its end is recorded (a local supervisor records a cancel itself).
-async fn refreshed(h: &impl Harness, run: &Store) -> RunStatus {
+async fn refreshed(h: &Subject<impl RunBackend>, run: &Store) -> RunStatus {
     for _ in 0..300 {
         let s = status(run).await;
         if s.phase.is_terminal() {
             return s;
         }
-        let s = h.backend().refresh(run, s).await.unwrap();
+        let s = h.backend.refresh(run, s).await.unwrap();
         if s.phase.is_terminal() {
             return s;
         }
@@ -160,26 +164,6 @@ async fn attempt_started(run: &Store, n: u32) {
 
 // ---- The local backend: its supervisor (idcctl) and the real worker. ----
 
-struct LocalHarness {
-    _dir: tempfile::TempDir,
-    backend: Local,
-    exp: Experiment,
-}
-
-impl Harness for LocalHarness {
-    type Backend = Local;
-    fn backend(&self) -> &Local {
-        &self.backend
-    }
-    fn experiment(&self) -> &Experiment {
-        &self.exp
-    }
-    async fn started(&self, run: &Store, n: u32) {
-        attempt_started(run, n).await;
-    }
-    async fn let_finish(&self, _: &Store) {}
-}
-
 /// A small training run: long enough to be cancelled while it trains, short to finish.
 fn experiment_yaml(ds: &str, storage: &str, backend: &str) -> String {
     format!(
@@ -198,12 +182,13 @@ async fn the_local_backend_passes_the_lifecycle() {
         .await
         .unwrap();
     let exp = experiment::parse(&experiment_yaml(&ds, &storage, "local"), "c.yaml").unwrap();
-    let h = LocalHarness {
-        _dir: dir,
+    let h = Subject {
         backend: Local {
             idcctl: Some(env!("CARGO_BIN_EXE_idcctl").into()),
         },
         exp,
+        kubelet: None,
+        _dir: Some(dir),
     };
     lifecycle(&h, "local").await;
 }
@@ -476,29 +461,6 @@ impl FakeCluster {
     }
 }
 
-struct MockHarness {
-    _dir: tempfile::TempDir,
-    fake: FakeCluster,
-    backend: Kubernetes,
-    exp: Experiment,
-}
-
-impl Harness for MockHarness {
-    type Backend = Kubernetes;
-    fn backend(&self) -> &Kubernetes {
-        &self.backend
-    }
-    fn experiment(&self) -> &Experiment {
-        &self.exp
-    }
-    async fn started(&self, run: &Store, n: u32) {
-        attempt_started(run, n).await;
-    }
-    async fn let_finish(&self, run: &Store) {
-        self.fake.finish(&status(run).await.run_id).await;
-    }
-}
-
 #[tokio::test]
 async fn the_kubernetes_backend_on_a_mock_api_server_passes_the_lifecycle() {
     let dir = tempfile::tempdir().unwrap();
@@ -510,40 +472,18 @@ async fn the_kubernetes_backend_on_a_mock_api_server_passes_the_lifecycle() {
     let fake = FakeCluster::default();
     let mut cluster = fake.serve();
     cluster.poll = Duration::from_millis(20);
-    let h = MockHarness {
-        _dir: dir,
-        fake,
+    let h = Subject {
         // The mock's pods are this process: they reach a file:// bucket.
         backend: Kubernetes::on(cluster).sharing_this_machine(),
         exp,
+        kubelet: Some(fake),
+        _dir: Some(dir),
     };
     lifecycle(&h, "mock").await;
 }
 
 // ---- A real cluster, when one is named. ----
 
-struct RealHarness {
-    backend: Kubernetes,
-    exp: Experiment,
-}
-
-impl Harness for RealHarness {
-    type Backend = Kubernetes;
-    fn backend(&self) -> &Kubernetes {
-        &self.backend
-    }
-    fn experiment(&self) -> &Experiment {
-        &self.exp
-    }
-    async fn started(&self, run: &Store, n: u32) {
-        attempt_started(run, n).await;
-    }
-    async fn let_finish(&self, _: &Store) {}
-}
-
-/// The lifecycle against a real API server: set `IDC_TEST_KUBECONFIG` to a kubeconfig bound to
-/// the chart's Role, `IDC_TEST_NAMESPACE` to its namespace (default `idc`), `IDC_TEST_STORAGE`
-/// to its bucket (default `s3://idc`) and `AWS_*` to reach the bucket from here.
 #[tokio::test]
 async fn a_real_cluster_passes_the_lifecycle() {
     let Some(kubeconfig) = std::env::var_os("IDC_TEST_KUBECONFIG") else {
@@ -571,9 +511,11 @@ async fn a_real_cluster_passes_the_lifecycle() {
     .await
     .unwrap();
     let exp = experiment::parse(&experiment_yaml(&ds, &storage, "kubernetes"), "c.yaml").unwrap();
-    let h = RealHarness {
+    let h = Subject {
         backend: Kubernetes::on(cluster),
         exp,
+        kubelet: None,
+        _dir: None,
     };
     lifecycle(&h, &tag).await;
 }
