@@ -1066,6 +1066,7 @@ mod tests {
             serde_json::from_str::<ArchiveFormat>("\"idx\"").unwrap(),
             ArchiveFormat::Idx
         );
+        use crate::choice::Choice;
         let names: Vec<String> = ArchiveFormat::ALL.iter().map(|v| v.to_string()).collect();
         assert_eq!(names, ["cifar10", "idx"]);
         for v in ArchiveFormat::ALL {
