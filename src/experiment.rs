@@ -114,6 +114,21 @@ pub struct DatasetRef {
     pub undersized: Option<Undersized>,
 }
 
+impl DatasetRef {
+    /// The dataset already staged at `url` (what `idcctl submit --dataset` trains on).
+    pub fn staged(url: String) -> Self {
+        Self {
+            url: Some(url),
+            source: None,
+            format: None,
+            class_names: None,
+            name: None,
+            split: None,
+            undersized: None,
+        }
+    }
+}
+
 /// Where and how the run executes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
@@ -124,6 +139,17 @@ pub enum Backend {
     /// The worker as a Kubernetes GPU Job.
     Kubernetes,
 }
+
+impl crate::choice::Choice for Backend {
+    const ALL: &'static [Self] = &[Backend::Local, Backend::Kubernetes];
+    fn name(self) -> &'static str {
+        match self {
+            Backend::Local => "local",
+            Backend::Kubernetes => "kubernetes",
+        }
+    }
+}
+crate::choice_names!(Backend);
 
 /// What a run asks of the cluster (Kubernetes backend).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]

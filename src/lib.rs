@@ -10,6 +10,7 @@
 //! worker builds without it, on the shared formats alone.
 
 pub mod attempt;
+pub mod choice;
 pub mod clock;
 pub mod dataset;
 pub mod exit;

@@ -458,6 +458,66 @@ fn key_of(t: &Target) -> TargetKey {
     (t.context.clone(), t.namespace.clone())
 }
 
+/// `idcctl status` as text: the phase, the latest epoch's validation metrics with the ETA, the
+/// throughput.
+pub fn status_text(p: &Progress) -> String {
+    let s = &p.status;
+    let mut out = format!(
+        "run {}  {}  ({} attempt(s) of {}; {})\n",
+        s.run_id,
+        crate::output::name_of(&s.phase).to_uppercase(),
+        s.attempts,
+        s.max_attempts,
+        s.reason.clone().unwrap_or_default()
+    );
+    match &p.last_epoch {
+        Some(e) => {
+            out += &format!("epoch {}/{}: val {}\n", e.epoch, p.epochs, e.val);
+            if let Some((eta, left)) = p.eta() {
+                out += &format!(
+                    "ETA about {eta:.0}s ({left} epochs left at {:.0}s each)\n",
+                    e.duration_s
+                );
+            }
+        }
+        None => out += "no epoch finished yet\n",
+    }
+    if let Some(r) = p.images_per_s {
+        out += &format!("training throughput {r:.0} images/s\n");
+    }
+    out
+}
+
+/// `idcctl list` as a table: a row a run.
+pub fn table(rows: &[Summary]) -> String {
+    use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED);
+    t.set_header([
+        "run",
+        "phase",
+        "model",
+        "backend",
+        "best val F1",
+        "duration",
+        "created",
+    ]);
+    for r in rows {
+        t.add_row([
+            r.run_id.clone(),
+            crate::output::name_of(&r.phase),
+            r.model.clone(),
+            crate::output::name_of(&r.backend),
+            r.best_val_f1.map(|f| format!("{f:.4}")).unwrap_or_default(),
+            r.duration_s
+                .map(|d| format!("{}m{:02}s", d / 60, d % 60))
+                .unwrap_or_default(),
+            r.created_at.clone(),
+        ]);
+    }
+    format!("{t}\n")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,13 +7,25 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 
 /// Output format of a command.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OutputFormat {
     #[default]
     Table,
     Json,
     Yaml,
 }
+
+impl crate::choice::Choice for OutputFormat {
+    const ALL: &'static [Self] = &[Self::Table, Self::Json, Self::Yaml];
+    fn name(self) -> &'static str {
+        match self {
+            Self::Table => "table",
+            Self::Json => "json",
+            Self::Yaml => "yaml",
+        }
+    }
+}
+crate::choice_names!(OutputFormat);
 
 /// Renders `value` as JSON or YAML, or as the table `table` draws.
 pub fn render<T: Serialize>(

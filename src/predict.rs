@@ -56,6 +56,84 @@ pub struct PredictOptions {
     pub threads: usize,
 }
 
+impl PredictOptions {
+    /// Predicting `source`: with `split`, that split of the dataset staged at the URL `source`;
+    /// else the patches in the folder or zip `source` (a URL, or a staged dataset's folder,
+    /// without `split` is a mistake). The rest default: no TTA, the run's batch size, device
+    /// and threshold, one decoding thread per core.
+    pub fn new(source: &str, split: Option<Split>) -> Result<Self, PredictError> {
+        let source = match split {
+            Some(split) => PredictSource::Staged {
+                url: source.to_string(),
+                split,
+            },
+            None if source.contains("://") => {
+                return Err(PredictError::Invalid(format!(
+                    "{source} is a URL: give --split to predict a split of the dataset staged there"
+                )));
+            }
+            None => {
+                let path = PathBuf::from(source);
+                if path.join(crate::layout::dataset::MANIFEST).is_file() {
+                    return Err(PredictError::Invalid(format!(
+                        "{source} is a staged dataset: give --split train|val|test to predict one of its splits"
+                    )));
+                }
+                PredictSource::Patches(path)
+            }
+        };
+        Ok(Self {
+            source,
+            tta: false,
+            batch_size: None,
+            device: None,
+            threshold: None,
+            threads: 0,
+        })
+    }
+}
+
+/// Checks slide maps can be drawn for the prepared run: they show p(IDC), so two classes.
+pub fn check_maps(p: &Prepared) -> Result<(), PredictError> {
+    match p.spec.classes.len() {
+        2 => Ok(()),
+        n => Err(PredictError::Invalid(format!(
+            "--maps draws p(IDC) over slides: run {} has {n} classes",
+            p.spec.run_id
+        ))),
+    }
+}
+
+/// The metrics over the `labelled` images, in lines (two classes: at `threshold`, with the
+/// confusion matrix).
+pub fn metrics_text(m: &Metrics, labelled: u64, threshold: f64) -> String {
+    use crate::metrics::MetricName;
+    let shown: Vec<String> = MetricName::ALL
+        .into_iter()
+        .filter(|n| *n != MetricName::Loss)
+        .map(|n| {
+            let label = match m {
+                Metrics::Binary(_) => n.label(),
+                Metrics::Multiclass(_) => n.label_multiclass(),
+            };
+            format!("{label} {:.4}", n.of(m))
+        })
+        .collect();
+    let at = match m {
+        Metrics::Binary(_) => format!(" at threshold {threshold:.3}"),
+        Metrics::Multiclass(_) => String::new(),
+    };
+    let mut text = format!("{labelled} labelled images{at}: {}", shown.join(", "));
+    if let Metrics::Binary(b) = m {
+        let c = &b.confusion;
+        text.push_str(&format!(
+            "\nconfusion (rows true, columns predicted):\n            no IDC    IDC\n  no IDC  {:>8} {:>6}\n  IDC     {:>8} {:>6}",
+            c.tn, c.fp, c.fn_, c.tp
+        ));
+    }
+    text
+}
+
 /// Why a prediction failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PredictError {
@@ -613,11 +691,22 @@ pub async fn render_job(p: &Prepared, defaults: &ClusterDefaults) -> Result<Job,
 }
 
 /// How `write_output` writes the rows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OutputFormat {
     Csv,
     Jsonl,
 }
+
+impl crate::choice::Choice for OutputFormat {
+    const ALL: &'static [Self] = &[OutputFormat::Csv, OutputFormat::Jsonl];
+    fn name(self) -> &'static str {
+        match self {
+            OutputFormat::Csv => "csv",
+            OutputFormat::Jsonl => "jsonl",
+        }
+    }
+}
+crate::choice_names!(OutputFormat);
 
 impl OutputFormat {
     /// The format a file name's extension says (`.jsonl`, `.ndjson`, `.json`: JSON Lines).
@@ -776,6 +865,35 @@ pub async fn input_pixels(p: &Prepared) -> Result<Vec<Vec<u8>>, PredictError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn options_name_the_source() {
+        let staged = PredictOptions::new("s3://b/d", Some(Split::Test)).unwrap();
+        assert!(matches!(
+            staged.source,
+            PredictSource::Staged {
+                split: Split::Test,
+                ..
+            }
+        ));
+        let e = PredictOptions::new("s3://b/d", None).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "s3://b/d is a URL: give --split to predict a split of the dataset staged there"
+        );
+        assert_eq!(
+            crate::exit::ProcessExitCode::process_exit_code(&e),
+            crate::exit::ExitCode::UserError
+        );
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(crate::layout::dataset::MANIFEST), "{}").unwrap();
+        let e = PredictOptions::new(dir.path().to_str().unwrap(), None).unwrap_err();
+        assert!(e.to_string().ends_with(
+            "is a staged dataset: give --split train|val|test to predict one of its splits"
+        ));
+        let p = PredictOptions::new("patches.zip", None).unwrap();
+        assert!(matches!(p.source, PredictSource::Patches(_)));
+    }
 
     fn row(file: &str, probabilities: Vec<f32>, label: Option<u8>) -> Prediction {
         Prediction {

@@ -313,6 +313,97 @@ impl Summary {
     }
 }
 
+/// Why a command cannot read a run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("no run {run_id} in {bucket} (see idcctl list)")]
+    NotFound { run_id: String, bucket: String },
+    #[error("run {run_id} has no report yet ({phase}: {reason})", phase = crate::output::name_of(.phase))]
+    NoReport {
+        run_id: String,
+        phase: Phase,
+        reason: String,
+    },
+    #[error("report.json is not readable")]
+    BadReport(#[source] serde_json::Error),
+    #[error("creating {}", .0.display())]
+    CreateDir(std::path::PathBuf, #[source] std::io::Error),
+    #[error("writing {}", .0.display())]
+    Write(std::path::PathBuf, #[source] std::io::Error),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl crate::exit::ProcessExitCode for RunError {
+    /// A run or report that is not there is the caller's mistake; the rest may pass on retry.
+    fn process_exit_code(&self) -> crate::exit::ExitCode {
+        use crate::exit::ExitCode;
+        match self {
+            RunError::NotFound { .. } | RunError::NoReport { .. } => ExitCode::UserError,
+            RunError::Store(e) => e.process_exit_code(),
+            RunError::BadReport(_)
+            | RunError::CreateDir(..)
+            | RunError::Write(..)
+            | RunError::Io(_) => ExitCode::Failure,
+        }
+    }
+}
+
+/// The run `run_id` in the bucket `root`, and its record; [`RunError::NotFound`] when it has
+/// none.
+pub async fn open(root: &Store, run_id: &str) -> Result<(Store, RunStatus), RunError> {
+    let run = run_store(root, run_id);
+    match read_status(&run).await? {
+        Some(status) => Ok((run, status)),
+        None => Err(RunError::NotFound {
+            run_id: run_id.to_string(),
+            bucket: root.url().to_string(),
+        }),
+    }
+}
+
+/// The run's evaluation report (`report.json`).
+pub async fn read_report(run: &Store) -> Result<crate::metrics::AnyReport, RunError> {
+    parse_report(&run.get(layout::run::REPORT).await?)
+}
+
+/// The run's report.json as stored; [`RunError::NoReport`] before the run has one.
+pub async fn report_bytes(run: &Store, s: &RunStatus) -> Result<Bytes, RunError> {
+    run.get_opt(layout::run::REPORT)
+        .await?
+        .ok_or_else(|| no_report(s))
+}
+
+/// Parses report.json.
+pub fn parse_report(bytes: &[u8]) -> Result<crate::metrics::AnyReport, RunError> {
+    serde_json::from_slice(bytes).map_err(RunError::BadReport)
+}
+
+/// Writes the run's report.json (`report`, as stored) and metrics.jsonl, when there, into the
+/// folder `dir`, made when missing.
+pub async fn save_report(
+    run: &Store,
+    report: &[u8],
+    dir: &std::path::Path,
+) -> Result<(), RunError> {
+    std::fs::create_dir_all(dir).map_err(|e| RunError::CreateDir(dir.into(), e))?;
+    std::fs::write(dir.join("report.json"), report).map_err(|e| RunError::Write(dir.into(), e))?;
+    if let Some(m) = run.get_opt(layout::run::METRICS).await? {
+        std::fs::write(dir.join("metrics.jsonl"), &m)?;
+    }
+    Ok(())
+}
+
+fn no_report(s: &RunStatus) -> RunError {
+    RunError::NoReport {
+        run_id: s.run_id.clone(),
+        phase: s.phase,
+        reason: s.reason.clone().unwrap_or_default(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -334,6 +334,18 @@ pub enum DeviceSpec {
     Cuda,
 }
 
+impl crate::choice::Choice for DeviceSpec {
+    const ALL: &'static [Self] = &[DeviceSpec::Auto, DeviceSpec::Cpu, DeviceSpec::Cuda];
+    fn name(self) -> &'static str {
+        match self {
+            DeviceSpec::Auto => "auto",
+            DeviceSpec::Cpu => "cpu",
+            DeviceSpec::Cuda => "cuda",
+        }
+    }
+}
+crate::choice_names!(DeviceSpec);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Precision {

@@ -32,16 +32,7 @@ pub const DEFAULT_SHARD_RECORDS: usize = 4096;
 
 /// What kind of download is staged.
 #[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Default,
-    Serialize,
-    Deserialize,
-    clap::ValueEnum,
-    schemars::JsonSchema,
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
 )]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
@@ -53,6 +44,31 @@ pub enum Format {
     /// A folder of MNIST-style IDX files (`train-images-idx3-ubyte.gz` and friends).
     Idx,
 }
+
+impl crate::choice::Choice for Format {
+    const ALL: &'static [Self] = &[Format::Idc, Format::Cifar10, Format::Idx];
+    fn name(self) -> &'static str {
+        match self {
+            Format::Idc => "idc",
+            Format::Cifar10 => "cifar10",
+            Format::Idx => "idx",
+        }
+    }
+    fn about(self) -> Option<&'static str> {
+        Some(match self {
+            Format::Idc => {
+                "The IDC patches: the Kaggle folder or zip (`<patient>/<class>/..._class<C>.png`)"
+            }
+            Format::Cifar10 => {
+                "CIFAR-10 as downloaded (`cifar-10-python.tar.gz` or `cifar-10-binary.tar.gz`)"
+            }
+            Format::Idx => {
+                "A folder of MNIST-style IDX files (`train-images-idx3-ubyte.gz` and friends)"
+            }
+        })
+    }
+}
+crate::choice_names!(Format);
 
 impl Format {
     /// The archive format, for formats with an official train/test split.
@@ -100,6 +116,116 @@ impl Default for StageOptions {
             threads: 0,
             force: false,
         }
+    }
+}
+
+/// A stage as `idcctl stage` is asked for it, flags as given: `None` (or false) where the
+/// format's default applies.
+#[derive(Debug, Clone, Default)]
+pub struct StageFlags {
+    pub format: Format,
+    pub split: Option<SplitMethod>,
+    pub val: Option<SplitSize>,
+    pub test: Option<SplitSize>,
+    pub seed: u64,
+    /// Comma-separated names, or a preset (`fashion-mnist`, `mnist`).
+    pub class_names: Option<String>,
+    pub skip_undersized: bool,
+    pub strict: bool,
+    pub shard_records: usize,
+    pub threads: usize,
+    pub force: bool,
+}
+
+impl StageOptions {
+    /// Staging `format` with `split` (default: the format's, see [`default_split`]), the class
+    /// names and undersized patches' fate; the rest as [`Default`]. The one constructor both
+    /// `idcctl stage` and a manifest's `dataset.source` go through.
+    pub fn new(
+        format: Format,
+        split: Option<SplitOptions>,
+        class_names: Option<Vec<String>>,
+        undersized: Undersized,
+    ) -> Self {
+        Self {
+            format,
+            split: split.unwrap_or_else(|| default_split(format)),
+            class_names,
+            undersized,
+            ..Default::default()
+        }
+    }
+
+    /// The options `idcctl stage`'s flags ask for, checked against the format (messages name
+    /// the flags).
+    pub fn from_flags(f: &StageFlags) -> Result<Self, StageError> {
+        let archive = f.format.archive().is_some();
+        if archive {
+            for (given, flag) in [
+                (f.split.is_some(), "--split"),
+                (f.test.is_some(), "--test"),
+                (f.skip_undersized, "--skip-undersized"),
+            ] {
+                if given {
+                    return Err(StageError::Flags(format!(
+                        "{flag} does not apply to --format {}: its official test set is kept and validation is carved from the training images (--val)",
+                        f.format
+                    )));
+                }
+            }
+        }
+        let class_names = match &f.class_names {
+            None => None,
+            Some(_) if !archive => {
+                return Err(StageError::Flags(
+                    "--class-names applies to --format cifar10 or idx; the IDC classes are fixed"
+                        .into(),
+                ));
+            }
+            Some(s) => Some(match archive::named_classes(s) {
+                Some(preset) => preset,
+                None => {
+                    let names: Vec<String> = s.split(',').map(|n| n.trim().to_string()).collect();
+                    if names.len() < 2 || names.iter().any(|n| n.is_empty()) {
+                        return Err(StageError::Flags(format!(
+                            "--class-names '{s}' is neither a preset (fashion-mnist, mnist) nor a comma-separated list of at least two names"
+                        )));
+                    }
+                    names
+                }
+            }),
+        };
+        let default = default_split(f.format);
+        let split = SplitOptions {
+            method: f.split.unwrap_or_default(),
+            val: f.val.unwrap_or(default.val),
+            test: f.test.unwrap_or(default.test),
+            seed: f.seed,
+        };
+        let undersized = if f.skip_undersized {
+            Undersized::Skip
+        } else {
+            Undersized::Pad
+        };
+        Ok(Self {
+            strict: f.strict,
+            shard_records: f.shard_records,
+            threads: f.threads,
+            force: f.force,
+            ..Self::new(f.format, Some(split), class_names, undersized)
+        })
+    }
+}
+
+/// The split unless told otherwise: archives carve [`DEFAULT_ARCHIVE_VAL`] of their training
+/// images into validation; IDC takes [`SplitOptions::default`].
+pub fn default_split(format: Format) -> SplitOptions {
+    match format.archive() {
+        Some(_) => SplitOptions {
+            val: DEFAULT_ARCHIVE_VAL,
+            ..Default::default()
+        },
+        None => SplitOptions::default(),
     }
 }
 
@@ -156,6 +282,9 @@ pub enum StageError {
     Interrupted { done: usize, total: usize },
     #[error("option {0}")]
     BadOption(String),
+    /// `idcctl stage` flags that do not go together.
+    #[error("{0}")]
+    Flags(String),
 }
 
 impl crate::exit::ProcessExitCode for StageError {
@@ -169,7 +298,8 @@ impl crate::exit::ProcessExitCode for StageError {
             | StageError::Split(_)
             | StageError::Conflict { .. }
             | StageError::Strict { .. }
-            | StageError::BadOption(_) => ExitCode::UserError,
+            | StageError::BadOption(_)
+            | StageError::Flags(_) => ExitCode::UserError,
             StageError::Store(e) => e.process_exit_code(),
             StageError::Interrupted { .. } => ExitCode::Interrupted,
         }
@@ -865,6 +995,58 @@ fn build_manifest(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn flags_are_checked_against_the_format() {
+        let cifar = |f: StageFlags| {
+            StageOptions::from_flags(&StageFlags {
+                format: Format::Cifar10,
+                ..f
+            })
+        };
+        let e = cifar(StageFlags {
+            test: Some(SplitSize::Count(5)),
+            ..Default::default()
+        });
+        assert_eq!(
+            e.unwrap_err().to_string(),
+            "--test does not apply to --format cifar10: its official test set is kept and validation is carved from the training images (--val)"
+        );
+        let o = cifar(StageFlags {
+            class_names: Some("mnist".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(o.split.val, DEFAULT_ARCHIVE_VAL);
+        assert_eq!(o.class_names.unwrap().len(), 10);
+        let e = cifar(StageFlags {
+            class_names: Some("a,".into()),
+            ..Default::default()
+        });
+        assert!(
+            e.unwrap_err()
+                .to_string()
+                .starts_with("--class-names 'a,' is neither")
+        );
+        let idc = StageFlags {
+            class_names: Some("a,b".into()),
+            ..Default::default()
+        };
+        let e = StageOptions::from_flags(&idc).unwrap_err();
+        assert_eq!(
+            crate::exit::ProcessExitCode::process_exit_code(&e),
+            crate::exit::ExitCode::UserError
+        );
+        let o = StageOptions::from_flags(&StageFlags {
+            skip_undersized: true,
+            ..Default::default()
+        });
+        let o = o.unwrap();
+        assert_eq!(
+            (o.undersized, o.split.val),
+            (Undersized::Skip, SplitOptions::default().val)
+        );
+    }
 
     #[test]
     fn a_v1_dataset_keeps_its_identity() {

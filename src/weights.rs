@@ -107,12 +107,29 @@ impl TensorData {
 }
 
 /// Models whose pretrained weights can be imported.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ImportModel {
     /// torchvision's resnet34 (`resnet34-b627a593.pth`): the backbone; its 1000-class `fc` is
     /// dropped (the worker's head is new).
     Resnet34,
 }
+
+impl crate::choice::Choice for ImportModel {
+    const ALL: &'static [Self] = &[ImportModel::Resnet34];
+    fn name(self) -> &'static str {
+        match self {
+            ImportModel::Resnet34 => "resnet34",
+        }
+    }
+    fn about(self) -> Option<&'static str> {
+        Some(match self {
+            ImportModel::Resnet34 => {
+                "torchvision's resnet34 (`resnet34-b627a593.pth`): the backbone; its 1000-class `fc` is dropped (the worker's head is new)"
+            }
+        })
+    }
+}
+crate::choice_names!(ImportModel);
 
 impl ImportModel {
     /// Every backbone tensor the model loads, with its shape.
@@ -430,6 +447,43 @@ impl Imported {
     /// Bytes of tensor data imported.
     pub fn bytes(&self) -> usize {
         self.tensors.iter().map(|(_, t)| t.bytes.len()).sum()
+    }
+
+    /// What the import changed or left out of the checkpoint, a line each: the stripped
+    /// DataParallel prefix, the dropped keys (counters and the old head), the unused ones.
+    pub fn notes(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.stripped_module_prefix {
+            out.push("stripped DataParallel's 'module.' prefix from the keys".to_string());
+        }
+        if !self.dropped.is_empty() {
+            let (counters, head): (Vec<&String>, Vec<&String>) = self
+                .dropped
+                .iter()
+                .partition(|n| n.ends_with("num_batches_tracked"));
+            let head: Vec<&str> = head.into_iter().map(String::as_str).collect();
+            out.push(format!(
+                "dropped {} keys: {} num_batches_tracked buffers{}",
+                self.dropped.len(),
+                counters.len(),
+                if head.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        ", the old head [{}] (the model's head is new)",
+                        head.join(", ")
+                    )
+                }
+            ));
+        }
+        if !self.extra.is_empty() {
+            out.push(format!(
+                "ignored {} keys the model has no use for: [{}]",
+                self.extra.len(),
+                self.extra.join(", ")
+            ));
+        }
+        out
     }
 }
 

@@ -388,22 +388,12 @@ async fn ensure_dataset(
         .as_ref()
         .expect("manifest checks url or source");
     let ds = root.child(&dataset_prefix(exp));
-    let format = exp.dataset.format.unwrap_or_default();
-    let split = match (&exp.dataset.split, format.archive()) {
-        (Some(s), _) => s.clone(),
-        (None, Some(_)) => crate::dataset::split::SplitOptions {
-            val: stage::DEFAULT_ARCHIVE_VAL,
-            ..Default::default()
-        },
-        (None, None) => Default::default(),
-    };
-    let opts = StageOptions {
-        format,
-        split,
-        class_names: exp.dataset.class_names.clone(),
-        undersized: exp.dataset.undersized.unwrap_or(Undersized::Pad),
-        ..Default::default()
-    };
+    let opts = StageOptions::new(
+        exp.dataset.format.unwrap_or_default(),
+        exp.dataset.split.clone(),
+        exp.dataset.class_names.clone(),
+        exp.dataset.undersized.unwrap_or(Undersized::Pad),
+    );
     tracing::info!(
         "staging {source} to {} (skipped when already staged)",
         ds.url()
@@ -974,4 +964,44 @@ async fn restart_on(run: &Store, status: RunStatus, cluster: &Cluster) -> Result
     s.reason = Some("resumed: a new Job was created".into());
     run::write_status(run, &s).await?;
     Ok(())
+}
+
+/// How `idcctl cancel` ended, as [`cancel_and_wait`] saw it.
+#[derive(Debug)]
+pub enum CancelEnd {
+    /// The run had already ended: nothing was cancelled.
+    AlreadyEnded(Box<RunStatus>),
+    /// Kubernetes: its Job was deleted; the worker checkpoints on SIGTERM.
+    JobDeleted,
+    /// Local: the supervisor recorded the end.
+    Ended(Box<RunStatus>),
+    /// Local: the supervisor had not recorded the end after a while; `signalled`: a worker was
+    /// sent SIGTERM.
+    Requested { signalled: bool },
+}
+
+/// [`cancel`]s the run, then, on the local backend, waits briefly (20 s) for its supervisor to
+/// record the end, so that the user sees the outcome.
+pub async fn cancel_and_wait(
+    run: &Store,
+    status: RunStatus,
+    target: &Target,
+) -> Result<CancelEnd, BackendError> {
+    let backend = status.backend;
+    let signalled = match cancel(run, status, target).await? {
+        CancelOutcome::AlreadyEnded(s) => return Ok(CancelEnd::AlreadyEnded(s)),
+        CancelOutcome::Requested { signalled } => signalled,
+    };
+    if backend == Backend::Kubernetes {
+        return Ok(CancelEnd::JobDeleted);
+    }
+    for _ in 0..100 {
+        if let Some(s) = run::read_status(run).await?
+            && s.phase.is_terminal()
+        {
+            return Ok(CancelEnd::Ended(Box::new(s)));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(CancelEnd::Requested { signalled })
 }

@@ -1,24 +1,25 @@
-//! Command-line interface of `idcctl`: argument parsing, progress display and exit codes.
+//! Command-line interface of `idcctl`: argument parsing, progress display and exit codes. Each
+//! command parses, calls the library, prints.
 
 use anyhow::Context;
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use idc::dataset::decode::Undersized;
-use idc::dataset::split::{SplitMethod, SplitOptions, SplitSize};
+use idc::choice::Choice;
+use idc::dataset::split::{SplitMethod, SplitSize};
 use idc::dataset::synth::{self, SynthOptions};
 use idc::exit::{ExitCode, ProcessExitCode};
 use idc::output::{self, OutputFormat};
-use idc::stage::{self, StageHooks, StageOptions, StageStatus};
+use idc::stage::{self, StageFlags, StageHooks, StageOptions, StageStatus};
 use idc::store::Store;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 mod exit;
 mod predict;
-mod reports;
 mod runs;
 mod sweep;
-mod track;
 mod weights;
 
 /// idcctl stages the breast histopathology (IDC) dataset into object storage and runs
@@ -49,103 +50,28 @@ enum Command {
     /// Submit an experiment manifest as a run (stages its dataset first when needed).
     Submit(runs::SubmitArgs),
     /// Print a run's log (-f: follow it until the run ends, across attempts).
-    Logs {
-        run: String,
-        #[arg(short = 'f', long)]
-        follow: bool,
-        /// Show this attempt (1-based) instead of the latest.
-        #[arg(long)]
-        attempt: Option<u32>,
-        #[command(flatten)]
-        storage: runs::StorageArg,
-        #[command(flatten)]
-        cluster: runs::ClusterArgs,
-    },
+    Logs(runs::LogsArgs),
     /// Show a run's phase, latest validation metrics, throughput and ETA.
-    Status {
-        run: String,
-        #[command(flatten)]
-        storage: runs::StorageArg,
-        #[command(flatten)]
-        cluster: runs::ClusterArgs,
-        #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Table)]
-        output: OutputFormat,
-    },
+    Status(runs::StatusArgs),
     /// List runs, newest first: the latest 50 unless told otherwise.
-    List {
-        #[command(flatten)]
-        which: runs::ListArgs,
-        #[command(flatten)]
-        storage: runs::StorageArg,
-        #[command(flatten)]
-        cluster: runs::ClusterArgs,
-        #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Table)]
-        output: OutputFormat,
-    },
+    List(runs::ListArgs),
     /// Print a run's evaluation report (--out DIR also saves report.json and metrics.jsonl;
     /// --html DIR writes an HTML report with plots).
-    Report {
-        run: String,
-        #[arg(long)]
-        out: Option<PathBuf>,
-        /// Also write an HTML report to this folder: index.html and its plots (SVG); two-class
-        /// runs get slide maps of their test patients in DIR/slides/.
-        #[arg(long, value_name = "DIR")]
-        html: Option<PathBuf>,
-        /// Slide maps of only the N test patients with most patches (default: all).
-        #[arg(long, value_name = "N", requires = "html")]
-        slides: Option<usize>,
-        #[command(flatten)]
-        storage: runs::StorageArg,
-        #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Table)]
-        output: OutputFormat,
-    },
+    Report(runs::ReportArgs),
     /// Compare runs side by side: configs (differences marked) and test/val metrics (best marked).
-    Compare {
-        /// The runs (two or more).
-        #[arg(required = true, num_args = 2..)]
-        runs: Vec<String>,
-        /// Also write an HTML page with overlay plots: a .html file, or a folder for index.html.
-        #[arg(long, value_name = "FILE_OR_DIR")]
-        html: Option<PathBuf>,
-        #[command(flatten)]
-        storage: runs::StorageArg,
-        #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Table)]
-        output: OutputFormat,
-    },
+    Compare(runs::CompareArgs),
     /// Apply a finished run's best checkpoint to new patches (a folder or zip, labels optional)
     /// or to a staged dataset's split; writes CSV or JSON Lines, and the metrics when labelled.
     Predict(predict::PredictArgs),
     /// Experiment trackers: bring runs' MLflow mirrors up to date from the bucket.
     #[command(subcommand)]
-    Track(TrackCommand),
+    Track(runs::TrackCommand),
     /// Gather runs' TensorBoard event files into a log folder (then: tensorboard --logdir DIR).
-    Tensorboard {
-        /// The runs.
-        #[arg(required = true)]
-        runs: Vec<String>,
-        /// The folder TensorBoard reads: each run's events go to DIR/<run>/.
-        #[arg(long, value_name = "DIR")]
-        logdir: PathBuf,
-        #[command(flatten)]
-        storage: runs::StorageArg,
-    },
+    Tensorboard(runs::TensorboardArgs),
     /// Cancel a run: the worker checkpoints and stops (SIGTERM, then SIGKILL after 30s).
-    Cancel {
-        run: String,
-        #[command(flatten)]
-        storage: runs::StorageArg,
-        #[command(flatten)]
-        cluster: runs::ClusterArgs,
-    },
+    Cancel(runs::RunArgs),
     /// Start a cancelled or failed run again from its latest checkpoint.
-    Resume {
-        run: String,
-        #[command(flatten)]
-        storage: runs::StorageArg,
-        #[command(flatten)]
-        cluster: runs::ClusterArgs,
-    },
+    Resume(runs::RunArgs),
     /// Hyperparameter sweeps: run a sweep manifest (sampler, pruner, parallel trials), show
     /// its trials.
     #[command(subcommand)]
@@ -156,25 +82,6 @@ enum Command {
     /// Internal commands used by idcctl itself.
     #[command(subcommand, hide = true)]
     Internal(runs::InternalCommand),
-}
-
-#[derive(Subcommand, Debug)]
-enum TrackCommand {
-    /// Send MLflow what it lacks of each run: params, tags, metrics, status, and report.json,
-    /// metrics.jsonl and the HTML report as artifacts. Idempotent.
-    Sync {
-        /// The runs.
-        #[arg(required = true)]
-        runs: Vec<String>,
-        /// The tracking server (default: the run's manifest's, else MLFLOW_TRACKING_URI).
-        #[arg(long)]
-        uri: Option<String>,
-        /// The MLflow experiment (default: the run's manifest's, else its name).
-        #[arg(long)]
-        experiment: Option<String>,
-        #[command(flatten)]
-        storage: runs::StorageArg,
-    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -203,7 +110,7 @@ struct StageArgs {
     /// for idx the folder of IDX files.
     source: PathBuf,
     /// What the download is: IDC patches, CIFAR-10, or MNIST-style IDX files.
-    #[arg(long, value_enum, default_value_t = stage::Format::Idc)]
+    #[arg(long, value_parser = choice::<stage::Format>(), default_value_t = stage::Format::Idc)]
     format: stage::Format,
     /// Class names, index = label: comma-separated, or a preset (fashion-mnist, mnist). IDX files
     /// carry none (default: the label numbers); CIFAR-10's come from its metadata.
@@ -216,7 +123,7 @@ struct StageArgs {
     to: String,
     /// IDC: how patches are split, by patient (no patient in two splits) or at random [default:
     /// patient].
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = choice::<SplitMethod>())]
     split: Option<SplitMethod>,
     /// Validation split size: a count (38000) or a fraction (0.15, 15%) [default: 0.15 of the
     /// IDC patches; for archives 0.1 of the training images, stratified by class].
@@ -245,7 +152,7 @@ struct StageArgs {
     #[arg(long)]
     force: bool,
     /// Output format of the summary.
-    #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Table)]
+    #[arg(short = 'o', long, value_parser = choice::<OutputFormat>(), default_value_t = OutputFormat::Table)]
     output: OutputFormat,
 }
 
@@ -258,7 +165,7 @@ enum DatasetCommand {
         /// The dataset's URL, as given to `idcctl stage --to`.
         url: String,
         /// Output format.
-        #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Table)]
+        #[arg(short = 'o', long, value_parser = choice::<OutputFormat>(), default_value_t = OutputFormat::Table)]
         output: OutputFormat,
     },
 }
@@ -327,96 +234,21 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Stage(args) => stage_cmd(args).await,
         Command::Dataset(DatasetCommand::Synth(args)) => synth_cmd(args),
-        Command::Validate { file } => {
-            if let Some(done) = sweep::validate_if_sweep(&file) {
-                return done;
-            }
-            let exp = idc::experiment::load(&file)?;
-            println!(
-                "{}: valid: experiment {}, model {}, {} backend, {} epochs",
-                file.display(),
-                exp.name,
-                exp.train.model.name(),
-                output::name_of(&exp.backend),
-                exp.train.epochs
-            );
-            Ok(ExitCode::Success)
-        }
-        Command::Submit(args) => runs::submit(args).await,
-        Command::Logs {
-            run,
-            follow,
-            attempt,
-            storage,
-            cluster,
-        } => runs::logs(storage, cluster, run, follow, attempt).await,
-        Command::Status {
-            run,
-            storage,
-            cluster,
-            output,
-        } => runs::status(storage, cluster, run, output).await,
-        Command::List {
-            which,
-            storage,
-            cluster,
-            output,
-        } => runs::list(storage, cluster, which, output).await,
-        Command::Report {
-            run,
-            out,
-            html,
-            slides,
-            storage,
-            output,
-        } => {
-            let code = runs::report(storage.clone(), run.clone(), out, output).await?;
-            if let Some(dir) = html {
-                reports::html_report(&storage, &run, &dir, slides).await?;
-            }
-            Ok(code)
-        }
-        Command::Compare {
-            runs,
-            html,
-            storage,
-            output,
-        } => reports::compare(storage, runs, html, output).await,
-        Command::Predict(args) => predict::predict(args).await,
-        Command::Track(TrackCommand::Sync {
-            runs,
-            uri,
-            experiment,
-            storage,
-        }) => {
-            track::sync(
-                &storage,
-                &runs,
-                &idc::track::TargetOverride { uri, experiment },
-            )
-            .await
-        }
-        Command::Tensorboard {
-            runs,
-            logdir,
-            storage,
-        } => track::tensorboard(&storage, &runs, &logdir).await,
-        Command::Cancel {
-            run,
-            storage,
-            cluster,
-        } => runs::cancel(storage, cluster, run).await,
-        Command::Resume {
-            run,
-            storage,
-            cluster,
-        } => runs::resume(storage, cluster, run).await,
-        Command::Sweep(cmd) => sweep::command(cmd).await,
-        Command::Weights(cmd) => weights::command(cmd).await,
-        Command::Internal(runs::InternalCommand::Supervise { run }) => runs::supervise(&run).await,
-        Command::Internal(runs::InternalCommand::DriveSweep { sweep }) => {
-            sweep::drive_stored(&sweep).await
-        }
+        Command::Validate { file } => validate(&file),
+        Command::Submit(args) => args.run().await,
+        Command::Logs(args) => args.run().await,
+        Command::Status(args) => args.run().await,
+        Command::List(args) => args.run().await,
+        Command::Report(args) => args.run().await,
+        Command::Compare(args) => args.run().await,
+        Command::Predict(args) => args.run().await,
+        Command::Track(runs::TrackCommand::Sync(args)) => args.run().await,
+        Command::Tensorboard(args) => args.run().await,
+        Command::Cancel(args) => args.cancel().await,
+        Command::Resume(args) => args.resume().await,
+        Command::Sweep(cmd) => cmd.run().await,
+        Command::Weights(weights::WeightsCommand::Import(args)) => args.run().await,
+        Command::Internal(cmd) => cmd.run().await,
         Command::Manifest(ManifestCommand::Schema { kind }) => {
             let schema = match kind {
                 SchemaKind::Experiment => idc::experiment::json_schema(),
@@ -433,170 +265,103 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     store.url()
                 ))
             })?;
-            print!(
-                "{}",
-                output::render(&manifest, output, output::dataset_table)
-            );
-            Ok(ExitCode::Success)
+            print_render(&manifest, output, output::dataset_table)
         }
     }
 }
 
-/// The stage options `args` ask for, checked against the format.
-fn stage_options(args: &StageArgs) -> Result<StageOptions, UserError> {
-    let archive = args.format.archive().is_some();
-    let format = output::name_of(&args.format);
-    if archive {
-        for (given, flag) in [
-            (args.split.is_some(), "--split"),
-            (args.test.is_some(), "--test"),
-            (args.skip_undersized, "--skip-undersized"),
-        ] {
-            if given {
-                return Err(UserError(format!(
-                    "{flag} does not apply to --format {format}: its official test set is kept and validation is carved from the training images (--val)"
-                )));
-            }
-        }
+/// `idcctl validate FILE`: an experiment or a sweep manifest.
+fn validate(file: &std::path::Path) -> anyhow::Result<ExitCode> {
+    if idc::sweep::manifest::is_sweep(&std::fs::read_to_string(file).unwrap_or_default()) {
+        return sweep::validate(file);
     }
-    let class_names = match &args.class_names {
-        None => None,
-        Some(_) if !archive => {
-            return Err(UserError(
-                "--class-names applies to --format cifar10 or idx; the IDC classes are fixed"
-                    .into(),
-            ));
-        }
-        Some(s) => Some(match idc::dataset::archive::named_classes(s) {
-            Some(preset) => preset,
-            None => {
-                let names: Vec<String> = s.split(',').map(|n| n.trim().to_string()).collect();
-                if names.len() < 2 || names.iter().any(|n| n.is_empty()) {
-                    return Err(UserError(format!(
-                        "--class-names '{s}' is neither a preset (fashion-mnist, mnist) nor a comma-separated list of at least two names"
-                    )));
-                }
-                names
-            }
-        }),
-    };
-    let default_val = if archive {
-        stage::DEFAULT_ARCHIVE_VAL
-    } else {
-        SplitOptions::default().val
-    };
-    Ok(StageOptions {
-        format: args.format,
-        split: SplitOptions {
-            method: args.split.unwrap_or_default(),
-            val: args.val.unwrap_or(default_val),
-            test: args.test.unwrap_or(SplitOptions::default().test),
-            seed: args.seed,
-        },
-        class_names,
-        undersized: if args.skip_undersized {
-            Undersized::Skip
-        } else {
-            Undersized::Pad
-        },
-        strict: args.strict,
-        shard_records: args.shard_records,
-        threads: args.threads,
-        force: args.force,
-    })
-}
-
-async fn stage_cmd(args: StageArgs) -> anyhow::Result<ExitCode> {
-    let dest = Store::open(&args.to)?;
-    let opts = stage_options(&args)?;
-    let pb = ProgressBar::new(0).with_style(
-        ProgressStyle::with_template(
-            "{spinner} {msg} [{bar:30}] {human_pos}/{human_len} patches ({per_sec}, eta {eta})",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
-    );
-    pb.set_message("staging");
-    pb.enable_steady_tick(std::time::Duration::from_millis(200));
-    let hooks = StageHooks {
-        progress: Some(pb.clone()),
-        ..Default::default()
-    };
-    let cancel = hooks.cancel.clone();
-    tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!(
-                "\ninterrupt: finishing the shard in flight, then stopping (Ctrl-C again to abort)"
-            );
-            cancel.store(true, Ordering::SeqCst);
-            if tokio::signal::ctrl_c().await.is_ok() {
-                std::process::exit(ExitCode::Interrupted as i32);
-            }
-        }
-    });
-    let outcome = stage::stage(&args.source, &dest, &opts, &hooks)
-        .await
-        .with_context(|| format!("staging {} to {}", args.source.display(), dest.url()))?;
-    pb.finish_and_clear();
-    match outcome.status {
-        StageStatus::AlreadyStaged => eprintln!(
-            "{} already holds dataset {} from this source with these options: nothing to do",
-            dest.url(),
-            outcome.manifest.id
-        ),
-        StageStatus::Staged { written, resumed } => {
-            let elapsed = pb.elapsed().as_secs_f64();
-            let rate = outcome.manifest.records() as f64 / elapsed.max(1e-9);
-            let what = if outcome.manifest.source.kind.is_archive() {
-                "images"
-            } else {
-                "patches"
-            };
-            eprintln!(
-                "staged {} {what} to {} in {elapsed:.1}s ({rate:.0} {what}/s): {written} shards written{}",
-                outcome.manifest.records(),
-                dest.url(),
-                if resumed > 0 {
-                    format!(", {resumed} reused from an interrupted stage")
-                } else {
-                    String::new()
-                }
-            );
-        }
-    }
-    if outcome.manifest.source.duplicates > 0 {
-        eprintln!(
-            "note: the source holds the tree twice; {} duplicate files were counted once",
-            outcome.manifest.source.duplicates
-        );
-    }
-    print!(
-        "{}",
-        output::render(&outcome.manifest, args.output, output::dataset_table)
+    let exp = idc::experiment::load(file)?;
+    println!(
+        "{}: valid: experiment {}, model {}, {} backend, {} epochs",
+        file.display(),
+        exp.name,
+        exp.train.model.name(),
+        exp.backend,
+        exp.train.epochs
     );
     Ok(ExitCode::Success)
 }
 
-fn synth_cmd(args: SynthArgs) -> anyhow::Result<ExitCode> {
-    if !(0.0..=1.0).contains(&args.edge_fraction) || !(0.0..=1.0).contains(&args.label_noise) {
-        return Err(UserError(
-            "--edge-fraction and --label-noise are fractions between 0 and 1".into(),
-        )
-        .into());
-    }
-    if args.patients == 0 || args.per_patient == 0 {
-        return Err(UserError("--patients and --per-patient must be at least 1".into()).into());
-    }
-    let opts = SynthOptions {
-        patients: args.patients,
-        per_patient: args.per_patient,
-        seed: args.seed,
-        corrupt: args.corrupt,
-        edge_fraction: args.edge_fraction,
-        label_noise: args.label_noise,
+async fn stage_cmd(a: StageArgs) -> anyhow::Result<ExitCode> {
+    let dest = Store::open(&a.to)?;
+    let opts = StageOptions::from_flags(&StageFlags {
+        format: a.format,
+        split: a.split,
+        val: a.val,
+        test: a.test,
+        seed: a.seed,
+        class_names: a.class_names,
+        skip_undersized: a.skip_undersized,
+        strict: a.strict,
+        shard_records: a.shard_records,
+        threads: a.threads,
+        force: a.force,
+    })?;
+    let pb = bar("staging", "patches");
+    let hooks = StageHooks {
+        progress: Some(pb.clone()),
+        ..Default::default()
     };
+    on_interrupt(
+        "finishing the shard in flight, then stopping (Ctrl-C again to abort)".into(),
+        hooks.cancel.clone(),
+    );
+    let outcome = stage::stage(&a.source, &dest, &opts, &hooks)
+        .await
+        .with_context(|| format!("staging {} to {}", a.source.display(), dest.url()))?;
+    pb.finish_and_clear();
+    let m = &outcome.manifest;
+    match outcome.status {
+        StageStatus::AlreadyStaged => eprintln!(
+            "{} already holds dataset {} from this source with these options: nothing to do",
+            dest.url(),
+            m.id
+        ),
+        StageStatus::Staged { written, resumed } => {
+            let elapsed = pb.elapsed().as_secs_f64();
+            let rate = m.records() as f64 / elapsed.max(1e-9);
+            let what = if m.source.kind.is_archive() {
+                "images"
+            } else {
+                "patches"
+            };
+            let reused = match resumed {
+                0 => String::new(),
+                n => format!(", {n} reused from an interrupted stage"),
+            };
+            eprintln!(
+                "staged {} {what} to {} in {elapsed:.1}s ({rate:.0} {what}/s): {written} shards written{reused}",
+                m.records(),
+                dest.url(),
+            );
+        }
+    }
+    if m.source.duplicates > 0 {
+        eprintln!(
+            "note: the source holds the tree twice; {} duplicate files were counted once",
+            m.source.duplicates
+        );
+    }
+    print_render(m, a.output, output::dataset_table)
+}
+
+fn synth_cmd(a: SynthArgs) -> anyhow::Result<ExitCode> {
+    let opts = SynthOptions {
+        patients: a.patients,
+        per_patient: a.per_patient,
+        seed: a.seed,
+        corrupt: a.corrupt,
+        edge_fraction: a.edge_fraction,
+        label_noise: a.label_noise,
+    };
+    opts.check()?;
     let started = std::time::Instant::now();
-    let s = synth::generate(&args.out, &opts)?;
+    let s = synth::generate(&a.out, &opts)?;
     eprintln!(
         "wrote {} patches ({} no IDC, {} IDC, {} edge) for {} patients to {} in {:.1}s",
         s.files,
@@ -604,11 +369,92 @@ fn synth_cmd(args: SynthArgs) -> anyhow::Result<ExitCode> {
         s.class_counts[1],
         s.edge_patches,
         s.patients,
-        args.out.join(idc::dataset::KAGGLE_ROOT).display(),
+        a.out.join(idc::dataset::KAGGLE_ROOT).display(),
         started.elapsed().as_secs_f64()
     );
     for c in &s.corrupt {
         eprintln!("planted corrupt file {c}");
     }
     Ok(ExitCode::Success)
+}
+
+/// Prints `value` in `format` (`table` draws the table) and succeeds.
+fn print_render<T: serde::Serialize>(
+    value: &T,
+    format: OutputFormat,
+    table: impl FnOnce(&T) -> String,
+) -> anyhow::Result<ExitCode> {
+    print!("{}", output::render(value, format, table));
+    Ok(ExitCode::Success)
+}
+
+/// Prints a Kubernetes object a `--dry-run` would create: JSON for `-o json`, else YAML.
+fn print_object<T: serde::Serialize>(object: &T, format: OutputFormat) -> anyhow::Result<ExitCode> {
+    match format {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(object)?),
+        _ => print!("{}", serde_yaml::to_string(object)?),
+    }
+    Ok(ExitCode::Success)
+}
+
+/// On Ctrl-C: says `what` ("interrupt: …") and sets `stop`, which the command heeds at its next
+/// safe point; a second Ctrl-C exits at once.
+fn on_interrupt(what: String, stop: Arc<AtomicBool>) {
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("\ninterrupt: {what}");
+            stop.store(true, Ordering::SeqCst);
+            if tokio::signal::ctrl_c().await.is_ok() {
+                std::process::exit(ExitCode::Interrupted as i32);
+            }
+        }
+    });
+}
+
+/// A progress bar of `unit`s, with its message and a steady spinner.
+fn bar(message: &str, unit: &str) -> ProgressBar {
+    let pb = ProgressBar::new(0).with_style(
+        ProgressStyle::with_template(&format!(
+            "{{spinner}} {{msg}} [{{bar:30}}] {{human_pos}}/{{human_len}} {unit} ({{per_sec}}, eta {{eta}})"
+        ))
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    pb.set_message(message.to_string());
+    pb.enable_steady_tick(std::time::Duration::from_millis(200));
+    pb
+}
+
+/// Parses a library [`Choice`] by name, listing the names (with what each means) in `--help`
+/// and in the error for an unknown one, as clap's `ValueEnum` does.
+#[derive(Clone)]
+struct ChoiceParser<T>(std::marker::PhantomData<T>);
+
+fn choice<T: Choice>() -> ChoiceParser<T> {
+    ChoiceParser(std::marker::PhantomData)
+}
+
+impl<T: Choice> TypedValueParser for ChoiceParser<T> {
+    type Value = T;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<T, clap::Error> {
+        let names = PossibleValuesParser::new(self.possible_values().into_iter().flatten());
+        let name = names.parse_ref(cmd, arg, value)?;
+        Ok(idc::choice::parse(&name).expect("one of the names listed"))
+    }
+
+    fn possible_values(&self) -> Option<Box<dyn Iterator<Item = PossibleValue> + '_>> {
+        Some(Box::new(T::ALL.iter().map(|v| {
+            let value = PossibleValue::new(v.name());
+            match v.about() {
+                Some(about) => value.help(about),
+                None => value,
+            }
+        })))
+    }
 }

@@ -1,21 +1,20 @@
-//! Run commands: submit, logs, status, list, report, cancel, and the local backend's supervisor.
+//! Run commands: submit, logs, status, list, report, compare, cancel, resume, the trackers
+//! (`track sync`, `tensorboard`), and the local backend's supervisor.
 
-use super::UserError;
+use super::{OutputFormat, UserError, choice, print_object, print_render};
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use idc::backend::kube::ClusterDefaults;
-use idc::backend::{self, CancelOutcome, SubmitOptions, Target, follow, local};
+use idc::backend::{self, CancelEnd, SubmitOptions, Target, follow, local};
 use idc::exit::ExitCode;
 use idc::experiment::{self, Backend};
-use idc::layout::run as keys;
 use idc::listing::{self, Clusters, ListOptions};
-use idc::metrics::AnyReport as Report;
-use idc::output::{self, OutputFormat};
-use idc::run::{self, Phase, RunStatus};
+use idc::output::name_of;
+use idc::report::tensorboard::{self, Origin};
+use idc::report::{self as reports, compare, html};
+use idc::run::{self, Phase, RunError, RunStatus};
 use idc::store::Store;
 use std::path::PathBuf;
-use std::time::Duration;
 
 /// The bucket runs live in.
 #[derive(Args, Debug, Clone)]
@@ -23,6 +22,13 @@ pub struct StorageArg {
     /// The bucket URL (the manifest's `storage`).
     #[arg(long, env = "IDC_STORAGE", default_value = "file://./.idc/bucket")]
     pub storage: String,
+}
+
+impl StorageArg {
+    /// The bucket.
+    pub fn open(&self) -> anyhow::Result<Store> {
+        Ok(Store::open(&self.storage)?)
+    }
 }
 
 /// Which cluster and namespace (Kubernetes backend), as kubectl takes them.
@@ -45,13 +51,6 @@ impl ClusterArgs {
     }
 }
 
-impl StorageArg {
-    /// The bucket URL.
-    pub fn url(&self) -> &str {
-        &self.storage
-    }
-}
-
 #[derive(Args, Debug)]
 pub struct SubmitArgs {
     /// The experiment manifest.
@@ -60,8 +59,8 @@ pub struct SubmitArgs {
     #[arg(long)]
     wait: bool,
     /// Override the manifest's backend.
-    #[arg(long, value_enum)]
-    backend: Option<BackendArg>,
+    #[arg(long, value_parser = choice::<Backend>())]
+    backend: Option<Backend>,
     /// Name the run instead of `<name>-<date>-<time>-<hex>`. Submitting the same name and
     /// manifest again creates nothing new.
     #[arg(long)]
@@ -77,16 +76,80 @@ pub struct SubmitArgs {
     #[arg(long)]
     dry_run: bool,
     /// Output format of --dry-run.
-    #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Yaml)]
+    #[arg(short = 'o', long, value_parser = choice::<OutputFormat>(), default_value_t = OutputFormat::Yaml)]
     output: OutputFormat,
     #[command(flatten)]
     cluster: ClusterArgs,
 }
 
-#[derive(clap::ValueEnum, Debug, Clone, Copy)]
-pub enum BackendArg {
-    Local,
-    Kubernetes,
+impl SubmitArgs {
+    pub async fn run(self) -> anyhow::Result<ExitCode> {
+        let mut exp = experiment::load(&self.file)?;
+        exp.backend = self.backend.unwrap_or(exp.backend);
+        if let Some(url) = self.dataset {
+            exp.dataset = experiment::DatasetRef::staged(url);
+        }
+        let target = self.cluster.target();
+        let opts = SubmitOptions {
+            run_id: self.run_id,
+            storage: self.storage,
+            target: target.clone(),
+        };
+        if self.dry_run {
+            let job = backend::render_job(&exp, &opts, &ClusterDefaults::default())?;
+            return print_object(&job, self.output);
+        }
+        let sub = backend::submit(&exp, &opts).await?;
+        let (run_id, place) = (&sub.run_id, &sub.place);
+        println!("{run_id}");
+        if sub.created {
+            let model = exp.train.model.name();
+            eprintln!(
+                "submitted {run_id} ({model} on {place}); follow it with: idcctl logs {run_id} -f"
+            );
+        } else {
+            eprintln!("{run_id} was already submitted ({place}); nothing new was created");
+        }
+        if !self.wait {
+            return Ok(ExitCode::Success);
+        }
+        let s = run::read_status(&sub.run)
+            .await?
+            .context("the run's status.json disappeared")?;
+        follow_any(&sub.run, s, &target, None).await?;
+        let s = run::read_status(&sub.run)
+            .await?
+            .expect("status written above");
+        let s = backend::refresh(&sub.run, s, &target).await?;
+        if s.phase != Phase::Succeeded {
+            eprintln!("{}", ended(&s));
+            return Ok(ExitCode::Failure);
+        }
+        let r = run::read_report(&sub.run).await?;
+        print_render(&r, OutputFormat::Table, reports::summary_text)
+    }
+}
+
+/// `run X succeeded: reason`.
+fn ended(s: &RunStatus) -> String {
+    let reason = s.reason.clone().unwrap_or_default();
+    format!("run {} {}: {reason}", s.run_id, name_of(&s.phase))
+}
+
+/// Follows a run's log until it ends, on whichever backend it runs, then says how it ended.
+async fn follow_any(
+    run: &Store,
+    s: RunStatus,
+    target: &Target,
+    only: Option<u32>,
+) -> anyhow::Result<()> {
+    let s = follow::follow(run, s, target, only, &mut |o| match o {
+        follow::Output::Text(t) => print!("{t}"),
+        follow::Output::Notice(n) => eprintln!("{n}"),
+    })
+    .await?;
+    eprintln!("{}", ended(&s));
+    Ok(())
 }
 
 #[derive(Subcommand, Debug)]
@@ -104,202 +167,90 @@ pub enum InternalCommand {
     },
 }
 
-pub async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
-    let mut exp = experiment::load(&args.file)?;
-    if let Some(b) = args.backend {
-        exp.backend = match b {
-            BackendArg::Local => Backend::Local,
-            BackendArg::Kubernetes => Backend::Kubernetes,
+impl InternalCommand {
+    pub async fn run(self) -> anyhow::Result<ExitCode> {
+        let url = match self {
+            InternalCommand::DriveSweep { sweep } => {
+                return super::sweep::drive_stored(&sweep).await;
+            }
+            InternalCommand::Supervise { run } => run,
         };
-    }
-    if let Some(url) = &args.dataset {
-        exp.dataset = experiment::DatasetRef {
-            url: Some(url.clone()),
-            source: None,
-            name: None,
-            format: None,
-            class_names: None,
-            split: None,
-            undersized: None,
-        };
-    }
-    let opts = SubmitOptions {
-        run_id: args.run_id.clone(),
-        storage: args.storage.clone(),
-        target: args.cluster.target(),
-    };
-    if args.dry_run {
-        let job = backend::render_job(&exp, &opts, &ClusterDefaults::default())?;
-        match args.output {
-            OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&job)?),
-            _ => print!("{}", serde_yaml::to_string(&job)?),
-        }
-        return Ok(ExitCode::Success);
-    }
-    let sub = backend::submit(&exp, &opts).await?;
-    let run_id = sub.run_id.clone();
-    println!("{run_id}");
-    if sub.created {
-        eprintln!(
-            "submitted {run_id} ({} on {}); follow it with: idcctl logs {run_id} -f",
-            exp.train.model.name(),
-            sub.place
-        );
-    } else {
-        eprintln!(
-            "{run_id} was already submitted ({}); nothing new was created",
-            sub.place
-        );
-    }
-    if !args.wait {
-        return Ok(ExitCode::Success);
-    }
-    let target = args.cluster.target();
-    let s = run::read_status(&sub.run)
-        .await?
-        .context("the run's status.json disappeared")?;
-    follow_any(&sub.run, s, &target, None).await?;
-    let s = run::read_status(&sub.run)
-        .await?
-        .expect("status written above");
-    let s = backend::refresh(&sub.run, s, &target).await?;
-    if s.phase == Phase::Succeeded {
-        print_report(&sub.run, OutputFormat::Table).await?;
-        Ok(ExitCode::Success)
-    } else {
-        eprintln!(
-            "run {run_id} {}: {}",
-            phase_name(s.phase),
-            s.reason.unwrap_or_default()
-        );
-        Ok(ExitCode::Failure)
-    }
-}
-
-/// Follows a run's log until it ends, on whichever backend it runs, then says how it ended.
-async fn follow_any(
-    run: &Store,
-    s: RunStatus,
-    target: &Target,
-    only: Option<u32>,
-) -> anyhow::Result<()> {
-    let s = backend::follow::follow(run, s, target, only, &mut |o| match o {
-        follow::Output::Text(t) => print!("{t}"),
-        follow::Output::Notice(n) => eprintln!("{n}"),
-    })
-    .await?;
-    eprintln!(
-        "run {} {}: {}",
-        s.run_id,
-        phase_name(s.phase),
-        s.reason.unwrap_or_default()
-    );
-    Ok(())
-}
-
-pub async fn supervise(run_url: &str) -> anyhow::Result<ExitCode> {
-    let run = Store::open(run_url)?;
-    match local::supervise(&run, run_url, &idc::track::MirrorEnd).await {
-        Ok(Phase::Succeeded) => Ok(ExitCode::Success),
-        Ok(_) => Ok(ExitCode::Failure),
-        Err(e) => {
-            local::record_failure(&run, &e).await;
-            Err(e.into())
+        let run = Store::open(&url)?;
+        match local::supervise(&run, &url, &idc::track::MirrorEnd).await {
+            Ok(Phase::Succeeded) => Ok(ExitCode::Success),
+            Ok(_) => Ok(ExitCode::Failure),
+            Err(e) => {
+                local::record_failure(&run, &e).await;
+                Err(e.into())
+            }
         }
     }
 }
 
-async fn open_run(storage: &StorageArg, run_id: &str) -> anyhow::Result<(Store, RunStatus)> {
-    let root = Store::open(&storage.storage)?;
-    let run = run::run_store(&root, run_id);
-    let status = run::read_status(&run).await?.ok_or_else(|| {
-        UserError(format!(
-            "no run {run_id} in {} (see idcctl list)",
-            root.url()
-        ))
-    })?;
-    Ok((run, status))
-}
-
-pub async fn logs(
-    storage: StorageArg,
-    cluster: ClusterArgs,
-    run_id: String,
-    follow_: bool,
+#[derive(Args, Debug)]
+pub struct LogsArgs {
+    run: String,
+    #[arg(short = 'f', long)]
+    follow: bool,
+    /// Show this attempt (1-based) instead of the latest.
+    #[arg(long)]
     attempt: Option<u32>,
-) -> anyhow::Result<ExitCode> {
-    let (run, status) = open_run(&storage, &run_id).await?;
-    let target = cluster.target();
-    if follow_ {
-        follow_any(&run, status, &target, attempt).await?;
-        return Ok(ExitCode::Success);
-    }
-    match follow::read(&run, &status, &target, attempt).await? {
-        Some(text) => print!("{text}"),
-        None => eprintln!(
-            "no log yet for attempt {} of {run_id} ({})",
-            attempt.unwrap_or(status.attempts.max(1)),
-            phase_name(status.phase)
-        ),
-    }
-    Ok(ExitCode::Success)
-}
-
-fn phase_name(p: Phase) -> String {
-    output::name_of(&p)
-}
-
-pub async fn status(
+    #[command(flatten)]
     storage: StorageArg,
+    #[command(flatten)]
     cluster: ClusterArgs,
-    run_id: String,
-    format: OutputFormat,
-) -> anyhow::Result<ExitCode> {
-    let root = Store::open(&storage.storage)?;
-    let run = run::run_store(&root, &run_id);
-    let clusters = Clusters::new(cluster.target());
-    let Some((p, warning)) = listing::progress(&run, &clusters).await? else {
-        return Err(UserError(format!(
-            "no run {run_id} in {} (see idcctl list)",
-            root.url()
-        ))
-        .into());
-    };
-    // The bucket still knows the last recorded phase and the metrics.
-    if let Some(w) = warning {
-        eprintln!("warning: {w}");
+}
+
+impl LogsArgs {
+    pub async fn run(self) -> anyhow::Result<ExitCode> {
+        let (run, s) = run::open(&self.storage.open()?, &self.run).await?;
+        let target = self.cluster.target();
+        if self.follow {
+            follow_any(&run, s, &target, self.attempt).await?;
+            return Ok(ExitCode::Success);
+        }
+        match follow::read(&run, &s, &target, self.attempt).await? {
+            Some(text) => print!("{text}"),
+            None => eprintln!(
+                "no log yet for attempt {} of {} ({})",
+                self.attempt.unwrap_or(s.attempts.max(1)),
+                self.run,
+                name_of(&s.phase)
+            ),
+        }
+        Ok(ExitCode::Success)
     }
-    print!(
-        "{}",
-        output::render(&p, format, |p| {
-            let s = &p.status;
-            let mut out = format!(
-                "run {}  {}  ({} attempt(s) of {}; {})\n",
-                s.run_id,
-                phase_name(s.phase).to_uppercase(),
-                s.attempts,
-                s.max_attempts,
-                s.reason.clone().unwrap_or_default()
-            );
-            match &p.last_epoch {
-                Some(e) => {
-                    out += &format!("epoch {}/{}: val {}\n", e.epoch, p.epochs, e.val);
-                    if let Some((eta, left)) = p.eta() {
-                        out += &format!(
-                            "ETA about {eta:.0}s ({left} epochs left at {:.0}s each)\n",
-                            e.duration_s
-                        );
-                    }
-                }
-                None => out += "no epoch finished yet\n",
-            }
-            if let Some(r) = p.images_per_s {
-                out += &format!("training throughput {r:.0} images/s\n");
-            }
-            out
-        })
-    );
-    Ok(ExitCode::Success)
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    run: String,
+    #[command(flatten)]
+    storage: StorageArg,
+    #[command(flatten)]
+    cluster: ClusterArgs,
+    #[arg(short = 'o', long, value_parser = choice::<OutputFormat>(), default_value_t = OutputFormat::Table)]
+    output: OutputFormat,
+}
+
+impl StatusArgs {
+    pub async fn run(self) -> anyhow::Result<ExitCode> {
+        let root = self.storage.open()?;
+        let run = run::run_store(&root, &self.run);
+        let clusters = Clusters::new(self.cluster.target());
+        let (p, warning) =
+            listing::progress(&run, &clusters)
+                .await?
+                .ok_or_else(|| RunError::NotFound {
+                    run_id: self.run.clone(),
+                    bucket: root.url().to_string(),
+                })?;
+        // The bucket still knows the last recorded phase and the metrics.
+        if let Some(w) = warning {
+            eprintln!("warning: {w}");
+        }
+        print_render(&p, self.output, listing::status_text)
+    }
 }
 
 /// Which runs `list` shows.
@@ -317,150 +268,257 @@ pub struct ListArgs {
     /// Only runs of this experiment (the manifest's name).
     #[arg(short = 'e', long)]
     experiment: Option<String>,
-}
-
-pub async fn list(
+    #[command(flatten)]
     storage: StorageArg,
+    #[command(flatten)]
     cluster: ClusterArgs,
-    which: ListArgs,
-    format: OutputFormat,
-) -> anyhow::Result<ExitCode> {
-    let root = Store::open(&storage.storage)?;
-    let opts = ListOptions {
-        limit: (!which.all).then_some(which.limit),
-        phases: which.phase,
-        experiment: which.experiment,
-    };
-    let found = listing::list(&root, &opts, &Clusters::new(cluster.target())).await?;
-    for w in &found.warnings {
-        eprintln!("warning: {w}");
-    }
-    if found.more {
-        eprintln!(
-            "showing the newest {} run(s); --all or --limit N for more",
-            found.rows.len()
-        );
-    }
-    print!(
-        "{}",
-        output::render(&found.rows, format, |rows| {
-            let mut t = Table::new();
-            t.load_preset(UTF8_FULL_CONDENSED);
-            t.set_header([
-                "run",
-                "phase",
-                "model",
-                "backend",
-                "best val F1",
-                "duration",
-                "created",
-            ]);
-            for r in rows {
-                t.add_row([
-                    r.run_id.clone(),
-                    phase_name(r.phase),
-                    r.model.clone(),
-                    output::name_of(&r.backend),
-                    r.best_val_f1.map(|f| format!("{f:.4}")).unwrap_or_default(),
-                    r.duration_s
-                        .map(|d| format!("{}m{:02}s", d / 60, d % 60))
-                        .unwrap_or_default(),
-                    r.created_at.clone(),
-                ]);
-            }
-            format!("{t}\n")
-        })
-    );
-    Ok(ExitCode::Success)
+    #[arg(short = 'o', long, value_parser = choice::<OutputFormat>(), default_value_t = OutputFormat::Table)]
+    output: OutputFormat,
 }
 
-pub async fn report(
-    storage: StorageArg,
-    run_id: String,
+impl ListArgs {
+    pub async fn run(self) -> anyhow::Result<ExitCode> {
+        let opts = ListOptions {
+            limit: (!self.all).then_some(self.limit),
+            phases: self.phase,
+            experiment: self.experiment,
+        };
+        let clusters = Clusters::new(self.cluster.target());
+        let found = listing::list(&self.storage.open()?, &opts, &clusters).await?;
+        for w in &found.warnings {
+            eprintln!("warning: {w}");
+        }
+        if found.more {
+            let n = found.rows.len();
+            eprintln!("showing the newest {n} run(s); --all or --limit N for more");
+        }
+        print_render(&found.rows, self.output, |rows| listing::table(rows))
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct ReportArgs {
+    run: String,
+    #[arg(long)]
     out: Option<PathBuf>,
-    format: OutputFormat,
-) -> anyhow::Result<ExitCode> {
-    let (run, s) = open_run(&storage, &run_id).await?;
-    let Some(bytes) = run.get_opt(keys::REPORT).await? else {
-        return Err(UserError(format!(
-            "run {run_id} has no report yet ({}: {})",
-            phase_name(s.phase),
-            s.reason.unwrap_or_default()
-        ))
-        .into());
-    };
-    if let Some(dir) = out {
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        std::fs::write(dir.join("report.json"), &bytes)
-            .with_context(|| format!("writing {}", dir.display()))?;
-        if let Some(m) = run.get_opt(keys::METRICS).await? {
-            std::fs::write(dir.join("metrics.jsonl"), &m)?;
-        }
-        eprintln!("wrote report.json and metrics.jsonl to {}", dir.display());
-    }
-    print_report(&run, format).await?;
-    Ok(ExitCode::Success)
-}
-
-async fn print_report(run: &Store, format: OutputFormat) -> anyhow::Result<()> {
-    let r: Report = serde_json::from_slice(&run.get(keys::REPORT).await?)
-        .context("report.json is not readable")?;
-    print!("{}", output::render(&r, format, idc::report::summary_text));
-    Ok(())
-}
-
-/// Starts a stopped (cancelled, failed or lost) run again; the worker resumes from its checkpoint.
-pub async fn resume(
+    /// Also write an HTML report to this folder: index.html and its plots (SVG); two-class
+    /// runs get slide maps of their test patients in DIR/slides/.
+    #[arg(long, value_name = "DIR")]
+    html: Option<PathBuf>,
+    /// Slide maps of only the N test patients with most patches (default: all).
+    #[arg(long, value_name = "N", requires = "html")]
+    slides: Option<usize>,
+    #[command(flatten)]
     storage: StorageArg,
-    cluster: ClusterArgs,
-    run_id: String,
-) -> anyhow::Result<ExitCode> {
-    let (run, s) = open_run(&storage, &run_id).await?;
-    backend::resume(&run, s, &cluster.target()).await?;
-    eprintln!("resumed {run_id}; follow it with: idcctl logs {run_id} -f");
-    Ok(ExitCode::Success)
+    #[arg(short = 'o', long, value_parser = choice::<OutputFormat>(), default_value_t = OutputFormat::Table)]
+    output: OutputFormat,
 }
 
-pub async fn cancel(
+impl ReportArgs {
+    pub async fn run(self) -> anyhow::Result<ExitCode> {
+        let root = self.storage.open()?;
+        let (run, s) = run::open(&root, &self.run).await?;
+        let bytes = run::report_bytes(&run, &s).await?;
+        if let Some(dir) = &self.out {
+            run::save_report(&run, &bytes, dir).await?;
+            eprintln!("wrote report.json and metrics.jsonl to {}", dir.display());
+        }
+        print_render(
+            &run::parse_report(&bytes)?,
+            self.output,
+            reports::summary_text,
+        )?;
+        let Some(dir) = self.html else {
+            return Ok(ExitCode::Success);
+        };
+        let run = reports::load_run(&root, &self.run).await?;
+        let ds = reports::load_dataset(&run).await;
+        let maps = reports::load_slides(&root, &run, &ds, self.slides).await;
+        for note in ds.notes.iter().chain(maps.iter().flat_map(|m| &m.notes)) {
+            eprintln!("warning: {note}");
+        }
+        let w = html::write_run_report(&dir, &run, &ds, maps.as_ref())?;
+        let shown = match &maps {
+            Some(m) => format!(" and slide maps of {} test patients", m.slides.len()),
+            None => String::new(),
+        };
+        eprintln!(
+            "wrote {} with {} plots, {} misclassified patches{shown}",
+            w.page.display(),
+            w.plots.len(),
+            ds.patches.len()
+        );
+        Ok(ExitCode::Success)
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct CompareArgs {
+    /// The runs (two or more).
+    #[arg(required = true, num_args = 2..)]
+    runs: Vec<String>,
+    /// Also write an HTML page with overlay plots: a .html file, or a folder for index.html.
+    #[arg(long, value_name = "FILE_OR_DIR")]
+    html: Option<PathBuf>,
+    #[command(flatten)]
     storage: StorageArg,
+    #[arg(short = 'o', long, value_parser = choice::<OutputFormat>(), default_value_t = OutputFormat::Table)]
+    output: OutputFormat,
+}
+
+impl CompareArgs {
+    pub async fn run(self) -> anyhow::Result<ExitCode> {
+        let root = self.storage.open()?;
+        let mut data = Vec::with_capacity(self.runs.len());
+        for id in &self.runs {
+            data.push(reports::load_run(&root, id).await?);
+        }
+        let c = compare::compare(&data);
+        if let Some(target) = self.html {
+            let w = html::write_comparison(&target, &data, &c)?;
+            eprintln!("wrote {} with {} plots", w.page.display(), w.plots.len());
+        }
+        print_render(&c, self.output, compare::table)
+    }
+}
+
+/// A command on one run: cancel, resume.
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    run: String,
+    #[command(flatten)]
+    storage: StorageArg,
+    #[command(flatten)]
     cluster: ClusterArgs,
-    run_id: String,
-) -> anyhow::Result<ExitCode> {
-    let (run, s) = open_run(&storage, &run_id).await?;
-    let backend_kind = s.backend;
-    let signalled = match backend::cancel(&run, s, &cluster.target()).await? {
-        CancelOutcome::AlreadyEnded(s) => {
-            eprintln!(
-                "run {run_id} already {}: {}; nothing was cancelled",
-                phase_name(s.phase),
+}
+
+impl RunArgs {
+    /// Starts a stopped (cancelled, failed or lost) run again; the worker resumes from its
+    /// checkpoint.
+    pub async fn resume(self) -> anyhow::Result<ExitCode> {
+        let (run, s) = run::open(&self.storage.open()?, &self.run).await?;
+        backend::resume(&run, s, &self.cluster.target()).await?;
+        let id = &self.run;
+        eprintln!("resumed {id}; follow it with: idcctl logs {id} -f");
+        Ok(ExitCode::Success)
+    }
+
+    pub async fn cancel(self) -> anyhow::Result<ExitCode> {
+        let (run, s) = run::open(&self.storage.open()?, &self.run).await?;
+        let id = &self.run;
+        match backend::cancel_and_wait(&run, s, &self.cluster.target()).await? {
+            CancelEnd::AlreadyEnded(s) => eprintln!(
+                "run {id} already {}: {}; nothing was cancelled",
+                name_of(&s.phase),
                 s.reason.unwrap_or_default()
-            );
-            return Ok(ExitCode::Success);
-        }
-        CancelOutcome::Requested { signalled } => signalled,
-    };
-    if backend_kind == Backend::Kubernetes {
-        eprintln!("cancelled {run_id}: its Job was deleted; the worker checkpoints on SIGTERM");
-        return Ok(ExitCode::Success);
-    }
-    // The supervisor records the end; wait for it briefly so the user sees the outcome.
-    for _ in 0..100 {
-        if let Some(s) = run::read_status(&run).await?
-            && s.phase.is_terminal()
-        {
-            eprintln!(
-                "run {run_id} {}: {}",
-                phase_name(s.phase),
+            ),
+            CancelEnd::JobDeleted => {
+                eprintln!("cancelled {id}: its Job was deleted; the worker checkpoints on SIGTERM")
+            }
+            CancelEnd::Ended(s) => eprintln!(
+                "run {id} {}: {}",
+                name_of(&s.phase),
                 s.reason.unwrap_or_default()
-            );
-            return Ok(ExitCode::Success);
+            ),
+            CancelEnd::Requested { signalled: true } => {
+                eprintln!("cancel requested for {id}; the worker was signalled")
+            }
+            CancelEnd::Requested { signalled: false } => {
+                eprintln!("cancel requested for {id}; no process of it was running")
+            }
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        Ok(ExitCode::Success)
     }
-    if signalled {
-        eprintln!("cancel requested for {run_id}; the worker was signalled");
-    } else {
-        eprintln!("cancel requested for {run_id}; no process of it was running");
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TrackCommand {
+    /// Send MLflow what it lacks of each run: params, tags, metrics, status, and report.json,
+    /// metrics.jsonl and the HTML report as artifacts. Idempotent.
+    Sync(SyncArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct SyncArgs {
+    /// The runs.
+    #[arg(required = true)]
+    runs: Vec<String>,
+    /// The tracking server (default: the run's manifest's, else MLFLOW_TRACKING_URI).
+    #[arg(long)]
+    uri: Option<String>,
+    /// The MLflow experiment (default: the run's manifest's, else its name).
+    #[arg(long)]
+    experiment: Option<String>,
+    #[command(flatten)]
+    storage: StorageArg,
+}
+
+impl SyncArgs {
+    /// Each run's MLflow mirror brought up to date.
+    pub async fn run(self) -> anyhow::Result<ExitCode> {
+        let root = self.storage.open()?;
+        let o = idc::track::TargetOverride {
+            uri: self.uri,
+            experiment: self.experiment,
+        };
+        for run in &self.runs {
+            let s = idc::track::sync(&root, run, &o).await?;
+            eprintln!(
+                "{run}: MLflow run {} in experiment {} {} ({} metric points and {} artifacts sent)",
+                s.mlflow_run_id,
+                s.experiment_id,
+                if s.created { "made" } else { "up to date" },
+                s.metrics_sent,
+                s.artifacts_sent
+            );
+            if let Some(why) = &s.artifacts_skipped {
+                eprintln!("{run}: artifacts not uploaded: {why}");
+            }
+            println!("{}", s.mlflow_run_id);
+        }
+        Ok(ExitCode::Success)
     }
-    Ok(ExitCode::Success)
+}
+
+#[derive(Args, Debug)]
+pub struct TensorboardArgs {
+    /// The runs.
+    #[arg(required = true)]
+    runs: Vec<String>,
+    /// The folder TensorBoard reads: each run's events go to DIR/<run>/.
+    #[arg(long, value_name = "DIR")]
+    logdir: PathBuf,
+    #[command(flatten)]
+    storage: StorageArg,
+}
+
+impl TensorboardArgs {
+    /// Writes each run's event file to `logdir/<run>/`, whole (a temporary file renamed over it).
+    pub async fn run(self) -> anyhow::Result<ExitCode> {
+        let root = self.storage.open()?;
+        let mut written = 0;
+        for run in &self.runs {
+            let Some((bytes, origin)) = tensorboard::events(&root, run).await? else {
+                eprintln!("{run}: nothing logged yet, skipped");
+                continue;
+            };
+            let name = std::path::Path::new(idc::layout::run::TENSORBOARD)
+                .file_name()
+                .expect("a file name");
+            let path = self.logdir.join(run).join(name);
+            idc::output::write_file_whole(&path, &bytes)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            let made = match origin {
+                Origin::Worker => "",
+                Origin::Records => " (made from metrics.jsonl: the run predates event files)",
+            };
+            eprintln!("{run}: {} bytes of events{made}", bytes.len());
+            written += 1;
+        }
+        if written == 0 {
+            return Err(UserError("none of the runs has logged anything yet".into()).into());
+        }
+        println!("tensorboard --logdir {}", self.logdir.display());
+        Ok(ExitCode::Success)
+    }
 }

@@ -13,9 +13,7 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 /// The download formats [`open`] reads.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ArchiveFormat {
     /// `cifar-10-python.tar.gz` or `cifar-10-binary.tar.gz`, as downloaded.
@@ -23,6 +21,17 @@ pub enum ArchiveFormat {
     /// A folder holding the four MNIST-style IDX files, each optionally gzipped.
     Idx,
 }
+
+impl crate::choice::Choice for ArchiveFormat {
+    const ALL: &'static [Self] = &[ArchiveFormat::Cifar10, ArchiveFormat::Idx];
+    fn name(self) -> &'static str {
+        match self {
+            ArchiveFormat::Cifar10 => "cifar10",
+            ArchiveFormat::Idx => "idx",
+        }
+    }
+}
+crate::choice_names!(ArchiveFormat);
 
 /// Images of one official set (train or test), in source order.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -1058,12 +1067,13 @@ mod tests {
             serde_json::from_str::<ArchiveFormat>("\"idx\"").unwrap(),
             ArchiveFormat::Idx
         );
-        use clap::ValueEnum;
-        let names: Vec<String> = ArchiveFormat::value_variants()
-            .iter()
-            .map(|v| v.to_possible_value().unwrap().get_name().to_string())
-            .collect();
+        use crate::choice::Choice;
+        let names: Vec<String> = ArchiveFormat::ALL.iter().map(|v| v.to_string()).collect();
         assert_eq!(names, ["cifar10", "idx"]);
+        for v in ArchiveFormat::ALL {
+            assert_eq!(serde_json::to_string(v).unwrap(), format!("\"{v}\""));
+            assert_eq!(v.to_string().parse::<ArchiveFormat>().unwrap(), *v);
+        }
     }
 
     /// The real Fashion-MNIST files, where Debian's dataset-fashion-mnist installed them.

@@ -15,7 +15,6 @@ use std::collections::BTreeMap;
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema,
 )]
-#[cfg_attr(feature = "controller", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum Undersized {
     /// Keep the patch at the top-left and fill the rest with white (the slide background).
@@ -24,6 +23,17 @@ pub enum Undersized {
     /// Leave the patch out (it is counted and reported).
     Skip,
 }
+
+impl crate::choice::Choice for Undersized {
+    const ALL: &'static [Self] = &[Undersized::Pad, Undersized::Skip];
+    fn name(self) -> &'static str {
+        match self {
+            Undersized::Pad => "pad",
+            Undersized::Skip => "skip",
+        }
+    }
+}
+crate::choice_names!(Undersized);
 
 /// The kind of source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -13,7 +13,6 @@ use std::str::FromStr;
 
 /// One of the three splits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[cfg_attr(feature = "controller", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum Split {
     Train,
@@ -42,17 +41,18 @@ impl Split {
     }
 }
 
-impl fmt::Display for Split {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+impl crate::choice::Choice for Split {
+    const ALL: &'static [Self] = &Split::ALL;
+    fn name(self) -> &'static str {
+        self.as_str()
     }
 }
+crate::choice_names!(Split);
 
 /// How patches are assigned to splits.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema,
 )]
-#[cfg_attr(feature = "controller", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum SplitMethod {
     /// Whole patients go to one split; each split's IDC fraction is kept close to the whole's.
@@ -61,6 +61,27 @@ pub enum SplitMethod {
     /// Patches are shuffled and cut at exact counts (patients may appear in several splits).
     Random,
 }
+
+impl crate::choice::Choice for SplitMethod {
+    const ALL: &'static [Self] = &[SplitMethod::Patient, SplitMethod::Random];
+    fn name(self) -> &'static str {
+        match self {
+            SplitMethod::Patient => "patient",
+            SplitMethod::Random => "random",
+        }
+    }
+    fn about(self) -> Option<&'static str> {
+        Some(match self {
+            SplitMethod::Patient => {
+                "Whole patients go to one split; each split's IDC fraction is kept close to the whole's"
+            }
+            SplitMethod::Random => {
+                "Patches are shuffled and cut at exact counts (patients may appear in several splits)"
+            }
+        })
+    }
+}
+crate::choice_names!(SplitMethod);
 
 /// A split's size: an exact patch count, or a fraction of all patches.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]

@@ -65,6 +65,35 @@ pub struct SynthSummary {
     pub corrupt: Vec<String>,
 }
 
+impl SynthOptions {
+    /// Checks the options make a dataset: fractions within 0..=1, at least one patch.
+    pub fn check(&self) -> Result<(), InvalidSynth> {
+        if !(0.0..=1.0).contains(&self.edge_fraction) || !(0.0..=1.0).contains(&self.label_noise) {
+            return Err(InvalidSynth(
+                "--edge-fraction and --label-noise are fractions between 0 and 1",
+            ));
+        }
+        if self.patients == 0 || self.per_patient == 0 {
+            return Err(InvalidSynth(
+                "--patients and --per-patient must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Options that make no dataset (named as `idcctl dataset synth`'s flags).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidSynth(pub &'static str);
+
+impl crate::exit::ProcessExitCode for InvalidSynth {
+    /// Always a mistake in the input.
+    fn process_exit_code(&self) -> crate::exit::ExitCode {
+        crate::exit::ExitCode::UserError
+    }
+}
+
 /// Why generation failed.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot write {path}: {source}")]
@@ -402,6 +431,24 @@ fn blob(img: &mut [[f64; 3]], cx: f64, cy: f64, rx: f64, ry: f64, color: [f64; 3
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn options_are_checked() {
+        assert!(SynthOptions::default().check().is_ok());
+        let noisy = SynthOptions {
+            label_noise: 1.5,
+            ..Default::default()
+        };
+        assert!(noisy.check().unwrap_err().0.starts_with("--edge-fraction"));
+        let empty = SynthOptions {
+            per_patient: 0,
+            ..Default::default()
+        };
+        assert_eq!(
+            empty.check().unwrap_err().0,
+            "--patients and --per-patient must be at least 1"
+        );
+    }
     use crate::dataset::decode::{Undersized, decode_png};
     use crate::dataset::name::parse_path;
 

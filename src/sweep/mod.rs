@@ -5,7 +5,7 @@
 //! ([`driver`]) keeps the sweep's record in `sweeps/<name>/` ([`state`]) so a stopped sweep
 //! picks up where it was, from a terminal or from a Job in the cluster ([`in_cluster`]).
 //! `sweep status` adds the running trials' runs as they are now ([`live`]); `sweep report`
-//! estimates each parameter's importance ([`importance`]).
+//! estimates each parameter's importance ([`importance`]); [`view`] is what `sweep status` shows.
 
 pub mod driver;
 pub mod importance;
@@ -17,6 +17,7 @@ pub mod sampler;
 pub mod space;
 pub mod state;
 pub mod tpe;
+pub mod view;
 
 pub use manifest::Sweep;
 
