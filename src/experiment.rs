@@ -59,28 +59,8 @@ pub struct Tracking {
     /// An MLflow tracking server: `{uri, experiment}` (uri default: `MLFLOW_TRACKING_URI`;
     /// experiment default: this manifest's name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mlflow: Option<MlflowSpec>,
+    pub mlflow: Option<crate::spec::MlflowSpec>,
 }
-
-/// Where a run is tracked.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct MlflowSpec {
-    /// The tracking server, `http(s)://host:port` (default: `MLFLOW_TRACKING_URI`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub uri: Option<String>,
-    /// The MLflow experiment (default: the idc experiment's name).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub experiment: Option<String>,
-    /// Set by the sweep driver on its trials: the sweep whose MLflow run is their parent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sweep: Option<String>,
-}
-
-/// The environment variable naming the tracking server, as MLflow's own clients read it.
-pub const URI_ENV: &str = "MLFLOW_TRACKING_URI";
-/// The bearer token, as MLflow's own clients read it (on Kubernetes: from a Secret).
-pub const TOKEN_ENV: &str = "MLFLOW_TRACKING_TOKEN";
 
 /// The laptop default bucket, `file://./.idc/bucket`.
 pub fn default_storage() -> String {

@@ -3,7 +3,7 @@
 //! A storage URL (`file://…` or `s3://bucket/prefix`) is the root of a bucket. Every object key
 //! idc reads or writes is built here, so both binaries agree on it.
 
-use crate::dataset::split::Split;
+use crate::shard::Split;
 
 /// Folder of staged datasets under a bucket root: `datasets/<name>/`.
 pub const DATASETS: &str = "datasets";

@@ -27,10 +27,47 @@
 //! Version 1 is the same layout fixed at 50x50x3 and two classes. Integrity is checked with the
 //! SHA-256 of the whole shard, kept in the dataset manifest.
 
-use crate::dataset::split::Split;
 use crate::{CHANNELS, PATCH_SIZE};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+/// One of the three splits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Split {
+    Train,
+    Val,
+    Test,
+}
+
+impl Split {
+    pub const ALL: [Split; 3] = [Split::Train, Split::Val, Split::Test];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Split::Train => "train",
+            Split::Val => "val",
+            Split::Test => "test",
+        }
+    }
+
+    /// The code stored in shard headers.
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+
+    pub fn from_code(code: u8) -> Option<Self> {
+        Self::ALL.get(code as usize).copied()
+    }
+}
+
+impl crate::choice::Choice for Split {
+    const ALL: &'static [Self] = &Split::ALL;
+    fn name(self) -> &'static str {
+        self.as_str()
+    }
+}
+crate::choice_names!(Split);
 
 /// Version of the shard layout above; bumped on any incompatible change.
 pub const FORMAT_VERSION: u16 = 2;

@@ -64,7 +64,7 @@ pub async fn target_of(run: &Store, o: &TargetOverride) -> Result<Option<Target>
         target = Some(Target {
             uri: uri.trim_end_matches('/').to_string(),
             experiment: name,
-            token: std::env::var(crate::experiment::TOKEN_ENV).ok(),
+            token: std::env::var(crate::spec::TOKEN_ENV).ok(),
             sweep,
         });
     }

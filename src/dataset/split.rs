@@ -11,43 +11,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
-/// One of the three splits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Split {
-    Train,
-    Val,
-    Test,
-}
-
-impl Split {
-    pub const ALL: [Split; 3] = [Split::Train, Split::Val, Split::Test];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Split::Train => "train",
-            Split::Val => "val",
-            Split::Test => "test",
-        }
-    }
-
-    /// The code stored in shard headers.
-    pub fn code(self) -> u8 {
-        self as u8
-    }
-
-    pub fn from_code(code: u8) -> Option<Self> {
-        Self::ALL.get(code as usize).copied()
-    }
-}
-
-impl crate::choice::Choice for Split {
-    const ALL: &'static [Self] = &Split::ALL;
-    fn name(self) -> &'static str {
-        self.as_str()
-    }
-}
-crate::choice_names!(Split);
+/// The three splits are part of the shard format (each record's split is stored as its code).
+pub use crate::shard::Split;
 
 /// How patches are assigned to splits.
 #[derive(

@@ -5,8 +5,8 @@
 //! (MLflow accepts the same value again), artifacts overwritten, the status set at the end.
 
 use super::Scalar;
-use crate::experiment::{MlflowSpec, TOKEN_ENV, URI_ENV};
 use crate::spec::RunSpec;
+use crate::spec::{MlflowSpec, TOKEN_ENV, URI_ENV};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;

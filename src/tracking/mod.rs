@@ -103,7 +103,7 @@ pub fn scalars_of(records: &[MetricsRecord], report: Option<&AnyReport>) -> Vec<
 /// name). Read loosely, so that the worker needs no manifest schema.
 pub fn mlflow_target_of(experiment_yaml: &[u8]) -> Option<mlflow::Target> {
     let v: serde_yaml::Value = serde_yaml::from_slice(experiment_yaml).ok()?;
-    let spec: Option<crate::experiment::MlflowSpec> = v
+    let spec: Option<crate::spec::MlflowSpec> = v
         .get("tracking")
         .and_then(|t| t.get("mlflow"))
         .and_then(|m| serde_yaml::from_value(m.clone()).ok());

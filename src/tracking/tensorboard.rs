@@ -137,4 +137,22 @@ mod tests {
         want.extend_from_slice(&2.0f32.to_le_bytes());
         assert_eq!(e, want);
     }
+
+    mod stored {
+        use super::*;
+        use crate::fuzz::{bytes, config};
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(config(256))]
+
+            /// Whatever metrics.jsonl and report.json hold, their event file is written.
+            #[test]
+            fn any_stored_records_make_events(a in bytes(256), b in bytes(256)) {
+                let records = crate::metrics::parse_jsonl(&a);
+                let report = serde_json::from_slice::<AnyReport>(&b).ok();
+                events_of(&records, report.as_ref(), 1.7e9);
+            }
+        }
+    }
 }

@@ -16,6 +16,8 @@ const LAYERS: &[(&str, &[&str])] = &[
             "exit",
             "json_float",
             "rng",
+            "choice",
+            "fuzz",
             "layout",
             "shard",
             "metrics",

@@ -564,15 +564,15 @@ fn env(defaults: &ClusterDefaults, run_id: &str, extra: &[(&str, &str)]) -> Vec<
     env.extend(s3_env(defaults));
     let mlflow = &defaults.mlflow;
     if let Some(uri) = &mlflow.uri {
-        env.push(plain_env(crate::experiment::URI_ENV, uri));
+        env.push(plain_env(crate::spec::URI_ENV, uri));
     }
     if let Some(name) = &mlflow.token_secret {
         env.push(EnvVar {
-            name: crate::experiment::TOKEN_ENV.into(),
+            name: crate::spec::TOKEN_ENV.into(),
             value_from: Some(EnvVarSource {
                 secret_key_ref: Some(SecretKeySelector {
                     name: name.clone(),
-                    key: crate::experiment::TOKEN_ENV.into(),
+                    key: crate::spec::TOKEN_ENV.into(),
                     optional: Some(false),
                 }),
                 ..Default::default()
