@@ -5,6 +5,7 @@
 use crate::clock::parse_duration;
 use crate::dataset::manifest::Undersized;
 use crate::dataset::split::SplitOptions;
+use crate::kube_syntax::is_quantity;
 use crate::spec::TrainSpec;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -230,215 +231,23 @@ pub fn without_bom(text: &str) -> &str {
 /// Parses and checks manifest `text`; `file` names it in errors.
 pub fn parse(text: &str, file: &str) -> Result<Experiment, ManifestError> {
     let text = without_bom(text);
-    let err = |at, message: String, hint: Option<String>| ManifestError {
-        file: file.to_string(),
-        at,
-        message,
-        hint,
-    };
     let exp: Experiment = from_yaml(text, file)?;
-    let locate = |path: &[&str]| locate(text, path);
-    if exp.api_version != API_VERSION {
-        return Err(err(
-            locate(&["apiVersion"]),
-            format!("apiVersion is '{}'", exp.api_version),
-            Some(format!("this idcctl reads apiVersion: {API_VERSION}")),
-        ));
-    }
-    if exp.kind != KIND {
-        return Err(err(
-            locate(&["kind"]),
-            format!("kind is '{}'", exp.kind),
-            Some(format!("expected kind: {KIND}")),
-        ));
-    }
-    if let Some(why) = bad_name(&exp.name) {
-        return Err(err(
-            locate(&["name"]),
-            format!("name '{}' {why}", exp.name),
-            Some("e.g. cnn-weighted".into()),
-        ));
-    }
-    let d = &exp.dataset;
-    match (&d.url, &d.source) {
-        (Some(_), Some(_)) | (None, None) => {
-            return Err(err(
-                locate(&["dataset"]),
-                "dataset needs exactly one of url (a staged dataset) or source (a download to stage)".into(),
-                None,
-            ));
-        }
-        (Some(_), None) if d.split.is_some() || d.undersized.is_some() || d.name.is_some() => {
-            return Err(err(
-                locate(&["dataset", "url"]),
-                "dataset.split, dataset.undersized and dataset.name apply only with dataset.source"
-                    .into(),
-                Some("a staged dataset keeps the options it was staged with".into()),
-            ));
-        }
-        (Some(_), None) if d.format.is_some() || d.class_names.is_some() => {
-            return Err(err(
-                locate(&["dataset", "url"]),
-                "dataset.format and dataset.class_names apply only with dataset.source".into(),
-                Some("a staged dataset keeps the format and class names it was staged with".into()),
-            ));
-        }
-        _ => {}
-    }
-    let format = d.format.unwrap_or_default();
-    if format.archive().is_some() {
-        let defaults = SplitOptions::default();
-        let fixed = d
-            .split
-            .as_ref()
-            .is_some_and(|s| s.method != defaults.method || s.test != defaults.test);
-        if fixed || d.undersized.is_some() {
-            let name = crate::output::name_of(&format);
-            return Err(err(
-                locate(&["dataset", if fixed { "split" } else { "undersized" }]),
-                format!(
-                    "dataset.split.method, dataset.split.test and dataset.undersized do not apply to format {name}: its official test set is kept"
-                ),
-                Some("give dataset.split.val (a count or a fraction of the training images) and seed".into()),
-            ));
-        }
-    } else if d.class_names.is_some() {
-        return Err(err(
-            locate(&["dataset", "class_names"]),
-            "dataset.class_names applies to archives (format cifar10 or idx); the IDC classes are fixed".into(),
-            None,
-        ));
-    }
-    if let Some(name) = &d.name
-        && let Some(why) = bad_name(name)
-    {
-        return Err(err(
-            locate(&["dataset", "name"]),
-            format!("dataset.name '{name}' {why}"),
-            None,
-        ));
-    }
-    for (field, url) in [("storage", Some(&exp.storage)), ("url", d.url.as_ref())] {
-        if let Some(url) = url
-            && let Err(e) = crate::store::Store::open(url)
-        {
-            let path: &[&str] = if field == "storage" {
-                &["storage"]
-            } else {
-                &["dataset", "url"]
-            };
-            return Err(err(locate(path), e.to_string(), None));
-        }
-    }
+    let c = Checks { text, file };
+    c.identity(&exp)?;
+    c.dataset(&exp.dataset)?;
+    c.stores(&exp)?;
     if let Err(message) = exp.train.validate() {
         let field = message.split(':').next().unwrap_or("train");
         let path: Vec<&str> = field.split('.').collect();
-        return Err(err(locate(&path), message.clone(), None));
+        return Err(c.err(c.locate(&path), message.clone(), None));
     }
-    let r = &exp.resources;
-    for (field, q) in [("cpu", &r.cpu), ("memory", &r.memory)] {
-        if let Some(q) = q
-            && !is_quantity(q)
-        {
-            return Err(err(
-                locate(&["resources", field]),
-                format!("resources.{field} '{q}' is not a Kubernetes quantity"),
-                Some(if field == "cpu" {
-                    "e.g. 4 or 500m".into()
-                } else {
-                    "e.g. 16Gi or 512Mi".into()
-                }),
-            ));
-        }
-    }
-    // What Kubernetes would reject, said now whatever the backend: the manifest names it.
-    use crate::kube_syntax::{is_label_value, is_labelled_name, is_qualified_name, is_quantity};
-    for (key, value) in &r.node_selector {
-        // A key the search cannot find as written (escapes in quotes): at node_selector.
-        let at = || {
-            locate(&["resources", "node_selector", key])
-                .or_else(|| locate(&["resources", "node_selector"]))
-        };
-        if !is_qualified_name(key) {
-            return Err(err(
-                at(),
-                format!("resources.node_selector: '{key}' is not a valid Kubernetes label key"),
-                Some("e.g. nvidia.com/gpu.product: at most 63 letters, digits, '-', '_' or '.', a letter or digit at each end, after an optional DNS prefix and '/'".into()),
-            ));
-        }
-        if !is_label_value(value) {
-            return Err(err(
-                at(),
-                format!(
-                    "resources.node_selector.{key}: '{value}' is not a valid Kubernetes label value"
-                ),
-                Some(
-                    "at most 63 letters, digits, '-', '_' or '.', a letter or digit at each end"
-                        .into(),
-                ),
-            ));
-        }
-    }
-    for (field, name, what) in [
-        ("queue", &r.queue, "Kueue LocalQueue"),
-        (
-            "workload_priority",
-            &r.workload_priority,
-            "Kueue WorkloadPriorityClass",
-        ),
-    ] {
-        let Some(name) = name else { continue };
-        // An empty queue opts out of the namespace's default queue.
-        if !(is_labelled_name(name) || (field == "queue" && name.is_empty())) {
-            return Err(err(
-                locate(&["resources", field]),
-                format!("resources.{field} '{name}' is not a valid {what} name"),
-                Some(format!(
-                    "the name of a {what}: at most 63 lowercase letters, digits, '-' or '.', a letter or digit at each end{}",
-                    if field == "queue" {
-                        "; \"\" submits without a queue"
-                    } else {
-                        ""
-                    }
-                )),
-            ));
-        }
-    }
-    for (i, t) in r.tolerations.iter().enumerate() {
-        let at = || locate(&["resources", "tolerations", "key"]);
-        let bad = |what: String| {
-            Err(err(
-                at(),
-                format!("resources.tolerations[{i}]: {what}"),
-                None,
-            ))
-        };
-        let matches_all = t.key.is_empty() && t.operator == "Exists";
-        if !matches_all && !is_qualified_name(&t.key) {
-            return bad(format!(
-                "key '{}' is not a valid Kubernetes label key",
-                t.key
-            ));
-        }
-        if !matches!(t.operator.as_str(), "Exists" | "Equal") {
-            return bad(format!("operator '{}' is not Exists or Equal", t.operator));
-        }
-        if let Some(v) = &t.value
-            && !is_label_value(v)
-        {
-            return bad(format!("value '{v}' is not a valid Kubernetes label value"));
-        }
-        if let Some(e) = &t.effect
-            && !matches!(e.as_str(), "NoSchedule" | "PreferNoSchedule" | "NoExecute")
-        {
-            return bad(format!(
-                "effect '{e}' is not NoSchedule, PreferNoSchedule or NoExecute"
-            ));
-        }
-    }
+    c.quantities(&exp.resources)?;
+    c.node_selector(&exp.resources)?;
+    c.kueue_names(&exp.resources)?;
+    c.tolerations(&exp.resources)?;
     if exp.backend == Backend::Kubernetes && exp.storage.starts_with("file://") {
-        return Err(err(
-            locate(&["storage"]),
+        return Err(c.err(
+            c.locate(&["storage"]),
             "a kubernetes run needs shared storage, not a local folder".into(),
             Some("use storage: s3://bucket/prefix".into()),
         ));
@@ -446,13 +255,273 @@ pub fn parse(text: &str, file: &str) -> Result<Experiment, ManifestError> {
     if let Some(d) = &exp.deadline
         && parse_duration(d).is_none()
     {
-        return Err(err(
-            locate(&["deadline"]),
+        return Err(c.err(
+            c.locate(&["deadline"]),
             format!("deadline '{d}' is not a duration"),
             Some("e.g. 90m, 6h or 1h30m".into()),
         ));
     }
     Ok(exp)
+}
+
+/// The checks of one manifest's fields, each error located in its `text` and named by `file`.
+struct Checks<'a> {
+    text: &'a str,
+    file: &'a str,
+}
+
+impl Checks<'_> {
+    fn err(
+        &self,
+        at: Option<(usize, usize)>,
+        message: String,
+        hint: Option<String>,
+    ) -> ManifestError {
+        ManifestError {
+            file: self.file.to_string(),
+            at,
+            message,
+            hint,
+        }
+    }
+
+    fn locate(&self, path: &[&str]) -> Option<(usize, usize)> {
+        locate(self.text, path)
+    }
+
+    /// The manifest's apiVersion, kind and name.
+    fn identity(&self, exp: &Experiment) -> Result<(), ManifestError> {
+        if exp.api_version != API_VERSION {
+            return Err(self.err(
+                self.locate(&["apiVersion"]),
+                format!("apiVersion is '{}'", exp.api_version),
+                Some(format!("this idcctl reads apiVersion: {API_VERSION}")),
+            ));
+        }
+        if exp.kind != KIND {
+            return Err(self.err(
+                self.locate(&["kind"]),
+                format!("kind is '{}'", exp.kind),
+                Some(format!("expected kind: {KIND}")),
+            ));
+        }
+        if let Some(why) = bad_name(&exp.name) {
+            return Err(self.err(
+                self.locate(&["name"]),
+                format!("name '{}' {why}", exp.name),
+                Some("e.g. cnn-weighted".into()),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A staged dataset or one to stage, with only the options that apply to it.
+    fn dataset(&self, d: &DatasetRef) -> Result<(), ManifestError> {
+        match (&d.url, &d.source) {
+            (Some(_), Some(_)) | (None, None) => {
+                return Err(self.err(
+                    self.locate(&["dataset"]),
+                    "dataset needs exactly one of url (a staged dataset) or source (a download to stage)".into(),
+                    None,
+                ));
+            }
+            (Some(_), None) if d.split.is_some() || d.undersized.is_some() || d.name.is_some() => {
+                return Err(self.err(
+                    self.locate(&["dataset", "url"]),
+                    "dataset.split, dataset.undersized and dataset.name apply only with dataset.source"
+                        .into(),
+                    Some("a staged dataset keeps the options it was staged with".into()),
+                ));
+            }
+            (Some(_), None) if d.format.is_some() || d.class_names.is_some() => {
+                return Err(self.err(
+                    self.locate(&["dataset", "url"]),
+                    "dataset.format and dataset.class_names apply only with dataset.source".into(),
+                    Some(
+                        "a staged dataset keeps the format and class names it was staged with"
+                            .into(),
+                    ),
+                ));
+            }
+            _ => {}
+        }
+        let format = d.format.unwrap_or_default();
+        if format.archive().is_some() {
+            let defaults = SplitOptions::default();
+            let fixed = d
+                .split
+                .as_ref()
+                .is_some_and(|s| s.method != defaults.method || s.test != defaults.test);
+            if fixed || d.undersized.is_some() {
+                let name = crate::output::name_of(&format);
+                return Err(self.err(
+                    self.locate(&["dataset", if fixed { "split" } else { "undersized" }]),
+                    format!(
+                        "dataset.split.method, dataset.split.test and dataset.undersized do not apply to format {name}: its official test set is kept"
+                    ),
+                    Some("give dataset.split.val (a count or a fraction of the training images) and seed".into()),
+                ));
+            }
+        } else if d.class_names.is_some() {
+            return Err(self.err(
+                self.locate(&["dataset", "class_names"]),
+                "dataset.class_names applies to archives (format cifar10 or idx); the IDC classes are fixed".into(),
+                None,
+            ));
+        }
+        if let Some(name) = &d.name
+            && let Some(why) = bad_name(name)
+        {
+            return Err(self.err(
+                self.locate(&["dataset", "name"]),
+                format!("dataset.name '{name}' {why}"),
+                None,
+            ));
+        }
+        Ok(())
+    }
+
+    /// The storage and the staged dataset's URL open as stores.
+    fn stores(&self, exp: &Experiment) -> Result<(), ManifestError> {
+        for (field, url) in [
+            ("storage", Some(&exp.storage)),
+            ("url", exp.dataset.url.as_ref()),
+        ] {
+            if let Some(url) = url
+                && let Err(e) = crate::store::Store::open(url)
+            {
+                let path: &[&str] = if field == "storage" {
+                    &["storage"]
+                } else {
+                    &["dataset", "url"]
+                };
+                return Err(self.err(self.locate(path), e.to_string(), None));
+            }
+        }
+        Ok(())
+    }
+
+    /// resources.cpu and resources.memory are Kubernetes quantities.
+    fn quantities(&self, r: &Resources) -> Result<(), ManifestError> {
+        for (field, q) in [("cpu", &r.cpu), ("memory", &r.memory)] {
+            if let Some(q) = q
+                && !is_quantity(q)
+            {
+                return Err(self.err(
+                    self.locate(&["resources", field]),
+                    format!("resources.{field} '{q}' is not a Kubernetes quantity"),
+                    Some(if field == "cpu" {
+                        "e.g. 4 or 500m".into()
+                    } else {
+                        "e.g. 16Gi or 512Mi".into()
+                    }),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    // What Kubernetes would reject, said now whatever the backend: the manifest names it.
+
+    /// resources.node_selector's keys and values are Kubernetes label keys and values.
+    fn node_selector(&self, r: &Resources) -> Result<(), ManifestError> {
+        use crate::kube_syntax::{is_label_value, is_qualified_name};
+        for (key, value) in &r.node_selector {
+            // A key the search cannot find as written (escapes in quotes): at node_selector.
+            let at = || {
+                self.locate(&["resources", "node_selector", key])
+                    .or_else(|| self.locate(&["resources", "node_selector"]))
+            };
+            if !is_qualified_name(key) {
+                return Err(self.err(
+                    at(),
+                    format!("resources.node_selector: '{key}' is not a valid Kubernetes label key"),
+                    Some("e.g. nvidia.com/gpu.product: at most 63 letters, digits, '-', '_' or '.', a letter or digit at each end, after an optional DNS prefix and '/'".into()),
+                ));
+            }
+            if !is_label_value(value) {
+                return Err(self.err(
+                    at(),
+                    format!(
+                        "resources.node_selector.{key}: '{value}' is not a valid Kubernetes label value"
+                    ),
+                    Some(
+                        "at most 63 letters, digits, '-', '_' or '.', a letter or digit at each end"
+                            .into(),
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// resources.queue and resources.workload_priority name Kueue objects.
+    fn kueue_names(&self, r: &Resources) -> Result<(), ManifestError> {
+        use crate::kube_syntax::is_labelled_name;
+        for (field, name, what) in [
+            ("queue", &r.queue, "Kueue LocalQueue"),
+            (
+                "workload_priority",
+                &r.workload_priority,
+                "Kueue WorkloadPriorityClass",
+            ),
+        ] {
+            let Some(name) = name else { continue };
+            // An empty queue opts out of the namespace's default queue.
+            if !(is_labelled_name(name) || (field == "queue" && name.is_empty())) {
+                return Err(self.err(
+                    self.locate(&["resources", field]),
+                    format!("resources.{field} '{name}' is not a valid {what} name"),
+                    Some(format!(
+                        "the name of a {what}: at most 63 lowercase letters, digits, '-' or '.', a letter or digit at each end{}",
+                        if field == "queue" {
+                            "; \"\" submits without a queue"
+                        } else {
+                            ""
+                        }
+                    )),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Each of resources.tolerations is one Kubernetes would take.
+    fn tolerations(&self, r: &Resources) -> Result<(), ManifestError> {
+        use crate::kube_syntax::{is_label_value, is_qualified_name};
+        for (i, t) in r.tolerations.iter().enumerate() {
+            let bad = |what: String| {
+                Err(self.err(
+                    self.locate(&["resources", "tolerations", "key"]),
+                    format!("resources.tolerations[{i}]: {what}"),
+                    None,
+                ))
+            };
+            let matches_all = t.key.is_empty() && t.operator == "Exists";
+            if !matches_all && !is_qualified_name(&t.key) {
+                return bad(format!(
+                    "key '{}' is not a valid Kubernetes label key",
+                    t.key
+                ));
+            }
+            if !matches!(t.operator.as_str(), "Exists" | "Equal") {
+                return bad(format!("operator '{}' is not Exists or Equal", t.operator));
+            }
+            if let Some(v) = &t.value
+                && !is_label_value(v)
+            {
+                return bad(format!("value '{v}' is not a valid Kubernetes label value"));
+            }
+            if let Some(e) = &t.effect
+                && !matches!(e.as_str(), "NoSchedule" | "PreferNoSchedule" | "NoExecute")
+            {
+                return bad(format!(
+                    "effect '{e}' is not NoSchedule, PreferNoSchedule or NoExecute"
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Deepest nesting of mappings and sequences a manifest may have. Manifests need about six

@@ -48,6 +48,48 @@ pub fn dataset_table(m: &DatasetManifest) -> String {
     if !m.is_binary() || m.source.kind.is_archive() {
         return class_table(m);
     }
+    let t = binary_split_table(m);
+    let split = &m.options.split;
+    let mut out = format!(
+        "dataset {}  (staged {} by {})\nsource  {} ({:?}, {} files seen, {} non-image files ignored)\nsplit   {:?}, val {}, test {}, seed {}\n{t}\n",
+        m.id,
+        m.created_at,
+        m.staged_by,
+        m.source.path,
+        m.source.kind,
+        m.source.files_seen,
+        m.source.ignored,
+        split.method,
+        split.val,
+        split.test,
+        split.seed,
+    );
+    out += &format!(
+        "class weights  {:.4} / {:.4}   train mean RGB {:.4} {:.4} {:.4}   std {:.4} {:.4} {:.4}\n",
+        m.class_weights[0],
+        m.class_weights[1],
+        m.mean[0],
+        m.mean[1],
+        m.mean[2],
+        m.std[0],
+        m.std[1],
+        m.std[2]
+    );
+    let bytes: u64 = m.shards.iter().map(|s| s.bytes).sum();
+    out += &format!(
+        "padded {} edge patches ({})   duplicates counted once: {}   shards {} ({:.1} MB)\n",
+        m.padded,
+        name_of(&m.options.undersized),
+        m.source.duplicates,
+        m.shards.len(),
+        bytes as f64 / 1e6
+    );
+    out += &skipped_lines(m);
+    out
+}
+
+/// The two-class table: patients, patches and classes per split, then the total.
+fn binary_split_table(m: &DatasetManifest) -> Table {
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED);
     t.set_header([
@@ -89,65 +131,34 @@ pub fn dataset_table(m: &DatasetManifest) -> String {
         ),
         m.shards.len().to_string(),
     ]);
+    t
+}
 
-    let split = &m.options.split;
-    let mut out = format!(
-        "dataset {}  (staged {} by {})\nsource  {} ({:?}, {} files seen, {} non-image files ignored)\nsplit   {:?}, val {}, test {}, seed {}\n{t}\n",
-        m.id,
-        m.created_at,
-        m.staged_by,
-        m.source.path,
-        m.source.kind,
-        m.source.files_seen,
-        m.source.ignored,
-        split.method,
-        split.val,
-        split.test,
-        split.seed,
-    );
-    out += &format!(
-        "class weights  {:.4} / {:.4}   train mean RGB {:.4} {:.4} {:.4}   std {:.4} {:.4} {:.4}\n",
-        m.class_weights[0],
-        m.class_weights[1],
-        m.mean[0],
-        m.mean[1],
-        m.mean[2],
-        m.std[0],
-        m.std[1],
-        m.std[2]
-    );
-    let bytes: u64 = m.shards.iter().map(|s| s.bytes).sum();
-    out += &format!(
-        "padded {} edge patches ({})   duplicates counted once: {}   shards {} ({:.1} MB)\n",
-        m.padded,
-        name_of(&m.options.undersized),
-        m.source.duplicates,
-        m.shards.len(),
-        bytes as f64 / 1e6
-    );
+/// The files skipped while staging: how many for each reason, then the first few by name.
+fn skipped_lines(m: &DatasetManifest) -> String {
     if m.skipped.is_empty() {
-        out += "skipped 0 files\n";
-    } else {
-        let mut why: BTreeMap<&str, usize> = BTreeMap::new();
-        for s in &m.skipped {
-            *why.entry(s.reason.split(':').next().unwrap_or(&s.reason))
-                .or_default() += 1;
-        }
-        out += &format!("skipped {} files:", m.skipped.len());
-        for (reason, n) in why {
-            out += &format!(" {n} {reason};");
-        }
-        out.pop();
-        out += "\n";
-        for s in m.skipped.iter().take(SKIPPED_SHOWN) {
-            out += &format!("  {}: {}\n", s.path, s.reason);
-        }
-        if m.skipped.len() > SKIPPED_SHOWN {
-            out += &format!(
-                "  … and {} more (-o json lists all)\n",
-                m.skipped.len() - SKIPPED_SHOWN
-            );
-        }
+        return "skipped 0 files\n".into();
+    }
+    let mut out = String::new();
+    let mut why: BTreeMap<&str, usize> = BTreeMap::new();
+    for s in &m.skipped {
+        *why.entry(s.reason.split(':').next().unwrap_or(&s.reason))
+            .or_default() += 1;
+    }
+    out += &format!("skipped {} files:", m.skipped.len());
+    for (reason, n) in why {
+        out += &format!(" {n} {reason};");
+    }
+    out.pop();
+    out += "\n";
+    for s in m.skipped.iter().take(SKIPPED_SHOWN) {
+        out += &format!("  {}: {}\n", s.path, s.reason);
+    }
+    if m.skipped.len() > SKIPPED_SHOWN {
+        out += &format!(
+            "  … and {} more (-o json lists all)\n",
+            m.skipped.len() - SKIPPED_SHOWN
+        );
     }
     out
 }

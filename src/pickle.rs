@@ -591,6 +591,21 @@ impl<'a> Machine<'a> {
             .u8()
             .map_err(|_| "ends without a STOP opcode".to_string())?;
         match op {
+            0x80 | 0x95 | b'.' | b'(' => self.control(op),
+            b'N' | 0x88 | 0x89 | b'J' | b'K' | b'M' | b'I' | 0x8a | b'G' => self.scalar(op),
+            b'U' | b'C' | b'T' | b'B' | 0x8e | 0x8c | b'X' | 0x8d => self.string(op),
+            b')' | 0x85..=0x87 | b't' | b']' | b'l' | b'a' | b'e' | b'}' | b'd' | b's' | b'u' => {
+                self.container(op)
+            }
+            b'q' | b'r' | b'p' | 0x94 | b'h' | b'j' | b'g' => self.memo_op(op),
+            b'c' | 0x93 | b'R' | 0x81 | b'b' | b'P' | b'Q' => self.object_op(op),
+            _ => Err(unsupported(op)),
+        }
+    }
+
+    /// PROTO, FRAME, STOP and MARK.
+    fn control(&mut self, op: u8) -> Step<'a> {
+        match op {
             // PROTO: the protocol number; what each opcode means does not depend on it.
             0x80 => match self.u8()? {
                 p if p <= 5 => Ok(None),
@@ -606,6 +621,13 @@ impl<'a> Machine<'a> {
                 self.marks.push(self.stack.len());
                 Ok(None)
             }
+            _ => Err(unsupported(op)),
+        }
+    }
+
+    /// None, bools, integers and floats.
+    fn scalar(&mut self, op: u8) -> Step<'a> {
+        match op {
             b'N' => self.push(Value::None),
             0x88 => self.push(Value::Bool(true)),
             0x89 => self.push(Value::Bool(false)),
@@ -651,47 +673,52 @@ impl<'a> Machine<'a> {
                 let v = f64::from_be_bytes(self.array()?);
                 self.push(Value::Float(v))
             }
-            // Byte strings: Python 2 str (SHORT_BINSTRING, BINSTRING), bytes (protocol 3+).
+            _ => Err(unsupported(op)),
+        }
+    }
+
+    /// Byte strings (Python 2 str: SHORT_BINSTRING, BINSTRING; bytes: protocol 3+) and text.
+    fn string(&mut self, op: u8) -> Step<'a> {
+        let v = match op {
             b'U' | b'C' => {
                 let n = self.u8()?;
-                let b = self.take(n as u64)?;
-                self.push(Value::Bytes(Bytes::Borrowed(b)))
+                Value::Bytes(Bytes::Borrowed(self.take(n as u64)?))
             }
             b'T' => {
                 let n = i32::from_le_bytes(self.array()?);
                 if n < 0 {
                     return Err("negative string length".into());
                 }
-                let b = self.take(n as u64)?;
-                self.push(Value::Bytes(Bytes::Borrowed(b)))
+                Value::Bytes(Bytes::Borrowed(self.take(n as u64)?))
             }
             b'B' => {
                 let n = self.u32()?;
-                let b = self.take(n as u64)?;
-                self.push(Value::Bytes(Bytes::Borrowed(b)))
+                Value::Bytes(Bytes::Borrowed(self.take(n as u64)?))
             }
             0x8e => {
                 let n = self.u64()?;
-                let b = self.take(n)?;
-                self.push(Value::Bytes(Bytes::Borrowed(b)))
+                Value::Bytes(Bytes::Borrowed(self.take(n)?))
             }
-            // Text strings.
             0x8c => {
                 let n = self.u8()?;
-                let v = self.utf8(n as u64)?;
-                self.push(v)
+                self.utf8(n as u64)?
             }
             b'X' => {
                 let n = self.u32()?;
-                let v = self.utf8(n as u64)?;
-                self.push(v)
+                self.utf8(n as u64)?
             }
             0x8d => {
                 let n = self.u64()?;
-                let v = self.utf8(n)?;
-                self.push(v)
+                self.utf8(n)?
             }
-            // Containers.
+            _ => return Err(unsupported(op)),
+        };
+        self.push(v)
+    }
+
+    /// Tuples, lists and dicts: built whole or filled in.
+    fn container(&mut self, op: u8) -> Step<'a> {
+        match op {
             b')' => self.new_tuple(Vec::new()),
             0x85..=0x87 => {
                 let items = self.pop_n((op - 0x84) as usize)?;
@@ -732,33 +759,28 @@ impl<'a> Machine<'a> {
                 self.top_dict()?.extend(items);
                 Ok(None)
             }
-            // The memo.
-            b'q' => {
-                let k = self.u8()?;
-                self.put(k as u64)
-            }
-            b'r' => {
-                let k = self.u32()?;
-                self.put(k as u64)
-            }
-            b'p' => {
-                let k = self.text_int()?;
-                self.put(k as u64)
-            }
-            0x94 => self.put(self.memo.len() as u64),
-            b'h' => {
-                let k = self.u8()?;
-                self.get(k as u64)
-            }
-            b'j' => {
-                let k = self.u32()?;
-                self.get(k as u64)
-            }
-            b'g' => {
-                let k = self.text_int()?;
-                self.get(k as u64)
-            }
-            // Objects.
+            _ => Err(unsupported(op)),
+        }
+    }
+
+    /// The memo: PUT and GET by a key of one, four or a line of bytes, and MEMOIZE.
+    fn memo_op(&mut self, op: u8) -> Step<'a> {
+        let key = match op {
+            0x94 => return self.put(self.memo.len() as u64),
+            b'q' | b'h' => self.u8()? as u64,
+            b'r' | b'j' => self.u32()? as u64,
+            b'p' | b'g' => self.text_int()? as u64,
+            _ => return Err(unsupported(op)),
+        };
+        match op {
+            b'q' | b'r' | b'p' => self.put(key),
+            _ => self.get(key),
+        }
+    }
+
+    /// Globals, calls, BUILD and persistent references.
+    fn object_op(&mut self, op: u8) -> Step<'a> {
+        match op {
             b'c' => {
                 let module = self.line()?;
                 let name = self.line()?;
@@ -809,9 +831,13 @@ impl<'a> Machine<'a> {
                 let v = self.heap.object(Kind::Persistent(pid));
                 self.push(v)
             }
-            _ => Err(format!("unsupported opcode 0x{op:02x}")),
+            _ => Err(unsupported(op)),
         }
     }
+}
+
+fn unsupported(op: u8) -> String {
+    format!("unsupported opcode 0x{op:02x}")
 }
 
 const RECONSTRUCT: [&str; 2] = ["numpy.core.multiarray", "numpy._core.multiarray"];

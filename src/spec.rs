@@ -400,6 +400,38 @@ impl TrainSpec {
     }
 
     pub fn validate(&self) -> Result<(), String> {
+        self.validate_augmentation()?;
+        if self.epochs == 0 {
+            return Err("train.epochs: must be at least 1".into());
+        }
+        if self.batch_size == 0 {
+            return Err("train.batch_size: must be at least 1".into());
+        }
+        if self.eval_batch_size == 0 {
+            return Err("train.eval_batch_size: must be at least 1".into());
+        }
+        self.validate_optimizer()?;
+        if let Some(every) = &self.checkpoint_every {
+            self.checkpoint_interval().ok_or_else(|| {
+                format!(
+                    "train.checkpoint_every: '{every}' is not a duration such as 90s, 10m or 1h"
+                )
+            })?;
+        }
+        self.validate_model()?;
+        if self.loss.pos_weight.is_some() && self.loss.kind != LossKind::BceWithLogits {
+            return Err("train.loss.pos_weight: only applies to kind bce_with_logits".into());
+        }
+        if let Some(c) = self.grad_clip
+            && (c.is_nan() || c <= 0.0)
+        {
+            return Err(format!("train.grad_clip: {c} must be positive"));
+        }
+        Ok(())
+    }
+
+    /// Each augmentation is a probability; saturation and contrast within their ranges.
+    fn validate_augmentation(&self) -> Result<(), String> {
         let prob = |name: &str, v: f64| {
             if (0.0..=1.0).contains(&v) {
                 Ok(())
@@ -427,15 +459,11 @@ impl TrainSpec {
                 a.max_contrast
             ));
         }
-        if self.epochs == 0 {
-            return Err("train.epochs: must be at least 1".into());
-        }
-        if self.batch_size == 0 {
-            return Err("train.batch_size: must be at least 1".into());
-        }
-        if self.eval_batch_size == 0 {
-            return Err("train.eval_batch_size: must be at least 1".into());
-        }
+        Ok(())
+    }
+
+    /// The optimizer's learning rate, moments, weight decay and epsilon.
+    fn validate_optimizer(&self) -> Result<(), String> {
         let o = &self.optimizer;
         if !o.lr.is_finite() {
             return Err(format!(
@@ -468,13 +496,11 @@ impl TrainSpec {
                 o.eps
             ));
         }
-        if let Some(every) = &self.checkpoint_every {
-            self.checkpoint_interval().ok_or_else(|| {
-                format!(
-                    "train.checkpoint_every: '{every}' is not a duration such as 90s, 10m or 1h"
-                )
-            })?;
-        }
+        Ok(())
+    }
+
+    /// The model's own settings.
+    fn validate_model(&self) -> Result<(), String> {
         if let ModelSpec::SimpleCnn { width, dropout } = self.model {
             if width < 1 {
                 return Err(format!("train.model.width: {width} must be at least 1"));
@@ -490,14 +516,6 @@ impl TrainSpec {
             && s < 32
         {
             return Err(format!("train.model.input_size: {s} must be at least 32"));
-        }
-        if self.loss.pos_weight.is_some() && self.loss.kind != LossKind::BceWithLogits {
-            return Err("train.loss.pos_weight: only applies to kind bce_with_logits".into());
-        }
-        if let Some(c) = self.grad_clip
-            && (c.is_nan() || c <= 0.0)
-        {
-            return Err(format!("train.grad_clip: {c} must be positive"));
         }
         Ok(())
     }

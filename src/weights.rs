@@ -252,46 +252,10 @@ const MEMBER_RESERVE_MAX: u64 = 64 << 20;
 /// (`OrderedDict` of name -> tensor), or a dict holding one under `state_dict` or `model` (a
 /// training checkpoint). Entries of the state dict that are no tensors are skipped.
 pub fn read_torch_checkpoint(bytes: &[u8]) -> Result<Vec<(String, TensorData)>, WeightsError> {
-    if !bytes.starts_with(b"PK") {
-        return Err(if bytes.first() == Some(&0x80) {
-            format_err(
-                "legacy (pre-1.6) torch.save format: re-save with torch.save(..., _use_new_zipfile_serialization=True)",
-            )
-        } else {
-            format_err("not a torch checkpoint (torch.save writes a zip archive)")
-        });
-    }
-    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes))
-        .map_err(|e| format_err(format!("truncated or corrupt zip archive: {e}")))?;
-    let pkl = zip
-        .file_names()
-        .filter(|n| *n == "data.pkl" || n.ends_with("/data.pkl"))
-        .min_by_key(|n| n.len())
-        .map(str::to_string)
-        .ok_or_else(|| format_err("a zip archive without data.pkl: not a torch checkpoint"))?;
-    let prefix = &pkl[..pkl.len() - "data.pkl".len()];
-    let mut member = |name: &str| -> Result<Option<Vec<u8>>, WeightsError> {
-        let mut f = match zip.by_name(name) {
-            Ok(f) => f,
-            Err(zip::result::ZipError::FileNotFound) => return Ok(None),
-            Err(e) => return Err(format_err(format!("member {name}: {e}"))),
-        };
-        // The size is the archive's word: a hostile one must not reserve terabytes up front.
-        let mut buf = Vec::with_capacity(f.size().min(MEMBER_RESERVE_MAX) as usize);
-        f.read_to_end(&mut buf)
-            .map_err(|e| format_err(format!("member {name} is truncated or corrupt: {e}")))?;
-        Ok(Some(buf))
-    };
-    if let Some(order) = member(&format!("{prefix}byteorder"))? {
-        let order = String::from_utf8_lossy(&order);
-        if order.trim() != "little" {
-            return Err(format_err(format!(
-                "byte order '{}': only little-endian checkpoints are read",
-                order.trim()
-            )));
-        }
-    }
-    let data = member(&pkl)?
+    let mut zip = TorchZip::open(bytes)?;
+    let pkl = zip.pkl.clone();
+    let data = zip
+        .member(&pkl)?
         .ok_or_else(|| format_err(format!("member {pkl} is listed but cannot be found")))?;
     let p = pickle::parse(&data).map_err(|e| format_err(format!("{pkl}: {e}")))?;
     let state = state_dict(&p)?;
@@ -318,78 +282,141 @@ pub fn read_torch_checkpoint(bytes: &[u8]) -> Result<Vec<(String, TensorData)>, 
             ))
         })?;
         if !storages.contains_key(&t.key) {
-            let file = format!("{prefix}data/{}", t.key);
-            let s = member(&file)?
+            let file = format!("{}data/{}", zip.prefix, t.key);
+            let s = zip
+                .member(&file)?
                 .ok_or_else(|| bad(format!("its storage {file} is missing from the archive")))?;
             storages.insert(t.key.clone(), s);
         }
-        let storage = &storages[&t.key];
-        // Sizes and offsets are the checkpoint's word: every product and sum is checked, so
-        // that hostile ones are errors, never overflows or slices out of bounds.
-        let storage_bytes = t
-            .storage_numel
-            .checked_mul(dtype.size())
-            .ok_or_else(|| bad(format!("its storage size {} overflows", t.storage_numel)))?;
-        if storage.len() < storage_bytes {
-            return Err(bad(format!(
-                "its storage holds {} bytes, not the {storage_bytes} of {} {dtype} elements",
-                storage.len(),
-                t.storage_numel
-            )));
-        }
-        let numel = t
-            .shape
-            .iter()
-            .try_fold(1usize, |n, &d| n.checked_mul(d))
-            .ok_or_else(|| bad(format!("size {:?} overflows", t.shape)))?;
-        if t.shape.len() != t.stride.len() {
-            return Err(bad(format!(
-                "size {:?} and stride {:?} differ in length",
-                t.shape, t.stride
-            )));
-        }
-        let mut expect = 1usize;
-        for (d, (&n, &s)) in t.shape.iter().zip(&t.stride).enumerate().rev() {
-            if n > 1 && s != expect {
-                return Err(bad(format!(
-                    "not C-contiguous (size {:?}, stride {:?}, dimension {d}): save tensor.contiguous()",
-                    t.shape, t.stride
-                )));
-            }
-            // Saturating: with a zero size, the sizes' product fits where a suffix's may not.
-            expect = expect.saturating_mul(n);
-        }
-        let bytes = if numel == 0 {
-            Vec::new()
-        } else {
-            let elements = t.offset.checked_add(numel).and_then(|end| {
-                Some((
-                    t.offset.checked_mul(dtype.size())?,
-                    end.checked_mul(dtype.size())?,
-                ))
-            });
-            match elements {
-                Some((begin, end)) if end <= storage_bytes => storage[begin..end].to_vec(),
-                _ => {
-                    return Err(bad(format!(
-                        "elements {}..{} lie outside its storage of {}",
-                        t.offset,
-                        t.offset.saturating_add(numel),
-                        t.storage_numel
-                    )));
-                }
-            }
-        };
-        out.push((
-            name.clone(),
-            TensorData {
-                dtype,
-                shape: t.shape.clone(),
-                bytes,
-            },
-        ));
+        let tensor = tensor_data(&t, dtype, &storages[&t.key]).map_err(bad)?;
+        out.push((name.clone(), tensor));
     }
     Ok(out)
+}
+
+/// A `torch.save` zip archive, its pickle found and its byte order checked.
+struct TorchZip<'b> {
+    zip: zip::ZipArchive<std::io::Cursor<&'b [u8]>>,
+    /// The pickle's member, `…/data.pkl`, and the folder its storages lie in.
+    pkl: String,
+    prefix: String,
+}
+
+impl<'b> TorchZip<'b> {
+    fn open(bytes: &'b [u8]) -> Result<Self, WeightsError> {
+        if !bytes.starts_with(b"PK") {
+            return Err(if bytes.first() == Some(&0x80) {
+                format_err(
+                    "legacy (pre-1.6) torch.save format: re-save with torch.save(..., _use_new_zipfile_serialization=True)",
+                )
+            } else {
+                format_err("not a torch checkpoint (torch.save writes a zip archive)")
+            });
+        }
+        let zip = zip::ZipArchive::new(std::io::Cursor::new(bytes))
+            .map_err(|e| format_err(format!("truncated or corrupt zip archive: {e}")))?;
+        let pkl = zip
+            .file_names()
+            .filter(|n| *n == "data.pkl" || n.ends_with("/data.pkl"))
+            .min_by_key(|n| n.len())
+            .map(str::to_string)
+            .ok_or_else(|| format_err("a zip archive without data.pkl: not a torch checkpoint"))?;
+        let prefix = pkl[..pkl.len() - "data.pkl".len()].to_string();
+        let mut me = TorchZip { zip, pkl, prefix };
+        if let Some(order) = me.member(&format!("{}byteorder", me.prefix))? {
+            let order = String::from_utf8_lossy(&order);
+            if order.trim() != "little" {
+                return Err(format_err(format!(
+                    "byte order '{}': only little-endian checkpoints are read",
+                    order.trim()
+                )));
+            }
+        }
+        Ok(me)
+    }
+
+    /// The bytes of member `name`, `None` when there is none.
+    fn member(&mut self, name: &str) -> Result<Option<Vec<u8>>, WeightsError> {
+        let mut f = match self.zip.by_name(name) {
+            Ok(f) => f,
+            Err(zip::result::ZipError::FileNotFound) => return Ok(None),
+            Err(e) => return Err(format_err(format!("member {name}: {e}"))),
+        };
+        // The size is the archive's word: a hostile one must not reserve terabytes up front.
+        let mut buf = Vec::with_capacity(f.size().min(MEMBER_RESERVE_MAX) as usize);
+        f.read_to_end(&mut buf)
+            .map_err(|e| format_err(format!("member {name} is truncated or corrupt: {e}")))?;
+        Ok(Some(buf))
+    }
+}
+
+/// Tensor `t`'s elements of type `dtype`, cut from its `storage` once its layout is checked;
+/// why not otherwise. Sizes and offsets are the checkpoint's word: every product and sum is
+/// checked, so that hostile ones are errors, never overflows or slices out of bounds.
+fn tensor_data(
+    t: &pickle::TorchTensor,
+    dtype: Dtype,
+    storage: &[u8],
+) -> Result<TensorData, String> {
+    let storage_bytes = t
+        .storage_numel
+        .checked_mul(dtype.size())
+        .ok_or_else(|| format!("its storage size {} overflows", t.storage_numel))?;
+    if storage.len() < storage_bytes {
+        return Err(format!(
+            "its storage holds {} bytes, not the {storage_bytes} of {} {dtype} elements",
+            storage.len(),
+            t.storage_numel
+        ));
+    }
+    let numel = t
+        .shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .ok_or_else(|| format!("size {:?} overflows", t.shape))?;
+    if t.shape.len() != t.stride.len() {
+        return Err(format!(
+            "size {:?} and stride {:?} differ in length",
+            t.shape, t.stride
+        ));
+    }
+    let mut expect = 1usize;
+    for (d, (&n, &s)) in t.shape.iter().zip(&t.stride).enumerate().rev() {
+        if n > 1 && s != expect {
+            return Err(format!(
+                "not C-contiguous (size {:?}, stride {:?}, dimension {d}): save tensor.contiguous()",
+                t.shape, t.stride
+            ));
+        }
+        // Saturating: with a zero size, the sizes' product fits where a suffix's may not.
+        expect = expect.saturating_mul(n);
+    }
+    let bytes = if numel == 0 {
+        Vec::new()
+    } else {
+        let elements = t.offset.checked_add(numel).and_then(|end| {
+            Some((
+                t.offset.checked_mul(dtype.size())?,
+                end.checked_mul(dtype.size())?,
+            ))
+        });
+        match elements {
+            Some((begin, end)) if end <= storage_bytes => storage[begin..end].to_vec(),
+            _ => {
+                return Err(format!(
+                    "elements {}..{} lie outside its storage of {}",
+                    t.offset,
+                    t.offset.saturating_add(numel),
+                    t.storage_numel
+                ));
+            }
+        }
+    };
+    Ok(TensorData {
+        dtype,
+        shape: t.shape.clone(),
+        bytes,
+    })
 }
 
 /// The state dict's items: the root dict, or the dict under its `state_dict` or `model` key.

@@ -913,59 +913,73 @@ mod tests {
         open(dir, ArchiveFormat::Idx, None).unwrap_err().to_string()
     }
 
+    /// A fresh IDX folder in `d` with member `name` replaced by gzipped `bytes`: the error
+    /// opening it.
+    fn idx_error_with(d: &Path, name: &str, bytes: &[u8]) -> String {
+        fixtures::idx(d, 20, 10, 28, true, 1);
+        write_idx(d, name, bytes);
+        idx_error(d)
+    }
+
+    /// An IDX header for `dims` followed by `n` bytes of `fill`.
+    fn idx_bytes(dims: &[u32], fill: u8, n: usize) -> Vec<u8> {
+        let mut f = fixtures::idx_header(dims);
+        f.extend(vec![fill; n]);
+        f
+    }
+
+    /// How errors name the file `n` of `d`.
+    fn in_file(d: &Path, n: &str) -> String {
+        format!("{}: ", d.join(n).display())
+    }
+
     #[test]
-    fn bad_idx_files() {
+    fn idx_files_whose_counts_disagree() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        let fresh = || {
-            fixtures::idx(d, 20, 10, 28, true, 1);
-        };
-        let header = fixtures::idx_header;
-        let file = |n: &str| format!("{}: ", d.join(n).display());
 
         // Truncated: the header claims more images than there are.
-        fresh();
-        let mut f = header(&[60000, 28, 28]);
-        f.extend(vec![0u8; 5120]);
-        write_idx(d, "train-images-idx3-ubyte", &f);
         assert_eq!(
-            idx_error(d),
-            file("train-images-idx3-ubyte.gz")
+            idx_error_with(
+                d,
+                "train-images-idx3-ubyte",
+                &idx_bytes(&[60000, 28, 28], 0, 5120)
+            ),
+            in_file(d, "train-images-idx3-ubyte.gz")
                 + "header says 60000 images of 28x28 but the file holds 5120 bytes of pixels (truncated)"
         );
 
         // Trailing bytes.
-        fresh();
-        let mut f = header(&[10]);
-        f.extend(vec![1u8; 11]);
-        write_idx(d, "t10k-labels-idx1-ubyte", &f);
         assert_eq!(
-            idx_error(d),
-            file("t10k-labels-idx1-ubyte.gz")
+            idx_error_with(d, "t10k-labels-idx1-ubyte", &idx_bytes(&[10], 1, 11)),
+            in_file(d, "t10k-labels-idx1-ubyte.gz")
                 + "header says 10 labels but the file holds 11 bytes of labels (trailing bytes)"
         );
 
         // Counts disagree.
-        fresh();
-        let mut f = header(&[19]);
-        f.extend(vec![1u8; 19]);
-        write_idx(d, "train-labels-idx1-ubyte", &f);
         assert_eq!(
-            idx_error(d),
-            file("train-labels-idx1-ubyte.gz")
+            idx_error_with(d, "train-labels-idx1-ubyte", &idx_bytes(&[19], 1, 19)),
+            in_file(d, "train-labels-idx1-ubyte.gz")
                 + "19 labels for 20 images in train-images-idx3-ubyte.gz"
         );
 
         // Test images of another size.
-        fresh();
-        let mut f = header(&[10, 32, 32]);
-        f.extend(vec![1u8; 10 * 32 * 32]);
-        write_idx(d, "t10k-images-idx3-ubyte", &f);
         assert_eq!(
-            idx_error(d),
-            file("t10k-images-idx3-ubyte.gz")
+            idx_error_with(
+                d,
+                "t10k-images-idx3-ubyte",
+                &idx_bytes(&[10, 32, 32], 1, 10 * 32 * 32)
+            ),
+            in_file(d, "t10k-images-idx3-ubyte.gz")
                 + "images are 32x32 but the training images (train-images-idx3-ubyte.gz) are 28x28"
         );
+    }
+
+    #[test]
+    fn idx_files_with_bad_headers_or_streams() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let file = |n: &str| in_file(d, n);
 
         // Bad magic, data type, dimension count; a short file; a corrupt gzip stream.
         for (bytes, want) in [
@@ -984,11 +998,12 @@ mod tests {
             (b"\x00\x00", "too short for an IDX header"),
             (b"\x00\x00\x08\x03\x00\x00", "truncated in the IDX header"),
         ] {
-            fresh();
-            write_idx(d, "train-images-idx3-ubyte", bytes);
-            assert_eq!(idx_error(d), file("train-images-idx3-ubyte.gz") + want);
+            assert_eq!(
+                idx_error_with(d, "train-images-idx3-ubyte", bytes),
+                file("train-images-idx3-ubyte.gz") + want
+            );
         }
-        fresh();
+        fixtures::idx(d, 20, 10, 28, true, 1);
         let path = d.join("train-images-idx3-ubyte.gz");
         let gz = std::fs::read(&path).unwrap();
         std::fs::write(&path, &gz[..gz.len() / 2]).unwrap();
@@ -1001,7 +1016,7 @@ mod tests {
         );
 
         // A gzip file without .gz.
-        fresh();
+        fixtures::idx(d, 20, 10, 28, true, 1);
         std::fs::rename(&path, d.join("train-images-idx3-ubyte")).unwrap();
         let msg = idx_error(d);
         assert!(

@@ -111,15 +111,41 @@ fn top_k(r: &RunData, k: u32) -> f64 {
 
 /// Compares `runs`, in the order given.
 pub fn compare(runs: &[RunData]) -> Comparison {
-    let mut metrics = vec![];
-    let mut row = |group: &str,
-                   metric: &str,
-                   of: &dyn Fn(&RunData) -> f64,
-                   better: Option<Better>,
-                   decimals: usize| {
-        let values: Vec<f64> = runs.iter().map(of).collect();
+    let mut rows = MetricRows { runs, rows: vec![] };
+    let binary = runs
+        .iter()
+        .all(|r| r.report.test.binary().is_some() && r.report.test_at_val_threshold.is_some());
+    if binary {
+        rows.binary();
+    } else {
+        rows.multiclass();
+    }
+    rows.training();
+    Comparison {
+        runs: runs.iter().map(|r| r.id().to_string()).collect(),
+        metrics: rows.rows,
+        config: config_rows(runs),
+    }
+}
+
+/// The metric rows of a comparison as they are added, each with its best run marked.
+struct MetricRows<'a> {
+    runs: &'a [RunData],
+    rows: Vec<MetricRow>,
+}
+
+impl MetricRows<'_> {
+    fn row(
+        &mut self,
+        group: &str,
+        metric: &str,
+        of: &dyn Fn(&RunData) -> f64,
+        better: Option<Better>,
+        decimals: usize,
+    ) {
+        let values: Vec<f64> = self.runs.iter().map(of).collect();
         let best = better.map(|b| best_of(&values, b)).unwrap_or_default();
-        metrics.push(MetricRow {
+        self.rows.push(MetricRow {
             group: group.into(),
             metric: metric.into(),
             values,
@@ -127,19 +153,11 @@ pub fn compare(runs: &[RunData]) -> Comparison {
             best,
             decimals,
         });
-    };
-    use crate::metrics::MetricName::{self, *};
-    let better = |m: MetricName| {
-        if m.higher_is_better() {
-            Better::Higher
-        } else {
-            Better::Lower
-        }
-    };
-    let binary = runs
-        .iter()
-        .all(|r| r.report.test.binary().is_some() && r.report.test_at_val_threshold.is_some());
-    if binary {
+    }
+
+    /// Two classes: test at 0.5 and at the validation threshold, and validation.
+    fn binary(&mut self) {
+        use crate::metrics::MetricName::{self, *};
         let at = |r: &RunData| {
             r.report
                 .test_at_val_threshold
@@ -147,7 +165,7 @@ pub fn compare(runs: &[RunData]) -> Comparison {
                 .expect("checked above")
         };
         for m in MetricName::ALL {
-            row(
+            self.row(
                 "test at 0.5",
                 m.label(),
                 &|r| m.of(&r.report.test),
@@ -155,7 +173,7 @@ pub fn compare(runs: &[RunData]) -> Comparison {
                 4,
             );
         }
-        row(
+        self.row(
             "test at val threshold",
             "threshold",
             &|r| at(r).threshold,
@@ -163,7 +181,7 @@ pub fn compare(runs: &[RunData]) -> Comparison {
             3,
         );
         for m in [BalancedAccuracy, Precision, Recall, F1] {
-            row(
+            self.row(
                 "test at val threshold",
                 m.label(),
                 &|r| m.of_binary(&at(r)),
@@ -172,7 +190,7 @@ pub fn compare(runs: &[RunData]) -> Comparison {
             );
         }
         for m in [BalancedAccuracy, F1, RocAuc, PrAuc, Loss] {
-            row(
+            self.row(
                 "val (best epoch)",
                 m.label(),
                 &|r| m.of(&r.report.val),
@@ -180,10 +198,13 @@ pub fn compare(runs: &[RunData]) -> Comparison {
                 4,
             );
         }
-    } else {
-        // K classes (or a mix): macro averages where a metric is per class.
+    }
+
+    /// K classes (or a mix): macro averages where a metric is per class.
+    fn multiclass(&mut self) {
+        use crate::metrics::MetricName::*;
         for m in super::MULTICLASS_SHOWN {
-            row(
+            self.row(
                 "test",
                 m.label_multiclass(),
                 &|r| m.of(&r.report.test),
@@ -202,10 +223,10 @@ pub fn compare(runs: &[RunData]) -> Comparison {
             ("top-5 accuracy", |r| top_k(r, 5)),
         ];
         for (name, f) in extra {
-            row("test", name, &f, Some(Better::Higher), 4);
+            self.row("test", name, &f, Some(Better::Higher), 4);
         }
         for m in [Accuracy, F1, Loss] {
-            row(
+            self.row(
                 "val (best epoch)",
                 m.label_multiclass(),
                 &|r| m.of(&r.report.val),
@@ -214,16 +235,31 @@ pub fn compare(runs: &[RunData]) -> Comparison {
             );
         }
     }
-    let training: [(&str, Of, Option<Better>, usize); 4] = [
-        ("best epoch", |r| r.report.best_epoch as f64, None, 0),
-        ("epochs run", |r| r.report.epochs_run as f64, None, 0),
-        ("train seconds", |r| r.report.train_seconds, None, 1),
-        ("images/s", |r| r.report.train_images_per_s, None, 0),
-    ];
-    for (name, f, b, d) in training {
-        row("training", name, &f, b, d);
-    }
 
+    /// How long each run trained, and how fast.
+    fn training(&mut self) {
+        let training: [(&str, Of, Option<Better>, usize); 4] = [
+            ("best epoch", |r| r.report.best_epoch as f64, None, 0),
+            ("epochs run", |r| r.report.epochs_run as f64, None, 0),
+            ("train seconds", |r| r.report.train_seconds, None, 1),
+            ("images/s", |r| r.report.train_images_per_s, None, 0),
+        ];
+        for (name, f, b, d) in training {
+            self.row("training", name, &f, b, d);
+        }
+    }
+}
+
+fn better(m: crate::metrics::MetricName) -> Better {
+    if m.higher_is_better() {
+        Better::Higher
+    } else {
+        Better::Lower
+    }
+}
+
+/// Every config key of any run (with its dataset and device), each run's value beside it.
+fn config_rows(runs: &[RunData]) -> Vec<ConfigRow> {
     let flat: Vec<BTreeMap<String, String>> = runs
         .iter()
         .map(|r| {
@@ -237,8 +273,7 @@ pub fn compare(runs: &[RunData]) -> Comparison {
     let mut keys: Vec<&String> = flat.iter().flat_map(|m| m.keys()).collect();
     keys.sort();
     keys.dedup();
-    let config = keys
-        .into_iter()
+    keys.into_iter()
         .map(|k| {
             let values: Vec<Option<String>> = flat.iter().map(|m| m.get(k).cloned()).collect();
             let differs = values.windows(2).any(|w| w[0] != w[1]);
@@ -248,12 +283,7 @@ pub fn compare(runs: &[RunData]) -> Comparison {
                 differs,
             }
         })
-        .collect();
-    Comparison {
-        runs: runs.iter().map(|r| r.id().to_string()).collect(),
-        metrics,
-        config,
-    }
+        .collect()
 }
 
 /// The comparison as terminal tables: metrics with the best value of each row marked `*`, then

@@ -466,18 +466,90 @@ pub fn write_run_report(
             return write_multiclass_report(dir, run, ds, m);
         }
     };
-    let val = r.val.binary().cloned().unwrap_or_default();
-    let plots: Vec<(&str, String, String)> = vec![
-        (
-            "loss.svg",
-            loss_plot(run).to_svg(),
-            "train and validation loss per epoch".into(),
-        ),
-        (
-            "val-metrics.svg",
-            val_metrics_plot(run).to_svg(),
-            "validation metrics per epoch".into(),
-        ),
+    let plots = binary_plots(run, test, at);
+    let mut written = write_plots(dir, &plots)?;
+    let img = |i: usize| plot_img(plots[i].0, &plots[i].2);
+
+    let mut b = run_heading(run, None);
+    b.push_str("</section>\n");
+    b.push_str(&binary_metric_table(
+        test,
+        at,
+        &r.val.binary().cloned().unwrap_or_default(),
+    ));
+    for (title, i) in [
+        ("Training", 0),
+        ("Test curves", 2),
+        ("Confusion matrices (test)", 4),
+    ] {
+        b.push_str(&plot_section(title, &img(i), &img(i + 1)));
+    }
+    b.push_str(&misclassified_patches(r, ds, test));
+    if let Some(view) = slides {
+        if !view.slides.is_empty() {
+            written.maps = super::slides::write_maps(
+                &dir.join(SLIDES_DIR),
+                &view.slides,
+                &format!("idc slide maps: {} (test patients)", run.id()),
+            )?;
+        }
+        b.push_str(&super::slides::html_section(
+            &view.slides,
+            &format!("{SLIDES_DIR}/"),
+            &view.notes,
+        ));
+    }
+    finish_run_page(written, run, ds, b)
+}
+
+/// The top of a run's page: its title, the line under it (with the number of `classes` beyond
+/// two), and its summary section's table.
+fn run_heading(run: &RunData, classes: Option<usize>) -> String {
+    let r = &run.report;
+    let mut b = format!(
+        "<h1>Run {}</h1>\n<p class=\"sub\">{} · ",
+        escape(run.id()),
+        escape(&r.model)
+    );
+    if let Some(k) = classes {
+        let _ = write!(b, "{k} classes · ");
+    }
+    let _ = writeln!(
+        b,
+        "{} · best epoch {} of {} · finished {}</p>",
+        escape(&crate::output::name_of(&run.status.phase)),
+        r.best_epoch,
+        r.epochs_run,
+        escape(&r.finished_at)
+    );
+    b.push_str("<section><h2>Summary</h2>\n");
+    b.push_str(&summary_rows(run));
+    b
+}
+
+/// Ends the page body `b` of a run with its config and dataset, and writes it.
+fn finish_run_page(
+    written: Written,
+    run: &RunData,
+    ds: &DatasetView,
+    mut b: String,
+) -> Result<Written, ReportError> {
+    b.push_str(&config_and_dataset(run, ds));
+    write_file(
+        &written.page,
+        &page(&format!("idc report: {}", run.id()), &b),
+    )?;
+    Ok(written)
+}
+
+/// A two-class run's plots: `(file, svg, alt)`, in the order the page shows them.
+fn binary_plots(
+    run: &RunData,
+    test: &BinaryMetrics,
+    at: &BinaryMetrics,
+) -> Vec<(&'static str, String, String)> {
+    let mut plots = training_plots(run);
+    plots.extend([
         (
             "roc.svg",
             roc_plot(&[run], false).to_svg(),
@@ -504,24 +576,36 @@ pub fn write_run_report(
             ),
             "confusion matrix at the validation threshold".into(),
         ),
-    ];
-    let mut written = write_plots(dir, &plots)?;
-    let img = |i: usize| plot_img(plots[i].0, &plots[i].2);
+    ]);
+    plots
+}
 
-    let mut b = String::new();
-    let _ = write!(
-        b,
-        "<h1>Run {}</h1>\n<p class=\"sub\">{} · {} · best epoch {} of {} · finished {}</p>\n",
-        escape(run.id()),
-        escape(&r.model),
-        escape(&crate::output::name_of(&run.status.phase)),
-        r.best_epoch,
-        r.epochs_run,
-        escape(&r.finished_at)
+/// Any run's first plots: its loss and validation metrics per epoch.
+fn training_plots(run: &RunData) -> Vec<(&'static str, String, String)> {
+    vec![
+        (
+            "loss.svg",
+            loss_plot(run).to_svg(),
+            "train and validation loss per epoch".into(),
+        ),
+        (
+            "val-metrics.svg",
+            val_metrics_plot(run).to_svg(),
+            "validation metrics per epoch".into(),
+        ),
+    ]
+}
+
+/// A page section of two plots side by side.
+fn plot_section(title: &str, first: &str, second: &str) -> String {
+    format!("<section><h2>{title}</h2>\n<div class=\"plots\">\n{first}{second}</div>\n</section>\n")
+}
+
+/// A two-class run's test metrics at 0.5 and at the validation threshold, beside validation's.
+fn binary_metric_table(test: &BinaryMetrics, at: &BinaryMetrics, val: &BinaryMetrics) -> String {
+    let mut b = String::from(
+        "<section><h2>Test metrics</h2>\n<table>\n<thead><tr><th>metric</th><th>test at 0.5</th><th>test at val threshold</th><th>val (best epoch, at 0.5)</th></tr></thead>\n<tbody>\n",
     );
-    b.push_str("<section><h2>Summary</h2>\n");
-    b.push_str(&summary_rows(run));
-    b.push_str("</section>\n<section><h2>Test metrics</h2>\n<table>\n<thead><tr><th>metric</th><th>test at 0.5</th><th>test at val threshold</th><th>val (best epoch, at 0.5)</th></tr></thead>\n<tbody>\n");
     for (name, f) in metric_rows() {
         let _ = writeln!(
             b,
@@ -529,30 +613,22 @@ pub fn write_run_report(
             escape(name),
             f(test),
             f(at),
-            f(&val)
+            f(val)
         );
     }
     b.push_str("</tbody></table>\n<p class=\"legend\">The validation threshold maximises F1 on the validation split.</p>\n</section>\n");
-    let _ = write!(
-        b,
-        "<section><h2>Training</h2>\n<div class=\"plots\">\n{}{}</div>\n</section>\n",
-        img(0),
-        img(1)
-    );
-    let _ = write!(
-        b,
-        "<section><h2>Test curves</h2>\n<div class=\"plots\">\n{}{}</div>\n</section>\n",
-        img(2),
-        img(3)
-    );
-    let _ = write!(
-        b,
-        "<section><h2>Confusion matrices (test)</h2>\n<div class=\"plots\">\n{}{}</div>\n</section>\n",
-        img(4),
-        img(5)
-    );
+    b
+}
 
-    b.push_str("<section><h2>Most confidently misclassified test patches (at 0.5)</h2>\n");
+/// The most confidently misclassified test patches at 0.5, false positives then false
+/// negatives, each saying why none are shown when none are.
+fn misclassified_patches(
+    r: &crate::metrics::AnyReport,
+    ds: &DatasetView,
+    test: &BinaryMetrics,
+) -> String {
+    let mut b =
+        String::from("<section><h2>Most confidently misclassified test patches (at 0.5)</h2>\n");
     b.push_str(&notes(&ds.notes));
     for (kind, class, title) in [
         (
@@ -579,14 +655,11 @@ pub fn write_run_report(
             shown.len()
         );
         if shown.is_empty() {
-            let why = if total == 0 {
-                "none"
-            } else if listed == 0 {
-                "not recorded in this report"
-            } else {
-                "not readable from the dataset (see above)"
-            };
-            let _ = writeln!(b, "<p class=\"legend\">{why}</p>");
+            let _ = writeln!(
+                b,
+                "<p class=\"legend\">{}</p>",
+                why_none_shown(total == 0, listed == 0)
+            );
             continue;
         }
         let _ = writeln!(b, "<div class=\"grid {class}-grid\">");
@@ -596,26 +669,19 @@ pub fn write_run_report(
         b.push_str("</div>\n");
     }
     b.push_str("<p class=\"legend\">Patches are 50x50 pixels, shown at twice their size; p(IDC) is the model's probability of IDC.</p>\n</section>\n");
-    if let Some(view) = slides {
-        if !view.slides.is_empty() {
-            written.maps = super::slides::write_maps(
-                &dir.join(SLIDES_DIR),
-                &view.slides,
-                &format!("idc slide maps: {} (test patients)", run.id()),
-            )?;
-        }
-        b.push_str(&super::slides::html_section(
-            &view.slides,
-            &format!("{SLIDES_DIR}/"),
-            &view.notes,
-        ));
+    b
+}
+
+/// Why a page shows no misclassified images: there are `none`, the report listed none
+/// (`unlisted`), or the dataset could not give them.
+fn why_none_shown(none: bool, unlisted: bool) -> &'static str {
+    if none {
+        "none"
+    } else if unlisted {
+        "not recorded in this report"
+    } else {
+        "not readable from the dataset (see above)"
     }
-    b.push_str(&config_and_dataset(run, ds));
-    write_file(
-        &written.page,
-        &page(&format!("idc report: {}", run.id()), &b),
-    )?;
-    Ok(written)
 }
 
 /// The folder of a run page's slide maps, beside the page.
@@ -661,34 +727,10 @@ fn write_multiclass_report(
     test: &MulticlassMetrics,
 ) -> Result<Written, ReportError> {
     let r = &run.report;
-    let plots: Vec<(&str, String, String)> = vec![
-        (
-            "loss.svg",
-            loss_plot(run).to_svg(),
-            "train and validation loss per epoch".into(),
-        ),
-        (
-            "val-metrics.svg",
-            val_metrics_plot(run).to_svg(),
-            "validation metrics per epoch".into(),
-        ),
-    ];
+    let plots = training_plots(run);
     let written = write_plots(dir, &plots)?;
     let img = |i: usize| plot_img(plots[i].0, &plots[i].2);
-    let mut b = String::new();
-    let _ = write!(
-        b,
-        "<h1>Run {}</h1>\n<p class=\"sub\">{} · {} classes · {} · best epoch {} of {} · finished {}</p>\n",
-        escape(run.id()),
-        escape(&r.model),
-        r.classes.len(),
-        escape(&crate::output::name_of(&run.status.phase)),
-        r.best_epoch,
-        r.epochs_run,
-        escape(&r.finished_at)
-    );
-    b.push_str("<section><h2>Summary</h2>\n");
-    b.push_str(&summary_rows(run));
+    let mut b = run_heading(run, Some(r.classes.len()));
     b.push_str("</section>\n<section><h2>Test metrics</h2>\n");
     b.push_str(&multiclass_metric_table(test, r.val.multiclass()));
     b.push_str("<p class=\"legend\">Predictions are the most probable class. Macro: the unweighted mean over classes; weighted: by each class's support.</p>\n<h3>Per class (test)</h3>\n");
@@ -696,12 +738,7 @@ fn write_multiclass_report(
     b.push_str("</section>\n<section><h2>Confusion matrix (test)</h2>\n");
     b.push_str(&confusion_table(&test.confusion, &r.classes));
     b.push_str("<p class=\"legend\">Rows: true class; columns: predicted class; shade: share of the row.</p>\n</section>\n");
-    let _ = write!(
-        b,
-        "<section><h2>Training</h2>\n<div class=\"plots\">\n{}{}</div>\n</section>\n",
-        img(0),
-        img(1)
-    );
+    b.push_str(&plot_section("Training", &img(0), &img(1)));
     let wrong: u64 = test.count
         - (0..test.confusion.len())
             .map(|c| test.confusion[c][c])
@@ -713,13 +750,7 @@ fn write_multiclass_report(
     );
     b.push_str(&notes(&ds.notes));
     if ds.patches.is_empty() {
-        let why = if wrong == 0 {
-            "none"
-        } else if r.misclassified.is_empty() {
-            "not recorded in this report"
-        } else {
-            "not readable from the dataset (see above)"
-        };
+        let why = why_none_shown(wrong == 0, r.misclassified.is_empty());
         let _ = writeln!(b, "<p class=\"legend\">{why}</p>");
     } else {
         b.push_str("<div class=\"grid wrong-grid\">\n");
@@ -729,12 +760,7 @@ fn write_multiclass_report(
         b.push_str("</div>\n<p class=\"legend\">Each image: the predicted class and its probability, then the true class.</p>\n");
     }
     b.push_str("</section>\n");
-    b.push_str(&config_and_dataset(run, ds));
-    write_file(
-        &written.page,
-        &page(&format!("idc report: {}", run.id()), &b),
-    )?;
-    Ok(written)
+    finish_run_page(written, run, ds, b)
 }
 
 /// The summary rows of a run's page.
@@ -797,6 +823,49 @@ pub fn write_comparison(
 ) -> Result<Written, ReportError> {
     let (dir, page_path, prefix) = comparison_paths(target);
     create_dir(&dir)?;
+    let plots = comparison_plots(runs, &prefix);
+    let mut written = Written {
+        page: page_path,
+        plots: vec![],
+        maps: vec![],
+    };
+    for (file, svg, _) in &plots {
+        let path = dir.join(file);
+        write_file(&path, svg)?;
+        written.plots.push(path);
+    }
+
+    let mut b = runs_table(runs);
+    // Each run's column, headed by its name on its plot colour.
+    let header: String = c
+        .runs
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            format!(
+                "<th><span class=\"swatch\" style=\"background:{}\"></span>{}</th>",
+                plot::color(i),
+                escape(r)
+            )
+        })
+        .collect();
+    b.push_str(&compared_metrics(c, &header));
+    b.push_str("<section><h2>Plots</h2>\n<div class=\"plots\">\n");
+    for (file, _, alt) in &plots {
+        b.push_str(&plot_img(file, alt));
+    }
+    b.push_str("</div>\n</section>\n");
+    b.push_str(&compared_config(c, &header));
+    write_file(
+        &written.page,
+        &page(&format!("idc: comparing {}", c.runs.join(", ")), &b),
+    )?;
+    Ok(written)
+}
+
+/// The overlay plots of a comparison, `(file, svg, alt)`: validation loss and F1 per epoch,
+/// and for two classes the test ROC and precision-recall curves.
+fn comparison_plots(runs: &[RunData], prefix: &str) -> Vec<(String, String, &'static str)> {
     let refs: Vec<&RunData> = runs.iter().collect();
     let per_epoch = |title: &str, y: &str, of: fn(&super::EpochPoint) -> f64| {
         let mut p = LinePlot::new(title, "epoch", y).integer_x();
@@ -848,17 +917,11 @@ pub fn write_comparison(
             "test precision-recall curves, all runs",
         ));
     }
-    let mut written = Written {
-        page: page_path,
-        plots: vec![],
-        maps: vec![],
-    };
-    for (file, svg, _) in &plots {
-        let path = dir.join(file);
-        write_file(&path, svg)?;
-        written.plots.push(path);
-    }
+    plots
+}
 
+/// The title and the table of the runs compared, each with its plot colour.
+fn runs_table(runs: &[RunData]) -> String {
     let mut b = String::new();
     let _ = writeln!(
         b,
@@ -878,21 +941,12 @@ pub fn write_comparison(
         );
     }
     b.push_str("</tbody></table>\n</section>\n");
+    b
+}
 
-    let header: String = c
-        .runs
-        .iter()
-        .enumerate()
-        .map(|(i, r)| {
-            format!(
-                "<th><span class=\"swatch\" style=\"background:{}\"></span>{}</th>",
-                plot::color(i),
-                escape(r)
-            )
-        })
-        .collect();
-    let _ = write!(
-        b,
+/// The metrics side by side in their groups, the best of each row marked.
+fn compared_metrics(c: &Comparison, header: &str) -> String {
+    let mut b = format!(
         "<section><h2>Metrics</h2>\n<table>\n<thead><tr><th>metric</th>{header}</tr></thead>\n<tbody>\n"
     );
     let mut group = "";
@@ -918,16 +972,13 @@ pub fn write_comparison(
         let _ = writeln!(b, "<tr><td>{}</td>{cells}</tr>", escape(&m.metric));
     }
     b.push_str("</tbody></table>\n<p class=\"legend\"><span class=\"best\">★ bold</span>: the best of the row (none marked when all runs are equal).</p>\n</section>\n");
+    b
+}
 
-    b.push_str("<section><h2>Plots</h2>\n<div class=\"plots\">\n");
-    for (file, _, alt) in &plots {
-        b.push_str(&plot_img(file, alt));
-    }
-    b.push_str("</div>\n</section>\n");
-
+/// The config keys side by side, those that differ highlighted.
+fn compared_config(c: &Comparison, header: &str) -> String {
     let differing = c.config.iter().filter(|r| r.differs).count();
-    let _ = write!(
-        b,
+    let mut b = format!(
         "<section><h2>Config</h2>\n<table class=\"left\">\n<thead><tr><th>key</th>{header}</tr></thead>\n<tbody>\n"
     );
     for row in &c.config {
@@ -948,11 +999,7 @@ pub fn write_comparison(
         "</tbody></table>\n<p class=\"legend\">Highlighted: differs between the runs ({differing} of {} keys).</p>\n</section>\n",
         c.config.len()
     );
-    write_file(
-        &written.page,
-        &page(&format!("idc: comparing {}", c.runs.join(", ")), &b),
-    )?;
-    Ok(written)
+    b
 }
 
 #[cfg(test)]

@@ -271,18 +271,8 @@ impl LinePlot {
 
     /// The plot as a standalone SVG document.
     pub fn to_svg(&self) -> String {
-        let (ax, ay) = self.axes();
-        let (left, right) = (MARGIN_LEFT, self.width - MARGIN_RIGHT);
-        let (top, bottom) = (MARGIN_TOP, self.height - MARGIN_BOTTOM);
-        let sx = Scale {
-            domain: (ax.lo, ax.hi),
-            range: (left, right),
-        };
-        let sy = Scale {
-            domain: (ay.lo, ay.hi),
-            range: (bottom, top),
-        };
-        let legend = self.legend_rows(right - left);
+        let f = self.frame();
+        let legend = self.legend_rows(f.right - f.left);
         let total_height = self.height + legend.len() as f64 * LEGEND_ROW + 6.0;
         let mut s = String::new();
         let _ = write!(
@@ -297,70 +287,59 @@ impl LinePlot {
             t = escape(&self.title),
             cx = num(self.width / 2.0)
         );
-        // Grid and tick labels.
-        s.push_str(r##"<g stroke="#e3e3e3" stroke-width="1">"##);
-        for &t in &ax.ticks {
-            let x = num(sx.map(t));
-            let _ = write!(
-                s,
-                r#"<line x1="{x}" y1="{}" x2="{x}" y2="{}"/>"#,
-                num(top),
-                num(bottom)
-            );
-        }
-        for &t in &ay.ticks {
-            let y = num(sy.map(t));
-            let _ = write!(
-                s,
-                r#"<line x1="{}" y1="{y}" x2="{}" y2="{y}"/>"#,
-                num(left),
-                num(right)
-            );
-        }
-        s.push_str("</g>");
-        s.push_str(r##"<g fill="#333333">"##);
-        for &t in &ax.ticks {
-            let _ = write!(
-                s,
-                r#"<text x="{}" y="{}" text-anchor="middle">{}</text>"#,
-                num(sx.map(t)),
-                num(bottom + 16.0),
-                escape(&ax.label(t))
-            );
-        }
-        for &t in &ay.ticks {
-            let _ = write!(
-                s,
-                r#"<text x="{}" y="{}" text-anchor="end" dy="0.35em">{}</text>"#,
-                num(left - 6.0),
-                num(sy.map(t)),
-                escape(&ay.label(t))
-            );
-        }
+        f.grid(&mut s);
+        f.tick_labels(&mut s, &self.x_label, &self.y_label);
+        self.lines(&mut s, &f);
         let _ = write!(
             s,
-            r#"<text x="{}" y="{}" text-anchor="middle">{}</text><text transform="translate(16 {}) rotate(-90)" text-anchor="middle">{}</text></g>"#,
-            num((left + right) / 2.0),
-            num(bottom + 36.0),
-            escape(&self.x_label),
-            num((top + bottom) / 2.0),
-            escape(&self.y_label)
+            r##"<rect x="{}" y="{}" width="{}" height="{}" fill="none" stroke="#555555"/>"##,
+            num(f.left),
+            num(f.top),
+            num(f.right - f.left),
+            num(f.bottom - f.top)
         );
-        // Series, clipped to the plot area.
+        self.legend(&mut s, &legend, f.left);
+        s.push_str("</svg>\n");
+        s
+    }
+
+    /// The axes and where the plot area lies.
+    fn frame(&self) -> Frame {
+        let (ax, ay) = self.axes();
+        let (left, right) = (MARGIN_LEFT, self.width - MARGIN_RIGHT);
+        let (top, bottom) = (MARGIN_TOP, self.height - MARGIN_BOTTOM);
+        Frame {
+            sx: Scale {
+                domain: (ax.lo, ax.hi),
+                range: (left, right),
+            },
+            sy: Scale {
+                domain: (ay.lo, ay.hi),
+                range: (bottom, top),
+            },
+            ax,
+            ay,
+            left,
+            right,
+            top,
+            bottom,
+        }
+    }
+
+    /// The series, clipped to the plot area: a polyline per run of finite points, and markers
+    /// when asked for or when a series has a single point.
+    fn lines(&self, s: &mut String, f: &Frame) {
+        let (sx, sy) = (&f.sx, &f.sy);
         let _ = write!(
             s,
             r#"<clipPath id="area"><rect x="{}" y="{}" width="{}" height="{}"/></clipPath><g clip-path="url(#area)" fill="none" stroke-width="2" stroke-linejoin="round">"#,
-            num(left - 3.0),
-            num(top - 3.0),
-            num(right - left + 6.0),
-            num(bottom - top + 6.0)
+            num(f.left - 3.0),
+            num(f.top - 3.0),
+            num(f.right - f.left + 6.0),
+            num(f.bottom - f.top + 6.0)
         );
         for series in &self.series {
-            let dash = if series.dashed {
-                r#" stroke-dasharray="6 4""#
-            } else {
-                ""
-            };
+            let dash = series.dash();
             let finite = |p: &&(f64, f64)| p.0.is_finite() && p.1.is_finite();
             for run in series.points.split(|p| !finite(&p)) {
                 if run.len() >= 2 {
@@ -390,25 +369,15 @@ impl LinePlot {
             }
         }
         s.push_str("</g>");
-        let _ = write!(
-            s,
-            r##"<rect x="{}" y="{}" width="{}" height="{}" fill="none" stroke="#555555"/>"##,
-            num(left),
-            num(top),
-            num(right - left),
-            num(bottom - top)
-        );
-        // Legend, below the axes.
-        for (r, row) in legend.iter().enumerate() {
+    }
+
+    /// The legend's `rows` below the axes, from `left`.
+    fn legend(&self, s: &mut String, rows: &[Vec<(usize, f64)>], left: f64) {
+        for (r, row) in rows.iter().enumerate() {
             let y = self.height + r as f64 * LEGEND_ROW + 4.0;
             for &(i, x) in row {
                 let series = &self.series[i];
                 let x = left + x;
-                let dash = if series.dashed {
-                    r#" stroke-dasharray="6 4""#
-                } else {
-                    ""
-                };
                 let _ = write!(
                     s,
                     r#"<line x1="{}" y1="{y}" x2="{}" y2="{y}" stroke="{}" stroke-width="3"{dash}/><text x="{}" y="{y}" dy="0.35em">{}</text>"#,
@@ -417,12 +386,93 @@ impl LinePlot {
                     escape(&series.color),
                     num(x + 30.0),
                     escape(&series.name),
+                    dash = series.dash(),
                     y = num(y)
                 );
             }
         }
-        s.push_str("</svg>\n");
-        s
+    }
+}
+
+/// A line plot's axes, their scales, and the edges of its plot area.
+struct Frame {
+    ax: Axis,
+    ay: Axis,
+    sx: Scale,
+    sy: Scale,
+    left: f64,
+    right: f64,
+    top: f64,
+    bottom: f64,
+}
+
+impl Frame {
+    /// The grid lines at the ticks.
+    fn grid(&self, s: &mut String) {
+        s.push_str(r##"<g stroke="#e3e3e3" stroke-width="1">"##);
+        for &t in &self.ax.ticks {
+            let x = num(self.sx.map(t));
+            let _ = write!(
+                s,
+                r#"<line x1="{x}" y1="{}" x2="{x}" y2="{}"/>"#,
+                num(self.top),
+                num(self.bottom)
+            );
+        }
+        for &t in &self.ay.ticks {
+            let y = num(self.sy.map(t));
+            let _ = write!(
+                s,
+                r#"<line x1="{}" y1="{y}" x2="{}" y2="{y}"/>"#,
+                num(self.left),
+                num(self.right)
+            );
+        }
+        s.push_str("</g>");
+    }
+
+    /// The tick labels and the axis labels.
+    fn tick_labels(&self, s: &mut String, x_label: &str, y_label: &str) {
+        let (left, right, top, bottom) = (self.left, self.right, self.top, self.bottom);
+        s.push_str(r##"<g fill="#333333">"##);
+        for &t in &self.ax.ticks {
+            let _ = write!(
+                s,
+                r#"<text x="{}" y="{}" text-anchor="middle">{}</text>"#,
+                num(self.sx.map(t)),
+                num(bottom + 16.0),
+                escape(&self.ax.label(t))
+            );
+        }
+        for &t in &self.ay.ticks {
+            let _ = write!(
+                s,
+                r#"<text x="{}" y="{}" text-anchor="end" dy="0.35em">{}</text>"#,
+                num(left - 6.0),
+                num(self.sy.map(t)),
+                escape(&self.ay.label(t))
+            );
+        }
+        let _ = write!(
+            s,
+            r#"<text x="{}" y="{}" text-anchor="middle">{}</text><text transform="translate(16 {}) rotate(-90)" text-anchor="middle">{}</text></g>"#,
+            num((left + right) / 2.0),
+            num(bottom + 36.0),
+            escape(x_label),
+            num((top + bottom) / 2.0),
+            escape(y_label)
+        );
+    }
+}
+
+impl Series {
+    /// The stroke attribute of a dashed series.
+    fn dash(&self) -> &'static str {
+        if self.dashed {
+            r#" stroke-dasharray="6 4""#
+        } else {
+            ""
+        }
     }
 }
 

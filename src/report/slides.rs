@@ -242,18 +242,47 @@ fn draw(
             .unwrap_or(PATCH),
     );
     let (width, height) = (x1 - x0, y1 - y0);
-    let mut tissue = Canvas::new(width, height);
-    let mut truth = Canvas::new(width, height);
-    let mut heat = Canvas::new(width, height);
-    let idc: HashSet<(u32, u32)> = idx
-        .iter()
-        .map(|&i| &rows[i])
-        .filter(|r| r.label == Some(1))
-        .map(|r| (r.x, r.y))
-        .collect();
+    let mut maps = Maps {
+        tissue: Canvas::new(width, height),
+        truth: Canvas::new(width, height),
+        heat: Canvas::new(width, height),
+        idc: idx
+            .iter()
+            .map(|&i| &rows[i])
+            .filter(|r| r.label == Some(1))
+            .map(|r| (r.x, r.y))
+            .collect(),
+    };
     for (k, &i) in idx.iter().enumerate() {
         let r = &rows[i];
-        let (ox, oy) = (r.x - x0, r.y - y0);
+        maps.paint(r, (r.x - x0, r.y - y0), px[k].as_deref());
+    }
+    let scores = slide_scores(rows, idx, threshold);
+    Slide {
+        patient,
+        width,
+        height,
+        origin: (x0, y0),
+        patches: idx.len(),
+        threshold,
+        tissue_png: maps.tissue.png(),
+        truth_png: scores.is_some().then(|| maps.truth.png()),
+        heat_png: maps.heat.png(),
+        scores,
+    }
+}
+
+/// A patient's three maps as they are drawn, and where its IDC patches lie.
+struct Maps {
+    tissue: Canvas,
+    truth: Canvas,
+    heat: Canvas,
+    idc: HashSet<(u32, u32)>,
+}
+
+impl Maps {
+    /// Paints the patch of row `r` at `(ox, oy)` on each map from its pixels `px`.
+    fn paint(&mut self, r: &Prediction, (ox, oy): (u32, u32), px: Option<&[u8]>) {
         let p = r.p_positive() as f64;
         let colour = p.is_finite().then(|| colour_scale(p));
         // The outline runs along the sides where the IDC region ends.
@@ -262,12 +291,12 @@ fn draw(
                 r.x as i64 + dx * PATCH as i64,
                 r.y as i64 + dy * PATCH as i64,
             );
-            nx < 0 || ny < 0 || !idc.contains(&(nx as u32, ny as u32))
+            nx < 0 || ny < 0 || !self.idc.contains(&(nx as u32, ny as u32))
         };
         let (left, right, top, bottom) = (open(-1, 0), open(1, 0), open(0, -1), open(0, 1));
         for y in 0..PATCH {
             for x in 0..PATCH {
-                let src = match &px[k] {
+                let src = match px {
                     Some(p) => {
                         let o = (y as usize * PATCH_SIZE + x as usize) * 3;
                         [p[o], p[o + 1], p[o + 2]]
@@ -275,12 +304,12 @@ fn draw(
                     None => UNAVAILABLE,
                 };
                 let g = grey(src);
-                tissue.set(ox + x, oy + y, src);
+                self.tissue.set(ox + x, oy + y, src);
                 let edge = (left && x < OUTLINE)
                     || (right && x >= PATCH - OUTLINE)
                     || (top && y < OUTLINE)
                     || (bottom && y >= PATCH - OUTLINE);
-                truth.set(
+                self.truth.set(
                     ox + x,
                     oy + y,
                     match r.label {
@@ -291,7 +320,7 @@ fn draw(
                         None => [((g + 255.0) / 2.0).round() as u8; 3],
                     },
                 );
-                heat.set(
+                self.heat.set(
                     ox + x,
                     oy + y,
                     match colour {
@@ -302,12 +331,16 @@ fn draw(
             }
         }
     }
+}
+
+/// The scores of a patient's labelled rows among `idx` at `threshold`; `None` without labels.
+fn slide_scores(rows: &[Prediction], idx: &[usize], threshold: f64) -> Option<SlideScores> {
     let labelled: Vec<&Prediction> = idx
         .iter()
         .map(|&i| &rows[i])
         .filter(|r| r.label.is_some())
         .collect();
-    let scores = (!labelled.is_empty()).then(|| {
+    (!labelled.is_empty()).then(|| {
         let probs: Vec<f32> = labelled.iter().map(|r| r.p_positive()).collect();
         let labels: Vec<u8> = labelled.iter().map(|r| r.label.unwrap_or(0)).collect();
         let m = metrics::evaluate(&probs, &labels, threshold, f64::NAN);
@@ -319,19 +352,7 @@ fn draw(
             balanced_accuracy: m.balanced_accuracy,
             roc_auc: m.roc_auc,
         }
-    });
-    Slide {
-        patient,
-        width,
-        height,
-        origin: (x0, y0),
-        patches: idx.len(),
-        threshold,
-        tissue_png: tissue.png(),
-        truth_png: scores.is_some().then(|| truth.png()),
-        heat_png: heat.png(),
-        scores,
-    }
+    })
 }
 
 /// Writes each slide's maps as <patient>-tissue.png, <patient>-truth.png, <patient>-heat.png

@@ -484,111 +484,183 @@ pub fn parallel_svg(sweep: &Sweep, st: &SweepState) -> String {
     axes.push(linear_axis("objective", metric.clone(), vmin, vmax, false));
     let spacing = 150.0;
     let (left, top, height) = (80.0, 64.0, 430.0);
-    let bottom = height - 36.0;
     let plot_right = left + spacing * (axes.len() - 1) as f64;
-    let width = (plot_right + 150.0).max(560.0);
-    let x_of = |k: usize| left + spacing * k as f64;
-    let y_of = |f: f64| bottom - f.clamp(0.0, 1.0) * (bottom - top);
-    let maximize = sweep.objective.direction() == Direction::Maximize;
-    // 1 for the best value, 0 for the worst.
-    let goodness = |v: f64| {
-        if vmax > vmin {
-            let t = (v - vmin) / (vmax - vmin);
-            if maximize { t } else { 1.0 - t }
-        } else {
-            1.0
-        }
+    let g = ParGeometry {
+        axes,
+        spacing,
+        left,
+        top,
+        bottom: height - 36.0,
+        plot_right,
+        vmin,
+        vmax,
+        maximize: sweep.objective.direction() == Direction::Maximize,
+        metric,
     };
-    let hex = |c: [u8; 3]| format!("#{:02x}{:02x}{:02x}", c[0], c[1], c[2]);
+    let width = (plot_right + 150.0).max(560.0);
     let mut s = String::new();
     let _ = write!(
         s,
         r##"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" font-family="DejaVu Sans, Helvetica, Arial, sans-serif" font-size="12"><title>Parallel coordinates</title><rect width="100%" height="100%" fill="#ffffff"/><text x="{cx}" y="20" text-anchor="middle" font-size="14" font-weight="bold">Parallel coordinates: completed trials by parameter and {m}</text>"##,
         cx = width / 2.0,
-        m = escape(&metric)
+        m = escape(&g.metric)
     );
-    // Worse trials first, so that the better ones lie on top; the best last of all.
-    let best = st.best(sweep).map(|b| b.number);
-    let mut order: Vec<&(&Trial, f64)> = trials.iter().collect();
-    order.sort_by(|a, b| {
-        (Some(a.0.number) == best)
-            .cmp(&(Some(b.0.number) == best))
-            .then(goodness(a.1).total_cmp(&goodness(b.1)))
-    });
-    s.push_str(r#"<g fill="none" stroke-linejoin="round">"#);
-    for (t, v) in order {
-        let mut pts = vec![];
-        for (k, p) in sweep.space.params.iter().enumerate() {
-            if let Some(x) = t.params.get(&p.path).and_then(|j| p.dist.from_json(j)) {
-                pts.push(format!("{:.2},{:.2}", x_of(k), y_of((axes[k].at)(x))));
-            }
-        }
-        let k = axes.len() - 1;
-        pts.push(format!("{:.2},{:.2}", x_of(k), y_of((axes[k].at)(*v))));
-        let is_best = Some(t.number) == best;
-        let (class, colour, stroke_w) = if is_best {
-            ("trial best", "#e15759".to_string(), 3.5)
-        } else {
-            ("trial", hex(super::slides::colour_scale(goodness(*v))), 1.8)
-        };
-        let _ = write!(
-            s,
-            r#"<polyline class="{class}" data-trial="{id}" points="{pts}" stroke="{colour}" stroke-width="{stroke_w}" stroke-opacity="0.9"><title>{id}: {m} {val}</title></polyline>"#,
-            id = escape(&t.id),
-            pts = pts.join(" "),
-            m = escape(&metric),
-            val = fmt_num(*v)
-        );
+    g.trial_lines(&mut s, sweep, st.best(sweep).map(|b| b.number), &trials);
+    g.axis_lines(&mut s);
+    g.colour_scale(&mut s);
+    s.push_str("</svg>\n");
+    s
+}
+
+/// The axes of a parallel-coordinates plot and where they lie, shared by its layers.
+struct ParGeometry {
+    axes: Vec<ParAxis>,
+    spacing: f64,
+    left: f64,
+    top: f64,
+    bottom: f64,
+    plot_right: f64,
+    vmin: f64,
+    vmax: f64,
+    maximize: bool,
+    metric: String,
+}
+
+impl ParGeometry {
+    fn x_of(&self, k: usize) -> f64 {
+        self.left + self.spacing * k as f64
     }
-    s.push_str("</g>");
-    // Axes over the lines, their labels with a white halo to stay readable.
-    let halo = r##"stroke="#ffffff" stroke-width="3" paint-order="stroke""##;
-    for (k, a) in axes.iter().enumerate() {
-        let x = x_of(k);
-        let _ = write!(
-            s,
-            r##"<g class="axis" data-axis="{key}"><line x1="{x}" y1="{top}" x2="{x}" y2="{bottom}" stroke="#555555" stroke-width="1.5"/><text x="{x}" y="{ly}" text-anchor="middle" font-weight="bold">{label}</text>"##,
-            key = escape(&a.key),
-            ly = top - 14.0,
-            label = escape(&a.label)
-        );
-        for (f, label) in &a.ticks {
-            let y = y_of(*f);
+
+    fn y_of(&self, f: f64) -> f64 {
+        self.bottom - f.clamp(0.0, 1.0) * (self.bottom - self.top)
+    }
+
+    /// 1 for the best value, 0 for the worst.
+    fn goodness(&self, v: f64) -> f64 {
+        if self.vmax > self.vmin {
+            let t = (v - self.vmin) / (self.vmax - self.vmin);
+            if self.maximize { t } else { 1.0 - t }
+        } else {
+            1.0
+        }
+    }
+
+    /// One polyline per completed trial, coloured by its value.
+    fn trial_lines(
+        &self,
+        s: &mut String,
+        sweep: &Sweep,
+        best: Option<u32>,
+        trials: &[(&Trial, f64)],
+    ) {
+        // Worse trials first, so that the better ones lie on top; the best last of all.
+        let mut order: Vec<&(&Trial, f64)> = trials.iter().collect();
+        order.sort_by(|a, b| {
+            (Some(a.0.number) == best)
+                .cmp(&(Some(b.0.number) == best))
+                .then(self.goodness(a.1).total_cmp(&self.goodness(b.1)))
+        });
+        s.push_str(r#"<g fill="none" stroke-linejoin="round">"#);
+        for (t, v) in order {
+            let mut pts = vec![];
+            for (k, p) in sweep.space.params.iter().enumerate() {
+                if let Some(x) = t.params.get(&p.path).and_then(|j| p.dist.from_json(j)) {
+                    pts.push(format!(
+                        "{:.2},{:.2}",
+                        self.x_of(k),
+                        self.y_of((self.axes[k].at)(x))
+                    ));
+                }
+            }
+            let k = self.axes.len() - 1;
+            pts.push(format!(
+                "{:.2},{:.2}",
+                self.x_of(k),
+                self.y_of((self.axes[k].at)(*v))
+            ));
+            let is_best = Some(t.number) == best;
+            let (class, colour, stroke_w) = if is_best {
+                ("trial best", "#e15759".to_string(), 3.5)
+            } else {
+                (
+                    "trial",
+                    hex(super::slides::colour_scale(self.goodness(*v))),
+                    1.8,
+                )
+            };
             let _ = write!(
                 s,
-                r##"<line x1="{x0}" y1="{y:.2}" x2="{x}" y2="{y:.2}" stroke="#555555"/><text x="{tx}" y="{y:.2}" text-anchor="end" dy="0.35em" font-size="11" fill="#333333" {halo}>{l}</text>"##,
-                x0 = x - 5.0,
-                tx = x - 8.0,
-                l = escape(label)
+                r#"<polyline class="{class}" data-trial="{id}" points="{pts}" stroke="{colour}" stroke-width="{stroke_w}" stroke-opacity="0.9"><title>{id}: {m} {val}</title></polyline>"#,
+                id = escape(&t.id),
+                pts = pts.join(" "),
+                m = escape(&self.metric),
+                val = fmt_num(*v)
             );
         }
         s.push_str("</g>");
     }
-    // The colour scale, better at the top.
-    let (bx, bw) = (plot_right + 60.0, 14.0);
-    s.push_str(r#"<defs><linearGradient id="parallel-scale" x1="0" y1="1" x2="0" y2="0">"#);
-    for i in 0..=8 {
-        let t = i as f64 / 8.0;
+
+    /// The axes over the lines, their labels with a white halo to stay readable.
+    fn axis_lines(&self, s: &mut String) {
+        let (top, bottom) = (self.top, self.bottom);
+        let halo = r##"stroke="#ffffff" stroke-width="3" paint-order="stroke""##;
+        for (k, a) in self.axes.iter().enumerate() {
+            let x = self.x_of(k);
+            let _ = write!(
+                s,
+                r##"<g class="axis" data-axis="{key}"><line x1="{x}" y1="{top}" x2="{x}" y2="{bottom}" stroke="#555555" stroke-width="1.5"/><text x="{x}" y="{ly}" text-anchor="middle" font-weight="bold">{label}</text>"##,
+                key = escape(&a.key),
+                ly = top - 14.0,
+                label = escape(&a.label)
+            );
+            for (f, label) in &a.ticks {
+                let y = self.y_of(*f);
+                let _ = write!(
+                    s,
+                    r##"<line x1="{x0}" y1="{y:.2}" x2="{x}" y2="{y:.2}" stroke="#555555"/><text x="{tx}" y="{y:.2}" text-anchor="end" dy="0.35em" font-size="11" fill="#333333" {halo}>{l}</text>"##,
+                    x0 = x - 5.0,
+                    tx = x - 8.0,
+                    l = escape(label)
+                );
+            }
+            s.push_str("</g>");
+        }
+    }
+
+    /// The colour scale, better at the top.
+    fn colour_scale(&self, s: &mut String) {
+        let (top, bottom) = (self.top, self.bottom);
+        let (bx, bw) = (self.plot_right + 60.0, 14.0);
+        s.push_str(r#"<defs><linearGradient id="parallel-scale" x1="0" y1="1" x2="0" y2="0">"#);
+        for i in 0..=8 {
+            let t = i as f64 / 8.0;
+            let _ = write!(
+                s,
+                r#"<stop offset="{t}" stop-color="{}"/>"#,
+                hex(super::slides::colour_scale(t))
+            );
+        }
+        let (better, worse) = if self.maximize {
+            (self.vmax, self.vmin)
+        } else {
+            (self.vmin, self.vmax)
+        };
         let _ = write!(
             s,
-            r#"<stop offset="{t}" stop-color="{}"/>"#,
-            hex(super::slides::colour_scale(t))
+            r##"</linearGradient></defs><g class="scale"><rect x="{bx}" y="{top}" width="{bw}" height="{bh}" fill="url(#parallel-scale)" stroke="#555555"/><text x="{tx}" y="{top}" dy="0.8em">{b}</text><text x="{tx}" y="{bottom}">{w}</text><text transform="translate({lx} {my}) rotate(-90)" text-anchor="middle" fill="#57606a">{m} (better: yellow)</text></g>"##,
+            bh = bottom - top,
+            tx = bx + bw + 4.0,
+            b = escape(&fmt_num(better)),
+            w = escape(&fmt_num(worse)),
+            lx = bx - 6.0,
+            my = (top + bottom) / 2.0,
+            m = escape(&self.metric)
         );
     }
-    let (better, worse) = if maximize { (vmax, vmin) } else { (vmin, vmax) };
-    let _ = write!(
-        s,
-        r##"</linearGradient></defs><g class="scale"><rect x="{bx}" y="{top}" width="{bw}" height="{bh}" fill="url(#parallel-scale)" stroke="#555555"/><text x="{tx}" y="{top}" dy="0.8em">{b}</text><text x="{tx}" y="{bottom}">{w}</text><text transform="translate({lx} {my}) rotate(-90)" text-anchor="middle" fill="#57606a">{m} (better: yellow)</text></g>"##,
-        bh = bottom - top,
-        tx = bx + bw + 4.0,
-        b = escape(&fmt_num(better)),
-        w = escape(&fmt_num(worse)),
-        lx = bx - 6.0,
-        my = (top + bottom) / 2.0,
-        m = escape(&metric)
-    );
-    s.push_str("</svg>\n");
-    s
+}
+
+fn hex(c: [u8; 3]) -> String {
+    format!("#{:02x}{:02x}{:02x}", c[0], c[1], c[2])
 }
 
 /// How a parameter is searched, in words: `log_uniform 0.0001 to 0.1`, `categorical: a, b`.
@@ -620,253 +692,315 @@ fn describe(d: &Distribution) -> String {
 
 /// The page of `sweep` as recorded in `st`.
 pub fn sweep_page(sweep: &Sweep, st: &SweepState) -> Page {
-    let metric = sweep.objective.metric_name();
     let sum = summary(sweep, st);
-    let names = short_names(&sweep.space);
-    let best = st.best(sweep);
-    let done = completed(st);
-    let mut plots = 0;
-    let mut notes = vec![];
-    let mut b = String::new();
-    let _ = writeln!(
-        b,
-        "<h1>Sweep {}</h1>\n<p class=\"sub\">{} {} · {} sampler · {} pruner · {} of {} trials: {} running, {} completed, {} pruned, {} failed{}</p>",
-        escape(&sweep.name),
-        escape(&crate::output::name_of(&sum.direction)),
-        escape(&metric),
-        escape(&sum.sampler),
-        escape(&sum.pruner),
-        sum.trials,
-        sum.max_trials,
-        sum.running,
-        sum.completed,
-        sum.pruned,
-        sum.failed,
-        match &st.finished_at {
-            Some(at) => format!(" · finished {}", escape(at)),
-            None => String::new(),
-        }
-    );
-    b.push_str("<section><h2>Summary</h2>\n");
-    let mut rows = vec![
-        ("sweep", sweep.name.clone()),
-        (
-            "objective",
-            format!(
-                "{} {} (its best over a trial's epochs)",
-                crate::output::name_of(&sum.direction),
-                metric
-            ),
-        ),
-        (
-            "budget",
-            format!(
-                "{} trials, {} at a time",
-                sweep.max_trials, sweep.parallelism
-            ),
-        ),
-        ("sampler", sweep.sampler.describe()),
-        ("pruner", sum.pruner.clone()),
-        ("created", st.created_at.clone()),
-        ("updated", st.updated_at.clone()),
-    ];
-    if let Some(d) = &sweep.description {
-        rows.insert(1, ("description", d.clone()));
+    let mut p = PageBody {
+        sweep,
+        st,
+        metric: sweep.objective.metric_name(),
+        best: st.best(sweep),
+        b: String::new(),
+        plots: 0,
+        notes: vec![],
+    };
+    p.heading(&sum);
+    p.summary_section(&sum);
+    p.objective_section();
+    p.importance_section(&sum);
+    p.parallel_section();
+    p.best_section();
+    p.trials_table();
+    p.space_table();
+    Page {
+        html: page(&format!("idc sweep: {}", sweep.name), &p.b),
+        plots: p.plots,
+        notes: p.notes,
     }
-    if let Some(at) = &st.finished_at {
-        rows.push(("finished", at.clone()));
-    }
-    match best {
-        Some(t) => rows.push((
-            "best",
-            format!(
-                "{} (run {}): {} {} at epoch {}",
-                t.id,
-                t.run_id,
-                metric,
-                t.value.map(fmt_num).unwrap_or_default(),
-                t.best_epoch.unwrap_or(0)
-            ),
-        )),
-        None => rows.push(("best", "no trial has completed yet".into())),
-    }
-    b.push_str(&kv_table(&rows));
-    b.push_str("</section>\n");
+}
 
-    b.push_str("<section id=\"objective\"><h2>Objective per trial</h2>\n");
-    match objective_plot(sweep, st) {
-        Some(p) => {
-            b.push_str(&inline(
-                &p.to_svg(),
-                "objective-plot",
-                &format!("{metric} per trial"),
-            ));
-            plots += 1;
-            let _ = writeln!(
-                b,
-                "<p class=\"legend\">Each dot is a trial: its {} (the best over its epochs; for a pruned trial, the best before it was stopped). The dashed line is the best completed value so far. Failed trials have no value and sit on the bottom edge.</p>",
-                escape(&metric)
-            );
-        }
-        None => {
-            let why = "no trial has a value yet".to_string();
-            b.push_str(&note(&format!("Objective per trial: {why}.")));
-            notes.push(format!("objective per trial: {why}"));
-        }
-    }
-    b.push_str("</section>\n");
+/// A sweep's page as it is written, section by section: its HTML so far, how many plots it
+/// shows, and what it could not show and why.
+struct PageBody<'a> {
+    sweep: &'a Sweep,
+    st: &'a SweepState,
+    metric: String,
+    best: Option<&'a Trial>,
+    b: String,
+    plots: usize,
+    notes: Vec<String>,
+}
 
-    b.push_str("<section id=\"importance\"><h2>Parameter importance</h2>\n");
-    match &sum.importance_note {
-        None => {
-            b.push_str(&inline(
-                &importance_svg(&sum.importance, &metric),
+impl PageBody<'_> {
+    /// Shows an inline plot.
+    fn plot(&mut self, svg: &str, id: &str, alt: &str) {
+        self.b.push_str(&inline(svg, id, alt));
+        self.plots += 1;
+    }
+
+    /// Says why something is missing: `shown` on the page, `listed` in the notes.
+    fn missing(&mut self, shown: &str, listed: String) {
+        self.b.push_str(&note(shown));
+        self.notes.push(listed);
+    }
+
+    /// The title and the one-line state of the sweep under it.
+    fn heading(&mut self, sum: &Summary) {
+        let trials = format!(
+            "{} of {} trials: {} running, {} completed, {} pruned, {} failed",
+            sum.trials, sum.max_trials, sum.running, sum.completed, sum.pruned, sum.failed
+        );
+        let _ = writeln!(
+            self.b,
+            "<h1>Sweep {}</h1>\n<p class=\"sub\">{} {} · {} sampler · {} pruner · {trials}{}</p>",
+            escape(&self.sweep.name),
+            escape(&crate::output::name_of(&sum.direction)),
+            escape(&self.metric),
+            escape(&sum.sampler),
+            escape(&sum.pruner),
+            match &self.st.finished_at {
+                Some(at) => format!(" · finished {}", escape(at)),
+                None => String::new(),
+            }
+        );
+    }
+
+    /// The sweep's settings, times and best trial, as a table.
+    fn summary_section(&mut self, sum: &Summary) {
+        let (sweep, st, metric) = (self.sweep, self.st, &self.metric);
+        self.b.push_str("<section><h2>Summary</h2>\n");
+        let mut rows = vec![
+            ("sweep", sweep.name.clone()),
+            (
+                "objective",
+                format!(
+                    "{} {} (its best over a trial's epochs)",
+                    crate::output::name_of(&sum.direction),
+                    metric
+                ),
+            ),
+            (
+                "budget",
+                format!(
+                    "{} trials, {} at a time",
+                    sweep.max_trials, sweep.parallelism
+                ),
+            ),
+            ("sampler", sweep.sampler.describe()),
+            ("pruner", sum.pruner.clone()),
+            ("created", st.created_at.clone()),
+            ("updated", st.updated_at.clone()),
+        ];
+        if let Some(d) = &sweep.description {
+            rows.insert(1, ("description", d.clone()));
+        }
+        if let Some(at) = &st.finished_at {
+            rows.push(("finished", at.clone()));
+        }
+        match self.best {
+            Some(t) => rows.push((
+                "best",
+                format!(
+                    "{} (run {}): {} {} at epoch {}",
+                    t.id,
+                    t.run_id,
+                    metric,
+                    t.value.map(fmt_num).unwrap_or_default(),
+                    t.best_epoch.unwrap_or(0)
+                ),
+            )),
+            None => rows.push(("best", "no trial has completed yet".into())),
+        }
+        self.b.push_str(&kv_table(&rows));
+        self.b.push_str("</section>\n");
+    }
+
+    /// Each trial's value with the best so far.
+    fn objective_section(&mut self) {
+        self.b
+            .push_str("<section id=\"objective\"><h2>Objective per trial</h2>\n");
+        match objective_plot(self.sweep, self.st) {
+            Some(p) => {
+                let alt = format!("{} per trial", self.metric);
+                self.plot(&p.to_svg(), "objective-plot", &alt);
+                let _ = writeln!(
+                    self.b,
+                    "<p class=\"legend\">Each dot is a trial: its {} (the best over its epochs; for a pruned trial, the best before it was stopped). The dashed line is the best completed value so far. Failed trials have no value and sit on the bottom edge.</p>",
+                    escape(&self.metric)
+                );
+            }
+            None => {
+                let why = "no trial has a value yet".to_string();
+                self.missing(
+                    &format!("Objective per trial: {why}."),
+                    format!("objective per trial: {why}"),
+                );
+            }
+        }
+        self.b.push_str("</section>\n");
+    }
+
+    /// The parameters' importance bars, and how they are estimated.
+    fn importance_section(&mut self, sum: &Summary) {
+        self.b
+            .push_str("<section id=\"importance\"><h2>Parameter importance</h2>\n");
+        match &sum.importance_note {
+            None => self.plot(
+                &importance_svg(&sum.importance, &self.metric),
                 "importance-plot",
                 "parameter importance",
-            ));
-            plots += 1;
+            ),
+            Some(why) => self.missing(
+                &format!("Parameter importance {why}."),
+                format!("parameter importance: {why}"),
+            ),
         }
-        Some(why) => {
-            b.push_str(&note(&format!("Parameter importance {why}.")));
-            notes.push(format!("parameter importance: {why}"));
-        }
-    }
-    let _ = writeln!(
-        b,
-        "<p class=\"legend\">How it is estimated: the completed trials are grouped by each parameter's value (about √n quantile bins for a number, at most {}, on a log scale for log-scale parameters; one bin per choice for a categorical), and the correlation ratio η² = between-bin variance / total variance of the {} is the share of its variance that this parameter explains on its own (first order: interactions are not counted). The bars show each parameter's η² normalised so they sum to 100%. With few trials, chance alone gives every parameter some share: read small differences as noise.</p>",
-        importance::MAX_BINS,
-        escape(&metric)
-    );
-    b.push_str("</section>\n");
-
-    b.push_str("<section id=\"parallel\"><h2>Parallel coordinates</h2>\n");
-    if done.len() >= 2 {
-        b.push_str(&inline(
-            &parallel_svg(sweep, st),
-            "parallel-plot",
-            "parallel coordinates of the completed trials",
-        ));
-        plots += 1;
         let _ = writeln!(
-            b,
-            "<p class=\"legend\">One line per completed trial through its parameter values and its {}; colour by value (yellow: better), the best trial in red on top. Axes marked (log) are on a log scale; the parameter axes span the search space.</p>",
-            escape(&metric)
+            self.b,
+            "<p class=\"legend\">How it is estimated: the completed trials are grouped by each parameter's value (about √n quantile bins for a number, at most {}, on a log scale for log-scale parameters; one bin per choice for a categorical), and the correlation ratio η² = between-bin variance / total variance of the {} is the share of its variance that this parameter explains on its own (first order: interactions are not counted). The bars show each parameter's η² normalised so they sum to 100%. With few trials, chance alone gives every parameter some share: read small differences as noise.</p>",
+            importance::MAX_BINS,
+            escape(&self.metric)
         );
-    } else {
-        let why = format!("needs at least two completed trials (has {})", done.len());
-        b.push_str(&note(&format!("Parallel coordinates {why}.")));
-        notes.push(format!("parallel coordinates: {why}"));
+        self.b.push_str("</section>\n");
     }
-    b.push_str("</section>\n");
 
-    b.push_str("<section id=\"best\"><h2>Best trial</h2>\n");
-    match best {
-        Some(t) => {
-            let mut rows = vec![
-                ("trial", t.id.clone()),
-                ("run", t.run_id.clone()),
-                (
-                    metric.as_str(),
-                    format!(
-                        "{} at epoch {}",
-                        t.value.map(fmt_num).unwrap_or_default(),
-                        t.best_epoch.unwrap_or(0)
+    /// The completed trials through their parameters, when there are two or more.
+    fn parallel_section(&mut self) {
+        self.b
+            .push_str("<section id=\"parallel\"><h2>Parallel coordinates</h2>\n");
+        let done = completed(self.st).len();
+        if done >= 2 {
+            self.plot(
+                &parallel_svg(self.sweep, self.st),
+                "parallel-plot",
+                "parallel coordinates of the completed trials",
+            );
+            let _ = writeln!(
+                self.b,
+                "<p class=\"legend\">One line per completed trial through its parameter values and its {}; colour by value (yellow: better), the best trial in red on top. Axes marked (log) are on a log scale; the parameter axes span the search space.</p>",
+                escape(&self.metric)
+            );
+        } else {
+            let why = format!("needs at least two completed trials (has {done})");
+            self.missing(
+                &format!("Parallel coordinates {why}."),
+                format!("parallel coordinates: {why}"),
+            );
+        }
+        self.b.push_str("</section>\n");
+    }
+
+    /// The best trial: its value, parameters and curve.
+    fn best_section(&mut self) {
+        self.b
+            .push_str("<section id=\"best\"><h2>Best trial</h2>\n");
+        match self.best {
+            Some(t) => {
+                let mut rows = vec![
+                    ("trial", t.id.clone()),
+                    ("run", t.run_id.clone()),
+                    (
+                        self.metric.as_str(),
+                        format!(
+                            "{} at epoch {}",
+                            t.value.map(fmt_num).unwrap_or_default(),
+                            t.best_epoch.unwrap_or(0)
+                        ),
                     ),
-                ),
-            ];
-            for p in &sweep.space.params {
+                ];
+                for p in &self.sweep.space.params {
+                    rows.push((
+                        p.path.as_str(),
+                        t.params.get(&p.path).map(fmt_value).unwrap_or_default(),
+                    ));
+                }
                 rows.push((
-                    p.path.as_str(),
-                    t.params.get(&p.path).map(fmt_value).unwrap_or_default(),
+                    "curve",
+                    t.intermediate
+                        .iter()
+                        .map(|&v| fmt_num(v))
+                        .collect::<Vec<_>>()
+                        .join(" "),
                 ));
+                let table = kv_table(&rows);
+                self.b.push_str(&table);
+                if t.intermediate.is_empty() {
+                    self.missing(
+                        "The best trial recorded no epoch.",
+                        "best trial's curve: no epoch recorded".into(),
+                    );
+                } else {
+                    let alt = format!("{} by epoch of {}", self.metric, t.id);
+                    self.plot(&curve_plot(self.sweep, t).to_svg(), "best-curve-plot", &alt);
+                }
+                let _ = writeln!(
+                    self.b,
+                    "<p class=\"legend\">Its run's own report: <code>idcctl report {} --html DIR</code>.</p>",
+                    escape(&t.run_id)
+                );
             }
-            rows.push((
-                "curve",
-                t.intermediate
-                    .iter()
-                    .map(|&v| fmt_num(v))
-                    .collect::<Vec<_>>()
-                    .join(" "),
-            ));
-            b.push_str(&kv_table(&rows));
-            if t.intermediate.is_empty() {
-                b.push_str(&note("The best trial recorded no epoch."));
-                notes.push("best trial's curve: no epoch recorded".into());
-            } else {
-                b.push_str(&inline(
-                    &curve_plot(sweep, t).to_svg(),
-                    "best-curve-plot",
-                    &format!("{metric} by epoch of {}", t.id),
-                ));
-                plots += 1;
+            None => self.missing(
+                "No trial has completed yet.",
+                "best trial: no trial has completed yet".into(),
+            ),
+        }
+        self.b.push_str("</section>\n");
+    }
+
+    /// Every trial, one row each: state, value, epochs, parameters, and why it ended.
+    fn trials_table(&mut self) {
+        let (sweep, b) = (self.sweep, &mut self.b);
+        b.push_str("<section id=\"trials\"><h2>Trials</h2>\n<table class=\"trials\">\n<thead><tr><th>trial</th><th>state</th>");
+        let _ = write!(
+            b,
+            "<th>{}</th><th>best epoch</th><th>epochs</th>",
+            escape(&self.metric)
+        );
+        for n in &short_names(&sweep.space) {
+            let _ = write!(b, "<th>{}</th>", escape(n));
+        }
+        b.push_str("<th>why</th></tr></thead>\n<tbody>\n");
+        for t in &self.st.trials {
+            let is_best = self.best.is_some_and(|x| x.number == t.number);
+            let _ = write!(
+                b,
+                "<tr data-trial=\"{}\" data-state=\"{}\"{}><td>{}{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>",
+                escape(&t.id),
+                escape(&crate::output::name_of(&t.state)),
+                if is_best { " class=\"best\"" } else { "" },
+                escape(&t.id),
+                if is_best { " ★" } else { "" },
+                escape(&crate::output::name_of(&t.state)),
+                t.value.map(fmt_num).unwrap_or_default(),
+                t.best_epoch.map(|e| e.to_string()).unwrap_or_default(),
+                t.intermediate.len()
+            );
+            for p in &sweep.space.params {
+                let _ = write!(
+                    b,
+                    "<td>{}</td>",
+                    escape(&t.params.get(&p.path).map(fmt_value).unwrap_or_default())
+                );
             }
             let _ = writeln!(
                 b,
-                "<p class=\"legend\">Its run's own report: <code>idcctl report {} --html DIR</code>.</p>",
-                escape(&t.run_id)
+                "<td class=\"why\">{}</td></tr>",
+                escape(t.reason.as_deref().unwrap_or(""))
             );
         }
-        None => {
-            b.push_str(&note("No trial has completed yet."));
-            notes.push("best trial: no trial has completed yet".into());
-        }
+        b.push_str("</tbody></table>\n<p class=\"legend\">The value is the best over the trial's epochs (for a pruned trial, before it was stopped); ★: the best completed trial.</p>\n</section>\n");
     }
-    b.push_str("</section>\n");
 
-    b.push_str("<section id=\"trials\"><h2>Trials</h2>\n<table class=\"trials\">\n<thead><tr><th>trial</th><th>state</th>");
-    let _ = write!(
-        b,
-        "<th>{}</th><th>best epoch</th><th>epochs</th>",
-        escape(&metric)
-    );
-    for n in &names {
-        let _ = write!(b, "<th>{}</th>", escape(n));
-    }
-    b.push_str("<th>why</th></tr></thead>\n<tbody>\n");
-    for t in &st.trials {
-        let is_best = best.is_some_and(|x| x.number == t.number);
-        let _ = write!(
-            b,
-            "<tr data-trial=\"{}\" data-state=\"{}\"{}><td>{}{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>",
-            escape(&t.id),
-            escape(&crate::output::name_of(&t.state)),
-            if is_best { " class=\"best\"" } else { "" },
-            escape(&t.id),
-            if is_best { " ★" } else { "" },
-            escape(&crate::output::name_of(&t.state)),
-            t.value.map(fmt_num).unwrap_or_default(),
-            t.best_epoch.map(|e| e.to_string()).unwrap_or_default(),
-            t.intermediate.len()
-        );
-        for p in &sweep.space.params {
-            let _ = write!(
-                b,
-                "<td>{}</td>",
-                escape(&t.params.get(&p.path).map(fmt_value).unwrap_or_default())
+    /// How each parameter is searched.
+    fn space_table(&mut self) {
+        self.b.push_str("<section id=\"space\"><h2>Search space</h2>\n<table class=\"left\">\n<thead><tr><th>parameter</th><th>searched as</th></tr></thead>\n<tbody>\n");
+        for p in &self.sweep.space.params {
+            let _ = writeln!(
+                self.b,
+                "<tr><td>{}</td><td>{}</td></tr>",
+                escape(&p.path),
+                escape(&describe(&p.dist))
             );
         }
-        let _ = writeln!(
-            b,
-            "<td class=\"why\">{}</td></tr>",
-            escape(t.reason.as_deref().unwrap_or(""))
-        );
-    }
-    b.push_str("</tbody></table>\n<p class=\"legend\">The value is the best over the trial's epochs (for a pruned trial, before it was stopped); ★: the best completed trial.</p>\n</section>\n");
-
-    b.push_str("<section id=\"space\"><h2>Search space</h2>\n<table class=\"left\">\n<thead><tr><th>parameter</th><th>searched as</th></tr></thead>\n<tbody>\n");
-    for p in &sweep.space.params {
-        let _ = writeln!(
-            b,
-            "<tr><td>{}</td><td>{}</td></tr>",
-            escape(&p.path),
-            escape(&describe(&p.dist))
-        );
-    }
-    b.push_str("</tbody></table>\n</section>\n");
-    Page {
-        html: page(&format!("idc sweep: {}", sweep.name), &b),
-        plots,
-        notes,
+        self.b.push_str("</tbody></table>\n</section>\n");
     }
 }
 

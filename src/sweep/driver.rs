@@ -20,6 +20,7 @@ use crate::store::{Store, StoreError};
 use bytes::Bytes;
 use futures::StreamExt;
 use std::collections::{BTreeMap, HashMap};
+use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -630,10 +631,6 @@ impl Loop<'_> {
     /// Brings running trial `i` up to date from what was `seen` of its run; whether anything
     /// changed.
     async fn poll(&mut self, i: usize, seen: Seen) -> Result<bool, SweepError> {
-        let (id, run_id) = (
-            self.st.trials[i].id.clone(),
-            self.st.trials[i].run_id.clone(),
-        );
         let (run, status, curve) = match seen {
             Seen::Run { run, status, curve } => (run, *status, curve),
             Seen::Nothing => {
@@ -653,38 +650,76 @@ impl Loop<'_> {
             }
             Seen::Unknown(why) => {
                 if let Some(why) = why {
-                    self.say(format!("warning: {id}: {why}"));
+                    self.say(format!("warning: {}: {why}", self.st.trials[i].id));
                 }
                 return Ok(false);
             }
         };
-        let metric = self.sweep.objective.metric_name();
-        let mut changed = false;
+        let mut changed = match self.carry_on(i, &run, &status).await? {
+            ControlFlow::Break(changed) => return Ok(changed),
+            ControlFlow::Continue(changed) => changed,
+        };
+        changed |= match self.new_epochs(i, &run, &status, &curve).await? {
+            ControlFlow::Break(changed) => return Ok(changed),
+            ControlFlow::Continue(changed) => changed,
+        };
+        if !status.phase.is_terminal() {
+            return Ok(changed);
+        }
+        self.settle(i, &status);
+        Ok(true)
+    }
+
+    /// Resumes trial `i`'s run when it was lost, or when the sweep interrupted it and it has
+    /// stopped; `Break` with whether anything changed when this look is over.
+    async fn carry_on(
+        &mut self,
+        i: usize,
+        run: &Store,
+        status: &RunStatus,
+    ) -> Result<ControlFlow<bool, bool>, SweepError> {
+        let (id, run_id) = (&self.st.trials[i].id, &self.st.trials[i].run_id);
         if status.phase == Phase::Lost {
             // Its supervisor died (killed, or the machine restarted): carry it on.
             let why = status.reason.clone().unwrap_or_default();
-            backend::resume(&run, status, &self.opts.target).await?;
-            self.say(format!(
-                "{id}: run {run_id} was lost ({why}); resumed it from its checkpoint"
-            ));
-            return Ok(true);
+            let line =
+                format!("{id}: run {run_id} was lost ({why}); resumed it from its checkpoint");
+            backend::resume(run, status.clone(), &self.opts.target).await?;
+            self.say(line);
+            return Ok(ControlFlow::Break(true));
         }
-        if self.st.trials[i].interrupted {
-            match status.phase {
-                Phase::Cancelled => {
-                    backend::resume(&run, status, &self.opts.target).await?;
-                    self.st.trials[i].interrupted = false;
-                    self.say(format!("{id}: resumed run {run_id} from its checkpoint"));
-                    return Ok(true);
-                }
-                p if p.is_terminal() => {
-                    self.st.trials[i].interrupted = false;
-                    changed = true;
-                }
-                // The cancel has not landed yet: look again next time.
-                _ => return Ok(false),
+        if !self.st.trials[i].interrupted {
+            return Ok(ControlFlow::Continue(false));
+        }
+        match status.phase {
+            Phase::Cancelled => {
+                let line = format!("{id}: resumed run {run_id} from its checkpoint");
+                backend::resume(run, status.clone(), &self.opts.target).await?;
+                self.st.trials[i].interrupted = false;
+                self.say(line);
+                Ok(ControlFlow::Break(true))
             }
+            p if p.is_terminal() => {
+                self.st.trials[i].interrupted = false;
+                Ok(ControlFlow::Continue(true))
+            }
+            // The cancel has not landed yet: look again next time.
+            _ => Ok(ControlFlow::Break(false)),
         }
+    }
+
+    /// Records trial `i`'s epochs in `curve` not yet recorded, pruning it when its pruner says
+    /// so (`Break`: pruned, or its cancel failed); whether any epoch was new.
+    async fn new_epochs(
+        &mut self,
+        i: usize,
+        run: &Store,
+        status: &RunStatus,
+        curve: &[f64],
+    ) -> Result<ControlFlow<bool, bool>, SweepError> {
+        let metric = self.sweep.objective.metric_name();
+        let id = self.st.trials[i].id.clone();
+        let mut changed = false;
         let seen = self.st.trials[i].intermediate.len();
         for e in seen + 1..=curve.len() {
             let v = curve[e - 1];
@@ -705,13 +740,14 @@ impl Loop<'_> {
             let Some(why) = self.sweep.pruner.prune(&mine, &state::peers(&curves)) else {
                 continue;
             };
-            if let Err(err) = backend::cancel(&run, status.clone(), &self.opts.target).await {
+            if let Err(err) = backend::cancel(run, status.clone(), &self.opts.target).await {
                 // Decide again at the next look.
                 self.st.trials[i].intermediate.truncate(e - 1);
                 self.say(format!(
-                    "warning: {id}: cannot cancel {run_id} to prune it: {err}"
+                    "warning: {id}: cannot cancel {} to prune it: {err}",
+                    self.st.trials[i].run_id
                 ));
-                return Ok(true);
+                return Ok(ControlFlow::Break(true));
             }
             let best = best_of(self.sweep, &self.st.trials[i].intermediate);
             let t = &mut self.st.trials[i];
@@ -721,13 +757,17 @@ impl Loop<'_> {
             t.reason = Some(why.clone());
             t.finished_at = Some(now_rfc3339());
             self.say(format!("{id} pruned at epoch {e}: {why}"));
-            return Ok(true);
+            return Ok(ControlFlow::Break(true));
         }
-        if !status.phase.is_terminal() {
-            return Ok(changed);
-        }
+        Ok(ControlFlow::Continue(changed))
+    }
+
+    /// Records how trial `i` ended, its run having ended with `status`.
+    fn settle(&mut self, i: usize, status: &RunStatus) {
+        let metric = self.sweep.objective.metric_name();
         let best = best_of(self.sweep, &self.st.trials[i].intermediate);
         let t = &mut self.st.trials[i];
+        let (id, run_id) = (t.id.clone(), t.run_id.clone());
         t.finished_at = Some(now_rfc3339());
         let line = match (status.phase, best) {
             (Phase::Succeeded, Some((epoch, v))) => {
@@ -756,6 +796,5 @@ impl Loop<'_> {
             }
         };
         self.say(line);
-        Ok(true)
     }
 }

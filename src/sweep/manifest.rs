@@ -1252,6 +1252,32 @@ pruner: {kind: asha, min_epochs: 1, reduction_factor: 3}
                 _ => Ok(()),
             };
         };
+        value_keywords(s, v, at)?;
+        combined(root, s, v, at)?;
+        if let Some(o) = v.as_object() {
+            object_keywords(root, s, o, at)?;
+        }
+        if let (Some(a), Some(items)) = (v.as_array(), s.get("items")) {
+            for (i, x) in a.iter().enumerate() {
+                conforms(root, items, x, &format!("{at}/{i}"))?;
+            }
+        }
+        Ok(())
+    }
+
+    type Schema = serde_json::Map<String, serde_json::Value>;
+
+    /// The items of the array keyword `key` of `s`: none when it has none.
+    fn array<'s>(s: &'s Schema, key: &str) -> impl Iterator<Item = &'s serde_json::Value> {
+        s.get(key)
+            .and_then(serde_json::Value::as_array)
+            .into_iter()
+            .flatten()
+    }
+
+    /// The keywords on `v` itself: type, const, enum, minimum and maximum.
+    fn value_keywords(s: &Schema, v: &serde_json::Value, at: &str) -> Result<(), String> {
+        use serde_json::Value;
         if let Some(t) = s.get("type") {
             let is = |t: &Value| match t.as_str().unwrap_or("") {
                 "object" => v.is_object(),
@@ -1295,12 +1321,18 @@ pruner: {kind: asha, min_epochs: 1, reduction_factor: 3}
                 return Err(format!("{at}: {x} is above the maximum"));
             }
         }
-        for sub in s
-            .get("allOf")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
+        Ok(())
+    }
+
+    /// allOf, anyOf and oneOf.
+    fn combined(
+        root: &serde_json::Value,
+        s: &Schema,
+        v: &serde_json::Value,
+        at: &str,
+    ) -> Result<(), String> {
+        use serde_json::Value;
+        for sub in array(s, "allOf") {
             conforms(root, sub, v, at)?;
         }
         for (keyword, exactly_one) in [("anyOf", false), ("oneOf", true)] {
@@ -1317,40 +1349,40 @@ pruner: {kind: asha, min_epochs: 1, reduction_factor: 3}
                 ));
             }
         }
-        if let Some(o) = v.as_object() {
-            for key in s
-                .get("required")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-            {
-                if !o.contains_key(key.as_str().unwrap_or("")) {
-                    return Err(format!("{at}: {key} is required"));
-                }
-            }
-            if let Some(n) = s.get("minProperties").and_then(Value::as_u64)
-                && (o.len() as u64) < n
-            {
-                return Err(format!("{at}: fewer than {n} properties"));
-            }
-            let props = s.get("properties").and_then(Value::as_object);
-            for (key, value) in o {
-                let here = format!("{at}/{key}");
-                match props.and_then(|p| p.get(key)) {
-                    Some(sub) => conforms(root, sub, value, &here)?,
-                    None => match s.get("additionalProperties") {
-                        Some(Value::Bool(false)) => {
-                            return Err(format!("{at}: unknown property {key}"));
-                        }
-                        Some(sub) => conforms(root, sub, value, &here)?,
-                        None => {}
-                    },
-                }
+        Ok(())
+    }
+
+    /// The keywords on an object `o`: required, minProperties, properties and
+    /// additionalProperties.
+    fn object_keywords(
+        root: &serde_json::Value,
+        s: &Schema,
+        o: &Schema,
+        at: &str,
+    ) -> Result<(), String> {
+        use serde_json::Value;
+        for key in array(s, "required") {
+            if !o.contains_key(key.as_str().unwrap_or("")) {
+                return Err(format!("{at}: {key} is required"));
             }
         }
-        if let (Some(a), Some(items)) = (v.as_array(), s.get("items")) {
-            for (i, x) in a.iter().enumerate() {
-                conforms(root, items, x, &format!("{at}/{i}"))?;
+        if let Some(n) = s.get("minProperties").and_then(Value::as_u64)
+            && (o.len() as u64) < n
+        {
+            return Err(format!("{at}: fewer than {n} properties"));
+        }
+        let props = s.get("properties").and_then(Value::as_object);
+        for (key, value) in o {
+            let here = format!("{at}/{key}");
+            match props.and_then(|p| p.get(key)) {
+                Some(sub) => conforms(root, sub, value, &here)?,
+                None => match s.get("additionalProperties") {
+                    Some(Value::Bool(false)) => {
+                        return Err(format!("{at}: unknown property {key}"));
+                    }
+                    Some(sub) => conforms(root, sub, value, &here)?,
+                    None => {}
+                },
             }
         }
         Ok(())

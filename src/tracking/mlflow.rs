@@ -475,19 +475,7 @@ fn flatten(prefix: &str, v: &Value, out: &mut BTreeMap<String, String>) {
 /// Brings the MLflow run of `u.run_id` up to date (see the module's doc).
 pub async fn sync(client: &Client, u: &Update) -> Result<Synced, TrackingError> {
     let experiment_id = client.experiment_id(&client.target.experiment).await?;
-    let mut tags: Vec<(String, String)> = vec![(RUN_TAG.into(), u.run_id.clone())];
-    let parent = match (&u.parent, &client.target.sweep) {
-        (Some(p), _) => Some(p.clone()),
-        (None, Some(sweep)) => {
-            tags.push((SWEEP_TAG.into(), sweep.clone()));
-            Some(client.sweep_run(&experiment_id, sweep).await?)
-        }
-        (None, None) => None,
-    };
-    if let Some(p) = parent {
-        tags.push((PARENT_TAG.into(), p));
-    }
-    tags.extend(u.tags.iter().cloned());
+    let tags = run_tags(client, u, &experiment_id).await?;
     let tag_values: Vec<Value> = tags
         .iter()
         .map(|(k, v)| json!({"key": k, "value": v}))
@@ -513,27 +501,7 @@ pub async fn sync(client: &Client, u: &Update) -> Result<Synced, TrackingError> 
             )
         }
     };
-    // Only what MLflow does not hold yet: the steps missing from each metric's history.
-    let mut by_tag: BTreeMap<&str, Vec<&Scalar>> = BTreeMap::new();
-    for s in u.scalars.iter().filter(|s| s.value.is_finite()) {
-        by_tag.entry(&s.tag).or_default().push(s);
-    }
-    let mut metrics = vec![];
-    for (tag, points) in by_tag {
-        let have = if created {
-            BTreeSet::new()
-        } else {
-            client.history(&run, tag).await?
-        };
-        for s in points.into_iter().filter(|s| !have.contains(&s.step)) {
-            metrics.push(json!({
-                "key": tag,
-                "value": s.value,
-                "timestamp": u.started_ms + (s.elapsed_s * 1000.0) as i64,
-                "step": s.step,
-            }));
-        }
-    }
+    let metrics = missing_metrics(client, u, &run, created).await?;
     let params: Vec<Value> = u
         .spec
         .as_ref()
@@ -545,20 +513,7 @@ pub async fn sync(client: &Client, u: &Update) -> Result<Synced, TrackingError> 
     client
         .log_batch(&run, &metrics, &params, &tag_values)
         .await?;
-    let mut artifacts_sent = 0;
-    let mut artifacts_skipped = None;
-    if !u.artifacts.is_empty() {
-        if proxied_root(&artifact_uri).is_some() {
-            for (path, bytes) in &u.artifacts {
-                client.upload(&artifact_uri, path, bytes.clone()).await?;
-                artifacts_sent += 1;
-            }
-        } else {
-            artifacts_skipped = Some(format!(
-                "the server does not proxy artifacts (the run's artifact root is {artifact_uri}; start it with --serve-artifacts)"
-            ));
-        }
-    }
+    let (artifacts_sent, artifacts_skipped) = upload_artifacts(client, u, &artifact_uri).await?;
     if let Some((end, at_ms)) = u.end {
         client
             .post(
@@ -575,6 +530,86 @@ pub async fn sync(client: &Client, u: &Update) -> Result<Synced, TrackingError> 
         artifacts_sent,
         artifacts_skipped,
     })
+}
+
+/// The tags of `u`'s run: its idc run id, its sweep and parent run (the sweep's, made if
+/// need be), then its own.
+async fn run_tags(
+    client: &Client,
+    u: &Update,
+    experiment_id: &str,
+) -> Result<Vec<(String, String)>, TrackingError> {
+    let mut tags: Vec<(String, String)> = vec![(RUN_TAG.into(), u.run_id.clone())];
+    let parent = match (&u.parent, &client.target.sweep) {
+        (Some(p), _) => Some(p.clone()),
+        (None, Some(sweep)) => {
+            tags.push((SWEEP_TAG.into(), sweep.clone()));
+            Some(client.sweep_run(experiment_id, sweep).await?)
+        }
+        (None, None) => None,
+    };
+    if let Some(p) = parent {
+        tags.push((PARENT_TAG.into(), p));
+    }
+    tags.extend(u.tags.iter().cloned());
+    Ok(tags)
+}
+
+/// Only what MLflow does not hold yet: the steps missing from each metric's history in `run`
+/// (all of them when the run was just `created`).
+async fn missing_metrics(
+    client: &Client,
+    u: &Update,
+    run: &str,
+    created: bool,
+) -> Result<Vec<Value>, TrackingError> {
+    let mut by_tag: BTreeMap<&str, Vec<&Scalar>> = BTreeMap::new();
+    for s in u.scalars.iter().filter(|s| s.value.is_finite()) {
+        by_tag.entry(&s.tag).or_default().push(s);
+    }
+    let mut metrics = vec![];
+    for (tag, points) in by_tag {
+        let have = if created {
+            BTreeSet::new()
+        } else {
+            client.history(run, tag).await?
+        };
+        for s in points.into_iter().filter(|s| !have.contains(&s.step)) {
+            metrics.push(json!({
+                "key": tag,
+                "value": s.value,
+                "timestamp": u.started_ms + (s.elapsed_s * 1000.0) as i64,
+                "step": s.step,
+            }));
+        }
+    }
+    Ok(metrics)
+}
+
+/// Uploads `u`'s artifacts under `artifact_uri` when the server proxies them: how many were
+/// sent, or why none were.
+async fn upload_artifacts(
+    client: &Client,
+    u: &Update,
+    artifact_uri: &str,
+) -> Result<(usize, Option<String>), TrackingError> {
+    if u.artifacts.is_empty() {
+        return Ok((0, None));
+    }
+    if proxied_root(artifact_uri).is_none() {
+        return Ok((
+            0,
+            Some(format!(
+                "the server does not proxy artifacts (the run's artifact root is {artifact_uri}; start it with --serve-artifacts)"
+            )),
+        ));
+    }
+    let mut sent = 0;
+    for (path, bytes) in &u.artifacts {
+        client.upload(artifact_uri, path, bytes.clone()).await?;
+        sent += 1;
+    }
+    Ok((sent, None))
 }
 
 /// Ends sweep `sweep`'s MLflow run: `sweep/best` (the best objective after each trial, at the

@@ -164,73 +164,9 @@ impl<'a> Trainer<'a> {
         t.validate().map_err(WorkerError::BadInput)?;
         // Before any work: a libtorch without the shim's operators cannot train.
         crate::shim::require_ops()?;
-        let device = device_for(t.device, "train.device")?;
-        let bf16 = match (t.precision, device) {
-            (Precision::Bf16, Device::Cpu) => {
-                return Err(WorkerError::BadInput(
-                    "train.precision bf16 needs a CUDA device".into(),
-                ));
-            }
-            (Precision::Bf16 | Precision::Auto, Device::Cuda(_)) => true,
-            _ => false,
-        };
-        if device.is_cuda() {
-            tch::Cuda::cudnn_set_benchmark(true);
-        }
-        self.log.line(&format!(
-            "run {}: {} on {device:?}{}, dataset {}",
-            self.spec.run_id,
-            t.model.name(),
-            if bf16 {
-                " (bf16 autocast, channels-last)"
-            } else {
-                ""
-            },
-            self.spec.dataset
-        ));
-        // Loading the dataset (and pretrained weights) may take minutes: say so now.
-        self.flush_log();
-
-        let ds_store = Store::open(&self.spec.dataset)?;
-        let started = Instant::now();
-        let data = self.rt.block_on(crate::data::load(&ds_store, device))?;
-        self.log.line(&format!(
-            "dataset {}: train {}, val {}, test {} patches, loaded in {:.1}s",
-            data.manifest.id,
-            data.train.len(),
-            data.val.len(),
-            data.test.len(),
-            started.elapsed().as_secs_f64()
-        ));
-
-        let m = &data.manifest;
-        t.check_dataset(m.num_classes(), m.image.shape())
-            .map_err(|e| WorkerError::BadInput(format!("dataset {}: {e}", self.spec.dataset)))?;
-        let outputs = match (m.num_classes(), t.loss.kind) {
-            (2, LossKind::BceWithLogits) => 1,
-            (k, _) => k as i64,
-        };
-        tch::manual_seed(step_seed(t.seed, u32::MAX, 0));
-        let mut model = Model::new(&t.model, outputs, m.image.shape(), &m.mean, &m.std, device);
-        if let ModelSpec::Resnet34 {
-            pretrained,
-            freeze_backbone,
-            ..
-        } = &t.model
-        {
-            if let Some(src) = pretrained {
-                let local = self.fetch(src)?;
-                model.load_pretrained(local.path())?;
-                self.log
-                    .line(&format!("loaded pretrained backbone from {src}"));
-            }
-            if *freeze_backbone {
-                model.freeze_backbone();
-            }
-        }
-        if bf16 {
-            model.use_channels_last();
-        }
+        let (device, bf16) = self.pick_device(&t)?;
+        let data = self.load_data(device)?;
+        let model = self.build_model(&t, &data, device, bf16)?;
         let side = data.manifest.image.height as i64;
         let train = TrainStep::new(&t, model, side, bf16, device);
 
@@ -259,6 +195,93 @@ impl<'a> Trainer<'a> {
             checkpoint_every,
             last_checkpoint,
         })
+    }
+
+    /// The device `t` asks for, and whether it trains in bf16; said in the log.
+    fn pick_device(&mut self, t: &idc::spec::TrainSpec) -> Result<(Device, bool), WorkerError> {
+        let device = device_for(t.device, "train.device")?;
+        let bf16 = match (t.precision, device) {
+            (Precision::Bf16, Device::Cpu) => {
+                return Err(WorkerError::BadInput(
+                    "train.precision bf16 needs a CUDA device".into(),
+                ));
+            }
+            (Precision::Bf16 | Precision::Auto, Device::Cuda(_)) => true,
+            _ => false,
+        };
+        if device.is_cuda() {
+            tch::Cuda::cudnn_set_benchmark(true);
+        }
+        self.log.line(&format!(
+            "run {}: {} on {device:?}{}, dataset {}",
+            self.spec.run_id,
+            t.model.name(),
+            if bf16 {
+                " (bf16 autocast, channels-last)"
+            } else {
+                ""
+            },
+            self.spec.dataset
+        ));
+        // Loading the dataset (and pretrained weights) may take minutes: say so now.
+        self.flush_log();
+        Ok((device, bf16))
+    }
+
+    /// The run's dataset, loaded onto `device`.
+    fn load_data(&mut self, device: Device) -> Result<crate::data::Dataset, WorkerError> {
+        let ds_store = Store::open(&self.spec.dataset)?;
+        let started = Instant::now();
+        let data = self.rt.block_on(crate::data::load(&ds_store, device))?;
+        self.log.line(&format!(
+            "dataset {}: train {}, val {}, test {} patches, loaded in {:.1}s",
+            data.manifest.id,
+            data.train.len(),
+            data.val.len(),
+            data.test.len(),
+            started.elapsed().as_secs_f64()
+        ));
+        Ok(data)
+    }
+
+    /// The model `t` describes for `data` (its pretrained weights loaded), once `t` is checked
+    /// against the dataset.
+    fn build_model(
+        &mut self,
+        t: &idc::spec::TrainSpec,
+        data: &crate::data::Dataset,
+        device: Device,
+        bf16: bool,
+    ) -> Result<Model, WorkerError> {
+        let m = &data.manifest;
+        t.check_dataset(m.num_classes(), m.image.shape())
+            .map_err(|e| WorkerError::BadInput(format!("dataset {}: {e}", self.spec.dataset)))?;
+        let outputs = match (m.num_classes(), t.loss.kind) {
+            (2, LossKind::BceWithLogits) => 1,
+            (k, _) => k as i64,
+        };
+        tch::manual_seed(step_seed(t.seed, u32::MAX, 0));
+        let mut model = Model::new(&t.model, outputs, m.image.shape(), &m.mean, &m.std, device);
+        if let ModelSpec::Resnet34 {
+            pretrained,
+            freeze_backbone,
+            ..
+        } = &t.model
+        {
+            if let Some(src) = pretrained {
+                let local = self.fetch(src)?;
+                model.load_pretrained(local.path())?;
+                self.log
+                    .line(&format!("loaded pretrained backbone from {src}"));
+            }
+            if *freeze_backbone {
+                model.freeze_backbone();
+            }
+        }
+        if bf16 {
+            model.use_channels_last();
+        }
+        Ok(model)
     }
 
     /// Continues from the newest checkpoint, if there is one: weights, optimizer state,
@@ -517,7 +540,6 @@ impl<'a> Trainer<'a> {
         let batch = t.eval_batch_size as i64;
         let (val_probs, val_loss) = predict(&model, &data.val, batch, t.loss.kind, bf16);
         let (probs, loss) = predict(&model, &data.test, batch, t.loss.kind, bf16);
-        let labels = &data.test.labels_host;
         let k = data.manifest.num_classes();
         let mut report = AnyReport {
             run_id: self.spec.run_id.clone(),
@@ -538,40 +560,17 @@ impl<'a> Trainer<'a> {
             finished_at: idc::clock::now_rfc3339(),
             misclassified: vec![],
         };
+        let scored = Scored {
+            data: &data,
+            probs: &probs,
+            loss,
+            val_probs: &val_probs,
+            val_loss,
+        };
         let summary = if k == 2 {
-            // The F1-optimal threshold is chosen on validation.
-            let threshold = metrics::f1_optimal_threshold(&val_probs, &data.val.labels_host);
-            let test = metrics::evaluate(&probs, labels, 0.5, loss);
-            let at = metrics::evaluate(&probs, labels, threshold, loss);
-            let line = format!(
-                "test (best epoch {}): acc {:.4} bal-acc {:.4} F1 {:.4} AUC {:.4} AP {:.4}; at val threshold {threshold:.3}: F1 {:.4}",
-                report.best_epoch,
-                test.accuracy,
-                test.balanced_accuracy,
-                test.f1,
-                test.roc_auc,
-                test.pr_auc,
-                at.f1
-            );
-            report.val = metrics::evaluate(&val_probs, &data.val.labels_host, 0.5, val_loss).into();
-            report.roc = metrics::thin(&metrics::roc_curve(&probs, labels), 200);
-            report.pr = metrics::thin(&metrics::pr_curve(&probs, labels), 200);
-            report.misclassified = misclassified(&data, &probs);
-            report.test = test.into();
-            report.test_at_val_threshold = Some(at);
-            line
+            scored.binary(&mut report)
         } else {
-            let test = metrics::evaluate_multiclass(&probs, labels, k, loss);
-            report.val =
-                metrics::evaluate_multiclass(&val_probs, &data.val.labels_host, k, val_loss).into();
-            report.misclassified = confusions(&data, &probs, k);
-            let line = format!(
-                "test (best epoch {}): {}",
-                report.best_epoch,
-                Metrics::from(test.clone())
-            );
-            report.test = test.into();
-            line
+            scored.multiclass(&mut report, k)
         };
         let mut jsonl = s_metric_lines.join("\n");
         jsonl.push('\n');
@@ -764,6 +763,71 @@ pub fn class_rows(probs: &[f32], k: usize) -> Vec<Vec<f32>> {
         probs.iter().map(|&p| vec![1.0 - p, p]).collect()
     } else {
         probs.chunks(k).map(<[f32]>::to_vec).collect()
+    }
+}
+
+/// A run's predictions on test and validation, from its best checkpoint.
+struct Scored<'a> {
+    data: &'a crate::data::Dataset,
+    probs: &'a [f32],
+    loss: f64,
+    val_probs: &'a [f32],
+    val_loss: f64,
+}
+
+impl Scored<'_> {
+    /// Scores two classes into `report`, at 0.5 and at the F1-optimal threshold on validation;
+    /// the summary line.
+    fn binary(&self, report: &mut AnyReport) -> String {
+        let labels = &self.data.test.labels_host;
+        // The F1-optimal threshold is chosen on validation.
+        let threshold = metrics::f1_optimal_threshold(self.val_probs, &self.data.val.labels_host);
+        let test = metrics::evaluate(self.probs, labels, 0.5, self.loss);
+        let at = metrics::evaluate(self.probs, labels, threshold, self.loss);
+        let line = format!(
+            "test (best epoch {}): acc {:.4} bal-acc {:.4} F1 {:.4} AUC {:.4} AP {:.4}; at val threshold {threshold:.3}: F1 {:.4}",
+            report.best_epoch,
+            test.accuracy,
+            test.balanced_accuracy,
+            test.f1,
+            test.roc_auc,
+            test.pr_auc,
+            at.f1
+        );
+        report.val = metrics::evaluate(
+            self.val_probs,
+            &self.data.val.labels_host,
+            0.5,
+            self.val_loss,
+        )
+        .into();
+        report.roc = metrics::thin(&metrics::roc_curve(self.probs, labels), 200);
+        report.pr = metrics::thin(&metrics::pr_curve(self.probs, labels), 200);
+        report.misclassified = misclassified(self.data, self.probs);
+        report.test = test.into();
+        report.test_at_val_threshold = Some(at);
+        line
+    }
+
+    /// Scores `k` classes into `report`; the summary line.
+    fn multiclass(&self, report: &mut AnyReport, k: usize) -> String {
+        let labels = &self.data.test.labels_host;
+        let test = metrics::evaluate_multiclass(self.probs, labels, k, self.loss);
+        report.val = metrics::evaluate_multiclass(
+            self.val_probs,
+            &self.data.val.labels_host,
+            k,
+            self.val_loss,
+        )
+        .into();
+        report.misclassified = confusions(self.data, self.probs, k);
+        let line = format!(
+            "test (best epoch {}): {}",
+            report.best_epoch,
+            Metrics::from(test.clone())
+        );
+        report.test = test.into();
+        line
     }
 }
 

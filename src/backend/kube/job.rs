@@ -185,6 +185,53 @@ fn job(p: &Parts) -> Job {
     if let Some(priority) = &res.workload_priority {
         job_labels.insert(kueue::PRIORITY_LABEL.into(), priority.clone());
     }
+    let tolerations = tolerations(res, d);
+    let pod = PodSpec {
+        containers: vec![worker_container(p)],
+        // Job pods never restart in place: a retry is a new pod, counted by backoffLimit.
+        restart_policy: Some("Never".into()),
+        service_account_name: Some(d.service_account.clone()),
+        // The worker talks to the bucket only, never to the API server.
+        automount_service_account_token: Some(false),
+        security_context: Some(pod_security(WORKER_UID)),
+        termination_grace_period_seconds: Some(d.termination_grace_period_seconds),
+        node_selector: (!res.node_selector.is_empty()).then(|| res.node_selector.clone()),
+        tolerations: (!tolerations.is_empty()).then_some(tolerations),
+        priority_class_name: res.priority_class.clone().or(d.priority_class.clone()),
+        image_pull_secrets: pull_secrets(d),
+        volumes: Some(vec![
+            Volume {
+                // Data loader workers and NCCL use /dev/shm; the container default is 64 MiB.
+                name: "dshm".into(),
+                empty_dir: Some(EmptyDirVolumeSource {
+                    medium: Some("Memory".into()),
+                    size_limit: Some(Quantity(d.shm_size.clone())),
+                }),
+                ..Default::default()
+            },
+            // The root file system is read-only; pretrained weights are fetched to /tmp.
+            tmp_volume("10Gi"),
+        ]),
+        ..Default::default()
+    };
+    // A replacement pod starts only once the old one has stopped (and checkpointed): two
+    // workers never write the same run.
+    envelope(Envelope {
+        name: p.name.to_string(),
+        job_labels,
+        labels,
+        annotations,
+        backoff_limit: exp.retries as i32,
+        deadline_s: p.deadline_s,
+        ttl_s: d.ttl_seconds_after_finished,
+        container: CONTAINER,
+        pod,
+    })
+}
+
+/// The worker's container: its image, arguments, environment, resources and mounts.
+fn worker_container(p: &Parts) -> Container {
+    let (res, d) = (&p.experiment.resources, p.defaults);
     let q = |s: &str| Quantity(s.to_string());
     let memory = res
         .memory
@@ -203,6 +250,34 @@ fn job(p: &Parts) -> Job {
     if res.gpus > 0 {
         limits.insert(GPU_RESOURCE.to_string(), q(&res.gpus.to_string()));
     }
+    Container {
+        name: CONTAINER.into(),
+        image: Some(res.image.clone().unwrap_or_else(|| d.image.clone())),
+        image_pull_policy: Some(d.image_pull_policy.clone()),
+        args: Some(p.args.clone()),
+        env: Some(p.env.clone()),
+        resources: Some(ResourceRequirements {
+            requests: Some(requests),
+            limits: Some(limits),
+            ..Default::default()
+        }),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: "dshm".into(),
+                mount_path: "/dev/shm".into(),
+                ..Default::default()
+            },
+            tmp_mount(),
+        ]),
+        security_context: Some(container_security()),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        ..Default::default()
+    }
+}
+
+/// The manifest's tolerations, and the GPU taint's when the run asks for GPUs and the cluster
+/// defaults say to tolerate it.
+fn tolerations(res: &crate::experiment::Resources, d: &ClusterDefaults) -> Vec<Toleration> {
     let mut tolerations: Vec<Toleration> = res
         .tolerations
         .iter()
@@ -225,70 +300,7 @@ fn job(p: &Parts) -> Job {
             ..Default::default()
         });
     }
-    let container = Container {
-        name: CONTAINER.into(),
-        image: Some(res.image.clone().unwrap_or_else(|| d.image.clone())),
-        image_pull_policy: Some(d.image_pull_policy.clone()),
-        args: Some(p.args.clone()),
-        env: Some(p.env.clone()),
-        resources: Some(ResourceRequirements {
-            requests: Some(requests),
-            limits: Some(limits),
-            ..Default::default()
-        }),
-        volume_mounts: Some(vec![
-            VolumeMount {
-                name: "dshm".into(),
-                mount_path: "/dev/shm".into(),
-                ..Default::default()
-            },
-            tmp_mount(),
-        ]),
-        security_context: Some(container_security()),
-        termination_message_policy: Some("FallbackToLogsOnError".into()),
-        ..Default::default()
-    };
-    let pod = PodSpec {
-        containers: vec![container],
-        // Job pods never restart in place: a retry is a new pod, counted by backoffLimit.
-        restart_policy: Some("Never".into()),
-        service_account_name: Some(d.service_account.clone()),
-        // The worker talks to the bucket only, never to the API server.
-        automount_service_account_token: Some(false),
-        security_context: Some(pod_security(WORKER_UID)),
-        termination_grace_period_seconds: Some(d.termination_grace_period_seconds),
-        node_selector: (!res.node_selector.is_empty()).then(|| res.node_selector.clone()),
-        tolerations: (!tolerations.is_empty()).then_some(tolerations),
-        priority_class_name: res.priority_class.clone().or(d.priority_class.clone()),
-        image_pull_secrets: pull_secrets(d),
-        volumes: Some(vec![
-            Volume {
-                // Data loader workers and NCCL use /dev/shm; the container default is 64 MiB.
-                name: "dshm".into(),
-                empty_dir: Some(EmptyDirVolumeSource {
-                    medium: Some("Memory".into()),
-                    size_limit: Some(q(&d.shm_size)),
-                }),
-                ..Default::default()
-            },
-            // The root file system is read-only; pretrained weights are fetched to /tmp.
-            tmp_volume("10Gi"),
-        ]),
-        ..Default::default()
-    };
-    // A replacement pod starts only once the old one has stopped (and checkpointed): two
-    // workers never write the same run.
-    envelope(Envelope {
-        name: p.name.to_string(),
-        job_labels,
-        labels,
-        annotations,
-        backoff_limit: exp.retries as i32,
-        deadline_s: p.deadline_s,
-        ttl_s: d.ttl_seconds_after_finished,
-        container: CONTAINER,
-        pod,
-    })
+    tolerations
 }
 
 /// What a Job of idcctl's is made of around its pod.

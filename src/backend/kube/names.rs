@@ -37,6 +37,15 @@ pub fn job_violations(job: &Job) -> Vec<String> {
         out.push("spec.template.spec is missing".into());
         return out;
     };
+    pod_violations(pod, &mut out);
+    for c in &pod.containers {
+        container_violations(c, &mut out);
+    }
+    out
+}
+
+/// The rules the pod spec of a Job breaks, its containers aside.
+fn pod_violations(pod: &k8s_openapi::api::core::v1::PodSpec, out: &mut Vec<String>) {
     if let Some(sa) = &pod.service_account_name
         && !is_dns1123_subdomain(sa)
     {
@@ -54,7 +63,7 @@ pub fn job_violations(job: &Job) -> Vec<String> {
     check_labels(
         "spec.template.spec.nodeSelector",
         pod.node_selector.as_ref(),
-        &mut out,
+        out,
     );
     for (i, t) in pod.tolerations.iter().flatten().enumerate() {
         if let Some(k) = &t.key
@@ -78,49 +87,50 @@ pub fn job_violations(job: &Job) -> Vec<String> {
             ));
         }
     }
-    for c in &pod.containers {
-        if !is_dns1123_label(&c.name) {
-            out.push(format!(
-                "container name '{}' is not a DNS-1123 label",
-                c.name
-            ));
-        }
-        let r = c.resources.as_ref();
-        for (what, map) in [
-            ("requests", r.and_then(|r| r.requests.as_ref())),
-            ("limits", r.and_then(|r| r.limits.as_ref())),
-        ] {
-            for (k, q) in map.into_iter().flatten() {
-                if !is_qualified_name(k) {
-                    out.push(format!(
-                        "container {} resources.{what} key '{k}' is not a qualified name",
-                        c.name
-                    ));
-                }
-                if !is_quantity(&q.0) {
-                    out.push(format!(
-                        "container {} resources.{what}.{k} '{}' is not a quantity",
-                        c.name, q.0
-                    ));
-                }
-            }
-        }
-        for e in c.env.iter().flatten() {
-            // Kubernetes accepts any printable name but C identifiers are what processes expect.
-            let ok = e
-                .name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
-                && !e.name.as_bytes()[0].is_ascii_digit();
-            if !ok {
+}
+
+/// The rules container `c` breaks: its name, resources and environment.
+fn container_violations(c: &k8s_openapi::api::core::v1::Container, out: &mut Vec<String>) {
+    if !is_dns1123_label(&c.name) {
+        out.push(format!(
+            "container name '{}' is not a DNS-1123 label",
+            c.name
+        ));
+    }
+    let r = c.resources.as_ref();
+    for (what, map) in [
+        ("requests", r.and_then(|r| r.requests.as_ref())),
+        ("limits", r.and_then(|r| r.limits.as_ref())),
+    ] {
+        for (k, q) in map.into_iter().flatten() {
+            if !is_qualified_name(k) {
                 out.push(format!(
-                    "container {} env name '{}' is not an identifier",
-                    c.name, e.name
+                    "container {} resources.{what} key '{k}' is not a qualified name",
+                    c.name
+                ));
+            }
+            if !is_quantity(&q.0) {
+                out.push(format!(
+                    "container {} resources.{what}.{k} '{}' is not a quantity",
+                    c.name, q.0
                 ));
             }
         }
     }
-    out
+    for e in c.env.iter().flatten() {
+        // Kubernetes accepts any printable name but C identifiers are what processes expect.
+        let ok = e
+            .name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            && !e.name.as_bytes()[0].is_ascii_digit();
+        if !ok {
+            out.push(format!(
+                "container {} env name '{}' is not an identifier",
+                c.name, e.name
+            ));
+        }
+    }
 }
 
 fn check_labels(field: &str, labels: Option<&BTreeMap<String, String>>, out: &mut Vec<String>) {

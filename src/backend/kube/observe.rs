@@ -168,63 +168,113 @@ pub fn observe(
     workload: Option<&WorkloadLookup>,
     max_attempts: u32,
 ) -> Observation {
-    let status = job.status.as_ref();
-    let cond = |t: &str| {
-        status
+    // The newest attempt whose pod is still there; attempts before it are history.
+    let current = attempts.last().filter(|a| a.pod.is_some());
+    let o = JobView {
+        job,
+        attempts,
+        history: history(attempts, current.is_none()),
+        count: attempts.last().map_or(0, |a| a.number),
+    };
+    if let Some((phase, reason)) = o.ended() {
+        return o.done(phase, reason);
+    }
+    // Before the pods: a Job Kueue holds (or evicted) has none running, whatever is left of them.
+    if let Some(why) = o.held(workload) {
+        return o.done(Phase::Pending, why);
+    }
+    let Some((n, pod)) = current.and_then(|a| Some((a.number, a.pod.as_ref()?))) else {
+        return o.done(Phase::Pending, o.with_history(o.no_pod_yet(events)));
+    };
+    let (phase, text) = pod_state(n, pod, max_attempts);
+    o.done(phase, o.with_history(text))
+}
+
+/// A Job with its run's attempts, read by [`observe`].
+struct JobView<'a> {
+    job: &'a Job,
+    attempts: &'a [Attempt],
+    /// How the attempts before the current one ended.
+    history: Option<String>,
+    /// Attempts started so far.
+    count: u32,
+}
+
+impl JobView<'_> {
+    fn status(&self) -> Option<&k8s_openapi::api::batch::v1::JobStatus> {
+        self.job.status.as_ref()
+    }
+
+    /// The Job's condition `t`, when it is true.
+    fn cond(&self, t: &str) -> Option<&k8s_openapi::api::batch::v1::JobCondition> {
+        self.status()
             .and_then(|s| s.conditions.as_ref())
             .into_iter()
             .flatten()
             .find(|c| c.type_ == t && c.status == "True")
-    };
-    // The newest attempt whose pod is still there; attempts before it are history.
-    let current = attempts.last().filter(|a| a.pod.is_some());
-    let history = history(attempts, current.is_none());
-    let count = attempts.last().map_or(0, |a| a.number);
-    let with_history = |s: String| match &history {
-        Some(h) => format!("{h}; {s}"),
-        None => s,
-    };
-    let finished_at = status
-        .and_then(|s| s.completion_time.as_ref())
-        .or_else(|| {
-            cond("Failed")
-                .or(cond("FailureTarget"))
-                .and_then(|c| c.last_transition_time.as_ref())
-        })
-        .map(rfc3339);
-    let done = |phase, reason: String| Observation {
-        phase,
-        current: match &history {
-            Some(h) => reason
-                .strip_prefix(&format!("{h}; "))
-                .unwrap_or(&reason)
-                .to_string(),
-            None => reason.clone(),
-        },
-        reason,
-        attempts: count,
-        exit_codes: attempts.iter().filter_map(Attempt::exit_code).collect(),
-        started_at: status.and_then(|s| s.start_time.as_ref()).map(rfc3339),
-        finished_at: if phase == Phase::Succeeded || phase == Phase::Failed {
-            finished_at.clone()
-        } else {
-            None
-        },
-    };
-    if cond("Complete").is_some() {
-        return done(
-            Phase::Succeeded,
-            with_history(format!("completed in attempt {count}")),
-        );
     }
-    // FailureTarget comes first, while the Job controller still stops the remaining pods.
-    if let Some(c) = cond("Failed").or(cond("FailureTarget")) {
-        let last = attempts.last().and_then(Attempt::ended_how);
+
+    fn with_history(&self, s: String) -> String {
+        match &self.history {
+            Some(h) => format!("{h}; {s}"),
+            None => s,
+        }
+    }
+
+    /// The observation of the Job in `phase` for `reason`.
+    fn done(&self, phase: Phase, reason: String) -> Observation {
+        let status = self.status();
+        let finished_at = status
+            .and_then(|s| s.completion_time.as_ref())
+            .or_else(|| {
+                self.cond("Failed")
+                    .or(self.cond("FailureTarget"))
+                    .and_then(|c| c.last_transition_time.as_ref())
+            })
+            .map(rfc3339);
+        Observation {
+            phase,
+            current: match &self.history {
+                Some(h) => reason
+                    .strip_prefix(&format!("{h}; "))
+                    .unwrap_or(&reason)
+                    .to_string(),
+                None => reason.clone(),
+            },
+            reason,
+            attempts: self.count,
+            exit_codes: self
+                .attempts
+                .iter()
+                .filter_map(Attempt::exit_code)
+                .collect(),
+            started_at: status.and_then(|s| s.start_time.as_ref()).map(rfc3339),
+            finished_at: if phase == Phase::Succeeded || phase == Phase::Failed {
+                finished_at
+            } else {
+                None
+            },
+        }
+    }
+
+    /// The Job's verdict, once it has one: completed, or failed and why.
+    fn ended(&self) -> Option<(Phase, String)> {
+        let count = self.count;
+        if self.cond("Complete").is_some() {
+            return Some((
+                Phase::Succeeded,
+                self.with_history(format!("completed in attempt {count}")),
+            ));
+        }
+        // FailureTarget comes first, while the Job controller still stops the remaining pods.
+        let c = self.cond("Failed").or(self.cond("FailureTarget"))?;
+        let last = self.attempts.last().and_then(Attempt::ended_how);
         let message = c.message.clone().unwrap_or_default();
         let reason = match c.reason.as_deref() {
             Some("DeadlineExceeded") => format!(
                 "deadline exceeded: the Job ran past activeDeadlineSeconds={} (the manifest's deadline){}",
-                job.spec
+                self.job
+                    .spec
                     .as_ref()
                     .and_then(|s| s.active_deadline_seconds)
                     .unwrap_or_default(),
@@ -241,19 +291,20 @@ pub fn observe(
             Some(r) => format!("failed: {r}: {message}"),
             None => format!("failed: {message}"),
         };
-        return done(Phase::Failed, reason);
+        Some((Phase::Failed, reason))
     }
-    // Before the pods: a Job Kueue holds (or evicted) has none running, whatever is left of them.
-    if let Some(why) = workload.and_then(|w| kueue::waiting(job, w)) {
-        return done(Phase::Pending, why);
+
+    /// Why the Job is held before any pod runs: by Kueue, or suspended.
+    fn held(&self, workload: Option<&WorkloadLookup>) -> Option<String> {
+        if let Some(why) = workload.and_then(|w| kueue::waiting(self.job, w)) {
+            return Some(why);
+        }
+        self.cond("Suspended")
+            .map(|_| "the Job is suspended".to_string())
     }
-    if status.and_then(|s| s.conditions.as_ref()).is_some_and(|c| {
-        c.iter()
-            .any(|c| c.type_ == "Suspended" && c.status == "True")
-    }) {
-        return done(Phase::Pending, "the Job is suspended".into());
-    }
-    let Some((n, pod)) = current.and_then(|a| Some((a.number, a.pod.as_ref()?))) else {
+
+    /// Why the next attempt has no pod yet: the Job controller's latest warning, if any.
+    fn no_pod_yet(&self, events: &[Event]) -> String {
         let why = events
             .iter()
             .filter(|e| e.type_.as_deref() == Some("Warning"))
@@ -268,13 +319,16 @@ pub fn observe(
         let waiting =
             why.unwrap_or_else(|| "waiting for the Job controller to create the pod".into());
         // An attempt whose pod is gone (evicted, preempted) is followed by the next one.
-        let text = if count > 0 {
-            format!("attempt {} starts: {waiting}", count + 1)
+        if self.count > 0 {
+            format!("attempt {} starts: {waiting}", self.count + 1)
         } else {
             waiting
-        };
-        return done(Phase::Pending, with_history(text));
-    };
+        }
+    }
+}
+
+/// Where attempt `n` stands by its pod, before the earlier attempts' history.
+fn pod_state(n: u32, pod: &Pod, max_attempts: u32) -> (Phase, String) {
     let pod_phase = pod
         .status
         .as_ref()
@@ -282,11 +336,9 @@ pub fn observe(
         .unwrap_or("Pending");
     if let Some(d) = disruption(pod).filter(|_| pod_phase == "Running") {
         // Evicted or preempted and still stopping: its worker checkpoints on SIGTERM.
-        return done(
+        return (
             Phase::Running,
-            with_history(format!(
-                "attempt {n} {d}; it is stopping and a new attempt will follow"
-            )),
+            format!("attempt {n} {d}; it is stopping and a new attempt will follow"),
         );
     }
     match pod_phase {
@@ -296,21 +348,19 @@ pub fn observe(
                 .as_ref()
                 .and_then(|s| s.node_name.as_deref())
                 .unwrap_or("?");
-            done(
+            (
                 Phase::Running,
-                with_history(format!(
-                    "attempt {n} of {max_attempts} running on node {node}"
-                )),
+                format!("attempt {n} of {max_attempts} running on node {node}"),
             )
         }
-        "Pending" => done(Phase::Pending, with_history(pending_why(pod, n))),
-        _ => done(
+        "Pending" => (Phase::Pending, pending_why(pod, n)),
+        _ => (
             // The pod ended but the Job has not decided yet: a retry is on its way.
             Phase::Running,
-            with_history(format!(
+            format!(
                 "attempt {n} {}; waiting for the Job controller's next step",
                 ended_how(pod)
-            )),
+            ),
         ),
     }
 }

@@ -150,51 +150,10 @@ pub(super) fn read(path: &Path, class_names: Option<Vec<String>>) -> Result<Arch
                     .into_iter()
                     .find(|l| name.starts_with(&format!("{}/", l.dir())));
             }
-            let role = found.layout.and_then(|l| role(l, &name));
-            if let Some(role) = role {
-                let size = entry.size();
-                let mut buf = Vec::with_capacity(size.min(RESERVE_MAX) as usize);
-                entry
-                    .read_to_end(&mut buf)
+            if let Some(role) = found.layout.and_then(|l| role(l, &name)) {
+                let buf = member_bytes(&mut entry)
                     .map_err(|e| stream_error(e, format!("in member {name}")))?;
-                if buf.len() as u64 != size {
-                    let e = io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        format!(
-                            "the member is {size} bytes but the stream ends after {}",
-                            buf.len()
-                        ),
-                    );
-                    return Err(stream_error(e, format!("in member {name}")));
-                }
-                let layout = found.layout.expect("a role implies a layout");
-                let bad = |reason: String| ArchiveError::BadMember {
-                    path: path.to_path_buf(),
-                    member: name.clone(),
-                    reason,
-                };
-                match role {
-                    Role::Batch(i) => {
-                        let (labels, rows) = match layout {
-                            Layout::Python => python_batch(buf),
-                            Layout::Binary => binary_batch(buf),
-                        }
-                        .map_err(bad)?;
-                        found.batches[i] = Some(Batch {
-                            member: name.clone(),
-                            labels,
-                            rows,
-                        });
-                    }
-                    Role::Meta => {
-                        let names = match layout {
-                            Layout::Python => python_meta(&buf),
-                            Layout::Binary => binary_meta(&buf),
-                        }
-                        .map_err(bad)?;
-                        found.meta = Some((name.clone(), names));
-                    }
-                }
+                found.keep(path, role, &name, buf)?;
             }
             last = Some(name);
         }
@@ -210,6 +169,65 @@ pub(super) fn read(path: &Path, class_names: Option<Vec<String>>) -> Result<Arch
     }
     let fingerprint = hex::encode(hasher.finalize());
     assemble(path, found, class_names, fingerprint)
+}
+
+/// A tar member's bytes, all of them: a stream that ends early is an error.
+fn member_bytes<R: Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<Vec<u8>> {
+    let size = entry.size();
+    let mut buf = Vec::with_capacity(size.min(RESERVE_MAX) as usize);
+    entry.read_to_end(&mut buf)?;
+    if buf.len() as u64 != size {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!(
+                "the member is {size} bytes but the stream ends after {}",
+                buf.len()
+            ),
+        ));
+    }
+    Ok(buf)
+}
+
+impl Found {
+    /// Keeps member `name` of the archive at `path`, a batch or the class names, read from
+    /// `buf`.
+    fn keep(
+        &mut self,
+        path: &Path,
+        role: Role,
+        name: &str,
+        buf: Vec<u8>,
+    ) -> Result<(), ArchiveError> {
+        let layout = self.layout.expect("a role implies a layout");
+        let bad = |reason: String| ArchiveError::BadMember {
+            path: path.to_path_buf(),
+            member: name.to_string(),
+            reason,
+        };
+        match role {
+            Role::Batch(i) => {
+                let (labels, rows) = match layout {
+                    Layout::Python => python_batch(buf),
+                    Layout::Binary => binary_batch(buf),
+                }
+                .map_err(bad)?;
+                self.batches[i] = Some(Batch {
+                    member: name.to_string(),
+                    labels,
+                    rows,
+                });
+            }
+            Role::Meta => {
+                let names = match layout {
+                    Layout::Python => python_meta(&buf),
+                    Layout::Binary => binary_meta(&buf),
+                }
+                .map_err(bad)?;
+                self.meta = Some((name.to_string(), names));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Checks that every member is there and builds the result in batch order.

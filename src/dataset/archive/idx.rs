@@ -155,112 +155,158 @@ fn read_file(dir: &Path, base: &str, ndim: u8, hasher: &mut Sha256) -> Result<Id
         hasher,
         failed: &failed,
     };
-    let mut reader = if gzip {
-        Source::Gz(GzDecoder::new(hashing))
-    } else {
-        Source::Plain(hashing)
+    let mut r = IdxReader {
+        reader: if gzip {
+            Source::Gz(GzDecoder::new(hashing))
+        } else {
+            Source::Plain(hashing)
+        },
+        at: IdxAt {
+            path,
+            file: file_name,
+            failed: &failed,
+        },
+        gzip,
     };
-    let bad = |reason: String| ArchiveError::BadIdx {
-        path: path.clone(),
-        file: file_name.clone(),
-        reason,
-    };
-    let read_error = |e: io::Error| {
-        if failed.get() {
+    let dims = r.header(ndim)?;
+    r.data(ndim, dims)
+}
+
+/// Which IDX file is read, for its errors.
+struct IdxAt<'h> {
+    path: PathBuf,
+    file: String,
+    /// Whether reading the file itself failed (rather than its content being bad).
+    failed: &'h Cell<bool>,
+}
+
+impl IdxAt<'_> {
+    fn bad(&self, reason: String) -> ArchiveError {
+        ArchiveError::BadIdx {
+            path: self.path.clone(),
+            file: self.file.clone(),
+            reason,
+        }
+    }
+
+    fn read_error(&self, e: io::Error) -> ArchiveError {
+        if self.failed.get() {
             ArchiveError::Io {
-                path: path.clone(),
+                path: self.path.clone(),
                 member: None,
                 source: e,
             }
         } else {
-            bad(format!("truncated or corrupt gzip stream: {e}"))
+            self.bad(format!("truncated or corrupt gzip stream: {e}"))
         }
-    };
-    let fill = |buf: &mut [u8], reader: &mut Source| -> Result<bool, ArchiveError> {
-        match reader.read_exact(buf) {
+    }
+}
+
+/// An IDX file being read: its header, then its data.
+struct IdxReader<'h> {
+    reader: Source<'h>,
+    at: IdxAt<'h>,
+    gzip: bool,
+}
+
+impl IdxReader<'_> {
+    /// Fills `buf`; false when the file ends first.
+    fn fill(&mut self, buf: &mut [u8]) -> Result<bool, ArchiveError> {
+        match self.reader.read_exact(buf) {
             Ok(()) => Ok(true),
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof && !failed.get() => Ok(false),
-            Err(e) => Err(read_error(e)),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof && !self.at.failed.get() => {
+                Ok(false)
+            }
+            Err(e) => Err(self.at.read_error(e)),
         }
-    };
-    let what = if ndim == 3 { "pixels" } else { "labels" };
-    let mut magic = [0u8; 4];
-    if !fill(&mut magic, &mut reader)? {
-        return Err(bad("too short for an IDX header".into()));
     }
-    if magic[..2] != [0, 0] {
-        let hint = if magic[..2] == [0x1f, 0x8b] && !gzip {
-            " (it is gzip-compressed: name it .gz)"
-        } else {
-            ""
-        };
-        return Err(bad(format!(
-            "not an IDX file: magic {:02x} {:02x} {:02x} {:02x}, expected 00 00 08 {ndim:02x}{hint}",
-            magic[0], magic[1], magic[2], magic[3]
-        )));
+
+    /// The header's dimensions, once its magic says unsigned bytes in `ndim` dimensions.
+    fn header(&mut self, ndim: u8) -> Result<Vec<u32>, ArchiveError> {
+        let mut magic = [0u8; 4];
+        if !self.fill(&mut magic)? {
+            return Err(self.at.bad("too short for an IDX header".into()));
+        }
+        if magic[..2] != [0, 0] {
+            let hint = if magic[..2] == [0x1f, 0x8b] && !self.gzip {
+                " (it is gzip-compressed: name it .gz)"
+            } else {
+                ""
+            };
+            return Err(self.at.bad(format!(
+                "not an IDX file: magic {:02x} {:02x} {:02x} {:02x}, expected 00 00 08 {ndim:02x}{hint}",
+                magic[0], magic[1], magic[2], magic[3]
+            )));
+        }
+        if magic[2] != 0x08 {
+            return Err(self.at.bad(format!(
+                "IDX data type 0x{:02x} ({}) is not supported, only 0x08 (unsigned byte)",
+                magic[2],
+                type_name(magic[2])
+            )));
+        }
+        if magic[3] != ndim {
+            let expected = if ndim == 3 {
+                "3 (images, rows, columns)"
+            } else {
+                "1 (labels)"
+            };
+            return Err(self
+                .at
+                .bad(format!("has {} dimensions, expected {expected}", magic[3])));
+        }
+        let mut raw = vec![0u8; 4 * ndim as usize];
+        if !self.fill(&mut raw)? {
+            return Err(self.at.bad("truncated in the IDX header".into()));
+        }
+        Ok(raw
+            .chunks_exact(4)
+            .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+            .collect())
     }
-    if magic[2] != 0x08 {
-        return Err(bad(format!(
-            "IDX data type 0x{:02x} ({}) is not supported, only 0x08 (unsigned byte)",
-            magic[2],
-            type_name(magic[2])
-        )));
+
+    /// The data after the header, which must be exactly what its `dims` say, read to the end
+    /// of the file.
+    fn data(self, ndim: u8, dims: Vec<u32>) -> Result<Idx, ArchiveError> {
+        let IdxReader { mut reader, at, .. } = self;
+        let what = if ndim == 3 { "pixels" } else { "labels" };
+        let expected = dims
+            .iter()
+            .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
+            .filter(|&n| usize::try_from(n).is_ok())
+            .ok_or_else(|| at.bad(format!("header dimensions {dims:?} are too large")))?;
+        // Read one byte past what the header says to tell trailing bytes; count any further
+        // ones without keeping them.
+        let mut data = Vec::with_capacity(expected.min(RESERVE_MAX) as usize);
+        reader
+            .by_ref()
+            .take(expected + 1)
+            .read_to_end(&mut data)
+            .map_err(|e| at.read_error(e))?;
+        let mut held = data.len() as u64;
+        // To the end: checks the gzip trailer and hashes the whole file.
+        held += io::copy(&mut reader, &mut io::sink()).map_err(|e| at.read_error(e))?;
+        reader.finish().map_err(|e| at.read_error(e))?;
+        if held != expected {
+            let says = if ndim == 3 {
+                format!("{} images of {}x{}", dims[0], dims[1], dims[2])
+            } else {
+                format!("{} labels", dims[0])
+            };
+            let verdict = if held < expected {
+                "truncated"
+            } else {
+                "trailing bytes"
+            };
+            return Err(at.bad(format!(
+                "header says {says} but the file holds {held} bytes of {what} ({verdict})"
+            )));
+        }
+        Ok(Idx {
+            file: at.file,
+            path: at.path,
+            dims,
+            data,
+        })
     }
-    if magic[3] != ndim {
-        let expected = if ndim == 3 {
-            "3 (images, rows, columns)"
-        } else {
-            "1 (labels)"
-        };
-        return Err(bad(format!(
-            "has {} dimensions, expected {expected}",
-            magic[3]
-        )));
-    }
-    let mut raw = vec![0u8; 4 * ndim as usize];
-    if !fill(&mut raw, &mut reader)? {
-        return Err(bad("truncated in the IDX header".into()));
-    }
-    let dims: Vec<u32> = raw
-        .chunks_exact(4)
-        .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
-    let expected = dims
-        .iter()
-        .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
-        .filter(|&n| usize::try_from(n).is_ok())
-        .ok_or_else(|| bad(format!("header dimensions {dims:?} are too large")))?;
-    // Read one byte past what the header says to tell trailing bytes; count any further
-    // ones without keeping them.
-    let mut data = Vec::with_capacity(expected.min(RESERVE_MAX) as usize);
-    reader
-        .by_ref()
-        .take(expected + 1)
-        .read_to_end(&mut data)
-        .map_err(read_error)?;
-    let mut held = data.len() as u64;
-    // To the end: checks the gzip trailer and hashes the whole file.
-    held += io::copy(&mut reader, &mut io::sink()).map_err(read_error)?;
-    reader.finish().map_err(read_error)?;
-    if held != expected {
-        let says = if ndim == 3 {
-            format!("{} images of {}x{}", dims[0], dims[1], dims[2])
-        } else {
-            format!("{} labels", dims[0])
-        };
-        let verdict = if held < expected {
-            "truncated"
-        } else {
-            "trailing bytes"
-        };
-        return Err(bad(format!(
-            "header says {says} but the file holds {held} bytes of {what} ({verdict})"
-        )));
-    }
-    Ok(Idx {
-        file: file_name,
-        path,
-        dims,
-        data,
-    })
 }
