@@ -231,6 +231,63 @@ pub async fn prepare(
     opts: &PredictOptions,
     progress: Option<&indicatif::ProgressBar>,
 ) -> Result<Prepared, PredictError> {
+    let (run, status, report, run_spec) = finished_run(root, run_id).await?;
+    let trained_on = training_dataset(&run_spec, &report).await?;
+    let checkpoint = keys::checkpoint(report.best_epoch);
+    if run.size(&checkpoint).await?.is_none() {
+        return Err(PredictError::Invalid(format!(
+            "run {run_id}'s best checkpoint {} is missing",
+            run.url_of(&checkpoint)
+        )));
+    }
+    let layout = trained_on.layout();
+    let (threshold, batch_size) = settings(opts, &report, &run_spec, layout)?;
+    let (input, packed, skipped, labelled) =
+        resolve_input(opts, run_id, &trained_on, progress).await?;
+    let mut spec = PredictSpec {
+        prediction_id: String::new(),
+        run_id: run_id.to_string(),
+        run: run.url().to_string(),
+        checkpoint,
+        model: run_spec.train.model.clone(),
+        loss: run_spec.train.loss.kind,
+        classes: trained_on.classes.clone(),
+        shape: layout.shape,
+        mean: trained_on.mean.clone(),
+        std: trained_on.std.clone(),
+        threshold,
+        input,
+        batch_size,
+        device: opts.device.unwrap_or(run_spec.train.device),
+        tta: opts.tta,
+    };
+    let content_sha256 = content_id(&spec);
+    spec.prediction_id = content_sha256[..12].to_string();
+    let job = run.child(&keys::prediction(&spec.prediction_id));
+    if matches!(opts.source, PredictSource::Patches(_)) {
+        spec.input.store = job.url().to_string();
+    }
+    let spec_json = serde_json::to_vec_pretty(&spec).expect("serializes");
+    Ok(Prepared {
+        spec,
+        spec_json,
+        content_sha256,
+        run,
+        job,
+        status,
+        report,
+        packed,
+        skipped,
+        labelled,
+    })
+}
+
+/// The run `run_id` of bucket `root`, which must have finished: its folder, record, report and
+/// spec.
+async fn finished_run(
+    root: &Store,
+    run_id: &str,
+) -> Result<(Store, RunStatus, AnyReport, RunSpec), PredictError> {
     let run = run::run_store(root, run_id);
     let status = run::read_status(&run).await?.ok_or_else(|| {
         PredictError::Invalid(format!(
@@ -255,14 +312,16 @@ pub async fn prepare(
             url: run.url_of(keys::SPEC),
             reason: e.to_string(),
         })?;
-    let trained_on = training_dataset(&run_spec, &report).await?;
-    let checkpoint = keys::checkpoint(report.best_epoch);
-    if run.size(&checkpoint).await?.is_none() {
-        return Err(PredictError::Invalid(format!(
-            "run {run_id}'s best checkpoint {} is missing",
-            run.url_of(&checkpoint)
-        )));
-    }
+    Ok((run, status, report, run_spec))
+}
+
+/// The threshold and batch size the options ask for, else the run's; checked.
+fn settings(
+    opts: &PredictOptions,
+    report: &AnyReport,
+    run_spec: &RunSpec,
+    layout: Layout,
+) -> Result<(f64, u32), PredictError> {
     let threshold = match opts.threshold {
         Some(t) if !(0.0..=1.0).contains(&t) => {
             return Err(PredictError::Invalid(format!(
@@ -275,7 +334,6 @@ pub async fn prepare(
             .as_ref()
             .map_or(0.5, |m| m.threshold),
     };
-    let layout = trained_on.layout();
     if opts.tta {
         predictions::check_tta(layout.shape).map_err(PredictError::Invalid)?;
     }
@@ -285,8 +343,19 @@ pub async fn prepare(
             "--batch-size must be at least 1".into(),
         ));
     }
+    Ok((threshold, batch_size))
+}
 
-    let (input, packed, skipped, labelled) = match &opts.source {
+/// The input: a folder or zip packed into shards (in memory), or a staged dataset's split;
+/// with the files left out and how many images are labelled.
+async fn resolve_input(
+    opts: &PredictOptions,
+    run_id: &str,
+    trained_on: &DatasetManifest,
+    progress: Option<&indicatif::ProgressBar>,
+) -> Result<(PredictInput, Vec<(String, Bytes)>, Vec<Rejected>, u64), PredictError> {
+    let layout = trained_on.layout();
+    Ok(match &opts.source {
         PredictSource::Patches(path) => {
             if trained_on.source.kind.is_archive() || layout != Layout::IDC {
                 return Err(PredictError::Invalid(format!(
@@ -305,27 +374,13 @@ pub async fn prepare(
             let (input, labelled) = staged_input(url, *split, layout).await?;
             (input, vec![], vec![], labelled)
         }
-    };
-    let mut spec = PredictSpec {
-        prediction_id: String::new(),
-        run_id: run_id.to_string(),
-        run: run.url().to_string(),
-        checkpoint,
-        model: run_spec.train.model.clone(),
-        loss: run_spec.train.loss.kind,
-        classes: trained_on.classes.clone(),
-        shape: layout.shape,
-        mean: trained_on.mean.clone(),
-        std: trained_on.std.clone(),
-        threshold,
-        input,
-        batch_size,
-        device: opts.device.unwrap_or(run_spec.train.device),
-        tta: opts.tta,
-    };
-    // The id is the hash of everything the result depends on (not where the bucket is: the
-    // run is named by its id, the input by its shards' hashes): the same prediction asked
-    // again finds its result instead of running again.
+    })
+}
+
+/// The hash of everything the result depends on (not where the bucket is: the run is named by
+/// its id, the input by its shards' hashes): the same prediction asked again finds its result
+/// instead of running again.
+fn content_id(spec: &PredictSpec) -> String {
     let id_source = serde_json::to_vec(&PredictSpec {
         run: String::new(),
         input: PredictInput {
@@ -335,25 +390,7 @@ pub async fn prepare(
         ..spec.clone()
     })
     .expect("serializes");
-    let content_sha256 = hex::encode(sha2::Sha256::digest(&id_source));
-    spec.prediction_id = content_sha256[..12].to_string();
-    let job = run.child(&keys::prediction(&spec.prediction_id));
-    if matches!(opts.source, PredictSource::Patches(_)) {
-        spec.input.store = job.url().to_string();
-    }
-    let spec_json = serde_json::to_vec_pretty(&spec).expect("serializes");
-    Ok(Prepared {
-        spec,
-        spec_json,
-        content_sha256,
-        run,
-        job,
-        status,
-        report,
-        packed,
-        skipped,
-        labelled,
-    })
+    hex::encode(sha2::Sha256::digest(&id_source))
 }
 
 /// The manifest of the dataset the run trained on: its statistics normalize the model's input.
@@ -516,6 +553,22 @@ fn pack(
         .iter()
         .filter(|(m, _)| m.flags & FLAG_UNLABELED == 0)
         .count() as u64;
+    let (infos, shards) = input_shards(&records);
+    Ok(Packed {
+        input: PredictInput {
+            // Set to the prediction's folder once its id is known.
+            store: String::new(),
+            shards: infos,
+            files,
+        },
+        shards,
+        skipped,
+        labelled,
+    })
+}
+
+/// The decoded patches as the prediction's input shards: what the spec lists, and the bytes.
+fn input_shards(records: &[(RecordMeta, Vec<u8>)]) -> (Vec<InputShard>, Vec<(String, Bytes)>) {
     let mut shards = vec![];
     let mut infos = vec![];
     for (i, chunk) in records.chunks(INPUT_SHARD_RECORDS).enumerate() {
@@ -532,17 +585,7 @@ fn pack(
         });
         shards.push((key, Bytes::from(bytes)));
     }
-    Ok(Packed {
-        input: PredictInput {
-            // Set to the prediction's folder once its id is known.
-            store: String::new(),
-            shards: infos,
-            files,
-        },
-        shards,
-        skipped,
-        labelled,
-    })
+    (infos, shards)
 }
 
 /// What [`execute`] gave.

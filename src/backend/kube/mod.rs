@@ -283,12 +283,7 @@ pub async fn follow(
                 from_bucket(run, next, Some(next), None, sink).await?;
             }
             Some(a) if a.pod.as_ref().is_some_and(started) => {
-                let name = a
-                    .pod
-                    .as_ref()
-                    .and_then(|p| p.metadata.name.clone())
-                    .unwrap_or_default();
-                let last_seen = match follow_pod(cluster, &name, next, sink).await {
+                let last_seen = match follow_pod(cluster, &pod_name(a), next, sink).await {
                     // Deleted while (or before) its log was read (an eviction, a cancel, the
                     // Job's TTL): the worker keeps its own copy of the log in the bucket.
                     Err(FollowPodError { error, last }) if error.is_not_found() => {
@@ -415,6 +410,14 @@ struct FollowPodError {
 
 /// Follows one pod's log to its end, reconnecting from the last line seen if the stream drops
 /// while the pod still runs; returns the pod as last read (`None`: gone).
+/// The name of attempt `a`'s pod.
+fn pod_name(a: &observe::Attempt) -> String {
+    a.pod
+        .as_ref()
+        .and_then(|p| p.metadata.name.clone())
+        .unwrap_or_default()
+}
+
 async fn follow_pod(
     cluster: &Cluster,
     pod: &str,
