@@ -265,7 +265,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     store.url()
                 ))
             })?;
-            print_render(&manifest, output, output::dataset_table)
+            print_render(&manifest, output, idc::dataset::table::table)
         }
     }
 }
@@ -347,7 +347,7 @@ async fn stage_cmd(a: StageArgs) -> anyhow::Result<ExitCode> {
             m.source.duplicates
         );
     }
-    print_render(m, a.output, output::dataset_table)
+    print_render(m, a.output, idc::dataset::table::table)
 }
 
 fn synth_cmd(a: SynthArgs) -> anyhow::Result<ExitCode> {
