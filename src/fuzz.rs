@@ -41,3 +41,21 @@ pub fn corrupted(valid: Vec<u8>) -> impl Strategy<Value = Vec<u8>> {
             b
         })
 }
+
+/// The tiny torch checkpoint the tests ship, and the pickle inside it (dicts, tensors,
+/// persistent ids, globals): valid input to corrupt.
+#[cfg(feature = "controller")]
+pub const TINY_PTH: &[u8] = include_bytes!("../tests/fixtures/weights/tiny.pth");
+
+/// The pickle of [`TINY_PTH`].
+#[cfg(feature = "controller")]
+pub fn tiny_pickle() -> Vec<u8> {
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(TINY_PTH)).unwrap();
+    let name = (zip.file_names())
+        .find(|n| n.ends_with("data.pkl"))
+        .unwrap()
+        .to_string();
+    let mut out = vec![];
+    std::io::Read::read_to_end(&mut zip.by_name(&name).unwrap(), &mut out).unwrap();
+    out
+}

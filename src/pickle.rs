@@ -948,16 +948,7 @@ mod tests {
 
     /// The pickle of tests/fixtures/weights/tiny.pth: dicts, tensors, persistent ids, globals.
     fn torch_pickle() -> Vec<u8> {
-        let pth = include_bytes!("../tests/fixtures/weights/tiny.pth");
-        let mut zip = zip::ZipArchive::new(std::io::Cursor::new(&pth[..])).unwrap();
-        let name = zip
-            .file_names()
-            .find(|n| n.ends_with("data.pkl"))
-            .unwrap()
-            .to_string();
-        let mut out = vec![];
-        std::io::Read::read_to_end(&mut zip.by_name(&name).unwrap(), &mut out).unwrap();
-        out
+        crate::fuzz::tiny_pickle()
     }
 
     /// A pickle is read, or refused with an error saying where; whatever it built is walked as

@@ -985,17 +985,6 @@ mod tests {
             out.finish().unwrap().into_inner()
         }
 
-        fn tiny_pickle() -> Vec<u8> {
-            let mut zip = zip::ZipArchive::new(std::io::Cursor::new(TINY)).unwrap();
-            let name = (zip.file_names())
-                .find(|n| n.ends_with("data.pkl"))
-                .unwrap()
-                .to_string();
-            let mut out = vec![];
-            std::io::Read::read_to_end(&mut zip.by_name(&name).unwrap(), &mut out).unwrap();
-            out
-        }
-
         /// A checkpoint is read (and imported), or refused, never a panic.
         fn read(b: &[u8]) {
             if let Ok(t) = read_torch_checkpoint(b) {
@@ -1009,7 +998,7 @@ mod tests {
         #[test]
         fn the_rezipped_fixture_reads() {
             assert_eq!(
-                read_torch_checkpoint(&with_pickle(&tiny_pickle())).unwrap(),
+                read_torch_checkpoint(&with_pickle(&crate::fuzz::tiny_pickle())).unwrap(),
                 read_torch_checkpoint(TINY).unwrap()
             );
         }
@@ -1031,7 +1020,7 @@ mod tests {
             }
 
             #[test]
-            fn corrupted_pickles(pkl in corrupted(tiny_pickle())) {
+            fn corrupted_pickles(pkl in corrupted(crate::fuzz::tiny_pickle())) {
                 read(&with_pickle(&pkl));
             }
 
