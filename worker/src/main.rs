@@ -18,6 +18,7 @@ use clap::{Parser, Subcommand};
 use error::WorkerError;
 use idc::attempt::AttemptRecord;
 use idc::exit::ExitCode;
+use idc::exit::ProcessExitCode;
 use idc::spec::RunSpec;
 use idc::store::Store;
 use std::path::PathBuf;

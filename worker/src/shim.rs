@@ -235,6 +235,7 @@ impl Counter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use idc::exit::ProcessExitCode;
     use tch::{Device, Kind};
 
     #[test]

@@ -180,6 +180,7 @@ impl LossWindow {
 mod tests {
     use super::*;
     use crate::shim::Counter;
+    use idc::exit::ProcessExitCode;
     use idc::spec::{ModelSpec, OptimizerKind, OptimizerSpec};
 
     fn spec(model: ModelSpec, optimizer: OptimizerKind) -> TrainSpec {
