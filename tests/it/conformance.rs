@@ -293,13 +293,20 @@ impl FakeCluster {
                 json(
                     200,
                     json!({"apiVersion": "v1", "kind": "PodList", "metadata": {},
-                                 "items": self.pods_json(&run)}),
+                                 "items": self.pods_json(|p| p.job == run)}),
                 )
             }
             ("GET", p) if p.starts_with(&format!("{pods}/")) && p.ends_with("/log") => {
                 let pod = &p[pods.len() + 1..p.len() - "/log".len()];
                 match self.log_of(pod).await {
                     Some(text) => (200, Body::from(text.into_bytes())),
+                    None => not_found(),
+                }
+            }
+            ("GET", p) if p.starts_with(&format!("{pods}/")) => {
+                let name = &p[pods.len() + 1..];
+                match self.pods_json(|p| p.name == name).pop() {
+                    Some(pod) => json(200, pod),
                     None => not_found(),
                 }
             }
@@ -415,11 +422,11 @@ impl FakeCluster {
         Some(j)
     }
 
-    fn pods_json(&self, run: &str) -> Vec<Value> {
+    fn pods_json(&self, which: impl Fn(&FakePod) -> bool) -> Vec<Value> {
         let st = self.0.lock().unwrap();
         st.pods
             .iter()
-            .filter(|p| p.job == run)
+            .filter(|p| which(p))
             .map(|p| {
                 let (phase, state) = match p.exit {
                     None => ("Running", json!({"running": {"startedAt": p.created}})),
@@ -468,7 +475,9 @@ async fn the_kubernetes_backend_on_a_mock_api_server_passes_the_lifecycle() {
     let (storage, ds) = tokio::task::spawn_blocking(move || staged_synth_bucket(&root, 4, 20))
         .await
         .unwrap();
-    let exp = experiment::parse(&experiment_yaml(&ds, &storage, "kubernetes"), "c.yaml").unwrap();
+    // A manifest refuses a file:// bucket for Kubernetes; the mock's pods share this machine.
+    let mut exp = experiment::parse(&experiment_yaml(&ds, &storage, "local"), "c.yaml").unwrap();
+    exp.backend = experiment::Backend::Kubernetes;
     let fake = FakeCluster::default();
     let mut cluster = fake.serve();
     cluster.poll = Duration::from_millis(20);
