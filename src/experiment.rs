@@ -421,9 +421,8 @@ impl Checks<'_> {
         Ok(())
     }
 
-    // What Kubernetes would reject, said now whatever the backend: the manifest names it.
-
-    /// resources.node_selector's keys and values are Kubernetes label keys and values.
+    /// resources.node_selector's keys and values are Kubernetes label keys and values: what
+    /// Kubernetes would reject is said now whatever the backend, since the manifest names it.
     fn node_selector(&self, r: &Resources) -> Result<(), ManifestError> {
         use crate::kube_syntax::{is_label_value, is_qualified_name};
         for (key, value) in &r.node_selector {
