@@ -115,11 +115,11 @@ impl SubmitArgs {
         }
         let s = run::read_status(&sub.run)
             .await?
-            .context("the run's status.json disappeared")?;
+            .with_context(|| format!("{}: status.json disappeared", sub.run.url()))?;
         follow_any(&sub.run, s, &target, None).await?;
         let s = run::read_status(&sub.run)
             .await?
-            .expect("status written above");
+            .with_context(|| format!("{}: status.json disappeared", sub.run.url()))?;
         let s = backend::refresh(&sub.run, s, &target).await?;
         if s.phase != Phase::Succeeded {
             eprintln!("{}", ended(&s));
