@@ -31,6 +31,10 @@ impl Bytes<'_> {
     pub fn len(&self) -> usize {
         self.as_slice().len()
     }
+
+    pub fn is_empty(&self) -> bool {
+        self.as_slice().is_empty()
+    }
 }
 
 /// A Python object. Containers and reconstructed objects live in the [`Pickle`]'s heap and

@@ -602,7 +602,7 @@ mod tests {
             assert_eq!(ints(get("a")), [1, 2]);
             // The same list, fetched from the memo after it was filled.
             assert_eq!(ints(get("b")), [1, 2]);
-            assert!(matches!(get("e"), pickle::Value::Bytes(b) if b.len() == 0));
+            assert!(matches!(get("e"), pickle::Value::Bytes(b) if b.is_empty()));
             assert_eq!(get("big").as_int(), Some(1 << 40));
             assert_eq!(get("neg").as_int(), Some(-5));
             assert!(matches!(get("f"), pickle::Value::Float(f) if f == 1.5));
