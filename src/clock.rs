@@ -35,15 +35,18 @@ pub fn seconds_since(t: &str) -> Option<f64> {
 /// other forms (spaces, `ms`, `w`, `min`, ...) were never accepted here and stay refused, so
 /// that every manifest means what it did.
 pub fn parse_duration(s: &str) -> Option<u64> {
-    if !s
-        .bytes()
-        .all(|b| b.is_ascii_digit() || b"smhd".contains(&b))
-    {
-        return None;
+    // Each number must be followed by exactly one of the four units: this refuses `ms` (which
+    // humantime reads as milliseconds) as well as its other forms.
+    let mut after_digit = false;
+    for b in s.bytes() {
+        match b {
+            b'0'..=b'9' => after_digit = true,
+            b's' | b'm' | b'h' | b'd' if after_digit => after_digit = false,
+            _ => return None,
+        }
     }
     let d = humantime::parse_duration(s).ok()?;
-    // `ms` passes the check above, and is no whole number of seconds.
-    (d.subsec_nanos() == 0 && d.as_secs() > 0).then_some(d.as_secs())
+    (d.as_secs() > 0).then_some(d.as_secs())
 }
 
 #[cfg(test)]
@@ -81,6 +84,8 @@ mod tests {
             "1w",
             "1h 30m",
             "500ms",
+            "1000ms",
+            "0ms1s",
             "2min",
             "1.5h",
             "-1h",

@@ -490,9 +490,7 @@ pub fn status_text(p: &Progress) -> String {
 
 /// `idcctl list` as a table: a row a run.
 pub fn table(rows: &[Summary]) -> String {
-    use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
-    let mut t = Table::new();
-    t.load_preset(UTF8_FULL_CONDENSED);
+    let mut t = crate::output::table();
     t.set_header([
         "run",
         "phase",

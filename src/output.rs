@@ -36,6 +36,13 @@ pub fn render<T: Serialize>(
     }
 }
 
+/// A table in the one style every command prints.
+pub fn table() -> comfy_table::Table {
+    let mut t = comfy_table::Table::new();
+    t.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
+    t
+}
+
 /// The name serde gives a unit enum variant (`patient`, `zip`, `pad`).
 pub fn name_of<T: Serialize>(v: &T) -> String {
     serde_json::to_value(v)

@@ -950,11 +950,6 @@ mod tests {
     use crate::fuzz::{bytes, config, corrupted};
     use proptest::prelude::*;
 
-    /// The pickle of tests/fixtures/weights/tiny.pth: dicts, tensors, persistent ids, globals.
-    fn torch_pickle() -> Vec<u8> {
-        crate::fuzz::tiny_pickle()
-    }
-
     /// A pickle is read, or refused with an error saying where; whatever it built is walked as
     /// the readers walk it (a bounded walk: the memo may share a container within itself).
     fn read_and_walk(b: &[u8]) {
@@ -1003,7 +998,7 @@ mod tests {
         }
 
         #[test]
-        fn corrupted_torch_pickles(b in corrupted(torch_pickle())) {
+        fn corrupted_torch_pickles(b in corrupted(crate::fuzz::tiny_pickle())) {
             read_and_walk(&b);
         }
     }

@@ -324,14 +324,10 @@ pub enum RunError {
         phase: Phase,
         reason: String,
     },
-    #[error("report.json is not readable")]
-    BadReport(#[source] serde_json::Error),
     #[error("creating {}", .0.display())]
     CreateDir(std::path::PathBuf, #[source] std::io::Error),
     #[error("writing {}", .0.display())]
     Write(std::path::PathBuf, #[source] std::io::Error),
-    #[error(transparent)]
-    Io(#[from] std::io::Error),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -343,10 +339,7 @@ impl crate::exit::ProcessExitCode for RunError {
         match self {
             RunError::NotFound { .. } | RunError::NoReport { .. } => ExitCode::UserError,
             RunError::Store(e) => e.process_exit_code(),
-            RunError::BadReport(_)
-            | RunError::CreateDir(..)
-            | RunError::Write(..)
-            | RunError::Io(_) => ExitCode::Failure,
+            RunError::CreateDir(..) | RunError::Write(..) => ExitCode::Failure,
         }
     }
 }
@@ -366,7 +359,7 @@ pub async fn open(root: &Store, run_id: &str) -> Result<(Store, RunStatus), RunE
 
 /// The run's evaluation report (`report.json`).
 pub async fn read_report(run: &Store) -> Result<crate::metrics::AnyReport, RunError> {
-    parse_report(&run.get(layout::run::REPORT).await?)
+    parse_report(run, &run.get(layout::run::REPORT).await?)
 }
 
 /// The run's report.json as stored; [`RunError::NoReport`] before the run has one.
@@ -376,9 +369,14 @@ pub async fn report_bytes(run: &Store, s: &RunStatus) -> Result<Bytes, RunError>
         .ok_or_else(|| no_report(s))
 }
 
-/// Parses report.json.
-pub fn parse_report(bytes: &[u8]) -> Result<crate::metrics::AnyReport, RunError> {
-    serde_json::from_slice(bytes).map_err(RunError::BadReport)
+/// Parses the run's report.json (`bytes`); an error names the object.
+pub fn parse_report(run: &Store, bytes: &[u8]) -> Result<crate::metrics::AnyReport, RunError> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        RunError::Store(StoreError::Corrupt {
+            url: run.url_of(layout::run::REPORT),
+            reason: e.to_string(),
+        })
+    })
 }
 
 /// Writes the run's report.json (`report`, as stored) and metrics.jsonl, when there, into the
@@ -389,9 +387,13 @@ pub async fn save_report(
     dir: &std::path::Path,
 ) -> Result<(), RunError> {
     std::fs::create_dir_all(dir).map_err(|e| RunError::CreateDir(dir.into(), e))?;
-    std::fs::write(dir.join("report.json"), report).map_err(|e| RunError::Write(dir.into(), e))?;
+    let write = |name: &str, bytes: &[u8]| {
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).map_err(|e| RunError::Write(path, e))
+    };
+    write("report.json", report)?;
     if let Some(m) = run.get_opt(layout::run::METRICS).await? {
-        std::fs::write(dir.join("metrics.jsonl"), &m)?;
+        write("metrics.jsonl", &m)?;
     }
     Ok(())
 }

@@ -110,6 +110,23 @@ impl Shape {
     pub fn record_len(self) -> usize {
         RECORD_META_LEN + self.pixel_bytes()
     }
+
+    /// Whether a shard header can hold this shape (16-bit sizes); why not, naming the size.
+    pub fn fits_header(self) -> Result<(), String> {
+        for (what, d) in [
+            ("height", self.height),
+            ("width", self.width),
+            ("channels", self.channels),
+        ] {
+            if d > u16::MAX.into() {
+                return Err(format!(
+                    "image {what} {d} is more than a shard header holds ({})",
+                    u16::MAX
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl std::fmt::Display for Shape {

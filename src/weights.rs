@@ -109,8 +109,7 @@ impl TensorData {
 /// Models whose pretrained weights can be imported.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ImportModel {
-    /// torchvision's resnet34 (`resnet34-b627a593.pth`): the backbone; its 1000-class `fc` is
-    /// dropped (the worker's head is new).
+    /// See [`Choice::about`](crate::choice::Choice::about), which `--help` shows.
     Resnet34,
 }
 
@@ -245,9 +244,6 @@ fn format_err(s: impl Into<String>) -> WeightsError {
     WeightsError::Format(s.into())
 }
 
-/// The most bytes reserved for an archive member before reading it (it grows past that as read).
-const MEMBER_RESERVE_MAX: u64 = 64 << 20;
-
 /// The tensors of a `torch.save` zip archive (torch >= 1.6), in the order pickled: a state dict
 /// (`OrderedDict` of name -> tensor), or a dict holding one under `state_dict` or `model` (a
 /// training checkpoint). Entries of the state dict that are no tensors are skipped.
@@ -343,7 +339,8 @@ impl<'b> TorchZip<'b> {
             Err(e) => return Err(format_err(format!("member {name}: {e}"))),
         };
         // The size is the archive's word: a hostile one must not reserve terabytes up front.
-        let mut buf = Vec::with_capacity(f.size().min(MEMBER_RESERVE_MAX) as usize);
+        let mut buf =
+            Vec::with_capacity(f.size().min(crate::dataset::archive::RESERVE_MAX) as usize);
         f.read_to_end(&mut buf)
             .map_err(|e| format_err(format!("member {name} is truncated or corrupt: {e}")))?;
         Ok(Some(buf))
@@ -897,7 +894,7 @@ mod tests {
     /// storage, an int64 scalar, float16/bfloat16, a nn.Module state dict with `_metadata`.
     #[test]
     fn weights_reads_torch_zip_checkpoint() {
-        let bytes = include_bytes!("../tests/fixtures/weights/tiny.pth");
+        let bytes = crate::fuzz::TINY_PTH;
         let t = read_torch_checkpoint(bytes).unwrap();
         let names: Vec<&str> = t.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(
@@ -960,7 +957,7 @@ mod tests {
         use proptest::prelude::*;
         use std::io::Write;
 
-        const TINY: &[u8] = include_bytes!("../tests/fixtures/weights/tiny.pth");
+        use crate::fuzz::TINY_PTH as TINY;
 
         /// tiny.pth with its members as they are but `data.pkl` replaced by `pkl` (stored), so
         /// that a corrupted pickle gets past the zip's checksums.

@@ -86,7 +86,7 @@ pub fn launch(run_url: &str, idcctl: Option<&std::path::Path>) -> Result<u32, Lo
             source: e,
         })?,
     };
-    let mut cmd = Command::new(exe);
+    let mut cmd = Command::new(&exe);
     cmd.args(["internal", "supervise", "--run", run_url])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -100,7 +100,7 @@ pub fn launch(run_url: &str, idcctl: Option<&std::path::Path>) -> Result<u32, Lo
         });
     }
     let child = cmd.spawn().map_err(|e| LocalError::Spawn {
-        what: "the run supervisor".into(),
+        what: format!("the run supervisor ({} internal supervise)", exe.display()),
         source: e,
     })?;
     Ok(child.id())
@@ -536,6 +536,11 @@ impl RunBackend for Local {
     }
 
     async fn restart(&self, run: &Store, mut s: RunStatus) -> Result<(), BackendError> {
+        // The attempts it had left, at least one more (Kubernetes counts the experiment's
+        // retries afresh for the new Job).
+        s.max_attempts = s
+            .attempts
+            .saturating_add(s.max_attempts.saturating_sub(s.attempts).max(1));
         s.reason = Some("resumed; waiting for the supervisor to start".into());
         s.supervisor = None;
         s.worker = None;

@@ -121,7 +121,8 @@ pub trait RunBackend {
     ) -> Result<Option<String>, BackendError>;
     /// Stops the run (its worker checkpoints on SIGTERM) unless it has already ended.
     async fn cancel(&self, run: &Store, s: RunStatus) -> Result<CancelOutcome, BackendError>;
-    /// Starts a stopped run again from its latest checkpoint; `s` is its reopened record.
+    /// Starts a stopped run again from its latest checkpoint, with attempts to spare; `s` is
+    /// its reopened record.
     async fn restart(&self, run: &Store, s: RunStatus) -> Result<(), BackendError>;
     /// Runs a worker task beside a run (a prediction) until it ends.
     async fn run_task(
@@ -862,9 +863,6 @@ pub async fn resume_on(
     check_resumable(&s)?;
     run.delete(keys::CANCEL).await?;
     s.phase = Phase::Pending;
-    s.max_attempts = s
-        .attempts
-        .saturating_add(s.max_attempts.saturating_sub(s.attempts).max(1));
     s.finished_at = None;
     backend.restart(run, s).await
 }

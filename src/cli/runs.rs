@@ -116,13 +116,8 @@ impl SubmitArgs {
         let s = run::read_status(&sub.run)
             .await?
             .with_context(|| format!("{}: status.json disappeared", sub.run.url()))?;
-        follow_any(&sub.run, s, &target, None).await?;
-        let s = run::read_status(&sub.run)
-            .await?
-            .with_context(|| format!("{}: status.json disappeared", sub.run.url()))?;
-        let s = backend::refresh(&sub.run, s, &target).await?;
-        if s.phase != Phase::Succeeded {
-            eprintln!("{}", ended(&s));
+        // Following returns the record as the run ended; how it ended is said there.
+        if follow_any(&sub.run, s, &target, None).await?.phase != Phase::Succeeded {
             return Ok(ExitCode::Failure);
         }
         let r = run::read_report(&sub.run).await?;
@@ -142,14 +137,14 @@ async fn follow_any(
     s: RunStatus,
     target: &Target,
     only: Option<u32>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<RunStatus> {
     let s = follow::follow(run, s, target, only, &mut |o| match o {
         follow::Output::Text(t) => print!("{t}"),
         follow::Output::Notice(n) => eprintln!("{n}"),
     })
     .await?;
     eprintln!("{}", ended(&s));
-    Ok(())
+    Ok(s)
 }
 
 #[derive(Subcommand, Debug)]
@@ -324,7 +319,7 @@ impl ReportArgs {
             eprintln!("wrote report.json and metrics.jsonl to {}", dir.display());
         }
         print_render(
-            &run::parse_report(&bytes)?,
+            &run::parse_report(&run, &bytes)?,
             self.output,
             reports::summary_text,
         )?;

@@ -36,9 +36,10 @@ impl ImportArgs {
         let imported = tokio::task::spawn_blocking(move || weights::import_file(&file, model))
             .await
             .context("importing weights")??;
-        let bytes = weights::write_safetensors(&imported.tensors)?;
-        let size = bytes.len();
         let url = store.url_of(&name);
+        let bytes = weights::write_safetensors(&imported.tensors)
+            .with_context(|| format!("converting {} for {url}", self.file.display()))?;
+        let size = bytes.len();
         store
             .put(&name, bytes.into())
             .await

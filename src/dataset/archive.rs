@@ -273,7 +273,7 @@ impl<R: Read> Read for Hashing<'_, R> {
 
 /// A limit on what is reserved up front from sizes a file claims: a corrupt header must not
 /// make us allocate gigabytes before the data runs out.
-const RESERVE_MAX: u64 = 64 << 20;
+pub(crate) const RESERVE_MAX: u64 = 64 << 20;
 
 mod cifar;
 mod idx;

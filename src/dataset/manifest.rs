@@ -281,13 +281,11 @@ impl DatasetManifest {
             .chain(self.shards.iter().map(|s| s.class_counts.len()))
             .chain([self.class_weights.len()]);
         let c = self.image.channels as usize;
-        let i = &self.image;
+        self.image.shape().fits_header()?;
         if !(2..=256).contains(&k)
             || per_class.into_iter().any(|n| n != k)
             || self.mean.len() != c
             || self.std.len() != c
-            // Shard headers hold 16-bit sizes.
-            || [i.height, i.width, i.channels].iter().any(|&d| d > u16::MAX.into())
             || self.image.shape().pixel_bytes() == 0
         {
             return Err(format!(

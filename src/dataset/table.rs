@@ -4,7 +4,7 @@
 use super::manifest::DatasetManifest;
 use super::split::Split;
 use crate::output::name_of;
-use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+use comfy_table::Table;
 use std::collections::BTreeMap;
 
 /// How many skipped files a table lists by name.
@@ -57,8 +57,7 @@ pub fn table(m: &DatasetManifest) -> String {
 
 /// The two-class table: patients, patches and classes per split, then the total.
 fn binary_split_table(m: &DatasetManifest) -> Table {
-    let mut t = Table::new();
-    t.load_preset(UTF8_FULL_CONDENSED);
+    let mut t = crate::output::table();
     t.set_header([
         "split",
         "patients",
@@ -133,8 +132,7 @@ fn skipped_lines(m: &DatasetManifest) -> String {
 /// The summary of a K-class (or archive) dataset: images per class and split, the split rule,
 /// the image shape and statistics.
 fn class_table(m: &DatasetManifest) -> String {
-    let mut t = Table::new();
-    t.load_preset(UTF8_FULL_CONDENSED);
+    let mut t = crate::output::table();
     t.set_header(["class", "train", "val", "test", "total", "weight"]);
     let all = m.class_counts();
     let split = |s: Split| m.splits.get(&s).cloned().unwrap_or_default();

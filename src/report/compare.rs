@@ -2,7 +2,6 @@
 //! (which run is best on each), for `idcctl compare` as a table, JSON, YAML or HTML.
 
 use super::RunData;
-use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -291,8 +290,7 @@ fn config_rows(runs: &[RunData]) -> Vec<ConfigRow> {
 pub fn table(c: &Comparison) -> String {
     let mut header = vec!["metric".to_string()];
     header.extend(c.runs.iter().cloned());
-    let mut t = Table::new();
-    t.load_preset(UTF8_FULL_CONDENSED);
+    let mut t = crate::output::table();
     t.set_header(header.clone());
     let mut group = "";
     for m in &c.metrics {
@@ -310,8 +308,7 @@ pub fn table(c: &Comparison) -> String {
         t.add_row(cells);
     }
     header[0] = "config".into();
-    let mut ct = Table::new();
-    ct.load_preset(UTF8_FULL_CONDENSED);
+    let mut ct = crate::output::table();
     ct.set_header(header);
     for r in &c.config {
         let mut cells = vec![format!("{}{}", if r.differs { "* " } else { "  " }, r.key)];

@@ -183,14 +183,8 @@ pub fn summary_text(r: &AnyReport) -> String {
     }
 }
 
-fn table() -> comfy_table::Table {
-    let mut t = comfy_table::Table::new();
-    t.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
-    t
-}
-
 fn binary_text(test: &crate::metrics::BinaryMetrics, at: &crate::metrics::BinaryMetrics) -> String {
-    let mut t = table();
+    let mut t = crate::output::table();
     t.set_header([
         "test metric",
         "at 0.5",
@@ -230,7 +224,7 @@ pub const MULTICLASS_SHOWN: [crate::metrics::MetricName; 7] = {
 };
 
 fn multiclass_text(m: &MulticlassMetrics, classes: &[String]) -> String {
-    let mut t = table();
+    let mut t = crate::output::table();
     t.set_header(["test metric", "value"]);
     for name in MULTICLASS_SHOWN {
         t.add_row([
@@ -252,7 +246,7 @@ fn multiclass_text(m: &MulticlassMetrics, classes: &[String]) -> String {
         ]);
     }
     t.add_row(["images".to_string(), m.count.to_string()]);
-    let mut per = table();
+    let mut per = crate::output::table();
     per.set_header(["class", "precision", "recall", "F1", "support", "ROC-AUC"]);
     for (c, s) in m.per_class.iter().enumerate() {
         per.add_row([

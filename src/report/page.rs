@@ -134,8 +134,10 @@ pub fn kv_table(rows: &[(&str, String)]) -> String {
 }
 
 pub fn notes(notes: &[String]) -> String {
-    notes
-        .iter()
-        .map(|n| format!("<p class=\"note\">{}</p>\n", escape(n)))
-        .collect()
+    notes.iter().map(|n| note(n)).collect()
+}
+
+/// One note paragraph.
+pub fn note(text: &str) -> String {
+    format!("<p class=\"note\">{}</p>\n", escape(text))
 }

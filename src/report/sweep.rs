@@ -5,7 +5,7 @@
 //! counts like the run report's plots.
 
 use super::ReportError;
-use super::page::{create_dir, kv_table, page};
+use super::page::{create_dir, kv_table, note, page};
 use super::plot::{self, LinePlot, Series, escape, nice_axis};
 use crate::sweep::importance::{self, Importance};
 use crate::sweep::live::sparkline;
@@ -216,10 +216,6 @@ fn inline(svg: &str, id: &str, alt: &str) -> String {
         "<figure style=\"overflow-x:auto\">{}</figure>\n",
         svg.trim_end()
     )
-}
-
-fn note(text: &str) -> String {
-    format!("<p class=\"note\">{}</p>\n", escape(text))
 }
 
 /// Points drawn as markers only: each is its own line (NaN breaks lines).

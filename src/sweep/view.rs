@@ -8,7 +8,6 @@ use super::manifest::Direction;
 use super::state::{Driver, SweepState, Trial, TrialState};
 use super::{Sweep, fmt_num, fmt_value, short_names};
 use crate::output::{self, OutputFormat};
-use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use serde::Serialize;
 
 /// A sweep as shown; `-o json|yaml` print it (through [`serde_json::Value`], so keys come in
@@ -135,8 +134,7 @@ impl<'a> SweepView<'a> {
 
     fn trials_table(&self, metric: &str) -> String {
         let sweep = self.sweep;
-        let mut t = Table::new();
-        t.load_preset(UTF8_FULL_CONDENSED);
+        let mut t = crate::output::table();
         let mut header = vec![
             "trial".to_string(),
             "state".into(),

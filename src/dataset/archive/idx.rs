@@ -51,6 +51,12 @@ pub(super) fn read(dir: &Path, class_names: Option<Vec<String>>) -> Result<Archi
             test_images.dims[1], test_images.dims[2], train_images.file
         )));
     }
+    let shape = crate::shard::Shape {
+        height,
+        width,
+        channels: 1,
+    };
+    shape.fits_header().map_err(|e| train_images.bad(e))?;
     for (images, labels) in [(&train_images, &train_labels), (&test_images, &test_labels)] {
         if labels.dims[0] != images.dims[0] {
             return Err(labels.bad(format!(
