@@ -163,3 +163,73 @@ idc_fashion_mnist() {
     export IDC_TEST_REQUIRE_FASHION_MNIST=1
   fi
 }
+
+# Whole-slide fixtures: tests/fixtures/make_slide.py writes pyramidal JPEG-tiled TIFF slides
+# (Aperio SVS, generic TIFF) with tifffile + imagecodecs in a cached venv; exports
+# IDC_SLIDE_PYTHON. The slide reader links OpenSlide (Debian's libopenslide0; openslide-tools
+# checks fixtures by hand): installed when missing and we are root on Debian/Ubuntu, otherwise
+# says what to install. Under CI the slide tests must find both: IDC_TEST_REQUIRE_SLIDES=1.
+IDC_TIFFFILE_VERSION=2026.3.3
+IDC_IMAGECODECS_VERSION=2026.3.6
+idc_slide_venv() {
+  local name=slides-tifffile-$IDC_TIFFFILE_VERSION-imagecodecs-$IDC_IMAGECODECS_VERSION
+  idc_cached_venv "$name" "tifffile==$IDC_TIFFFILE_VERSION" \
+    "imagecodecs==$IDC_IMAGECODECS_VERSION" numpy==2.4.6 pillow==13.0.0
+  export IDC_SLIDE_PYTHON=$IDC_CACHE/$name/bin/python
+  if ! ldconfig -p 2>/dev/null | grep -q 'libopenslide\.so\.0' || ! command -v openslide-show-properties >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+      echo "installing libopenslide0 and openslide-tools for the whole-slide tests" >&2
+      apt-get install -y --no-install-recommends libopenslide0 openslide-tools >&2 ||
+        { apt-get update >&2 && apt-get install -y --no-install-recommends libopenslide0 openslide-tools >&2; } ||
+        echo "could not install libopenslide0 and openslide-tools" >&2
+    else
+      echo "OpenSlide is missing: install it (e.g. sudo apt-get install libopenslide0 openslide-tools) to read whole-slide images in the tests" >&2
+    fi
+  fi
+  if [ "${CI:-}" = true ]; then
+    export IDC_TEST_REQUIRE_SLIDES=1
+  fi
+}
+
+# WSInfer 0.6.1 (the patch classifier pathologists run over slides) for the side-by-side slide
+# benchmark (.ci/bench-slide), set up to run offline; exports IDC_WSINFER_PYTHON and
+# IDC_WSINFER (run it with HF_HUB_OFFLINE=1). Its venv borrows torch from the torch venv through
+# a .pth file instead of a second 4.6 GB copy (pip then sees torch as installed), with the
+# torchvision built for that torch. WSInfer 0.6.1 patches zarr 2's KVStore at import (zarr<3),
+# which holds tiffslide at 2.5.1 and its older tifffile, so slides are read with
+# `wsinfer --backend openslide` (openslide-bin: OpenSlide 4.0's library in the wheel).
+IDC_WSINFER_VERSION=0.6.1
+IDC_TORCHVISION_VERSION=0.26.0
+idc_wsinfer_venv() {
+  idc_cached_venv "torch-$IDC_TORCH_VERSION" "torch==$IDC_TORCH_VERSION" pillow numpy
+  local venv=$IDC_CACHE/wsinfer-$IDC_WSINFER_VERSION-torch-$IDC_TORCH_VERSION
+  if [ ! -f "$venv/.complete" ]; then
+    echo "setting up $venv (wsinfer $IDC_WSINFER_VERSION on the torch venv's torch, once per machine)" >&2
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    local site torch_site
+    site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+    torch_site=$("$IDC_CACHE/torch-$IDC_TORCH_VERSION/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+    # Appended to sys.path after the venv's own site-packages, so the venv's packages win.
+    echo "$torch_site" >"$site/idc-torch-$IDC_TORCH_VERSION.pth"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps \
+      "torchvision==$IDC_TORCHVISION_VERSION"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "wsinfer==$IDC_WSINFER_VERSION" \
+      wsinfer-zoo==0.6.3 zarr==2.18.7 tiffslide==2.5.1 openslide-python==1.4.7 openslide-bin==4.0.1.2
+    if [ -d "$site/torch" ]; then
+      echo "pip installed a second torch into $venv: the .pth link to $torch_site did not work" >&2
+      return 1
+    fi
+    touch "$venv/.complete"
+  fi
+  # WSInfer looks its model zoo up on the Hugging Face Hub when imported; offline it reads this
+  # registry file instead (one placeholder entry, never downloaded). A user's own file is kept.
+  local registry=$HOME/.wsinfer-zoo/wsinfer-zoo-registry.json
+  if [ ! -f "$registry" ]; then
+    mkdir -p "$(dirname "$registry")"
+    cat >"$registry" <<'JSON'
+{"models": {"idc-placeholder": {"description": "placeholder so that wsinfer starts offline; run local models with -c config.json -p torchscript_model.pt", "hf_repo_id": "idc/placeholder", "hf_revision": "main"}}}
+JSON
+  fi
+  export IDC_WSINFER_PYTHON=$venv/bin/python IDC_WSINFER=$venv/bin/wsinfer
+}
