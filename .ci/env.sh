@@ -215,7 +215,8 @@ idc_wsinfer_venv() {
     "$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps \
       "torchvision==$IDC_TORCHVISION_VERSION"
     "$venv/bin/pip" install --quiet --disable-pip-version-check "wsinfer==$IDC_WSINFER_VERSION" \
-      wsinfer-zoo==0.6.3 zarr==2.18.7 tiffslide==2.5.1 openslide-python==1.4.7 openslide-bin==4.0.1.2
+      wsinfer-zoo==0.6.3 zarr==2.18.7 tiffslide==2.5.1 openslide-python==1.4.7 openslide-bin==4.0.1.2 \
+      pandas==3.1.1
     if [ -d "$site/torch" ]; then
       echo "pip installed a second torch into $venv: the .pth link to $torch_site did not work" >&2
       return 1
