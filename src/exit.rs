@@ -16,6 +16,9 @@ pub enum ExitCode {
     /// The worker was asked to stop (SIGTERM: preemption, cancel) and wrote a checkpoint first;
     /// rerunning resumes from it.
     Preempted = 3,
+    /// Some items failed and the others were done: `idcctl predict` over slides, each failed
+    /// slide's summary says why. Rerunning the same command does only the failed ones.
+    Partial = 4,
     /// `idcctl` was interrupted (Ctrl-C) after saving progress; rerun to resume.
     Interrupted = 130,
 }

@@ -97,6 +97,22 @@ pub mod run {
         /// The worker's log.
         pub const LOG: &str = "worker.log";
 
+        /// Folder of a slide prediction's outputs, one folder per slide (`slides/<name>/`,
+        /// files named in `idc::slide::outputs::files`).
+        pub const SLIDES: &str = "slides";
+        /// Folder of the slides `idcctl predict` uploaded for a cluster's pods to read.
+        pub const SLIDE_INPUT: &str = "input/slides";
+
+        /// Key of `file` among slide `name`'s outputs.
+        pub fn slide_output(name: &str, file: &str) -> String {
+            format!("{SLIDES}/{name}/{file}")
+        }
+
+        /// The log of the worker of a slide job's index `index` (each pod writes its own).
+        pub fn index_log(index: u32) -> String {
+            format!("worker-{index}.log")
+        }
+
         /// Key of input shard `index`.
         pub fn input_shard(index: usize) -> String {
             format!("{INPUT}/input-{index:05}.idcs")

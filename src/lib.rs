@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod predictions;
 pub mod rng;
 pub mod shard;
+pub mod slide;
 pub mod spec;
 pub mod store;
 pub mod tracking;
@@ -62,6 +63,10 @@ pub const PATCH_BYTES: usize = PATCH_SIZE * PATCH_SIZE * CHANNELS;
 
 /// The names of the two IDC classes, index = label.
 pub const IDC_CLASSES: [&str; 2] = ["no IDC", "IDC"];
+
+/// Microns per pixel of the IDC patches: cut at 2.5x from slides scanned at 40x (0.25 um/px,
+/// downsampled 16 times). Slides are read at this scale for a model trained on them.
+pub const IDC_MICRONS_PER_PIXEL: f64 = 4.0;
 
 /// [`IDC_CLASSES`] as owned names: what a dataset or report without class names means.
 pub fn idc_classes() -> Vec<String> {

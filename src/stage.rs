@@ -102,6 +102,8 @@ pub struct StageOptions {
     pub threads: usize,
     /// Replace a different dataset already staged at the destination.
     pub force: bool,
+    /// The images' scale, microns per pixel (default: IDC patches' 4.0; archives: unknown).
+    pub microns_per_pixel: Option<f64>,
 }
 
 impl Default for StageOptions {
@@ -115,6 +117,7 @@ impl Default for StageOptions {
             shard_records: DEFAULT_SHARD_RECORDS,
             threads: 0,
             force: false,
+            microns_per_pixel: None,
         }
     }
 }
@@ -135,6 +138,7 @@ pub struct StageFlags {
     pub shard_records: usize,
     pub threads: usize,
     pub force: bool,
+    pub microns_per_pixel: Option<f64>,
 }
 
 impl StageOptions {
@@ -207,7 +211,15 @@ impl StageOptions {
         } else {
             Undersized::Pad
         };
+        if let Some(mpp) = f.microns_per_pixel
+            && !(mpp.is_finite() && mpp > 0.0)
+        {
+            return Err(StageError::Flags(format!(
+                "--microns-per-pixel {mpp} is not a positive number of microns"
+            )));
+        }
         Ok(Self {
+            microns_per_pixel: f.microns_per_pixel,
             strict: f.strict,
             shard_records: f.shard_records,
             threads: f.threads,
@@ -576,6 +588,7 @@ async fn plan(source: &Path, dest: &Store, opts: &StageOptions) -> Result<Planne
             undersized: opts.undersized,
             shard_records: opts.shard_records,
             class_names: None,
+            microns_per_pixel: opts.microns_per_pixel,
         },
         // What shapes an archive's content: the validation size and seed; the official test
         // set is kept whole, and there is nothing undersized.
@@ -589,6 +602,7 @@ async fn plan(source: &Path, dest: &Store, opts: &StageOptions) -> Result<Planne
             undersized: Undersized::Pad,
             shard_records: opts.shard_records,
             class_names: opts.class_names.clone(),
+            microns_per_pixel: opts.microns_per_pixel,
         },
     };
     let plan_id = plan_id(src.fingerprint(), &record, shard::FORMAT_VERSION);
@@ -979,6 +993,10 @@ fn build_manifest(
         created_at: crate::clock::now_rfc3339(),
         staged_by: format!("idcctl {}", env!("CARGO_PKG_VERSION")),
         source: src.source_info(),
+        microns_per_pixel: options.microns_per_pixel.or(match src {
+            Input::Patches(_) => Some(crate::IDC_MICRONS_PER_PIXEL),
+            Input::Archive(_) => None,
+        }),
         options,
         image: ImageInfo::of(layout.shape),
         classes: src.classes(),
@@ -1062,6 +1080,7 @@ mod tests {
             undersized: Undersized::Pad,
             shard_records: DEFAULT_SHARD_RECORDS,
             class_names: None,
+            microns_per_pixel: None,
         };
         let fingerprint = "1ac2869a1db6211f2c3fac0ae500f154cb3401c6476d17a85c5cb364d3018a36";
         assert_eq!(plan_id(fingerprint, &record, 1), "402c319127f925f9");

@@ -348,6 +348,74 @@ impl Store {
         writer.finish().await.map(|_| ()).map_err(err)
     }
 
+    /// Writes the local file `from` to `key` in parts, never holding it whole in memory
+    /// (slides are gigabytes); readers see the old object or the new one.
+    pub async fn upload_file(&self, key: &str, from: &Path) -> Result<(), StoreError> {
+        use std::io::Read;
+        let local = |e: std::io::Error| StoreError::Op {
+            op: "read",
+            url: from.display().to_string(),
+            message: e.to_string(),
+            hint: "",
+        };
+        let err = |e| self.error("write", key, e);
+        let mut file = std::fs::File::open(from).map_err(local)?;
+        let upload = self
+            .inner
+            .put_multipart(&self.path(key))
+            .await
+            .map_err(err)?;
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
+        let mut buf = vec![0u8; PART_SIZE];
+        loop {
+            let n = file.read(&mut buf).map_err(local)?;
+            if n == 0 {
+                break;
+            }
+            writer.wait_for_capacity(4).await.map_err(err)?;
+            writer.write(&buf[..n]);
+        }
+        writer.finish().await.map(|_| ()).map_err(err)
+    }
+
+    /// Writes `key` to the local file `to`, streamed.
+    pub async fn download(&self, key: &str, to: &Path) -> Result<(), StoreError> {
+        use std::io::Write;
+        let local = |e: std::io::Error| StoreError::Op {
+            op: "write",
+            url: to.display().to_string(),
+            message: e.to_string(),
+            hint: "",
+        };
+        let got = match self.inner.get(&self.path(key)).await {
+            Ok(g) => g,
+            Err(object_store::Error::NotFound { .. }) => {
+                return Err(StoreError::NotFound {
+                    url: self.url_of(key),
+                });
+            }
+            Err(e) => return Err(self.error("read", key, e)),
+        };
+        let mut file = std::io::BufWriter::new(std::fs::File::create(to).map_err(local)?);
+        let mut stream = got.into_stream();
+        while let Some(chunk) = stream
+            .try_next()
+            .await
+            .map_err(|e| self.error("read", key, e))?
+        {
+            file.write_all(&chunk).map_err(local)?;
+        }
+        file.flush().map_err(local)
+    }
+
+    /// The local path of `key` when this store is a folder on this machine (`file://`).
+    pub fn local_path(&self, key: &str) -> Option<PathBuf> {
+        let root = self.url.strip_prefix("file://")?;
+        let mut p = PathBuf::from(root);
+        p.extend(key.split('/').filter(|s| !s.is_empty()));
+        Some(p)
+    }
+
     /// Deletes `key`; a missing object is not an error.
     pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
         match self.inner.delete(&self.path(key)).await {

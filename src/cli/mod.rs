@@ -136,6 +136,10 @@ struct StageArgs {
     /// Seed of the split.
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// The images' scale in microns per pixel: slides are read at it for a model trained on
+    /// them [default: 4.0 for IDC patches (2.5x); unknown for archives].
+    #[arg(long, value_name = "MICRONS")]
+    microns_per_pixel: Option<f64>,
     /// Leave out edge patches smaller than 50x50 instead of padding them.
     #[arg(long)]
     skip_undersized: bool,
@@ -301,6 +305,7 @@ async fn stage_cmd(a: StageArgs) -> anyhow::Result<ExitCode> {
         shard_records: a.shard_records,
         threads: a.threads,
         force: a.force,
+        microns_per_pixel: a.microns_per_pixel,
     })?;
     let pb = bar("staging", "patches");
     let hooks = StageHooks {

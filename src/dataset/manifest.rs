@@ -93,6 +93,11 @@ pub struct DatasetManifest {
     pub mean: Vec<f64>,
     /// Per-channel standard deviation of train pixels, scaled to [0, 1].
     pub std: Vec<f64>,
+    /// Microns per pixel of the images: the scale a model trained on them reads slides at
+    /// (given at staging; the IDC patches' is [`crate::IDC_MICRONS_PER_PIXEL`]). `None`:
+    /// unknown (datasets staged before this field: see [`DatasetManifest::microns_per_pixel`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub microns_per_pixel: Option<f64>,
     /// Edge patches padded to 50x50.
     pub padded: u64,
     /// Files left out, with the reason (bad names, unreadable PNGs, wrong sizes).
@@ -127,6 +132,9 @@ pub struct StageOptionsRecord {
     /// Class names given at staging, replacing the archive's own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub class_names: Option<Vec<String>>,
+    /// The images' scale given at staging (`--microns-per-pixel`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub microns_per_pixel: Option<f64>,
 }
 
 /// Shape and encoding of each record's pixels.
@@ -212,6 +220,13 @@ pub struct ShardInfo {
 }
 
 impl DatasetManifest {
+    /// The images' microns per pixel: as recorded, else (a manifest from before the field)
+    /// the IDC patches' scale for IDC patches; `None` when unknown.
+    pub fn microns_per_pixel(&self) -> Option<f64> {
+        self.microns_per_pixel
+            .or_else(|| (!self.source.kind.is_archive()).then_some(crate::IDC_MICRONS_PER_PIXEL))
+    }
+
     /// Total records over all splits.
     pub fn records(&self) -> u64 {
         // Saturating: the counts are the stored manifest's word.
@@ -380,9 +395,11 @@ mod tests {
                     undersized: Undersized::Pad,
                     shard_records: 8,
                     class_names: None,
+                    microns_per_pixel: None,
                 },
                 image: ImageInfo::default(),
                 classes: crate::idc_classes(),
+                microns_per_pixel: None,
                 splits: [
                     (Split::Train, split(8, vec![5, 3])),
                     (Split::Val, split(2, vec![1, 1])),

@@ -12,6 +12,7 @@ pub mod plot;
 pub mod slides;
 pub mod sweep;
 pub mod tensorboard;
+pub mod wsi;
 
 use crate::dataset::manifest::DatasetManifest;
 use crate::layout::run as keys;

@@ -149,6 +149,11 @@ fn worker_image() {
     assert!(text.contains(&format!("COPY --from=builder {lib} {lib}")));
     assert!(text.contains(&format!("LD_LIBRARY_PATH={lib}")));
     assert!(text.contains("RUNPATH.*/opt/torch/torch/lib"));
+    // Slides are read with the OpenSlide the worker loads at run time.
+    assert!(
+        text.contains("libopenslide0"),
+        "worker/Dockerfile: install libopenslide0"
+    );
 }
 
 #[test]

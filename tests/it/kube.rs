@@ -2078,6 +2078,62 @@ async fn predict_dry_run_job_matches_its_golden_file() {
     assert_eq!(yaml, want, "the Job differs from {}", file.display());
 }
 
+/// The Indexed Job `predict --dry-run` prints for slides, pinned (`IDC_UPDATE_GOLDEN=1`
+/// rewrites): five slides, two a pod, two pods at once.
+#[tokio::test]
+async fn predict_slides_dry_run_indexed_job_matches_its_golden_file() {
+    let (b, _root) = trained_kube_run().await;
+    let dir = tempfile::tempdir().unwrap();
+    let slides: Vec<String> = (1..=5)
+        .map(|i| {
+            let p = dir.path().join(format!("slide-{i}.svs"));
+            // Not opened by a dry run: any file that is not a zip is taken for a slide.
+            std::fs::write(&p, b"II*\0 stands in for a slide").unwrap();
+            p.display().to_string()
+        })
+        .collect();
+    let mut args = vec!["predict", RUN];
+    args.extend(slides.iter().map(String::as_str));
+    args.extend([
+        "--dry-run",
+        "--threshold",
+        "0.5",
+        "--slides-per-pod",
+        "2",
+        "--parallelism",
+        "2",
+        "--storage",
+        &b.exp.storage,
+    ]);
+    let out = idcctl_env(&args, &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let job: Job = serde_yaml::from_str(&text(&out.stdout)).unwrap();
+    assert_eq!(kube::names::job_violations(&job), Vec::<String>::new());
+    let spec = job.spec.as_ref().unwrap();
+    assert_eq!(spec.completion_mode.as_deref(), Some("Indexed"));
+    assert_eq!((spec.completions, spec.parallelism), (Some(3), Some(2)));
+    // The prediction id and spec hash follow the slides' paths and times: pinned as names.
+    let labels = job.metadata.labels.as_ref().unwrap();
+    let prediction = &labels[kube::job::PREDICTION_LABEL];
+    let sha = &job.metadata.annotations.as_ref().unwrap()[kube::job::SPEC_ANNOTATION];
+    let yaml = text(&out.stdout)
+        .replace(&b.exp.storage, "s3://idc")
+        .replace(sha.as_str(), "SPEC-SHA256")
+        .replace(prediction.as_str(), "PREDICTION");
+    let file = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden/jobs/predict-slides-resnet34.yaml");
+    if std::env::var("IDC_UPDATE_GOLDEN").as_deref() == Ok("1") {
+        std::fs::write(&file, &yaml).unwrap();
+    }
+    let want = std::fs::read_to_string(&file).unwrap_or_else(|_| {
+        panic!(
+            "{} is missing: run IDC_UPDATE_GOLDEN=1 cargo test --test it kube::",
+            file.display()
+        )
+    });
+    assert_eq!(yaml, want, "the Job differs from {}", file.display());
+}
+
 const SWEEP: &str = "cnn-sweep-gpu";
 const DRIVER: &str = "sweep-cnn-sweep-gpu";
 

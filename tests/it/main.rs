@@ -18,6 +18,7 @@ mod mlflow;
 mod predict;
 mod report_html;
 mod runs;
+mod slides;
 mod stage;
 mod sweep;
 mod tensorboard;

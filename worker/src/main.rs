@@ -10,6 +10,7 @@ mod predict;
 mod runlog;
 mod sampler;
 mod shim;
+mod slides;
 mod step;
 mod track;
 mod train;
@@ -60,6 +61,16 @@ enum Command {
         #[arg(long)]
         job: String,
     },
+    /// Apply a run's checkpoint to the whole-slide images of a slide job (written by `idcctl
+    /// predict`): its slides, or those of one index of a Kubernetes Indexed Job.
+    PredictSlides {
+        /// The slide job's folder (holding spec.json).
+        #[arg(long)]
+        job: String,
+        /// The index whose slides to read [default: $JOB_COMPLETION_INDEX, else every slide].
+        #[arg(long)]
+        index: Option<u32>,
+    },
     /// Print training images/s per model and batch size on this machine's device.
     Bench(bench::BenchArgs),
 }
@@ -73,6 +84,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Some(Command::Run { run, spec, out }) => run_cmd(run, spec, out),
         Some(Command::Predict { job }) => predict::run(&job).map(|_| ExitCode::Success),
+        Some(Command::PredictSlides { job, index }) => slides::run(&job, index),
         Some(Command::Bench(args)) => bench::run(&args).map(|_| ExitCode::Success),
         None => {
             eprintln!("nothing to do: see `idc-worker --help`");

@@ -68,20 +68,7 @@ fn predict_job(
         spec.input.shards.len(),
         started.elapsed().as_secs_f64()
     ));
-    let outputs = match (k, spec.loss) {
-        (2, LossKind::BceWithLogits) => 1,
-        (k, _) => k as i64,
-    };
-    let mut model = Model::new(
-        &spec.model,
-        outputs,
-        spec.shape,
-        &spec.mean,
-        &spec.std,
-        device,
-    );
-    let run = Store::open(&spec.run)?;
-    restore_model(&mut model, &read_checkpoint(rt, &run, &spec.checkpoint)?)?;
+    let model = load_model(rt, spec, device)?;
 
     let started = Instant::now();
     let probs = probabilities(
@@ -135,6 +122,29 @@ fn predict_job(
         result.images_per_s
     ));
     Ok(())
+}
+
+/// The job's model on `device`, with the run's checkpoint restored.
+pub fn load_model(
+    rt: &tokio::runtime::Runtime,
+    spec: &PredictSpec,
+    device: Device,
+) -> Result<Model, WorkerError> {
+    let outputs = match (spec.classes.len(), spec.loss) {
+        (2, LossKind::BceWithLogits) => 1,
+        (k, _) => k as i64,
+    };
+    let mut model = Model::new(
+        &spec.model,
+        outputs,
+        spec.shape,
+        &spec.mean,
+        &spec.std,
+        device,
+    );
+    let run = Store::open(&spec.run)?;
+    restore_model(&mut model, &read_checkpoint(rt, &run, &spec.checkpoint)?)?;
+    Ok(model)
 }
 
 /// The input's images on `device`, each record's fields, and each record's name.
@@ -211,23 +221,7 @@ fn probabilities(
         while start < n {
             let len = batch.min(n - start);
             let x = split.images.narrow(0, start, len);
-            let p = if tta {
-                let mut sum: Option<Tensor> = None;
-                for view in dihedral(&x) {
-                    let p = model.probability(&batch_logits(model, &view, false));
-                    sum = Some(match sum {
-                        Some(s) => s + p,
-                        None => p,
-                    });
-                }
-                sum.expect("eight views") / 8.0
-            } else {
-                model.probability(&batch_logits(model, &x, false))
-            };
-            out.extend(
-                Vec::<f32>::try_from(p.to_kind(Kind::Float).flatten(0, -1).to_device(Device::Cpu))
-                    .expect("float probabilities"),
-            );
+            out.extend(batch_probabilities(model, &x, tta));
             start += len;
             if last.elapsed() >= Duration::from_secs(1) || start == n {
                 progress(start as u64);
@@ -236,6 +230,26 @@ fn probabilities(
         }
         out
     })
+}
+
+/// The probabilities of the images `x` (`[N, C, H, W]`, bytes, on the model's device), as
+/// [`probabilities`] gives them. Call within `tch::no_grad`.
+pub fn batch_probabilities(model: &Model, x: &Tensor, tta: bool) -> Vec<f32> {
+    let p = if tta {
+        let mut sum: Option<Tensor> = None;
+        for view in dihedral(x) {
+            let p = model.probability(&batch_logits(model, &view, false));
+            sum = Some(match sum {
+                Some(s) => s + p,
+                None => p,
+            });
+        }
+        sum.expect("eight views") / 8.0
+    } else {
+        model.probability(&batch_logits(model, x, false))
+    };
+    Vec::<f32>::try_from(p.to_kind(Kind::Float).flatten(0, -1).to_device(Device::Cpu))
+        .expect("float probabilities")
 }
 
 /// The 8 images of the dihedral group of a square batch `[N, C, H, W]`: the 4 rotations by 90

@@ -159,6 +159,37 @@ pub fn build_predict(i: &PredictJobInputs) -> Job {
     })
 }
 
+/// The Indexed Job that runs `idc-worker predict-slides` for a slide prediction: a
+/// prediction's Job (see [`build_predict`]) with `indexes` completions, each index reading its
+/// slides (`$JOB_COMPLETION_INDEX`), `parallelism` pods at once. Retries are counted per index
+/// (`backoffLimitPerIndex`) and a slide that is bad input fails its index alone (`FailIndex`):
+/// the other slides finish.
+pub fn build_slides(i: &PredictJobInputs, indexes: u32, parallelism: u32) -> Job {
+    let mut job = build_predict(i);
+    let spec = job.spec.as_mut().expect("built with a spec");
+    spec.completion_mode = Some("Indexed".into());
+    spec.completions = Some(indexes as i32);
+    spec.parallelism = Some(parallelism.clamp(1, indexes.max(1)) as i32);
+    // With a limit per index, backoffLimit must be unset (the API server then leaves it at
+    // its maximum): one slide's retries do not use up another's.
+    spec.backoff_limit = None;
+    spec.backoff_limit_per_index = Some(i.experiment.retries as i32);
+    if let Some(policy) = spec.pod_failure_policy.as_mut() {
+        for rule in &mut policy.rules {
+            if rule.action == "FailJob" {
+                rule.action = "FailIndex".into();
+            }
+        }
+    }
+    let pod = spec.template.spec.as_mut().expect("built with a pod");
+    pod.containers[0].args = Some(vec![
+        "predict-slides".into(),
+        "--job".into(),
+        i.job_url.into(),
+    ]);
+    job
+}
+
 /// The parts in which a run's Job and a prediction's differ.
 struct Parts<'a> {
     experiment: &'a Experiment,
@@ -627,6 +658,98 @@ mod tests {
         let limits = c.resources.as_ref().unwrap().limits.as_ref().unwrap();
         assert!(!limits.contains_key(GPU_RESOURCE));
         assert!(pod.tolerations.is_none());
+    }
+
+    fn slides_job(indexes: u32, parallelism: u32) -> Job {
+        let experiment: crate::experiment::Experiment = serde_yaml::from_str(
+            "apiVersion: idc/v1\nkind: Experiment\nname: cnn\ndataset: {url: s3://idc/datasets/idc}\ntrain: {model: {kind: simple_cnn}}\nbackend: kubernetes\nretries: 2\nstorage: s3://idc\n",
+        )
+        .unwrap();
+        build_slides(
+            &PredictJobInputs {
+                experiment: &experiment,
+                run_id: "cnn-1",
+                prediction_id: "0a1b2c3d4e5f",
+                job_url: "s3://idc/runs/cnn-1/predictions/0a1b2c3d4e5f",
+                spec_sha256: "abc",
+                defaults: &ClusterDefaults::default(),
+            },
+            indexes,
+            parallelism,
+        )
+    }
+
+    #[test]
+    fn a_slide_job_is_indexed_with_retries_and_bad_input_per_index() {
+        let job = slides_job(7, 3);
+        let names = super::super::names::job_violations;
+        assert_eq!(names(&job), Vec::<String>::new());
+        let spec = job.spec.clone().unwrap();
+        assert_eq!(spec.completion_mode.as_deref(), Some("Indexed"));
+        assert_eq!((spec.completions, spec.parallelism), (Some(7), Some(3)));
+        assert_eq!(
+            (spec.backoff_limit, spec.backoff_limit_per_index),
+            (None, Some(2))
+        );
+        let rules = spec.pod_failure_policy.unwrap().rules;
+        assert_eq!(rules[0].action, "FailIndex");
+        assert_eq!(
+            rules[0].on_exit_codes.as_ref().unwrap().values,
+            [crate::exit::ExitCode::UserError as i32]
+        );
+        let pod = spec.template.spec.unwrap();
+        assert_eq!(
+            pod.containers[0].args.as_deref().unwrap(),
+            [
+                "predict-slides",
+                "--job",
+                "s3://idc/runs/cnn-1/predictions/0a1b2c3d4e5f"
+            ]
+        );
+        // Parallelism never exceeds the indexes.
+        assert_eq!(slides_job(2, 10).spec.unwrap().parallelism, Some(2));
+
+        // What the API server refuses (pkg/apis/batch/validation), each told.
+        let mut bad = job.clone();
+        let s = bad.spec.as_mut().unwrap();
+        s.backoff_limit_per_index = None;
+        s.completions = None;
+        let v = names(&bad);
+        assert!(
+            v.iter().any(|m| m.contains("spec.completions is required")),
+            "{v:?}"
+        );
+        assert!(
+            v.iter()
+                .any(|m| m.contains("FailIndex requires spec.backoffLimitPerIndex")),
+            "{v:?}"
+        );
+        let mut bad = job.clone();
+        let s = bad.spec.as_mut().unwrap();
+        s.completion_mode = None;
+        s.max_failed_indexes = Some(1);
+        let v = names(&bad);
+        assert!(
+            v.iter()
+                .any(|m| m.contains("spec.backoffLimitPerIndex requires completionMode Indexed")),
+            "{v:?}"
+        );
+        assert!(
+            v.iter()
+                .any(|m| m.contains("spec.maxFailedIndexes requires completionMode Indexed")),
+            "{v:?}"
+        );
+        let mut bad = job;
+        let s = bad.spec.as_mut().unwrap();
+        s.completions = Some(100_001);
+        s.pod_replacement_policy = Some("TerminatingOrFailed".into());
+        let v = names(&bad);
+        assert!(v.iter().any(|m| m.contains("over 100000")), "{v:?}");
+        assert!(
+            v.iter()
+                .any(|m| m.contains("podReplacementPolicy must be Failed")),
+            "{v:?}"
+        );
     }
 
     #[test]

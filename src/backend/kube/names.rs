@@ -24,6 +24,7 @@ pub fn job_violations(job: &Job) -> Vec<String> {
         out.push("spec is missing".into());
         return out;
     };
+    spec_violations(spec, &mut out);
     let template = &spec.template;
     if let Some(m) = &template.metadata {
         check_labels("spec.template.metadata.labels", m.labels.as_ref(), &mut out);
@@ -42,6 +43,95 @@ pub fn job_violations(job: &Job) -> Vec<String> {
         container_violations(c, &mut out);
     }
     out
+}
+
+/// The API server's rules on completions, indexes and failure policies (`ValidateJobSpec`
+/// in Kubernetes' `pkg/apis/batch/validation`) that a Job's spec breaks.
+fn spec_violations(spec: &k8s_openapi::api::batch::v1::JobSpec, out: &mut Vec<String>) {
+    // The most indexes and parallel pods an Indexed Job may have.
+    const MAX_INDEXED: i32 = 100_000;
+    let indexed = match spec.completion_mode.as_deref() {
+        None | Some("NonIndexed") => false,
+        Some("Indexed") => true,
+        Some(other) => {
+            out.push(format!(
+                "spec.completionMode '{other}' is neither NonIndexed nor Indexed"
+            ));
+            false
+        }
+    };
+    for (field, v) in [
+        ("spec.completions", spec.completions),
+        ("spec.parallelism", spec.parallelism),
+        ("spec.backoffLimit", spec.backoff_limit),
+        ("spec.backoffLimitPerIndex", spec.backoff_limit_per_index),
+        ("spec.maxFailedIndexes", spec.max_failed_indexes),
+    ] {
+        if v.is_some_and(|v| v < 0) {
+            out.push(format!("{field} must be at least 0"));
+        }
+    }
+    if indexed {
+        match spec.completions {
+            None => out.push("spec.completions is required when completionMode is Indexed".into()),
+            Some(c) if c > MAX_INDEXED => out.push(format!(
+                "spec.completions {c} is over {MAX_INDEXED}, the most an Indexed Job may have"
+            )),
+            Some(_) => {}
+        }
+        if spec.parallelism.is_some_and(|p| p > MAX_INDEXED) {
+            out.push(format!(
+                "spec.parallelism is over {MAX_INDEXED}, the most an Indexed Job may have"
+            ));
+        }
+    } else {
+        for (field, set) in [
+            (
+                "spec.backoffLimitPerIndex",
+                spec.backoff_limit_per_index.is_some(),
+            ),
+            ("spec.maxFailedIndexes", spec.max_failed_indexes.is_some()),
+        ] {
+            if set {
+                out.push(format!("{field} requires completionMode Indexed"));
+            }
+        }
+    }
+    if spec.max_failed_indexes.is_some() && spec.backoff_limit_per_index.is_none() {
+        out.push("spec.maxFailedIndexes requires spec.backoffLimitPerIndex".into());
+    }
+    if let Some(policy) = &spec.pod_failure_policy {
+        if spec
+            .template
+            .spec
+            .as_ref()
+            .and_then(|p| p.restart_policy.as_deref())
+            != Some("Never")
+        {
+            out.push("spec.podFailurePolicy requires the pod's restartPolicy to be Never".into());
+        }
+        if spec
+            .pod_replacement_policy
+            .as_deref()
+            .is_some_and(|p| p != "Failed")
+        {
+            out.push(
+                "spec.podReplacementPolicy must be Failed when spec.podFailurePolicy is set".into(),
+            );
+        }
+        for (i, rule) in policy.rules.iter().enumerate() {
+            match rule.action.as_str() {
+                "FailJob" | "Ignore" | "Count" => {}
+                "FailIndex" if spec.backoff_limit_per_index.is_some() => {}
+                "FailIndex" => out.push(format!(
+                    "spec.podFailurePolicy.rules[{i}].action FailIndex requires spec.backoffLimitPerIndex"
+                )),
+                other => out.push(format!(
+                    "spec.podFailurePolicy.rules[{i}].action '{other}' is not one of FailJob, FailIndex, Ignore, Count"
+                )),
+            }
+        }
+    }
 }
 
 /// The rules the pod spec of a Job breaks, its containers aside.

@@ -6,6 +6,8 @@
 //! Kubernetes Job like the run's). [`write_output`] writes the rows as CSV or JSON Lines, whole
 //! and atomically; [`labelled_metrics`] scores them where labels are known.
 
+pub mod slides;
+
 use crate::backend::kube::cluster::KubeError;
 use crate::backend::kube::{self, ClusterDefaults};
 use crate::backend::local::LocalError;
@@ -38,6 +40,8 @@ pub enum PredictSource {
     Patches(PathBuf),
     /// A split of a dataset staged by `idcctl stage`.
     Staged { url: String, split: Split },
+    /// Whole-slide images (paths or URLs), predicted by [`slides`].
+    Slides(Vec<String>),
 }
 
 /// How to predict.
@@ -57,6 +61,35 @@ pub struct PredictOptions {
 }
 
 impl PredictOptions {
+    /// Predicting `sources`, told apart by content ([`slides::is_slide`]): one folder or zip
+    /// of patches, one staged dataset's URL with `split`, or any number of whole-slide images.
+    pub fn of_sources(sources: &[String], split: Option<Split>) -> Result<Self, PredictError> {
+        let slides: Vec<bool> = sources
+            .iter()
+            .map(|s| split.is_none() && slides::is_slide(s))
+            .collect();
+        match sources {
+            [] => Err(PredictError::Invalid(
+                "nothing to predict: give a source".into(),
+            )),
+            [one] if !slides[0] => Self::new(one, split),
+            _ if split.is_some() => Err(PredictError::Invalid(format!(
+                "--split predicts one staged dataset, not {} sources",
+                sources.len()
+            ))),
+            _ => match slides.iter().position(|s| !s) {
+                Some(i) => Err(PredictError::Invalid(format!(
+                    "{} is a folder or zip of patches: predict it on its own; several sources must all be slides",
+                    sources[i]
+                ))),
+                None => Ok(Self {
+                    source: PredictSource::Slides(sources.to_vec()),
+                    ..Self::new(".", None)?
+                }),
+            },
+        }
+    }
+
     /// Predicting `source`: with `split`, that split of the dataset staged at the URL `source`;
     /// else the patches in the folder or zip `source` (a URL, or a staged dataset's folder,
     /// without `split` is a mistake). The rest default: no TTA, the run's batch size, device
@@ -223,14 +256,24 @@ pub struct Prepared {
     pub labelled: u64,
 }
 
-/// Resolves the run `run_id` in the bucket `root` and the input, packing a folder or zip into
-/// shards (in memory; [`execute`] writes them). Writes nothing.
-pub async fn prepare(
+/// A finished run resolved for predicting with: its folder, record and report, the dataset it
+/// trained on, and the spec of a prediction by its best checkpoint (no input and no id yet).
+#[derive(Debug, Clone)]
+pub struct Trained {
+    pub run: Store,
+    pub status: RunStatus,
+    pub report: AnyReport,
+    pub trained_on: DatasetManifest,
+    pub spec: PredictSpec,
+}
+
+/// Resolves the finished run `run_id` in the bucket `root` with the options' threshold, batch
+/// size, device and TTA. Writes nothing.
+pub async fn trained(
     root: &Store,
     run_id: &str,
     opts: &PredictOptions,
-    progress: Option<&indicatif::ProgressBar>,
-) -> Result<Prepared, PredictError> {
+) -> Result<Trained, PredictError> {
     let (run, status, report, run_spec) = finished_run(root, run_id).await?;
     let trained_on = training_dataset(&run_spec, &report).await?;
     let checkpoint = keys::checkpoint(report.best_epoch);
@@ -242,9 +285,7 @@ pub async fn prepare(
     }
     let layout = trained_on.layout();
     let (threshold, batch_size) = settings(opts, &report, &run_spec, layout)?;
-    let (input, packed, skipped, labelled) =
-        resolve_input(opts, run_id, &trained_on, progress).await?;
-    let mut spec = PredictSpec {
+    let spec = PredictSpec {
         prediction_id: String::new(),
         run_id: run_id.to_string(),
         run: run.url().to_string(),
@@ -256,11 +297,42 @@ pub async fn prepare(
         mean: trained_on.mean.clone(),
         std: trained_on.std.clone(),
         threshold,
-        input,
+        input: PredictInput {
+            store: String::new(),
+            shards: vec![],
+            files: vec![],
+        },
         batch_size,
         device: opts.device.unwrap_or(run_spec.train.device),
         tta: opts.tta,
     };
+    Ok(Trained {
+        run,
+        status,
+        report,
+        trained_on,
+        spec,
+    })
+}
+
+/// Resolves the run `run_id` in the bucket `root` and the input, packing a folder or zip into
+/// shards (in memory; [`execute`] writes them). Writes nothing.
+pub async fn prepare(
+    root: &Store,
+    run_id: &str,
+    opts: &PredictOptions,
+    progress: Option<&indicatif::ProgressBar>,
+) -> Result<Prepared, PredictError> {
+    let Trained {
+        run,
+        status,
+        report,
+        trained_on,
+        mut spec,
+    } = trained(root, run_id, opts).await?;
+    let (input, packed, skipped, labelled) =
+        resolve_input(opts, run_id, &trained_on, progress).await?;
+    spec.input = input;
     let content_sha256 = content_id(&spec);
     spec.prediction_id = content_sha256[..12].to_string();
     let job = run.child(&keys::prediction(&spec.prediction_id));
@@ -373,6 +445,11 @@ async fn resolve_input(
         PredictSource::Staged { url, split } => {
             let (input, labelled) = staged_input(url, *split, layout).await?;
             (input, vec![], vec![], labelled)
+        }
+        PredictSource::Slides(_) => {
+            return Err(PredictError::Invalid(
+                "slides are predicted by predict::slides, not as patches".into(),
+            ));
         }
     })
 }
@@ -630,7 +707,7 @@ pub async fn run_with(
     progress: &mut dyn Progress,
 ) -> Result<(), PredictError> {
     write_job(p).await?;
-    let experiment = experiment_of(p).await?;
+    let experiment = experiment_of(&p.run).await?;
     let job = |defaults: &ClusterDefaults| job_of(p, &experiment, defaults);
     let task = Task {
         worker_args: vec!["predict".into(), "--job".into(), p.job.url().to_string()],
@@ -708,11 +785,11 @@ pub fn job_of(p: &Prepared, experiment: &Experiment, defaults: &ClusterDefaults)
 }
 
 /// The run's experiment as submitted (its resources and image make the prediction's Job).
-pub async fn experiment_of(p: &Prepared) -> Result<Experiment, PredictError> {
-    let bytes = p.run.get(keys::EXPERIMENT).await?;
+pub async fn experiment_of(run: &Store) -> Result<Experiment, PredictError> {
+    let bytes = run.get(keys::EXPERIMENT).await?;
     serde_yaml::from_slice(&bytes).map_err(|e| {
         StoreError::Corrupt {
-            url: p.run.url_of(keys::EXPERIMENT),
+            url: run.url_of(keys::EXPERIMENT),
             reason: e.to_string(),
         }
         .into()
@@ -722,7 +799,7 @@ pub async fn experiment_of(p: &Prepared) -> Result<Experiment, PredictError> {
 /// The Job `execute` would create on Kubernetes (`--dry-run`), checked against Kubernetes'
 /// validation rules.
 pub async fn render_job(p: &Prepared, defaults: &ClusterDefaults) -> Result<Job, PredictError> {
-    let job = job_of(p, &experiment_of(p).await?, defaults);
+    let job = job_of(p, &experiment_of(&p.run).await?, defaults);
     let bad = kube::names::job_violations(&job);
     if !bad.is_empty() {
         return Err(PredictError::Invalid(format!(
