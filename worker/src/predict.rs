@@ -68,20 +68,7 @@ fn predict_job(
         spec.input.shards.len(),
         started.elapsed().as_secs_f64()
     ));
-    let outputs = match (k, spec.loss) {
-        (2, LossKind::BceWithLogits) => 1,
-        (k, _) => k as i64,
-    };
-    let mut model = Model::new(
-        &spec.model,
-        outputs,
-        spec.shape,
-        &spec.mean,
-        &spec.std,
-        device,
-    );
-    let run = Store::open(&spec.run)?;
-    restore_model(&mut model, &read_checkpoint(rt, &run, &spec.checkpoint)?)?;
+    let model = load_model(rt, spec, device)?;
 
     let started = Instant::now();
     let probs = probabilities(
@@ -135,6 +122,29 @@ fn predict_job(
         result.images_per_s
     ));
     Ok(())
+}
+
+/// The model of the job's run on `device`, its weights restored from the job's checkpoint.
+pub fn load_model(
+    rt: &tokio::runtime::Runtime,
+    spec: &PredictSpec,
+    device: Device,
+) -> Result<Model, WorkerError> {
+    let outputs = match (spec.classes.len(), spec.loss) {
+        (2, LossKind::BceWithLogits) => 1,
+        (k, _) => k as i64,
+    };
+    let mut model = Model::new(
+        &spec.model,
+        outputs,
+        spec.shape,
+        &spec.mean,
+        &spec.std,
+        device,
+    );
+    let run = Store::open(&spec.run)?;
+    restore_model(&mut model, &read_checkpoint(rt, &run, &spec.checkpoint)?)?;
+    Ok(model)
 }
 
 /// The input's images on `device`, each record's fields, and each record's name.
