@@ -6,8 +6,8 @@
 //! ([`exit`]).
 //!
 //! The `controller` feature (on by default) adds what only `idcctl` needs: staging, the
-//! backends, `predict`, sweeps, reports and the import of pretrained weights (`weights`). The
-//! worker builds without it, on the shared formats alone.
+//! backends, `predict`, `export`, sweeps, reports and the import of pretrained weights
+//! (`weights`). The worker builds without it, on the shared formats alone.
 
 pub mod attempt;
 pub mod choice;
@@ -29,6 +29,8 @@ pub mod tracking;
 pub mod backend;
 #[cfg(feature = "controller")]
 pub mod experiment;
+#[cfg(feature = "controller")]
+pub mod export;
 #[cfg(feature = "controller")]
 pub mod kube_syntax;
 #[cfg(feature = "controller")]

@@ -40,10 +40,12 @@ fn libtorch_version(lib: &Path) -> Option<String> {
         .map(|v| v.trim().trim_matches('\'').trim_matches('"').to_string())
 }
 
-/// Compiles `src/shim.cpp` (autocast, fused optimizers, op counters) against the same libtorch
-/// headers.
+/// Compiles `src/shim.cpp` (autocast, fused optimizers, op counters) and `src/trace.cpp`
+/// (TorchScript export) against the same libtorch headers.
 fn compile_shim(lib: &Path) {
-    println!("cargo:rerun-if-changed=src/shim.cpp");
+    for f in ["src/shim.cpp", "src/trace.cpp", "src/shim_error.h"] {
+        println!("cargo:rerun-if-changed={f}");
+    }
     let include = lib
         .parent()
         .expect("libtorch lib dir has a parent")
@@ -51,6 +53,7 @@ fn compile_shim(lib: &Path) {
     cc::Build::new()
         .cpp(true)
         .file("src/shim.cpp")
+        .file("src/trace.cpp")
         .include(&include)
         .include(include.join("torch/csrc/api/include"))
         .flag("-std=c++17")

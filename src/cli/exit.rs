@@ -33,6 +33,7 @@ fn code_of(e: &(dyn Error + 'static)) -> Option<ExitCode> {
         idc::backend::kube::cluster::KubeError,
         idc::backend::local::LocalError,
         idc::predict::PredictError,
+        idc::export::ExportError,
         idc::report::ReportError,
         idc::run::RunError,
         idc::sweep::driver::SweepError,

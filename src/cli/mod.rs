@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 mod exit;
+mod export;
 mod predict;
 mod runs;
 mod sweep;
@@ -63,6 +64,9 @@ enum Command {
     /// Apply a finished run's best checkpoint to new patches (a folder or zip, labels optional)
     /// or to a staged dataset's split; writes CSV or JSON Lines, and the metrics when labelled.
     Predict(predict::PredictArgs),
+    /// Export a finished run's best checkpoint for another tool: --format wsinfer writes a
+    /// WSInfer model directory (torchscript_model.pt, config.json).
+    Export(export::ExportArgs),
     /// Experiment trackers: bring runs' MLflow mirrors up to date from the bucket.
     #[command(subcommand)]
     Track(runs::TrackCommand),
@@ -246,6 +250,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Report(args) => args.run().await,
         Command::Compare(args) => args.run().await,
         Command::Predict(args) => args.run().await,
+        Command::Export(args) => args.run().await,
         Command::Track(runs::TrackCommand::Sync(args)) => args.run().await,
         Command::Tensorboard(args) => args.run().await,
         Command::Cancel(args) => args.cancel().await,

@@ -324,6 +324,18 @@ pub fn class_weights(counts: impl AsRef<[u64]>) -> Vec<f64> {
         .collect()
 }
 
+/// A channel whose standard deviation is at most this never varies: it is not scaled.
+pub const MIN_STD: f64 = 1e-6;
+
+/// What a model divides each channel by, given the channels' standard deviations `std`: the
+/// deviation, or 1 for a channel that never varies. The worker's models and the `Normalize` of
+/// an exported model's configuration both use it, so they agree.
+pub fn normalizing_std(std: &[f64]) -> Vec<f64> {
+    std.iter()
+        .map(|&s| if s > MIN_STD { s } else { 1.0 })
+        .collect()
+}
+
 /// Reads the manifest of the dataset at `dataset` (None: nothing staged there). One that does
 /// not parse, or that a newer idcctl wrote, is [`StoreError::Corrupt`], naming it.
 pub async fn read(dataset: &Store) -> Result<Option<DatasetManifest>, StoreError> {

@@ -1,7 +1,8 @@
 //! `idcctl predict`: a finished run's best checkpoint applied to images it has never seen.
-//! [`prepare`] resolves the run (its report, spec and the statistics of the dataset it trained
-//! on) and the input: patches in a folder or zip, named and decoded as `stage` does and packed
-//! as shards in the prediction's folder, or a staged dataset's split. [`execute`] writes the
+//! [`prepare`] resolves the run ([`trained_run`], which `export` shares: its report, spec and the
+//! statistics of the dataset it trained on) and the input: patches in a folder or zip, named and
+//! decoded as `stage` does and packed as shards in the prediction's folder, or a staged
+//! dataset's split. [`execute`] writes the
 //! job's spec and runs `idc-worker predict` on the run's backend (a child process here, or a
 //! Kubernetes Job like the run's). [`write_output`] writes the rows as CSV or JSON Lines, whole
 //! and atomically; [`labelled_metrics`] scores them where labels are known.
@@ -256,8 +257,78 @@ pub struct Prepared {
     pub labelled: u64,
 }
 
+/// A finished run with what it takes to load its model: the run's folder, record, report and
+/// spec, the manifest of the dataset it trained on (its classes, image shape and statistics),
+/// and its best checkpoint.
+#[derive(Debug, Clone)]
+pub struct TrainedRun {
+    /// The run's id, as asked for.
+    pub id: String,
+    pub run: Store,
+    pub status: RunStatus,
+    pub report: AnyReport,
+    pub spec: RunSpec,
+    pub trained_on: DatasetManifest,
+    /// The best epoch's checkpoint: its key in the run's folder, where it is.
+    pub checkpoint: String,
+}
+
+impl TrainedRun {
+    /// The spec of a prediction job applying this run's model to `input` (its id left empty).
+    pub fn job_spec(
+        &self,
+        input: PredictInput,
+        threshold: f64,
+        batch_size: u32,
+        device: DeviceSpec,
+        tta: bool,
+    ) -> PredictSpec {
+        PredictSpec {
+            prediction_id: String::new(),
+            run_id: self.id.clone(),
+            run: self.run.url().to_string(),
+            checkpoint: self.checkpoint.clone(),
+            model: self.spec.train.model.clone(),
+            loss: self.spec.train.loss.kind,
+            classes: self.trained_on.classes.clone(),
+            shape: self.trained_on.layout().shape,
+            mean: self.trained_on.mean.clone(),
+            std: self.trained_on.std.clone(),
+            threshold,
+            input,
+            batch_size,
+            device,
+            tta,
+        }
+    }
+}
+
+/// Resolves the run `run_id` in the bucket `root`, which must have finished with its best
+/// checkpoint in place and the dataset it trained on still staged. Writes nothing.
+pub async fn trained_run(root: &Store, run_id: &str) -> Result<TrainedRun, PredictError> {
+    let (run, status, report, spec) = finished_run(root, run_id).await?;
+    let trained_on = training_dataset(&spec, &report).await?;
+    let checkpoint = keys::checkpoint(report.best_epoch);
+    if run.size(&checkpoint).await?.is_none() {
+        return Err(PredictError::Invalid(format!(
+            "run {run_id}'s best checkpoint {} is missing",
+            run.url_of(&checkpoint)
+        )));
+    }
+    Ok(TrainedRun {
+        id: run_id.to_string(),
+        run,
+        status,
+        report,
+        spec,
+        trained_on,
+        checkpoint,
+    })
+}
+
 /// A finished run resolved for predicting with: its folder, record and report, the dataset it
-/// trained on, and the spec of a prediction by its best checkpoint (no input and no id yet).
+/// trained on, and the spec of a prediction by its best checkpoint with the options' threshold,
+/// batch size, device and TTA (no input and no id yet).
 #[derive(Debug, Clone)]
 pub struct Trained {
     pub run: Store,
@@ -267,50 +338,27 @@ pub struct Trained {
     pub spec: PredictSpec,
 }
 
-/// Resolves the finished run `run_id` in the bucket `root` with the options' threshold, batch
-/// size, device and TTA. Writes nothing.
+/// Resolves the finished run `run_id` in the bucket `root` as [`trained_run`] does, with the
+/// options' settings. Writes nothing.
 pub async fn trained(
     root: &Store,
     run_id: &str,
     opts: &PredictOptions,
 ) -> Result<Trained, PredictError> {
-    let (run, status, report, run_spec) = finished_run(root, run_id).await?;
-    let trained_on = training_dataset(&run_spec, &report).await?;
-    let checkpoint = keys::checkpoint(report.best_epoch);
-    if run.size(&checkpoint).await?.is_none() {
-        return Err(PredictError::Invalid(format!(
-            "run {run_id}'s best checkpoint {} is missing",
-            run.url_of(&checkpoint)
-        )));
-    }
-    let layout = trained_on.layout();
-    let (threshold, batch_size) = settings(opts, &report, &run_spec, layout)?;
-    let spec = PredictSpec {
-        prediction_id: String::new(),
-        run_id: run_id.to_string(),
-        run: run.url().to_string(),
-        checkpoint,
-        model: run_spec.train.model.clone(),
-        loss: run_spec.train.loss.kind,
-        classes: trained_on.classes.clone(),
-        shape: layout.shape,
-        mean: trained_on.mean.clone(),
-        std: trained_on.std.clone(),
-        threshold,
-        input: PredictInput {
-            store: String::new(),
-            shards: vec![],
-            files: vec![],
-        },
-        batch_size,
-        device: opts.device.unwrap_or(run_spec.train.device),
-        tta: opts.tta,
+    let t = trained_run(root, run_id).await?;
+    let (threshold, batch_size) = settings(opts, &t.report, &t.spec, t.trained_on.layout())?;
+    let device = opts.device.unwrap_or(t.spec.train.device);
+    let input = PredictInput {
+        store: String::new(),
+        shards: vec![],
+        files: vec![],
     };
+    let spec = t.job_spec(input, threshold, batch_size, device, opts.tta);
     Ok(Trained {
-        run,
-        status,
-        report,
-        trained_on,
+        run: t.run,
+        status: t.status,
+        report: t.report,
+        trained_on: t.trained_on,
         spec,
     })
 }
@@ -323,16 +371,18 @@ pub async fn prepare(
     opts: &PredictOptions,
     progress: Option<&indicatif::ProgressBar>,
 ) -> Result<Prepared, PredictError> {
-    let Trained {
+    let t = trained_run(root, run_id).await?;
+    let (threshold, batch_size) = settings(opts, &t.report, &t.spec, t.trained_on.layout())?;
+    let (input, packed, skipped, labelled) =
+        resolve_input(opts, run_id, &t.trained_on, progress).await?;
+    let device = opts.device.unwrap_or(t.spec.train.device);
+    let mut spec = t.job_spec(input, threshold, batch_size, device, opts.tta);
+    let TrainedRun {
         run,
         status,
         report,
-        trained_on,
-        mut spec,
-    } = trained(root, run_id, opts).await?;
-    let (input, packed, skipped, labelled) =
-        resolve_input(opts, run_id, &trained_on, progress).await?;
-    spec.input = input;
+        ..
+    } = t;
     let content_sha256 = content_id(&spec);
     spec.prediction_id = content_sha256[..12].to_string();
     let job = run.child(&keys::prediction(&spec.prediction_id));
@@ -369,7 +419,7 @@ async fn finished_run(
     })?;
     let Some(report_bytes) = run.get_opt(keys::REPORT).await? else {
         return Err(PredictError::Invalid(format!(
-            "run {run_id} is {} and has no report yet: only a finished run has a best checkpoint to predict with",
+            "run {run_id} is {} and has no report yet: only a finished run has a best checkpoint",
             crate::output::name_of(&status.phase)
         )));
     };

@@ -37,7 +37,9 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("backends", &["backend"]),
     (
         "sweeps, predict, reports, tracking",
-        &["sweep", "predict", "report", "tracking", "track", "listing"],
+        &[
+            "sweep", "predict", "export", "report", "tracking", "track", "listing",
+        ],
     ),
 ];
 

@@ -9,6 +9,7 @@ mod archives;
 mod chart;
 mod cli;
 mod conformance;
+mod export;
 mod images;
 mod kube;
 mod layers;

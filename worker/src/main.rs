@@ -4,6 +4,7 @@ mod augment;
 mod bench;
 mod data;
 mod error;
+mod export;
 mod model;
 mod optim;
 mod predict;
@@ -71,6 +72,18 @@ enum Command {
         #[arg(long)]
         index: Option<u32>,
     },
+    /// Trace a run's best checkpoint into a TorchScript file for WSInfer (written by `idcctl
+    /// export`): it takes images normalized with the dataset's statistics and returns one logit
+    /// per class.
+    ExportTorchscript {
+        /// A prediction job's spec (JSON, as `idcctl predict` writes spec.json) naming the run,
+        /// its checkpoint, model, classes, image shape and statistics; its input is not read.
+        #[arg(long)]
+        spec: PathBuf,
+        /// Where the TorchScript file goes.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Print training images/s per model and batch size on this machine's device.
     Bench(bench::BenchArgs),
 }
@@ -85,6 +98,9 @@ fn main() -> std::process::ExitCode {
         Some(Command::Run { run, spec, out }) => run_cmd(run, spec, out),
         Some(Command::Predict { job }) => predict::run(&job).map(|_| ExitCode::Success),
         Some(Command::PredictSlides { job, index }) => slides::run(&job, index),
+        Some(Command::ExportTorchscript { spec, out }) => {
+            export::run(&spec, &out).map(|_| ExitCode::Success)
+        }
         Some(Command::Bench(args)) => bench::run(&args).map(|_| ExitCode::Success),
         None => {
             eprintln!("nothing to do: see `idc-worker --help`");

@@ -77,10 +77,7 @@ impl Model {
             let v: Vec<f32> = v.iter().map(|&x| x as f32).collect();
             Tensor::from_slice(&v).view([1, c, 1, 1]).to_device(device)
         };
-        let std: Vec<f64> = std
-            .iter()
-            .map(|&s| if s > 1e-6 { s } else { 1.0 })
-            .collect();
+        let std = idc::dataset::manifest::normalizing_std(std);
         Self {
             vs,
             net,
@@ -99,7 +96,13 @@ impl Model {
 
     /// Logits for float patches in [0, 1].
     pub fn forward(&self, xs: &Tensor, train: bool) -> Tensor {
-        let mut x = (xs - &self.mean) / &self.std;
+        self.forward_normalized(&((xs - &self.mean) / &self.std), train)
+    }
+
+    /// Logits for patches already normalized with the dataset's statistics: `(x - mean) / std`
+    /// of patches `x` in [0, 1], std as [`idc::dataset::manifest::normalizing_std`] gives it.
+    pub fn forward_normalized(&self, xs: &Tensor, train: bool) -> Tensor {
+        let mut x = xs.shallow_clone();
         if self.gray_to_rgb {
             x = x.expand([-1, 3, -1, -1], false);
         }

@@ -124,7 +124,7 @@ fn predict_job(
     Ok(())
 }
 
-/// The job's model on `device`, with the run's checkpoint restored.
+/// The model of the job's run on `device`, its weights restored from the job's checkpoint.
 pub fn load_model(
     rt: &tokio::runtime::Runtime,
     spec: &PredictSpec,

@@ -7,8 +7,7 @@
 //
 // The private `_foreach_*` / `_fused_*` operators are looked up in the dispatcher by name at run
 // time rather than linked, so a libtorch that lacks one is a clear error, not a loader failure.
-// Every function that can fail returns nullptr or an error string (free it with idc_free_error);
-// no C++ exception crosses into Rust.
+// Every function that can fail returns nullptr or an error string (see shim_error.h).
 #include <ATen/ATen.h>
 #include <ATen/autocast_mode.h>
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -20,21 +19,11 @@
 #include <string>
 #include <vector>
 
+#include "shim_error.h"
+
 namespace {
 
-char* error_string(const std::string& s) { return strdup(s.c_str()); }
-
-template <typename F>
-char* guarded(F f) {
-  try {
-    f();
-    return nullptr;
-  } catch (const c10::Error& e) {
-    return error_string(e.what_without_backtrace());
-  } catch (const std::exception& e) {
-    return error_string(e.what());
-  }
-}
+using idc_shim::guarded;
 
 struct MissingOp : std::runtime_error {
   explicit MissingOp(const std::string& name)

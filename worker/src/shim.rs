@@ -1,9 +1,10 @@
-//! The Rust side of `shim.cpp`: the ATen features tch 0.24 does not wrap (bf16 autocast, the
-//! fused multi-tensor optimizer kernels, `_foreach_` gradient clipping, gradients set to none,
-//! and op counters from a RecordFunction callback), each behind a safe function.
+//! The Rust side of `shim.cpp` and `trace.cpp`: the ATen features tch 0.24 does not wrap (bf16
+//! autocast, the fused multi-tensor optimizer kernels, `_foreach_` gradient clipping, gradients
+//! set to none, op counters from a RecordFunction callback, and TorchScript tracing that keeps
+//! the weights as the module's parameters), each behind a safe function.
 
 use crate::error::WorkerError;
-use std::ffi::{CStr, c_char};
+use std::ffi::{CStr, CString, c_char, c_void};
 use tch::TchError;
 use tch::Tensor;
 
@@ -49,6 +50,20 @@ unsafe extern "C" {
     ) -> *mut c_char;
     fn idc_counters_start() -> *mut c_char;
     fn idc_counters_stop(ops: *mut u64, top: *mut u64, h2d: *mut u64, d2h: *mut u64);
+    fn idc_trace_begin(
+        name: *const c_char,
+        input: RawTensor,
+        module: *mut *mut c_void,
+    ) -> *mut c_char;
+    fn idc_trace_bind(
+        module: *mut c_void,
+        attr: *const c_char,
+        weight: RawTensor,
+        buffer: bool,
+    ) -> *mut c_char;
+    fn idc_trace_end(module: *mut c_void, output: RawTensor) -> *mut c_char;
+    fn idc_module_save(module: *mut c_void, path: *const c_char) -> *mut c_char;
+    fn idc_trace_free(module: *mut c_void);
 }
 
 /// The libtorch the worker was built against (its headers compiled the shim).
@@ -230,6 +245,63 @@ impl Counter {
         unsafe { idc_counters_stop(&mut n.ops, &mut n.top, &mut n.h2d, &mut n.d2h) };
         Ok((out, n))
     }
+}
+
+/// A weight of a traced module: its attribute name (no dots), the tensor, and whether it is a
+/// buffer (moved and saved with the module, but not trained: batch norm statistics) rather than
+/// a parameter.
+pub struct Weight<'a> {
+    pub name: String,
+    pub tensor: &'a Tensor,
+    pub buffer: bool,
+}
+
+/// The module being traced; dropping it frees it (abandoning the trace if it has not ended).
+struct Traced(*mut c_void);
+
+impl Drop for Traced {
+    fn drop(&mut self) {
+        // SAFETY: the module came from idc_trace_begin and is freed once, here.
+        unsafe { idc_trace_free(self.0) };
+    }
+}
+
+/// Traces `forward` applied to `input` into a TorchScript module named `name`, whose method
+/// `forward` takes one tensor shaped like `input` (any batch size), and saves it at `path`.
+/// The `weights` that `forward` reads become the module's parameters and buffers (listed by
+/// `named_parameters`, moved by `module.to(device)`), not constants; every tensor `forward`
+/// reads must be `input`, one of them, or derived from them.
+pub fn trace_to_file(
+    name: &str,
+    input: &Tensor,
+    weights: &[Weight],
+    forward: impl FnOnce(&Tensor) -> Tensor,
+    path: &std::path::Path,
+) -> Result<(), WorkerError> {
+    let c = |s: &str| CString::new(s).map_err(|e| WorkerError::Internal(format!("{s:?}: {e}")));
+    let mut module = std::ptr::null_mut();
+    // SAFETY: `input` is a live tch tensor; the shim writes the new module to `module`.
+    check(unsafe { idc_trace_begin(c(name)?.as_ptr(), input.as_ptr() as RawTensor, &mut module) })
+        .map_err(shim_error)?;
+    let traced = Traced(module);
+    for w in weights {
+        // SAFETY: the module is live; the tensor is a live tch tensor the module now shares.
+        check(unsafe {
+            idc_trace_bind(
+                traced.0,
+                c(&w.name)?.as_ptr(),
+                w.tensor.as_ptr() as RawTensor,
+                w.buffer,
+            )
+        })
+        .map_err(|e| shim_error(format!("weight {}: {e}", w.name)))?;
+    }
+    let output = forward(input);
+    let path_c = c(&path.to_string_lossy())?;
+    // SAFETY: the module and `output` are live.
+    check(unsafe { idc_trace_end(traced.0, output.as_ptr() as RawTensor) }).map_err(shim_error)?;
+    check(unsafe { idc_module_save(traced.0, path_c.as_ptr()) })
+        .map_err(|e| shim_error(format!("saving {}: {e}", path.display())))
 }
 
 #[cfg(test)]

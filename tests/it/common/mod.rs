@@ -139,3 +139,29 @@ pub fn staged_synth_bucket(dir: &Path, patients: u32, per_patient: u32) -> (Stri
         .unwrap();
     (storage, dataset)
 }
+
+/// The venv's python with torch: `.venv` (linked by `.ci/env.sh`) or the cached venv. Required
+/// when `CI=true` or `IDC_TEST_REQUIRE_TORCH=1`; otherwise a missing one skips the test.
+pub fn torch_python() -> Option<PathBuf> {
+    let mut candidates = vec![Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python")];
+    if let Some(home) = std::env::var_os("HOME") {
+        candidates.push(PathBuf::from(home).join(".cache/idc/torch-2.11.0/bin/python"));
+    }
+    let found = candidates.into_iter().find(|p| {
+        p.exists()
+            && Command::new(p)
+                .args(["-c", "import torch"])
+                .output()
+                .is_ok_and(|o| o.status.success())
+    });
+    let required = std::env::var("CI").as_deref() == Ok("true")
+        || std::env::var("IDC_TEST_REQUIRE_TORCH").as_deref() == Ok("1");
+    match found {
+        None if required => panic!(
+            "no python with torch (.venv or ~/.cache/idc/torch-2.11.0): run .ci/env.sh's idc_torch_venv"
+        ),
+        None => eprintln!("no python with torch (.venv or ~/.cache/idc/torch-2.11.0): skipping"),
+        Some(_) => {}
+    }
+    found
+}
