@@ -20,6 +20,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "fuzz",
             "layout",
             "shard",
+            "slide",
             "metrics",
             "spec",
             "store",
