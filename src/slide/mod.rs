@@ -7,6 +7,7 @@
 //! ([`outputs`]). [`Image`] and [`Mask`] are the rasters they share.
 
 pub mod tiff;
+pub mod tissue;
 
 /// White: a new [`Image`]'s pixels, and what fills a missing pixel when one is written.
 const WHITE: [u8; 3] = [255, 255, 255];
