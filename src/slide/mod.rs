@@ -6,6 +6,7 @@
 //! thumbnail ([`tissue`]), IDC regions as polygons ([`regions`]) and a slide's output files
 //! ([`outputs`]). [`Image`] and [`Mask`] are the rasters they share.
 
+pub mod outputs;
 pub mod regions;
 pub mod tiff;
 pub mod tissue;
