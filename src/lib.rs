@@ -2,8 +2,8 @@
 //!
 //! Every definition both binaries rely on lives here exactly once: the bucket layout
 //! ([`layout`]), the shard format ([`shard`]), the staged dataset manifest
-//! ([`dataset::manifest`]), the prediction rows and jobs ([`predictions`]) and the exit codes
-//! ([`exit`]).
+//! ([`dataset::manifest`]), the prediction rows and jobs ([`predictions`]), what a whole-slide
+//! prediction reads and writes ([`slide`]) and the exit codes ([`exit`]).
 //!
 //! The `controller` feature (on by default) adds what only `idcctl` needs: staging, the
 //! backends, `predict`, `export`, sweeps, reports and the import of pretrained weights

@@ -37,27 +37,10 @@ const OUTLINE: u32 = 3;
 /// How much of a heat-map pixel is the colour scale (the rest is the grey tissue).
 const HEAT_OPACITY: f64 = 0.68;
 
-/// Viridis (matplotlib's perceptually uniform colour map) at p = 0, 1/8, ..., 1: lightness
-/// rises and hue falls steadily along it, and it reads in colour-blind vision and in grey.
-const VIRIDIS: [[u8; 3]; 9] = [
-    [68, 1, 84],
-    [71, 45, 123],
-    [59, 82, 139],
-    [44, 114, 142],
-    [33, 145, 140],
-    [40, 174, 128],
-    [94, 201, 98],
-    [173, 220, 48],
-    [253, 231, 37],
-];
-
-/// The colour of p(IDC) `p` (clamped to 0..1) on the heat maps and their legend.
+/// The colour of p(IDC) `p` (clamped to 0..1) on the heat maps and their legend: viridis, as a
+/// whole slide's heat map.
 pub fn colour_scale(p: f64) -> [u8; 3] {
-    let t = if p.is_nan() { 0.0 } else { p.clamp(0.0, 1.0) } * 8.0;
-    let i = (t.floor() as usize).min(7);
-    let f = t - i as f64;
-    let (a, b) = (VIRIDIS[i], VIRIDIS[i + 1]);
-    [0, 1, 2].map(|c| (a[c] as f64 + (b[c] as f64 - a[c] as f64) * f).round() as u8)
+    crate::slide::outputs::colormap(p)
 }
 
 /// The maps of one patient.
@@ -592,8 +575,8 @@ mod tests {
     #[test]
     fn the_colour_scale_rises_in_lightness_and_falls_in_hue() {
         let steps: Vec<[u8; 3]> = (0..=100).map(|k| colour_scale(k as f64 / 100.0)).collect();
-        assert_eq!(steps[0], VIRIDIS[0]);
-        assert_eq!(steps[100], VIRIDIS[8]);
+        assert_eq!(steps[0], crate::slide::outputs::VIRIDIS[0]);
+        assert_eq!(steps[100], crate::slide::outputs::VIRIDIS[8]);
         for w in steps.windows(2) {
             assert!(
                 grey(w[1]) > grey(w[0]),

@@ -1,10 +1,12 @@
 //! Whole-slide images: reading them, their scale, their tissue, the grid of patches over it,
 //! and what one slide's prediction writes.
 //!
-//! The worker reads slides with OpenSlide; the pieces here are pure Rust and build without the
-//! `controller` feature: TIFF sniffing and resolution tags ([`tiff`]), the tissue mask of a
-//! thumbnail ([`tissue`]), IDC regions as polygons ([`regions`]) and a slide's output files
-//! ([`outputs`]). [`Image`] and [`Mask`] are the rasters they share.
+//! Everything here builds without the `controller` feature, for both binaries: OpenSlide,
+//! loaded at run time ([`openslide`]); TIFF sniffing and resolution tags ([`tiff`]); a slide's
+//! resolution and the level read ([`scale`]); the tissue mask of a thumbnail ([`tissue`]); the
+//! patch grid and resampling ([`grid`]); IDC regions as polygons ([`regions`]); a slide job's
+//! spec ([`job`]); and a slide's output files ([`outputs`]). [`Image`] and [`Mask`] are the
+//! rasters they share.
 
 pub mod grid;
 pub mod job;

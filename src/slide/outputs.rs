@@ -74,24 +74,65 @@ fn csv_field(s: &str) -> String {
     }
 }
 
-/// `x` as `str(numpy.float32(x))` writes it: the shortest digits that read back to `x` (Rust's
-/// `{:?}` finds the same), positional from 1e-4 to 1e16 and scientific outside, with numpy's
-/// two-digit signed exponent (`1e-07`, `1.5e+16`); `inf`, `-inf`; NaN as pandas' empty field.
+/// `x` as numpy writes a float32 (`str`, `astype(str)`): the shortest digits that read back to
+/// `x`, positional when 1e-4 <= |x| < 1e6 (numpy's cutoffs for float32, compared in double) or
+/// x is 0, else scientific with a signed two-digit exponent (`1e-07`, `1.5e+06`); `inf`,
+/// `-inf`; NaN as pandas' empty field.
 fn numpy_float32(x: f32) -> String {
     if x.is_nan() {
         return String::new();
     }
-    let s = format!("{x:?}");
-    match s.split_once('e') {
-        Some((mantissa, exp)) => {
-            let (sign, digits) = match exp.strip_prefix('-') {
-                Some(d) => ('-', d),
-                None => ('+', exp),
-            };
-            format!("{mantissa}e{sign}{digits:0>2}")
-        }
-        None => s,
+    if x == 0.0 || x.is_infinite() {
+        return format!("{x:?}");
     }
+    let sign = if x < 0.0 { "-" } else { "" };
+    let (digits, exp) = shortest_digits(x.abs());
+    if (1e-4..1e6).contains(&(x.abs() as f64)) {
+        let positional = if exp >= 0 {
+            let int_len = exp as usize + 1;
+            let int = format!("{:0<int_len$}", &digits[..int_len.min(digits.len())]);
+            let frac = digits
+                .get(int_len..)
+                .filter(|f| !f.is_empty())
+                .unwrap_or("0");
+            format!("{int}.{frac}")
+        } else {
+            format!("0.{}{digits}", "0".repeat((-exp - 1) as usize))
+        };
+        return format!("{sign}{positional}");
+    }
+    let (first, rest) = digits.split_at(1);
+    let dot = if rest.is_empty() { "" } else { "." };
+    let exp_sign = if exp < 0 { '-' } else { '+' };
+    format!("{sign}{first}{dot}{rest}e{exp_sign}{:02}", exp.abs())
+}
+
+/// The shortest significant digits that read back to `x` (positive, finite) and the decimal
+/// exponent of the first. When two such digit strings lie exactly as near to `x`, numpy
+/// (Dragon4) takes the one ending in an even digit where Rust's formatting takes the higher;
+/// the even one is returned.
+fn shortest_digits(x: f32) -> (String, i32) {
+    let split = |s: String| -> (String, i32) {
+        let (m, e) = s.split_once('e').unwrap_or((&s, "0"));
+        (m.replace('.', ""), e.parse().unwrap_or(0))
+    };
+    let (digits, exp) = split(format!("{x:e}"));
+    // x's exact decimal expansion (every f32 has one of under 120 digits).
+    let (exact, exact_exp) = split(format!("{:.120e}", x as f64));
+    let n = digits.len();
+    let tie = exact_exp == exp
+        && exact.len() > n
+        && exact[n..].starts_with('5')
+        && exact[n + 1..].bytes().all(|b| b == b'0');
+    if tie {
+        let down = &exact[..n];
+        let even = down.ends_with(['0', '2', '4', '6', '8']);
+        let text = format!("{}.{}e{exp}", &down[..1], &down[1..]);
+        if even && down != digits && text.parse::<f32>() == Ok(x) {
+            return (down.to_string(), exp);
+        }
+    }
+    (digits, exp)
 }
 
 /// How much of a scored cell's colour is the colour map (the rest is the thumbnail).
@@ -99,7 +140,7 @@ const HEAT_OPACITY: f64 = 0.55;
 
 /// Viridis (matplotlib's perceptually uniform colour map) at p = 0, 1/8, ..., 1: lightness rises
 /// steadily along it, and it reads in colour-blind vision and in grey.
-const VIRIDIS: [[u8; 3]; 9] = [
+pub const VIRIDIS: [[u8; 3]; 9] = [
     [68, 1, 84],
     [71, 45, 123],
     [59, 82, 139],
@@ -111,14 +152,10 @@ const VIRIDIS: [[u8; 3]; 9] = [
     [253, 231, 37],
 ];
 
-/// The heat map's colour of probability `p` (clamped to 0..1; NaN as 0): viridis, dark purple at
-/// 0 to yellow at 1, for a legend beside [`heatmap`].
-pub fn colormap(p: f32) -> [u8; 3] {
-    let t = if p.is_nan() {
-        0.0
-    } else {
-        p.clamp(0.0, 1.0) as f64
-    } * 8.0;
+/// The heat maps' colour of probability `p` (clamped to 0..1; NaN as 0): viridis, dark purple at
+/// 0 to yellow at 1 (the patch reports' slide maps and a slide's heat map alike).
+pub fn colormap(p: f64) -> [u8; 3] {
+    let t = if p.is_nan() { 0.0 } else { p.clamp(0.0, 1.0) } * 8.0;
     let i = (t.floor() as usize).min(7);
     let f = t - i as f64;
     let (a, b) = (VIRIDIS[i], VIRIDIS[i + 1]);
@@ -165,7 +202,7 @@ pub fn heatmap(
             if !p.is_finite() || ys.is_empty() {
                 continue;
             }
-            let colour = colormap(*p);
+            let colour = colormap(*p as f64);
             for y in ys.clone() {
                 for x in pixels(x0 + c as f64 * cw, x0 + (c + 1) as f64 * cw, out.width) {
                     let under = out.pixel(x, y);
@@ -319,17 +356,9 @@ impl SlideSummary {
             seconds: Timings::default(),
             patches_per_s: 0.0,
             device: String::new(),
-            finished_at: now_rfc3339(),
+            finished_at: crate::clock::now_rfc3339(),
         }
     }
-}
-
-/// Now, as the bucket's records write times: `2026-12-01T09:30:00Z` (whole seconds, UTC).
-fn now_rfc3339() -> String {
-    let f = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
-    time::OffsetDateTime::now_utc()
-        .format(&f)
-        .unwrap_or_default()
 }
 
 /// The name of the slide at `source` (a path or URL): its file name without directories (and,
@@ -424,15 +453,23 @@ mod tests {
 
     #[test]
     fn floats_are_numpy_shortest() {
+        // As numpy 2.4 wrote them.
         for (x, want) in [
             (0.0f32, "0.0"),
             (-0.0, "-0.0"),
-            (0.000_1, "0.0001"),
-            (0.000_099_999_997, "9.9999997e-05"),
+            (1e-4, "1e-04"),
+            (1.000_000_05e-4, "0.000100000005"),
+            (0.5, "0.5"),
+            (1.0, "1.0"),
+            (999_999.94, "999999.94"),
+            (1e6, "1e+06"),
+            (1.234_567_9e8, "1.2345679e+08"),
             (1e16, "1e+16"),
-            (1.5e17, "1.5e+17"),
-            (9.999_999e15, "9999999000000000.0"),
-            (0.123_456_79, "0.12345679"),
+            // Halfway between two shortest candidates: the even one.
+            (343_126.125_f64 as f32, "343126.12"),
+            (155_662.625_f64 as f32, "155662.62"),
+            (-1_752_255.25_f64 as f32, "-1.7522552e+06"),
+            (1.5, "1.5"),
             (f32::MIN_POSITIVE, "1.1754944e-38"),
             (f32::NEG_INFINITY, "-inf"),
         ] {
@@ -452,12 +489,12 @@ mod tests {
         assert_eq!(colormap(0.0), VIRIDIS[0]);
         assert_eq!(colormap(1.0), VIRIDIS[8]);
         assert_eq!(colormap(2.0), VIRIDIS[8]);
-        assert_eq!(colormap(f32::NAN), VIRIDIS[0]);
+        assert_eq!(colormap(f64::NAN), VIRIDIS[0]);
         assert_eq!(colormap(0.5), VIRIDIS[4]);
         let light = |c: [u8; 3]| 0.299 * c[0] as f64 + 0.587 * c[1] as f64 + 0.114 * c[2] as f64;
         for k in 0..100 {
             assert!(
-                light(colormap(k as f32 / 100.0)) <= light(colormap((k + 1) as f32 / 100.0)) + 0.5
+                light(colormap(k as f64 / 100.0)) <= light(colormap((k + 1) as f64 / 100.0)) + 0.5
             );
         }
     }

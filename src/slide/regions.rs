@@ -110,8 +110,8 @@ pub fn polygons(cols: u32, rows: u32, positive: &[bool]) -> Vec<Polygon> {
             continue;
         }
         let (c, r) = (i as i64 % g.cols, i as i64 / g.cols);
-        for d in 0..4 {
-            let start = (c + CORNERS[d].0, r + CORNERS[d].1);
+        for (d, corner) in CORNERS.iter().enumerate() {
+            let start = (c + corner.0, r + corner.1);
             if used[i] & (1 << d) != 0 || g.out_edge(start, d) != Some(i) {
                 continue;
             }

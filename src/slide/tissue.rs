@@ -141,8 +141,8 @@ fn flip_components(
             comp.push(i);
             let (x, y) = (i % w, i / w);
             border |= x == 0 || y == 0 || x + 1 == w || y + 1 == h;
-            for (dx, dy) in neighbours(conn) {
-                let (Some(nx), Some(ny)) = (x.checked_add_signed(*dx), y.checked_add_signed(*dy))
+            for &(dx, dy) in neighbours(conn) {
+                let (Some(nx), Some(ny)) = (x.checked_add_signed(dx), y.checked_add_signed(dy))
                 else {
                     continue;
                 };
@@ -277,9 +277,9 @@ mod tests {
     #[test]
     fn otsu_splits_between_modes() {
         let mut hist = [0u64; 256];
-        for i in 0..256usize {
+        for (i, h) in hist.iter_mut().enumerate() {
             let g = |m: f64, s: f64| (1000.0 * (-((i as f64 - m) / s).powi(2) / 2.0).exp()) as u64;
-            hist[i] = g(30.0, 8.0) + g(150.0, 15.0);
+            *h = g(30.0, 8.0) + g(150.0, 15.0);
         }
         let t = otsu(&hist);
         assert!((50..120).contains(&t), "{t}");

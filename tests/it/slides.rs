@@ -73,8 +73,11 @@ fn make_slide(python: &str, patches: &Path, out: &Path, format: &str, tissue: u3
     assert!(out.exists(), "{} was not written", out.display());
 }
 
+/// Patches by their level-0 top-left corners.
+type Cells = BTreeSet<(u64, u64)>;
+
 /// Level-0 top-left corners of the truth's cells: (all tissue, IDC).
-fn truth(slide: &Path) -> (BTreeSet<(u64, u64)>, BTreeSet<(u64, u64)>) {
+fn truth(slide: &Path) -> (Cells, Cells) {
     let path = PathBuf::from(format!("{}.truth.json", slide.display()));
     let t: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
     let mut tissue = BTreeSet::new();
@@ -114,7 +117,7 @@ fn summary(out: &Path, slide: &str) -> Value {
     serde_json::from_slice(&std::fs::read(out.join(slide).join("summary.json")).unwrap()).unwrap()
 }
 
-fn dice(a: &BTreeSet<(u64, u64)>, b: &BTreeSet<(u64, u64)>) -> f64 {
+fn dice(a: &Cells, b: &Cells) -> f64 {
     2.0 * a.intersection(b).count() as f64 / (a.len() + b.len()).max(1) as f64
 }
 
