@@ -337,7 +337,13 @@ pub async fn run_with(
             max_attempts: experiment.retries + 1,
             log: (&p.folder, job_keys::LOG),
         };
-        let ran = backend.run_task(&task, &mut SlideLines(progress)).await;
+        let mut lines = SlideLines {
+            progress,
+            slides: p.job.slides.len(),
+            done: Default::default(),
+            failed: Default::default(),
+        };
+        let ran = backend.run_task(&task, &mut lines).await;
         summaries = read_summaries(p).await?;
         match ran.map_err(PredictError::from) {
             Ok(()) => {}
@@ -396,24 +402,45 @@ async fn read_summaries(p: &PreparedSlides) -> Result<Vec<Option<SlideSummary>>,
     Ok(out)
 }
 
-/// The worker's lines: patch progress for the bar, a slide's end as a notice.
-struct SlideLines<'a>(&'a mut dyn Progress);
+/// The worker's lines: patch progress for the bar, a slide's end as a notice with the slides
+/// done, failed and left (from every pod's log on a cluster).
+struct SlideLines<'a> {
+    progress: &'a mut dyn Progress,
+    slides: usize,
+    done: std::collections::BTreeSet<String>,
+    failed: std::collections::BTreeSet<String>,
+}
 
 impl TaskProgress for SlideLines<'_> {
     fn line(&mut self, text: &str) -> bool {
         if let Some((_, done, total)) = job::parse_progress(text) {
-            self.0.images(done, total);
+            self.progress.images(done, total);
             return true;
         }
         if let Some((slide, outcome)) = job::parse_finished(text) {
-            self.0.notice(&format!("{slide}: {outcome}"));
+            // A retried index reports its slides again: each is counted by its last outcome.
+            let failed = outcome.starts_with("failed");
+            let (into, from) = match failed {
+                true => (&mut self.failed, &mut self.done),
+                false => (&mut self.done, &mut self.failed),
+            };
+            from.remove(slide);
+            into.insert(slide.to_string());
+            let left = self
+                .slides
+                .saturating_sub(self.done.len() + self.failed.len());
+            self.progress.notice(&format!(
+                "{slide}: {outcome} [slides: {} done, {} failed, {left} left]",
+                self.done.len(),
+                self.failed.len()
+            ));
             return true;
         }
         false
     }
 
     fn notice(&mut self, line: &str) {
-        self.0.notice(line);
+        self.progress.notice(line);
     }
 }
 
