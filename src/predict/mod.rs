@@ -849,7 +849,11 @@ pub async fn experiment_of(run: &Store) -> Result<Experiment, PredictError> {
 /// The Job `execute` would create on Kubernetes (`--dry-run`), checked against Kubernetes'
 /// validation rules.
 pub async fn render_job(p: &Prepared, defaults: &ClusterDefaults) -> Result<Job, PredictError> {
-    let job = job_of(p, &experiment_of(&p.run).await?, defaults);
+    checked(job_of(p, &experiment_of(&p.run).await?, defaults))
+}
+
+/// `job`, unless it breaks Kubernetes' validation rules (which the error lists).
+fn checked(job: Job) -> Result<Job, PredictError> {
     let bad = kube::names::job_violations(&job);
     if !bad.is_empty() {
         return Err(PredictError::Invalid(format!(

@@ -269,16 +269,7 @@ pub async fn render_job(
     p: &PreparedSlides,
     defaults: &ClusterDefaults,
 ) -> Result<Job, PredictError> {
-    let experiment = experiment_of(&p.run).await?;
-    let job = job_of(p, &experiment, defaults);
-    let bad = kube::names::job_violations(&job);
-    if !bad.is_empty() {
-        return Err(PredictError::Invalid(format!(
-            "the Job would be rejected by Kubernetes: {}",
-            bad.join("; ")
-        )));
-    }
-    Ok(job)
+    super::checked(job_of(p, &experiment_of(&p.run).await?, defaults))
 }
 
 /// What a slide prediction gave: each slide's summary, in the order given.

@@ -20,18 +20,8 @@ struct Trained {
 
 /// The quickstart manifest as shipped, trained on a small synthetic dataset.
 fn trained() -> Trained {
-    require_worker();
     let dir = tempfile::tempdir().unwrap();
-    let (storage, dataset) = staged_synth_bucket(dir.path(), 8, 120);
-    let manifest = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/quickstart.yaml"),
-    )
-    .unwrap()
-    .replace("file://./.idc/bucket/datasets/quickstart", &dataset)
-    .replace("file://./.idc/bucket", &storage);
-    let path = dir.path().join("quickstart.yaml");
-    std::fs::write(&path, manifest).unwrap();
-    let run = submit_wait(path.to_str().unwrap());
+    let (storage, dataset, run) = quickstart_run(dir.path(), 8, 120);
     let jsonl = std::fs::read(
         Path::new(storage.strip_prefix("file://").unwrap())
             .join("runs")

@@ -124,19 +124,11 @@ fn dice(a: &Cells, b: &Cells) -> f64 {
 #[test]
 fn slides_are_mapped_and_bad_slides_fail_alone() {
     let Some(python) = slide_python() else { return };
-    require_worker();
     let dir = tempfile::tempdir().unwrap();
     // The quickstart's data: 20 synthetic patients of 250 patches.
-    let (storage, dataset) = staged_synth_bucket(&dir.path().join("train"), 20, 250);
-    let manifest = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/quickstart.yaml"),
-    )
-    .unwrap()
-    .replace("file://./.idc/bucket/datasets/quickstart", &dataset)
-    .replace("file://./.idc/bucket", &storage);
-    let path = dir.path().join("quickstart.yaml");
-    std::fs::write(&path, manifest).unwrap();
-    let run = submit_wait(path.to_str().unwrap());
+    let train = dir.path().join("train");
+    std::fs::create_dir_all(&train).unwrap();
+    let (storage, _, run) = quickstart_run(&train, 20, 250);
 
     // Patients the model never saw.
     let patches = dir.path().join("slide-patches");

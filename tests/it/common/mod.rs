@@ -165,3 +165,21 @@ pub fn torch_python() -> Option<PathBuf> {
     }
     found
 }
+
+/// The quickstart manifest as shipped, trained on `patients` x `per_patient` synthetic patches
+/// staged under `dir` (see [`staged_synth_bucket`]): the bucket's and the dataset's URLs and the
+/// run's id.
+pub fn quickstart_run(dir: &Path, patients: u32, per_patient: u32) -> (String, String, String) {
+    require_worker();
+    let (storage, dataset) = staged_synth_bucket(dir, patients, per_patient);
+    let manifest = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/quickstart.yaml"),
+    )
+    .unwrap()
+    .replace("file://./.idc/bucket/datasets/quickstart", &dataset)
+    .replace("file://./.idc/bucket", &storage);
+    let path = dir.join("quickstart.yaml");
+    std::fs::write(&path, manifest).unwrap();
+    let run = submit_wait(path.to_str().unwrap());
+    (storage, dataset, run)
+}
