@@ -2041,6 +2041,146 @@ async fn a_failed_prediction_job_says_why() {
     assert!(msg.contains("no CUDA device is usable"), "{msg}");
 }
 
+/// Slides on a cluster: one Indexed Job; the pod of one index exits 2 on a bad slide
+/// (`FailIndex`) and the Job ends `FailedIndexes`. The good slide's outputs are kept, the bad
+/// one ends with the reason its pod wrote, and the local slides went to the bucket first.
+#[tokio::test]
+async fn an_indexed_slide_job_with_a_failed_index_keeps_the_other_slides() {
+    use idc::slide::outputs::{SlideStatus, SlideSummary};
+    let (_b, root) = trained_kube_run().await;
+    let dir = tempfile::tempdir().unwrap();
+    let slides: Vec<String> = ["good.svs", "bad.svs"]
+        .iter()
+        .map(|n| {
+            let p = dir.path().join(n);
+            std::fs::write(&p, b"II*\0 stands in for a slide").unwrap();
+            p.display().to_string()
+        })
+        .collect();
+    let opts = idc::predict::PredictOptions::of_sources(&slides, None).unwrap();
+    let s = idc::predict::slides::SlideOptions::new(slides.clone());
+    let p = idc::predict::slides::prepare(&root, RUN, &opts, &s, true)
+        .await
+        .unwrap();
+    assert_eq!(p.job.indexes, 2);
+    assert_eq!(p.uploads.len(), 2);
+    let name = kube::job::prediction_job_name(RUN, &p.job.predict.prediction_id);
+    // What the pods wrote: index 0 its slide's summary, index 1 a failed one before exiting 2.
+    let summary = |slide: &str, status, reason: Option<&str>| {
+        let mut s = SlideSummary::failed(slide, slide, 4.0, 50, 50, reason.unwrap_or(""));
+        s.status = status;
+        s.reason = reason.map(str::to_string);
+        serde_json::to_vec(&s).unwrap()
+    };
+    let key = |slide| idc::layout::run::prediction::slide_output(slide, "summary.json");
+    p.folder
+        .put(
+            &key("good"),
+            summary("good", SlideStatus::Succeeded, None).into(),
+        )
+        .await
+        .unwrap();
+    p.folder
+        .put(
+            &key("bad"),
+            summary(
+                "bad",
+                SlideStatus::Failed,
+                Some("bad.svs: not a slide OpenSlide can open"),
+            )
+            .into(),
+        )
+        .await
+        .unwrap();
+    let mut pods = vec![
+        pod(
+            &format!("{name}-0-a"),
+            "2026-11-26T10:00:00Z",
+            "Succeeded",
+            terminated(0, "Completed"),
+        ),
+        pod(
+            &format!("{name}-1-a"),
+            "2026-11-26T10:00:00Z",
+            "Failed",
+            terminated(2, "Error"),
+        ),
+    ];
+    for p in &mut pods {
+        p["metadata"]["labels"]["idc.dev/run"] = json!(name);
+    }
+    let mut job = job_json(
+        json!([{"type": "Failed", "status": "True", "reason": "FailedIndexes",
+                "message": "Job has failed indexes"}]),
+        "",
+    );
+    job["metadata"]["name"] = json!(name);
+    job["status"]["failedIndexes"] = json!("1");
+    job["status"]["completedIndexes"] = json!("0");
+    let create = Exchange {
+        check: Some(Box::new(|body: &Value| {
+            assert_eq!(body["spec"]["completionMode"], "Indexed", "{body}");
+            assert_eq!(body["spec"]["completions"], 2, "{body}");
+            assert_eq!(
+                body["spec"]["podFailurePolicy"]["rules"][0]["action"],
+                "FailIndex"
+            );
+            let args = &body["spec"]["template"]["spec"]["containers"][0]["args"];
+            assert_eq!(args[0], "predict-slides", "{body}");
+        })),
+        ..ex(
+            "POST",
+            format!("/apis/batch/v1/namespaces/{NS}/jobs?"),
+            201,
+            json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name}}),
+        )
+    };
+    let (cluster, task) = mock_cluster(vec![
+        cm_ex(),
+        create,
+        ex("GET", job_path(&name), 200, job),
+        ex(
+            "GET",
+            prediction_pods_uri(&name),
+            200,
+            list("PodList", pods),
+        ),
+    ]);
+    let outcome =
+        idc::predict::slides::run_with(&Kubernetes::on(cluster.clone()), &p, &mut Seen::default())
+            .await
+            .unwrap();
+    finish(cluster, task).await;
+    let by_name: Vec<(&str, SlideStatus)> = outcome
+        .summaries
+        .iter()
+        .map(|s| (s.slide.as_str(), s.status))
+        .collect();
+    assert_eq!(
+        by_name,
+        [
+            ("good", SlideStatus::Succeeded),
+            ("bad", SlideStatus::Failed)
+        ]
+    );
+    assert!(
+        outcome.summaries[1]
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("not a slide")
+    );
+    assert_eq!(outcome.failed(), 1);
+    assert!(outcome.worker_error.is_some());
+    // The pods read the slides from the bucket.
+    for (key, _) in &p.uploads {
+        assert!(
+            p.folder.size(key).await.unwrap().is_some(),
+            "{key} was not uploaded"
+        );
+    }
+}
+
 /// The Job `predict --dry-run` prints, pinned; `IDC_UPDATE_GOLDEN=1` rewrites.
 #[tokio::test]
 async fn predict_dry_run_job_matches_its_golden_file() {

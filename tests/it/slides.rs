@@ -4,8 +4,8 @@
 //! from synthetic patches laid out at known places; the model is the quickstart manifest's,
 //! trained on other synthetic patients. Checked: the predicted IDC region against the truth
 //! (Dice), the outputs (WSInfer's CSV, GeoJSON, heat map, summary, index), a slide without
-//! resolution refused by name and then read with `--slide-mpp`, a corrupt slide failing alone
-//! with exit code 4, and a retry keeping what was done.
+//! resolution refused by name and then read with `--slide-mpp`, a corrupt and a blank slide
+//! failing alone with exit code 4, and a retry keeping what was done.
 
 use crate::common::*;
 use idc::dataset::synth as synthetic;
@@ -152,6 +152,24 @@ fn slides_are_mapped_and_bad_slides_fail_alone() {
     make_slide(&python, &patches, &aperio, "aperio", 300);
     make_slide(&python, &patches, &generic, "generic-tiff", 300);
     make_slide(&python, &patches, &no_res, "no-resolution", 120);
+    // Glass and nothing on it.
+    let blank = slides.join("blank.svs");
+    let spec = dir.path().join("blank.json");
+    std::fs::write(
+        &spec,
+        serde_json::json!({
+            "out": blank, "format": "aperio", "mpp": 1.0, "downsamples": [1, 4, 16],
+            "cell_px": 200, "rows": 8, "cols": 10, "cells": vec![vec![Value::Null; 10]; 8],
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let made = Command::new(&python)
+        .args([fixtures.join("make_slide.py"), spec])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", text(&made.stderr));
     // Cut short: its directories (at the end of the file) are gone.
     let corrupt = slides.join("corrupt.svs");
     let bytes = std::fs::read(&aperio).unwrap();
@@ -166,6 +184,7 @@ fn slides_are_mapped_and_bad_slides_fail_alone() {
             corrupt.to_str().unwrap(),
             generic.to_str().unwrap(),
             no_res.to_str().unwrap(),
+            blank.to_str().unwrap(),
             "--out",
             out.to_str().unwrap(),
         ];
@@ -175,7 +194,7 @@ fn slides_are_mapped_and_bad_slides_fail_alone() {
     let first = predict(&[]);
     let err = text(&first.stderr);
     assert_eq!(first.status.code(), Some(4), "{err}");
-    assert!(err.contains("2 of 4 slide(s) predicted"), "{err}");
+    assert!(err.contains("2 of 5 slide(s) predicted"), "{err}");
 
     // The good slides: the predicted IDC region against the truth.
     for (name, slide, mpp_source) in [
@@ -246,11 +265,16 @@ fn slides_are_mapped_and_bad_slides_fail_alone() {
             && reason.contains("--slide-mpp"),
         "{reason}"
     );
+    let s = summary(&out, "blank");
+    assert!(
+        s["reason"].as_str().unwrap().starts_with("no tissue found"),
+        "{s}"
+    );
     let index = std::fs::read_to_string(out.join("index.html")).unwrap();
-    assert!(index.contains("4 slide(s): 2 done, 2 failed"), "{index}");
+    assert!(index.contains("5 slide(s): 2 done, 3 failed"), "{index}");
     assert!(index.contains("aperio/heatmap.png"));
     let csv = std::fs::read_to_string(out.join("slides.csv")).unwrap();
-    assert_eq!(csv.lines().count(), 5, "{csv}");
+    assert_eq!(csv.lines().count(), 6, "{csv}");
 
     // Again: the slides done are kept (their summaries unchanged), the failed ones retried.
     let before = summary(&out, "aperio");
