@@ -333,19 +333,8 @@ impl Store {
     }
 
     async fn put_multipart(&self, key: &str, bytes: Bytes) -> Result<(), StoreError> {
-        let err = |e| self.error("write", key, e);
-        let upload = self
-            .inner
-            .put_multipart(&self.path(key))
-            .await
-            .map_err(err)?;
-        let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
-        for chunk in bytes.chunks(PART_SIZE) {
-            // Bound memory and connections: at most 4 parts in flight.
-            writer.wait_for_capacity(4).await.map_err(err)?;
-            writer.put(bytes.slice_ref(chunk));
-        }
-        writer.finish().await.map(|_| ()).map_err(err)
+        let mut parts = bytes.chunks(PART_SIZE).map(|c| bytes.slice_ref(c));
+        self.write_parts(key, || Ok(parts.next())).await
     }
 
     /// Writes the local file `from` to `key` in parts, never holding it whole in memory
@@ -358,24 +347,49 @@ impl Store {
             message: e.to_string(),
             hint: "",
         };
-        let err = |e| self.error("write", key, e);
         let mut file = std::fs::File::open(from).map_err(local)?;
+        self.write_parts(key, || {
+            let mut part = Vec::with_capacity(PART_SIZE);
+            (&mut file)
+                .take(PART_SIZE as u64)
+                .read_to_end(&mut part)
+                .map_err(local)?;
+            Ok((!part.is_empty()).then(|| Bytes::from(part)))
+        })
+        .await
+    }
+
+    /// Writes `key` as a multipart upload of the parts `next` gives until `None`; an error
+    /// (of `next` or of the store) aborts the upload, so no part of it is left behind.
+    async fn write_parts(
+        &self,
+        key: &str,
+        mut next: impl FnMut() -> Result<Option<Bytes>, StoreError>,
+    ) -> Result<(), StoreError> {
+        let err = |e| self.error("write", key, e);
         let upload = self
             .inner
             .put_multipart(&self.path(key))
             .await
             .map_err(err)?;
         let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
-        let mut buf = vec![0u8; PART_SIZE];
-        loop {
-            let n = file.read(&mut buf).map_err(local)?;
-            if n == 0 {
-                break;
+        let written: Result<(), StoreError> = async {
+            while let Some(part) = next()? {
+                // Bound memory and connections: at most 4 parts in flight.
+                writer.wait_for_capacity(4).await.map_err(err)?;
+                writer.put(part);
             }
-            writer.wait_for_capacity(4).await.map_err(err)?;
-            writer.write(&buf[..n]);
+            Ok(())
         }
-        writer.finish().await.map(|_| ()).map_err(err)
+        .await;
+        match written {
+            Ok(()) => writer.finish().await.map(|_| ()).map_err(err),
+            Err(e) => {
+                // Best effort: the error that stopped the upload is the one to report.
+                let _ = writer.abort().await;
+                Err(e)
+            }
+        }
     }
 
     /// Writes `key` to the local file `to`, streamed.
@@ -559,6 +573,48 @@ fn normalize(p: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_file_is_uploaded_in_parts_and_downloaded_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("bucket").to_str().unwrap()).unwrap();
+        // Two whole parts and a bit.
+        let data: Vec<u8> = (0..2 * PART_SIZE + 1234)
+            .map(|i| (i * 7 % 251) as u8)
+            .collect();
+        let from = dir.path().join("slide.svs");
+        std::fs::write(&from, &data).unwrap();
+        let mut stores = vec![store.clone()];
+        // And the S3 server of .ci/test, where parts are S3's multipart upload.
+        if let Ok(url) = std::env::var("IDC_TEST_S3_URL") {
+            let prefix = format!("{url}/store-parts-{}", std::process::id());
+            stores.push(Store::open(&prefix).unwrap());
+        }
+        let to = dir.path().join("back.svs");
+        for s in &stores {
+            s.upload_file("in/slide.svs", &from).await.unwrap();
+            assert_eq!(s.get("in/slide.svs").await.unwrap(), data, "{}", s.url());
+            s.download("in/slide.svs", &to).await.unwrap();
+            assert_eq!(std::fs::read(&to).unwrap(), data, "{}", s.url());
+            s.put("in/put.bin", Bytes::from(data.clone()))
+                .await
+                .unwrap();
+            assert_eq!(s.get("in/put.bin").await.unwrap(), data, "{}", s.url());
+        }
+        assert_eq!(
+            store.local_path("in/slide.svs").unwrap(),
+            dir.path().join("bucket/in/slide.svs")
+        );
+        // A missing file is an error naming it, and writes nothing.
+        let e = store
+            .upload_file("in/gone.svs", &dir.path().join("gone.svs"))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("gone.svs"), "{e}");
+        assert_eq!(store.size("in/gone.svs").await.unwrap(), None);
+        let e = store.download("in/nothing", &to).await.unwrap_err();
+        assert!(matches!(e, StoreError::NotFound { .. }), "{e}");
+    }
 
     #[test]
     fn errors_are_told_apart_by_their_type() {
